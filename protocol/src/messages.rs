@@ -1,0 +1,368 @@
+//! Wire messages exchanged over RabbitMQ, serialised as JSON with a `version` field.
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::ladder::{Rung, SkippedRung};
+use crate::profile::Profile;
+use crate::time::Rational;
+
+/// Version written into, and required of, every message.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Exchange the broadcaster publishes streams and segments to.
+pub const INGEST_EXCHANGE: &str = "castwork.ingest";
+/// Queue the orchestrators consume ingest messages from.
+pub const INGEST_QUEUE: &str = "castwork.ingest";
+/// Exchange segment jobs are published to, routed by queue name.
+pub const JOBS_EXCHANGE: &str = "castwork.jobs";
+/// Exchange workers publish results and failures to.
+pub const RESULTS_EXCHANGE: &str = "castwork.results";
+/// Queue the orchestrators consume worker reports from.
+pub const RESULTS_QUEUE: &str = "castwork.results";
+/// Topic exchange of per-stream events (`stream.<name>`), for broadcasters and dashboards.
+pub const EVENTS_EXCHANGE: &str = "castwork.events";
+/// Dead-letter exchange and queue for jobs past the broker's delivery limit.
+pub const DEAD_LETTER_EXCHANGE: &str = "castwork.dlx";
+pub const DEAD_LETTER_QUEUE: &str = "castwork.jobs.dead";
+
+/// AMQP header carrying the W3C trace context of the segment.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+
+/// On-demand or live work: they use separate queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamMode {
+    #[default]
+    Vod,
+    Live,
+}
+
+impl StreamMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamMode::Vod => "vod",
+            StreamMode::Live => "live",
+        }
+    }
+}
+
+/// The queue that carries jobs of a mode and capability class (`jobs.vod.cpu`).
+pub fn job_queue(mode: StreamMode, class: &str) -> String {
+    format!("jobs.{}.{class}", mode.as_str())
+}
+
+/// Routing key of a stream's events on the events exchange.
+pub fn event_routing_key(stream: &str) -> String {
+    format!("stream.{stream}")
+}
+
+/// Colour description of the source video, as FFmpeg names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ColorInfo {
+    pub range: Option<String>,
+    pub space: Option<String>,
+    pub primaries: Option<String>,
+    pub transfer: Option<String>,
+}
+
+/// What the broadcaster learned about the source when it probed it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceMetadata {
+    /// Coded width and height, in stored pixels.
+    pub width: u32,
+    pub height: u32,
+    /// Sample (pixel) aspect ratio; 1/1 for square pixels.
+    pub sample_aspect_ratio: Rational,
+    /// Clockwise rotation, in degrees, to apply for display: 0, 90, 180 or 270.
+    pub rotation: u32,
+    /// Average frame rate.
+    pub frame_rate: Rational,
+    pub video_codec: String,
+    pub pixel_format: String,
+    pub color: ColorInfo,
+    /// Whether the segments carry an (AAC) audio track.
+    pub has_audio: bool,
+    /// Duration of the whole source, when known (microseconds).
+    pub duration_us: Option<i64>,
+}
+
+/// A reference to an object in the object store, with what its reader must check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectRef {
+    pub key: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// Broadcaster -> orchestrator messages (the ingest exchange).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum IngestMessage {
+    StreamStarted(StreamStarted),
+    SegmentReady(SegmentReady),
+    StreamEnded(StreamEnded),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamStarted {
+    pub stream: String,
+    pub mode: StreamMode,
+    pub ladder: Vec<Profile>,
+    pub source: SourceMetadata,
+    /// Who pays for the stream (free mode ignores it).
+    #[serde(default)]
+    pub broadcaster: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SegmentReady {
+    pub stream: String,
+    pub seq: u64,
+    /// Presentation time of the first video frame, in microseconds of the source timeline.
+    pub start_us: i64,
+    pub duration_us: i64,
+    /// Number of video frames in the segment.
+    pub frames: u64,
+    pub object: ObjectRef,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamEnded {
+    pub stream: String,
+    /// Number of segments the stream has in all (sequence numbers 0..segments).
+    pub segments: u64,
+}
+
+/// Orchestrator -> worker: transcode one source segment into every rung.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SegmentJob {
+    pub job_id: Uuid,
+    pub stream: String,
+    pub seq: u64,
+    /// 1 for the first try; each retry is a new attempt with its own output keys.
+    pub attempt: u32,
+    pub mode: StreamMode,
+    pub source: ObjectRef,
+    pub start_us: i64,
+    pub duration_us: i64,
+    pub frames: u64,
+    pub rungs: Vec<Rung>,
+    pub metadata: SourceMetadata,
+    /// Unix time in milliseconds after which the result is useless (live only).
+    pub deadline_unix_ms: Option<u64>,
+}
+
+impl SegmentJob {
+    /// Object key of one rendition of this attempt: unique per attempt, so a lost attempt's
+    /// upload can never overwrite an accepted one.
+    pub fn output_key(&self, rung: &str) -> String {
+        rendition_key(&self.stream, rung, self.seq, self.attempt)
+    }
+}
+
+/// Object key of a source segment.
+pub fn source_key(stream: &str, seq: u64, ext: &str) -> String {
+    format!("streams/{stream}/source/{seq}.{ext}")
+}
+
+/// Object key of a rendition segment of one attempt.
+pub fn rendition_key(stream: &str, rung: &str, seq: u64, attempt: u32) -> String {
+    format!("streams/{stream}/{rung}/{seq}.{attempt}.ts")
+}
+
+/// Object key of a rendition's media playlist.
+pub fn media_playlist_key(stream: &str, rung: &str) -> String {
+    format!("streams/{stream}/{rung}/index.m3u8")
+}
+
+/// Object key of a stream's master playlist.
+pub fn master_playlist_key(stream: &str) -> String {
+    format!("streams/{stream}/index.m3u8")
+}
+
+/// One rendition a worker produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RenditionOutput {
+    pub rung: String,
+    pub object: ObjectRef,
+    pub width: u32,
+    pub height: u32,
+    pub frames: u64,
+    pub start_us: i64,
+    pub duration_us: i64,
+}
+
+/// Whether retrying a failed job can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Disposition {
+    /// The worker or a service had trouble: another attempt may succeed.
+    Transient,
+    /// The input itself is bad: no attempt will succeed.
+    Permanent,
+}
+
+/// Worker -> orchestrator (the results exchange).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum WorkerReport {
+    SegmentResult(SegmentResult),
+    SegmentFailed(SegmentFailed),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SegmentResult {
+    pub job_id: Uuid,
+    pub stream: String,
+    pub seq: u64,
+    pub attempt: u32,
+    pub worker_id: String,
+    pub renditions: Vec<RenditionOutput>,
+    /// Wall time of decode + encode + mux, in milliseconds.
+    pub transcode_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SegmentFailed {
+    pub job_id: Uuid,
+    pub stream: String,
+    pub seq: u64,
+    pub attempt: u32,
+    pub worker_id: String,
+    pub disposition: Disposition,
+    pub message: String,
+}
+
+/// A segment that could not be transcoded, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedSegment {
+    pub seq: u64,
+    pub message: String,
+}
+
+/// Orchestrator -> anyone interested (the events exchange, `stream.<name>`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum StreamEvent {
+    /// The orchestrator admitted the stream with this fitted ladder.
+    StreamAdmitted {
+        stream: String,
+        rungs: Vec<Rung>,
+        skipped: Vec<SkippedRung>,
+    },
+    /// The orchestrator refused the stream.
+    StreamRejected { stream: String, message: String },
+    SegmentTranscoded { stream: String, seq: u64 },
+    SegmentFailed { stream: String, seq: u64, message: String },
+    /// Every segment is resolved and the playlists are written.
+    StreamCompleted {
+        stream: String,
+        segments: u64,
+        master_playlist: String,
+        failed: Vec<FailedSegment>,
+    },
+}
+
+/// Why a message could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("malformed message: {0}")]
+    Malformed(#[from] serde_json::Error),
+    #[error("unsupported protocol version {0} (this build speaks {PROTOCOL_VERSION})")]
+    Version(u32),
+}
+
+#[derive(Serialize, Deserialize)]
+struct Envelope<T> {
+    version: u32,
+    #[serde(flatten)]
+    body: T,
+}
+
+/// Serialises a message with the protocol version.
+pub fn encode<T: Serialize>(body: &T) -> Vec<u8> {
+    // Serialising these plain data types cannot fail.
+    serde_json::to_vec(&Envelope {
+        version: PROTOCOL_VERSION,
+        body,
+    })
+    .unwrap_or_default()
+}
+
+/// Reads a message, checking its protocol version.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    #[derive(Deserialize)]
+    struct VersionOnly {
+        version: u32,
+    }
+    let v: VersionOnly = serde_json::from_slice(bytes)?;
+    if v.version != PROTOCOL_VERSION {
+        return Err(DecodeError::Version(v.version));
+    }
+    let env: Envelope<T> = serde_json::from_slice(bytes)?;
+    Ok(env.body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_with_version() {
+        let m = IngestMessage::StreamEnded(StreamEnded {
+            stream: "s".into(),
+            segments: 3,
+        });
+        let bytes = encode(&m);
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(text.contains(r#""version":1"#), "{text}");
+        assert!(text.contains(r#""type":"stream_ended""#), "{text}");
+        assert_eq!(decode::<IngestMessage>(&bytes).unwrap(), m);
+    }
+
+    #[test]
+    fn wrong_version_and_garbage_are_refused() {
+        let e = decode::<IngestMessage>(br#"{"version":9,"type":"stream_ended"}"#).unwrap_err();
+        assert!(matches!(e, DecodeError::Version(9)));
+        assert!(decode::<IngestMessage>(b"\xff\x00").is_err());
+        assert!(decode::<IngestMessage>(br#"{"version":1,"type":"nope"}"#).is_err());
+    }
+
+    #[test]
+    fn keys_are_unique_per_attempt() {
+        assert_eq!(rendition_key("a", "r", 3, 2), "streams/a/r/3.2.ts");
+        assert_ne!(rendition_key("a", "r", 3, 1), rendition_key("a", "r", 3, 2));
+        assert_eq!(job_queue(StreamMode::Vod, "cpu"), "jobs.vod.cpu");
+    }
+}
+
+/// Checks a stream name: it becomes part of object keys and URLs.
+pub fn validate_stream_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with(['.', '-'])
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "stream name {name:?} must be 1-128 characters of letters, digits, '_', '-' or '.', not starting with '.' or '-'"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::validate_stream_name;
+
+    #[test]
+    fn stream_names_are_path_safe() {
+        assert!(validate_stream_name("my-stream_1.0").is_ok());
+        for bad in ["", "../x", "a/b", ".hidden", "-x", "sp ace", "ünï"] {
+            assert!(validate_stream_name(bad).is_err(), "{bad}");
+        }
+    }
+}

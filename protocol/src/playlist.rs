@@ -1,0 +1,150 @@
+//! HLS playlist rendering: media playlists of accepted segments and the master playlist.
+
+use std::fmt::Write;
+
+/// One segment line of a media playlist.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlaylistSegment {
+    /// URI relative to the playlist.
+    pub uri: String,
+    pub duration_secs: f64,
+    /// A gap (a failed segment) precedes this one.
+    pub discontinuity: bool,
+}
+
+/// A media playlist.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MediaPlaylist {
+    pub segments: Vec<PlaylistSegment>,
+    /// On-demand playlists say `#EXT-X-PLAYLIST-TYPE:VOD`.
+    pub vod: bool,
+    /// Whether `#EXT-X-ENDLIST` closes the playlist.
+    pub ended: bool,
+    pub media_sequence: u64,
+}
+
+impl MediaPlaylist {
+    /// `EXT-X-TARGETDURATION`: the longest segment rounded to the nearest second, as RFC 8216
+    /// requires, and at least 1.
+    pub fn target_duration(&self) -> u64 {
+        self.segments
+            .iter()
+            .map(|s| s.duration_secs.round() as u64)
+            .max()
+            .unwrap_or(0)
+            .max(1)
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::from("#EXTM3U\n#EXT-X-VERSION:3\n");
+        let _ = writeln!(out, "#EXT-X-TARGETDURATION:{}", self.target_duration());
+        let _ = writeln!(out, "#EXT-X-MEDIA-SEQUENCE:{}", self.media_sequence);
+        if self.vod {
+            out.push_str("#EXT-X-PLAYLIST-TYPE:VOD\n");
+        }
+        out.push_str("#EXT-X-INDEPENDENT-SEGMENTS\n");
+        for s in &self.segments {
+            if s.discontinuity {
+                out.push_str("#EXT-X-DISCONTINUITY\n");
+            }
+            let _ = writeln!(out, "#EXTINF:{:.6},\n{}", s.duration_secs, s.uri);
+        }
+        if self.ended {
+            out.push_str("#EXT-X-ENDLIST\n");
+        }
+        out
+    }
+}
+
+/// One rendition in the master playlist.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Variant {
+    pub uri: String,
+    /// Peak segment bitrate, bits per second.
+    pub bandwidth: u64,
+    pub average_bandwidth: u64,
+    pub width: u32,
+    pub height: u32,
+    /// RFC 6381 codecs, e.g. `avc1.64001f,mp4a.40.2`.
+    pub codecs: String,
+    pub frame_rate: f64,
+}
+
+/// Renders a master playlist listing the variants in the given order.
+pub fn render_master(variants: &[Variant]) -> String {
+    let mut out = String::from("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-INDEPENDENT-SEGMENTS\n");
+    for v in variants {
+        let _ = writeln!(
+            out,
+            "#EXT-X-STREAM-INF:BANDWIDTH={},AVERAGE-BANDWIDTH={},RESOLUTION={}x{},CODECS=\"{}\",FRAME-RATE={:.3}\n{}",
+            v.bandwidth.max(1),
+            v.average_bandwidth.max(1),
+            v.width,
+            v.height,
+            v.codecs,
+            v.frame_rate,
+            v.uri
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(uri: &str, d: f64, disc: bool) -> PlaylistSegment {
+        PlaylistSegment {
+            uri: uri.into(),
+            duration_secs: d,
+            discontinuity: disc,
+        }
+    }
+
+    #[test]
+    fn vod_media_playlist() {
+        let p = MediaPlaylist {
+            segments: vec![seg("0.1.ts", 2.0, false), seg("1.2.ts", 2.52, false), seg("3.1.ts", 1.2, true)],
+            vod: true,
+            ended: true,
+            media_sequence: 0,
+        };
+        let text = p.render();
+        assert_eq!(
+            text,
+            "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:3\n#EXT-X-MEDIA-SEQUENCE:0\n\
+             #EXT-X-PLAYLIST-TYPE:VOD\n#EXT-X-INDEPENDENT-SEGMENTS\n\
+             #EXTINF:2.000000,\n0.1.ts\n#EXTINF:2.520000,\n1.2.ts\n\
+             #EXT-X-DISCONTINUITY\n#EXTINF:1.200000,\n3.1.ts\n#EXT-X-ENDLIST\n"
+        );
+    }
+
+    #[test]
+    fn target_duration_rounds_and_is_at_least_one() {
+        let mut p = MediaPlaylist::default();
+        assert_eq!(p.target_duration(), 1);
+        p.segments.push(seg("a", 2.4, false));
+        assert_eq!(p.target_duration(), 2);
+        p.segments.push(seg("b", 5.5, false));
+        assert_eq!(p.target_duration(), 6);
+        assert!(!p.render().contains("ENDLIST"));
+    }
+
+    #[test]
+    fn master_lists_variants() {
+        let text = render_master(&[Variant {
+            uri: "P360p30fps16x9/index.m3u8".into(),
+            bandwidth: 1_300_000,
+            average_bandwidth: 1_100_000,
+            width: 640,
+            height: 272,
+            codecs: "avc1.64001e,mp4a.40.2".into(),
+            frame_rate: 25.0,
+        }]);
+        assert!(text.starts_with("#EXTM3U\n"));
+        assert!(text.contains(
+            "#EXT-X-STREAM-INF:BANDWIDTH=1300000,AVERAGE-BANDWIDTH=1100000,RESOLUTION=640x272,\
+             CODECS=\"avc1.64001e,mp4a.40.2\",FRAME-RATE=25.000\nP360p30fps16x9/index.m3u8\n"
+        ));
+    }
+}
