@@ -1,1 +1,74 @@
-//! placeholder
+//! Castwork's FFmpeg layer (through ffmpeg-next): probing sources, cutting them into source
+//! segments, transcoding one segment into a whole ladder from one decode, and inspecting
+//! renditions.
+
+mod audio;
+mod ffi;
+pub mod inspect;
+pub mod nal;
+pub mod probe;
+pub mod segment;
+pub mod transcode;
+mod video_graph;
+
+use std::sync::Once;
+
+pub use ffmpeg_next as ffmpeg;
+pub use inspect::{inspect, MediaInfo};
+pub use probe::{probe, ProbedInput};
+pub use segment::{segment_file, CutSegment, SegmentOptions, SegmentSummary};
+pub use transcode::{transcode_segment, RenditionFile, TranscodeOptions};
+
+/// Demuxers a worker may open: only what the broadcaster writes.
+pub const SEGMENT_FORMATS: &str = "mpegts,matroska";
+
+/// A media failure, with whether the input itself is at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum MediaError {
+    /// The input cannot be handled: retrying will not help.
+    #[error("{0}")]
+    BadInput(String),
+    /// Something on this machine failed (disk, encoder setup): another attempt may succeed.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl MediaError {
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, MediaError::BadInput(_))
+    }
+}
+
+pub(crate) fn internal(what: &str, e: impl std::fmt::Display) -> MediaError {
+    MediaError::Internal(format!("{what}: {e}"))
+}
+
+pub(crate) fn bad(what: &str, e: impl std::fmt::Display) -> MediaError {
+    MediaError::BadInput(format!("{what}: {e}"))
+}
+
+/// Initialises FFmpeg once per process and keeps its own logging to errors only.
+pub fn init() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        // Registration cannot fail on FFmpeg >= 4; an error here would surface on first use.
+        let _ = ffmpeg::init();
+        ffmpeg::log::set_level(ffmpeg::log::Level::Fatal);
+    });
+}
+
+/// Converts a timestamp in a stream time base to microseconds.
+pub(crate) fn ts_to_us(ts: i64, tb: ffmpeg::Rational) -> i64 {
+    use ffmpeg::Rescale;
+    ts.rescale(tb, ffmpeg::Rational::new(1, 1_000_000))
+}
+
+/// Converts microseconds to a timestamp in a stream time base.
+pub(crate) fn us_to_ts(us: i64, tb: ffmpeg::Rational) -> i64 {
+    use ffmpeg::Rescale;
+    us.rescale(ffmpeg::Rational::new(1, 1_000_000), tb)
+}
+
+pub(crate) fn to_rational(r: ffmpeg::Rational) -> castwork_protocol::Rational {
+    castwork_protocol::Rational::new(r.numerator(), r.denominator())
+}

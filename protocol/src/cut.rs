@@ -91,22 +91,44 @@ mod tests {
 
     fn run(frames: &[(i64, bool)], target: i64) -> (Vec<CutDecision>, CutPlanner) {
         let mut p = CutPlanner::new(target);
-        let d = frames.iter().map(|&(t, k)| p.on_video_frame(t, k)).collect();
+        let d = frames
+            .iter()
+            .map(|&(t, k)| p.on_video_frame(t, k))
+            .collect();
         (d, p)
     }
 
     #[test]
     fn cuts_at_first_keyframe_past_target() {
         // keyframes at 0, 1.2, 3.04, 5.48 s (bikes.mp4): 2 s target cuts at 3.04 and 5.48.
-        let f = [(0, true), (600_000, false), (1_200_000, true), (2_000_000, false), (3_040_000, true), (4_000_000, false), (5_480_000, true)];
+        let f = [
+            (0, true),
+            (600_000, false),
+            (1_200_000, true),
+            (2_000_000, false),
+            (3_040_000, true),
+            (4_000_000, false),
+            (5_480_000, true),
+        ];
         let (d, p) = run(&f, 2_000_000);
-        assert_eq!(d, vec![StartFirst, Continue, Continue, Continue, Cut, Continue, Cut]);
+        assert_eq!(
+            d,
+            vec![StartFirst, Continue, Continue, Continue, Cut, Continue, Cut]
+        );
         assert_eq!(p.longest_us(), 3_040_000);
     }
 
     #[test]
     fn drops_frames_before_first_keyframe() {
-        let (d, _) = run(&[(0, false), (40_000, false), (80_000, true), (120_000, false)], 2_000_000);
+        let (d, _) = run(
+            &[
+                (0, false),
+                (40_000, false),
+                (80_000, true),
+                (120_000, false),
+            ],
+            2_000_000,
+        );
         assert_eq!(d, vec![Drop, Drop, StartFirst, Continue]);
     }
 
@@ -129,7 +151,10 @@ mod tests {
 
     #[test]
     fn non_keyframes_never_cut() {
-        let (d, _) = run(&[(0, true), (5_000_000, false), (6_000_000, true)], 2_000_000);
+        let (d, _) = run(
+            &[(0, true), (5_000_000, false), (6_000_000, true)],
+            2_000_000,
+        );
         assert_eq!(d, vec![StartFirst, Continue, Cut]);
     }
 }

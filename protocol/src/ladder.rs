@@ -76,7 +76,10 @@ pub fn max_fps(profile: &Profile, source_fps: Rational) -> Rational {
     let wanted = if profile.fps == 0 {
         None
     } else {
-        Some(Rational::new(profile.fps as i32, profile.fps_den.max(1) as i32))
+        Some(Rational::new(
+            profile.fps as i32,
+            profile.fps_den.max(1) as i32,
+        ))
     };
     match (wanted, source_fps.is_valid()) {
         (Some(w), true) if w.as_f64() < source_fps.as_f64() => w,
@@ -166,7 +169,11 @@ mod tests {
         assert_eq!(plan.skipped.len(), 1);
         assert_eq!(plan.skipped[0].name, "P720p30fps16x9");
         assert!(plan.skipped[0].reason.contains("upscale"));
-        assert_eq!(plan.rungs[0].max_fps, Rational::new(25, 1), "fps never raised");
+        assert_eq!(
+            plan.rungs[0].max_fps,
+            Rational::new(25, 1),
+            "fps never raised"
+        );
     }
 
     #[test]
@@ -210,7 +217,10 @@ mod tests {
     fn fps_bound_is_the_lower_one() {
         let p = &parse_profiles("P720p30fps16x9").unwrap()[0];
         assert_eq!(max_fps(p, Rational::new(60, 1)), Rational::new(30, 1));
-        assert_eq!(max_fps(p, Rational::new(24000, 1001)), Rational::new(24000, 1001));
+        assert_eq!(
+            max_fps(p, Rational::new(24000, 1001)),
+            Rational::new(24000, 1001)
+        );
         assert_eq!(max_fps(p, Rational::new(0, 1)), Rational::new(30, 1));
         let mut keep = p.clone();
         keep.fps = 0;

@@ -252,9 +252,19 @@ pub enum StreamEvent {
         skipped: Vec<SkippedRung>,
     },
     /// The orchestrator refused the stream.
-    StreamRejected { stream: String, message: String },
-    SegmentTranscoded { stream: String, seq: u64 },
-    SegmentFailed { stream: String, seq: u64, message: String },
+    StreamRejected {
+        stream: String,
+        message: String,
+    },
+    SegmentTranscoded {
+        stream: String,
+        seq: u64,
+    },
+    SegmentFailed {
+        stream: String,
+        seq: u64,
+        message: String,
+    },
     /// Every segment is resolved and the playlists are written.
     StreamCompleted {
         stream: String,

@@ -104,7 +104,11 @@ mod tests {
     #[test]
     fn vod_media_playlist() {
         let p = MediaPlaylist {
-            segments: vec![seg("0.1.ts", 2.0, false), seg("1.2.ts", 2.52, false), seg("3.1.ts", 1.2, true)],
+            segments: vec![
+                seg("0.1.ts", 2.0, false),
+                seg("1.2.ts", 2.52, false),
+                seg("3.1.ts", 1.2, true),
+            ],
             vod: true,
             ended: true,
             media_sequence: 0,

@@ -59,7 +59,9 @@ pub struct Profile {
 /// Why a ladder was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ProfileError {
-    #[error("unknown profile preset {0:?} (expected a Livepeer preset name such as P720p30fps16x9)")]
+    #[error(
+        "unknown profile preset {0:?} (expected a Livepeer preset name such as P720p30fps16x9)"
+    )]
     UnknownPreset(String),
     #[error("the ladder is empty")]
     Empty,
@@ -250,7 +252,10 @@ fn validate(profiles: Vec<Profile>) -> Result<Vec<Profile>, ProfileError> {
             ));
         }
         if p.fps_den == 0 || p.fps / p.fps_den.max(1) > MAX_FPS {
-            problems.push(format!("{n}: frame rate {}/{} is not allowed", p.fps, p.fps_den));
+            problems.push(format!(
+                "{n}: frame rate {}/{} is not allowed",
+                p.fps, p.fps_den
+            ));
         }
     }
     if problems.is_empty() {
@@ -268,7 +273,10 @@ mod tests {
     fn presets_parse_in_order() {
         let l = parse_profiles("P240p30fps16x9, P720p30fps16x9").unwrap();
         assert_eq!(l.len(), 2);
-        assert_eq!((l[0].width, l[0].height, l[0].bitrate, l[0].fps), (426, 240, 600_000, 30));
+        assert_eq!(
+            (l[0].width, l[0].height, l[0].bitrate, l[0].fps),
+            (426, 240, 600_000, 30)
+        );
         assert_eq!(l[1].name, "P720p30fps16x9");
         assert_eq!(l[1].gop_secs, Some(2.0));
     }
@@ -293,7 +301,10 @@ mod tests {
         let wrapped = format!(r#"{{"profiles": {json}}}"#);
         assert_eq!(parse_transcoding_options(&wrapped).unwrap(), l);
         let intra = r#"[{"name":"i","width":640,"height":360,"bitrate":900000,"gop":"intra"}]"#;
-        assert_eq!(parse_transcoding_options(intra).unwrap()[0].gop_secs, Some(0.0));
+        assert_eq!(
+            parse_transcoding_options(intra).unwrap()[0].gop_secs,
+            Some(0.0)
+        );
     }
 
     #[test]
@@ -307,10 +318,10 @@ mod tests {
         for needle in ["VP9", "H264Extreme", "soon"] {
             assert!(all.contains(needle), "{needle} missing from {all}");
         }
-        let ProfileError::Invalid(problems) = parse_transcoding_options(
-            r#"[{"name":"a b","width":4,"height":360,"bitrate":1}]"#,
-        )
-        .unwrap_err() else {
+        let ProfileError::Invalid(problems) =
+            parse_transcoding_options(r#"[{"name":"a b","width":4,"height":360,"bitrate":1}]"#)
+                .unwrap_err()
+        else {
             panic!("expected Invalid");
         };
         assert_eq!(problems.len(), 3, "{problems:?}");
@@ -322,7 +333,10 @@ mod tests {
             parse_transcoding_options(r#"[{"width":1,"height":2,"bitrate":3,"colour":1}]"#),
             Err(ProfileError::Json(_))
         ));
-        assert_eq!(parse_transcoding_options("[]").unwrap_err(), ProfileError::Empty);
+        assert_eq!(
+            parse_transcoding_options("[]").unwrap_err(),
+            ProfileError::Empty
+        );
     }
 
     #[test]

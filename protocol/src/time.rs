@@ -66,8 +66,14 @@ mod tests {
 
     #[test]
     fn invalid_rationals_fall_back() {
-        assert_eq!(Rational::new(0, 1).or(Rational::new(25, 1)), Rational::new(25, 1));
-        assert_eq!(Rational::new(30000, 1001).or(Rational::ONE), Rational::new(30000, 1001));
+        assert_eq!(
+            Rational::new(0, 1).or(Rational::new(25, 1)),
+            Rational::new(25, 1)
+        );
+        assert_eq!(
+            Rational::new(30000, 1001).or(Rational::ONE),
+            Rational::new(30000, 1001)
+        );
         assert!((Rational::new(30000, 1001).as_f64() - 29.97).abs() < 0.001);
         assert_eq!(Rational::new(1, 0).as_f64(), 0.0);
     }

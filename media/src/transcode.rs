@@ -1,0 +1,399 @@
+//! Transcoding one source segment into every rung of a ladder from a single decode.
+
+use std::path::{Path, PathBuf};
+
+use castwork_protocol::{Rung, SourceMetadata};
+use ffmpeg_next::{
+    codec, encoder, format, frame, media, picture, Dictionary, Packet, Rational, Rescale,
+};
+
+use crate::inspect::open_restricted;
+use crate::video_graph::LadderGraph;
+use crate::{bad, ffi, internal, ts_to_us, MediaError, SEGMENT_FORMATS};
+
+/// Encoder settings and input bounds of a worker.
+#[derive(Debug, Clone)]
+pub struct TranscodeOptions {
+    /// libx264 preset (ultrafast ... veryslow).
+    pub preset: String,
+    /// Threads per encoder and for the decoder (0: FFmpeg decides).
+    pub threads: usize,
+    /// Largest source picture accepted, in pixels.
+    pub max_pixels: u64,
+    /// Longest segment accepted, in microseconds.
+    pub max_duration_us: i64,
+}
+
+impl Default for TranscodeOptions {
+    fn default() -> Self {
+        TranscodeOptions {
+            preset: "veryfast".into(),
+            threads: 0,
+            max_pixels: 8192 * 4320,
+            max_duration_us: 60_000_000,
+        }
+    }
+}
+
+/// One rendition written to disk.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenditionFile {
+    pub rung: String,
+    pub path: PathBuf,
+    pub width: u32,
+    pub height: u32,
+    pub frames: u64,
+    pub start_us: i64,
+    pub duration_us: i64,
+}
+
+/// Encoder, muxer and frame-selection state of one rung.
+struct RungOutput {
+    rung: Rung,
+    path: PathBuf,
+    encoder: encoder::Video,
+    octx: format::context::Output,
+    enc_tb: Rational,
+    video_tb: Rational,
+    audio_tb: Option<Rational>,
+    interval_us: f64,
+    next_slot: i64,
+    next_key_us: i64,
+    frames: u64,
+    first_us: Option<i64>,
+}
+
+impl RungOutput {
+    fn new(
+        rung: &Rung,
+        dir: &Path,
+        tb: Rational,
+        audio: Option<&codec::Parameters>,
+        opts: &TranscodeOptions,
+    ) -> Result<Self, MediaError> {
+        let codec = encoder::find_by_name("libx264")
+            .ok_or_else(|| MediaError::Internal("FFmpeg has no libx264 encoder".into()))?;
+        let mut enc = codec::context::Context::new_with_codec(codec)
+            .encoder()
+            .video()
+            .map_err(|e| internal("x264 context", e))?;
+        enc.set_width(rung.width);
+        enc.set_height(rung.height);
+        enc.set_format(format::Pixel::YUV420P);
+        enc.set_time_base(tb);
+        enc.set_frame_rate(Some(Rational::new(rung.max_fps.num, rung.max_fps.den)));
+        enc.set_bit_rate(rung.bitrate as usize);
+        enc.set_max_bit_rate((rung.bitrate * 6 / 5) as usize);
+        match rung.gop_secs {
+            Some(g) if g <= 0.0 => enc.set_gop(1),
+            _ => enc.set_gop(100_000),
+        }
+        if !rung.profile.allows_b_frames() {
+            enc.set_max_b_frames(0);
+        }
+        let mut dict = Dictionary::new();
+        dict.set("preset", &opts.preset);
+        dict.set("profile", rung.profile.x264_name());
+        dict.set("forced-idr", "1");
+        dict.set(
+            "x264-params",
+            &format!(
+                "scenecut=0:open-gop=0:vbv-maxrate={}:vbv-bufsize={}",
+                rung.bitrate * 6 / 5000,
+                rung.bitrate * 2 / 1000
+            ),
+        );
+        if opts.threads > 0 {
+            dict.set("threads", &opts.threads.to_string());
+        }
+        let encoder = enc
+            .open_as_with(codec, dict)
+            .map_err(|e| internal(&format!("opening x264 for {}", rung.name), e))?;
+
+        let path = dir.join(format!("{}.ts", rung.name));
+        let mut octx =
+            format::output_as(&path, "mpegts").map_err(|e| internal("creating a rendition", e))?;
+        {
+            let mut vs = octx
+                .add_stream(codec)
+                .map_err(|e| internal("rendition video stream", e))?;
+            vs.set_parameters(&encoder);
+        }
+        if let Some(a) = audio {
+            let mut s = octx
+                .add_stream(encoder::find(codec::Id::None))
+                .map_err(|e| internal("rendition audio stream", e))?;
+            s.set_parameters(a.clone());
+            ffi::clear_codec_tag(&mut s);
+        }
+        octx.write_header()
+            .map_err(|e| internal("writing a rendition header", e))?;
+        let video_tb = octx.stream(0).map_or(tb, |s| s.time_base());
+        let audio_tb = audio.and_then(|_| octx.stream(1).map(|s| s.time_base()));
+        let fps = rung.max_fps.as_f64();
+        Ok(RungOutput {
+            rung: rung.clone(),
+            path,
+            encoder,
+            octx,
+            enc_tb: tb,
+            video_tb,
+            audio_tb,
+            interval_us: if fps > 0.0 { 1e6 / fps } else { 0.0 },
+            next_slot: 0,
+            next_key_us: i64::MIN,
+            frames: 0,
+            first_us: None,
+        })
+    }
+
+    /// Decides whether a frame at `pts_us` is kept (frame rate cap) and whether it is a
+    /// keyframe; every rung uses the same anchor, so keyframes line up across the ladder.
+    fn select(&mut self, pts_us: i64, anchor_us: i64) -> Option<bool> {
+        if self.interval_us > 0.0 {
+            let slot = ((pts_us - anchor_us + 1_000) as f64 / self.interval_us).floor() as i64;
+            if self.first_us.is_some() && slot < self.next_slot {
+                return None;
+            }
+            self.next_slot = slot + 1;
+        }
+        let key = match self.rung.gop_secs {
+            _ if self.first_us.is_none() => true,
+            Some(g) if g <= 0.0 => true,
+            Some(_) if pts_us >= self.next_key_us => true,
+            _ => false,
+        };
+        if key {
+            let gop_us = self
+                .rung
+                .gop_secs
+                .map_or(i64::MAX / 4, |g| (g * 1e6) as i64);
+            let k = (pts_us - anchor_us) / gop_us.max(1) + 1;
+            self.next_key_us = anchor_us + k * gop_us.max(1) - 1_000;
+        }
+        Some(key)
+    }
+
+    fn encode(&mut self, frame: Option<&frame::Video>) -> Result<(), MediaError> {
+        match frame {
+            Some(f) => self.encoder.send_frame(f),
+            None => self.encoder.send_eof(),
+        }
+        .map_err(|e| internal(&format!("encoding {}", self.rung.name), e))?;
+        let mut pkt = Packet::empty();
+        while self.encoder.receive_packet(&mut pkt).is_ok() {
+            pkt.set_stream(0);
+            pkt.rescale_ts(self.enc_tb, self.video_tb);
+            pkt.write_interleaved(&mut self.octx)
+                .map_err(|e| internal("writing a rendition", e))?;
+        }
+        Ok(())
+    }
+
+    fn write_audio(&mut self, pkt: &Packet, in_tb: Rational) -> Result<(), MediaError> {
+        let Some(tb) = self.audio_tb else {
+            return Ok(());
+        };
+        let mut p = pkt.clone();
+        p.rescale_ts(in_tb, tb);
+        p.set_stream(1);
+        p.set_position(-1);
+        p.write_interleaved(&mut self.octx)
+            .map_err(|e| internal("writing rendition audio", e))
+    }
+}
+
+/// The whole job's state while packets flow.
+struct Ladder {
+    outputs: Vec<RungOutput>,
+    graph: Option<LadderGraph>,
+    rotation: u32,
+    video_tb: Rational,
+    anchor_us: Option<i64>,
+    end_us: i64,
+    frame_us: i64,
+    scaled: frame::Video,
+}
+
+impl Ladder {
+    fn feed(&mut self, decoded: Option<&mut frame::Video>) -> Result<(), MediaError> {
+        if let Some(f) = decoded {
+            let ts = f.timestamp().or(f.pts());
+            let Some(ts) = ts else { return Ok(()) };
+            f.set_pts(Some(ts));
+            f.set_kind(picture::Type::None);
+            let pts_us = ts_to_us(ts, self.video_tb);
+            self.anchor_us.get_or_insert(pts_us);
+            self.end_us = self.end_us.max(pts_us + self.frame_us);
+            if self.graph.is_none() {
+                let sizes: Vec<_> = self
+                    .outputs
+                    .iter()
+                    .map(|o| (o.rung.width, o.rung.height))
+                    .collect();
+                self.graph = Some(LadderGraph::new(f, self.video_tb, self.rotation, &sizes)?);
+            }
+            if let Some(g) = self.graph.as_mut() {
+                g.push(Some(f))?;
+            }
+        } else if let Some(g) = self.graph.as_mut() {
+            g.push(None)?;
+        }
+        self.drain()
+    }
+
+    fn drain(&mut self) -> Result<(), MediaError> {
+        let Some(graph) = self.graph.as_mut() else {
+            return Ok(());
+        };
+        let anchor = self.anchor_us.unwrap_or(0);
+        for (i, out) in self.outputs.iter_mut().enumerate() {
+            while let Some(tb) = graph.pull(i, &mut self.scaled) {
+                let Some(pts) = self.scaled.pts() else {
+                    continue;
+                };
+                let pts_us = ts_to_us(pts, tb);
+                let Some(key) = out.select(pts_us, anchor) else {
+                    continue;
+                };
+                self.scaled.set_pts(Some(pts.rescale(tb, out.enc_tb)));
+                self.scaled.set_kind(if key {
+                    picture::Type::I
+                } else {
+                    picture::Type::None
+                });
+                out.first_us.get_or_insert(pts_us);
+                out.frames += 1;
+                out.encode(Some(&self.scaled))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Transcodes the segment at `src` into every rung, writing `<rung>.ts` files in `out_dir`.
+///
+/// The segment is opened with only the demuxers the broadcaster writes and local file access;
+/// sizes and durations are bounded. Errors in the input are [`MediaError::BadInput`].
+pub fn transcode_segment(
+    src: &Path,
+    rungs: &[Rung],
+    meta: &SourceMetadata,
+    out_dir: &Path,
+    opts: &TranscodeOptions,
+) -> Result<Vec<RenditionFile>, MediaError> {
+    crate::init();
+    if rungs.is_empty() {
+        return Err(MediaError::BadInput(
+            "the job has no rungs to encode".into(),
+        ));
+    }
+    let mut ictx = open_restricted(src, SEGMENT_FORMATS)?;
+    let vstream = ictx
+        .streams()
+        .best(media::Type::Video)
+        .ok_or_else(|| MediaError::BadInput("the segment has no video stream".into()))?;
+    let (vi, video_tb) = (vstream.index(), vstream.time_base());
+    let mut ctx = codec::context::Context::from_parameters(vstream.parameters())
+        .map_err(|e| bad("unreadable video stream", e))?;
+    if opts.threads > 0 {
+        ctx.set_threading(codec::threading::Config::count(opts.threads));
+    }
+    let mut decoder = ctx
+        .decoder()
+        .video()
+        .map_err(|e| bad("the segment's video cannot be decoded", e))?;
+    let pixels = u64::from(decoder.width()) * u64::from(decoder.height());
+    if pixels > opts.max_pixels {
+        return Err(MediaError::BadInput(format!(
+            "picture {}x{} is larger than the {} pixels this worker accepts",
+            decoder.width(),
+            decoder.height(),
+            opts.max_pixels
+        )));
+    }
+    let audio = ictx
+        .streams()
+        .best(media::Type::Audio)
+        .filter(|a| a.parameters().id() == codec::Id::AAC)
+        .map(|a| (a.index(), a.time_base(), a.parameters()));
+    let outputs = rungs
+        .iter()
+        .map(|r| RungOutput::new(r, out_dir, video_tb, audio.as_ref().map(|a| &a.2), opts))
+        .collect::<Result<Vec<_>, _>>()?;
+    let fps = meta.frame_rate.as_f64();
+    let mut ladder = Ladder {
+        outputs,
+        graph: None,
+        rotation: meta.rotation,
+        video_tb,
+        anchor_us: None,
+        end_us: i64::MIN,
+        frame_us: if fps > 0.5 {
+            (1e6 / fps) as i64
+        } else {
+            40_000
+        },
+        scaled: frame::Video::empty(),
+    };
+    let mut decoded = frame::Video::empty();
+    let mut packet = Packet::empty();
+    loop {
+        match packet.read(&mut ictx) {
+            Ok(()) => {}
+            Err(ffmpeg_next::Error::Eof) => break,
+            Err(ffmpeg_next::Error::InvalidData) => continue,
+            Err(e) => return Err(bad("reading the segment", e)),
+        }
+        if packet.stream() == vi {
+            // A corrupt packet is concealed by the decoder, as a player would.
+            let _ = decoder.send_packet(&packet);
+            while decoder.receive_frame(&mut decoded).is_ok() {
+                ladder.feed(Some(&mut decoded))?;
+            }
+            if let (Some(a), true) = (ladder.anchor_us, ladder.end_us > i64::MIN) {
+                if ladder.end_us - a > opts.max_duration_us {
+                    return Err(MediaError::BadInput(format!(
+                        "the segment is longer than {} s",
+                        opts.max_duration_us / 1_000_000
+                    )));
+                }
+            }
+        } else if let Some((ai, atb, _)) = &audio {
+            if packet.stream() == *ai {
+                for out in &mut ladder.outputs {
+                    out.write_audio(&packet, *atb)?;
+                }
+            }
+        }
+    }
+    let _ = decoder.send_eof();
+    while decoder.receive_frame(&mut decoded).is_ok() {
+        ladder.feed(Some(&mut decoded))?;
+    }
+    ladder.feed(None)?;
+    let Some(anchor) = ladder.anchor_us else {
+        return Err(MediaError::BadInput(
+            "the segment has no decodable video frame".into(),
+        ));
+    };
+    let end_us = ladder.end_us;
+    let mut files = Vec::with_capacity(ladder.outputs.len());
+    for mut out in ladder.outputs {
+        out.encode(None)?;
+        out.octx
+            .write_trailer()
+            .map_err(|e| internal("finishing a rendition", e))?;
+        let start_us = out.first_us.unwrap_or(anchor);
+        files.push(RenditionFile {
+            rung: out.rung.name.clone(),
+            path: out.path,
+            width: out.rung.width,
+            height: out.rung.height,
+            frames: out.frames,
+            start_us,
+            duration_us: end_us - start_us,
+        });
+    }
+    Ok(files)
+}
