@@ -1,1 +1,23 @@
-//! placeholder
+//! Adapters every Castwork role shares: configuration, the RabbitMQ topology and publisher,
+//! the object store, Redis, HTTP, metrics, logging, shutdown and reconnect backoff.
+
+pub mod broker;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod shutdown;
+pub mod storage;
+pub mod supervise;
+pub mod telemetry;
+
+pub use broker::{Broker, BrokerError};
+pub use config::{redact_url, ServiceArgs};
+pub use shutdown::shutdown_token;
+pub use storage::{Storage, StorageError};
+pub use supervise::{supervise, Backoff};
+
+/// Connects to Redis with a connection manager that reconnects on its own.
+pub async fn redis_connect(url: &str) -> redis::RedisResult<redis::aio::ConnectionManager> {
+    let client = redis::Client::open(url)?;
+    redis::aio::ConnectionManager::new(client).await
+}

@@ -1,1 +1,176 @@
-//! placeholder
+//! Castwork's orchestrator: admits streams, publishes one job per segment, checks every
+//! result and accepts at most one attempt per segment, retries or fails segments from the
+//! workers' reports, and writes the playlists when a stream completes. With transcode slots
+//! it also runs an in-process worker pool (combined mode).
+
+pub mod api;
+pub mod metrics;
+pub mod playlists;
+pub mod service;
+pub mod state;
+pub mod verify;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use castwork_cluster::{http, redis_connect, supervise, Backoff, Broker, Storage};
+use castwork_protocol::{decode, IngestMessage, WorkerReport, INGEST_QUEUE, RESULTS_QUEUE};
+use castwork_worker::{WorkerArgs, WorkerPool};
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use service::{HandleError, Orchestrator};
+use state::State;
+
+/// Everything the orchestrator runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub amqp_url: String,
+    pub redis_url: String,
+    pub storage_url: String,
+    pub http_addr: SocketAddr,
+    pub max_attempts: u32,
+    /// In-process worker slots (0: orchestrator only).
+    pub transcode_slots: usize,
+    pub worker: WorkerArgs,
+    pub drain_timeout: Duration,
+}
+
+/// Runs until `shutdown`; returns the HTTP address through `bound` as soon as it listens.
+pub async fn run(
+    cfg: Config,
+    shutdown: CancellationToken,
+    bound: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
+) -> anyhow::Result<()> {
+    let storage = Storage::from_url(&cfg.storage_url)?;
+    let mut backoff = Backoff::default();
+    let redis = loop {
+        match redis_connect(&cfg.redis_url).await {
+            Ok(r) => break r,
+            Err(e) => {
+                let d = backoff.next_delay();
+                warn!(error = %e, retry_in_ms = d.as_millis() as u64, "redis unavailable");
+                tokio::select! {
+                    _ = tokio::time::sleep(d) => {}
+                    _ = shutdown.cancelled() => return Ok(()),
+                }
+            }
+        }
+    };
+    let state = State::new(redis);
+    let consuming = Arc::new(AtomicBool::new(false));
+    let router = api::router(api::ApiState { state: state.clone(), consuming: consuming.clone() });
+    let addr = http::serve(cfg.http_addr, router, shutdown.clone())
+        .await
+        .with_context(|| format!("binding {}", cfg.http_addr))?;
+    info!(%addr, "serving /healthz, /metrics and /streams");
+    if let Some(tx) = bound {
+        let _ = tx.send(addr);
+    }
+    let pool = (cfg.transcode_slots > 0).then(|| {
+        let pool = WorkerPool {
+            amqp_url: cfg.amqp_url.clone(),
+            storage: storage.clone(),
+            args: cfg.worker.clone(),
+            slots: cfg.transcode_slots,
+            drain_timeout: cfg.drain_timeout,
+            consuming: Arc::new(AtomicBool::new(false)),
+        };
+        let token = shutdown.clone();
+        tokio::spawn(async move { pool.run(token).await })
+    });
+    supervise("orchestrator", &shutdown, || session(&cfg, &state, &storage, &consuming, &shutdown)).await;
+    consuming.store(false, Ordering::Relaxed);
+    if let Some(p) = pool {
+        p.await??;
+    }
+    info!("orchestrator stopped");
+    Ok(())
+}
+
+async fn session(
+    cfg: &Config,
+    state: &State,
+    storage: &Storage,
+    consuming: &AtomicBool,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let broker = Arc::new(Broker::connect(&cfg.amqp_url, "castwork-orchestrator").await.context("connecting to RabbitMQ")?);
+    let orch = Arc::new(Orchestrator {
+        state: state.clone(),
+        storage: storage.clone(),
+        broker: broker.clone(),
+        max_attempts: cfg.max_attempts,
+    });
+    let (_ingest_ch, mut ingest) = broker.consume(INGEST_QUEUE, "orchestrator-ingest", 32).await?;
+    let (_results_ch, mut results) = broker.consume(RESULTS_QUEUE, "orchestrator-results", 16).await?;
+    consuming.store(true, Ordering::Relaxed);
+    info!("consuming ingest and results");
+    let tracker = TaskTracker::new();
+    let outcome = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            d = ingest.next() => match d {
+                // Ingest is handled in order: a stream's start before its segments.
+                Some(Ok(d)) => {
+                    let o = orch.clone();
+                    process::<IngestMessage, _, _>(d, move |m| async move { o.handle_ingest(m).await }).await;
+                }
+                Some(Err(e)) => break Err(anyhow::Error::new(e).context("ingest consumer failed")),
+                None => break Err(anyhow::anyhow!("the broker closed the ingest consumer")),
+            },
+            d = results.next() => match d {
+                Some(Ok(d)) => {
+                    let o = orch.clone();
+                    tracker.spawn(process::<WorkerReport, _, _>(d, move |m| async move { o.handle_report(m).await }));
+                }
+                Some(Err(e)) => break Err(anyhow::Error::new(e).context("results consumer failed")),
+                None => break Err(anyhow::anyhow!("the broker closed the results consumer")),
+            },
+        }
+    };
+    consuming.store(false, Ordering::Relaxed);
+    tracker.close();
+    let _ = tokio::time::timeout(Duration::from_secs(30), tracker.wait()).await;
+    if outcome.is_ok() {
+        broker.close().await;
+    }
+    outcome
+}
+
+/// Decodes a delivery, handles it, and acks it; a malformed message is dropped with an
+/// error, a handler that hit an unavailable service gets it redelivered.
+async fn process<T, F, Fut>(delivery: Delivery, handle: F)
+where
+    T: DeserializeOwned,
+    F: FnOnce(T) -> Fut,
+    Fut: Future<Output = Result<(), HandleError>>,
+{
+    let msg = match decode::<T>(&delivery.data) {
+        Ok(m) => m,
+        Err(e) => {
+            warn!(error = %e, "malformed message dropped");
+            let _ = delivery.acker.reject(BasicRejectOptions { requeue: false }).await;
+            return;
+        }
+    };
+    match handle(msg).await {
+        Ok(()) => {
+            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+        }
+        Err(HandleError::Retry(m)) => {
+            warn!(error = m, "handling failed, message requeued");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let _ = delivery.acker.nack(BasicNackOptions { requeue: true, multiple: false }).await;
+        }
+    }
+}

@@ -1,1 +1,79 @@
-fn main() {}
+//! `orchestrator`: the Castwork orchestrator process.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use castwork_cluster::{redact_url, shutdown_token, telemetry, ServiceArgs};
+use castwork_orchestrator::{run, Config};
+use castwork_worker::WorkerArgs;
+use clap::Parser;
+
+/// Castwork orchestrator: admits streams from broadcasters, publishes one transcode job per
+/// segment to RabbitMQ, checks every worker result, tracks state in Redis and writes the HLS
+/// playlists. With --transcode-slots it also transcodes in-process (single-node mode).
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    #[command(flatten)]
+    service: ServiceArgs,
+
+    /// Redis URL for stream, segment and job state.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
+    redis_url: String,
+
+    /// Address of the HTTP API (/healthz, /metrics, /streams/NAME).
+    #[arg(long, env = "ORCHESTRATOR_HTTP_ADDR", default_value = "127.0.0.1:7935")]
+    http_addr: SocketAddr,
+
+    /// Attempts before a segment that keeps failing transiently is marked failed (a
+    /// permanent failure, such as corrupt input, fails it at once).
+    #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 3)]
+    max_attempts: u32,
+
+    /// In-process transcode slots (combined mode); 0 leaves transcoding to `worker`s.
+    #[arg(long, env = "TRANSCODE_SLOTS", default_value_t = 0)]
+    transcode_slots: usize,
+
+    /// Seconds in-flight work gets to finish after SIGTERM.
+    #[arg(long, env = "DRAIN_SECS", default_value_t = 120)]
+    drain_secs: u64,
+
+    #[command(flatten)]
+    worker: WorkerArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    telemetry::init_logging(&cli.service.log);
+    let mut problems = Vec::new();
+    if cli.max_attempts == 0 {
+        problems.push("--max-attempts must be at least 1".to_string());
+    }
+    if let Err(e) = cli.worker.validate() {
+        problems.push(e);
+    }
+    if !problems.is_empty() {
+        anyhow::bail!("invalid configuration: {}", problems.join("; "));
+    }
+    tracing::info!(
+        amqp = redact_url(&cli.service.amqp_url),
+        redis = redact_url(&cli.redis_url),
+        storage = cli.service.storage_url,
+        http = %cli.http_addr,
+        transcode_slots = cli.transcode_slots,
+        max_attempts = cli.max_attempts,
+        "effective config"
+    );
+    let cfg = Config {
+        amqp_url: cli.service.amqp_url,
+        redis_url: cli.redis_url,
+        storage_url: cli.service.storage_url,
+        http_addr: cli.http_addr,
+        max_attempts: cli.max_attempts,
+        transcode_slots: cli.transcode_slots,
+        worker: cli.worker,
+        drain_timeout: Duration::from_secs(cli.drain_secs),
+    };
+    run(cfg, shutdown_token(), None).await
+}

@@ -134,6 +134,24 @@ pub fn plan_ladder(profiles: &[Profile], src: &SourceMetadata) -> LadderPlan {
             None => plan.rungs.push(rung),
         }
     }
+    if plan.rungs.is_empty() {
+        // Every rung would upscale a small source: make the smallest rung at the source's
+        // own size rather than nothing.
+        if let Some(p) = profiles.iter().min_by_key(|p| u64::from(p.width) * u64::from(p.height)) {
+            let (dw, dh) = display_size(src);
+            let (width, height) = (round_even(dw), round_even(dh));
+            plan.skipped.retain(|s| s.name != p.name);
+            plan.rungs.push(Rung {
+                name: p.name.clone(),
+                width,
+                height,
+                bitrate: p.bitrate,
+                max_fps: max_fps(p, src.frame_rate),
+                gop_secs: p.gop_secs,
+                profile: p.profile,
+            });
+        }
+    }
     plan
 }
 
@@ -225,6 +243,15 @@ mod tests {
         let mut keep = p.clone();
         keep.fps = 0;
         assert_eq!(max_fps(&keep, Rational::new(50, 1)), Rational::new(50, 1));
+    }
+
+    #[test]
+    fn tiny_source_gets_one_rung_at_its_own_size() {
+        let plan = plan_ladder(&ladder(), &source(160, 120));
+        assert_eq!(plan.rungs.len(), 1);
+        assert_eq!(plan.rungs[0].name, "P240p30fps16x9");
+        assert_eq!((plan.rungs[0].width, plan.rungs[0].height), (160, 120));
+        assert_eq!(plan.skipped.len(), 2);
     }
 
     #[test]

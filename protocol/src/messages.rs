@@ -107,6 +107,9 @@ pub enum IngestMessage {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StreamStarted {
     pub stream: String,
+    /// Identifies one push: a redelivered `StreamStarted` carries the same session, a second
+    /// push under a name already in use does not.
+    pub session: Uuid,
     pub mode: StreamMode,
     pub ladder: Vec<Profile>,
     pub source: SourceMetadata,

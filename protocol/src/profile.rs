@@ -218,8 +218,8 @@ pub fn parse_transcoding_options(json: &str) -> Result<Vec<Profile>, ProfileErro
     validate(out)
 }
 
-/// Checks bounds and names; reports every problem at once.
-fn validate(profiles: Vec<Profile>) -> Result<Vec<Profile>, ProfileError> {
+/// Checks bounds and names of a ladder, reporting every problem at once.
+pub fn validate(profiles: Vec<Profile>) -> Result<Vec<Profile>, ProfileError> {
     if profiles.is_empty() {
         return Err(ProfileError::Empty);
     }

@@ -1,1 +1,177 @@
-//! placeholder
+//! Castwork's worker (transcoder): consumes segment jobs with manual acks and a prefetch of
+//! its slots, transcodes each segment's whole ladder from one decode, uploads the renditions
+//! under keys unique to the attempt, reports the result, and only then acks.
+
+pub mod config;
+pub mod job;
+pub mod metrics;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use castwork_cluster::{supervise, Broker, Storage};
+use castwork_media::TranscodeOptions;
+use castwork_protocol::{decode, encode, job_queue, SegmentJob, StreamMode, WorkerReport, RESULTS_EXCHANGE};
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions, BasicRejectOptions};
+use lapin::types::FieldTable;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+pub use config::WorkerArgs;
+pub use job::{run_job, JobContext};
+
+/// A pool of transcode slots consuming one broker's job queue.
+pub struct WorkerPool {
+    pub amqp_url: String,
+    pub storage: Storage,
+    pub args: WorkerArgs,
+    pub slots: usize,
+    /// How long in-flight segments may take to finish after a shutdown signal.
+    pub drain_timeout: Duration,
+    /// Whether the pool is connected and consuming (for health checks).
+    pub consuming: Arc<AtomicBool>,
+}
+
+impl WorkerPool {
+    /// Consumes until `shutdown`, reconnecting with backoff; then drains in-flight jobs.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        self.args.validate().map_err(anyhow::Error::msg)?;
+        let slots = self.slots.max(1);
+        let worker_id = self.args.id();
+        let ctx = Arc::new(JobContext {
+            storage: self.storage.clone(),
+            worker_id: worker_id.clone(),
+            options: TranscodeOptions {
+                preset: self.args.preset.clone(),
+                threads: self.args.threads_for(slots),
+                ..TranscodeOptions::default()
+            },
+            max_segment_bytes: self.args.max_segment_mb * 1024 * 1024,
+            tmp_dir: self.args.tmp_dir.clone(),
+            slots: Arc::new(Semaphore::new(slots)),
+        });
+        let queue = job_queue(StreamMode::Vod, &self.args.class);
+        info!(worker_id, slots, queue, threads = ctx.options.threads, preset = ctx.options.preset, "worker starting");
+        let tracker = TaskTracker::new();
+        supervise("worker", &shutdown, || {
+            consume(&self, ctx.clone(), &queue, slots, &tracker, &shutdown)
+        })
+        .await;
+        self.consuming.store(false, Ordering::Relaxed);
+        tracker.close();
+        if tokio::time::timeout(self.drain_timeout, tracker.wait()).await.is_err() {
+            warn!("drain timeout: unfinished segments go back to the queue");
+        }
+        info!(worker_id, "worker stopped");
+        Ok(())
+    }
+}
+
+async fn consume(
+    pool: &WorkerPool,
+    ctx: Arc<JobContext>,
+    queue: &str,
+    slots: usize,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let broker = Arc::new(
+        Broker::connect(&pool.amqp_url, &format!("castwork-worker {}", ctx.worker_id))
+            .await
+            .context("connecting to RabbitMQ")?,
+    );
+    let tag = format!("worker-{}", ctx.worker_id);
+    let prefetch = u16::try_from(slots).unwrap_or(u16::MAX);
+    let (channel, mut consumer) = broker.consume(queue, &tag, prefetch).await?;
+    pool.consuming.store(true, Ordering::Relaxed);
+    info!(queue, "consuming jobs");
+    let result = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+                break Ok(());
+            }
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => {
+                    tracker.spawn(handle_delivery(ctx.clone(), broker.clone(), delivery));
+                }
+                Some(Err(e)) => break Err(anyhow::Error::new(e).context("consumer failed")),
+                None => break Err(anyhow::anyhow!("the broker closed the consumer")),
+            }
+        }
+    };
+    pool.consuming.store(false, Ordering::Relaxed);
+    if result.is_ok() {
+        // Let in-flight jobs report and ack on this connection before it closes.
+        tracker.close();
+        if tokio::time::timeout(pool.drain_timeout, tracker.wait()).await.is_err() {
+            warn!("drain timeout: unfinished segments go back to the queue");
+        }
+        broker.close().await;
+    }
+    result
+}
+
+/// The trace context header travels from the job to its result.
+fn trace_headers(delivery: &Delivery) -> Option<FieldTable> {
+    let headers = delivery.properties.headers().as_ref()?;
+    let value = headers.inner().get(castwork_protocol::TRACEPARENT_HEADER)?;
+    let mut out = FieldTable::default();
+    out.insert(castwork_protocol::TRACEPARENT_HEADER.into(), value.clone());
+    Some(out)
+}
+
+async fn handle_delivery(ctx: Arc<JobContext>, broker: Arc<Broker>, delivery: Delivery) {
+    let job: SegmentJob = match decode(&delivery.data) {
+        Ok(j) => j,
+        Err(e) => {
+            error!(error = %e, "malformed job: dead-lettering it");
+            let _ = delivery.acker.reject(BasicRejectOptions { requeue: false }).await;
+            return;
+        }
+    };
+    let report = run_job(&ctx, &job).await;
+    let outcome = match &report {
+        WorkerReport::SegmentResult(r) => {
+            info!(stream = job.stream, seq = job.seq, attempt = job.attempt, transcode_ms = r.transcode_ms, "segment done");
+            "done"
+        }
+        WorkerReport::SegmentFailed(f) => {
+            warn!(stream = job.stream, seq = job.seq, attempt = job.attempt, disposition = ?f.disposition, error = f.message, "segment failed");
+            match f.disposition {
+                castwork_protocol::Disposition::Permanent => "failed_permanent",
+                castwork_protocol::Disposition::Transient => "failed_transient",
+            }
+        }
+    };
+    metrics::SEGMENTS.with_label_values(&[outcome]).inc();
+    let published = broker
+        .publish(
+            RESULTS_EXCHANGE,
+            castwork_cluster::broker::RESULTS_KEY,
+            &encode(&report),
+            trace_headers(&delivery),
+        )
+        .await;
+    match published {
+        // Ack only once the result is safely with the broker.
+        Ok(()) => {
+            if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+                warn!(stream = job.stream, seq = job.seq, error = %e, "ack failed: the job will be redelivered");
+            }
+        }
+        Err(e) => {
+            warn!(stream = job.stream, seq = job.seq, error = %e, "could not publish the result: requeueing the job");
+            let _ = delivery
+                .acker
+                .nack(BasicNackOptions { requeue: true, multiple: false })
+                .await;
+        }
+    }
+}

@@ -1,1 +1,79 @@
-fn main() {}
+//! `worker`: a Castwork transcoder process.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::{http::StatusCode, routing::get, Router};
+use castwork_cluster::{http, redact_url, shutdown_token, telemetry, ServiceArgs, Storage};
+use castwork_worker::{WorkerArgs, WorkerPool};
+use clap::Parser;
+
+/// Castwork worker: consumes segment jobs from RabbitMQ and transcodes each segment into
+/// its adaptive-bitrate ladder (one decode, every rung encoded with libx264).
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    #[command(flatten)]
+    service: ServiceArgs,
+
+    #[command(flatten)]
+    worker: WorkerArgs,
+
+    /// Segments transcoded at once (the queue prefetch); cores are divided among them.
+    #[arg(long, env = "WORKER_SLOTS", default_value_t = 1)]
+    slots: usize,
+
+    /// Seconds in-flight segments get to finish after SIGTERM before they are requeued.
+    #[arg(long, env = "WORKER_DRAIN_SECS", default_value_t = 120)]
+    drain_secs: u64,
+
+    /// Address for /healthz and /metrics (port 0 picks a free port).
+    #[arg(long, env = "WORKER_HTTP_ADDR", default_value = "127.0.0.1:0")]
+    http_addr: SocketAddr,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    telemetry::init_logging(&cli.service.log);
+    cli.worker.validate().map_err(anyhow::Error::msg)?;
+    let storage = Storage::from_url(&cli.service.storage_url)?;
+    tracing::info!(
+        amqp = redact_url(&cli.service.amqp_url),
+        storage = %storage,
+        slots = cli.slots,
+        "effective config"
+    );
+    let shutdown = shutdown_token();
+    let consuming = Arc::new(AtomicBool::new(false));
+    let health = consuming.clone();
+    let router = Router::new()
+        .route(
+            "/healthz",
+            get(move || {
+                let ok = health.load(Ordering::Relaxed);
+                async move {
+                    if ok {
+                        (StatusCode::OK, "ok")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not consuming")
+                    }
+                }
+            }),
+        )
+        .route("/metrics", get(http::metrics_handler));
+    let addr = http::serve(cli.http_addr, router, shutdown.clone()).await?;
+    tracing::info!(%addr, "serving /healthz and /metrics");
+    WorkerPool {
+        amqp_url: cli.service.amqp_url,
+        storage,
+        args: cli.worker,
+        slots: cli.slots,
+        drain_timeout: Duration::from_secs(cli.drain_secs),
+        consuming,
+    }
+    .run(shutdown)
+    .await
+}

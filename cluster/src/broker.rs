@@ -1,0 +1,210 @@
+//! RabbitMQ: one connection per process, the topology every role declares identically, and
+//! publishing with publisher confirms.
+
+use castwork_protocol::{
+    job_queue, StreamMode, DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, EVENTS_EXCHANGE,
+    INGEST_EXCHANGE, INGEST_QUEUE, JOBS_EXCHANGE, RESULTS_EXCHANGE, RESULTS_QUEUE,
+};
+use lapin::{
+    options::{
+        BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+        ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    },
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+    BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind,
+};
+
+/// Routing key of ingest messages and worker reports.
+pub const INGEST_KEY: &str = "ingest";
+pub const RESULTS_KEY: &str = "result";
+
+/// Capability classes with a queue today.
+pub const CLASSES: &[&str] = &["cpu"];
+
+/// The broker's own redelivery backstop. The orchestrator decides when a segment is poison
+/// from worker reports long before this; crashes and requeues also count here.
+pub const DELIVERY_LIMIT: i64 = 50;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("broker error: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("the broker refused the message (nack) on {exchange}/{routing_key}")]
+    Nacked {
+        exchange: String,
+        routing_key: String,
+    },
+}
+
+/// A connection with a confirming publisher channel.
+pub struct Broker {
+    connection: Connection,
+    publisher: Channel,
+}
+
+fn quorum_args(dead_letter: bool) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        ShortString::from("x-queue-type"),
+        AMQPValue::LongString(LongString::from("quorum")),
+    );
+    if dead_letter {
+        args.insert(
+            ShortString::from("x-delivery-limit"),
+            AMQPValue::LongLongInt(DELIVERY_LIMIT),
+        );
+        args.insert(
+            ShortString::from("x-dead-letter-exchange"),
+            AMQPValue::LongString(LongString::from(DEAD_LETTER_EXCHANGE)),
+        );
+        args.insert(
+            ShortString::from("x-dead-letter-strategy"),
+            AMQPValue::LongString(LongString::from("at-least-once")),
+        );
+        args.insert(
+            ShortString::from("x-overflow"),
+            AMQPValue::LongString(LongString::from("reject-publish")),
+        );
+    }
+    args
+}
+
+async fn declare_queue(
+    ch: &Channel,
+    queue: &str,
+    exchange: &str,
+    key: &str,
+    dead_letter: bool,
+) -> Result<(), lapin::Error> {
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        quorum_args(dead_letter),
+    )
+    .await?;
+    ch.queue_bind(
+        queue.into(),
+        exchange.into(),
+        key.into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+}
+
+/// Declares every exchange and queue with the same arguments from every process, so a
+/// re-declare after a reconnect never fails.
+pub async fn declare_topology(ch: &Channel) -> Result<(), lapin::Error> {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    for (name, kind) in [
+        (INGEST_EXCHANGE, ExchangeKind::Direct),
+        (JOBS_EXCHANGE, ExchangeKind::Direct),
+        (RESULTS_EXCHANGE, ExchangeKind::Direct),
+        (EVENTS_EXCHANGE, ExchangeKind::Topic),
+        (DEAD_LETTER_EXCHANGE, ExchangeKind::Fanout),
+    ] {
+        ch.exchange_declare(name.into(), kind, durable, FieldTable::default())
+            .await?;
+    }
+    declare_queue(ch, INGEST_QUEUE, INGEST_EXCHANGE, INGEST_KEY, false).await?;
+    declare_queue(ch, RESULTS_QUEUE, RESULTS_EXCHANGE, RESULTS_KEY, false).await?;
+    declare_queue(ch, DEAD_LETTER_QUEUE, DEAD_LETTER_EXCHANGE, "", false).await?;
+    for class in CLASSES {
+        for mode in [StreamMode::Vod, StreamMode::Live] {
+            let q = job_queue(mode, class);
+            declare_queue(ch, &q, JOBS_EXCHANGE, &q, true).await?;
+        }
+    }
+    Ok(())
+}
+
+impl Broker {
+    /// Connects, opens a confirming publisher channel and declares the topology.
+    pub async fn connect(url: &str, name: &str) -> Result<Self, BrokerError> {
+        let props = ConnectionProperties::default().with_connection_name(name.into());
+        let connection = Connection::connect(url, props).await?;
+        let publisher = connection.create_channel().await?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        declare_topology(&publisher).await?;
+        Ok(Broker {
+            connection,
+            publisher,
+        })
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connection.status().connected() && self.publisher.status().connected()
+    }
+
+    /// Publishes a persistent JSON message and waits for the broker's confirm.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        headers: Option<FieldTable>,
+    ) -> Result<(), BrokerError> {
+        let mut props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into());
+        if let Some(h) = headers {
+            props = props.with_headers(h);
+        }
+        let confirm = self
+            .publisher
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                body,
+                props,
+            )
+            .await?
+            .await?;
+        if confirm.is_nack() {
+            return Err(BrokerError::Nacked {
+                exchange: exchange.to_string(),
+                routing_key: routing_key.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Opens a channel with `prefetch` unacked deliveries and consumes `queue` with manual acks.
+    pub async fn consume(
+        &self,
+        queue: &str,
+        tag: &str,
+        prefetch: u16,
+    ) -> Result<(Channel, Consumer), BrokerError> {
+        let ch = self.connection.create_channel().await?;
+        ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
+        let consumer = ch
+            .basic_consume(
+                queue.into(),
+                tag.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok((ch, consumer))
+    }
+
+    /// A new channel on this connection (e.g. for a temporary event queue).
+    pub async fn channel(&self) -> Result<Channel, BrokerError> {
+        Ok(self.connection.create_channel().await?)
+    }
+
+    /// Closes the connection politely.
+    pub async fn close(&self) {
+        let _ = self.connection.close(200, "bye".into()).await;
+    }
+}

@@ -1,0 +1,54 @@
+//! Settings shared by every role, each a flag with an environment variable.
+
+use clap::Args;
+
+/// Connection settings every role needs.
+#[derive(Args, Debug, Clone)]
+pub struct ServiceArgs {
+    /// RabbitMQ URL (`amqp://` or `amqps://` for TLS).
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: String,
+
+    /// Object store for segments and playlists: `file://DIR` (a local directory, created if
+    /// missing) or `s3://BUCKET[/PREFIX]` configured by the usual AWS_* variables
+    /// (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT, AWS_ALLOW_HTTP).
+    #[arg(long, env = "STORAGE_URL", default_value = "file://./data")]
+    pub storage_url: String,
+
+    /// Log filter, in tracing's EnvFilter syntax (e.g. `info,castwork_worker=debug`).
+    #[arg(long = "log", env = "RUST_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// A URL with its password replaced by `***`, for logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(redact_url("file://./data"), "file://./data");
+    }
+}

@@ -1,0 +1,164 @@
+//! The object store holding source segments, renditions and playlists: a local directory by
+//! default, S3-compatible by URL.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use object_store::{
+    aws::AmazonS3Builder, local::LocalFileSystem, path::Path, prefix::PrefixStore, ObjectStore,
+    ObjectStoreExt, PutPayload,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("object {0} not found")]
+    NotFound(String),
+    #[error("invalid storage url {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("object store error on {key}: {source}")]
+    Store {
+        key: String,
+        #[source]
+        source: object_store::Error,
+    },
+}
+
+/// A handle on the object store; cheap to clone.
+#[derive(Clone)]
+pub struct Storage {
+    store: Arc<dyn ObjectStore>,
+    description: String,
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.description)
+    }
+}
+
+impl Storage {
+    /// Opens `file://DIR` (created if missing) or `s3://BUCKET[/PREFIX]`.
+    pub fn from_url(url: &str) -> Result<Self, StorageError> {
+        let bad = |reason: String| StorageError::BadUrl {
+            url: url.to_string(),
+            reason,
+        };
+        if let Some(dir) = url.strip_prefix("file://") {
+            std::fs::create_dir_all(dir).map_err(|e| bad(e.to_string()))?;
+            let abs = std::fs::canonicalize(dir).map_err(|e| bad(e.to_string()))?;
+            let store = LocalFileSystem::new_with_prefix(&abs).map_err(|e| bad(e.to_string()))?;
+            return Ok(Storage {
+                store: Arc::new(store),
+                description: format!("file://{}", abs.display()),
+            });
+        }
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(bad("no bucket name".into()));
+            }
+            let s3 = AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .build()
+                .map_err(|e| bad(e.to_string()))?;
+            let store: Arc<dyn ObjectStore> = if prefix.trim_matches('/').is_empty() {
+                Arc::new(s3)
+            } else {
+                Arc::new(PrefixStore::new(s3, prefix.trim_matches('/')))
+            };
+            return Ok(Storage {
+                store,
+                description: url.to_string(),
+            });
+        }
+        Err(bad("expected file://DIR or s3://BUCKET[/PREFIX]".into()))
+    }
+
+    fn path(key: &str) -> Result<Path, StorageError> {
+        Path::parse(key).map_err(|e| StorageError::Store {
+            key: key.to_string(),
+            source: e.into(),
+        })
+    }
+
+    fn err(key: &str, e: object_store::Error) -> StorageError {
+        match e {
+            object_store::Error::NotFound { .. } => StorageError::NotFound(key.to_string()),
+            source => StorageError::Store {
+                key: key.to_string(),
+                source,
+            },
+        }
+    }
+
+    pub async fn put(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
+        self.store
+            .put(&Self::path(key)?, PutPayload::from(data))
+            .await
+            .map(|_| ())
+            .map_err(|e| Self::err(key, e))
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
+        let r = self
+            .store
+            .get(&Self::path(key)?)
+            .await
+            .map_err(|e| Self::err(key, e))?;
+        r.bytes().await.map_err(|e| Self::err(key, e))
+    }
+
+    /// Size of an object, or `None` when it does not exist.
+    pub async fn size(&self, key: &str) -> Result<Option<u64>, StorageError> {
+        match self.store.head(&Self::path(key)?).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(Self::err(key, e)),
+        }
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        match self.store.delete(&Self::path(key)?).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(Self::err(key, e)),
+        }
+    }
+
+    /// Checks the store answers: a missing object is a healthy answer.
+    pub async fn healthcheck(&self) -> Result<(), StorageError> {
+        self.size("castwork-healthcheck").await.map(|_| ())
+    }
+}
+
+impl std::fmt::Display for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.description)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn local_store_round_trip() {
+        let dir = tempfile_dir();
+        let s = Storage::from_url(&format!("file://{}", dir.display())).unwrap();
+        s.healthcheck().await.unwrap();
+        s.put("streams/a/source/0.ts", Bytes::from_static(b"abc")).await.unwrap();
+        assert_eq!(s.get("streams/a/source/0.ts").await.unwrap(), Bytes::from_static(b"abc"));
+        assert_eq!(s.size("streams/a/source/0.ts").await.unwrap(), Some(3));
+        assert_eq!(s.size("streams/a/source/1.ts").await.unwrap(), None);
+        assert!(matches!(s.get("nope").await, Err(StorageError::NotFound(_))));
+        s.delete("streams/a/source/0.ts").await.unwrap();
+        s.delete("streams/a/source/0.ts").await.unwrap();
+        assert!(Storage::from_url("ftp://x").is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("castwork-storage-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+}

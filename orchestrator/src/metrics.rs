@@ -1,0 +1,37 @@
+//! The orchestrator's Prometheus metrics.
+
+use std::sync::LazyLock;
+
+use prometheus::{register_histogram, register_int_counter, register_int_counter_vec, Histogram, IntCounter, IntCounterVec};
+
+pub static STREAMS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "castwork_orchestrator_streams_total",
+        "Streams by event (admitted, rejected, completed)",
+        &["event"]
+    )
+    .expect("metric registers once")
+});
+
+pub static SEGMENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "castwork_orchestrator_segments_total",
+        "Segments by event (received, done, failed, retried, duplicate, bad_output)",
+        &["event"]
+    )
+    .expect("metric registers once")
+});
+
+pub static JOBS_PUBLISHED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("castwork_orchestrator_jobs_published_total", "Segment jobs published, retries included")
+        .expect("metric registers once")
+});
+
+pub static TRANSCODE_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "castwork_orchestrator_transcode_seconds",
+        "Transcode time of accepted segments, as reported by workers",
+        vec![0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
+    )
+    .expect("metric registers once")
+});

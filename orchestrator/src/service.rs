@@ -1,0 +1,307 @@
+//! The orchestrator's message handling: admitting streams, publishing one job per segment,
+//! checking and accepting results, retrying or failing segments, and completing streams.
+
+use std::sync::Arc;
+
+use castwork_cluster::{broker::CLASSES, Broker, Storage};
+use castwork_protocol::{
+    encode, event_routing_key, job_queue, plan_ladder, profile, validate_stream_name,
+    Disposition, FailedSegment, IngestMessage, SegmentFailed, SegmentJob, SegmentReady,
+    SegmentResult, StreamEnded, StreamEvent, StreamStarted, WorkerReport, EVENTS_EXCHANGE,
+    JOBS_EXCHANGE,
+};
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use crate::metrics;
+use crate::state::{FailOutcome, SegmentRecord, State, StreamRecord};
+use crate::verify::{check_result, CheckError};
+
+/// Why a message could not be handled.
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError {
+    /// A service is unavailable: requeue the message and try again.
+    #[error("{0}")]
+    Retry(String),
+}
+
+impl From<redis::RedisError> for HandleError {
+    fn from(e: redis::RedisError) -> Self {
+        HandleError::Retry(format!("redis: {e}"))
+    }
+}
+
+impl From<castwork_cluster::BrokerError> for HandleError {
+    fn from(e: castwork_cluster::BrokerError) -> Self {
+        HandleError::Retry(e.to_string())
+    }
+}
+
+impl From<castwork_cluster::StorageError> for HandleError {
+    fn from(e: castwork_cluster::StorageError) -> Self {
+        HandleError::Retry(e.to_string())
+    }
+}
+
+/// Everything a handler needs; cheap to share.
+pub struct Orchestrator {
+    pub state: State,
+    pub storage: Storage,
+    pub broker: Arc<Broker>,
+    /// Attempts before a segment whose failures are all transient is given up.
+    pub max_attempts: u32,
+}
+
+impl Orchestrator {
+    async fn event(&self, stream: &str, event: &StreamEvent) -> Result<(), HandleError> {
+        self.broker
+            .publish(EVENTS_EXCHANGE, &event_routing_key(stream), &encode(event), None)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn handle_ingest(&self, msg: IngestMessage) -> Result<(), HandleError> {
+        match msg {
+            IngestMessage::StreamStarted(s) => self.stream_started(s).await,
+            IngestMessage::SegmentReady(s) => self.segment_ready(s).await,
+            IngestMessage::StreamEnded(s) => self.stream_ended(s).await,
+        }
+    }
+
+    async fn reject(&self, stream: &str, message: String) -> Result<(), HandleError> {
+        warn!(stream, message, "stream rejected");
+        metrics::STREAMS.with_label_values(&["rejected"]).inc();
+        self.event(
+            stream,
+            &StreamEvent::StreamRejected {
+                stream: stream.to_string(),
+                message,
+            },
+        )
+        .await
+    }
+
+    async fn stream_started(&self, s: StreamStarted) -> Result<(), HandleError> {
+        if let Err(m) = validate_stream_name(&s.stream) {
+            return self.reject(&s.stream, m).await;
+        }
+        let ladder = match profile::validate(s.ladder.clone()) {
+            Ok(l) => l,
+            Err(e) => return self.reject(&s.stream, e.to_string()).await,
+        };
+        if s.source.width == 0 || s.source.height == 0 {
+            return self.reject(&s.stream, "the source has no picture size".into()).await;
+        }
+        // The seam for payment: a priced orchestrator checks the broadcaster's balance or
+        // tickets here; the default price is 0, so every stream is admitted.
+        let plan = plan_ladder(&ladder, &s.source);
+        let registered = self
+            .state
+            .register_stream(&s.stream, &s.session.to_string(), s.mode, &plan, &s.source)
+            .await?;
+        if registered == 0 {
+            return self
+                .reject(
+                    &s.stream,
+                    format!("stream {} already exists; push under another name", s.stream),
+                )
+                .await;
+        }
+        if registered == 1 {
+            metrics::STREAMS.with_label_values(&["admitted"]).inc();
+            info!(stream = s.stream, rungs = plan.rungs.len(), skipped = plan.skipped.len(), "stream admitted");
+        }
+        self.event(
+            &s.stream,
+            &StreamEvent::StreamAdmitted {
+                stream: s.stream.clone(),
+                rungs: plan.rungs,
+                skipped: plan.skipped,
+            },
+        )
+        .await
+    }
+
+    async fn segment_ready(&self, s: SegmentReady) -> Result<(), HandleError> {
+        let Some(rec) = self.state.stream(&s.stream).await? else {
+            warn!(stream = s.stream, seq = s.seq, "segment of an unknown stream dropped");
+            return Ok(());
+        };
+        let prefix = format!("streams/{}/source/", s.stream);
+        if rec.state != "active" || !s.object.key.starts_with(&prefix) || s.duration_us <= 0 || s.frames == 0 {
+            warn!(stream = s.stream, seq = s.seq, key = s.object.key, "invalid segment dropped");
+            return Ok(());
+        }
+        let attempt = self.state.record_segment(&s).await?;
+        if attempt == 0 {
+            return Ok(());
+        }
+        metrics::SEGMENTS.with_label_values(&["received"]).inc();
+        let Some(seg) = self.state.segment(&s.stream, s.seq).await? else {
+            return Err(HandleError::Retry("segment vanished from redis".into()));
+        };
+        self.publish_job(&rec, &seg, attempt).await
+    }
+
+    async fn publish_job(&self, rec: &StreamRecord, seg: &SegmentRecord, attempt: u32) -> Result<(), HandleError> {
+        let job = SegmentJob {
+            job_id: Uuid::now_v7(),
+            stream: rec.stream.clone(),
+            seq: seg.seq,
+            attempt,
+            mode: rec.mode,
+            source: seg.source.clone(),
+            start_us: seg.start_us,
+            duration_us: seg.duration_us,
+            frames: seg.frames,
+            rungs: rec.plan.rungs.clone(),
+            metadata: rec.source.clone(),
+            deadline_unix_ms: None,
+        };
+        let queue = job_queue(rec.mode, CLASSES[0]);
+        self.broker.publish(JOBS_EXCHANGE, &queue, &encode(&job), None).await?;
+        metrics::JOBS_PUBLISHED.inc();
+        Ok(())
+    }
+
+    async fn stream_ended(&self, s: StreamEnded) -> Result<(), HandleError> {
+        if self.state.stream(&s.stream).await?.is_none() {
+            return Ok(());
+        }
+        self.state.set_total(&s.stream, s.segments).await?;
+        self.try_complete(&s.stream).await
+    }
+
+    pub async fn handle_report(&self, report: WorkerReport) -> Result<(), HandleError> {
+        match report {
+            WorkerReport::SegmentResult(r) => self.segment_result(r).await,
+            WorkerReport::SegmentFailed(f) => self.segment_failed(f).await,
+        }
+    }
+
+    /// Deletes the objects of an attempt that lost.
+    async fn collect_garbage(&self, r: &SegmentResult) {
+        for out in &r.renditions {
+            let key = castwork_protocol::rendition_key(&r.stream, &out.rung, r.seq, r.attempt);
+            if let Err(e) = self.storage.delete(&key).await {
+                warn!(key, error = %e, "could not delete a lost attempt's rendition");
+            }
+        }
+    }
+
+    async fn segment_result(&self, r: SegmentResult) -> Result<(), HandleError> {
+        let (Some(rec), Some(seg)) = (
+            self.state.stream(&r.stream).await?,
+            self.state.segment(&r.stream, r.seq).await?,
+        ) else {
+            warn!(stream = r.stream, seq = r.seq, "result for an unknown segment dropped");
+            return Ok(());
+        };
+        if seg.state != "pending" {
+            info!(stream = r.stream, seq = r.seq, attempt = r.attempt, "duplicate result ignored");
+            metrics::SEGMENTS.with_label_values(&["duplicate"]).inc();
+            if seg.accepted.as_ref().is_some_and(|a| a.first().map(|x| &x.key) != r.renditions.first().map(|o| &o.object.key)) {
+                self.collect_garbage(&r).await;
+            }
+            return Ok(());
+        }
+        match check_result(&self.storage, &seg, &rec.plan, &rec.source, &r).await {
+            Ok(accepted) => {
+                if self.state.accept(&r.stream, r.seq, r.attempt, &accepted).await? {
+                    metrics::SEGMENTS.with_label_values(&["done"]).inc();
+                    metrics::TRANSCODE_SECONDS.observe(r.transcode_ms as f64 / 1000.0);
+                    info!(stream = r.stream, seq = r.seq, attempt = r.attempt, worker = r.worker_id, "segment accepted");
+                    self.event(&r.stream, &StreamEvent::SegmentTranscoded { stream: r.stream.clone(), seq: r.seq })
+                        .await?;
+                    self.try_complete(&r.stream).await
+                } else {
+                    self.collect_garbage(&r).await;
+                    Ok(())
+                }
+            }
+            Err(CheckError::Unavailable(m)) => Err(HandleError::Retry(m)),
+            Err(CheckError::Bad(m)) => {
+                warn!(stream = r.stream, seq = r.seq, attempt = r.attempt, worker = r.worker_id, problem = m, "worker produced bad output");
+                metrics::SEGMENTS.with_label_values(&["bad_output"]).inc();
+                self.collect_garbage(&r).await;
+                self.segment_failed(SegmentFailed {
+                    job_id: r.job_id,
+                    stream: r.stream.clone(),
+                    seq: r.seq,
+                    attempt: r.attempt,
+                    worker_id: r.worker_id.clone(),
+                    disposition: Disposition::Transient,
+                    message: format!("output check failed: {m}"),
+                })
+                .await
+            }
+        }
+    }
+
+    async fn segment_failed(&self, f: SegmentFailed) -> Result<(), HandleError> {
+        let permanent = f.disposition == Disposition::Permanent;
+        let outcome = self
+            .state
+            .fail_attempt(&f.stream, f.seq, f.attempt, &f.message, permanent, self.max_attempts)
+            .await?;
+        match outcome {
+            FailOutcome::Retry(attempt) => {
+                info!(stream = f.stream, seq = f.seq, attempt, error = f.message, "retrying segment");
+                metrics::SEGMENTS.with_label_values(&["retried"]).inc();
+                let (Some(rec), Some(seg)) = (
+                    self.state.stream(&f.stream).await?,
+                    self.state.segment(&f.stream, f.seq).await?,
+                ) else {
+                    return Ok(());
+                };
+                self.publish_job(&rec, &seg, attempt).await
+            }
+            FailOutcome::Failed => {
+                warn!(stream = f.stream, seq = f.seq, error = f.message, "segment failed");
+                metrics::SEGMENTS.with_label_values(&["failed"]).inc();
+                self.event(
+                    &f.stream,
+                    &StreamEvent::SegmentFailed { stream: f.stream.clone(), seq: f.seq, message: f.message.clone() },
+                )
+                .await?;
+                self.try_complete(&f.stream).await
+            }
+            FailOutcome::Stale | FailOutcome::AlreadyResolved => Ok(()),
+        }
+    }
+
+    /// Writes the playlists and announces completion once every segment is resolved.
+    async fn try_complete(&self, stream: &str) -> Result<(), HandleError> {
+        let Some(rec) = self.state.stream(stream).await? else {
+            return Ok(());
+        };
+        let Some(total) = rec.total else { return Ok(()) };
+        if rec.state != "active" || rec.done + rec.failed < total {
+            return Ok(());
+        }
+        let segments = self.state.segments(stream, total).await?;
+        let master = crate::playlists::write(&self.storage, &rec, &segments).await?;
+        if self.state.complete(stream, &master).await? {
+            let failed: Vec<FailedSegment> = self
+                .state
+                .failures(stream)
+                .await?
+                .into_iter()
+                .map(|(seq, message)| FailedSegment { seq, message })
+                .collect();
+            info!(stream, segments = total, failed = failed.len(), master, "stream complete");
+            metrics::STREAMS.with_label_values(&["completed"]).inc();
+            self.event(
+                stream,
+                &StreamEvent::StreamCompleted {
+                    stream: stream.to_string(),
+                    segments: total,
+                    master_playlist: master,
+                    failed,
+                },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,350 @@
+//! Stream and segment state in Redis. Every change that must be atomic is a Lua script, so
+//! any number of orchestrators can share one Redis without double-counting a segment.
+
+use std::collections::HashMap;
+
+use castwork_protocol::{LadderPlan, ObjectRef, SegmentReady, SourceMetadata, StreamMode};
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+
+pub fn stream_key(stream: &str) -> String {
+    format!("cw:stream:{stream}")
+}
+
+pub fn segment_key(stream: &str, seq: u64) -> String {
+    format!("cw:stream:{stream}:seg:{seq}")
+}
+
+pub fn failures_key(stream: &str) -> String {
+    format!("cw:stream:{stream}:failures")
+}
+
+pub const STREAMS_SET: &str = "cw:streams";
+
+/// One rendition of an accepted segment, as checked by the orchestrator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AcceptedRendition {
+    pub rung: String,
+    pub key: String,
+    pub size: u64,
+    pub width: u32,
+    pub height: u32,
+    pub frames: u64,
+    /// RFC 6381 codecs read from the bitstream.
+    pub codecs: String,
+}
+
+/// A registered stream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StreamRecord {
+    pub stream: String,
+    pub session: String,
+    pub mode: StreamMode,
+    pub plan: LadderPlan,
+    pub source: SourceMetadata,
+    pub state: String,
+    pub total: Option<u64>,
+    pub received: u64,
+    pub done: u64,
+    pub failed: u64,
+    pub master_playlist: Option<String>,
+}
+
+/// A registered segment.
+#[derive(Debug, Clone)]
+pub struct SegmentRecord {
+    pub seq: u64,
+    pub start_us: i64,
+    pub duration_us: i64,
+    pub frames: u64,
+    pub source: ObjectRef,
+    pub attempt: u32,
+    pub state: String,
+    pub accepted: Option<Vec<AcceptedRendition>>,
+}
+
+/// Registers a stream unless one with that name exists. Returns 1 when new, 2 when it is
+/// the same push again (a redelivery), 0 when the name is taken by another push.
+const REGISTER_STREAM: &str = r#"
+local cur = redis.call('HGET', KEYS[1], 'session')
+if cur then
+  if cur == ARGV[1] then return 2 end
+  return 0
+end
+redis.call('HSET', KEYS[1], 'session', ARGV[1], 'mode', ARGV[2], 'plan', ARGV[3],
+  'source', ARGV[4], 'state', 'active', 'received', 0, 'done', 0, 'failed', 0, 'resolved', 0)
+redis.call('SADD', KEYS[2], ARGV[5])
+return 1
+"#;
+
+/// Records a segment. Returns the attempt to publish, or 0 when the segment is already
+/// resolved. A redelivered `SegmentReady` for a pending segment gets a new attempt, so its
+/// outputs never overwrite another attempt's.
+const RECORD_SEGMENT: &str = r#"
+local st = redis.call('HGET', KEYS[1], 'state')
+if st then
+  if st ~= 'pending' then return 0 end
+  return redis.call('HINCRBY', KEYS[1], 'attempt', 1)
+end
+redis.call('HSET', KEYS[1], 'start_us', ARGV[1], 'duration_us', ARGV[2], 'frames', ARGV[3],
+  'source', ARGV[4], 'attempt', 1, 'state', 'pending')
+redis.call('HINCRBY', KEYS[2], 'received', 1)
+return 1
+"#;
+
+/// Accepts a checked result if the segment is still pending (first valid attempt wins).
+/// Returns 1 when accepted, 0 when the segment was already resolved.
+const ACCEPT_RESULT: &str = r#"
+if redis.call('HGET', KEYS[1], 'state') ~= 'pending' then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'done', 'accepted', ARGV[1], 'accepted_attempt', ARGV[2])
+redis.call('HINCRBY', KEYS[2], 'done', 1)
+redis.call('HINCRBY', KEYS[2], 'resolved', 1)
+return 1
+"#;
+
+/// Applies a failed attempt. Returns -1 for a stale attempt (a newer one is running), 0 when
+/// already resolved, 1 when the segment is now failed, or 1000 + the new attempt to publish.
+const FAIL_ATTEMPT: &str = r#"
+if redis.call('HGET', KEYS[1], 'state') ~= 'pending' then return 0 end
+local cur = tonumber(redis.call('HGET', KEYS[1], 'attempt'))
+if tonumber(ARGV[1]) ~= cur then return -1 end
+if ARGV[3] == '1' or cur >= tonumber(ARGV[4]) then
+  redis.call('HSET', KEYS[1], 'state', 'failed', 'message', ARGV[2])
+  redis.call('HINCRBY', KEYS[2], 'failed', 1)
+  redis.call('HINCRBY', KEYS[2], 'resolved', 1)
+  redis.call('HSET', KEYS[3], ARGV[5], ARGV[2])
+  return 1
+end
+return 1000 + redis.call('HINCRBY', KEYS[1], 'attempt', 1)
+"#;
+
+/// Marks a stream complete once, when every one of its segments is resolved. Returns 1 to
+/// the single caller that completed it.
+const COMPLETE_STREAM: &str = r#"
+local s = redis.call('HMGET', KEYS[1], 'state', 'total', 'resolved')
+if s[1] ~= 'active' or not s[2] or tonumber(s[3]) < tonumber(s[2]) then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'complete', 'master', ARGV[1])
+return 1
+"#;
+
+/// What applying a failure did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FailOutcome {
+    Stale,
+    AlreadyResolved,
+    Failed,
+    Retry(u32),
+}
+
+/// Redis operations of the orchestrator.
+#[derive(Clone)]
+pub struct State {
+    redis: ConnectionManager,
+}
+
+fn json<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+impl State {
+    pub fn new(redis: ConnectionManager) -> Self {
+        State { redis }
+    }
+
+    pub async fn ping(&self) -> redis::RedisResult<()> {
+        redis::cmd("PING").query_async::<String>(&mut self.redis.clone()).await.map(|_| ())
+    }
+
+    pub async fn register_stream(
+        &self,
+        stream: &str,
+        session: &str,
+        mode: StreamMode,
+        plan: &LadderPlan,
+        source: &SourceMetadata,
+    ) -> redis::RedisResult<i64> {
+        redis::Script::new(REGISTER_STREAM)
+            .key(stream_key(stream))
+            .key(STREAMS_SET)
+            .arg(session)
+            .arg(mode.as_str())
+            .arg(json(plan))
+            .arg(json(source))
+            .arg(stream)
+            .invoke_async(&mut self.redis.clone())
+            .await
+    }
+
+    pub async fn record_segment(&self, seg: &SegmentReady) -> redis::RedisResult<u32> {
+        redis::Script::new(RECORD_SEGMENT)
+            .key(segment_key(&seg.stream, seg.seq))
+            .key(stream_key(&seg.stream))
+            .arg(seg.start_us)
+            .arg(seg.duration_us)
+            .arg(seg.frames)
+            .arg(json(&seg.object))
+            .invoke_async(&mut self.redis.clone())
+            .await
+    }
+
+    pub async fn accept(
+        &self,
+        stream: &str,
+        seq: u64,
+        attempt: u32,
+        renditions: &[AcceptedRendition],
+    ) -> redis::RedisResult<bool> {
+        let r: i64 = redis::Script::new(ACCEPT_RESULT)
+            .key(segment_key(stream, seq))
+            .key(stream_key(stream))
+            .arg(json(&renditions))
+            .arg(attempt)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok(r == 1)
+    }
+
+    pub async fn fail_attempt(
+        &self,
+        stream: &str,
+        seq: u64,
+        attempt: u32,
+        message: &str,
+        permanent: bool,
+        max_attempts: u32,
+    ) -> redis::RedisResult<FailOutcome> {
+        let r: i64 = redis::Script::new(FAIL_ATTEMPT)
+            .key(segment_key(stream, seq))
+            .key(stream_key(stream))
+            .key(failures_key(stream))
+            .arg(attempt)
+            .arg(message)
+            .arg(if permanent { "1" } else { "0" })
+            .arg(max_attempts)
+            .arg(seq)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok(match r {
+            -1 => FailOutcome::Stale,
+            0 => FailOutcome::AlreadyResolved,
+            1 => FailOutcome::Failed,
+            n => FailOutcome::Retry((n - 1000) as u32),
+        })
+    }
+
+    pub async fn set_total(&self, stream: &str, total: u64) -> redis::RedisResult<()> {
+        redis::cmd("HSET")
+            .arg(stream_key(stream))
+            .arg("total")
+            .arg(total)
+            .query_async::<i64>(&mut self.redis.clone())
+            .await
+            .map(|_| ())
+    }
+
+    /// Marks the stream complete if every segment is resolved; true for the one caller that
+    /// did it.
+    pub async fn complete(&self, stream: &str, master: &str) -> redis::RedisResult<bool> {
+        let r: i64 = redis::Script::new(COMPLETE_STREAM)
+            .key(stream_key(stream))
+            .arg(master)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok(r == 1)
+    }
+
+    pub async fn stream(&self, stream: &str) -> redis::RedisResult<Option<StreamRecord>> {
+        let h: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(stream_key(stream))
+            .query_async(&mut self.redis.clone())
+            .await?;
+        if h.is_empty() {
+            return Ok(None);
+        }
+        let num = |k: &str| h.get(k).and_then(|v| v.parse::<u64>().ok());
+        let parse = |k: &str| h.get(k).map(String::as_str).unwrap_or("null");
+        Ok(Some(StreamRecord {
+            stream: stream.to_string(),
+            session: h.get("session").cloned().unwrap_or_default(),
+            mode: if h.get("mode").map(String::as_str) == Some("live") {
+                StreamMode::Live
+            } else {
+                StreamMode::Vod
+            },
+            plan: serde_json::from_str(parse("plan")).unwrap_or_default(),
+            source: match serde_json::from_str(parse("source")) {
+                Ok(s) => s,
+                Err(e) => {
+                    return Err(redis::RedisError::from((
+                        redis::ErrorKind::Parse,
+                        "corrupt stream source metadata",
+                        e.to_string(),
+                    )))
+                }
+            },
+            state: h.get("state").cloned().unwrap_or_default(),
+            total: num("total"),
+            received: num("received").unwrap_or(0),
+            done: num("done").unwrap_or(0),
+            failed: num("failed").unwrap_or(0),
+            master_playlist: h.get("master").cloned(),
+        }))
+    }
+
+    pub async fn segment(&self, stream: &str, seq: u64) -> redis::RedisResult<Option<SegmentRecord>> {
+        let h: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(segment_key(stream, seq))
+            .query_async(&mut self.redis.clone())
+            .await?;
+        Ok(parse_segment(seq, &h))
+    }
+
+    /// Every segment 0..total in one round trip.
+    pub async fn segments(&self, stream: &str, total: u64) -> redis::RedisResult<Vec<Option<SegmentRecord>>> {
+        let mut pipe = redis::pipe();
+        for seq in 0..total {
+            pipe.cmd("HGETALL").arg(segment_key(stream, seq));
+        }
+        let all: Vec<HashMap<String, String>> = pipe.query_async(&mut self.redis.clone()).await?;
+        Ok(all.iter().enumerate().map(|(i, h)| parse_segment(i as u64, h)).collect())
+    }
+
+    pub async fn failures(&self, stream: &str) -> redis::RedisResult<Vec<(u64, String)>> {
+        let h: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(failures_key(stream))
+            .query_async(&mut self.redis.clone())
+            .await?;
+        let mut v: Vec<(u64, String)> = h
+            .into_iter()
+            .filter_map(|(k, m)| k.parse().ok().map(|s| (s, m)))
+            .collect();
+        v.sort();
+        Ok(v)
+    }
+
+    pub async fn stream_names(&self) -> redis::RedisResult<Vec<String>> {
+        let mut v: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(STREAMS_SET)
+            .query_async(&mut self.redis.clone())
+            .await?;
+        v.sort();
+        Ok(v)
+    }
+}
+
+fn parse_segment(seq: u64, h: &HashMap<String, String>) -> Option<SegmentRecord> {
+    if h.is_empty() {
+        return None;
+    }
+    let num = |k: &str| h.get(k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+    Some(SegmentRecord {
+        seq,
+        start_us: num("start_us"),
+        duration_us: num("duration_us"),
+        frames: num("frames") as u64,
+        source: serde_json::from_str(h.get("source")?).ok()?,
+        attempt: num("attempt") as u32,
+        state: h.get("state").cloned().unwrap_or_default(),
+        accepted: h.get("accepted").and_then(|a| serde_json::from_str(a).ok()),
+    })
+}

@@ -1,0 +1,103 @@
+//! Checking a worker's result before it is accepted: the objects exist with the reported
+//! size and hash, and each rendition has the rung's size, starts with a keyframe at the
+//! source segment's time, has no more frames than the source, covers the whole segment, and
+//! carries audio exactly when the source does.
+
+use castwork_cluster::Storage;
+use castwork_protocol::{rendition_key, LadderPlan, SegmentResult, SourceMetadata};
+use sha2::{Digest, Sha256};
+
+use crate::state::{AcceptedRendition, SegmentRecord};
+
+/// Why a result was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// The worker's output is wrong: retry elsewhere.
+    #[error("{0}")]
+    Bad(String),
+    /// We could not check (object store down): try again later.
+    #[error("cannot check the result: {0}")]
+    Unavailable(String),
+}
+
+/// Checks every rendition of a result against the segment and the stream's ladder.
+pub async fn check_result(
+    storage: &Storage,
+    seg: &SegmentRecord,
+    plan: &LadderPlan,
+    source: &SourceMetadata,
+    result: &SegmentResult,
+) -> Result<Vec<AcceptedRendition>, CheckError> {
+    let bad = |m: String| Err(CheckError::Bad(m));
+    let mut names: Vec<&str> = result.renditions.iter().map(|r| r.rung.as_str()).collect();
+    let mut wanted: Vec<&str> = plan.rungs.iter().map(|r| r.name.as_str()).collect();
+    names.sort_unstable();
+    wanted.sort_unstable();
+    if names != wanted {
+        return bad(format!("renditions {names:?} do not match the ladder {wanted:?}"));
+    }
+    let fps = source.frame_rate.as_f64();
+    let frame_us = if fps > 0.5 { (1e6 / fps) as i64 } else { 40_000 };
+    let tmp = tempfile::tempdir().map_err(|e| CheckError::Unavailable(e.to_string()))?;
+    let mut accepted = Vec::with_capacity(result.renditions.len());
+    for out in &result.renditions {
+        let Some(rung) = plan.rungs.iter().find(|r| r.name == out.rung) else {
+            return bad(format!("unknown rung {}", out.rung));
+        };
+        let key = rendition_key(&result.stream, &out.rung, result.seq, result.attempt);
+        if out.object.key != key {
+            return bad(format!("{} is not this attempt's key {key}", out.object.key));
+        }
+        let data = match storage.get(&key).await {
+            Ok(d) => d,
+            Err(castwork_cluster::StorageError::NotFound(k)) => {
+                return bad(format!("rendition {k} was not uploaded"))
+            }
+            Err(e) => return Err(CheckError::Unavailable(e.to_string())),
+        };
+        if data.len() as u64 != out.object.size || hex::encode(Sha256::digest(&data)) != out.object.sha256 {
+            return bad(format!("{key} does not match its reported size and sha256"));
+        }
+        let path = tmp.path().join(format!("{}.ts", out.rung));
+        tokio::fs::write(&path, &data)
+            .await
+            .map_err(|e| CheckError::Unavailable(e.to_string()))?;
+        let info = tokio::task::spawn_blocking(move || castwork_media::inspect(&path, "mpegts"))
+            .await
+            .map_err(|e| CheckError::Unavailable(e.to_string()))?
+            .map_err(|e| CheckError::Bad(format!("{key}: {e}")))?;
+        let rung_us = {
+            let f = rung.max_fps.as_f64();
+            if f > 0.5 { (1e6 / f) as i64 } else { frame_us }
+        };
+        let seg_end = seg.start_us + seg.duration_us;
+        let problems = [
+            ((info.width, info.height) != (rung.width, rung.height))
+                .then(|| format!("size {}x{} instead of {}x{}", info.width, info.height, rung.width, rung.height)),
+            (info.video_codec != "h264").then(|| format!("codec {} instead of h264", info.video_codec)),
+            (info.pixel_format != "yuv420p").then(|| format!("pixel format {}", info.pixel_format)),
+            (!info.starts_with_keyframe).then(|| "does not start with a keyframe".to_string()),
+            ((info.start_us - seg.start_us).abs() > frame_us + 1_000)
+                .then(|| format!("starts at {} us instead of {} us", info.start_us, seg.start_us)),
+            (info.frames > seg.frames).then(|| format!("{} frames from a {}-frame source", info.frames, seg.frames)),
+            (seg_end - info.last_pts_us > rung_us + frame_us + 1_000 || info.last_pts_us >= seg_end)
+                .then(|| format!("last frame at {} us does not end the segment at {seg_end} us", info.last_pts_us)),
+            (source.has_audio != info.audio_codec.is_some())
+                .then(|| format!("audio {:?} but the source has audio: {}", info.audio_codec, source.has_audio)),
+        ];
+        let problems: Vec<String> = problems.into_iter().flatten().collect();
+        if !problems.is_empty() {
+            return bad(format!("{key}: {}", problems.join(", ")));
+        }
+        accepted.push(AcceptedRendition {
+            rung: out.rung.clone(),
+            key,
+            size: out.object.size,
+            width: info.width,
+            height: info.height,
+            frames: info.frames,
+            codecs: info.codecs(),
+        });
+    }
+    Ok(accepted)
+}

@@ -1,0 +1,77 @@
+//! Worker settings: every flag has an environment variable.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+/// How a worker transcodes; shared by the `worker` binary and the orchestrator's combined
+/// mode.
+#[derive(Args, Debug, Clone)]
+pub struct WorkerArgs {
+    /// libx264 preset: ultrafast, superfast, veryfast, faster, fast, medium, slow.
+    #[arg(long, env = "X264_PRESET", default_value = "veryfast")]
+    pub preset: String,
+
+    /// Threads per encoder and decoder; 0 divides the machine's cores among the slots.
+    #[arg(long, env = "WORKER_THREADS", default_value_t = 0)]
+    pub threads: usize,
+
+    /// Capability class whose queues this worker consumes (`jobs.vod.<class>`).
+    #[arg(long, env = "WORKER_CLASS", default_value = "cpu")]
+    pub class: String,
+
+    /// Largest source segment accepted, in MiB; larger ones fail permanently.
+    #[arg(long, env = "MAX_SEGMENT_MB", default_value_t = 256)]
+    pub max_segment_mb: u64,
+
+    /// Directory for segments being transcoded (the system temp directory if unset).
+    #[arg(long, env = "WORKER_TMP_DIR")]
+    pub tmp_dir: Option<PathBuf>,
+
+    /// Stable name of this worker in results and logs (host name and process id if unset).
+    #[arg(long, env = "WORKER_ID")]
+    pub worker_id: Option<String>,
+}
+
+impl WorkerArgs {
+    /// Checks the settings, reporting every problem at once.
+    pub fn validate(&self) -> Result<(), String> {
+        const PRESETS: &[&str] = &[
+            "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
+            "veryslow",
+        ];
+        let mut problems = Vec::new();
+        if !PRESETS.contains(&self.preset.as_str()) {
+            problems.push(format!("--preset {:?} is not an x264 preset ({})", self.preset, PRESETS.join(", ")));
+        }
+        if self.class.is_empty() || !self.class.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            problems.push(format!("--class {:?} must be letters, digits or '-'", self.class));
+        }
+        if self.max_segment_mb == 0 {
+            problems.push("--max-segment-mb must be at least 1".into());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+
+    /// Encoder threads for a worker with `slots` concurrent jobs.
+    pub fn threads_for(&self, slots: usize) -> usize {
+        if self.threads > 0 {
+            return self.threads;
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (cores / slots.max(1)).max(1)
+    }
+
+    pub fn id(&self) -> String {
+        self.worker_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "worker".into());
+            format!("{host}-{}", std::process::id())
+        })
+    }
+}

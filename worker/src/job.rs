@@ -1,0 +1,193 @@
+//! Handling one segment job: fetch, transcode off the async executor, upload, report.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use castwork_cluster::{Storage, StorageError};
+use castwork_media::{MediaError, TranscodeOptions};
+use castwork_protocol::{
+    validate_stream_name, Disposition, ObjectRef, RenditionOutput, SegmentFailed, SegmentJob,
+    SegmentResult, WorkerReport,
+};
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+
+/// What a worker needs to run jobs.
+pub struct JobContext {
+    pub storage: Storage,
+    pub worker_id: String,
+    pub options: TranscodeOptions,
+    pub max_segment_bytes: u64,
+    pub tmp_dir: Option<PathBuf>,
+    /// Bounds concurrent CPU-heavy transcodes to the worker's slots.
+    pub slots: Arc<Semaphore>,
+}
+
+/// A job failure with its disposition.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct JobError {
+    pub disposition: Disposition,
+    pub message: String,
+}
+
+impl JobError {
+    fn permanent(message: impl Into<String>) -> Self {
+        JobError {
+            disposition: Disposition::Permanent,
+            message: message.into(),
+        }
+    }
+
+    fn transient(message: impl Into<String>) -> Self {
+        JobError {
+            disposition: Disposition::Transient,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<StorageError> for JobError {
+    fn from(e: StorageError) -> Self {
+        JobError::transient(e.to_string())
+    }
+}
+
+impl From<MediaError> for JobError {
+    fn from(e: MediaError) -> Self {
+        if e.is_permanent() {
+            JobError::permanent(e.to_string())
+        } else {
+            JobError::transient(e.to_string())
+        }
+    }
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// Runs a job to the report the orchestrator gets: a result, or a failure saying whether
+/// retrying can help.
+pub async fn run_job(ctx: &JobContext, job: &SegmentJob) -> WorkerReport {
+    match transcode_job(ctx, job).await {
+        Ok(r) => WorkerReport::SegmentResult(r),
+        Err(e) => WorkerReport::SegmentFailed(SegmentFailed {
+            job_id: job.job_id,
+            stream: job.stream.clone(),
+            seq: job.seq,
+            attempt: job.attempt,
+            worker_id: ctx.worker_id.clone(),
+            disposition: e.disposition,
+            message: e.message,
+        }),
+    }
+}
+
+async fn fetch_source(ctx: &JobContext, src: &ObjectRef) -> Result<Bytes, JobError> {
+    if src.size > ctx.max_segment_bytes {
+        return Err(JobError::permanent(format!(
+            "source segment is {} bytes, over this worker's limit of {}",
+            src.size, ctx.max_segment_bytes
+        )));
+    }
+    let data = match ctx.storage.get(&src.key).await {
+        Ok(d) => d,
+        Err(StorageError::NotFound(k)) => {
+            return Err(JobError::permanent(format!("source segment {k} does not exist")))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if data.len() as u64 != src.size || sha256_hex(&data) != src.sha256 {
+        return Err(JobError::permanent(format!(
+            "source segment {} does not match its size and sha256",
+            src.key
+        )));
+    }
+    Ok(data)
+}
+
+async fn transcode_job(ctx: &JobContext, job: &SegmentJob) -> Result<SegmentResult, JobError> {
+    validate_stream_name(&job.stream).map_err(JobError::permanent)?;
+    if job.rungs.is_empty() {
+        return Err(JobError::permanent("the job has no rungs"));
+    }
+    if !job.source.key.starts_with(&format!("streams/{}/source/", job.stream)) {
+        return Err(JobError::permanent(format!(
+            "source key {} is outside the stream",
+            job.source.key
+        )));
+    }
+    let data = fetch_source(ctx, &job.source).await?;
+    let tmp = match &ctx.tmp_dir {
+        Some(d) => tempfile::tempdir_in(d),
+        None => tempfile::tempdir(),
+    }
+    .map_err(|e| JobError::transient(format!("temp dir: {e}")))?;
+    let ext = if job.source.key.ends_with(".mkv") { "mkv" } else { "ts" };
+    let src_path = tmp.path().join(format!("source.{ext}"));
+    tokio::fs::write(&src_path, &data)
+        .await
+        .map_err(|e| JobError::transient(format!("writing the source segment: {e}")))?;
+    drop(data);
+
+    let permit = ctx
+        .slots
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| JobError::transient("worker is shutting down"))?;
+    crate::metrics::BUSY_SLOTS.inc();
+    let started = Instant::now();
+    let (rungs, meta, opts, out_dir) = (
+        job.rungs.clone(),
+        job.metadata.clone(),
+        ctx.options.clone(),
+        tmp.path().to_path_buf(),
+    );
+    let outcome = tokio::task::spawn_blocking(move || {
+        castwork_media::transcode_segment(&src_path, &rungs, &meta, &out_dir, &opts)
+    })
+    .await;
+    crate::metrics::BUSY_SLOTS.dec();
+    drop(permit);
+    let files = outcome.map_err(|e| JobError::transient(format!("transcode task failed: {e}")))??;
+    let transcode = started.elapsed();
+    crate::metrics::TRANSCODE_SECONDS.observe(transcode.as_secs_f64());
+
+    let mut renditions = Vec::with_capacity(files.len());
+    for f in files {
+        let bytes = Bytes::from(
+            tokio::fs::read(&f.path)
+                .await
+                .map_err(|e| JobError::transient(format!("reading {}: {e}", f.path.display())))?,
+        );
+        let key = job.output_key(&f.rung);
+        let object = ObjectRef {
+            key: key.clone(),
+            size: bytes.len() as u64,
+            sha256: sha256_hex(&bytes),
+        };
+        ctx.storage.put(&key, bytes).await?;
+        renditions.push(RenditionOutput {
+            rung: f.rung,
+            object,
+            width: f.width,
+            height: f.height,
+            frames: f.frames,
+            start_us: f.start_us,
+            duration_us: f.duration_us,
+        });
+    }
+    Ok(SegmentResult {
+        job_id: job.job_id,
+        stream: job.stream.clone(),
+        seq: job.seq,
+        attempt: job.attempt,
+        worker_id: ctx.worker_id.clone(),
+        renditions,
+        transcode_ms: transcode.as_millis() as u64,
+    })
+}
