@@ -1,1 +1,8 @@
-//! placeholder
+//! Castwork's broadcaster: ingests video files, cuts them into keyframe-aligned source
+//! segments without re-encoding video, stores and enqueues them, and serves HLS playback.
+
+pub mod progress;
+pub mod push;
+pub mod serve;
+
+pub use push::{push, PushOutcome, PushRequest};

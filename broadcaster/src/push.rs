@@ -1,0 +1,260 @@
+//! `broadcaster push`: probe a file, cut it into source segments, store and enqueue them,
+//! and (with `--wait`) follow the orchestrator's events until every rendition is done.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use bytes::Bytes;
+use castwork_cluster::{broker::INGEST_KEY, Broker, Storage};
+use castwork_media::{CutSegment, MediaError, SegmentOptions};
+use castwork_protocol::{
+    decode, encode, event_routing_key, source_key, validate_stream_name, IngestMessage, ObjectRef, Profile,
+    SegmentReady, StreamEnded, StreamEvent, StreamMode, StreamStarted, EVENTS_EXCHANGE, INGEST_EXCHANGE,
+};
+use futures_util::StreamExt;
+use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::Consumer;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::progress::Progress;
+
+/// What to push.
+#[derive(Debug, Clone)]
+pub struct PushRequest {
+    pub input: PathBuf,
+    pub stream: String,
+    pub ladder: Vec<Profile>,
+    pub segment_secs: f64,
+    pub wait: bool,
+    pub amqp_url: String,
+    pub storage: Storage,
+    /// Base URL of `broadcaster serve`, for the playback URL printed at the end.
+    pub playback_url: String,
+    /// Local directory of a `file://` object store, for the output path printed at the end.
+    pub local_dir: Option<PathBuf>,
+    /// How long to wait for an orchestrator to admit the stream.
+    pub admit_timeout: Duration,
+}
+
+/// How a push ended.
+#[derive(Debug)]
+pub struct PushOutcome {
+    pub segments: u64,
+    /// Failed segments with their messages (only known with `wait`).
+    pub failed: Vec<(u64, String)>,
+    pub master_playlist: Option<String>,
+}
+
+/// Declares a private queue of the stream's events, bound before anything is published so
+/// no event is missed.
+async fn subscribe(broker: &Broker, stream: &str) -> anyhow::Result<Consumer> {
+    let ch = broker.channel().await?;
+    let q = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await?;
+    ch.queue_bind(
+        q.name().clone(),
+        EVENTS_EXCHANGE.into(),
+        event_routing_key(stream).into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    Ok(ch
+        .basic_consume(
+            q.name().clone(),
+            "".into(),
+            BasicConsumeOptions { no_ack: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await?)
+}
+
+async fn next_event(events: &mut Consumer) -> anyhow::Result<StreamEvent> {
+    loop {
+        match events.next().await {
+            Some(Ok(d)) => match decode::<StreamEvent>(&d.data) {
+                Ok(e) => return Ok(e),
+                Err(e) => tracing::warn!(error = %e, "unreadable event ignored"),
+            },
+            Some(Err(e)) => return Err(e).context("lost the connection to RabbitMQ"),
+            None => bail!("lost the connection to RabbitMQ"),
+        }
+    }
+}
+
+async fn publish(broker: &Broker, msg: &IngestMessage) -> anyhow::Result<()> {
+    broker
+        .publish(INGEST_EXCHANGE, INGEST_KEY, &encode(msg), None)
+        .await
+        .context("publishing to RabbitMQ")
+}
+
+/// Pushes one file as an on-demand stream.
+pub async fn push(req: PushRequest) -> anyhow::Result<PushOutcome> {
+    validate_stream_name(&req.stream).map_err(anyhow::Error::msg)?;
+    let input = req.input.clone();
+    let probed = tokio::task::spawn_blocking(move || castwork_media::probe(&input))
+        .await?
+        .map_err(|e| anyhow::anyhow!("cannot push {}: {e}", req.input.display()))?;
+    let meta = &probed.metadata;
+    eprintln!(
+        "{}: {} {}x{} {:.3} fps{}{}, {}",
+        req.input.display(),
+        meta.video_codec,
+        meta.width,
+        meta.height,
+        meta.frame_rate.as_f64(),
+        if meta.rotation != 0 { format!(", rotated {}°", meta.rotation) } else { String::new() },
+        probed.audio_codec.as_ref().map_or(", no audio".to_string(), |a| format!(", {a} audio")),
+        meta.duration_us.map_or("unknown duration".to_string(), |d| format!("{:.1} s", d as f64 / 1e6)),
+    );
+    let broker = Broker::connect(&req.amqp_url, "castwork-broadcaster")
+        .await
+        .with_context(|| format!("cannot reach RabbitMQ at {}", castwork_cluster::redact_url(&req.amqp_url)))?;
+    let mut events = subscribe(&broker, &req.stream).await?;
+    let session = Uuid::now_v7();
+    publish(
+        &broker,
+        &IngestMessage::StreamStarted(StreamStarted {
+            stream: req.stream.clone(),
+            session,
+            mode: StreamMode::Vod,
+            ladder: req.ladder.clone(),
+            source: probed.metadata.clone(),
+            broadcaster: None,
+        }),
+    )
+    .await?;
+    let admitted = tokio::time::timeout(req.admit_timeout, async {
+        loop {
+            match next_event(&mut events).await? {
+                StreamEvent::StreamAdmitted { rungs, skipped, .. } => return Ok((rungs, skipped)),
+                StreamEvent::StreamRejected { message, .. } => bail!("the orchestrator refused the stream: {message}"),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("no orchestrator answered within {} s: is one running on this broker?", req.admit_timeout.as_secs()))??;
+    let (rungs, skipped) = admitted;
+    for r in &rungs {
+        eprintln!("rendition {}: {}x{} at {} kbit/s, up to {:.3} fps", r.name, r.width, r.height, r.bitrate / 1000, r.max_fps.as_f64());
+    }
+    for s in &skipped {
+        eprintln!("skipped {}: {}", s.name, s.reason);
+    }
+
+    let target_us = (req.segment_secs * 1e6) as i64;
+    let estimate = meta.duration_us.map_or(1, |d| (d / target_us.max(1)).max(1) as u64);
+    let mut progress = Progress::new(estimate);
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    let (tx, mut rx) = mpsc::channel::<CutSegment>(4);
+    let (input, seg_dir, probed2) = (req.input.clone(), dir.path().to_path_buf(), probed.clone());
+    let cutter = tokio::task::spawn_blocking(move || {
+        let opts = SegmentOptions { target_us, dir: seg_dir };
+        castwork_media::segment_file(&input, &probed2, &opts, |seg| {
+            tx.blocking_send(seg).map_err(|_| MediaError::Internal("upload stopped".into()))
+        })
+    });
+    let ext = probed.container.extension();
+    let mut uploaded = 0u64;
+    let mut transcoded = 0u64;
+    let mut failed = Vec::new();
+    let mut completed: Option<String> = None;
+    while let Some(seg) = rx.recv().await {
+        upload_segment(&broker, &req.storage, &req.stream, ext, &seg).await?;
+        uploaded += 1;
+        progress.uploaded(seg.seq, seg.duration_us as f64 / 1e6);
+        // Keep up with events so the transcoded bar moves while we upload.
+        while let Ok(Some(Ok(d))) = tokio::time::timeout(Duration::ZERO, events.next()).await {
+            if let Ok(e) = decode::<StreamEvent>(&d.data) {
+                note_event(&e, &mut progress, &mut transcoded, &mut failed, &mut completed);
+            }
+        }
+    }
+    let summary = cutter.await?.map_err(|e| anyhow::anyhow!("cannot cut {}: {e}", req.input.display()))?;
+    progress.set_total(summary.segments);
+    if summary.sparse_keyframes {
+        progress.println(&format!(
+            "note: keyframes are sparse, so segments run up to {:.1} s instead of {:.1} s; encode the source with a keyframe every {:.0} s for even segments",
+            summary.longest_us as f64 / 1e6,
+            req.segment_secs,
+            req.segment_secs
+        ));
+    }
+    if summary.dropped_frames > 0 {
+        progress.println(&format!("note: dropped {} frames before the first keyframe (they cannot be decoded)", summary.dropped_frames));
+    }
+    publish(&broker, &IngestMessage::StreamEnded(StreamEnded { stream: req.stream.clone(), segments: summary.segments })).await?;
+    if !req.wait {
+        progress.finish();
+        broker.close().await;
+        return Ok(PushOutcome { segments: uploaded, failed, master_playlist: None });
+    }
+    while completed.is_none() {
+        let e = next_event(&mut events).await?;
+        note_event(&e, &mut progress, &mut transcoded, &mut failed, &mut completed);
+        if let StreamEvent::StreamCompleted { failed: f, .. } = &e {
+            failed = f.iter().map(|f| (f.seq, f.message.clone())).collect();
+        }
+    }
+    progress.finish();
+    broker.close().await;
+    Ok(PushOutcome { segments: summary.segments, failed, master_playlist: completed })
+}
+
+fn note_event(
+    e: &StreamEvent,
+    progress: &mut Progress,
+    transcoded: &mut u64,
+    failed: &mut Vec<(u64, String)>,
+    completed: &mut Option<String>,
+) {
+    match e {
+        StreamEvent::SegmentTranscoded { seq, .. } => {
+            *transcoded += 1;
+            progress.transcoded(*seq, false);
+        }
+        StreamEvent::SegmentFailed { seq, message, .. } => {
+            *transcoded += 1;
+            failed.push((*seq, message.clone()));
+            progress.transcoded(*seq, true);
+        }
+        StreamEvent::StreamCompleted { master_playlist, .. } => *completed = Some(master_playlist.clone()),
+        _ => {}
+    }
+}
+
+async fn upload_segment(broker: &Broker, storage: &Storage, stream: &str, ext: &str, seg: &CutSegment) -> anyhow::Result<()> {
+    let data = Bytes::from(tokio::fs::read(&seg.path).await?);
+    let _ = tokio::fs::remove_file(&seg.path).await;
+    let key = source_key(stream, seg.seq, ext);
+    let object = ObjectRef { key: key.clone(), size: data.len() as u64, sha256: hex::encode(Sha256::digest(&data)) };
+    storage.put(&key, data).await.with_context(|| format!("storing {key}"))?;
+    publish(
+        broker,
+        &IngestMessage::SegmentReady(SegmentReady {
+            stream: stream.to_string(),
+            seq: seg.seq,
+            start_us: seg.start_us,
+            duration_us: seg.duration_us,
+            frames: seg.frames,
+            object,
+        }),
+    )
+    .await
+}
+
+/// The local path of an object in a `file://` store.
+pub fn local_path(dir: &Path, key: &str) -> PathBuf {
+    dir.join(key)
+}
