@@ -1,0 +1,194 @@
+//! A real Castwork cluster for tests: an orchestrator and worker processes (the built
+//! binaries) on their own RabbitMQ vhost, the shared Redis, and a temporary object store.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A built binary of the workspace (`cargo build --bins` first).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let p = dir.join(name);
+    assert!(p.exists(), "{} is missing: run `cargo build --bins` before the integration tests", p.display());
+    p
+}
+
+pub fn testdata(name: &str) -> PathBuf {
+    let p = workspace().join("testdata").join(name);
+    assert!(p.exists(), "{} is missing: run scripts/fetch-testdata.sh", p.display());
+    p
+}
+
+/// Runs the `ffmpeg` CLI (test fixtures only; Castwork itself never spawns it).
+pub fn ffmpeg(args: &[&str]) {
+    let out = Command::new("ffmpeg").args(["-v", "error", "-y"]).args(args).output().expect("ffmpeg runs");
+    assert!(out.status.success(), "ffmpeg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// `ffprobe -of json` with extra arguments.
+pub fn ffprobe(path: &Path, args: &[&str]) -> Value {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-of", "json"])
+        .args(args)
+        .arg(path)
+        .output()
+        .expect("ffprobe runs");
+    assert!(out.status.success(), "ffprobe {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("ffprobe json")
+}
+
+/// Decodes every stream of a file or playlist; returns FFmpeg's complaints.
+pub fn decode_errors(path: &Path) -> String {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(path)
+        .args(["-f", "null", "-"])
+        .output()
+        .expect("ffmpeg runs");
+    let mut s = String::from_utf8_lossy(&out.stderr).to_string();
+    if !out.status.success() {
+        s.push_str(&format!("\nexit status {}", out.status));
+    }
+    s
+}
+
+fn rabbitmqctl(args: &[&str]) {
+    let out = Command::new("rabbitmqctl").args(args).output().expect("rabbitmqctl runs");
+    assert!(out.status.success(), "rabbitmqctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A minimal HTTP GET: (status, body).
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((status, body))
+}
+
+pub struct Cluster {
+    pub vhost: String,
+    pub amqp_url: String,
+    pub dir: tempfile::TempDir,
+    pub orchestrator_addr: String,
+    children: Vec<Child>,
+}
+
+impl Cluster {
+    /// Starts an orchestrator and `workers` worker processes of one slot each.
+    pub fn start(workers: usize) -> Cluster {
+        let vhost = format!("castwork-test-{}-{}", std::process::id(), free_port());
+        rabbitmqctl(&["add_vhost", &vhost]);
+        rabbitmqctl(&["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"]);
+        let dir = tempfile::tempdir().unwrap();
+        let orchestrator_addr = format!("127.0.0.1:{}", free_port());
+        let mut c = Cluster {
+            amqp_url: format!("amqp://guest:guest@127.0.0.1:5672/{vhost}"),
+            vhost,
+            dir,
+            orchestrator_addr,
+            children: Vec::new(),
+        };
+        let orch = c.spawn("orchestrator", &["--http-addr", &c.orchestrator_addr.clone()]);
+        c.children.push(orch);
+        for i in 0..workers {
+            let w = c.spawn("worker", &["--worker-id", &format!("w{i}")]);
+            c.children.push(w);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some((200, _)) = http_get(&c.orchestrator_addr, "/healthz") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "orchestrator not healthy: {}", c.logs());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        c
+    }
+
+    pub fn storage_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn envs(&self, cmd: &mut Command) {
+        cmd.env("AMQP_URL", &self.amqp_url)
+            .env("STORAGE_URL", format!("file://{}", self.storage_dir().display()))
+            .env("REDIS_URL", "redis://127.0.0.1:6379/")
+            .env("RUST_LOG", "info");
+    }
+
+    fn spawn(&self, name: &str, args: &[&str]) -> Child {
+        let n = std::fs::read_dir(self.dir.path()).map(|d| d.count()).unwrap_or(0);
+        let log = std::fs::File::create(self.dir.path().join(format!("{name}-{n}.log"))).unwrap();
+        let mut cmd = Command::new(bin(name));
+        self.envs(&mut cmd);
+        cmd.args(args).stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
+        cmd.spawn().expect("spawn")
+    }
+
+    /// Every process log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        if let Ok(d) = std::fs::read_dir(self.dir.path()) {
+            for e in d.flatten() {
+                if e.path().extension().is_some_and(|x| x == "log") {
+                    out.push_str(&format!("\n--- {}\n{}", e.path().display(), std::fs::read_to_string(e.path()).unwrap_or_default()));
+                }
+            }
+        }
+        out
+    }
+
+    /// `broadcaster push FILE --stream NAME --wait ARGS...`
+    pub fn push(&self, file: &Path, stream: &str, args: &[&str]) -> Output {
+        let mut cmd = Command::new(bin("broadcaster"));
+        self.envs(&mut cmd);
+        cmd.env("RUST_LOG", "warn")
+            .arg("push")
+            .arg(file)
+            .args(["--stream", stream, "--wait", "--admit-timeout-secs", "60"])
+            .args(args);
+        cmd.output().expect("broadcaster runs")
+    }
+
+    /// The orchestrator's `GET /streams/NAME`.
+    pub fn status(&self, stream: &str) -> Value {
+        let (code, body) = http_get(&self.orchestrator_addr, &format!("/streams/{stream}")).expect("status answers");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new("rabbitmqctl").args(["delete_vhost", &self.vhost]).output();
+    }
+}
+
+/// A unique stream name per run, so tests never collide in the shared Redis.
+pub fn stream_name(prefix: &str) -> String {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{prefix}-{t}")
+}
