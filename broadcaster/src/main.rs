@@ -84,15 +84,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { http_addr } => {
             let shutdown = shutdown_token();
-            let addr = http::serve(http_addr, serve::router(storage.clone()), shutdown.clone()).await?;
+            let addr =
+                http::serve(http_addr, serve::router(storage.clone()), shutdown.clone()).await?;
             tracing::info!(%addr, storage = %storage, "serving HLS playback at http://{addr}/streams/NAME/index.m3u8");
             shutdown.cancelled().await;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Push { file, stream, profiles, transcoding_options, wait, segment_secs, playback_url, admit_timeout_secs } => {
+        Command::Push {
+            file,
+            stream,
+            profiles,
+            transcoding_options,
+            wait,
+            segment_secs,
+            playback_url,
+            admit_timeout_secs,
+        } => {
             let ladder = match &transcoding_options {
                 Some(path) => {
-                    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+                    let text = std::fs::read_to_string(path)
+                        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
                     parse_transcoding_options(&text)?
                 }
                 None => parse_profiles(&profiles)?,
@@ -100,7 +111,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if !(0.5..=60.0).contains(&segment_secs) {
                 anyhow::bail!("--segment-secs must be between 0.5 and 60");
             }
-            let local_dir = cli.service.storage_url.strip_prefix("file://").map(PathBuf::from);
+            let local_dir = cli
+                .service
+                .storage_url
+                .strip_prefix("file://")
+                .map(PathBuf::from);
             let outcome = push(PushRequest {
                 input: file,
                 stream: stream.clone(),
@@ -125,10 +140,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
             if outcome.failed.is_empty() {
-                println!("done: {} segments, every rendition transcoded", outcome.segments);
+                println!(
+                    "done: {} segments, every rendition transcoded",
+                    outcome.segments
+                );
                 Ok(ExitCode::SUCCESS)
             } else {
-                eprintln!("{} of {} segments failed:", outcome.failed.len(), outcome.segments);
+                eprintln!(
+                    "{} of {} segments failed:",
+                    outcome.failed.len(),
+                    outcome.segments
+                );
                 for (seq, message) in &outcome.failed {
                     eprintln!("  segment {seq}: {message}");
                 }

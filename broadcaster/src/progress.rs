@@ -18,15 +18,29 @@ impl Progress {
             let style = ProgressStyle::with_template("{prefix:>12} [{bar:40}] {pos}/{len} {msg}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> ");
-            let up = m.add(ProgressBar::new(estimate).with_style(style.clone()).with_prefix("uploaded"));
-            let tr = m.add(ProgressBar::new(estimate).with_style(style).with_prefix("transcoded"));
+            let up = m.add(
+                ProgressBar::new(estimate)
+                    .with_style(style.clone())
+                    .with_prefix("uploaded"),
+            );
+            let tr = m.add(
+                ProgressBar::new(estimate)
+                    .with_style(style)
+                    .with_prefix("transcoded"),
+            );
             (m, up, tr)
         });
-        Progress { bars, uploaded: 0, transcoded: 0, total: None }
+        Progress {
+            bars,
+            uploaded: 0,
+            transcoded: 0,
+            total: None,
+        }
     }
 
     fn total_text(&self) -> String {
-        self.total.map_or_else(|| "?".to_string(), |t| t.to_string())
+        self.total
+            .map_or_else(|| "?".to_string(), |t| t.to_string())
     }
 
     pub fn uploaded(&mut self, seq: u64, secs: f64) {
@@ -38,7 +52,11 @@ impl Progress {
                 }
                 up.set_position(self.uploaded);
             }
-            None => eprintln!("uploaded segment {seq} ({secs:.2} s): {}/{}", self.uploaded, self.total_text()),
+            None => eprintln!(
+                "uploaded segment {seq} ({secs:.2} s): {}/{}",
+                self.uploaded,
+                self.total_text()
+            ),
         }
     }
 

@@ -9,8 +9,9 @@ use bytes::Bytes;
 use castwork_cluster::{broker::INGEST_KEY, Broker, Storage};
 use castwork_media::{CutSegment, MediaError, SegmentOptions};
 use castwork_protocol::{
-    decode, encode, event_routing_key, source_key, validate_stream_name, IngestMessage, ObjectRef, Profile,
-    SegmentReady, StreamEnded, StreamEvent, StreamMode, StreamStarted, EVENTS_EXCHANGE, INGEST_EXCHANGE,
+    decode, encode, event_routing_key, source_key, validate_stream_name, IngestMessage, ObjectRef,
+    Profile, SegmentReady, StreamEnded, StreamEvent, StreamMode, StreamStarted, EVENTS_EXCHANGE,
+    INGEST_EXCHANGE,
 };
 use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
@@ -56,7 +57,11 @@ async fn subscribe(broker: &Broker, stream: &str) -> anyhow::Result<Consumer> {
     let q = ch
         .queue_declare(
             "".into(),
-            QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
             FieldTable::default(),
         )
         .await?;
@@ -72,7 +77,10 @@ async fn subscribe(broker: &Broker, stream: &str) -> anyhow::Result<Consumer> {
         .basic_consume(
             q.name().clone(),
             "".into(),
-            BasicConsumeOptions { no_ack: true, ..Default::default() },
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
             FieldTable::default(),
         )
         .await?)
@@ -113,13 +121,29 @@ pub async fn push(req: PushRequest) -> anyhow::Result<PushOutcome> {
         meta.width,
         meta.height,
         meta.frame_rate.as_f64(),
-        if meta.rotation != 0 { format!(", rotated {}°", meta.rotation) } else { String::new() },
-        probed.audio_codec.as_ref().map_or(", no audio".to_string(), |a| format!(", {a} audio")),
-        meta.duration_us.map_or("unknown duration".to_string(), |d| format!("{:.1} s", d as f64 / 1e6)),
+        if meta.rotation != 0 {
+            format!(", rotated {}°", meta.rotation)
+        } else {
+            String::new()
+        },
+        probed
+            .audio_codec
+            .as_ref()
+            .map_or(", no audio".to_string(), |a| format!(", {a} audio")),
+        meta.duration_us
+            .map_or("unknown duration".to_string(), |d| format!(
+                "{:.1} s",
+                d as f64 / 1e6
+            )),
     );
     let broker = Broker::connect(&req.amqp_url, "castwork-broadcaster")
         .await
-        .with_context(|| format!("cannot reach RabbitMQ at {}", castwork_cluster::redact_url(&req.amqp_url)))?;
+        .with_context(|| {
+            format!(
+                "cannot reach RabbitMQ at {}",
+                castwork_cluster::redact_url(&req.amqp_url)
+            )
+        })?;
     let mut events = subscribe(&broker, &req.stream).await?;
     let session = Uuid::now_v7();
     publish(
@@ -138,31 +162,51 @@ pub async fn push(req: PushRequest) -> anyhow::Result<PushOutcome> {
         loop {
             match next_event(&mut events).await? {
                 StreamEvent::StreamAdmitted { rungs, skipped, .. } => return Ok((rungs, skipped)),
-                StreamEvent::StreamRejected { message, .. } => bail!("the orchestrator refused the stream: {message}"),
+                StreamEvent::StreamRejected { message, .. } => {
+                    bail!("the orchestrator refused the stream: {message}")
+                }
                 _ => {}
             }
         }
     })
     .await
-    .map_err(|_| anyhow::anyhow!("no orchestrator answered within {} s: is one running on this broker?", req.admit_timeout.as_secs()))??;
+    .map_err(|_| {
+        anyhow::anyhow!(
+            "no orchestrator answered within {} s: is one running on this broker?",
+            req.admit_timeout.as_secs()
+        )
+    })??;
     let (rungs, skipped) = admitted;
     for r in &rungs {
-        eprintln!("rendition {}: {}x{} at {} kbit/s, up to {:.3} fps", r.name, r.width, r.height, r.bitrate / 1000, r.max_fps.as_f64());
+        eprintln!(
+            "rendition {}: {}x{} at {} kbit/s, up to {:.3} fps",
+            r.name,
+            r.width,
+            r.height,
+            r.bitrate / 1000,
+            r.max_fps.as_f64()
+        );
     }
     for s in &skipped {
         eprintln!("skipped {}: {}", s.name, s.reason);
     }
 
     let target_us = (req.segment_secs * 1e6) as i64;
-    let estimate = meta.duration_us.map_or(1, |d| (d / target_us.max(1)).max(1) as u64);
+    let estimate = meta
+        .duration_us
+        .map_or(1, |d| (d / target_us.max(1)).max(1) as u64);
     let mut progress = Progress::new(estimate);
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let (tx, mut rx) = mpsc::channel::<CutSegment>(4);
     let (input, seg_dir, probed2) = (req.input.clone(), dir.path().to_path_buf(), probed.clone());
     let cutter = tokio::task::spawn_blocking(move || {
-        let opts = SegmentOptions { target_us, dir: seg_dir };
+        let opts = SegmentOptions {
+            target_us,
+            dir: seg_dir,
+        };
         castwork_media::segment_file(&input, &probed2, &opts, |seg| {
-            tx.blocking_send(seg).map_err(|_| MediaError::Internal("upload stopped".into()))
+            tx.blocking_send(seg)
+                .map_err(|_| MediaError::Internal("upload stopped".into()))
         })
     });
     let ext = probed.container.extension();
@@ -177,11 +221,19 @@ pub async fn push(req: PushRequest) -> anyhow::Result<PushOutcome> {
         // Keep up with events so the transcoded bar moves while we upload.
         while let Ok(Some(Ok(d))) = tokio::time::timeout(Duration::ZERO, events.next()).await {
             if let Ok(e) = decode::<StreamEvent>(&d.data) {
-                note_event(&e, &mut progress, &mut transcoded, &mut failed, &mut completed);
+                note_event(
+                    &e,
+                    &mut progress,
+                    &mut transcoded,
+                    &mut failed,
+                    &mut completed,
+                );
             }
         }
     }
-    let summary = cutter.await?.map_err(|e| anyhow::anyhow!("cannot cut {}: {e}", req.input.display()))?;
+    let summary = cutter
+        .await?
+        .map_err(|e| anyhow::anyhow!("cannot cut {}: {e}", req.input.display()))?;
     progress.set_total(summary.segments);
     if summary.sparse_keyframes {
         progress.println(&format!(
@@ -192,24 +244,48 @@ pub async fn push(req: PushRequest) -> anyhow::Result<PushOutcome> {
         ));
     }
     if summary.dropped_frames > 0 {
-        progress.println(&format!("note: dropped {} frames before the first keyframe (they cannot be decoded)", summary.dropped_frames));
+        progress.println(&format!(
+            "note: dropped {} frames before the first keyframe (they cannot be decoded)",
+            summary.dropped_frames
+        ));
     }
-    publish(&broker, &IngestMessage::StreamEnded(StreamEnded { stream: req.stream.clone(), segments: summary.segments })).await?;
+    publish(
+        &broker,
+        &IngestMessage::StreamEnded(StreamEnded {
+            stream: req.stream.clone(),
+            segments: summary.segments,
+        }),
+    )
+    .await?;
     if !req.wait {
         progress.finish();
         broker.close().await;
-        return Ok(PushOutcome { segments: uploaded, failed, master_playlist: None });
+        return Ok(PushOutcome {
+            segments: uploaded,
+            failed,
+            master_playlist: None,
+        });
     }
     while completed.is_none() {
         let e = next_event(&mut events).await?;
-        note_event(&e, &mut progress, &mut transcoded, &mut failed, &mut completed);
+        note_event(
+            &e,
+            &mut progress,
+            &mut transcoded,
+            &mut failed,
+            &mut completed,
+        );
         if let StreamEvent::StreamCompleted { failed: f, .. } = &e {
             failed = f.iter().map(|f| (f.seq, f.message.clone())).collect();
         }
     }
     progress.finish();
     broker.close().await;
-    Ok(PushOutcome { segments: summary.segments, failed, master_playlist: completed })
+    Ok(PushOutcome {
+        segments: summary.segments,
+        failed,
+        master_playlist: completed,
+    })
 }
 
 fn note_event(
@@ -229,17 +305,32 @@ fn note_event(
             failed.push((*seq, message.clone()));
             progress.transcoded(*seq, true);
         }
-        StreamEvent::StreamCompleted { master_playlist, .. } => *completed = Some(master_playlist.clone()),
+        StreamEvent::StreamCompleted {
+            master_playlist, ..
+        } => *completed = Some(master_playlist.clone()),
         _ => {}
     }
 }
 
-async fn upload_segment(broker: &Broker, storage: &Storage, stream: &str, ext: &str, seg: &CutSegment) -> anyhow::Result<()> {
+async fn upload_segment(
+    broker: &Broker,
+    storage: &Storage,
+    stream: &str,
+    ext: &str,
+    seg: &CutSegment,
+) -> anyhow::Result<()> {
     let data = Bytes::from(tokio::fs::read(&seg.path).await?);
     let _ = tokio::fs::remove_file(&seg.path).await;
     let key = source_key(stream, seg.seq, ext);
-    let object = ObjectRef { key: key.clone(), size: data.len() as u64, sha256: hex::encode(Sha256::digest(&data)) };
-    storage.put(&key, data).await.with_context(|| format!("storing {key}"))?;
+    let object = ObjectRef {
+        key: key.clone(),
+        size: data.len() as u64,
+        sha256: hex::encode(Sha256::digest(&data)),
+    };
+    storage
+        .put(&key, data)
+        .await
+        .with_context(|| format!("storing {key}"))?;
     publish(
         broker,
         &IngestMessage::SegmentReady(SegmentReady {

@@ -29,9 +29,18 @@ pub fn router(storage: Storage) -> Router {
 
 fn cors(mut r: Response) -> Response {
     let h = r.headers_mut();
-    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
-    h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, HEAD, OPTIONS"));
-    h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static("Range, Content-Type"));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, HEAD, OPTIONS"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("Range, Content-Type"),
+    );
     r
 }
 
@@ -39,7 +48,11 @@ async fn preflight() -> Response {
     cors(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn get_object(State(storage): State<Storage>, method: Method, Path(path): Path<String>) -> Response {
+async fn get_object(
+    State(storage): State<Storage>,
+    method: Method,
+    Path(path): Path<String>,
+) -> Response {
     let key = format!("streams/{path}");
     let allowed = matches!(key.rsplit('.').next(), Some("m3u8" | "ts"));
     if !allowed || path.split('/').any(|p| p.is_empty() || p == "..") {
@@ -47,10 +60,21 @@ async fn get_object(State(storage): State<Storage>, method: Method, Path(path): 
     }
     let r = match storage.get(&key).await {
         Ok(data) => {
-            let cache = if key.ends_with(".m3u8") { "no-cache" } else { "public, max-age=31536000, immutable" };
-            let body = if method == Method::HEAD { Default::default() } else { data };
+            let cache = if key.ends_with(".m3u8") {
+                "no-cache"
+            } else {
+                "public, max-age=31536000, immutable"
+            };
+            let body = if method == Method::HEAD {
+                Default::default()
+            } else {
+                data
+            };
             (
-                [(header::CONTENT_TYPE, content_type(&key)), (header::CACHE_CONTROL, cache)],
+                [
+                    (header::CONTENT_TYPE, content_type(&key)),
+                    (header::CACHE_CONTROL, cache),
+                ],
                 body,
             )
                 .into_response()
@@ -70,7 +94,10 @@ mod tests {
 
     #[test]
     fn content_types() {
-        assert_eq!(content_type("a/index.m3u8"), "application/vnd.apple.mpegurl");
+        assert_eq!(
+            content_type("a/index.m3u8"),
+            "application/vnd.apple.mpegurl"
+        );
         assert_eq!(content_type("a/r/0.1.ts"), "video/mp2t");
         assert_eq!(content_type("x"), "application/octet-stream");
     }

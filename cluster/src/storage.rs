@@ -145,11 +145,19 @@ mod tests {
         let dir = tempfile_dir();
         let s = Storage::from_url(&format!("file://{}", dir.display())).unwrap();
         s.healthcheck().await.unwrap();
-        s.put("streams/a/source/0.ts", Bytes::from_static(b"abc")).await.unwrap();
-        assert_eq!(s.get("streams/a/source/0.ts").await.unwrap(), Bytes::from_static(b"abc"));
+        s.put("streams/a/source/0.ts", Bytes::from_static(b"abc"))
+            .await
+            .unwrap();
+        assert_eq!(
+            s.get("streams/a/source/0.ts").await.unwrap(),
+            Bytes::from_static(b"abc")
+        );
         assert_eq!(s.size("streams/a/source/0.ts").await.unwrap(), Some(3));
         assert_eq!(s.size("streams/a/source/1.ts").await.unwrap(), None);
-        assert!(matches!(s.get("nope").await, Err(StorageError::NotFound(_))));
+        assert!(matches!(
+            s.get("nope").await,
+            Err(StorageError::NotFound(_))
+        ));
         s.delete("streams/a/source/0.ts").await.unwrap();
         s.delete("streams/a/source/0.ts").await.unwrap();
         assert!(Storage::from_url("ftp://x").is_err());

@@ -41,7 +41,12 @@ where
                     backoff.reset();
                 }
                 let delay = backoff.next_delay();
-                tracing::warn!(component = name, error = format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "session failed, reconnecting");
+                tracing::warn!(
+                    component = name,
+                    error = format!("{e:#}"),
+                    retry_in_ms = delay.as_millis() as u64,
+                    "session failed, reconnecting"
+                );
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = token.cancelled() => return,
@@ -59,7 +64,10 @@ mod tests {
     fn backoff_grows_and_caps() {
         let mut b = Backoff::default();
         let d: Vec<u64> = (0..9).map(|_| b.next_delay().as_millis() as u64).collect();
-        assert_eq!(d, vec![200, 400, 800, 1600, 3200, 6400, 10_000, 10_000, 10_000]);
+        assert_eq!(
+            d,
+            vec![200, 400, 800, 1600, 3200, 6400, 10_000, 10_000, 10_000]
+        );
         b.reset();
         assert_eq!(b.next_delay(), Duration::from_millis(200));
     }

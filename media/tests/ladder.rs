@@ -64,7 +64,29 @@ fn cut(input: &Path, dir: &Path) -> (castwork_media::ProbedInput, Vec<CutSegment
 #[test]
 fn hd_clip_with_mp3_audio_cuts_and_transcodes() {
     let dir = tempfile::tempdir().unwrap();
-    let (probed, segs) = cut(&testdata("clip_mp3.mp4"), dir.path());
+    let clip = dir.path().join("clip_mp3.mp4");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=1280x720:rate=30",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440",
+        "-t",
+        "10",
+        "-c:v",
+        "libx264",
+        "-g",
+        "60",
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "libmp3lame",
+        clip.to_str().unwrap(),
+    ]);
+    let (probed, segs) = cut(&clip, dir.path());
     assert!(probed.metadata.has_audio);
     assert_eq!(segs.len(), 5, "{segs:?}");
     for (i, s) in segs.iter().enumerate() {

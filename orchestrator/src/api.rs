@@ -34,12 +34,20 @@ pub fn router(api: ApiState) -> Router {
 async fn healthz(AxumState(api): AxumState<ApiState>) -> Response {
     let redis = api.state.ping().await.is_ok();
     let broker = api.consuming.load(Ordering::Relaxed);
-    let code = if redis && broker { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if redis && broker {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, Json(json!({ "redis": redis, "broker": broker }))).into_response()
 }
 
 fn unavailable(e: redis::RedisError) -> Response {
-    (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": format!("redis: {e}") }))).into_response()
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({ "error": format!("redis: {e}") })),
+    )
+        .into_response()
 }
 
 async fn list_streams(AxumState(api): AxumState<ApiState>) -> Response {
@@ -53,7 +61,11 @@ async fn stream_status(AxumState(api): AxumState<ApiState>, Path(name): Path<Str
     let rec = match api.state.stream(&name).await {
         Ok(Some(r)) => r,
         Ok(None) => {
-            return (StatusCode::NOT_FOUND, Json(json!({ "error": format!("no stream {name}") }))).into_response()
+            return (
+                StatusCode::NOT_FOUND,
+                Json(json!({ "error": format!("no stream {name}") })),
+            )
+                .into_response()
         }
         Err(e) => return unavailable(e),
     };

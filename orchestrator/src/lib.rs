@@ -68,7 +68,10 @@ pub async fn run(
     };
     let state = State::new(redis);
     let consuming = Arc::new(AtomicBool::new(false));
-    let router = api::router(api::ApiState { state: state.clone(), consuming: consuming.clone() });
+    let router = api::router(api::ApiState {
+        state: state.clone(),
+        consuming: consuming.clone(),
+    });
     let addr = http::serve(cfg.http_addr, router, shutdown.clone())
         .await
         .with_context(|| format!("binding {}", cfg.http_addr))?;
@@ -88,7 +91,10 @@ pub async fn run(
         let token = shutdown.clone();
         tokio::spawn(async move { pool.run(token).await })
     });
-    supervise("orchestrator", &shutdown, || session(&cfg, &state, &storage, &consuming, &shutdown)).await;
+    supervise("orchestrator", &shutdown, || {
+        session(&cfg, &state, &storage, &consuming, &shutdown)
+    })
+    .await;
     consuming.store(false, Ordering::Relaxed);
     if let Some(p) = pool {
         p.await??;
@@ -104,15 +110,23 @@ async fn session(
     consuming: &AtomicBool,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let broker = Arc::new(Broker::connect(&cfg.amqp_url, "castwork-orchestrator").await.context("connecting to RabbitMQ")?);
+    let broker = Arc::new(
+        Broker::connect(&cfg.amqp_url, "castwork-orchestrator")
+            .await
+            .context("connecting to RabbitMQ")?,
+    );
     let orch = Arc::new(Orchestrator {
         state: state.clone(),
         storage: storage.clone(),
         broker: broker.clone(),
         max_attempts: cfg.max_attempts,
     });
-    let (_ingest_ch, mut ingest) = broker.consume(INGEST_QUEUE, "orchestrator-ingest", 32).await?;
-    let (_results_ch, mut results) = broker.consume(RESULTS_QUEUE, "orchestrator-results", 16).await?;
+    let (_ingest_ch, mut ingest) = broker
+        .consume(INGEST_QUEUE, "orchestrator-ingest", 32)
+        .await?;
+    let (_results_ch, mut results) = broker
+        .consume(RESULTS_QUEUE, "orchestrator-results", 16)
+        .await?;
     consuming.store(true, Ordering::Relaxed);
     info!("consuming ingest and results");
     let tracker = TaskTracker::new();
@@ -159,7 +173,10 @@ where
         Ok(m) => m,
         Err(e) => {
             warn!(error = %e, "malformed message dropped");
-            let _ = delivery.acker.reject(BasicRejectOptions { requeue: false }).await;
+            let _ = delivery
+                .acker
+                .reject(BasicRejectOptions { requeue: false })
+                .await;
             return;
         }
     };
@@ -170,7 +187,13 @@ where
         Err(HandleError::Retry(m)) => {
             warn!(error = m, "handling failed, message requeued");
             tokio::time::sleep(Duration::from_millis(500)).await;
-            let _ = delivery.acker.nack(BasicNackOptions { requeue: true, multiple: false }).await;
+            let _ = delivery
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    multiple: false,
+                })
+                .await;
         }
     }
 }

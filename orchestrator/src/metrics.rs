@@ -2,7 +2,10 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{register_histogram, register_int_counter, register_int_counter_vec, Histogram, IntCounter, IntCounterVec};
+use prometheus::{
+    register_histogram, register_int_counter, register_int_counter_vec, Histogram, IntCounter,
+    IntCounterVec,
+};
 
 pub static STREAMS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
@@ -23,8 +26,11 @@ pub static SEGMENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 });
 
 pub static JOBS_PUBLISHED: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("castwork_orchestrator_jobs_published_total", "Segment jobs published, retries included")
-        .expect("metric registers once")
+    register_int_counter!(
+        "castwork_orchestrator_jobs_published_total",
+        "Segment jobs published, retries included"
+    )
+    .expect("metric registers once")
 });
 
 pub static TRANSCODE_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {

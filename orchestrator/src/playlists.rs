@@ -47,11 +47,18 @@ pub fn render(rec: &StreamRecord, segments: &[Option<SegmentRecord>]) -> Vec<(St
             sample.get_or_insert(r);
         }
         let Some(sample) = sample else { continue };
-        files.push((media_playlist_key(&rec.stream, &rung.name), playlist.render()));
+        files.push((
+            media_playlist_key(&rec.stream, &rung.name),
+            playlist.render(),
+        ));
         variants.push(Variant {
             uri: format!("{}/index.m3u8", rung.name),
             bandwidth: peak.ceil() as u64,
-            average_bandwidth: if secs > 0.0 { (bits / secs).ceil() as u64 } else { 0 },
+            average_bandwidth: if secs > 0.0 {
+                (bits / secs).ceil() as u64
+            } else {
+                0
+            },
             width: sample.width,
             height: sample.height,
             codecs: sample.codecs.clone(),
@@ -59,7 +66,7 @@ pub fn render(rec: &StreamRecord, segments: &[Option<SegmentRecord>]) -> Vec<(St
         });
     }
     // Highest quality first is what most players expect to see first.
-    variants.sort_by(|a, b| b.bandwidth.cmp(&a.bandwidth));
+    variants.sort_by_key(|v| std::cmp::Reverse(v.bandwidth));
     files.push((master_playlist_key(&rec.stream), render_master(&variants)));
     files
 }

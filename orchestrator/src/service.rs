@@ -5,10 +5,9 @@ use std::sync::Arc;
 
 use castwork_cluster::{broker::CLASSES, Broker, Storage};
 use castwork_protocol::{
-    encode, event_routing_key, job_queue, plan_ladder, profile, validate_stream_name,
-    Disposition, FailedSegment, IngestMessage, SegmentFailed, SegmentJob, SegmentReady,
-    SegmentResult, StreamEnded, StreamEvent, StreamStarted, WorkerReport, EVENTS_EXCHANGE,
-    JOBS_EXCHANGE,
+    encode, event_routing_key, job_queue, plan_ladder, profile, validate_stream_name, Disposition,
+    FailedSegment, IngestMessage, SegmentFailed, SegmentJob, SegmentReady, SegmentResult,
+    StreamEnded, StreamEvent, StreamStarted, WorkerReport, EVENTS_EXCHANGE, JOBS_EXCHANGE,
 };
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -55,7 +54,12 @@ pub struct Orchestrator {
 impl Orchestrator {
     async fn event(&self, stream: &str, event: &StreamEvent) -> Result<(), HandleError> {
         self.broker
-            .publish(EVENTS_EXCHANGE, &event_routing_key(stream), &encode(event), None)
+            .publish(
+                EVENTS_EXCHANGE,
+                &event_routing_key(stream),
+                &encode(event),
+                None,
+            )
             .await?;
         Ok(())
     }
@@ -90,7 +94,9 @@ impl Orchestrator {
             Err(e) => return self.reject(&s.stream, e.to_string()).await,
         };
         if s.source.width == 0 || s.source.height == 0 {
-            return self.reject(&s.stream, "the source has no picture size".into()).await;
+            return self
+                .reject(&s.stream, "the source has no picture size".into())
+                .await;
         }
         // The seam for payment: a priced orchestrator checks the broadcaster's balance or
         // tickets here; the default price is 0, so every stream is admitted.
@@ -103,13 +109,21 @@ impl Orchestrator {
             return self
                 .reject(
                     &s.stream,
-                    format!("stream {} already exists; push under another name", s.stream),
+                    format!(
+                        "stream {} already exists; push under another name",
+                        s.stream
+                    ),
                 )
                 .await;
         }
         if registered == 1 {
             metrics::STREAMS.with_label_values(&["admitted"]).inc();
-            info!(stream = s.stream, rungs = plan.rungs.len(), skipped = plan.skipped.len(), "stream admitted");
+            info!(
+                stream = s.stream,
+                rungs = plan.rungs.len(),
+                skipped = plan.skipped.len(),
+                "stream admitted"
+            );
         }
         self.event(
             &s.stream,
@@ -124,12 +138,25 @@ impl Orchestrator {
 
     async fn segment_ready(&self, s: SegmentReady) -> Result<(), HandleError> {
         let Some(rec) = self.state.stream(&s.stream).await? else {
-            warn!(stream = s.stream, seq = s.seq, "segment of an unknown stream dropped");
+            warn!(
+                stream = s.stream,
+                seq = s.seq,
+                "segment of an unknown stream dropped"
+            );
             return Ok(());
         };
         let prefix = format!("streams/{}/source/", s.stream);
-        if rec.state != "active" || !s.object.key.starts_with(&prefix) || s.duration_us <= 0 || s.frames == 0 {
-            warn!(stream = s.stream, seq = s.seq, key = s.object.key, "invalid segment dropped");
+        if rec.state != "active"
+            || !s.object.key.starts_with(&prefix)
+            || s.duration_us <= 0
+            || s.frames == 0
+        {
+            warn!(
+                stream = s.stream,
+                seq = s.seq,
+                key = s.object.key,
+                "invalid segment dropped"
+            );
             return Ok(());
         }
         let attempt = self.state.record_segment(&s).await?;
@@ -143,7 +170,12 @@ impl Orchestrator {
         self.publish_job(&rec, &seg, attempt).await
     }
 
-    async fn publish_job(&self, rec: &StreamRecord, seg: &SegmentRecord, attempt: u32) -> Result<(), HandleError> {
+    async fn publish_job(
+        &self,
+        rec: &StreamRecord,
+        seg: &SegmentRecord,
+        attempt: u32,
+    ) -> Result<(), HandleError> {
         let job = SegmentJob {
             job_id: Uuid::now_v7(),
             stream: rec.stream.clone(),
@@ -159,7 +191,9 @@ impl Orchestrator {
             deadline_unix_ms: None,
         };
         let queue = job_queue(rec.mode, CLASSES[0]);
-        self.broker.publish(JOBS_EXCHANGE, &queue, &encode(&job), None).await?;
+        self.broker
+            .publish(JOBS_EXCHANGE, &queue, &encode(&job), None)
+            .await?;
         metrics::JOBS_PUBLISHED.inc();
         Ok(())
     }
@@ -194,25 +228,52 @@ impl Orchestrator {
             self.state.stream(&r.stream).await?,
             self.state.segment(&r.stream, r.seq).await?,
         ) else {
-            warn!(stream = r.stream, seq = r.seq, "result for an unknown segment dropped");
+            warn!(
+                stream = r.stream,
+                seq = r.seq,
+                "result for an unknown segment dropped"
+            );
             return Ok(());
         };
         if seg.state != "pending" {
-            info!(stream = r.stream, seq = r.seq, attempt = r.attempt, "duplicate result ignored");
+            info!(
+                stream = r.stream,
+                seq = r.seq,
+                attempt = r.attempt,
+                "duplicate result ignored"
+            );
             metrics::SEGMENTS.with_label_values(&["duplicate"]).inc();
-            if seg.accepted.as_ref().is_some_and(|a| a.first().map(|x| &x.key) != r.renditions.first().map(|o| &o.object.key)) {
+            if seg.accepted.as_ref().is_some_and(|a| {
+                a.first().map(|x| &x.key) != r.renditions.first().map(|o| &o.object.key)
+            }) {
                 self.collect_garbage(&r).await;
             }
             return Ok(());
         }
         match check_result(&self.storage, &seg, &rec.plan, &rec.source, &r).await {
             Ok(accepted) => {
-                if self.state.accept(&r.stream, r.seq, r.attempt, &accepted).await? {
+                if self
+                    .state
+                    .accept(&r.stream, r.seq, r.attempt, &accepted)
+                    .await?
+                {
                     metrics::SEGMENTS.with_label_values(&["done"]).inc();
                     metrics::TRANSCODE_SECONDS.observe(r.transcode_ms as f64 / 1000.0);
-                    info!(stream = r.stream, seq = r.seq, attempt = r.attempt, worker = r.worker_id, "segment accepted");
-                    self.event(&r.stream, &StreamEvent::SegmentTranscoded { stream: r.stream.clone(), seq: r.seq })
-                        .await?;
+                    info!(
+                        stream = r.stream,
+                        seq = r.seq,
+                        attempt = r.attempt,
+                        worker = r.worker_id,
+                        "segment accepted"
+                    );
+                    self.event(
+                        &r.stream,
+                        &StreamEvent::SegmentTranscoded {
+                            stream: r.stream.clone(),
+                            seq: r.seq,
+                        },
+                    )
+                    .await?;
                     self.try_complete(&r.stream).await
                 } else {
                     self.collect_garbage(&r).await;
@@ -221,7 +282,14 @@ impl Orchestrator {
             }
             Err(CheckError::Unavailable(m)) => Err(HandleError::Retry(m)),
             Err(CheckError::Bad(m)) => {
-                warn!(stream = r.stream, seq = r.seq, attempt = r.attempt, worker = r.worker_id, problem = m, "worker produced bad output");
+                warn!(
+                    stream = r.stream,
+                    seq = r.seq,
+                    attempt = r.attempt,
+                    worker = r.worker_id,
+                    problem = m,
+                    "worker produced bad output"
+                );
                 metrics::SEGMENTS.with_label_values(&["bad_output"]).inc();
                 self.collect_garbage(&r).await;
                 self.segment_failed(SegmentFailed {
@@ -242,11 +310,24 @@ impl Orchestrator {
         let permanent = f.disposition == Disposition::Permanent;
         let outcome = self
             .state
-            .fail_attempt(&f.stream, f.seq, f.attempt, &f.message, permanent, self.max_attempts)
+            .fail_attempt(
+                &f.stream,
+                f.seq,
+                f.attempt,
+                &f.message,
+                permanent,
+                self.max_attempts,
+            )
             .await?;
         match outcome {
             FailOutcome::Retry(attempt) => {
-                info!(stream = f.stream, seq = f.seq, attempt, error = f.message, "retrying segment");
+                info!(
+                    stream = f.stream,
+                    seq = f.seq,
+                    attempt,
+                    error = f.message,
+                    "retrying segment"
+                );
                 metrics::SEGMENTS.with_label_values(&["retried"]).inc();
                 let (Some(rec), Some(seg)) = (
                     self.state.stream(&f.stream).await?,
@@ -257,11 +338,20 @@ impl Orchestrator {
                 self.publish_job(&rec, &seg, attempt).await
             }
             FailOutcome::Failed => {
-                warn!(stream = f.stream, seq = f.seq, error = f.message, "segment failed");
+                warn!(
+                    stream = f.stream,
+                    seq = f.seq,
+                    error = f.message,
+                    "segment failed"
+                );
                 metrics::SEGMENTS.with_label_values(&["failed"]).inc();
                 self.event(
                     &f.stream,
-                    &StreamEvent::SegmentFailed { stream: f.stream.clone(), seq: f.seq, message: f.message.clone() },
+                    &StreamEvent::SegmentFailed {
+                        stream: f.stream.clone(),
+                        seq: f.seq,
+                        message: f.message.clone(),
+                    },
                 )
                 .await?;
                 self.try_complete(&f.stream).await
@@ -275,7 +365,9 @@ impl Orchestrator {
         let Some(rec) = self.state.stream(stream).await? else {
             return Ok(());
         };
-        let Some(total) = rec.total else { return Ok(()) };
+        let Some(total) = rec.total else {
+            return Ok(());
+        };
         if rec.state != "active" || rec.done + rec.failed < total {
             return Ok(());
         }
@@ -289,7 +381,13 @@ impl Orchestrator {
                 .into_iter()
                 .map(|(seq, message)| FailedSegment { seq, message })
                 .collect();
-            info!(stream, segments = total, failed = failed.len(), master, "stream complete");
+            info!(
+                stream,
+                segments = total,
+                failed = failed.len(),
+                master,
+                "stream complete"
+            );
             metrics::STREAMS.with_label_values(&["completed"]).inc();
             self.event(
                 stream,

@@ -152,7 +152,10 @@ impl State {
     }
 
     pub async fn ping(&self) -> redis::RedisResult<()> {
-        redis::cmd("PING").query_async::<String>(&mut self.redis.clone()).await.map(|_| ())
+        redis::cmd("PING")
+            .query_async::<String>(&mut self.redis.clone())
+            .await
+            .map(|_| ())
     }
 
     pub async fn register_stream(
@@ -291,7 +294,11 @@ impl State {
         }))
     }
 
-    pub async fn segment(&self, stream: &str, seq: u64) -> redis::RedisResult<Option<SegmentRecord>> {
+    pub async fn segment(
+        &self,
+        stream: &str,
+        seq: u64,
+    ) -> redis::RedisResult<Option<SegmentRecord>> {
         let h: HashMap<String, String> = redis::cmd("HGETALL")
             .arg(segment_key(stream, seq))
             .query_async(&mut self.redis.clone())
@@ -300,13 +307,21 @@ impl State {
     }
 
     /// Every segment 0..total in one round trip.
-    pub async fn segments(&self, stream: &str, total: u64) -> redis::RedisResult<Vec<Option<SegmentRecord>>> {
+    pub async fn segments(
+        &self,
+        stream: &str,
+        total: u64,
+    ) -> redis::RedisResult<Vec<Option<SegmentRecord>>> {
         let mut pipe = redis::pipe();
         for seq in 0..total {
             pipe.cmd("HGETALL").arg(segment_key(stream, seq));
         }
         let all: Vec<HashMap<String, String>> = pipe.query_async(&mut self.redis.clone()).await?;
-        Ok(all.iter().enumerate().map(|(i, h)| parse_segment(i as u64, h)).collect())
+        Ok(all
+            .iter()
+            .enumerate()
+            .map(|(i, h)| parse_segment(i as u64, h))
+            .collect())
     }
 
     pub async fn failures(&self, stream: &str) -> redis::RedisResult<Vec<(u64, String)>> {

@@ -34,10 +34,16 @@ pub async fn check_result(
     names.sort_unstable();
     wanted.sort_unstable();
     if names != wanted {
-        return bad(format!("renditions {names:?} do not match the ladder {wanted:?}"));
+        return bad(format!(
+            "renditions {names:?} do not match the ladder {wanted:?}"
+        ));
     }
     let fps = source.frame_rate.as_f64();
-    let frame_us = if fps > 0.5 { (1e6 / fps) as i64 } else { 40_000 };
+    let frame_us = if fps > 0.5 {
+        (1e6 / fps) as i64
+    } else {
+        40_000
+    };
     let tmp = tempfile::tempdir().map_err(|e| CheckError::Unavailable(e.to_string()))?;
     let mut accepted = Vec::with_capacity(result.renditions.len());
     for out in &result.renditions {
@@ -46,7 +52,10 @@ pub async fn check_result(
         };
         let key = rendition_key(&result.stream, &out.rung, result.seq, result.attempt);
         if out.object.key != key {
-            return bad(format!("{} is not this attempt's key {key}", out.object.key));
+            return bad(format!(
+                "{} is not this attempt's key {key}",
+                out.object.key
+            ));
         }
         let data = match storage.get(&key).await {
             Ok(d) => d,
@@ -55,7 +64,9 @@ pub async fn check_result(
             }
             Err(e) => return Err(CheckError::Unavailable(e.to_string())),
         };
-        if data.len() as u64 != out.object.size || hex::encode(Sha256::digest(&data)) != out.object.sha256 {
+        if data.len() as u64 != out.object.size
+            || hex::encode(Sha256::digest(&data)) != out.object.sha256
+        {
             return bad(format!("{key} does not match its reported size and sha256"));
         }
         let path = tmp.path().join(format!("{}.ts", out.rung));
@@ -68,22 +79,46 @@ pub async fn check_result(
             .map_err(|e| CheckError::Bad(format!("{key}: {e}")))?;
         let rung_us = {
             let f = rung.max_fps.as_f64();
-            if f > 0.5 { (1e6 / f) as i64 } else { frame_us }
+            if f > 0.5 {
+                (1e6 / f) as i64
+            } else {
+                frame_us
+            }
         };
         let seg_end = seg.start_us + seg.duration_us;
         let problems = [
-            ((info.width, info.height) != (rung.width, rung.height))
-                .then(|| format!("size {}x{} instead of {}x{}", info.width, info.height, rung.width, rung.height)),
-            (info.video_codec != "h264").then(|| format!("codec {} instead of h264", info.video_codec)),
+            ((info.width, info.height) != (rung.width, rung.height)).then(|| {
+                format!(
+                    "size {}x{} instead of {}x{}",
+                    info.width, info.height, rung.width, rung.height
+                )
+            }),
+            (info.video_codec != "h264")
+                .then(|| format!("codec {} instead of h264", info.video_codec)),
             (info.pixel_format != "yuv420p").then(|| format!("pixel format {}", info.pixel_format)),
             (!info.starts_with_keyframe).then(|| "does not start with a keyframe".to_string()),
-            ((info.start_us - seg.start_us).abs() > frame_us + 1_000)
-                .then(|| format!("starts at {} us instead of {} us", info.start_us, seg.start_us)),
-            (info.frames > seg.frames).then(|| format!("{} frames from a {}-frame source", info.frames, seg.frames)),
-            (seg_end - info.last_pts_us > rung_us + frame_us + 1_000 || info.last_pts_us >= seg_end)
-                .then(|| format!("last frame at {} us does not end the segment at {seg_end} us", info.last_pts_us)),
-            (source.has_audio != info.audio_codec.is_some())
-                .then(|| format!("audio {:?} but the source has audio: {}", info.audio_codec, source.has_audio)),
+            ((info.start_us - seg.start_us).abs() > frame_us + 1_000).then(|| {
+                format!(
+                    "starts at {} us instead of {} us",
+                    info.start_us, seg.start_us
+                )
+            }),
+            (info.frames > seg.frames)
+                .then(|| format!("{} frames from a {}-frame source", info.frames, seg.frames)),
+            (seg_end - info.last_pts_us > rung_us + frame_us + 1_000
+                || info.last_pts_us >= seg_end)
+                .then(|| {
+                    format!(
+                        "last frame at {} us does not end the segment at {seg_end} us",
+                        info.last_pts_us
+                    )
+                }),
+            (source.has_audio != info.audio_codec.is_some()).then(|| {
+                format!(
+                    "audio {:?} but the source has audio: {}",
+                    info.audio_codec, source.has_audio
+                )
+            }),
         ];
         let problems: Vec<String> = problems.into_iter().flatten().collect();
         if !problems.is_empty() {

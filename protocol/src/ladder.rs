@@ -137,7 +137,10 @@ pub fn plan_ladder(profiles: &[Profile], src: &SourceMetadata) -> LadderPlan {
     if plan.rungs.is_empty() {
         // Every rung would upscale a small source: make the smallest rung at the source's
         // own size rather than nothing.
-        if let Some(p) = profiles.iter().min_by_key(|p| u64::from(p.width) * u64::from(p.height)) {
+        if let Some(p) = profiles
+            .iter()
+            .min_by_key(|p| u64::from(p.width) * u64::from(p.height))
+        {
             let (dw, dh) = display_size(src);
             let (width, height) = (round_even(dw), round_even(dh));
             plan.skipped.retain(|s| s.name != p.name);

@@ -37,15 +37,34 @@ impl WorkerArgs {
     /// Checks the settings, reporting every problem at once.
     pub fn validate(&self) -> Result<(), String> {
         const PRESETS: &[&str] = &[
-            "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
+            "ultrafast",
+            "superfast",
+            "veryfast",
+            "faster",
+            "fast",
+            "medium",
+            "slow",
+            "slower",
             "veryslow",
         ];
         let mut problems = Vec::new();
         if !PRESETS.contains(&self.preset.as_str()) {
-            problems.push(format!("--preset {:?} is not an x264 preset ({})", self.preset, PRESETS.join(", ")));
+            problems.push(format!(
+                "--preset {:?} is not an x264 preset ({})",
+                self.preset,
+                PRESETS.join(", ")
+            ));
         }
-        if self.class.is_empty() || !self.class.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-            problems.push(format!("--class {:?} must be letters, digits or '-'", self.class));
+        if self.class.is_empty()
+            || !self
+                .class
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            problems.push(format!(
+                "--class {:?} must be letters, digits or '-'",
+                self.class
+            ));
         }
         if self.max_segment_mb == 0 {
             problems.push("--max-segment-mb must be at least 1".into());

@@ -96,7 +96,9 @@ async fn fetch_source(ctx: &JobContext, src: &ObjectRef) -> Result<Bytes, JobErr
     let data = match ctx.storage.get(&src.key).await {
         Ok(d) => d,
         Err(StorageError::NotFound(k)) => {
-            return Err(JobError::permanent(format!("source segment {k} does not exist")))
+            return Err(JobError::permanent(format!(
+                "source segment {k} does not exist"
+            )))
         }
         Err(e) => return Err(e.into()),
     };
@@ -114,7 +116,11 @@ async fn transcode_job(ctx: &JobContext, job: &SegmentJob) -> Result<SegmentResu
     if job.rungs.is_empty() {
         return Err(JobError::permanent("the job has no rungs"));
     }
-    if !job.source.key.starts_with(&format!("streams/{}/source/", job.stream)) {
+    if !job
+        .source
+        .key
+        .starts_with(&format!("streams/{}/source/", job.stream))
+    {
         return Err(JobError::permanent(format!(
             "source key {} is outside the stream",
             job.source.key
@@ -126,7 +132,11 @@ async fn transcode_job(ctx: &JobContext, job: &SegmentJob) -> Result<SegmentResu
         None => tempfile::tempdir(),
     }
     .map_err(|e| JobError::transient(format!("temp dir: {e}")))?;
-    let ext = if job.source.key.ends_with(".mkv") { "mkv" } else { "ts" };
+    let ext = if job.source.key.ends_with(".mkv") {
+        "mkv"
+    } else {
+        "ts"
+    };
     let src_path = tmp.path().join(format!("source.{ext}"));
     tokio::fs::write(&src_path, &data)
         .await
@@ -153,7 +163,8 @@ async fn transcode_job(ctx: &JobContext, job: &SegmentJob) -> Result<SegmentResu
     .await;
     crate::metrics::BUSY_SLOTS.dec();
     drop(permit);
-    let files = outcome.map_err(|e| JobError::transient(format!("transcode task failed: {e}")))??;
+    let files =
+        outcome.map_err(|e| JobError::transient(format!("transcode task failed: {e}")))??;
     let transcode = started.elapsed();
     crate::metrics::TRANSCODE_SECONDS.observe(transcode.as_secs_f64());
 

@@ -13,7 +13,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use castwork_cluster::{supervise, Broker, Storage};
 use castwork_media::TranscodeOptions;
-use castwork_protocol::{decode, encode, job_queue, SegmentJob, StreamMode, WorkerReport, RESULTS_EXCHANGE};
+use castwork_protocol::{
+    decode, encode, job_queue, SegmentJob, StreamMode, WorkerReport, RESULTS_EXCHANGE,
+};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions, BasicRejectOptions};
@@ -57,7 +59,14 @@ impl WorkerPool {
             slots: Arc::new(Semaphore::new(slots)),
         });
         let queue = job_queue(StreamMode::Vod, &self.args.class);
-        info!(worker_id, slots, queue, threads = ctx.options.threads, preset = ctx.options.preset, "worker starting");
+        info!(
+            worker_id,
+            slots,
+            queue,
+            threads = ctx.options.threads,
+            preset = ctx.options.preset,
+            "worker starting"
+        );
         let tracker = TaskTracker::new();
         supervise("worker", &shutdown, || {
             consume(&self, ctx.clone(), &queue, slots, &tracker, &shutdown)
@@ -65,7 +74,10 @@ impl WorkerPool {
         .await;
         self.consuming.store(false, Ordering::Relaxed);
         tracker.close();
-        if tokio::time::timeout(self.drain_timeout, tracker.wait()).await.is_err() {
+        if tokio::time::timeout(self.drain_timeout, tracker.wait())
+            .await
+            .is_err()
+        {
             warn!("drain timeout: unfinished segments go back to the queue");
         }
         info!(worker_id, "worker stopped");
@@ -82,9 +94,12 @@ async fn consume(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let broker = Arc::new(
-        Broker::connect(&pool.amqp_url, &format!("castwork-worker {}", ctx.worker_id))
-            .await
-            .context("connecting to RabbitMQ")?,
+        Broker::connect(
+            &pool.amqp_url,
+            &format!("castwork-worker {}", ctx.worker_id),
+        )
+        .await
+        .context("connecting to RabbitMQ")?,
     );
     let tag = format!("worker-{}", ctx.worker_id);
     let prefetch = u16::try_from(slots).unwrap_or(u16::MAX);
@@ -110,7 +125,10 @@ async fn consume(
     if result.is_ok() {
         // Let in-flight jobs report and ack on this connection before it closes.
         tracker.close();
-        if tokio::time::timeout(pool.drain_timeout, tracker.wait()).await.is_err() {
+        if tokio::time::timeout(pool.drain_timeout, tracker.wait())
+            .await
+            .is_err()
+        {
             warn!("drain timeout: unfinished segments go back to the queue");
         }
         broker.close().await;
@@ -132,14 +150,23 @@ async fn handle_delivery(ctx: Arc<JobContext>, broker: Arc<Broker>, delivery: De
         Ok(j) => j,
         Err(e) => {
             error!(error = %e, "malformed job: dead-lettering it");
-            let _ = delivery.acker.reject(BasicRejectOptions { requeue: false }).await;
+            let _ = delivery
+                .acker
+                .reject(BasicRejectOptions { requeue: false })
+                .await;
             return;
         }
     };
     let report = run_job(&ctx, &job).await;
     let outcome = match &report {
         WorkerReport::SegmentResult(r) => {
-            info!(stream = job.stream, seq = job.seq, attempt = job.attempt, transcode_ms = r.transcode_ms, "segment done");
+            info!(
+                stream = job.stream,
+                seq = job.seq,
+                attempt = job.attempt,
+                transcode_ms = r.transcode_ms,
+                "segment done"
+            );
             "done"
         }
         WorkerReport::SegmentFailed(f) => {
@@ -170,7 +197,10 @@ async fn handle_delivery(ctx: Arc<JobContext>, broker: Arc<Broker>, delivery: De
             warn!(stream = job.stream, seq = job.seq, error = %e, "could not publish the result: requeueing the job");
             let _ = delivery
                 .acker
-                .nack(BasicNackOptions { requeue: true, multiple: false })
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    multiple: false,
+                })
                 .await;
         }
     }

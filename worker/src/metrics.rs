@@ -2,7 +2,10 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{register_histogram, register_int_counter_vec, register_int_gauge, Histogram, IntCounterVec, IntGauge};
+use prometheus::{
+    register_histogram, register_int_counter_vec, register_int_gauge, Histogram, IntCounterVec,
+    IntGauge,
+};
 
 pub static SEGMENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
@@ -23,5 +26,6 @@ pub static TRANSCODE_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
 });
 
 pub static BUSY_SLOTS: LazyLock<IntGauge> = LazyLock::new(|| {
-    register_int_gauge!("castwork_worker_busy_slots", "Transcode slots in use").expect("metric registers once")
+    register_int_gauge!("castwork_worker_busy_slots", "Transcode slots in use")
+        .expect("metric registers once")
 });

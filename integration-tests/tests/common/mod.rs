@@ -20,20 +20,36 @@ pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test exe");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let p = dir.join(name);
-    assert!(p.exists(), "{} is missing: run `cargo build --bins` before the integration tests", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --bins` before the integration tests",
+        p.display()
+    );
     p
 }
 
 pub fn testdata(name: &str) -> PathBuf {
     let p = workspace().join("testdata").join(name);
-    assert!(p.exists(), "{} is missing: run scripts/fetch-testdata.sh", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/fetch-testdata.sh",
+        p.display()
+    );
     p
 }
 
 /// Runs the `ffmpeg` CLI (test fixtures only; Castwork itself never spawns it).
 pub fn ffmpeg(args: &[&str]) {
-    let out = Command::new("ffmpeg").args(["-v", "error", "-y"]).args(args).output().expect("ffmpeg runs");
-    assert!(out.status.success(), "ffmpeg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-y"])
+        .args(args)
+        .output()
+        .expect("ffmpeg runs");
+    assert!(
+        out.status.success(),
+        "ffmpeg {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// `ffprobe -of json` with extra arguments.
@@ -44,7 +60,12 @@ pub fn ffprobe(path: &Path, args: &[&str]) -> Value {
         .arg(path)
         .output()
         .expect("ffprobe runs");
-    assert!(out.status.success(), "ffprobe {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ffprobe {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("ffprobe json")
 }
 
@@ -64,12 +85,23 @@ pub fn decode_errors(path: &Path) -> String {
 }
 
 fn rabbitmqctl(args: &[&str]) {
-    let out = Command::new("rabbitmqctl").args(args).output().expect("rabbitmqctl runs");
-    assert!(out.status.success(), "rabbitmqctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl runs");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A minimal HTTP GET: (status, body).
@@ -80,7 +112,10 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     let status = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Some((status, body))
 }
 
@@ -107,7 +142,10 @@ impl Cluster {
             orchestrator_addr,
             children: Vec::new(),
         };
-        let orch = c.spawn("orchestrator", &["--http-addr", &c.orchestrator_addr.clone()]);
+        let orch = c.spawn(
+            "orchestrator",
+            &["--http-addr", &c.orchestrator_addr.clone()],
+        );
         c.children.push(orch);
         for i in 0..workers {
             let w = c.spawn("worker", &["--worker-id", &format!("w{i}")]);
@@ -118,7 +156,11 @@ impl Cluster {
             if let Some((200, _)) = http_get(&c.orchestrator_addr, "/healthz") {
                 break;
             }
-            assert!(Instant::now() < deadline, "orchestrator not healthy: {}", c.logs());
+            assert!(
+                Instant::now() < deadline,
+                "orchestrator not healthy: {}",
+                c.logs()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         c
@@ -130,17 +172,25 @@ impl Cluster {
 
     fn envs(&self, cmd: &mut Command) {
         cmd.env("AMQP_URL", &self.amqp_url)
-            .env("STORAGE_URL", format!("file://{}", self.storage_dir().display()))
+            .env(
+                "STORAGE_URL",
+                format!("file://{}", self.storage_dir().display()),
+            )
             .env("REDIS_URL", "redis://127.0.0.1:6379/")
             .env("RUST_LOG", "info");
     }
 
     fn spawn(&self, name: &str, args: &[&str]) -> Child {
-        let n = std::fs::read_dir(self.dir.path()).map(|d| d.count()).unwrap_or(0);
+        let n = std::fs::read_dir(self.dir.path())
+            .map(|d| d.count())
+            .unwrap_or(0);
         let log = std::fs::File::create(self.dir.path().join(format!("{name}-{n}.log"))).unwrap();
         let mut cmd = Command::new(bin(name));
         self.envs(&mut cmd);
-        cmd.args(args).stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
         cmd.spawn().expect("spawn")
     }
 
@@ -150,7 +200,11 @@ impl Cluster {
         if let Ok(d) = std::fs::read_dir(self.dir.path()) {
             for e in d.flatten() {
                 if e.path().extension().is_some_and(|x| x == "log") {
-                    out.push_str(&format!("\n--- {}\n{}", e.path().display(), std::fs::read_to_string(e.path()).unwrap_or_default()));
+                    out.push_str(&format!(
+                        "\n--- {}\n{}",
+                        e.path().display(),
+                        std::fs::read_to_string(e.path()).unwrap_or_default()
+                    ));
                 }
             }
         }
@@ -171,7 +225,8 @@ impl Cluster {
 
     /// The orchestrator's `GET /streams/NAME`.
     pub fn status(&self, stream: &str) -> Value {
-        let (code, body) = http_get(&self.orchestrator_addr, &format!("/streams/{stream}")).expect("status answers");
+        let (code, body) = http_get(&self.orchestrator_addr, &format!("/streams/{stream}"))
+            .expect("status answers");
         assert_eq!(code, 200, "{body}");
         serde_json::from_str(&body).unwrap()
     }
@@ -183,12 +238,17 @@ impl Drop for Cluster {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = Command::new("rabbitmqctl").args(["delete_vhost", &self.vhost]).output();
+        let _ = Command::new("rabbitmqctl")
+            .args(["delete_vhost", &self.vhost])
+            .output();
     }
 }
 
 /// A unique stream name per run, so tests never collide in the shared Redis.
 pub fn stream_name(prefix: &str) -> String {
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     format!("{prefix}-{t}")
 }
