@@ -84,3 +84,107 @@ pub async fn write(
     }
     Ok(master)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::AcceptedRendition;
+    use castwork_protocol::{
+        plan_ladder, profile::parse_profiles, ObjectRef, Rational, SourceMetadata,
+    };
+
+    fn record() -> StreamRecord {
+        let source = SourceMetadata {
+            width: 640,
+            height: 272,
+            sample_aspect_ratio: Rational::ONE,
+            rotation: 0,
+            frame_rate: Rational::new(25, 1),
+            video_codec: "h264".into(),
+            pixel_format: "yuv420p".into(),
+            color: Default::default(),
+            has_audio: false,
+            duration_us: None,
+        };
+        let plan = plan_ladder(
+            &parse_profiles("P240p30fps16x9,P360p30fps16x9").unwrap(),
+            &source,
+        );
+        StreamRecord {
+            stream: "s".into(),
+            session: "x".into(),
+            mode: StreamMode::Vod,
+            plan,
+            source,
+            state: "active".into(),
+            total: Some(3),
+            received: 3,
+            done: 2,
+            failed: 1,
+            master_playlist: None,
+        }
+    }
+
+    fn segment(seq: u64, attempt: u32, duration_us: i64, sizes: [u64; 2]) -> Option<SegmentRecord> {
+        let rungs = [
+            ("P240p30fps16x9", 426, 182, "avc1.640015"),
+            ("P360p30fps16x9", 640, 272, "avc1.64001e"),
+        ];
+        Some(SegmentRecord {
+            seq,
+            start_us: 1_000_000 + seq as i64 * 2_000_000,
+            duration_us,
+            frames: 50,
+            source: ObjectRef {
+                key: format!("streams/s/source/{seq}.ts"),
+                size: 1,
+                sha256: String::new(),
+            },
+            attempt,
+            state: "done".into(),
+            accepted: Some(
+                rungs
+                    .iter()
+                    .zip(sizes)
+                    .map(|((name, w, h, codecs), size)| AcceptedRendition {
+                        rung: name.to_string(),
+                        key: format!("streams/s/{name}/{seq}.{attempt}.ts"),
+                        size,
+                        width: *w,
+                        height: *h,
+                        frames: 50,
+                        codecs: codecs.to_string(),
+                    })
+                    .collect(),
+            ),
+        })
+    }
+
+    #[test]
+    fn renders_accepted_attempts_with_a_gap_for_a_failed_segment() {
+        let segments = vec![
+            segment(0, 1, 2_000_000, [100_000, 250_000]),
+            None,
+            segment(2, 3, 3_040_000, [200_000, 300_000]),
+        ];
+        let files = render(&record(), &segments);
+        assert_eq!(files.len(), 3);
+        assert_eq!(files[0].0, "streams/s/P240p30fps16x9/index.m3u8");
+        assert_eq!(
+            files[0].1,
+            "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:3\n#EXT-X-MEDIA-SEQUENCE:0\n#EXT-X-PLAYLIST-TYPE:VOD\n\
+             #EXT-X-INDEPENDENT-SEGMENTS\n#EXTINF:2.000000,\n0.1.ts\n#EXT-X-DISCONTINUITY\n#EXTINF:3.040000,\n2.3.ts\n\
+             #EXT-X-ENDLIST\n"
+        );
+        let (key, master) = &files[2];
+        assert_eq!(key, "streams/s/index.m3u8");
+        // 360p: peak 250 kB in 2 s = 1 Mbit/s, average 550 kB in 5.04 s.
+        assert!(master.contains(
+            "BANDWIDTH=1000000,AVERAGE-BANDWIDTH=873016,RESOLUTION=640x272,CODECS=\"avc1.64001e\",FRAME-RATE=25.000\nP360p30fps16x9/index.m3u8"
+        ), "{master}");
+        assert!(
+            master.find("P360p").unwrap() < master.find("P240p").unwrap(),
+            "highest bandwidth first"
+        );
+    }
+}
