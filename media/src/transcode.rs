@@ -130,7 +130,7 @@ impl RungOutput {
             .map_err(|e| internal("writing a rendition header", e))?;
         let video_tb = octx.stream(0).map_or(tb, |s| s.time_base());
         let audio_tb = audio.and_then(|_| octx.stream(1).map(|s| s.time_base()));
-        let fps = rung.max_fps.as_f64();
+        let fps = rung.drop_to_fps.map_or(0.0, |r| r.as_f64());
         Ok(RungOutput {
             rung: rung.clone(),
             path,

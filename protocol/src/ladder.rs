@@ -15,8 +15,12 @@ pub struct Rung {
     pub width: u32,
     pub height: u32,
     pub bitrate: u64,
-    /// Highest output frame rate; frames are dropped, never duplicated, to stay under it.
+    /// Output frame rate: the profile's, or the source's when that is lower (never raised).
     pub max_fps: Rational,
+    /// When the source is faster than the profile, the rate frames are dropped to (never
+    /// duplicated). `None` passes every source frame through, variable rates included.
+    #[serde(default)]
+    pub drop_to_fps: Option<Rational>,
     /// Keyframe interval in seconds (0: every frame); `None`: only at the segment start.
     pub gop_secs: Option<f64>,
     pub profile: H264Profile,
@@ -89,6 +93,16 @@ pub fn max_fps(profile: &Profile, source_fps: Rational) -> Rational {
     }
 }
 
+/// The rate frames must be dropped to: the profile's, when the source is faster (or its
+/// rate unknown).
+pub fn drop_to_fps(profile: &Profile, source_fps: Rational) -> Option<Rational> {
+    if profile.fps == 0 {
+        return None;
+    }
+    let wanted = Rational::new(profile.fps as i32, profile.fps_den.max(1) as i32);
+    (!source_fps.is_valid() || wanted.as_f64() < source_fps.as_f64() - 1e-6).then_some(wanted)
+}
+
 /// Fits every profile to the source; skips upscales and merges rungs of the same size.
 pub fn plan_ladder(profiles: &[Profile], src: &SourceMetadata) -> LadderPlan {
     let mut plan = LadderPlan::default();
@@ -110,6 +124,7 @@ pub fn plan_ladder(profiles: &[Profile], src: &SourceMetadata) -> LadderPlan {
             height,
             bitrate: p.bitrate,
             max_fps: max_fps(p, src.frame_rate),
+            drop_to_fps: drop_to_fps(p, src.frame_rate),
             gop_secs: p.gop_secs,
             profile: p.profile,
         };
@@ -150,6 +165,7 @@ pub fn plan_ladder(profiles: &[Profile], src: &SourceMetadata) -> LadderPlan {
                 height,
                 bitrate: p.bitrate,
                 max_fps: max_fps(p, src.frame_rate),
+                drop_to_fps: drop_to_fps(p, src.frame_rate),
                 gop_secs: p.gop_secs,
                 profile: p.profile,
             });
@@ -243,6 +259,16 @@ mod tests {
             Rational::new(24000, 1001)
         );
         assert_eq!(max_fps(p, Rational::new(0, 1)), Rational::new(30, 1));
+        assert_eq!(
+            drop_to_fps(p, Rational::new(60, 1)),
+            Some(Rational::new(30, 1))
+        );
+        assert_eq!(drop_to_fps(p, Rational::new(30, 1)), None);
+        assert_eq!(drop_to_fps(p, Rational::new(30000, 1001)), None);
+        assert_eq!(
+            drop_to_fps(p, Rational::new(0, 1)),
+            Some(Rational::new(30, 1))
+        );
         let mut keep = p.clone();
         keep.fps = 0;
         assert_eq!(max_fps(&keep, Rational::new(50, 1)), Rational::new(50, 1));
