@@ -215,7 +215,10 @@ pub async fn push(req: PushRequest) -> anyhow::Result<PushOutcome> {
     let mut failed = Vec::new();
     let mut completed: Option<String> = None;
     while let Some(seg) = rx.recv().await {
-        upload_segment(&broker, &req.storage, &req.stream, ext, &seg).await?;
+        if let Err(e) = upload_segment(&broker, &req.storage, &req.stream, ext, &seg).await {
+            end_early(&broker, &req.stream, uploaded).await;
+            return Err(e);
+        }
         uploaded += 1;
         progress.uploaded(seg.seq, seg.duration_us as f64 / 1e6);
         // Keep up with events so the transcoded bar moves while we upload.
@@ -231,9 +234,16 @@ pub async fn push(req: PushRequest) -> anyhow::Result<PushOutcome> {
             }
         }
     }
-    let summary = cutter
-        .await?
-        .map_err(|e| anyhow::anyhow!("cannot cut {}: {e}", req.input.display()))?;
+    let summary = match cutter.await? {
+        Ok(s) => s,
+        Err(e) => {
+            end_early(&broker, &req.stream, uploaded).await;
+            bail!(
+                "cannot cut {}: {e} ({uploaded} segments were sent before the error)",
+                req.input.display()
+            );
+        }
+    };
     progress.set_total(summary.segments);
     if summary.sparse_keyframes {
         progress.println(&format!(
@@ -288,6 +298,18 @@ pub async fn push(req: PushRequest) -> anyhow::Result<PushOutcome> {
     })
 }
 
+/// Closes a stream whose push failed half-way with the segments already sent, so the
+/// orchestrator finishes those instead of waiting for more forever.
+async fn end_early(broker: &Broker, stream: &str, segments: u64) {
+    let msg = IngestMessage::StreamEnded(StreamEnded {
+        stream: stream.to_string(),
+        segments,
+    });
+    if let Err(e) = publish(broker, &msg).await {
+        tracing::warn!(error = %e, "could not close the stream after the failure");
+    }
+}
+
 fn note_event(
     e: &StreamEvent,
     progress: &mut Progress,
@@ -339,6 +361,7 @@ async fn upload_segment(
             start_us: seg.start_us,
             duration_us: seg.duration_us,
             frames: seg.frames,
+            has_audio: seg.audio_packets > 0,
             object,
         }),
     )

@@ -17,6 +17,12 @@ pub(crate) struct AacEncoder {
     encoder: encoder::Audio,
     params: codec::Parameters,
     rate: u32,
+    /// Time base of the source stream's packets.
+    in_tb: Rational,
+    /// Sample rate of the decoded audio; the filter graph counts in its samples.
+    in_rate: u32,
+    /// Next timestamp the encoder's output may have: packets never go backwards.
+    next_pts: Option<i64>,
 }
 
 impl AacEncoder {
@@ -57,9 +63,11 @@ impl AacEncoder {
             decoder.channel_layout()
         };
         let mut graph = filter::Graph::new();
+        // Timestamps enter the graph in samples: a coarse container time base (AVI's mp3 has one
+        // tick per mp3 frame) would give 1024-sample AAC frames duplicate timestamps.
+        let in_rate = decoder.rate().max(1);
         let args = format!(
-            "time_base={}:sample_rate={}:sample_fmt={}:channel_layout=0x{:x}",
-            stream.time_base(),
+            "time_base=1/{in_rate}:sample_rate={}:sample_fmt={}:channel_layout=0x{:x}",
             decoder.rate(),
             decoder.format().name(),
             in_layout.bits()
@@ -97,6 +105,9 @@ impl AacEncoder {
             encoder,
             params,
             rate,
+            in_tb: stream.time_base(),
+            in_rate,
+            next_pts: None,
         })
     }
 
@@ -127,8 +138,10 @@ impl AacEncoder {
         }
         let mut decoded = frame::Audio::empty();
         while self.decoder.receive_frame(&mut decoded).is_ok() {
-            let ts = decoded.timestamp();
-            decoded.set_pts(ts);
+            use ffmpeg_next::Rescale;
+            let ts = decoded.timestamp().or(decoded.pts());
+            decoded
+                .set_pts(ts.map(|t| t.rescale(self.in_tb, Rational::new(1, self.in_rate as i32))));
             if let Some(mut src) = self.graph.get("in") {
                 src.source()
                     .add(&decoded)
@@ -170,6 +183,15 @@ impl AacEncoder {
     fn drain_encoder(&mut self, out: &mut Vec<Packet>) {
         let mut pkt = Packet::empty();
         while self.encoder.receive_packet(&mut pkt).is_ok() {
+            if let (Some(pts), Some(next)) = (pkt.pts(), self.next_pts) {
+                if pts < next {
+                    pkt.set_pts(Some(next));
+                    pkt.set_dts(Some(next));
+                }
+            }
+            if let Some(pts) = pkt.pts() {
+                self.next_pts = Some(pts + pkt.duration().max(1));
+            }
             out.push(std::mem::replace(&mut pkt, Packet::empty()));
         }
     }

@@ -61,6 +61,25 @@ pub fn avc_codec_string(data: &[u8]) -> Option<String> {
         .map(|sps| format!("avc1.{:02x}{:02x}{:02x}", sps[1], sps[2], sps[3]))
 }
 
+/// Finds a start code `00 00 01 <code>` and returns the bytes after it.
+fn after_start_code(data: &[u8], code: u8) -> Option<&[u8]> {
+    data.windows(4)
+        .position(|w| w == [0, 0, 1, code])
+        .map(|i| &data[i + 4..])
+}
+
+/// The MPEG-1/2 GOP header's `closed_gop` (or `broken_link`) flag, when the packet has one.
+pub fn mpeg2_gop_closed(data: &[u8]) -> Option<bool> {
+    let gop = after_start_code(data, 0xb8)?;
+    gop.get(3).map(|b| b & 0x60 != 0)
+}
+
+/// The MPEG-4 part 2 GOV header's `closed_gov` (or `broken_link`) flag, when present.
+pub fn mpeg4_gov_closed(data: &[u8]) -> Option<bool> {
+    let gov = after_start_code(data, 0xb3)?;
+    gov.get(2).map(|b| b & 0x30 != 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,6 +107,28 @@ mod tests {
         assert!(
             !h264_is_idr(&[0, 0, 0, 9, 0x65]),
             "truncated input is not an IDR"
+        );
+    }
+
+    #[test]
+    fn gop_header_flags() {
+        // time code 00:00:00:00 (25 bits), then closed_gop.
+        assert_eq!(
+            mpeg2_gop_closed(&[0, 0, 1, 0xb8, 0, 8, 0, 0x40]),
+            Some(true)
+        );
+        assert_eq!(
+            mpeg2_gop_closed(&[0, 0, 1, 0xb8, 0, 8, 0, 0x00]),
+            Some(false)
+        );
+        assert_eq!(mpeg2_gop_closed(&[0, 0, 1, 0x00, 1, 2]), None);
+        assert_eq!(
+            mpeg4_gov_closed(&[0, 0, 1, 0xb3, 0, 0x10, 0x20]),
+            Some(true)
+        );
+        assert_eq!(
+            mpeg4_gov_closed(&[0, 0, 1, 0xb3, 0, 0x10, 0x00]),
+            Some(false)
         );
     }
 

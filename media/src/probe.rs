@@ -10,9 +10,10 @@ use crate::{bad, to_rational, MediaError};
 /// The container source segments are written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SegmentContainer {
-    /// MPEG-TS: H.264, HEVC, MPEG-1/2 and MPEG-4 part 2 video.
+    /// MPEG-TS: H.264, HEVC and MPEG-1/2 video.
     Ts,
-    /// Matroska: every other codec (VP9, ProRes, MS-MPEG4, ...).
+    /// Matroska: every other codec (VP9, ProRes, MPEG-4 part 2, whose headers may live only
+    /// in the container's extradata, MS-MPEG4, ...).
     Mkv,
 }
 
@@ -33,11 +34,9 @@ impl SegmentContainer {
 
     fn for_codec(id: codec::Id) -> Self {
         match id {
-            codec::Id::H264
-            | codec::Id::HEVC
-            | codec::Id::MPEG2VIDEO
-            | codec::Id::MPEG1VIDEO
-            | codec::Id::MPEG4 => SegmentContainer::Ts,
+            codec::Id::H264 | codec::Id::HEVC | codec::Id::MPEG2VIDEO | codec::Id::MPEG1VIDEO => {
+                SegmentContainer::Ts
+            }
             _ => SegmentContainer::Mkv,
         }
     }

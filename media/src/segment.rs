@@ -30,6 +30,8 @@ pub struct CutSegment {
     pub start_us: i64,
     pub duration_us: i64,
     pub frames: u64,
+    /// Audio packets in the segment (0: this stretch of the source has no audio).
+    pub audio_packets: u64,
 }
 
 /// What cutting a whole input found.
@@ -64,6 +66,7 @@ struct OpenSegment {
     path: PathBuf,
     start_us: i64,
     frames: u64,
+    audio_packets: u64,
     video_tb: Rational,
     audio_tb: Option<Rational>,
 }
@@ -105,6 +108,7 @@ fn open_segment(
         path,
         start_us: 0,
         frames: 0,
+        audio_packets: 0,
         video_tb,
         audio_tb,
     })
@@ -134,25 +138,124 @@ fn write_packet(
         .map_err(|e| bad("writing a segment", e))
 }
 
-/// Whether a video packet starts a closed GOP, so a segment may begin with it.
-fn is_cut_point(id: codec::Id, packet: &Packet) -> bool {
+/// Whether a video keyframe starts a closed GOP, as far as its own bytes tell: always for
+/// H.264 IDR and HEVC IDR/BLA pictures, by the GOP header's flag for MPEG-1/2 and MPEG-4
+/// part 2, and `None` (ask the next frame) otherwise.
+fn closed_gop(id: codec::Id, packet: &Packet) -> Option<bool> {
     if !packet.is_key() {
-        return false;
+        return Some(false);
     }
-    match (id, packet.data()) {
-        (codec::Id::H264, Some(d)) => nal::h264_is_idr(d),
-        (codec::Id::HEVC, Some(d)) => nal::hevc_is_closed_irap(d),
-        _ => true,
+    let data = packet.data()?;
+    match id {
+        codec::Id::H264 => Some(nal::h264_is_idr(data)),
+        codec::Id::HEVC => Some(nal::hevc_is_closed_irap(data)),
+        codec::Id::MPEG1VIDEO | codec::Id::MPEG2VIDEO => nal::mpeg2_gop_closed(data).filter(|c| *c),
+        codec::Id::MPEG4 => nal::mpeg4_gov_closed(data).filter(|c| *c),
+        _ => None,
+    }
+}
+
+/// The state of one cut in progress.
+struct Cutter<'a, F> {
+    opts: &'a SegmentOptions,
+    probed: &'a ProbedInput,
+    vtb: Rational,
+    vparams: codec::Parameters,
+    audio_params: Option<codec::Parameters>,
+    frame_us: i64,
+    planner: CutPlanner,
+    offset_us: i64,
+    current: Option<OpenSegment>,
+    next_seq: u64,
+    end_us: i64,
+    dropped: u64,
+    on_segment: F,
+}
+
+impl<F> Cutter<'_, F>
+where
+    F: FnMut(CutSegment) -> Result<(), MediaError>,
+{
+    fn finish(&mut self, end: i64) -> Result<(), MediaError> {
+        let Some(mut seg) = self.current.take() else {
+            return Ok(());
+        };
+        seg.octx
+            .write_trailer()
+            .map_err(|e| internal("finishing a segment", e))?;
+        (self.on_segment)(CutSegment {
+            seq: seg.seq,
+            path: seg.path,
+            start_us: seg.start_us,
+            duration_us: (end - seg.start_us).max(1),
+            frames: seg.frames,
+            audio_packets: seg.audio_packets,
+        })
+    }
+
+    fn video(&mut self, pkt: Packet, cut_point: bool) -> Result<(), MediaError> {
+        let Some(ts) = pkt.pts().or(pkt.dts()) else {
+            return Ok(());
+        };
+        let pts_us = ts_to_us(ts, self.vtb);
+        match self.planner.on_video_frame(pts_us, cut_point) {
+            CutDecision::Drop => {
+                self.dropped += 1;
+                return Ok(());
+            }
+            CutDecision::StartFirst => self.offset_us = (MIN_START_US - pts_us).max(0),
+            CutDecision::Cut => self.finish(pts_us + self.offset_us)?,
+            CutDecision::Continue => {}
+        }
+        if self.current.is_none() {
+            let mut seg = open_segment(
+                &self.opts.dir,
+                self.next_seq,
+                self.probed.container,
+                &self.vparams,
+                self.audio_params.as_ref(),
+            )?;
+            seg.start_us = pts_us + self.offset_us;
+            self.next_seq += 1;
+            self.current = Some(seg);
+        }
+        let dur_us = if pkt.duration() > 0 {
+            ts_to_us(pkt.duration(), self.vtb)
+        } else {
+            self.frame_us
+        };
+        self.end_us = self.end_us.max(pts_us + self.offset_us + dur_us);
+        let (vtb, offset) = (self.vtb, self.offset_us);
+        if let Some(seg) = self.current.as_mut() {
+            seg.frames += 1;
+            write_packet(seg, pkt, vtb, offset, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Writes an (AAC) audio packet into the open segment; audio before the first video
+    /// keyframe has no segment and is dropped.
+    fn audio(&mut self, pkt: Packet, tb: Rational) -> Result<(), MediaError> {
+        let offset = self.offset_us;
+        if let Some(seg) = self.current.as_mut() {
+            seg.audio_packets += 1;
+            write_packet(seg, pkt, tb, offset, 1)?;
+        }
+        Ok(())
     }
 }
 
 /// Cuts `input` into segments, calling `on_segment` as each one is finished (so uploads can
 /// start before the whole file is cut).
+///
+/// A keyframe whose own bytes do not say that its GOP is closed is a cut point only if the
+/// next frame in decode order is shown after it: leading B-frames of an open GOP need the
+/// previous GOP and must stay in the segment before the cut.
 pub fn segment_file<F>(
     input: &Path,
     probed: &ProbedInput,
     opts: &SegmentOptions,
-    mut on_segment: F,
+    on_segment: F,
 ) -> Result<SegmentSummary, MediaError>
 where
     F: FnMut(CutSegment) -> Result<(), MediaError>,
@@ -166,11 +269,6 @@ where
     let (vtb, vparams) = (vstream.time_base(), vstream.parameters());
     let vid = vparams.id();
     let fps = probed.metadata.frame_rate.as_f64();
-    let frame_us = if fps > 0.5 {
-        (1e6 / fps) as i64
-    } else {
-        40_000
-    };
     let mut audio = match probed.audio_index.and_then(|i| ictx.stream(i)) {
         Some(a) if a.parameters().id() == codec::Id::AAC => Some(AudioPlan::Copy {
             index: a.index(),
@@ -187,28 +285,30 @@ where
         AudioPlan::Copy { params, .. } => params.clone(),
         AudioPlan::Encode { enc, .. } => enc.parameters(),
     });
-
-    let mut planner = CutPlanner::new(opts.target_us);
-    let mut offset_us = 0;
-    let mut current: Option<OpenSegment> = None;
-    let mut next_seq = 0;
-    let mut end_us = i64::MIN;
-    let mut dropped = 0;
+    let mut cut = Cutter {
+        opts,
+        probed,
+        vtb,
+        vparams,
+        audio_params,
+        frame_us: if fps > 0.5 {
+            (1e6 / fps) as i64
+        } else {
+            40_000
+        },
+        planner: CutPlanner::new(opts.target_us),
+        offset_us: 0,
+        current: None,
+        next_seq: 0,
+        end_us: i64::MIN,
+        dropped: 0,
+        on_segment,
+    };
+    // A keyframe waiting for the next video frame to tell whether its GOP is closed, with
+    // the audio read meanwhile.
+    let mut held: Option<(Packet, Vec<Packet>)> = None;
     let mut encoded = Vec::new();
     let mut packet = Packet::empty();
-    let finish = |seg: OpenSegment, end: i64, cb: &mut F| -> Result<(), MediaError> {
-        let mut seg = seg;
-        seg.octx
-            .write_trailer()
-            .map_err(|e| internal("finishing a segment", e))?;
-        cb(CutSegment {
-            seq: seg.seq,
-            path: seg.path,
-            start_us: seg.start_us,
-            duration_us: (end - seg.start_us).max(1),
-            frames: seg.frames,
-        })
-    };
     loop {
         match packet.read(&mut ictx) {
             Ok(()) => {}
@@ -218,83 +318,81 @@ where
         }
         let pkt = std::mem::replace(&mut packet, Packet::empty());
         if pkt.stream() == vi {
-            let Some(ts) = pkt.pts().or(pkt.dts()) else {
-                continue;
-            };
-            let pts_us = ts_to_us(ts, vtb);
-            match planner.on_video_frame(pts_us, is_cut_point(vid, &pkt)) {
-                CutDecision::Drop => {
-                    dropped += 1;
-                    continue;
+            if let Some((key, later)) = held.take() {
+                let shown_after = match (pkt.pts(), key.pts()) {
+                    (Some(next), Some(k)) => next > k,
+                    _ => true,
+                };
+                cut.video(key, shown_after)?;
+                for a in later {
+                    route_audio(&mut cut, audio.as_mut(), a, &mut encoded)?;
                 }
-                CutDecision::StartFirst => {
-                    offset_us = (MIN_START_US - pts_us).max(0);
-                }
-                CutDecision::Cut => {
-                    if let Some(seg) = current.take() {
-                        finish(seg, pts_us + offset_us, &mut on_segment)?;
-                    }
-                }
-                CutDecision::Continue => {}
             }
-            if current.is_none() {
-                let mut seg = open_segment(
-                    &opts.dir,
-                    next_seq,
-                    probed.container,
-                    &vparams,
-                    audio_params.as_ref(),
-                )?;
-                seg.start_us = pts_us + offset_us;
-                next_seq += 1;
-                current = Some(seg);
+            match closed_gop(vid, &pkt) {
+                None => held = Some((pkt, Vec::new())),
+                Some(cut_point) => cut.video(pkt, cut_point)?,
             }
-            let dur_us = if pkt.duration() > 0 {
-                ts_to_us(pkt.duration(), vtb)
-            } else {
-                frame_us
-            };
-            end_us = end_us.max(pts_us + offset_us + dur_us);
-            if let Some(seg) = current.as_mut() {
-                seg.frames += 1;
-                write_packet(seg, pkt, vtb, offset_us, 0)?;
-            }
-        } else if let (Some(seg), Some(plan)) = (current.as_mut(), audio.as_mut()) {
-            match plan {
-                AudioPlan::Copy { index, tb, .. } if *index == pkt.stream() => {
-                    write_packet(seg, pkt, *tb, offset_us, 1)?;
-                }
-                AudioPlan::Encode { index, enc } if *index == pkt.stream() => {
-                    enc.push(Some(&pkt), &mut encoded)?;
-                    let tb = enc.time_base();
-                    for p in encoded.drain(..) {
-                        write_packet(seg, p, tb, offset_us, 1)?;
-                    }
-                }
-                _ => {}
-            }
+        } else if let Some((_, later)) = held.as_mut() {
+            later.push(pkt);
+        } else {
+            route_audio(&mut cut, audio.as_mut(), pkt, &mut encoded)?;
         }
     }
-    let Some(mut seg) = current.take() else {
+    if let Some((key, later)) = held.take() {
+        cut.video(key, true)?;
+        for a in later {
+            route_audio(&mut cut, audio.as_mut(), a, &mut encoded)?;
+        }
+    }
+    if cut.current.is_none() {
         return Err(MediaError::BadInput(format!(
             "{}: no decodable video frame (no keyframe found)",
             input.display()
         )));
-    };
+    }
     if let Some(AudioPlan::Encode { enc, .. }) = audio.as_mut() {
         enc.push(None, &mut encoded)?;
         let tb = enc.time_base();
         for p in encoded.drain(..) {
-            write_packet(&mut seg, p, tb, offset_us, 1)?;
+            cut.audio(p, tb)?;
         }
     }
-    planner.finish(end_us - offset_us);
-    finish(seg, end_us, &mut on_segment)?;
+    let end_us = cut.end_us;
+    cut.planner.finish(end_us - cut.offset_us);
+    cut.finish(end_us)?;
     Ok(SegmentSummary {
-        segments: next_seq,
-        longest_us: planner.longest_us(),
-        sparse_keyframes: planner.keyframes_sparse(),
-        offset_us,
-        dropped_frames: dropped,
+        segments: cut.next_seq,
+        longest_us: cut.planner.longest_us(),
+        sparse_keyframes: cut.planner.keyframes_sparse(),
+        offset_us: cut.offset_us,
+        dropped_frames: cut.dropped,
     })
+}
+
+/// Sends an audio packet of the chosen stream to the segment, through the AAC encoder when
+/// the source's audio is not AAC.
+fn route_audio<F>(
+    cut: &mut Cutter<'_, F>,
+    plan: Option<&mut AudioPlan>,
+    pkt: Packet,
+    encoded: &mut Vec<Packet>,
+) -> Result<(), MediaError>
+where
+    F: FnMut(CutSegment) -> Result<(), MediaError>,
+{
+    match plan {
+        Some(AudioPlan::Copy { index, tb, .. }) if *index == pkt.stream() => cut.audio(pkt, *tb),
+        Some(AudioPlan::Encode { index, enc }) if *index == pkt.stream() => {
+            if cut.current.is_none() {
+                return Ok(());
+            }
+            enc.push(Some(&pkt), encoded)?;
+            let tb = enc.time_base();
+            for p in encoded.drain(..) {
+                cut.audio(p, tb)?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }

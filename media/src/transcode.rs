@@ -199,7 +199,7 @@ impl RungOutput {
         p.set_stream(1);
         p.set_position(-1);
         p.write_interleaved(&mut self.octx)
-            .map_err(|e| internal("writing rendition audio", e))
+            .map_err(|e| bad("the segment's audio cannot be muxed", e))
     }
 }
 

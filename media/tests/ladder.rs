@@ -264,3 +264,144 @@ fn sparse_keyframes_and_garbage() {
     .unwrap_err();
     assert!(e.is_permanent(), "{e}");
 }
+
+/// Cuts and transcodes a generated clip; every segment must transcode to all its frames.
+fn cut_and_transcode_all(src: &Path) -> Vec<CutSegment> {
+    let segdir = tempfile::tempdir().unwrap();
+    let (probed, segs) = cut(src, segdir.path());
+    let plan = plan_ladder(&parse_profiles("P240p30fps16x9").unwrap(), &probed.metadata);
+    for s in &segs {
+        let out = tempfile::tempdir().unwrap();
+        let files = transcode_segment(
+            &s.path,
+            &plan.rungs,
+            &probed.metadata,
+            out.path(),
+            &TranscodeOptions::default(),
+        )
+        .unwrap_or_else(|e| panic!("{}: segment {}: {e}", src.display(), s.seq));
+        let info = inspect(&files[0].path, "mpegts").unwrap();
+        assert_eq!(
+            info.frames,
+            s.frames,
+            "{}: segment {} loses frames",
+            src.display(),
+            s.seq
+        );
+        assert!(info.starts_with_keyframe);
+        decodes_cleanly(&files[0].path);
+    }
+    segs
+}
+
+#[test]
+fn old_codecs_open_gops_and_odd_audio() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let video = [
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=320x180:rate=25",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440",
+        "-t",
+        "6",
+    ];
+    // MPEG-2 with B-frames in a program stream: open GOPs are never cut (their leading
+    // B-frames need the previous GOP), closed ones are.
+    let open = p("open.mpg");
+    ffmpeg(
+        &[
+            &video[..],
+            &[
+                "-c:v",
+                "mpeg2video",
+                "-bf",
+                "2",
+                "-g",
+                "12",
+                "-c:a",
+                "mp2",
+                &open,
+            ],
+        ]
+        .concat(),
+    );
+    let segs = cut_and_transcode_all(Path::new(&open));
+    assert_eq!(segs.len(), 1, "{segs:?}");
+    let closed = p("closed.mpg");
+    ffmpeg(
+        &[
+            &video[..],
+            &[
+                "-c:v",
+                "mpeg2video",
+                "-bf",
+                "2",
+                "-g",
+                "12",
+                "-flags",
+                "+cgop",
+                "-sc_threshold",
+                "1000000000",
+                "-c:a",
+                "mp2",
+                &closed,
+            ],
+        ]
+        .concat(),
+    );
+    let segs = cut_and_transcode_all(Path::new(&closed));
+    assert_eq!(segs.len(), 3, "{segs:?}");
+    // DivX 3 with mp3 in AVI: coarse audio timestamps, re-encoded to AAC.
+    let avi = p("divx.avi");
+    ffmpeg(
+        &[
+            &video[..],
+            &["-c:v", "msmpeg4v3", "-c:a", "libmp3lame", &avi],
+        ]
+        .concat(),
+    );
+    let segs = cut_and_transcode_all(Path::new(&avi));
+    assert!(segs.iter().all(|s| s.audio_packets > 0));
+    // MPEG-4 part 2 in MP4: its headers live in the container, so segments are Matroska.
+    let m4v = p("asp.mp4");
+    ffmpeg(
+        &[
+            &video[..],
+            &["-c:v", "mpeg4", "-bf", "2", "-c:a", "aac", &m4v],
+        ]
+        .concat(),
+    );
+    let segs = cut_and_transcode_all(Path::new(&m4v));
+    assert!(segs[0].path.extension().unwrap() == "mkv");
+    // Audio that starts 2 s after the video.
+    let late = p("late.mp4");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=320x180:rate=25",
+        "-f",
+        "lavfi",
+        "-itsoffset",
+        "2.5",
+        "-i",
+        "sine=frequency=440:duration=3",
+        "-t",
+        "6",
+        "-c:v",
+        "libx264",
+        "-g",
+        "50",
+        "-c:a",
+        "aac",
+        &late,
+    ]);
+    let segs = cut_and_transcode_all(Path::new(&late));
+    assert_eq!(segs[0].audio_packets, 0, "{segs:?}");
+    assert!(segs[2].audio_packets > 0, "{segs:?}");
+}

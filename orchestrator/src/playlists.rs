@@ -135,6 +135,7 @@ mod tests {
             start_us: 1_000_000 + seq as i64 * 2_000_000,
             duration_us,
             frames: 50,
+            has_audio: false,
             source: ObjectRef {
                 key: format!("streams/s/source/{seq}.ts"),
                 size: 1,

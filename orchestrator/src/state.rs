@@ -57,6 +57,7 @@ pub struct SegmentRecord {
     pub start_us: i64,
     pub duration_us: i64,
     pub frames: u64,
+    pub has_audio: bool,
     pub source: ObjectRef,
     pub attempt: u32,
     pub state: String,
@@ -87,7 +88,7 @@ if st then
   return redis.call('HINCRBY', KEYS[1], 'attempt', 1)
 end
 redis.call('HSET', KEYS[1], 'start_us', ARGV[1], 'duration_us', ARGV[2], 'frames', ARGV[3],
-  'source', ARGV[4], 'attempt', 1, 'state', 'pending')
+  'source', ARGV[4], 'has_audio', ARGV[5], 'attempt', 1, 'state', 'pending')
 redis.call('HINCRBY', KEYS[2], 'received', 1)
 return 1
 "#;
@@ -186,6 +187,7 @@ impl State {
             .arg(seg.duration_us)
             .arg(seg.frames)
             .arg(json(&seg.object))
+            .arg(if seg.has_audio { "1" } else { "0" })
             .invoke_async(&mut self.redis.clone())
             .await
     }
@@ -357,6 +359,7 @@ fn parse_segment(seq: u64, h: &HashMap<String, String>) -> Option<SegmentRecord>
         start_us: num("start_us"),
         duration_us: num("duration_us"),
         frames: num("frames") as u64,
+        has_audio: h.get("has_audio").map(String::as_str) == Some("1"),
         source: serde_json::from_str(h.get("source")?).ok()?,
         attempt: num("attempt") as u32,
         state: h.get("state").cloned().unwrap_or_default(),

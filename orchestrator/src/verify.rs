@@ -113,10 +113,10 @@ pub async fn check_result(
                         info.last_pts_us
                     )
                 }),
-            (source.has_audio != info.audio_codec.is_some()).then(|| {
+            (seg.has_audio != info.audio_codec.is_some()).then(|| {
                 format!(
-                    "audio {:?} but the source has audio: {}",
-                    info.audio_codec, source.has_audio
+                    "audio {:?} but the source segment has audio: {}",
+                    info.audio_codec, seg.has_audio
                 )
             }),
         ];

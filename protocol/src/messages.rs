@@ -127,6 +127,8 @@ pub struct SegmentReady {
     pub duration_us: i64,
     /// Number of video frames in the segment.
     pub frames: u64,
+    /// Whether this segment carries audio (a source's audio may start late or stop early).
+    pub has_audio: bool,
     pub object: ObjectRef,
 }
 
