@@ -124,28 +124,48 @@ pub struct Cluster {
     pub amqp_url: String,
     pub dir: tempfile::TempDir,
     pub orchestrator_addr: String,
+    /// `STORAGE_URL` and any other environment every process gets.
+    pub env: Vec<(String, String)>,
     children: Vec<Child>,
 }
 
 impl Cluster {
-    /// Starts an orchestrator and `workers` worker processes of one slot each.
+    /// Starts an orchestrator and `workers` worker processes of one slot each, on a local
+    /// directory object store.
     pub fn start(workers: usize) -> Cluster {
+        Cluster::start_with(workers, &[], Vec::new())
+    }
+
+    /// Like [`Cluster::start`], with extra orchestrator flags and environment (a
+    /// `STORAGE_URL` there replaces the local directory).
+    pub fn start_with(
+        workers: usize,
+        orchestrator_args: &[&str],
+        env: Vec<(String, String)>,
+    ) -> Cluster {
         let vhost = format!("castwork-test-{}-{}", std::process::id(), free_port());
         rabbitmqctl(&["add_vhost", &vhost]);
         rabbitmqctl(&["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"]);
         let dir = tempfile::tempdir().unwrap();
         let orchestrator_addr = format!("127.0.0.1:{}", free_port());
+        let mut all_env = vec![(
+            "STORAGE_URL".to_string(),
+            format!("file://{}", dir.path().join("data").display()),
+        )];
+        all_env.extend(env);
         let mut c = Cluster {
             amqp_url: format!("amqp://guest:guest@127.0.0.1:5672/{vhost}"),
             vhost,
             dir,
             orchestrator_addr,
+            env: all_env,
             children: Vec::new(),
         };
-        let orch = c.spawn(
-            "orchestrator",
-            &["--http-addr", &c.orchestrator_addr.clone()],
-        );
+        let mut args = vec!["--http-addr", &c.orchestrator_addr];
+        args.extend_from_slice(orchestrator_args);
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let orch = c.spawn("orchestrator", &refs);
         c.children.push(orch);
         for i in 0..workers {
             let w = c.spawn("worker", &["--worker-id", &format!("w{i}")]);
@@ -166,18 +186,23 @@ impl Cluster {
         c
     }
 
+    /// Starts another process of the cluster (e.g. a worker joining later).
+    pub fn add(&mut self, name: &str, args: &[&str]) {
+        let child = self.spawn(name, args);
+        self.children.push(child);
+    }
+
     pub fn storage_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
 
     fn envs(&self, cmd: &mut Command) {
         cmd.env("AMQP_URL", &self.amqp_url)
-            .env(
-                "STORAGE_URL",
-                format!("file://{}", self.storage_dir().display()),
-            )
             .env("REDIS_URL", "redis://127.0.0.1:6379/")
             .env("RUST_LOG", "info");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
     }
 
     fn spawn(&self, name: &str, args: &[&str]) -> Child {
