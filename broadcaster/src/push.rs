@@ -1,7 +1,7 @@
 //! `broadcaster push`: probe a file, cut it into source segments, store and enqueue them,
 //! and (with `--wait`) follow the orchestrator's events until every rendition is done.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
@@ -161,8 +161,18 @@ pub async fn push(req: PushRequest) -> anyhow::Result<PushOutcome> {
     let admitted = tokio::time::timeout(req.admit_timeout, async {
         loop {
             match next_event(&mut events).await? {
-                StreamEvent::StreamAdmitted { rungs, skipped, .. } => return Ok((rungs, skipped)),
-                StreamEvent::StreamRejected { message, .. } => {
+                // Events of another push under the same name are not ours.
+                StreamEvent::StreamAdmitted {
+                    rungs,
+                    skipped,
+                    session: s,
+                    ..
+                } if s == session => return Ok((rungs, skipped)),
+                StreamEvent::StreamRejected {
+                    message,
+                    session: s,
+                    ..
+                } if s == session => {
                     bail!("the orchestrator refused the stream: {message}")
                 }
                 _ => {}
@@ -215,8 +225,9 @@ pub async fn push(req: PushRequest) -> anyhow::Result<PushOutcome> {
     let mut failed = Vec::new();
     let mut completed: Option<String> = None;
     while let Some(seg) = rx.recv().await {
-        if let Err(e) = upload_segment(&broker, &req.storage, &req.stream, ext, &seg).await {
-            end_early(&broker, &req.stream, uploaded).await;
+        if let Err(e) = upload_segment(&broker, &req.storage, &req.stream, session, ext, &seg).await
+        {
+            end_early(&broker, &req.stream, session, uploaded).await;
             return Err(e);
         }
         uploaded += 1;
@@ -237,7 +248,7 @@ pub async fn push(req: PushRequest) -> anyhow::Result<PushOutcome> {
     let summary = match cutter.await? {
         Ok(s) => s,
         Err(e) => {
-            end_early(&broker, &req.stream, uploaded).await;
+            end_early(&broker, &req.stream, session, uploaded).await;
             bail!(
                 "cannot cut {}: {e} ({uploaded} segments were sent before the error)",
                 req.input.display()
@@ -263,6 +274,7 @@ pub async fn push(req: PushRequest) -> anyhow::Result<PushOutcome> {
         &broker,
         &IngestMessage::StreamEnded(StreamEnded {
             stream: req.stream.clone(),
+            session,
             segments: summary.segments,
         }),
     )
@@ -300,9 +312,10 @@ pub async fn push(req: PushRequest) -> anyhow::Result<PushOutcome> {
 
 /// Closes a stream whose push failed half-way with the segments already sent, so the
 /// orchestrator finishes those instead of waiting for more forever.
-async fn end_early(broker: &Broker, stream: &str, segments: u64) {
+async fn end_early(broker: &Broker, stream: &str, session: Uuid, segments: u64) {
     let msg = IngestMessage::StreamEnded(StreamEnded {
         stream: stream.to_string(),
+        session,
         segments,
     });
     if let Err(e) = publish(broker, &msg).await {
@@ -338,6 +351,7 @@ async fn upload_segment(
     broker: &Broker,
     storage: &Storage,
     stream: &str,
+    session: Uuid,
     ext: &str,
     seg: &CutSegment,
 ) -> anyhow::Result<()> {
@@ -357,18 +371,15 @@ async fn upload_segment(
         broker,
         &IngestMessage::SegmentReady(SegmentReady {
             stream: stream.to_string(),
+            session,
             seq: seg.seq,
             start_us: seg.start_us,
             duration_us: seg.duration_us,
+            last_pts_us: seg.last_pts_us,
             frames: seg.frames,
             has_audio: seg.audio_packets > 0,
             object,
         }),
     )
     .await
-}
-
-/// The local path of an object in a `file://` store.
-pub fn local_path(dir: &Path, key: &str) -> PathBuf {
-    dir.join(key)
 }

@@ -100,13 +100,7 @@ pub fn inspect(path: &Path, formats: &str) -> Result<MediaInfo, MediaError> {
         audio_packets: 0,
     };
     let mut packet = Packet::empty();
-    loop {
-        match packet.read(&mut ictx) {
-            Ok(()) => {}
-            Err(ffmpeg_next::Error::Eof) => break,
-            Err(ffmpeg_next::Error::InvalidData) => continue,
-            Err(e) => return Err(bad("read error", e)),
-        }
+    while crate::read_packet(&mut ictx, &mut packet, "reading the file")? {
         if packet.stream() == vi {
             let Some(pts) = packet.pts().or(packet.dts()) else {
                 continue;

@@ -57,6 +57,27 @@ pub fn init() {
     });
 }
 
+/// Corrupt packets in a row after which an input is given up.
+const MAX_BAD_PACKETS: u32 = 1000;
+
+/// Reads the next packet; `Ok(false)` at the end. Corrupt packets are skipped, as a player
+/// would, up to [`MAX_BAD_PACKETS`] in a row.
+pub(crate) fn read_packet(
+    ictx: &mut ffmpeg::format::context::Input,
+    packet: &mut ffmpeg::Packet,
+    what: &str,
+) -> Result<bool, MediaError> {
+    let mut bad_in_a_row = 0;
+    loop {
+        match packet.read(ictx) {
+            Ok(()) => return Ok(true),
+            Err(ffmpeg::Error::Eof) => return Ok(false),
+            Err(ffmpeg::Error::InvalidData) if bad_in_a_row < MAX_BAD_PACKETS => bad_in_a_row += 1,
+            Err(e) => return Err(bad(&format!("{what}: read error"), e)),
+        }
+    }
+}
+
 /// Converts a timestamp in a stream time base to microseconds.
 pub(crate) fn ts_to_us(ts: i64, tb: ffmpeg::Rational) -> i64 {
     use ffmpeg::Rescale;

@@ -30,6 +30,8 @@ pub struct CutSegment {
     pub start_us: i64,
     pub duration_us: i64,
     pub frames: u64,
+    /// Presentation time of the last-shown video frame.
+    pub last_pts_us: i64,
     /// Audio packets in the segment (0: this stretch of the source has no audio).
     pub audio_packets: u64,
 }
@@ -65,6 +67,7 @@ struct OpenSegment {
     seq: u64,
     path: PathBuf,
     start_us: i64,
+    last_pts_us: i64,
     frames: u64,
     audio_packets: u64,
     video_tb: Rational,
@@ -107,6 +110,7 @@ fn open_segment(
         seq,
         path,
         start_us: 0,
+        last_pts_us: i64::MIN,
         frames: 0,
         audio_packets: 0,
         video_tb,
@@ -189,6 +193,7 @@ where
             start_us: seg.start_us,
             duration_us: (end - seg.start_us).max(1),
             frames: seg.frames,
+            last_pts_us: seg.last_pts_us,
             audio_packets: seg.audio_packets,
         })
     }
@@ -228,6 +233,7 @@ where
         let (vtb, offset) = (self.vtb, self.offset_us);
         if let Some(seg) = self.current.as_mut() {
             seg.frames += 1;
+            seg.last_pts_us = seg.last_pts_us.max(pts_us + offset);
             write_packet(seg, pkt, vtb, offset, 0)?;
         }
         Ok(())
@@ -309,13 +315,7 @@ where
     let mut held: Option<(Packet, Vec<Packet>)> = None;
     let mut encoded = Vec::new();
     let mut packet = Packet::empty();
-    loop {
-        match packet.read(&mut ictx) {
-            Ok(()) => {}
-            Err(ffmpeg_next::Error::Eof) => break,
-            Err(ffmpeg_next::Error::InvalidData) => continue,
-            Err(e) => return Err(bad(&format!("{}: read error", input.display()), e)),
-        }
+    while crate::read_packet(&mut ictx, &mut packet, &input.display().to_string())? {
         let pkt = std::mem::replace(&mut packet, Packet::empty());
         if pkt.stream() == vi {
             if let Some((key, later)) = held.take() {

@@ -151,7 +151,9 @@ impl RungOutput {
     /// keyframe; every rung uses the same anchor, so keyframes line up across the ladder.
     fn select(&mut self, pts_us: i64, anchor_us: i64) -> Option<bool> {
         if self.interval_us > 0.0 {
-            let slot = ((pts_us - anchor_us + 1_000) as f64 / self.interval_us).floor() as i64;
+            let slot = (pts_us.saturating_sub(anchor_us).saturating_add(1_000) as f64
+                / self.interval_us)
+                .floor() as i64;
             if self.first_us.is_some() && slot < self.next_slot {
                 return None;
             }
@@ -168,8 +170,10 @@ impl RungOutput {
                 .rung
                 .gop_secs
                 .map_or(i64::MAX / 4, |g| (g * 1e6) as i64);
-            let k = (pts_us - anchor_us) / gop_us.max(1) + 1;
-            self.next_key_us = anchor_us + k * gop_us.max(1) - 1_000;
+            let k = pts_us.saturating_sub(anchor_us) / gop_us.max(1) + 1;
+            self.next_key_us = anchor_us
+                .saturating_add(k.saturating_mul(gop_us.max(1)))
+                .saturating_sub(1_000);
         }
         Some(key)
     }
@@ -224,7 +228,7 @@ impl Ladder {
             f.set_kind(picture::Type::None);
             let pts_us = ts_to_us(ts, self.video_tb);
             self.anchor_us.get_or_insert(pts_us);
-            self.end_us = self.end_us.max(pts_us + self.frame_us);
+            self.end_us = self.end_us.max(pts_us.saturating_add(self.frame_us));
             if self.graph.is_none() {
                 let sizes: Vec<_> = self
                     .outputs
@@ -338,13 +342,7 @@ pub fn transcode_segment(
     };
     let mut decoded = frame::Video::empty();
     let mut packet = Packet::empty();
-    loop {
-        match packet.read(&mut ictx) {
-            Ok(()) => {}
-            Err(ffmpeg_next::Error::Eof) => break,
-            Err(ffmpeg_next::Error::InvalidData) => continue,
-            Err(e) => return Err(bad("reading the segment", e)),
-        }
+    while crate::read_packet(&mut ictx, &mut packet, "reading the segment")? {
         if packet.stream() == vi {
             // A corrupt packet is concealed by the decoder, as a player would.
             let _ = decoder.send_packet(&packet);
@@ -352,7 +350,7 @@ pub fn transcode_segment(
                 ladder.feed(Some(&mut decoded))?;
             }
             if let (Some(a), true) = (ladder.anchor_us, ladder.end_us > i64::MIN) {
-                if ladder.end_us - a > opts.max_duration_us {
+                if ladder.end_us.saturating_sub(a) > opts.max_duration_us {
                     return Err(MediaError::BadInput(format!(
                         "the segment is longer than {} s",
                         opts.max_duration_us / 1_000_000
@@ -392,7 +390,7 @@ pub fn transcode_segment(
             height: out.rung.height,
             frames: out.frames,
             start_us,
-            duration_us: end_us - start_us,
+            duration_us: end_us.saturating_sub(start_us),
         });
     }
     Ok(files)

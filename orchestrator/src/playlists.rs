@@ -122,6 +122,7 @@ mod tests {
             done: 2,
             failed: 1,
             master_playlist: None,
+            announced: false,
         }
     }
 
@@ -136,6 +137,7 @@ mod tests {
             duration_us,
             frames: 50,
             has_audio: false,
+            last_pts_us: 0,
             source: ObjectRef {
                 key: format!("streams/s/source/{seq}.ts"),
                 size: 1,

@@ -7,7 +7,8 @@ use castwork_cluster::{broker::CLASSES, Broker, Storage};
 use castwork_protocol::{
     encode, event_routing_key, job_queue, plan_ladder, profile, validate_stream_name, Disposition,
     FailedSegment, IngestMessage, SegmentFailed, SegmentJob, SegmentReady, SegmentResult,
-    StreamEnded, StreamEvent, StreamStarted, WorkerReport, EVENTS_EXCHANGE, JOBS_EXCHANGE,
+    StreamEnded, StreamEvent, StreamMode, StreamStarted, WorkerReport, EVENTS_EXCHANGE,
+    JOBS_EXCHANGE,
 };
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -72,13 +73,14 @@ impl Orchestrator {
         }
     }
 
-    async fn reject(&self, stream: &str, message: String) -> Result<(), HandleError> {
-        warn!(stream, message, "stream rejected");
+    async fn reject(&self, s: &StreamStarted, message: String) -> Result<(), HandleError> {
+        warn!(stream = s.stream, message, "stream rejected");
         metrics::STREAMS.with_label_values(&["rejected"]).inc();
         self.event(
-            stream,
+            &s.stream,
             &StreamEvent::StreamRejected {
-                stream: stream.to_string(),
+                stream: s.stream.clone(),
+                session: s.session,
                 message,
             },
         )
@@ -87,15 +89,20 @@ impl Orchestrator {
 
     async fn stream_started(&self, s: StreamStarted) -> Result<(), HandleError> {
         if let Err(m) = validate_stream_name(&s.stream) {
-            return self.reject(&s.stream, m).await;
+            return self.reject(&s, m).await;
         }
         let ladder = match profile::validate(s.ladder.clone()) {
             Ok(l) => l,
-            Err(e) => return self.reject(&s.stream, e.to_string()).await,
+            Err(e) => return self.reject(&s, e.to_string()).await,
         };
+        if s.mode == StreamMode::Live {
+            return self
+                .reject(&s, "live streams are not supported yet: push a file".into())
+                .await;
+        }
         if s.source.width == 0 || s.source.height == 0 {
             return self
-                .reject(&s.stream, "the source has no picture size".into())
+                .reject(&s, "the source has no picture size".into())
                 .await;
         }
         // The seam for payment: a priced orchestrator checks the broadcaster's balance or
@@ -108,7 +115,7 @@ impl Orchestrator {
         if registered == 0 {
             return self
                 .reject(
-                    &s.stream,
+                    &s,
                     format!(
                         "stream {} already exists; push under another name",
                         s.stream
@@ -129,6 +136,7 @@ impl Orchestrator {
             &s.stream,
             &StreamEvent::StreamAdmitted {
                 stream: s.stream.clone(),
+                session: s.session,
                 rungs: plan.rungs,
                 skipped: plan.skipped,
             },
@@ -147,6 +155,7 @@ impl Orchestrator {
         };
         let prefix = format!("streams/{}/source/", s.stream);
         if rec.state != "active"
+            || rec.session != s.session.to_string()
             || !s.object.key.starts_with(&prefix)
             || s.duration_us <= 0
             || s.frames == 0
@@ -199,8 +208,15 @@ impl Orchestrator {
     }
 
     async fn stream_ended(&self, s: StreamEnded) -> Result<(), HandleError> {
-        if self.state.stream(&s.stream).await?.is_none() {
-            return Ok(());
+        match self.state.stream(&s.stream).await? {
+            Some(rec) if rec.session == s.session.to_string() => {}
+            _ => {
+                warn!(
+                    stream = s.stream,
+                    "end of an unknown stream or push dropped"
+                );
+                return Ok(());
+            }
         }
         self.state.set_total(&s.stream, s.segments).await?;
         self.try_complete(&s.stream).await
@@ -213,14 +229,26 @@ impl Orchestrator {
         }
     }
 
-    /// Deletes the objects of an attempt that lost.
-    async fn collect_garbage(&self, r: &SegmentResult) {
+    /// Deletes the objects of a result that was not accepted, sparing any key the accepted
+    /// result uses (two runs of one attempt can produce the same bytes, hence the same key).
+    async fn collect_garbage(&self, r: &SegmentResult) -> Result<(), HandleError> {
+        let kept: Vec<String> = self
+            .state
+            .segment(&r.stream, r.seq)
+            .await?
+            .and_then(|s| s.accepted)
+            .map(|a| a.into_iter().map(|x| x.key).collect())
+            .unwrap_or_default();
         for out in &r.renditions {
-            let key = castwork_protocol::rendition_key(&r.stream, &out.rung, r.seq, r.attempt);
-            if let Err(e) = self.storage.delete(&key).await {
-                warn!(key, error = %e, "could not delete a lost attempt's rendition");
+            let key = &out.object.key;
+            if kept.contains(key) || !key.starts_with(&format!("streams/{}/", r.stream)) {
+                continue;
+            }
+            if let Err(e) = self.storage.delete(key).await {
+                warn!(key, error = %e, "could not delete a lost result's rendition");
             }
         }
+        Ok(())
     }
 
     async fn segment_result(&self, r: SegmentResult) -> Result<(), HandleError> {
@@ -243,12 +271,9 @@ impl Orchestrator {
                 "duplicate result ignored"
             );
             metrics::SEGMENTS.with_label_values(&["duplicate"]).inc();
-            if seg.accepted.as_ref().is_some_and(|a| {
-                a.first().map(|x| &x.key) != r.renditions.first().map(|o| &o.object.key)
-            }) {
-                self.collect_garbage(&r).await;
-            }
-            return Ok(());
+            self.collect_garbage(&r).await?;
+            // A redelivery may be the retry of a handler that stopped half-way.
+            return self.try_complete(&r.stream).await;
         }
         match check_result(&self.storage, &seg, &rec.plan, &rec.source, &r).await {
             Ok(accepted) => {
@@ -276,8 +301,8 @@ impl Orchestrator {
                     .await?;
                     self.try_complete(&r.stream).await
                 } else {
-                    self.collect_garbage(&r).await;
-                    Ok(())
+                    self.collect_garbage(&r).await?;
+                    self.try_complete(&r.stream).await
                 }
             }
             Err(CheckError::Unavailable(m)) => Err(HandleError::Retry(m)),
@@ -291,7 +316,7 @@ impl Orchestrator {
                     "worker produced bad output"
                 );
                 metrics::SEGMENTS.with_label_values(&["bad_output"]).inc();
-                self.collect_garbage(&r).await;
+                self.collect_garbage(&r).await?;
                 self.segment_failed(SegmentFailed {
                     job_id: r.job_id,
                     stream: r.stream.clone(),
@@ -356,11 +381,15 @@ impl Orchestrator {
                 .await?;
                 self.try_complete(&f.stream).await
             }
-            FailOutcome::Stale | FailOutcome::AlreadyResolved => Ok(()),
+            FailOutcome::Stale => Ok(()),
+            // A redelivery may be the retry of a handler that stopped half-way.
+            FailOutcome::AlreadyResolved => self.try_complete(&f.stream).await,
         }
     }
 
-    /// Writes the playlists and announces completion once every segment is resolved.
+    /// Writes the playlists and announces completion once every segment is resolved; a
+    /// completion that was not announced (the orchestrator stopped in between) is announced
+    /// again.
     async fn try_complete(&self, stream: &str) -> Result<(), HandleError> {
         let Some(rec) = self.state.stream(stream).await? else {
             return Ok(());
@@ -368,38 +397,51 @@ impl Orchestrator {
         let Some(total) = rec.total else {
             return Ok(());
         };
+        if rec.state == "complete" {
+            if !rec.announced {
+                self.announce(stream, total, rec.master_playlist.unwrap_or_default())
+                    .await?;
+            }
+            return Ok(());
+        }
         if rec.state != "active" || rec.done + rec.failed < total {
             return Ok(());
         }
         let segments = self.state.segments(stream, total).await?;
         let master = crate::playlists::write(&self.storage, &rec, &segments).await?;
         if self.state.complete(stream, &master).await? {
-            let failed: Vec<FailedSegment> = self
-                .state
-                .failures(stream)
-                .await?
-                .into_iter()
-                .map(|(seq, message)| FailedSegment { seq, message })
-                .collect();
-            info!(
-                stream,
-                segments = total,
-                failed = failed.len(),
-                master,
-                "stream complete"
-            );
             metrics::STREAMS.with_label_values(&["completed"]).inc();
-            self.event(
-                stream,
-                &StreamEvent::StreamCompleted {
-                    stream: stream.to_string(),
-                    segments: total,
-                    master_playlist: master,
-                    failed,
-                },
-            )
-            .await?;
+            self.announce(stream, total, master).await?;
         }
+        Ok(())
+    }
+
+    async fn announce(&self, stream: &str, total: u64, master: String) -> Result<(), HandleError> {
+        let failed: Vec<FailedSegment> = self
+            .state
+            .failures(stream)
+            .await?
+            .into_iter()
+            .map(|(seq, message)| FailedSegment { seq, message })
+            .collect();
+        info!(
+            stream,
+            segments = total,
+            failed = failed.len(),
+            master,
+            "stream complete"
+        );
+        self.event(
+            stream,
+            &StreamEvent::StreamCompleted {
+                stream: stream.to_string(),
+                segments: total,
+                master_playlist: master,
+                failed,
+            },
+        )
+        .await?;
+        self.state.set_announced(stream).await?;
         Ok(())
     }
 }

@@ -48,6 +48,8 @@ pub struct StreamRecord {
     pub done: u64,
     pub failed: u64,
     pub master_playlist: Option<String>,
+    /// Whether `StreamCompleted` went out after the stream completed.
+    pub announced: bool,
 }
 
 /// A registered segment.
@@ -58,6 +60,7 @@ pub struct SegmentRecord {
     pub duration_us: i64,
     pub frames: u64,
     pub has_audio: bool,
+    pub last_pts_us: i64,
     pub source: ObjectRef,
     pub attempt: u32,
     pub state: String,
@@ -79,16 +82,18 @@ return 1
 "#;
 
 /// Records a segment. Returns the attempt to publish, or 0 when the segment is already
-/// resolved. A redelivered `SegmentReady` for a pending segment gets a new attempt, so its
-/// outputs never overwrite another attempt's.
+/// resolved. A redelivered `SegmentReady` for a pending segment republishes its current
+/// attempt (its job may never have been published); rendition keys are content-addressed,
+/// so two runs of one attempt cannot overwrite each other.
 const RECORD_SEGMENT: &str = r#"
 local st = redis.call('HGET', KEYS[1], 'state')
 if st then
   if st ~= 'pending' then return 0 end
-  return redis.call('HINCRBY', KEYS[1], 'attempt', 1)
+  return tonumber(redis.call('HGET', KEYS[1], 'attempt'))
 end
 redis.call('HSET', KEYS[1], 'start_us', ARGV[1], 'duration_us', ARGV[2], 'frames', ARGV[3],
-  'source', ARGV[4], 'has_audio', ARGV[5], 'attempt', 1, 'state', 'pending')
+  'source', ARGV[4], 'has_audio', ARGV[5], 'last_pts_us', ARGV[6], 'attempt', 1,
+  'state', 'pending')
 redis.call('HINCRBY', KEYS[2], 'received', 1)
 return 1
 "#;
@@ -104,11 +109,17 @@ return 1
 "#;
 
 /// Applies a failed attempt. Returns -1 for a stale attempt (a newer one is running), 0 when
-/// already resolved, 1 when the segment is now failed, or 1000 + the new attempt to publish.
+/// already resolved, 1 when the segment is now failed, or 1000 + the attempt to publish. The
+/// failure that started the current attempt, seen again, republishes it: the orchestrator
+/// may have stopped before its job was published.
 const FAIL_ATTEMPT: &str = r#"
 if redis.call('HGET', KEYS[1], 'state') ~= 'pending' then return 0 end
 local cur = tonumber(redis.call('HGET', KEYS[1], 'attempt'))
-if tonumber(ARGV[1]) ~= cur then return -1 end
+local a = tonumber(ARGV[1])
+if a ~= cur then
+  if tonumber(redis.call('HGET', KEYS[1], 'retry_of') or '-1') == a then return 1000 + cur end
+  return -1
+end
 if ARGV[3] == '1' or cur >= tonumber(ARGV[4]) then
   redis.call('HSET', KEYS[1], 'state', 'failed', 'message', ARGV[2])
   redis.call('HINCRBY', KEYS[2], 'failed', 1)
@@ -116,6 +127,7 @@ if ARGV[3] == '1' or cur >= tonumber(ARGV[4]) then
   redis.call('HSET', KEYS[3], ARGV[5], ARGV[2])
   return 1
 end
+redis.call('HSET', KEYS[1], 'retry_of', cur)
 return 1000 + redis.call('HINCRBY', KEYS[1], 'attempt', 1)
 "#;
 
@@ -188,6 +200,7 @@ impl State {
             .arg(seg.frames)
             .arg(json(&seg.object))
             .arg(if seg.has_audio { "1" } else { "0" })
+            .arg(seg.last_pts_us)
             .invoke_async(&mut self.redis.clone())
             .await
     }
@@ -258,6 +271,17 @@ impl State {
         Ok(r == 1)
     }
 
+    /// Notes that `StreamCompleted` was published.
+    pub async fn set_announced(&self, stream: &str) -> redis::RedisResult<()> {
+        redis::cmd("HSET")
+            .arg(stream_key(stream))
+            .arg("announced")
+            .arg(1)
+            .query_async::<i64>(&mut self.redis.clone())
+            .await
+            .map(|_| ())
+    }
+
     pub async fn stream(&self, stream: &str) -> redis::RedisResult<Option<StreamRecord>> {
         let h: HashMap<String, String> = redis::cmd("HGETALL")
             .arg(stream_key(stream))
@@ -293,6 +317,7 @@ impl State {
             done: num("done").unwrap_or(0),
             failed: num("failed").unwrap_or(0),
             master_playlist: h.get("master").cloned(),
+            announced: h.contains_key("announced"),
         }))
     }
 
@@ -360,6 +385,7 @@ fn parse_segment(seq: u64, h: &HashMap<String, String>) -> Option<SegmentRecord>
         duration_us: num("duration_us"),
         frames: num("frames") as u64,
         has_audio: h.get("has_audio").map(String::as_str) == Some("1"),
+        last_pts_us: num("last_pts_us"),
         source: serde_json::from_str(h.get("source")?).ok()?,
         attempt: num("attempt") as u32,
         state: h.get("state").cloned().unwrap_or_default(),

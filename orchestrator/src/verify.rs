@@ -50,7 +50,13 @@ pub async fn check_result(
         let Some(rung) = plan.rungs.iter().find(|r| r.name == out.rung) else {
             return bad(format!("unknown rung {}", out.rung));
         };
-        let key = rendition_key(&result.stream, &out.rung, result.seq, result.attempt);
+        let key = rendition_key(
+            &result.stream,
+            &out.rung,
+            result.seq,
+            result.attempt,
+            &out.object.sha256,
+        );
         if out.object.key != key {
             return bad(format!(
                 "{} is not this attempt's key {key}",
@@ -75,17 +81,16 @@ pub async fn check_result(
             .map_err(|e| CheckError::Unavailable(e.to_string()))?;
         let info = tokio::task::spawn_blocking(move || castwork_media::inspect(&path, "mpegts"))
             .await
-            .map_err(|e| CheckError::Unavailable(e.to_string()))?
+            // A panic while reading the rendition is the rendition's fault.
+            .map_err(|e| CheckError::Bad(format!("{key}: inspecting it failed: {e}")))?
             .map_err(|e| CheckError::Bad(format!("{key}: {e}")))?;
-        let rung_us = {
-            let f = rung.max_fps.as_f64();
-            if f > 0.5 {
-                (1e6 / f) as i64
-            } else {
-                frame_us
-            }
+        // Frames are dropped only under a frame-rate cap: without one the rendition ends on
+        // the source's last frame, with one within a frame interval of the cap before it.
+        let (slack_us, min_frames) = match rung.drop_to_fps.map(|r| r.as_f64()) {
+            Some(f) if f > 0.0 => ((1e6 / f) as u64 + 1_000, 1),
+            _ => (1_000, (seg.frames * 9).div_ceil(10).max(1)),
         };
-        let seg_end = seg.start_us + seg.duration_us;
+        let end_gap = seg.last_pts_us.saturating_sub(info.last_pts_us);
         let problems = [
             ((info.width, info.height) != (rung.width, rung.height)).then(|| {
                 format!(
@@ -97,22 +102,24 @@ pub async fn check_result(
                 .then(|| format!("codec {} instead of h264", info.video_codec)),
             (info.pixel_format != "yuv420p").then(|| format!("pixel format {}", info.pixel_format)),
             (!info.starts_with_keyframe).then(|| "does not start with a keyframe".to_string()),
-            ((info.start_us - seg.start_us).abs() > frame_us + 1_000).then(|| {
+            (info.start_us.abs_diff(seg.start_us) > frame_us as u64 + 1_000).then(|| {
                 format!(
                     "starts at {} us instead of {} us",
                     info.start_us, seg.start_us
                 )
             }),
-            (info.frames > seg.frames)
-                .then(|| format!("{} frames from a {}-frame source", info.frames, seg.frames)),
-            (seg_end - info.last_pts_us > rung_us + frame_us + 1_000
-                || info.last_pts_us >= seg_end)
-                .then(|| {
-                    format!(
-                        "last frame at {} us does not end the segment at {seg_end} us",
-                        info.last_pts_us
-                    )
-                }),
+            (info.frames > seg.frames || info.frames < min_frames).then(|| {
+                format!(
+                    "{} frames from a {}-frame source segment",
+                    info.frames, seg.frames
+                )
+            }),
+            (end_gap < -1_000 || end_gap.unsigned_abs() > slack_us).then(|| {
+                format!(
+                    "last frame at {} us, the source's at {} us",
+                    info.last_pts_us, seg.last_pts_us
+                )
+            }),
             (seg.has_audio != info.audio_codec.is_some()).then(|| {
                 format!(
                     "audio {:?} but the source segment has audio: {}",

@@ -121,10 +121,14 @@ pub struct StreamStarted {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SegmentReady {
     pub stream: String,
+    /// The push this segment belongs to (see [`StreamStarted::session`]).
+    pub session: Uuid,
     pub seq: u64,
     /// Presentation time of the first video frame, in microseconds of the source timeline.
     pub start_us: i64,
     pub duration_us: i64,
+    /// Presentation time of the segment's last-shown video frame, microseconds.
+    pub last_pts_us: i64,
     /// Number of video frames in the segment.
     pub frames: u64,
     /// Whether this segment carries audio (a source's audio may start late or stop early).
@@ -135,6 +139,7 @@ pub struct SegmentReady {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StreamEnded {
     pub stream: String,
+    pub session: Uuid,
     /// Number of segments the stream has in all (sequence numbers 0..segments).
     pub segments: u64,
 }
@@ -159,10 +164,11 @@ pub struct SegmentJob {
 }
 
 impl SegmentJob {
-    /// Object key of one rendition of this attempt: unique per attempt, so a lost attempt's
-    /// upload can never overwrite an accepted one.
-    pub fn output_key(&self, rung: &str) -> String {
-        rendition_key(&self.stream, rung, self.seq, self.attempt)
+    /// Object key of one rendition of this attempt with these bytes: unique per attempt and
+    /// content, so no other run (a lost attempt, a redelivered job) can overwrite an
+    /// accepted rendition.
+    pub fn output_key(&self, rung: &str, sha256: &str) -> String {
+        rendition_key(&self.stream, rung, self.seq, self.attempt, sha256)
     }
 }
 
@@ -171,9 +177,11 @@ pub fn source_key(stream: &str, seq: u64, ext: &str) -> String {
     format!("streams/{stream}/source/{seq}.{ext}")
 }
 
-/// Object key of a rendition segment of one attempt.
-pub fn rendition_key(stream: &str, rung: &str, seq: u64, attempt: u32) -> String {
-    format!("streams/{stream}/{rung}/{seq}.{attempt}.ts")
+/// Object key of a rendition segment: `SEQ.ATTEMPT.HASH.ts`, where HASH is the first 16 hex
+/// digits of the content's SHA-256.
+pub fn rendition_key(stream: &str, rung: &str, seq: u64, attempt: u32, sha256: &str) -> String {
+    let hash = sha256.get(..16).unwrap_or(sha256);
+    format!("streams/{stream}/{rung}/{seq}.{attempt}.{hash}.ts")
 }
 
 /// Object key of a rendition's media playlist.
@@ -253,12 +261,14 @@ pub enum StreamEvent {
     /// The orchestrator admitted the stream with this fitted ladder.
     StreamAdmitted {
         stream: String,
+        session: Uuid,
         rungs: Vec<Rung>,
         skipped: Vec<SkippedRung>,
     },
     /// The orchestrator refused the stream.
     StreamRejected {
         stream: String,
+        session: Uuid,
         message: String,
     },
     SegmentTranscoded {
@@ -327,6 +337,7 @@ mod tests {
     fn messages_round_trip_with_version() {
         let m = IngestMessage::StreamEnded(StreamEnded {
             stream: "s".into(),
+            session: Uuid::nil(),
             segments: 3,
         });
         let bytes = encode(&m);
@@ -346,8 +357,19 @@ mod tests {
 
     #[test]
     fn keys_are_unique_per_attempt() {
-        assert_eq!(rendition_key("a", "r", 3, 2), "streams/a/r/3.2.ts");
-        assert_ne!(rendition_key("a", "r", 3, 1), rendition_key("a", "r", 3, 2));
+        let sha = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        assert_eq!(
+            rendition_key("a", "r", 3, 2, sha),
+            "streams/a/r/3.2.0123456789abcdef.ts"
+        );
+        assert_ne!(
+            rendition_key("a", "r", 3, 1, sha),
+            rendition_key("a", "r", 3, 2, sha)
+        );
+        assert_ne!(
+            rendition_key("a", "r", 3, 1, sha),
+            rendition_key("a", "r", 3, 1, "ff")
+        );
         assert_eq!(job_queue(StreamMode::Vod, "cpu"), "jobs.vod.cpu");
     }
 }

@@ -175,11 +175,12 @@ async fn transcode_job(ctx: &JobContext, job: &SegmentJob) -> Result<SegmentResu
                 .await
                 .map_err(|e| JobError::transient(format!("reading {}: {e}", f.path.display())))?,
         );
-        let key = job.output_key(&f.rung);
+        let sha256 = sha256_hex(&bytes);
+        let key = job.output_key(&f.rung, &sha256);
         let object = ObjectRef {
             key: key.clone(),
             size: bytes.len() as u64,
-            sha256: sha256_hex(&bytes),
+            sha256,
         };
         ctx.storage.put(&key, bytes).await?;
         renditions.push(RenditionOutput {
