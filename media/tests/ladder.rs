@@ -378,6 +378,32 @@ fn old_codecs_open_gops_and_odd_audio() {
     );
     let segs = cut_and_transcode_all(Path::new(&m4v));
     assert!(segs[0].path.extension().unwrap() == "mkv");
+    // Variable frame rate (jittered timestamps, about 29.4 fps on average) under a 30 fps
+    // rung: nothing is dropped.
+    let vfr = p("vfr.mp4");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=320x180:rate=30",
+        "-t",
+        "5",
+        "-vf",
+        "settb=1/1000,setpts=N*34+if(eq(mod(N\\,5)\\,0)\\,9\\,0)",
+        "-vsync",
+        "vfr",
+        "-c:v",
+        "libx264",
+        "-g",
+        "60",
+        &vfr,
+    ]);
+    let segs = cut_and_transcode_all(Path::new(&vfr));
+    assert_eq!(
+        segs.iter().map(|s| s.frames).sum::<u64>(),
+        147,
+        "5 s of 34 ms frames"
+    );
     // Audio that starts 2 s after the video.
     let late = p("late.mp4");
     ffmpeg(&[
