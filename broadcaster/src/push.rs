@@ -221,7 +221,6 @@ pub async fn push(req: PushRequest) -> anyhow::Result<PushOutcome> {
     });
     let ext = probed.container.extension();
     let mut uploaded = 0u64;
-    let mut transcoded = 0u64;
     let mut failed = Vec::new();
     let mut completed: Option<String> = None;
     while let Some(seg) = rx.recv().await {
@@ -235,13 +234,7 @@ pub async fn push(req: PushRequest) -> anyhow::Result<PushOutcome> {
         // Keep up with events so the transcoded bar moves while we upload.
         while let Ok(Some(Ok(d))) = tokio::time::timeout(Duration::ZERO, events.next()).await {
             if let Ok(e) = decode::<StreamEvent>(&d.data) {
-                note_event(
-                    &e,
-                    &mut progress,
-                    &mut transcoded,
-                    &mut failed,
-                    &mut completed,
-                );
+                note_event(&e, &mut progress, &mut failed, &mut completed);
             }
         }
     }
@@ -290,16 +283,7 @@ pub async fn push(req: PushRequest) -> anyhow::Result<PushOutcome> {
     }
     while completed.is_none() {
         let e = next_event(&mut events).await?;
-        note_event(
-            &e,
-            &mut progress,
-            &mut transcoded,
-            &mut failed,
-            &mut completed,
-        );
-        if let StreamEvent::StreamCompleted { failed: f, .. } = &e {
-            failed = f.iter().map(|f| (f.seq, f.message.clone())).collect();
-        }
+        note_event(&e, &mut progress, &mut failed, &mut completed);
     }
     progress.finish();
     broker.close().await;
@@ -323,26 +307,28 @@ async fn end_early(broker: &Broker, stream: &str, session: Uuid, segments: u64) 
     }
 }
 
+/// Follows one event: progress, failures, and completion (whose list of failures is the
+/// orchestrator's final word).
 fn note_event(
     e: &StreamEvent,
     progress: &mut Progress,
-    transcoded: &mut u64,
     failed: &mut Vec<(u64, String)>,
     completed: &mut Option<String>,
 ) {
     match e {
-        StreamEvent::SegmentTranscoded { seq, .. } => {
-            *transcoded += 1;
-            progress.transcoded(*seq, false);
-        }
+        StreamEvent::SegmentTranscoded { seq, .. } => progress.transcoded(*seq, false),
         StreamEvent::SegmentFailed { seq, message, .. } => {
-            *transcoded += 1;
             failed.push((*seq, message.clone()));
             progress.transcoded(*seq, true);
         }
         StreamEvent::StreamCompleted {
-            master_playlist, ..
-        } => *completed = Some(master_playlist.clone()),
+            master_playlist,
+            failed: all,
+            ..
+        } => {
+            *failed = all.iter().map(|f| (f.seq, f.message.clone())).collect();
+            *completed = Some(master_playlist.clone());
+        }
         _ => {}
     }
 }

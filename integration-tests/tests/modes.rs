@@ -6,7 +6,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{decode_errors, http_get, stream_name, testdata, Cluster};
+use common::{decode_errors, free_port, http_get, stream_name, testdata, Cluster};
 
 #[test]
 fn combined_mode_transcodes_in_process_and_accepts_workers() {
@@ -52,14 +52,6 @@ impl Drop for Weed {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]

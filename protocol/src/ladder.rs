@@ -26,6 +26,22 @@ pub struct Rung {
     pub profile: H264Profile,
 }
 
+impl Rung {
+    /// A profile at a fitted size for a source.
+    fn new(p: &Profile, width: u32, height: u32, src: &SourceMetadata) -> Rung {
+        Rung {
+            name: p.name.clone(),
+            width,
+            height,
+            bitrate: p.bitrate,
+            max_fps: max_fps(p, src.frame_rate),
+            drop_to_fps: drop_to_fps(p, src.frame_rate),
+            gop_secs: p.gop_secs,
+            profile: p.profile,
+        }
+    }
+}
+
 /// A requested rung that will not be produced, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SkippedRung {
@@ -118,16 +134,7 @@ pub fn plan_ladder(profiles: &[Profile], src: &SourceMetadata) -> LadderPlan {
             });
             continue;
         };
-        let rung = Rung {
-            name: p.name.clone(),
-            width,
-            height,
-            bitrate: p.bitrate,
-            max_fps: max_fps(p, src.frame_rate),
-            drop_to_fps: drop_to_fps(p, src.frame_rate),
-            gop_secs: p.gop_secs,
-            profile: p.profile,
-        };
+        let rung = Rung::new(p, width, height, src);
         match plan
             .rungs
             .iter_mut()
@@ -159,16 +166,7 @@ pub fn plan_ladder(profiles: &[Profile], src: &SourceMetadata) -> LadderPlan {
             let (dw, dh) = display_size(src);
             let (width, height) = (round_even(dw), round_even(dh));
             plan.skipped.retain(|s| s.name != p.name);
-            plan.rungs.push(Rung {
-                name: p.name.clone(),
-                width,
-                height,
-                bitrate: p.bitrate,
-                max_fps: max_fps(p, src.frame_rate),
-                drop_to_fps: drop_to_fps(p, src.frame_rate),
-                gop_secs: p.gop_secs,
-                profile: p.profile,
-            });
+            plan.rungs.push(Rung::new(p, width, height, src));
         }
     }
     plan
