@@ -292,7 +292,13 @@ pub fn transcode_segment(
             "the job has no rungs to encode".into(),
         ));
     }
-    let mut ictx = open_restricted(src, SEGMENT_FORMATS)?;
+    // Only the demuxer of the container the broadcaster declared (by the file's extension).
+    let formats = match src.extension().and_then(|e| e.to_str()) {
+        Some("ts") => "mpegts",
+        Some("mkv") => "matroska",
+        _ => SEGMENT_FORMATS,
+    };
+    let mut ictx = open_restricted(src, formats)?;
     let vstream = ictx
         .streams()
         .best(media::Type::Video)

@@ -27,6 +27,7 @@ pub fn router(api: ApiState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_handler))
         .route("/streams", get(list_streams))
+        .route("/workers", get(list_workers))
         .route("/streams/{name}", get(stream_status))
         .with_state(api)
 }
@@ -48,6 +49,13 @@ fn unavailable(e: redis::RedisError) -> Response {
         Json(json!({ "error": format!("redis: {e}") })),
     )
         .into_response()
+}
+
+async fn list_workers(AxumState(api): AxumState<ApiState>) -> Response {
+    match api.state.workers().await {
+        Ok(workers) => Json(json!({ "workers": workers })).into_response(),
+        Err(e) => unavailable(e),
+    }
 }
 
 async fn list_streams(AxumState(api): AxumState<ApiState>) -> Response {

@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use castwork_cluster::{http, redis_connect, supervise, Backoff, Broker, Storage};
-use castwork_protocol::{decode, IngestMessage, WorkerReport, INGEST_QUEUE, RESULTS_QUEUE};
+use castwork_protocol::{
+    decode, IngestMessage, WorkerReport, DEAD_LETTER_QUEUE, INGEST_QUEUE, RESULTS_QUEUE,
+};
 use castwork_worker::{WorkerArgs, WorkerPool};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
@@ -87,6 +89,7 @@ pub async fn run(
             slots: cfg.transcode_slots,
             drain_timeout: cfg.drain_timeout,
             consuming: Arc::new(AtomicBool::new(false)),
+            redis_url: Some(cfg.redis_url.clone()),
         };
         let token = shutdown.clone();
         tokio::spawn(async move { pool.run(token).await })
@@ -127,6 +130,9 @@ async fn session(
     let (_results_ch, mut results) = broker
         .consume(RESULTS_QUEUE, "orchestrator-results", 16)
         .await?;
+    let (_dead_ch, mut dead) = broker
+        .consume(DEAD_LETTER_QUEUE, "orchestrator-dead-letters", 8)
+        .await?;
     consuming.store(true, Ordering::Relaxed);
     info!("consuming ingest and results");
     let tracker = TaskTracker::new();
@@ -137,7 +143,7 @@ async fn session(
                 // Ingest is handled in order: a stream's start before its segments.
                 Some(Ok(d)) => {
                     let o = orch.clone();
-                    process::<IngestMessage, _, _>(d, move |m| async move { o.handle_ingest(m).await }).await;
+                    process::<IngestMessage, _, _>(INGEST_QUEUE, d, move |m| async move { o.handle_ingest(m).await }).await;
                 }
                 Some(Err(e)) => break Err(anyhow::Error::new(e).context("ingest consumer failed")),
                 None => break Err(anyhow::anyhow!("the broker closed the ingest consumer")),
@@ -145,10 +151,22 @@ async fn session(
             d = results.next() => match d {
                 Some(Ok(d)) => {
                     let o = orch.clone();
-                    tracker.spawn(process::<WorkerReport, _, _>(d, move |m| async move { o.handle_report(m).await }));
+                    tracker.spawn(process::<WorkerReport, _, _>(RESULTS_QUEUE, d, move |m| async move { o.handle_report(m).await }));
                 }
                 Some(Err(e)) => break Err(anyhow::Error::new(e).context("results consumer failed")),
                 None => break Err(anyhow::anyhow!("the broker closed the results consumer")),
+            },
+            d = dead.next() => match d {
+                Some(Ok(d)) => {
+                    let o = orch.clone();
+                    tracker.spawn(async move {
+                        let count = death_count(&d);
+                        let r = o.dead_letter(&d.data, count).await;
+                        settle(d, r).await;
+                    });
+                }
+                Some(Err(e)) => break Err(anyhow::Error::new(e).context("dead-letter consumer failed")),
+                None => break Err(anyhow::anyhow!("the broker closed the dead-letter consumer")),
             },
         }
     };
@@ -161,9 +179,26 @@ async fn session(
     outcome
 }
 
-/// Decodes a delivery, handles it, and acks it; a malformed message is dropped with an
-/// error, a handler that hit an unavailable service gets it redelivered.
-async fn process<T, F, Fut>(delivery: Delivery, handle: F)
+/// How many times the broker delivered a dead-lettered message (its `x-death` count).
+fn death_count(d: &Delivery) -> Option<i64> {
+    use lapin::types::AMQPValue;
+    let headers = d.properties.headers().as_ref()?;
+    let AMQPValue::FieldArray(deaths) = headers.inner().get("x-death")? else {
+        return None;
+    };
+    let AMQPValue::FieldTable(first) = deaths.as_slice().first()? else {
+        return None;
+    };
+    match first.inner().get("count")? {
+        AMQPValue::LongLongInt(n) => Some(*n),
+        AMQPValue::LongInt(n) => Some(i64::from(*n)),
+        _ => None,
+    }
+}
+
+/// Decodes a delivery, handles it, and settles it; an unreadable message is dropped with
+/// an error and counted, a handler that hit an unavailable service gets it redelivered.
+async fn process<T, F, Fut>(queue: &'static str, delivery: Delivery, handle: F)
 where
     T: DeserializeOwned,
     F: FnOnce(T) -> Fut,
@@ -172,7 +207,8 @@ where
     let msg = match decode::<T>(&delivery.data) {
         Ok(m) => m,
         Err(e) => {
-            warn!(error = %e, "malformed message dropped");
+            warn!(queue, error = %e, "unreadable message dropped");
+            metrics::REJECTED_MESSAGES.with_label_values(&[queue, e.reason()]).inc();
             let _ = delivery
                 .acker
                 .reject(BasicRejectOptions { requeue: false })
@@ -180,7 +216,13 @@ where
             return;
         }
     };
-    match handle(msg).await {
+    let outcome = handle(msg).await;
+    settle(delivery, outcome).await;
+}
+
+/// Acks a handled delivery, or requeues it after a pause when a service was unavailable.
+async fn settle(delivery: Delivery, outcome: Result<(), HandleError>) {
+    match outcome {
         Ok(()) => {
             let _ = delivery.acker.ack(BasicAckOptions::default()).await;
         }

@@ -41,3 +41,20 @@ pub static TRANSCODE_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     )
     .expect("metric registers once")
 });
+
+pub static REJECTED_MESSAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "castwork_orchestrator_rejected_messages_total",
+        "Messages dropped as unreadable, by queue and reason (malformed, version, oversized)",
+        &["queue", "reason"]
+    )
+    .expect("metric registers once")
+});
+
+pub static DEAD_LETTERS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "castwork_orchestrator_dead_letters_total",
+        "Jobs the broker dead-lettered (past its delivery limit, or refused by a worker)"
+    )
+    .expect("metric registers once")
+});

@@ -20,6 +20,7 @@ pub fn failures_key(stream: &str) -> String {
 }
 
 pub const STREAMS_SET: &str = "cw:streams";
+pub const DEAD_LETTERS_LIST: &str = "cw:dead_letters";
 
 /// One rendition of an accepted segment, as checked by the orchestrator.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -269,6 +270,45 @@ impl State {
             .invoke_async(&mut self.redis.clone())
             .await?;
         Ok(r == 1)
+    }
+
+    /// Keeps the last 1000 dead letters for operators.
+    pub async fn record_dead_letter(&self, body: &str) -> redis::RedisResult<()> {
+        redis::pipe()
+            .cmd("LPUSH")
+            .arg(DEAD_LETTERS_LIST)
+            .arg(body)
+            .ignore()
+            .cmd("LTRIM")
+            .arg(DEAD_LETTERS_LIST)
+            .arg(0)
+            .arg(999)
+            .ignore()
+            .query_async::<()>(&mut self.redis.clone())
+            .await
+    }
+
+    /// Live workers from their heartbeats; workers whose heartbeat expired are forgotten.
+    pub async fn workers(&self) -> redis::RedisResult<Vec<serde_json::Value>> {
+        use castwork_worker::heartbeat::{worker_key, WORKERS_SET};
+        let mut con = self.redis.clone();
+        let mut ids: Vec<String> = redis::cmd("SMEMBERS").arg(WORKERS_SET).query_async(&mut con).await?;
+        ids.sort();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|i| worker_key(i)).collect();
+        let beats: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut con).await?;
+        let mut live = Vec::new();
+        for (id, beat) in ids.iter().zip(beats) {
+            match beat.and_then(|b| serde_json::from_str(&b).ok()) {
+                Some(v) => live.push(v),
+                None => {
+                    redis::cmd("SREM").arg(WORKERS_SET).arg(id).query_async::<i64>(&mut con).await?;
+                }
+            }
+        }
+        Ok(live)
     }
 
     /// Notes that `StreamCompleted` was published.

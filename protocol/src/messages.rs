@@ -289,13 +289,29 @@ pub enum StreamEvent {
     },
 }
 
+/// Largest message any Castwork process accepts: messages carry references, never media.
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
 /// Why a message could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
+    #[error("message of {0} bytes is over the {MAX_MESSAGE_BYTES}-byte limit")]
+    TooLarge(usize),
     #[error("malformed message: {0}")]
     Malformed(#[from] serde_json::Error),
     #[error("unsupported protocol version {0} (this build speaks {PROTOCOL_VERSION})")]
     Version(u32),
+}
+
+impl DecodeError {
+    /// A short label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DecodeError::TooLarge(_) => "oversized",
+            DecodeError::Malformed(_) => "malformed",
+            DecodeError::Version(_) => "version",
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -317,6 +333,9 @@ pub fn encode<T: Serialize>(body: &T) -> Vec<u8> {
 
 /// Reads a message, checking its protocol version.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(DecodeError::TooLarge(bytes.len()));
+    }
     #[derive(Deserialize)]
     struct VersionOnly {
         version: u32,
@@ -352,6 +371,8 @@ mod tests {
         let e = decode::<IngestMessage>(br#"{"version":9,"type":"stream_ended"}"#).unwrap_err();
         assert!(matches!(e, DecodeError::Version(9)));
         assert!(decode::<IngestMessage>(b"\xff\x00").is_err());
+        let huge = vec![b' '; MAX_MESSAGE_BYTES + 1];
+        assert!(matches!(decode::<IngestMessage>(&huge), Err(DecodeError::TooLarge(_))));
         assert!(decode::<IngestMessage>(br#"{"version":1,"type":"nope"}"#).is_err());
     }
 

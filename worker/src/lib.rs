@@ -3,6 +3,7 @@
 //! under keys unique to the attempt, reports the result, and only then acks.
 
 pub mod config;
+pub mod heartbeat;
 pub mod job;
 pub mod metrics;
 
@@ -38,6 +39,8 @@ pub struct WorkerPool {
     pub drain_timeout: Duration,
     /// Whether the pool is connected and consuming (for health checks).
     pub consuming: Arc<AtomicBool>,
+    /// Redis for heartbeats (`None`: no heartbeats).
+    pub redis_url: Option<String>,
 }
 
 impl WorkerPool {
@@ -68,6 +71,10 @@ impl WorkerPool {
             "worker starting"
         );
         let tracker = TaskTracker::new();
+        let beats = self.redis_url.clone().map(|url| {
+            let beat = heartbeat::beat(&worker_id, &self.args.class, slots);
+            tokio::spawn(heartbeat::run(url, beat, ctx.slots.clone(), shutdown.clone()))
+        });
         supervise("worker", &shutdown, || {
             consume(&self, ctx.clone(), &queue, slots, &tracker, &shutdown)
         })
@@ -79,6 +86,9 @@ impl WorkerPool {
             .is_err()
         {
             warn!("drain timeout: unfinished segments go back to the queue");
+        }
+        if let Some(b) = beats {
+            let _ = b.await;
         }
         info!(worker_id, "worker stopped");
         Ok(())
@@ -149,7 +159,8 @@ async fn handle_delivery(ctx: Arc<JobContext>, broker: Arc<Broker>, delivery: De
     let job: SegmentJob = match decode(&delivery.data) {
         Ok(j) => j,
         Err(e) => {
-            error!(error = %e, "malformed job: dead-lettering it");
+            error!(error = %e, "unreadable job: dead-lettering it");
+            metrics::REJECTED_JOBS.with_label_values(&[e.reason()]).inc();
             let _ = delivery
                 .acker
                 .reject(BasicRejectOptions { requeue: false })

@@ -29,6 +29,10 @@ struct Cli {
     #[arg(long, env = "WORKER_DRAIN_SECS", default_value_t = 120)]
     drain_secs: u64,
 
+    /// Redis URL for heartbeats (the orchestrator lists live workers from them).
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
+    redis_url: String,
+
     /// Address for /healthz and /metrics (port 0 picks a free port).
     #[arg(long, env = "WORKER_HTTP_ADDR", default_value = "127.0.0.1:0")]
     http_addr: SocketAddr,
@@ -73,6 +77,7 @@ async fn main() -> anyhow::Result<()> {
         slots: cli.slots,
         drain_timeout: Duration::from_secs(cli.drain_secs),
         consuming,
+        redis_url: Some(cli.redis_url),
     }
     .run(shutdown)
     .await

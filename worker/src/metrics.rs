@@ -29,3 +29,12 @@ pub static BUSY_SLOTS: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!("castwork_worker_busy_slots", "Transcode slots in use")
         .expect("metric registers once")
 });
+
+pub static REJECTED_JOBS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "castwork_worker_rejected_jobs_total",
+        "Job messages dead-lettered as unreadable, by reason (malformed, version, oversized)",
+        &["reason"]
+    )
+    .expect("metric registers once")
+});
