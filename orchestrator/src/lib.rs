@@ -208,7 +208,9 @@ where
         Ok(m) => m,
         Err(e) => {
             warn!(queue, error = %e, "unreadable message dropped");
-            metrics::REJECTED_MESSAGES.with_label_values(&[queue, e.reason()]).inc();
+            metrics::REJECTED_MESSAGES
+                .with_label_values(&[queue, e.reason()])
+                .inc();
             let _ = delivery
                 .acker
                 .reject(BasicRejectOptions { requeue: false })

@@ -390,7 +390,11 @@ impl Orchestrator {
     /// A job the broker dead-lettered: past its delivery limit (workers kept dying on it) or
     /// refused as unreadable. The segment fails with that reason, and the letter is kept in
     /// Redis for operators.
-    pub async fn dead_letter(&self, body: &[u8], deliveries: Option<i64>) -> Result<(), HandleError> {
+    pub async fn dead_letter(
+        &self,
+        body: &[u8],
+        deliveries: Option<i64>,
+    ) -> Result<(), HandleError> {
         metrics::DEAD_LETTERS.inc();
         let record = String::from_utf8_lossy(&body[..body.len().min(2048)]).to_string();
         self.state.record_dead_letter(&record).await?;
@@ -402,10 +406,18 @@ impl Orchestrator {
             }
         };
         let message = match deliveries {
-            Some(n) => format!("dead-lettered after {n} deliveries: workers kept failing to finish it"),
+            Some(n) => {
+                format!("dead-lettered after {n} deliveries: workers kept failing to finish it")
+            }
             None => "dead-lettered by the broker".to_string(),
         };
-        warn!(stream = job.stream, seq = job.seq, attempt = job.attempt, message, "dead letter");
+        warn!(
+            stream = job.stream,
+            seq = job.seq,
+            attempt = job.attempt,
+            message,
+            "dead letter"
+        );
         self.segment_failed(SegmentFailed {
             job_id: job.job_id,
             stream: job.stream,

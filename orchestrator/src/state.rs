@@ -292,19 +292,27 @@ impl State {
     pub async fn workers(&self) -> redis::RedisResult<Vec<serde_json::Value>> {
         use castwork_worker::heartbeat::{worker_key, WORKERS_SET};
         let mut con = self.redis.clone();
-        let mut ids: Vec<String> = redis::cmd("SMEMBERS").arg(WORKERS_SET).query_async(&mut con).await?;
+        let mut ids: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(WORKERS_SET)
+            .query_async(&mut con)
+            .await?;
         ids.sort();
         if ids.is_empty() {
             return Ok(Vec::new());
         }
         let keys: Vec<String> = ids.iter().map(|i| worker_key(i)).collect();
-        let beats: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut con).await?;
+        let beats: Vec<Option<String>> =
+            redis::cmd("MGET").arg(&keys).query_async(&mut con).await?;
         let mut live = Vec::new();
         for (id, beat) in ids.iter().zip(beats) {
             match beat.and_then(|b| serde_json::from_str(&b).ok()) {
                 Some(v) => live.push(v),
                 None => {
-                    redis::cmd("SREM").arg(WORKERS_SET).arg(id).query_async::<i64>(&mut con).await?;
+                    redis::cmd("SREM")
+                        .arg(WORKERS_SET)
+                        .arg(id)
+                        .query_async::<i64>(&mut con)
+                        .await?;
                 }
             }
         }

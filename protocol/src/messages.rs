@@ -372,7 +372,10 @@ mod tests {
         assert!(matches!(e, DecodeError::Version(9)));
         assert!(decode::<IngestMessage>(b"\xff\x00").is_err());
         let huge = vec![b' '; MAX_MESSAGE_BYTES + 1];
-        assert!(matches!(decode::<IngestMessage>(&huge), Err(DecodeError::TooLarge(_))));
+        assert!(matches!(
+            decode::<IngestMessage>(&huge),
+            Err(DecodeError::TooLarge(_))
+        ));
         assert!(decode::<IngestMessage>(br#"{"version":1,"type":"nope"}"#).is_err());
     }
 

@@ -73,7 +73,12 @@ impl WorkerPool {
         let tracker = TaskTracker::new();
         let beats = self.redis_url.clone().map(|url| {
             let beat = heartbeat::beat(&worker_id, &self.args.class, slots);
-            tokio::spawn(heartbeat::run(url, beat, ctx.slots.clone(), shutdown.clone()))
+            tokio::spawn(heartbeat::run(
+                url,
+                beat,
+                ctx.slots.clone(),
+                shutdown.clone(),
+            ))
         });
         supervise("worker", &shutdown, || {
             consume(&self, ctx.clone(), &queue, slots, &tracker, &shutdown)
@@ -160,7 +165,9 @@ async fn handle_delivery(ctx: Arc<JobContext>, broker: Arc<Broker>, delivery: De
         Ok(j) => j,
         Err(e) => {
             error!(error = %e, "unreadable job: dead-lettering it");
-            metrics::REJECTED_JOBS.with_label_values(&[e.reason()]).inc();
+            metrics::REJECTED_JOBS
+                .with_label_values(&[e.reason()])
+                .inc();
             let _ = delivery
                 .acker
                 .reject(BasicRejectOptions { requeue: false })
