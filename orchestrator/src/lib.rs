@@ -136,9 +136,15 @@ async fn session(
     consuming.store(true, Ordering::Relaxed);
     info!("consuming ingest and results");
     let tracker = TaskTracker::new();
+    let mut sweep = tokio::time::interval(Duration::from_secs(5));
     let outcome = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
+            _ = sweep.tick() => {
+                if let Err(e) = orch.sweep_overdue().await {
+                    warn!(error = %e, "overdue-job sweep failed");
+                }
+            }
             d = ingest.next() => match d {
                 // Ingest is handled in order: a stream's start before its segments.
                 Some(Ok(d)) => {

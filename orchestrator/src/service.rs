@@ -17,6 +17,15 @@ use crate::metrics;
 use crate::state::{FailOutcome, SegmentRecord, State, StreamRecord};
 use crate::verify::{check_result, CheckError};
 
+/// Seconds past a worker's own timeout before the orchestrator gives its attempt up.
+const STUCK_GRACE_SECS: u64 = 30;
+
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Why a message could not be handled.
 #[derive(Debug, thiserror::Error)]
 pub enum HandleError {
@@ -224,6 +233,13 @@ impl Orchestrator {
 
     pub async fn handle_report(&self, report: WorkerReport) -> Result<(), HandleError> {
         match report {
+            WorkerReport::SegmentStarted(s) => {
+                // A hung worker stops itself after `timeout_secs`; the grace covers its
+                // redelivered job finishing elsewhere before we give the attempt up.
+                let due = now_unix_ms() + (s.timeout_secs.min(86_400) + STUCK_GRACE_SECS) * 1000;
+                self.state.track_started(&s.stream, s.seq, s.attempt, &s.worker_id, due).await?;
+                Ok(())
+            }
             WorkerReport::SegmentResult(r) => self.segment_result(r).await,
             WorkerReport::SegmentFailed(f) => self.segment_failed(f).await,
         }
@@ -263,12 +279,13 @@ impl Orchestrator {
             );
             return Ok(());
         };
-        if seg.state != "pending" {
+        if seg.state != "pending" || seg.attempt != r.attempt {
             info!(
                 stream = r.stream,
                 seq = r.seq,
                 attempt = r.attempt,
-                "duplicate result ignored"
+                current = seg.attempt,
+                "duplicate or late result ignored"
             );
             metrics::SEGMENTS.with_label_values(&["duplicate"]).inc();
             self.collect_garbage(&r).await?;
@@ -385,6 +402,32 @@ impl Orchestrator {
             // A redelivery may be the retry of a handler that stopped half-way.
             FailOutcome::AlreadyResolved => self.try_complete(&f.stream).await,
         }
+    }
+
+    /// Gives up started jobs whose result is overdue (a hung or vanished worker) and retries
+    /// them as new attempts; a late result of a given-up attempt is ignored.
+    pub async fn sweep_overdue(&self) -> Result<(), HandleError> {
+        for (stream, seq, attempt, worker) in self.state.take_overdue(now_unix_ms()).await? {
+            let Some(seg) = self.state.segment(&stream, seq).await? else {
+                continue;
+            };
+            if seg.state != "pending" || seg.attempt != attempt {
+                continue;
+            }
+            warn!(stream, seq, attempt, worker, "worker gave no result in time: retrying elsewhere");
+            metrics::SEGMENTS.with_label_values(&["overdue"]).inc();
+            self.segment_failed(SegmentFailed {
+                job_id: Uuid::nil(),
+                stream,
+                seq,
+                attempt,
+                worker_id: worker.clone(),
+                disposition: Disposition::Transient,
+                message: format!("worker {worker} gave no result in time (hung or lost)"),
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     /// A job the broker dead-lettered: past its delivery limit (workers kept dying on it) or

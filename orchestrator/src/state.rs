@@ -21,6 +21,15 @@ pub fn failures_key(stream: &str) -> String {
 
 pub const STREAMS_SET: &str = "cw:streams";
 pub const DEAD_LETTERS_LIST: &str = "cw:dead_letters";
+/// Jobs a worker has started, scored by the time by which their result is due.
+pub const INFLIGHT_ZSET: &str = "cw:inflight";
+
+/// Takes the started jobs whose result is overdue.
+const TAKE_OVERDUE: &str = r#"
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100)
+for _, m in ipairs(due) do redis.call('ZREM', KEYS[1], m) end
+return due
+"#;
 
 /// One rendition of an accepted segment, as checked by the orchestrator.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -99,10 +108,12 @@ redis.call('HINCRBY', KEYS[2], 'received', 1)
 return 1
 "#;
 
-/// Accepts a checked result if the segment is still pending (first valid attempt wins).
-/// Returns 1 when accepted, 0 when the segment was already resolved.
+/// Accepts a checked result of the current attempt while the segment is pending. Returns 1
+/// when accepted, 0 when the segment was already resolved, -1 for an older attempt's late
+/// result (that attempt was given up, e.g. as hung).
 const ACCEPT_RESULT: &str = r#"
 if redis.call('HGET', KEYS[1], 'state') ~= 'pending' then return 0 end
+if tonumber(ARGV[2]) ~= tonumber(redis.call('HGET', KEYS[1], 'attempt')) then return -1 end
 redis.call('HSET', KEYS[1], 'state', 'done', 'accepted', ARGV[1], 'accepted_attempt', ARGV[2])
 redis.call('HINCRBY', KEYS[2], 'done', 1)
 redis.call('HINCRBY', KEYS[2], 'resolved', 1)
@@ -270,6 +281,35 @@ impl State {
             .invoke_async(&mut self.redis.clone())
             .await?;
         Ok(r == 1)
+    }
+
+    /// Notes that a worker started a job whose result is due by `due_unix_ms`.
+    pub async fn track_started(
+        &self,
+        stream: &str,
+        seq: u64,
+        attempt: u32,
+        worker: &str,
+        due_unix_ms: u64,
+    ) -> redis::RedisResult<()> {
+        let member = serde_json::json!([stream, seq, attempt, worker]).to_string();
+        redis::cmd("ZADD")
+            .arg(INFLIGHT_ZSET)
+            .arg(due_unix_ms)
+            .arg(member)
+            .query_async::<i64>(&mut self.redis.clone())
+            .await
+            .map(|_| ())
+    }
+
+    /// Started jobs whose result is overdue at `now_unix_ms`: (stream, seq, attempt, worker).
+    pub async fn take_overdue(&self, now_unix_ms: u64) -> redis::RedisResult<Vec<(String, u64, u32, String)>> {
+        let due: Vec<String> = redis::Script::new(TAKE_OVERDUE)
+            .key(INFLIGHT_ZSET)
+            .arg(now_unix_ms)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok(due.iter().filter_map(|m| serde_json::from_str(m).ok()).collect())
     }
 
     /// Keeps the last 1000 dead letters for operators.

@@ -220,8 +220,20 @@ pub enum Disposition {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum WorkerReport {
+    /// A worker began the job and will finish within `timeout_secs` or stop itself.
+    SegmentStarted(SegmentStarted),
     SegmentResult(SegmentResult),
     SegmentFailed(SegmentFailed),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SegmentStarted {
+    pub job_id: Uuid,
+    pub stream: String,
+    pub seq: u64,
+    pub attempt: u32,
+    pub worker_id: String,
+    pub timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -28,6 +28,12 @@ pub struct WorkerArgs {
     #[arg(long, env = "WORKER_TMP_DIR")]
     pub tmp_dir: Option<PathBuf>,
 
+    /// Seconds a segment's transcode may take before the worker declares itself hung and
+    /// exits, so the broker hands its jobs to other workers (run it under a supervisor that
+    /// restarts it); 0 allows 60 s plus 20 times the segment's duration.
+    #[arg(long, env = "JOB_TIMEOUT_SECS", default_value_t = 0)]
+    pub job_timeout_secs: u64,
+
     /// Stable name of this worker in results and logs (host name and process id if unset).
     #[arg(long, env = "WORKER_ID")]
     pub worker_id: Option<String>,

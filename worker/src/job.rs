@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use castwork_cluster::{Storage, StorageError};
@@ -23,6 +23,19 @@ pub struct JobContext {
     pub tmp_dir: Option<PathBuf>,
     /// Bounds concurrent CPU-heavy transcodes to the worker's slots.
     pub slots: Arc<Semaphore>,
+    /// Fixed transcode timeout in seconds; 0 scales it with the segment.
+    pub job_timeout_secs: u64,
+}
+
+impl JobContext {
+    /// How long a job's transcode may take before this worker counts as hung.
+    pub fn timeout_secs(&self, job: &SegmentJob) -> u64 {
+        if self.job_timeout_secs > 0 {
+            return self.job_timeout_secs;
+        }
+        let secs = u64::try_from(job.duration_us.max(0) / 1_000_000).unwrap_or(0);
+        60 + 20 * secs.min(3600)
+    }
 }
 
 /// A job failure with its disposition.
@@ -157,10 +170,25 @@ async fn transcode_job(ctx: &JobContext, job: &SegmentJob) -> Result<SegmentResu
         ctx.options.clone(),
         tmp.path().to_path_buf(),
     );
-    let outcome = tokio::task::spawn_blocking(move || {
+    let timeout = Duration::from_secs(ctx.timeout_secs(job));
+    let task = tokio::task::spawn_blocking(move || {
         castwork_media::transcode_segment(&src_path, &rungs, &meta, &out_dir, &opts)
-    })
-    .await;
+    });
+    // A blocking transcode cannot be cancelled: a hung one takes the process down, so the
+    // broker returns this worker's deliveries to other workers.
+    let outcome = match tokio::time::timeout(timeout, task).await {
+        Ok(o) => o,
+        Err(_) => {
+            tracing::error!(
+                stream = job.stream,
+                seq = job.seq,
+                attempt = job.attempt,
+                timeout_secs = timeout.as_secs(),
+                "transcode hung: exiting so the broker redelivers this worker's jobs"
+            );
+            std::process::exit(3);
+        }
+    };
     crate::metrics::BUSY_SLOTS.dec();
     drop(permit);
     let files =

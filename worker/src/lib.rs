@@ -60,6 +60,7 @@ impl WorkerPool {
             max_segment_bytes: self.args.max_segment_mb * 1024 * 1024,
             tmp_dir: self.args.tmp_dir.clone(),
             slots: Arc::new(Semaphore::new(slots)),
+            job_timeout_secs: self.args.job_timeout_secs,
         });
         let queue = job_queue(StreamMode::Vod, &self.args.class);
         info!(
@@ -175,6 +176,21 @@ async fn handle_delivery(ctx: Arc<JobContext>, broker: Arc<Broker>, delivery: De
             return;
         }
     };
+    let started = WorkerReport::SegmentStarted(castwork_protocol::SegmentStarted {
+        job_id: job.job_id,
+        stream: job.stream.clone(),
+        seq: job.seq,
+        attempt: job.attempt,
+        worker_id: ctx.worker_id.clone(),
+        timeout_secs: ctx.timeout_secs(&job),
+    });
+    // Lets the orchestrator notice a hung job; losing this notice only loses that check.
+    if let Err(e) = broker
+        .publish(RESULTS_EXCHANGE, castwork_cluster::broker::RESULTS_KEY, &encode(&started), None)
+        .await
+    {
+        warn!(error = %e, "could not announce the job start");
+    }
     let report = run_job(&ctx, &job).await;
     let outcome = match &report {
         WorkerReport::SegmentResult(r) => {
@@ -187,6 +203,7 @@ async fn handle_delivery(ctx: Arc<JobContext>, broker: Arc<Broker>, delivery: De
             );
             "done"
         }
+        WorkerReport::SegmentStarted(_) => "started",
         WorkerReport::SegmentFailed(f) => {
             warn!(stream = job.stream, seq = job.seq, attempt = job.attempt, disposition = ?f.disposition, error = f.message, "segment failed");
             match f.disposition {
