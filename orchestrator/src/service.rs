@@ -237,7 +237,9 @@ impl Orchestrator {
                 // A hung worker stops itself after `timeout_secs`; the grace covers its
                 // redelivered job finishing elsewhere before we give the attempt up.
                 let due = now_unix_ms() + (s.timeout_secs.min(86_400) + STUCK_GRACE_SECS) * 1000;
-                self.state.track_started(&s.stream, s.seq, s.attempt, &s.worker_id, due).await?;
+                self.state
+                    .track_started(&s.stream, s.seq, s.attempt, &s.worker_id, due)
+                    .await?;
                 Ok(())
             }
             WorkerReport::SegmentResult(r) => self.segment_result(r).await,
@@ -414,7 +416,10 @@ impl Orchestrator {
             if seg.state != "pending" || seg.attempt != attempt {
                 continue;
             }
-            warn!(stream, seq, attempt, worker, "worker gave no result in time: retrying elsewhere");
+            warn!(
+                stream,
+                seq, attempt, worker, "worker gave no result in time: retrying elsewhere"
+            );
             metrics::SEGMENTS.with_label_values(&["overdue"]).inc();
             self.segment_failed(SegmentFailed {
                 job_id: Uuid::nil(),

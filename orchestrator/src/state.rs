@@ -303,13 +303,19 @@ impl State {
     }
 
     /// Started jobs whose result is overdue at `now_unix_ms`: (stream, seq, attempt, worker).
-    pub async fn take_overdue(&self, now_unix_ms: u64) -> redis::RedisResult<Vec<(String, u64, u32, String)>> {
+    pub async fn take_overdue(
+        &self,
+        now_unix_ms: u64,
+    ) -> redis::RedisResult<Vec<(String, u64, u32, String)>> {
         let due: Vec<String> = redis::Script::new(TAKE_OVERDUE)
             .key(INFLIGHT_ZSET)
             .arg(now_unix_ms)
             .invoke_async(&mut self.redis.clone())
             .await?;
-        Ok(due.iter().filter_map(|m| serde_json::from_str(m).ok()).collect())
+        Ok(due
+            .iter()
+            .filter_map(|m| serde_json::from_str(m).ok())
+            .collect())
     }
 
     /// Keeps the last 1000 dead letters for operators.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 /// Seconds between heartbeats; a worker silent for three of them is dead.
@@ -45,6 +45,7 @@ pub async fn run(
     redis_url: String,
     mut beat: Beat,
     slots: Arc<Semaphore>,
+    changed: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
     let mut con = None;
@@ -76,6 +77,8 @@ pub async fn run(
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(INTERVAL_SECS)) => {}
+            // A job started or ended: say so at once.
+            _ = changed.notified() => {}
             _ = shutdown.cancelled() => break,
         }
     }

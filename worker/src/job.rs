@@ -25,6 +25,8 @@ pub struct JobContext {
     pub slots: Arc<Semaphore>,
     /// Fixed transcode timeout in seconds; 0 scales it with the segment.
     pub job_timeout_secs: u64,
+    /// Woken when a slot is taken or freed, so the heartbeat reports it at once.
+    pub slots_changed: Arc<tokio::sync::Notify>,
 }
 
 impl JobContext {
@@ -163,6 +165,7 @@ async fn transcode_job(ctx: &JobContext, job: &SegmentJob) -> Result<SegmentResu
         .await
         .map_err(|_| JobError::transient("worker is shutting down"))?;
     crate::metrics::BUSY_SLOTS.inc();
+    ctx.slots_changed.notify_one();
     let started = Instant::now();
     let (rungs, meta, opts, out_dir) = (
         job.rungs.clone(),
@@ -191,6 +194,7 @@ async fn transcode_job(ctx: &JobContext, job: &SegmentJob) -> Result<SegmentResu
     };
     crate::metrics::BUSY_SLOTS.dec();
     drop(permit);
+    ctx.slots_changed.notify_one();
     let files =
         outcome.map_err(|e| JobError::transient(format!("transcode task failed: {e}")))??;
     let transcode = started.elapsed();

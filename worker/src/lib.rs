@@ -61,6 +61,7 @@ impl WorkerPool {
             tmp_dir: self.args.tmp_dir.clone(),
             slots: Arc::new(Semaphore::new(slots)),
             job_timeout_secs: self.args.job_timeout_secs,
+            slots_changed: Arc::new(tokio::sync::Notify::new()),
         });
         let queue = job_queue(StreamMode::Vod, &self.args.class);
         info!(
@@ -78,6 +79,7 @@ impl WorkerPool {
                 url,
                 beat,
                 ctx.slots.clone(),
+                ctx.slots_changed.clone(),
                 shutdown.clone(),
             ))
         });
@@ -186,7 +188,12 @@ async fn handle_delivery(ctx: Arc<JobContext>, broker: Arc<Broker>, delivery: De
     });
     // Lets the orchestrator notice a hung job; losing this notice only loses that check.
     if let Err(e) = broker
-        .publish(RESULTS_EXCHANGE, castwork_cluster::broker::RESULTS_KEY, &encode(&started), None)
+        .publish(
+            RESULTS_EXCHANGE,
+            castwork_cluster::broker::RESULTS_KEY,
+            &encode(&started),
+            None,
+        )
         .await
     {
         warn!(error = %e, "could not announce the job start");

@@ -219,6 +219,124 @@ impl Cluster {
         cmd.spawn().expect("spawn")
     }
 
+    /// Sends a signal to one of the cluster's processes by pid and, for SIGTERM, waits for it
+    /// to exit; returns its exit status when it is one of ours and has exited.
+    pub fn signal(&mut self, pid: u32, signal: &str) -> Option<std::process::ExitStatus> {
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .ok()?;
+        assert!(ok.success(), "kill -{signal} {pid}");
+        let child = self.children.iter_mut().find(|c| c.id() == pid)?;
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Pids of the cluster's processes of one binary, oldest first.
+    pub fn pids(&mut self, name: &str) -> Vec<u32> {
+        let exe = bin(name);
+        self.children
+            .iter_mut()
+            .filter_map(|c| c.try_wait().ok().flatten().is_none().then(|| c.id()))
+            .filter(|pid| {
+                std::fs::read_link(format!("/proc/{pid}/exe"))
+                    .is_ok_and(|p| std::fs::canonicalize(&exe).is_ok_and(|e| e == p))
+            })
+            .collect()
+    }
+
+    /// The orchestrator's `GET /workers`.
+    pub fn workers(&self) -> Vec<Value> {
+        let (code, body) = http_get(&self.orchestrator_addr, "/workers").expect("workers answers");
+        assert_eq!(code, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        v["workers"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Polls `GET /streams/NAME` until the stream is complete.
+    pub fn wait_complete(&self, stream: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some((200, body)) =
+                http_get(&self.orchestrator_addr, &format!("/streams/{stream}"))
+            {
+                let v: Value = serde_json::from_str(&body).unwrap();
+                if v["state"] == "complete" {
+                    return v;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "stream {stream} did not complete: {}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Sequence numbers listed by a rendition's media playlist, in order.
+    pub fn playlist_seqs(&self, stream: &str, rung: &str) -> Vec<u64> {
+        let text = std::fs::read(
+            self.storage_dir()
+                .join(format!("streams/{stream}/{rung}/index.m3u8")),
+        )
+        .unwrap();
+        let media = m3u8_rs::parse_media_playlist_res(&text).expect("media playlist parses");
+        media
+            .segments
+            .iter()
+            .map(|s| s.uri.split('.').next().unwrap().parse().unwrap())
+            .collect()
+    }
+
+    /// `broadcaster push` in the background, output to a file.
+    pub fn push_in_background(&self, file: &Path, stream: &str, args: &[&str]) -> Child {
+        let log =
+            std::fs::File::create(self.dir.path().join(format!("push-{stream}.out"))).unwrap();
+        let mut cmd = Command::new(bin("broadcaster"));
+        self.envs(&mut cmd);
+        cmd.env("RUST_LOG", "warn")
+            .arg("push")
+            .arg(file)
+            .args(["--stream", stream, "--wait", "--admit-timeout-secs", "60"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        cmd.spawn().expect("broadcaster runs")
+    }
+
+    /// Messages waiting in each of the vhost's queues.
+    pub fn queue_depths(&self) -> Vec<(String, u64)> {
+        let out = Command::new("rabbitmqctl")
+            .args([
+                "list_queues",
+                "-q",
+                "--no-table-headers",
+                "-p",
+                &self.vhost,
+                "name",
+                "messages",
+            ])
+            .output()
+            .expect("rabbitmqctl");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let mut it = l.split_whitespace();
+                Some((it.next()?.to_string(), it.next()?.parse().ok()?))
+            })
+            .collect()
+    }
+
     /// Every process log, for failure messages.
     pub fn logs(&self) -> String {
         let mut out = String::new();

@@ -1,0 +1,384 @@
+//! Fault injection against a real cluster: workers killed mid-transcode, a worker drained with
+//! SIGTERM, the orchestrator killed and restarted, corrupt and malicious input at every
+//! boundary, and a chaos soak. Each checks that every segment ends up exactly once.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{ffmpeg, ffprobe, http_get, stream_name, Cluster};
+
+const RUNG: &str = "P240p30fps16x9";
+
+fn clip(dir: &Path, secs: u32) -> std::path::PathBuf {
+    let p = dir.join("clip.mp4");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=640x360:rate=30",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440",
+        "-t",
+        &secs.to_string(),
+        "-c:v",
+        "libx264",
+        "-g",
+        "60",
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "aac",
+        p.to_str().unwrap(),
+    ]);
+    p
+}
+
+fn assert_exactly_once(cluster: &Cluster, stream: &str, total: u64) {
+    let seqs = cluster.playlist_seqs(stream, RUNG);
+    assert_eq!(
+        seqs,
+        (0..total).collect::<Vec<_>>(),
+        "every segment exactly once, in order"
+    );
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn killed_and_drained_workers_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = clip(dir.path(), 24);
+    let mut cluster = Cluster::start(3);
+    let stream = stream_name("kill");
+    let mut push = cluster.push_in_background(
+        &input,
+        &stream,
+        &["--profiles", "P240p30fps16x9,P360p30fps16x9"],
+    );
+
+    // SIGKILL a worker while it is transcoding (Redis is shared with other tests' clusters:
+    // only this cluster's workers count).
+    let ours = cluster.pids("worker");
+    assert_eq!(ours.len(), 3);
+    let busy = |c: &Cluster, w: &serde_json::Value| {
+        w["busy_slots"].as_u64() > Some(0)
+            && w["pid"]
+                .as_u64()
+                .is_some_and(|p| ours.contains(&(p as u32)))
+            && c.status(&stream)["state"] != "complete"
+    };
+    let mut victim = None;
+    wait_until("a busy worker", Duration::from_secs(60), || {
+        victim = cluster.workers().into_iter().find(|w| busy(&cluster, w));
+        victim.is_some()
+    });
+    let pid = victim.unwrap()["pid"].as_u64().unwrap() as u32;
+    cluster.signal(pid, "KILL");
+
+    // SIGTERM another busy one: it finishes what it holds and exits 0.
+    let mut drained = None;
+    wait_until("another busy worker", Duration::from_secs(60), || {
+        drained = cluster
+            .workers()
+            .into_iter()
+            .find(|w| busy(&cluster, w) && w["pid"].as_u64() != Some(u64::from(pid)));
+        drained.is_some() || cluster.status(&stream)["state"] == "complete"
+    });
+    if let Some(d) = drained {
+        let status = cluster
+            .signal(d["pid"].as_u64().unwrap() as u32, "TERM")
+            .expect("drained worker exits");
+        assert!(status.success(), "SIGTERM exits 0: {status:?}");
+    }
+
+    let status = push.wait().unwrap();
+    assert!(status.success(), "push failed: {}", cluster.logs());
+    let s = cluster.status(&stream);
+    let total = s["segments"]["total"].as_u64().unwrap();
+    assert_eq!(total, 12);
+    assert_eq!(s["segments"]["done"], total);
+    assert_exactly_once(&cluster, &stream, total);
+    // The killed worker's heartbeat expires and it is forgotten.
+    wait_until(
+        "the dead worker to be forgotten",
+        Duration::from_secs(30),
+        || {
+            cluster
+                .workers()
+                .iter()
+                .all(|w| w["pid"].as_u64() != Some(u64::from(pid)))
+        },
+    );
+}
+
+#[test]
+fn orchestrator_killed_and_restarted_mid_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = clip(dir.path(), 16);
+    let mut cluster = Cluster::start(2);
+    let stream = stream_name("orch");
+    let mut push = cluster.push_in_background(&input, &stream, &["--profiles", RUNG]);
+    wait_until("a first accepted segment", Duration::from_secs(60), || {
+        http_get(&cluster.orchestrator_addr, &format!("/streams/{stream}"))
+            .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
+            .is_some_and(|v| v["segments"]["done"].as_u64() >= Some(1))
+    });
+    let orch = cluster.pids("orchestrator")[0];
+    cluster.signal(orch, "KILL");
+    std::thread::sleep(Duration::from_secs(1));
+    let addr = cluster.orchestrator_addr.clone();
+    cluster.add("orchestrator", &["--http-addr", &addr]);
+    let status = push.wait().unwrap();
+    assert!(status.success(), "push failed: {}", cluster.logs());
+    let s = cluster.wait_complete(&stream, Duration::from_secs(30));
+    assert_eq!(s["segments"]["done"], 8);
+    assert_exactly_once(&cluster, &stream, 8);
+}
+
+/// First and last video pts (us) and frame count of a segment file.
+fn segment_facts(path: &Path) -> (i64, i64, u64) {
+    let v = ffprobe(
+        path,
+        &["-select_streams", "v:0", "-show_entries", "packet=pts_time"],
+    );
+    let pts: Vec<i64> = v["packets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["pts_time"].as_str()?.parse::<f64>().ok())
+        .map(|t| (t * 1e6).round() as i64)
+        .collect();
+    (
+        *pts.iter().min().unwrap(),
+        *pts.iter().max().unwrap(),
+        pts.len() as u64,
+    )
+}
+
+/// Acts as a broadcaster (and as an attacker) directly on the broker.
+struct Injector {
+    rt: tokio::runtime::Runtime,
+    channel: lapin::Channel,
+}
+
+impl Injector {
+    fn new(amqp_url: &str) -> Injector {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let channel = rt.block_on(async {
+            let c = lapin::Connection::connect(amqp_url, lapin::ConnectionProperties::default())
+                .await
+                .unwrap();
+            let ch = c.create_channel().await.unwrap();
+            ch.confirm_select(Default::default()).await.unwrap();
+            std::mem::forget(c);
+            ch
+        });
+        Injector { rt, channel }
+    }
+
+    fn publish(&self, exchange: &str, key: &str, body: &[u8]) {
+        self.rt.block_on(async {
+            let confirm = self
+                .channel
+                .basic_publish(
+                    exchange.into(),
+                    key.into(),
+                    Default::default(),
+                    body,
+                    lapin::BasicProperties::default().with_delivery_mode(2),
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            assert!(confirm.is_ack());
+        });
+    }
+
+    fn ingest(&self, msg: &castwork_protocol::IngestMessage) {
+        self.publish(
+            castwork_protocol::INGEST_EXCHANGE,
+            "ingest",
+            &castwork_protocol::encode(msg),
+        );
+    }
+}
+
+fn sha256(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+#[test]
+fn corrupt_and_malicious_input_is_refused_and_the_rest_completes() {
+    use castwork_protocol::*;
+    let dir = tempfile::tempdir().unwrap();
+    let input = clip(dir.path(), 12);
+    // Cut with the ffmpeg CLI into 2 s MPEG-TS segments, keeping timestamps.
+    let segdir = dir.path().join("segs");
+    std::fs::create_dir_all(&segdir).unwrap();
+    ffmpeg(&[
+        "-i",
+        input.to_str().unwrap(),
+        "-c",
+        "copy",
+        "-f",
+        "segment",
+        "-segment_time",
+        "2",
+        "-segment_format",
+        "mpegts",
+        "-output_ts_offset",
+        "1",
+        &format!("{}/%d.ts", segdir.display()),
+    ]);
+    let cluster = Cluster::start(2);
+    let inj = Injector::new(&cluster.amqp_url);
+    let stream = stream_name("evil");
+    let session = uuid::Uuid::now_v7();
+    let source = SourceMetadata {
+        width: 640,
+        height: 360,
+        sample_aspect_ratio: Rational::ONE,
+        rotation: 0,
+        frame_rate: Rational::new(30, 1),
+        video_codec: "h264".into(),
+        pixel_format: "yuv420p".into(),
+        color: Default::default(),
+        has_audio: true,
+        duration_us: None,
+    };
+    inj.ingest(&IngestMessage::StreamStarted(StreamStarted {
+        stream: stream.clone(),
+        session,
+        mode: StreamMode::Vod,
+        ladder: profile::parse_profiles(RUNG).unwrap(),
+        source,
+        broadcaster: None,
+    }));
+    // Garbage at the orchestrator's door: not JSON, a future version, an oversized message.
+    inj.publish(INGEST_EXCHANGE, "ingest", b"{not json");
+    inj.publish(INGEST_EXCHANGE, "ingest", br#"{"version":99,"type":"stream_ended","stream":"x","session":"00000000-0000-0000-0000-000000000000","segments":1}"#);
+    inj.publish(
+        INGEST_EXCHANGE,
+        "ingest",
+        &vec![b' '; MAX_MESSAGE_BYTES + 10],
+    );
+    // And at the workers': a job that is not JSON.
+    inj.publish(JOBS_EXCHANGE, "jobs.vod.cpu", b"\x00\x01 not a job");
+
+    let store = cluster
+        .storage_dir()
+        .join(format!("streams/{stream}/source"));
+    wait_until("admission", Duration::from_secs(30), || {
+        http_get(&cluster.orchestrator_addr, &format!("/streams/{stream}"))
+            .is_some_and(|(c, _)| c == 200)
+    });
+    std::fs::create_dir_all(&store).unwrap();
+    let total = 6u64;
+    let bad = [
+        (
+            1u64,
+            b"\x47garbage that only starts like a transport stream".repeat(400),
+            "corrupt",
+        ),
+        (
+            2,
+            b"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2,\nfile:///etc/passwd\n".to_vec(),
+            "an HLS playlist",
+        ),
+        (
+            3,
+            b"#EXTM3U\n#EXTINF:2,\nhttp://127.0.0.1:1/x.ts\n".to_vec(),
+            "a playlist with a URL",
+        ),
+    ];
+    for seq in 0..total {
+        let real = segdir.join(format!("{seq}.ts"));
+        let (start_us, last_pts_us, frames) = segment_facts(&real);
+        let data = match bad.iter().find(|b| b.0 == seq) {
+            Some(b) => b.1.clone(),
+            None => std::fs::read(&real).unwrap(),
+        };
+        let key = source_key(&stream, seq, "ts");
+        std::fs::write(cluster.storage_dir().join(&key), &data).unwrap();
+        let mut sha = sha256(&data);
+        if seq == 4 {
+            // A segment whose content does not match its hash.
+            sha = sha256(b"something else");
+        }
+        inj.ingest(&IngestMessage::SegmentReady(SegmentReady {
+            stream: stream.clone(),
+            session,
+            seq,
+            start_us,
+            duration_us: 2_000_000,
+            last_pts_us,
+            frames,
+            has_audio: true,
+            object: ObjectRef {
+                key,
+                size: data.len() as u64,
+                sha256: sha,
+            },
+        }));
+    }
+    inj.ingest(&IngestMessage::StreamEnded(StreamEnded {
+        stream: stream.clone(),
+        session,
+        segments: total,
+    }));
+
+    let s = cluster.wait_complete(&stream, Duration::from_secs(120));
+    assert_eq!(s["segments"]["done"], 2, "{s}");
+    assert_eq!(s["segments"]["failed"], 4, "{s}");
+    let failures = s["failures"].as_array().unwrap();
+    let failed: Vec<u64> = failures
+        .iter()
+        .map(|f| f["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(failed, vec![1, 2, 3, 4]);
+    for f in failures {
+        assert!(!f["message"].as_str().unwrap().is_empty(), "{f}");
+    }
+    assert!(
+        failures[3]["message"].as_str().unwrap().contains("sha256"),
+        "{}",
+        failures[3]
+    );
+    assert_eq!(cluster.playlist_seqs(&stream, RUNG), vec![0, 5]);
+
+    // Counted, and nothing is stuck in a queue.
+    let (_, metrics) = http_get(&cluster.orchestrator_addr, "/metrics").unwrap();
+    for reason in ["malformed", "version", "oversized"] {
+        assert!(metrics.contains(&format!("castwork_orchestrator_rejected_messages_total{{queue=\"castwork.ingest\",reason=\"{reason}\"}} 1")), "{reason}: {metrics}");
+    }
+    wait_until(
+        "the dead letter to be recorded",
+        Duration::from_secs(20),
+        || {
+            http_get(&cluster.orchestrator_addr, "/metrics")
+                .is_some_and(|(_, m)| m.contains("castwork_orchestrator_dead_letters_total 1"))
+        },
+    );
+    wait_until("empty queues", Duration::from_secs(20), || {
+        cluster.queue_depths().iter().all(|(_, n)| *n == 0)
+    });
+    // The cluster still works.
+    let out = cluster.push(&input, &stream_name("after-evil"), &["--profiles", RUNG]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
