@@ -37,8 +37,8 @@ fn clip(dir: &Path, secs: u32) -> std::path::PathBuf {
     p
 }
 
-fn assert_exactly_once(cluster: &Cluster, stream: &str, total: u64) {
-    let seqs = cluster.playlist_seqs(stream, RUNG);
+fn assert_exactly_once(cluster: &Cluster, stream: &str, rung: &str, total: u64) {
+    let seqs = cluster.playlist_seqs(stream, rung);
     assert_eq!(
         seqs,
         (0..total).collect::<Vec<_>>(),
@@ -107,7 +107,7 @@ fn killed_and_drained_workers_lose_nothing() {
     let total = s["segments"]["total"].as_u64().unwrap();
     assert_eq!(total, 12);
     assert_eq!(s["segments"]["done"], total);
-    assert_exactly_once(&cluster, &stream, total);
+    assert_exactly_once(&cluster, &stream, RUNG, total);
     // The killed worker's heartbeat expires and it is forgotten.
     wait_until(
         "the dead worker to be forgotten",
@@ -142,7 +142,7 @@ fn orchestrator_killed_and_restarted_mid_stream() {
     assert!(status.success(), "push failed: {}", cluster.logs());
     let s = cluster.wait_complete(&stream, Duration::from_secs(30));
     assert_eq!(s["segments"]["done"], 8);
-    assert_exactly_once(&cluster, &stream, 8);
+    assert_exactly_once(&cluster, &stream, RUNG, 8);
 }
 
 /// First and last video pts (us) and frame count of a segment file.
@@ -380,5 +380,103 @@ fn corrupt_and_malicious_input_is_refused_and_the_rest_completes() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A counter's value in Prometheus text, 0 when absent.
+fn metric(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        })
+        .map_or(0, |v| v as u64)
+}
+
+#[test]
+fn chaos_soak_300_segments_while_workers_are_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("long.mp4");
+    // 150 s with a keyframe every 0.5 s: 300 segments at a 0.5 s target.
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=256x144:rate=30",
+        "-t",
+        "150",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-g",
+        "15",
+        input.to_str().unwrap(),
+    ]);
+    let env = vec![("X264_PRESET".to_string(), "ultrafast".to_string())];
+    let mut cluster = Cluster::start_with(4, &[], env);
+    let stream = stream_name("soak");
+    let mut push = cluster.push_in_background(
+        &input,
+        &stream,
+        &["--profiles", "P144p30fps16x9", "--segment-secs", "0.5"],
+    );
+    let mut kills = 0;
+    let mut n = 0u64;
+    let started = Instant::now();
+    while push.try_wait().unwrap().is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "soak did not finish: {}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_secs(2));
+        let pids = cluster.pids("worker");
+        if pids.is_empty() {
+            continue;
+        }
+        n = n
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let victim = pids[(n >> 33) as usize % pids.len()];
+        cluster.signal(victim, "KILL");
+        kills += 1;
+        cluster.add("worker", &["--worker-id", &format!("chaos-{kills}")]);
+    }
+    assert!(
+        push.wait().unwrap().success(),
+        "push failed: {}",
+        cluster.logs()
+    );
+    let s = cluster.wait_complete(&stream, Duration::from_secs(60));
+    assert_eq!(s["segments"]["total"], 300, "{s}");
+    assert_eq!(s["segments"]["done"], 300, "{s}");
+    assert_eq!(s["segments"]["failed"], 0, "{s}");
+    assert_exactly_once(&cluster, &stream, "P144p30fps16x9", 300);
+    let (_, m) = http_get(&cluster.orchestrator_addr, "/metrics").unwrap();
+    assert_eq!(
+        metric(&m, "castwork_orchestrator_dead_letters_total"),
+        0,
+        "nothing dead-lettered"
+    );
+    let dead = cluster
+        .queue_depths()
+        .into_iter()
+        .find(|(q, _)| q == "castwork.jobs.dead")
+        .map_or(0, |d| d.1);
+    assert_eq!(dead, 0);
+    let starts = metric(
+        &m,
+        "castwork_orchestrator_segments_total{event=\"started\"}",
+    );
+    let duplicates = metric(
+        &m,
+        "castwork_orchestrator_segments_total{event=\"duplicate\"}",
+    );
+    println!(
+        "soak: 300 segments, {kills} workers SIGKILLed, {} job starts ({} redeliveries), {duplicates} duplicate results ignored, 0 lost, 0 duplicated, 0 dead-lettered, {:.0} s",
+        starts,
+        starts.saturating_sub(300),
+        started.elapsed().as_secs_f64()
     );
 }

@@ -236,6 +236,7 @@ impl Orchestrator {
             WorkerReport::SegmentStarted(s) => {
                 // A hung worker stops itself after `timeout_secs`; the grace covers its
                 // redelivered job finishing elsewhere before we give the attempt up.
+                metrics::SEGMENTS.with_label_values(&["started"]).inc();
                 let due = now_unix_ms() + (s.timeout_secs.min(86_400) + STUCK_GRACE_SECS) * 1000;
                 self.state
                     .track_started(&s.stream, s.seq, s.attempt, &s.worker_id, due)
