@@ -1,6 +1,7 @@
 //! Castwork's broadcaster: ingests video files, cuts them into keyframe-aligned source
 //! segments without re-encoding video, stores and enqueues them, and serves HLS playback.
 
+pub mod link;
 pub mod progress;
 pub mod push;
 pub mod serve;

@@ -6,21 +6,17 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use bytes::Bytes;
-use castwork_cluster::{broker::INGEST_KEY, Broker, Storage};
+use castwork_cluster::Storage;
 use castwork_media::{CutSegment, MediaError, SegmentOptions};
 use castwork_protocol::{
-    decode, encode, event_routing_key, source_key, validate_stream_name, IngestMessage, ObjectRef,
-    Profile, SegmentReady, StreamEnded, StreamEvent, StreamMode, StreamStarted, EVENTS_EXCHANGE,
-    INGEST_EXCHANGE,
+    source_key, validate_stream_name, IngestMessage, ObjectRef, Profile, SegmentReady, StreamEnded,
+    StreamEvent, StreamMode, StreamStarted,
 };
-use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
-use lapin::Consumer;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use crate::link::Link;
 use crate::progress::Progress;
 
 /// What to push.
@@ -48,62 +44,6 @@ pub struct PushOutcome {
     /// Failed segments with their messages (only known with `wait`).
     pub failed: Vec<(u64, String)>,
     pub master_playlist: Option<String>,
-}
-
-/// Declares a private queue of the stream's events, bound before anything is published so
-/// no event is missed.
-async fn subscribe(broker: &Broker, stream: &str) -> anyhow::Result<Consumer> {
-    let ch = broker.channel().await?;
-    let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    ch.queue_bind(
-        q.name().clone(),
-        EVENTS_EXCHANGE.into(),
-        event_routing_key(stream).into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await?;
-    Ok(ch
-        .basic_consume(
-            q.name().clone(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?)
-}
-
-async fn next_event(events: &mut Consumer) -> anyhow::Result<StreamEvent> {
-    loop {
-        match events.next().await {
-            Some(Ok(d)) => match decode::<StreamEvent>(&d.data) {
-                Ok(e) => return Ok(e),
-                Err(e) => tracing::warn!(error = %e, "unreadable event ignored"),
-            },
-            Some(Err(e)) => return Err(e).context("lost the connection to RabbitMQ"),
-            None => bail!("lost the connection to RabbitMQ"),
-        }
-    }
-}
-
-async fn publish(broker: &Broker, msg: &IngestMessage) -> anyhow::Result<()> {
-    broker
-        .publish(INGEST_EXCHANGE, INGEST_KEY, &encode(msg), None)
-        .await
-        .context("publishing to RabbitMQ")
 }
 
 /// Pushes one file as an on-demand stream.
@@ -136,31 +76,20 @@ pub async fn push(req: PushRequest) -> anyhow::Result<PushOutcome> {
                 d as f64 / 1e6
             )),
     );
-    let broker = Broker::connect(&req.amqp_url, "castwork-broadcaster")
-        .await
-        .with_context(|| {
-            format!(
-                "cannot reach RabbitMQ at {}",
-                castwork_cluster::redact_url(&req.amqp_url)
-            )
-        })?;
-    let mut events = subscribe(&broker, &req.stream).await?;
     let session = Uuid::now_v7();
-    publish(
-        &broker,
-        &IngestMessage::StreamStarted(StreamStarted {
-            stream: req.stream.clone(),
-            session,
-            mode: StreamMode::Vod,
-            ladder: req.ladder.clone(),
-            source: probed.metadata.clone(),
-            broadcaster: None,
-        }),
-    )
+    let mut link = Link::open(&req.amqp_url, &req.stream, session).await?;
+    link.publish(&IngestMessage::StreamStarted(StreamStarted {
+        stream: req.stream.clone(),
+        session,
+        mode: StreamMode::Vod,
+        ladder: req.ladder.clone(),
+        source: probed.metadata.clone(),
+        broadcaster: None,
+    }))
     .await?;
     let admitted = tokio::time::timeout(req.admit_timeout, async {
         loop {
-            match next_event(&mut events).await? {
+            match link.next_event().await? {
                 // Events of another push under the same name are not ours.
                 StreamEvent::StreamAdmitted {
                     rungs,
@@ -224,24 +153,23 @@ pub async fn push(req: PushRequest) -> anyhow::Result<PushOutcome> {
     let mut failed = Vec::new();
     let mut completed: Option<String> = None;
     while let Some(seg) = rx.recv().await {
-        if let Err(e) = upload_segment(&broker, &req.storage, &req.stream, session, ext, &seg).await
+        if let Err(e) =
+            upload_segment(&mut link, &req.storage, &req.stream, session, ext, &seg).await
         {
-            end_early(&broker, &req.stream, session, uploaded).await;
+            end_early(&mut link, &req.stream, session, uploaded).await;
             return Err(e);
         }
         uploaded += 1;
         progress.uploaded(seg.seq, seg.duration_us as f64 / 1e6);
         // Keep up with events so the transcoded bar moves while we upload.
-        while let Ok(Some(Ok(d))) = tokio::time::timeout(Duration::ZERO, events.next()).await {
-            if let Ok(e) = decode::<StreamEvent>(&d.data) {
-                note_event(&e, &mut progress, &mut failed, &mut completed);
-            }
+        while let Some(e) = link.try_event().await {
+            note_event(&e, &mut progress, &mut failed, &mut completed);
         }
     }
     let summary = match cutter.await? {
         Ok(s) => s,
         Err(e) => {
-            end_early(&broker, &req.stream, session, uploaded).await;
+            end_early(&mut link, &req.stream, session, uploaded).await;
             bail!(
                 "cannot cut {}: {e} ({uploaded} segments were sent before the error)",
                 req.input.display()
@@ -263,18 +191,15 @@ pub async fn push(req: PushRequest) -> anyhow::Result<PushOutcome> {
             summary.dropped_frames
         ));
     }
-    publish(
-        &broker,
-        &IngestMessage::StreamEnded(StreamEnded {
-            stream: req.stream.clone(),
-            session,
-            segments: summary.segments,
-        }),
-    )
+    link.publish(&IngestMessage::StreamEnded(StreamEnded {
+        stream: req.stream.clone(),
+        session,
+        segments: summary.segments,
+    }))
     .await?;
     if !req.wait {
         progress.finish();
-        broker.close().await;
+        link.close().await;
         return Ok(PushOutcome {
             segments: uploaded,
             failed,
@@ -282,11 +207,11 @@ pub async fn push(req: PushRequest) -> anyhow::Result<PushOutcome> {
         });
     }
     while completed.is_none() {
-        let e = next_event(&mut events).await?;
+        let e = link.next_event().await?;
         note_event(&e, &mut progress, &mut failed, &mut completed);
     }
     progress.finish();
-    broker.close().await;
+    link.close().await;
     Ok(PushOutcome {
         segments: summary.segments,
         failed,
@@ -296,13 +221,13 @@ pub async fn push(req: PushRequest) -> anyhow::Result<PushOutcome> {
 
 /// Closes a stream whose push failed half-way with the segments already sent, so the
 /// orchestrator finishes those instead of waiting for more forever.
-async fn end_early(broker: &Broker, stream: &str, session: Uuid, segments: u64) {
+async fn end_early(link: &mut Link, stream: &str, session: Uuid, segments: u64) {
     let msg = IngestMessage::StreamEnded(StreamEnded {
         stream: stream.to_string(),
         session,
         segments,
     });
-    if let Err(e) = publish(broker, &msg).await {
+    if let Err(e) = link.publish(&msg).await {
         tracing::warn!(error = %e, "could not close the stream after the failure");
     }
 }
@@ -334,7 +259,7 @@ fn note_event(
 }
 
 async fn upload_segment(
-    broker: &Broker,
+    link: &mut Link,
     storage: &Storage,
     stream: &str,
     session: Uuid,
@@ -353,19 +278,16 @@ async fn upload_segment(
         .put(&key, data)
         .await
         .with_context(|| format!("storing {key}"))?;
-    publish(
-        broker,
-        &IngestMessage::SegmentReady(SegmentReady {
-            stream: stream.to_string(),
-            session,
-            seq: seg.seq,
-            start_us: seg.start_us,
-            duration_us: seg.duration_us,
-            last_pts_us: seg.last_pts_us,
-            frames: seg.frames,
-            has_audio: seg.audio_packets > 0,
-            object,
-        }),
-    )
+    link.publish(&IngestMessage::SegmentReady(SegmentReady {
+        stream: stream.to_string(),
+        session,
+        seq: seg.seq,
+        start_us: seg.start_us,
+        duration_us: seg.duration_us,
+        last_pts_us: seg.last_pts_us,
+        frames: seg.frames,
+        has_audio: seg.audio_packets > 0,
+        object,
+    }))
     .await
 }

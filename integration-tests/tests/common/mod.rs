@@ -143,9 +143,20 @@ impl Cluster {
         orchestrator_args: &[&str],
         env: Vec<(String, String)>,
     ) -> Cluster {
-        let vhost = format!("castwork-test-{}-{}", std::process::id(), free_port());
-        rabbitmqctl(&["add_vhost", &vhost]);
-        rabbitmqctl(&["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"]);
+        // A broker of its own (AMQP_URL in `env`) needs no vhost; otherwise each cluster
+        // gets one on the machine's RabbitMQ.
+        let own_broker = env
+            .iter()
+            .find(|(k, _)| k == "AMQP_URL")
+            .map(|(_, v)| v.clone());
+        let vhost = if own_broker.is_some() {
+            String::new()
+        } else {
+            let v = format!("castwork-test-{}-{}", std::process::id(), free_port());
+            rabbitmqctl(&["add_vhost", &v]);
+            rabbitmqctl(&["set_permissions", "-p", &v, "guest", ".*", ".*", ".*"]);
+            v
+        };
         let dir = tempfile::tempdir().unwrap();
         let orchestrator_addr = format!("127.0.0.1:{}", free_port());
         let mut all_env = vec![(
@@ -154,7 +165,8 @@ impl Cluster {
         )];
         all_env.extend(env);
         let mut c = Cluster {
-            amqp_url: format!("amqp://guest:guest@127.0.0.1:5672/{vhost}"),
+            amqp_url: own_broker
+                .unwrap_or_else(|| format!("amqp://guest:guest@127.0.0.1:5672/{vhost}")),
             vhost,
             dir,
             orchestrator_addr,
@@ -381,9 +393,11 @@ impl Drop for Cluster {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = Command::new("rabbitmqctl")
-            .args(["delete_vhost", &self.vhost])
-            .output();
+        if !self.vhost.is_empty() {
+            let _ = Command::new("rabbitmqctl")
+                .args(["delete_vhost", &self.vhost])
+                .output();
+        }
     }
 }
 
@@ -394,4 +408,161 @@ pub fn stream_name(prefix: &str) -> String {
         .unwrap()
         .as_nanos();
     format!("{prefix}-{t}")
+}
+
+/// A RabbitMQ node of a test's own (port, data and logs in a temporary directory), for tests
+/// that stop and start the broker without disturbing anything else.
+pub struct RabbitNode {
+    pub name: String,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl RabbitNode {
+    pub fn start() -> RabbitNode {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("enabled_plugins"), "[].\n").unwrap();
+        let port = free_port();
+        // Its own config file: the machine's may pin the listener to 5672.
+        let conf = dir.path().join("rabbitmq.conf");
+        std::fs::write(&conf, format!("listeners.tcp.local = 127.0.0.1:{port}\n")).unwrap();
+        let _ = Command::new("chown")
+            .args(["-R", "rabbitmq:rabbitmq"])
+            .arg(dir.path())
+            .status();
+        let name = format!("cwtest{}x{port}@localhost", std::process::id());
+        let d = dir.path().display().to_string();
+        let ok = Command::new("rabbitmq-server")
+            .arg("-detached")
+            .env("RABBITMQ_CONFIG_FILE", &conf)
+            .env("RABBITMQ_NODENAME", &name)
+            .env("RABBITMQ_NODE_PORT", port.to_string())
+            .env("RABBITMQ_DIST_PORT", free_port().to_string())
+            .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
+            .env("RABBITMQ_MNESIA_BASE", format!("{d}/mnesia"))
+            .env("RABBITMQ_LOG_BASE", format!("{d}/log"))
+            .env("RABBITMQ_PID_FILE", format!("{d}/pid"))
+            .env(
+                "RABBITMQ_ENABLED_PLUGINS_FILE",
+                format!("{d}/enabled_plugins"),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("rabbitmq-server runs");
+        assert!(ok.success(), "rabbitmq-server -detached failed");
+        let node = RabbitNode {
+            name,
+            port,
+            _dir: dir,
+        };
+        // The node takes a few seconds to boot; `await_startup` needs it reachable first.
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while !Command::new("rabbitmqctl")
+            .args(["-n", &node.name, "-q", "ping"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            assert!(
+                Instant::now() < deadline,
+                "RabbitMQ node {} did not start",
+                node.name
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        node.ctl(&["-t", "60", "await_startup"]);
+        node
+    }
+
+    pub fn ctl(&self, args: &[&str]) {
+        let out = Command::new("rabbitmqctl")
+            .args(["-n", &self.name])
+            .args(args)
+            .output()
+            .expect("rabbitmqctl");
+        assert!(
+            out.status.success(),
+            "rabbitmqctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+}
+
+impl Drop for RabbitNode {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["-n", &self.name, "stop"])
+            .output();
+    }
+}
+
+/// A Redis server of a test's own with every write fsynced to its append-only file, to
+/// SIGKILL and start again.
+pub struct RedisNode {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl RedisNode {
+    pub fn start() -> RedisNode {
+        let mut node = RedisNode {
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        node.restart();
+        node
+    }
+
+    /// Starts the server (again) on the same port and data.
+    pub fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server runs");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+}
+
+impl Drop for RedisNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

@@ -1,0 +1,171 @@
+//! The broadcaster's link to RabbitMQ for one push: publishes that survive a broker restart
+//! (reconnect with backoff, then publish again; every ingest message is idempotent) and a
+//! durable per-push event queue that keeps the orchestrator's events while we are away.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use castwork_cluster::{broker::INGEST_KEY, Backoff, Broker};
+use castwork_protocol::{
+    decode, encode, event_routing_key, IngestMessage, StreamEvent, EVENTS_EXCHANGE, INGEST_EXCHANGE,
+};
+use futures_util::StreamExt;
+use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::Consumer;
+use uuid::Uuid;
+
+/// How long a push keeps trying to reach a broker that went away.
+const RECONNECT_FOR: Duration = Duration::from_secs(300);
+/// An event queue nobody consumes is deleted by the broker after this long.
+const EVENT_QUEUE_EXPIRES_MS: i64 = 3_600_000;
+
+pub struct Link {
+    url: String,
+    stream: String,
+    queue: String,
+    broker: Option<Broker>,
+    events: Option<Consumer>,
+}
+
+impl Link {
+    /// Connects once (a broker that is not there at the start is an error for the user) and
+    /// subscribes to the stream's events before anything is published.
+    pub async fn open(url: &str, stream: &str, session: Uuid) -> anyhow::Result<Link> {
+        let mut link = Link {
+            url: url.to_string(),
+            stream: stream.to_string(),
+            queue: format!("castwork.push.{session}"),
+            broker: None,
+            events: None,
+        };
+        link.connect().await.with_context(|| {
+            format!(
+                "cannot reach RabbitMQ at {}",
+                castwork_cluster::redact_url(url)
+            )
+        })?;
+        Ok(link)
+    }
+
+    async fn connect(&mut self) -> anyhow::Result<()> {
+        let broker = Broker::connect(&self.url, "castwork-broadcaster").await?;
+        let ch = broker.channel().await?;
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-expires".into(),
+            AMQPValue::LongLongInt(EVENT_QUEUE_EXPIRES_MS),
+        );
+        ch.queue_declare(
+            self.queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await?;
+        ch.queue_bind(
+            self.queue.as_str().into(),
+            EVENTS_EXCHANGE.into(),
+            event_routing_key(&self.stream).into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+        let consumer = ch
+            .basic_consume(
+                self.queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        self.broker = Some(broker);
+        self.events = Some(consumer);
+        Ok(())
+    }
+
+    /// Reconnects with backoff for up to [`RECONNECT_FOR`].
+    async fn reconnect(&mut self, why: &anyhow::Error) -> anyhow::Result<()> {
+        tracing::warn!(error = format!("{why:#}"), "lost RabbitMQ, reconnecting");
+        self.broker = None;
+        self.events = None;
+        let deadline = Instant::now() + RECONNECT_FOR;
+        let mut backoff = Backoff::default();
+        loop {
+            match self.connect().await {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() > deadline => {
+                    return Err(e).context("RabbitMQ stayed unreachable")
+                }
+                Err(_) => tokio::time::sleep(backoff.next_delay()).await,
+            }
+        }
+    }
+
+    /// Publishes an ingest message with confirms, reconnecting and publishing again after
+    /// a broker failure.
+    pub async fn publish(&mut self, msg: &IngestMessage) -> anyhow::Result<()> {
+        let body = encode(msg);
+        loop {
+            let r = match &self.broker {
+                Some(b) => b
+                    .publish(INGEST_EXCHANGE, INGEST_KEY, &body, None)
+                    .await
+                    .map_err(anyhow::Error::new),
+                None => Err(anyhow::anyhow!("not connected")),
+            };
+            match r {
+                Ok(()) => return Ok(()),
+                Err(e) => self.reconnect(&e).await?,
+            }
+        }
+    }
+
+    /// The next event of the stream, reconnecting when the broker goes away.
+    pub async fn next_event(&mut self) -> anyhow::Result<StreamEvent> {
+        loop {
+            let next = match self.events.as_mut() {
+                Some(c) => c.next().await,
+                None => None,
+            };
+            match next {
+                Some(Ok(d)) => match decode::<StreamEvent>(&d.data) {
+                    Ok(e) => return Ok(e),
+                    Err(e) => tracing::warn!(error = %e, "unreadable event ignored"),
+                },
+                Some(Err(e)) => self.reconnect(&anyhow::Error::new(e)).await?,
+                None => {
+                    self.reconnect(&anyhow::anyhow!("event consumer closed"))
+                        .await?
+                }
+            }
+        }
+    }
+
+    /// An event if one is waiting, without blocking.
+    pub async fn try_event(&mut self) -> Option<StreamEvent> {
+        let c = self.events.as_mut()?;
+        match tokio::time::timeout(Duration::ZERO, c.next()).await {
+            Ok(Some(Ok(d))) => decode::<StreamEvent>(&d.data).ok(),
+            _ => None,
+        }
+    }
+
+    /// Deletes the event queue and closes the connection (a queue left behind by a crash
+    /// expires on its own).
+    pub async fn close(self) {
+        if let Some(b) = self.broker {
+            if let Ok(ch) = b.channel().await {
+                let _ = ch
+                    .queue_delete(self.queue.as_str().into(), Default::default())
+                    .await;
+            }
+            b.close().await;
+        }
+    }
+}
