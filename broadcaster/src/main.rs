@@ -116,18 +116,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .storage_url
                 .strip_prefix("file://")
                 .map(PathBuf::from);
-            let outcome = push(PushRequest {
-                input: file,
-                stream: stream.clone(),
-                ladder,
-                segment_secs,
-                wait,
-                amqp_url: cli.service.amqp_url,
-                storage,
-                playback_url: playback_url.clone(),
-                local_dir: local_dir.clone(),
-                admit_timeout: Duration::from_secs(admit_timeout_secs),
-            })
+            let outcome = push(
+                PushRequest {
+                    input: file,
+                    stream: stream.clone(),
+                    ladder,
+                    segment_secs,
+                    wait,
+                    amqp_url: cli.service.amqp_url,
+                    storage,
+                    playback_url: playback_url.clone(),
+                    local_dir: local_dir.clone(),
+                    admit_timeout: Duration::from_secs(admit_timeout_secs),
+                },
+                shutdown_token(),
+            )
             .await?;
             if !wait {
                 println!("queued {} segments of stream {stream}", outcome.segments);

@@ -14,6 +14,7 @@ use castwork_protocol::{
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::link::Link;
@@ -47,7 +48,10 @@ pub struct PushOutcome {
 }
 
 /// Pushes one file as an on-demand stream.
-pub async fn push(req: PushRequest) -> anyhow::Result<PushOutcome> {
+///
+/// On `shutdown` (SIGTERM, Ctrl-C) while uploading, it closes the stream with the segments
+/// already sent and fails; while waiting, it leaves the cluster to finish and fails.
+pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Result<PushOutcome> {
     validate_stream_name(&req.stream).map_err(anyhow::Error::msg)?;
     let input = req.input.clone();
     let probed = tokio::task::spawn_blocking(move || castwork_media::probe(&input))
@@ -152,7 +156,18 @@ pub async fn push(req: PushRequest) -> anyhow::Result<PushOutcome> {
     let mut uploaded = 0u64;
     let mut failed = Vec::new();
     let mut completed: Option<String> = None;
-    while let Some(seg) = rx.recv().await {
+    loop {
+        let seg = tokio::select! {
+            seg = rx.recv() => match seg {
+                Some(s) => s,
+                None => break,
+            },
+            _ = shutdown.cancelled() => {
+                end_early(&mut link, &req.stream, session, uploaded).await;
+                progress.finish();
+                bail!("interrupted: stream {} was closed with the {uploaded} segments already sent", req.stream);
+            }
+        };
         if let Err(e) =
             upload_segment(&mut link, &req.storage, &req.stream, session, ext, &seg).await
         {
@@ -207,7 +222,13 @@ pub async fn push(req: PushRequest) -> anyhow::Result<PushOutcome> {
         });
     }
     while completed.is_none() {
-        let e = link.next_event().await?;
+        let e = tokio::select! {
+            e = link.next_event() => e?,
+            _ = shutdown.cancelled() => {
+                progress.finish();
+                bail!("interrupted while waiting: the cluster goes on transcoding stream {}", req.stream);
+            }
+        };
         note_event(&e, &mut progress, &mut failed, &mut completed);
     }
     progress.finish();

@@ -119,6 +119,10 @@ fn killed_and_drained_workers_lose_nothing() {
                 .all(|w| w["pid"].as_u64() != Some(u64::from(pid)))
         },
     );
+    // SIGTERM on the orchestrator: a clean exit.
+    let orch = cluster.pids("orchestrator")[0];
+    let status = cluster.signal(orch, "TERM").expect("orchestrator exits");
+    assert!(status.success(), "orchestrator SIGTERM exits 0: {status:?}");
 }
 
 #[test]
@@ -383,16 +387,6 @@ fn corrupt_and_malicious_input_is_refused_and_the_rest_completes() {
     );
 }
 
-/// A counter's value in Prometheus text, 0 when absent.
-fn metric(text: &str, series: &str) -> u64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|v| v.trim().parse::<f64>().ok())
-        })
-        .map_or(0, |v| v as u64)
-}
-
 #[test]
 fn chaos_soak_300_segments_while_workers_are_killed() {
     let dir = tempfile::tempdir().unwrap();
@@ -415,6 +409,9 @@ fn chaos_soak_300_segments_while_workers_are_killed() {
     ]);
     let env = vec![("X264_PRESET".to_string(), "ultrafast".to_string())];
     let mut cluster = Cluster::start_with(4, &[], env);
+    // Two orchestrators share the Redis and the queues.
+    let second = format!("127.0.0.1:{}", common::free_port());
+    cluster.add("orchestrator", &["--http-addr", &second]);
     let stream = stream_name("soak");
     let mut push = cluster.push_in_background(
         &input,
@@ -453,9 +450,23 @@ fn chaos_soak_300_segments_while_workers_are_killed() {
     assert_eq!(s["segments"]["done"], 300, "{s}");
     assert_eq!(s["segments"]["failed"], 0, "{s}");
     assert_exactly_once(&cluster, &stream, "P144p30fps16x9", 300);
-    let (_, m) = http_get(&cluster.orchestrator_addr, "/metrics").unwrap();
+    // Metrics of both orchestrators together.
+    let m: String = [cluster.orchestrator_addr.as_str(), second.as_str()]
+        .iter()
+        .map(|a| http_get(a, "/metrics").unwrap().1)
+        .collect::<Vec<_>>()
+        .join("\n");
+    let total = |series: &str| -> u64 {
+        m.lines()
+            .filter_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            })
+            .map(|v| v as u64)
+            .sum()
+    };
     assert_eq!(
-        metric(&m, "castwork_orchestrator_dead_letters_total"),
+        total("castwork_orchestrator_dead_letters_total"),
         0,
         "nothing dead-lettered"
     );
@@ -465,18 +476,70 @@ fn chaos_soak_300_segments_while_workers_are_killed() {
         .find(|(q, _)| q == "castwork.jobs.dead")
         .map_or(0, |d| d.1);
     assert_eq!(dead, 0);
-    let starts = metric(
-        &m,
-        "castwork_orchestrator_segments_total{event=\"started\"}",
-    );
-    let duplicates = metric(
-        &m,
-        "castwork_orchestrator_segments_total{event=\"duplicate\"}",
-    );
+    let starts = total("castwork_orchestrator_segments_total{event=\"started\"}");
+    let duplicates = total("castwork_orchestrator_segments_total{event=\"duplicate\"}");
     println!(
         "soak: 300 segments, {kills} workers SIGKILLed, {} job starts ({} redeliveries), {duplicates} duplicate results ignored, 0 lost, 0 duplicated, 0 dead-lettered, {:.0} s",
         starts,
         starts.saturating_sub(300),
         started.elapsed().as_secs_f64()
     );
+}
+
+#[test]
+fn a_hung_worker_stops_itself_and_its_segment_is_done_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("hd.mp4");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=1920x1080:rate=30",
+        "-t",
+        "6",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-g",
+        "60",
+        input.to_str().unwrap(),
+    ]);
+    let mut cluster = Cluster::start(0);
+    // A worker whose transcodes cannot finish in time: it must stop itself.
+    cluster.add(
+        "worker",
+        &[
+            "--worker-id",
+            "hangs",
+            "--job-timeout-secs",
+            "1",
+            "--preset",
+            "veryslow",
+        ],
+    );
+    let hung = cluster.pids("worker")[0];
+    let stream = stream_name("hung");
+    let mut push = cluster.push_in_background(&input, &stream, &["--profiles", "P1080p30fps16x9"]);
+    let mut status = None;
+    wait_until("the hung worker to exit", Duration::from_secs(120), || {
+        status = cluster.exit_status(hung);
+        status.is_some()
+    });
+    assert_eq!(
+        status.unwrap().code(),
+        Some(3),
+        "a hung worker exits with status 3"
+    );
+    assert!(
+        cluster.logs().contains("transcode hung"),
+        "the hang is reported"
+    );
+    cluster.add("worker", &["--worker-id", "healthy"]);
+    assert!(
+        push.wait().unwrap().success(),
+        "push failed: {}",
+        cluster.logs()
+    );
+    assert_exactly_once(&cluster, &stream, "P1080p30fps16x9", 3);
 }

@@ -252,6 +252,12 @@ impl Cluster {
         }
     }
 
+    /// The exit status of one of the cluster's processes, once it has exited.
+    pub fn exit_status(&mut self, pid: u32) -> Option<std::process::ExitStatus> {
+        let child = self.children.iter_mut().find(|c| c.id() == pid)?;
+        child.try_wait().ok().flatten()
+    }
+
     /// Pids of the cluster's processes of one binary, oldest first.
     pub fn pids(&mut self, name: &str) -> Vec<u32> {
         let exe = bin(name);
