@@ -94,12 +94,13 @@ fn killed_and_drained_workers_lose_nothing() {
             .find(|w| busy(&cluster, w) && w["pid"].as_u64() != Some(u64::from(pid)));
         drained.is_some() || cluster.status(&stream)["state"] == "complete"
     });
-    if let Some(d) = drained {
-        let status = cluster
-            .signal(d["pid"].as_u64().unwrap() as u32, "TERM")
-            .expect("drained worker exits");
-        assert!(status.success(), "SIGTERM exits 0: {status:?}");
-    }
+    // (Should the stream have finished first, an idle worker must still exit cleanly.)
+    let term = drained.map_or_else(
+        || *cluster.pids("worker").iter().find(|p| **p != pid).unwrap(),
+        |d| d["pid"].as_u64().unwrap() as u32,
+    );
+    let status = cluster.signal(term, "TERM").expect("drained worker exits");
+    assert!(status.success(), "SIGTERM exits 0: {status:?}");
 
     let status = push.wait().unwrap();
     assert!(status.success(), "push failed: {}", cluster.logs());
@@ -542,4 +543,41 @@ fn a_hung_worker_stops_itself_and_its_segment_is_done_elsewhere() {
         cluster.logs()
     );
     assert_exactly_once(&cluster, &stream, "P1080p30fps16x9", 3);
+}
+
+#[test]
+fn push_wait_names_each_failed_segment_and_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("big.mp4");
+    // About 5 MB per 2 s segment, over the 1 MiB limit of this cluster's worker.
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=1280x720:rate=30",
+        "-t",
+        "4",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-b:v",
+        "20M",
+        "-g",
+        "60",
+        input.to_str().unwrap(),
+    ]);
+    let mut cluster = Cluster::start(0);
+    cluster.add("worker", &["--max-segment-mb", "1"]);
+    let out = cluster.push(&input, &stream_name("toobig"), &["--profiles", RUNG]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("2 of 2 segments failed"), "{err}");
+    for seq in 0..2 {
+        assert!(
+            err.contains(&format!("segment {seq}: source segment is"))
+                && err.contains("over this worker's limit"),
+            "{err}"
+        );
+    }
 }
