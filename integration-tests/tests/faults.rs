@@ -7,35 +7,9 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{ffmpeg, ffprobe, http_get, stream_name, Cluster};
+use common::{clip, ffmpeg, ffprobe, http_get, stream_name, wait_until, Cluster};
 
 const RUNG: &str = "P240p30fps16x9";
-
-fn clip(dir: &Path, secs: u32) -> std::path::PathBuf {
-    let p = dir.join("clip.mp4");
-    ffmpeg(&[
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc2=size=640x360:rate=30",
-        "-f",
-        "lavfi",
-        "-i",
-        "sine=frequency=440",
-        "-t",
-        &secs.to_string(),
-        "-c:v",
-        "libx264",
-        "-g",
-        "60",
-        "-pix_fmt",
-        "yuv420p",
-        "-c:a",
-        "aac",
-        p.to_str().unwrap(),
-    ]);
-    p
-}
 
 fn assert_exactly_once(cluster: &Cluster, stream: &str, rung: &str, total: u64) {
     let seqs = cluster.playlist_seqs(stream, rung);
@@ -44,14 +18,6 @@ fn assert_exactly_once(cluster: &Cluster, stream: &str, rung: &str, total: u64) 
         (0..total).collect::<Vec<_>>(),
         "every segment exactly once, in order"
     );
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]
@@ -580,4 +546,47 @@ fn push_wait_names_each_failed_segment_and_why() {
             "{err}"
         );
     }
+}
+
+#[test]
+fn a_frozen_worker_is_given_up_and_its_late_result_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = clip(dir.path(), 6);
+    let mut cluster = Cluster::start(0);
+    // A worker that will freeze (SIGSTOP: like one cut off from the network) mid-job.
+    cluster.add(
+        "worker",
+        &["--worker-id", "frozen", "--job-timeout-secs", "2"],
+    );
+    let frozen = cluster.pids("worker")[0];
+    let ours = [frozen];
+    let stream = stream_name("frozen");
+    let mut push = cluster.push_in_background(
+        &input,
+        &stream,
+        &["--profiles", "P240p30fps16x9,P360p30fps16x9"],
+    );
+    wait_until("the worker to start a job", Duration::from_secs(60), || {
+        cluster.workers().iter().any(|w| {
+            w["busy_slots"].as_u64() > Some(0)
+                && w["pid"]
+                    .as_u64()
+                    .is_some_and(|p| ours.contains(&(p as u32)))
+        })
+    });
+    cluster.signal(frozen, "STOP");
+    cluster.add("worker", &["--worker-id", "healthy"]);
+    // The orchestrator gives the frozen attempt up (its 2 s timeout + 30 s grace) and the
+    // healthy worker does the segment as a new attempt.
+    let status = push.wait().unwrap();
+    assert!(status.success(), "push failed: {}", cluster.logs());
+    assert!(
+        cluster.logs().contains("gave no result in time"),
+        "the overdue attempt is reported"
+    );
+    // Thawed, the frozen worker finishes or stops itself; nothing it does changes the stream.
+    cluster.signal(frozen, "CONT");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_exactly_once(&cluster, &stream, RUNG, 3);
+    assert_exactly_once(&cluster, &stream, "P360p30fps16x9", 3);
 }

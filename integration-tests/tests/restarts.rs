@@ -5,49 +5,15 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{ffmpeg, http_get, stream_name, Cluster, RabbitNode, RedisNode};
+use common::{clip, http_get, stream_name, wait_until, Cluster, RabbitNode, RedisNode};
 
 const RUNG: &str = "P240p30fps16x9";
-
-fn clip(dir: &std::path::Path) -> std::path::PathBuf {
-    let p = dir.join("clip.mp4");
-    ffmpeg(&[
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc2=size=640x360:rate=30",
-        "-f",
-        "lavfi",
-        "-i",
-        "sine=frequency=440",
-        "-t",
-        "20",
-        "-c:v",
-        "libx264",
-        "-g",
-        "60",
-        "-pix_fmt",
-        "yuv420p",
-        "-c:a",
-        "aac",
-        p.to_str().unwrap(),
-    ]);
-    p
-}
 
 fn done(cluster: &Cluster, stream: &str) -> u64 {
     http_get(&cluster.orchestrator_addr, &format!("/streams/{stream}"))
         .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
         .and_then(|v| v["segments"]["done"].as_u64())
         .unwrap_or(0)
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn finish(cluster: &Cluster, mut push: std::process::Child, stream: &str) {
@@ -68,12 +34,12 @@ fn finish(cluster: &Cluster, mut push: std::process::Child, stream: &str) {
 #[test]
 fn rabbitmq_stopped_and_started_mid_stream() {
     let dir = tempfile::tempdir().unwrap();
-    let input = clip(dir.path());
+    let input = clip(dir.path(), 20);
     let node = RabbitNode::start();
     let cluster = Cluster::start_with(2, &[], vec![("AMQP_URL".into(), node.url())]);
     let stream = stream_name("broker");
     let push = cluster.push_in_background(&input, &stream, &["--profiles", RUNG]);
-    wait_for("two accepted segments", Duration::from_secs(120), || {
+    wait_until("two accepted segments", Duration::from_secs(120), || {
         done(&cluster, &stream) >= 2
     });
     node.ctl(&["stop_app"]);
@@ -81,7 +47,7 @@ fn rabbitmq_stopped_and_started_mid_stream() {
     std::thread::sleep(Duration::from_secs(3));
     node.ctl(&["start_app"]);
     let back = Instant::now();
-    wait_for(
+    wait_until(
         "progress after the restart",
         Duration::from_secs(120),
         || done(&cluster, &stream) > before || done(&cluster, &stream) >= 10,
@@ -96,12 +62,12 @@ fn rabbitmq_stopped_and_started_mid_stream() {
 #[test]
 fn redis_killed_and_restarted_mid_stream() {
     let dir = tempfile::tempdir().unwrap();
-    let input = clip(dir.path());
+    let input = clip(dir.path(), 20);
     let mut redis = RedisNode::start();
     let cluster = Cluster::start_with(2, &[], vec![("REDIS_URL".into(), redis.url())]);
     let stream = stream_name("redis");
     let push = cluster.push_in_background(&input, &stream, &["--profiles", RUNG]);
-    wait_for("two accepted segments", Duration::from_secs(120), || {
+    wait_until("two accepted segments", Duration::from_secs(120), || {
         done(&cluster, &stream) >= 2
     });
     redis.kill();

@@ -231,14 +231,17 @@ impl Cluster {
         cmd.spawn().expect("spawn")
     }
 
-    /// Sends a signal to one of the cluster's processes by pid and, for SIGTERM, waits for it
-    /// to exit; returns its exit status when it is one of ours and has exited.
+    /// Sends a signal to one of the cluster's processes by pid and, but for STOP and CONT,
+    /// waits for it to exit; returns its exit status when it is one of ours and has exited.
     pub fn signal(&mut self, pid: u32, signal: &str) -> Option<std::process::ExitStatus> {
         let ok = Command::new("kill")
             .args([&format!("-{signal}"), &pid.to_string()])
             .status()
             .ok()?;
         assert!(ok.success(), "kill -{signal} {pid}");
+        if matches!(signal, "STOP" | "CONT") {
+            return None;
+        }
         let child = self.children.iter_mut().find(|c| c.id() == pid)?;
         let deadline = Instant::now() + Duration::from_secs(180);
         loop {
@@ -570,5 +573,41 @@ impl RedisNode {
 impl Drop for RedisNode {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A generated 640x360 30 fps clip with AAC audio and a keyframe every 2 s.
+pub fn clip(dir: &Path, secs: u32) -> PathBuf {
+    let p = dir.join("clip.mp4");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=640x360:rate=30",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440",
+        "-t",
+        &secs.to_string(),
+        "-c:v",
+        "libx264",
+        "-g",
+        "60",
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "aac",
+        p.to_str().unwrap(),
+    ]);
+    p
+}
+
+/// Polls `f` until it holds, failing the test after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
