@@ -127,6 +127,9 @@ pub struct Cluster {
     /// `STORAGE_URL` and any other environment every process gets.
     pub env: Vec<(String, String)>,
     children: Vec<Child>,
+    /// The cluster's own Redis (dropped after the processes): clusters of parallel tests
+    /// must not share one, or each would see the others' workers and overdue jobs.
+    _redis: Option<RedisNode>,
 }
 
 impl Cluster {
@@ -163,6 +166,11 @@ impl Cluster {
             "STORAGE_URL".to_string(),
             format!("file://{}", dir.path().join("data").display()),
         )];
+        let redis =
+            (!env.iter().any(|(k, _)| k == "REDIS_URL")).then(|| RedisNode::start_with(false));
+        if let Some(r) = &redis {
+            all_env.push(("REDIS_URL".to_string(), r.url()));
+        }
         all_env.extend(env);
         let mut c = Cluster {
             amqp_url: own_broker
@@ -172,6 +180,7 @@ impl Cluster {
             orchestrator_addr,
             env: all_env,
             children: Vec::new(),
+            _redis: redis,
         };
         let mut args = vec!["--http-addr", &c.orchestrator_addr];
         args.extend_from_slice(orchestrator_args);
@@ -209,9 +218,7 @@ impl Cluster {
     }
 
     fn envs(&self, cmd: &mut Command) {
-        cmd.env("AMQP_URL", &self.amqp_url)
-            .env("REDIS_URL", "redis://127.0.0.1:6379/")
-            .env("RUST_LOG", "info");
+        cmd.env("AMQP_URL", &self.amqp_url).env("RUST_LOG", "info");
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -515,11 +522,19 @@ pub struct RedisNode {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Whether every write is fsynced to an append-only file.
+    aof: bool,
 }
 
 impl RedisNode {
     pub fn start() -> RedisNode {
+        RedisNode::start_with(true)
+    }
+
+    /// A server with (`aof`) or without persistence.
+    pub fn start_with(aof: bool) -> RedisNode {
         let mut node = RedisNode {
+            aof,
             port: free_port(),
             dir: tempfile::tempdir().unwrap(),
             child: None,
@@ -537,7 +552,7 @@ impl RedisNode {
                 "--bind",
                 "127.0.0.1",
                 "--appendonly",
-                "yes",
+                if self.aof { "yes" } else { "no" },
                 "--appendfsync",
                 "always",
                 "--save",
