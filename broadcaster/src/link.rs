@@ -26,6 +26,7 @@ pub struct Link {
     queue: String,
     broker: Option<Broker>,
     events: Option<Consumer>,
+    events_channel: Option<lapin::Channel>,
 }
 
 impl Link {
@@ -38,6 +39,7 @@ impl Link {
             queue: format!("castwork.push.{session}"),
             broker: None,
             events: None,
+            events_channel: None,
         };
         link.connect().await.with_context(|| {
             format!(
@@ -86,6 +88,7 @@ impl Link {
             .await?;
         self.broker = Some(broker);
         self.events = Some(consumer);
+        self.events_channel = Some(ch);
         Ok(())
     }
 
@@ -94,6 +97,7 @@ impl Link {
         tracing::warn!(error = format!("{why:#}"), "lost RabbitMQ, reconnecting");
         self.broker = None;
         self.events = None;
+        self.events_channel = None;
         let deadline = Instant::now() + RECONNECT_FOR;
         let mut backoff = Backoff::default();
         loop {
@@ -159,12 +163,15 @@ impl Link {
     /// Deletes the event queue and closes the connection (a queue left behind by a crash
     /// expires on its own).
     pub async fn close(self) {
+        if let (Some(ch), Some(consumer)) = (&self.events_channel, &self.events) {
+            // Cancel our consumer before the queue goes, so nothing is cut off mid-way.
+            let _ = ch.basic_cancel(consumer.tag(), Default::default()).await;
+            let _ = ch
+                .queue_delete(self.queue.as_str().into(), Default::default())
+                .await;
+            let _ = ch.close(200, "bye".into()).await;
+        }
         if let Some(b) = self.broker {
-            if let Ok(ch) = b.channel().await {
-                let _ = ch
-                    .queue_delete(self.queue.as_str().into(), Default::default())
-                    .await;
-            }
             b.close().await;
         }
     }
