@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use common::{decode_errors, ffmpeg, ffprobe, stream_name, testdata, Cluster};
+use common::{decode_errors, ffmpeg, ffprobe, stream_name, testdata, tone_clip, Cluster};
 use serde_json::Value;
 
 /// Video packets of a file: (pts seconds, keyframe) in decode order.
@@ -216,36 +216,16 @@ fn push_and_check(cluster: &Cluster, input: &Path, prefix: &str, expect: &Expect
     }
 }
 
-#[test]
-fn hd_clip_with_aac_audio() {
+/// A 10 s 720p30 clip in `file` with `audio_codec` audio, through the default ladder.
+fn hd_clip_through_the_ladder(file: &str, audio_codec: &str, prefix: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let clip = dir.path().join("clip.mp4");
-    ffmpeg(&[
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc2=size=1280x720:rate=30",
-        "-f",
-        "lavfi",
-        "-i",
-        "sine=frequency=440",
-        "-t",
-        "10",
-        "-c:v",
-        "libx264",
-        "-g",
-        "60",
-        "-pix_fmt",
-        "yuv420p",
-        "-c:a",
-        "aac",
-        clip.to_str().unwrap(),
-    ]);
+    let clip = dir.path().join(file);
+    tone_clip(&clip, "1280x720", 10, audio_codec);
     let cluster = Cluster::start(2);
     push_and_check(
         &cluster,
         &clip,
-        "aac",
+        prefix,
         &Expect {
             rungs: vec![
                 ("P240p30fps16x9", 426, 240),
@@ -259,45 +239,13 @@ fn hd_clip_with_aac_audio() {
 }
 
 #[test]
+fn hd_clip_with_aac_audio() {
+    hd_clip_through_the_ladder("clip.mp4", "aac", "aac");
+}
+
+#[test]
 fn hd_clip_with_mp3_audio_in_matroska() {
-    let dir = tempfile::tempdir().unwrap();
-    let clip = dir.path().join("clip.mkv");
-    ffmpeg(&[
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc2=size=1280x720:rate=30",
-        "-f",
-        "lavfi",
-        "-i",
-        "sine=frequency=440",
-        "-t",
-        "10",
-        "-c:v",
-        "libx264",
-        "-g",
-        "60",
-        "-pix_fmt",
-        "yuv420p",
-        "-c:a",
-        "libmp3lame",
-        clip.to_str().unwrap(),
-    ]);
-    let cluster = Cluster::start(2);
-    push_and_check(
-        &cluster,
-        &clip,
-        "mp3",
-        &Expect {
-            rungs: vec![
-                ("P240p30fps16x9", 426, 240),
-                ("P360p30fps16x9", 640, 360),
-                ("P720p30fps16x9", 1280, 720),
-            ],
-            skipped: vec![],
-            audio: true,
-        },
-    );
+    hd_clip_through_the_ladder("clip.mkv", "libmp3lame", "mp3");
 }
 
 #[test]

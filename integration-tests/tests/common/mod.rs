@@ -591,14 +591,15 @@ impl Drop for RedisNode {
     }
 }
 
-/// A generated 640x360 30 fps clip with AAC audio and a keyframe every 2 s.
-pub fn clip(dir: &Path, secs: u32) -> PathBuf {
-    let p = dir.join("clip.mp4");
+/// Generates a test-pattern clip with a 440 Hz tone: `size` (e.g. `1280x720`) at 30 fps,
+/// H.264 with a keyframe every 2 s, the audio in `audio_codec`; the container follows
+/// `path`'s extension.
+pub fn tone_clip(path: &Path, size: &str, secs: u32, audio_codec: &str) {
     ffmpeg(&[
         "-f",
         "lavfi",
         "-i",
-        "testsrc2=size=640x360:rate=30",
+        &format!("testsrc2=size={size}:rate=30"),
         "-f",
         "lavfi",
         "-i",
@@ -612,9 +613,15 @@ pub fn clip(dir: &Path, secs: u32) -> PathBuf {
         "-pix_fmt",
         "yuv420p",
         "-c:a",
-        "aac",
-        p.to_str().unwrap(),
+        audio_codec,
+        path.to_str().unwrap(),
     ]);
+}
+
+/// A generated 640x360 30 fps clip with AAC audio and a keyframe every 2 s.
+pub fn clip(dir: &Path, secs: u32) -> PathBuf {
+    let p = dir.join("clip.mp4");
+    tone_clip(&p, "640x360", secs, "aac");
     p
 }
 
