@@ -89,6 +89,7 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
         ladder: req.ladder.clone(),
         source: probed.metadata.clone(),
         broadcaster: None,
+        target_duration_secs: None,
     }))
     .await?;
     let admitted = tokio::time::timeout(req.admit_timeout, async {
@@ -143,10 +144,7 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
     let (tx, mut rx) = mpsc::channel::<CutSegment>(4);
     let (input, seg_dir, probed2) = (req.input.clone(), dir.path().to_path_buf(), probed.clone());
     let cutter = tokio::task::spawn_blocking(move || {
-        let opts = SegmentOptions {
-            target_us,
-            dir: seg_dir,
-        };
+        let opts = SegmentOptions::new(target_us, seg_dir);
         castwork_media::segment_file(&input, &probed2, &opts, |seg| {
             tx.blocking_send(seg)
                 .map_err(|_| MediaError::Internal("upload stopped".into()))
@@ -309,6 +307,8 @@ async fn upload_segment(
         frames: seg.frames,
         has_audio: seg.audio_packets > 0,
         object,
+        arrived_unix_ms: None,
+        discontinuity: false,
     }))
     .await
 }

@@ -152,11 +152,28 @@ impl Broker {
         body: &[u8],
         headers: Option<FieldTable>,
     ) -> Result<(), BrokerError> {
+        self.publish_expiring(exchange, routing_key, body, headers, None)
+            .await
+    }
+
+    /// Like [`Broker::publish`], with a message TTL: the broker dead-letters the message
+    /// (reason `expired`) if no consumer took it within `ttl_ms`.
+    pub async fn publish_expiring(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        headers: Option<FieldTable>,
+        ttl_ms: Option<u64>,
+    ) -> Result<(), BrokerError> {
         let mut props = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type("application/json".into());
         if let Some(h) = headers {
             props = props.with_headers(h);
+        }
+        if let Some(ttl) = ttl_ms {
+            props = props.with_expiration(ttl.max(1).to_string().into());
         }
         let confirm = self
             .publisher

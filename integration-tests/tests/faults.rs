@@ -236,6 +236,7 @@ fn corrupt_and_malicious_input_is_refused_and_the_rest_completes() {
         ladder: profile::parse_profiles(RUNG).unwrap(),
         source,
         broadcaster: None,
+        target_duration_secs: None,
     }));
     // Garbage at the orchestrator's door: not JSON, a future version, an oversized message.
     inj.publish(INGEST_EXCHANGE, "ingest", b"{not json");
@@ -302,6 +303,8 @@ fn corrupt_and_malicious_input_is_refused_and_the_rest_completes() {
                 size: data.len() as u64,
                 sha256: sha,
             },
+            arrived_unix_ms: None,
+            discontinuity: false,
         }));
     }
     inj.ingest(&IngestMessage::StreamEnded(StreamEnded {

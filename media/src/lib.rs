@@ -15,8 +15,8 @@ use std::sync::Once;
 
 pub use ffmpeg_next as ffmpeg;
 pub use inspect::{inspect, MediaInfo};
-pub use probe::{probe, ProbedInput};
-pub use segment::{segment_file, CutSegment, SegmentOptions, SegmentSummary};
+pub use probe::{probe, probe_restricted, ProbedInput};
+pub use segment::{remux_piece, segment_file, CutSegment, SegmentOptions, SegmentSummary};
 pub use transcode::{transcode_segment, RenditionFile, TranscodeOptions};
 
 /// Demuxers a worker may open: only what the broadcaster writes.

@@ -115,7 +115,16 @@ fn normalise_rotation(deg: f64) -> u32 {
 /// Probes an input file.
 pub fn probe(path: &Path) -> Result<ProbedInput, MediaError> {
     crate::init();
-    let ictx = open_source(path)?;
+    probe_input(&open_source(path)?, path)
+}
+
+/// Probes an input file with only the given demuxers (for input from the network).
+pub fn probe_restricted(path: &Path, formats: &str) -> Result<ProbedInput, MediaError> {
+    crate::init();
+    probe_input(&crate::inspect::open_restricted(path, formats)?, path)
+}
+
+fn probe_input(ictx: &format::context::Input, path: &Path) -> Result<ProbedInput, MediaError> {
     let format_name = ictx.format().name().to_string();
     if is_not_video_format(&format_name) {
         return Err(MediaError::BadInput(format!(

@@ -20,6 +20,24 @@ pub struct SegmentOptions {
     pub target_us: i64,
     /// Directory the segment files are written to.
     pub dir: PathBuf,
+    /// A fixed shift added to every timestamp, instead of the one that makes the first
+    /// frame start at [`MIN_START_US`]: pieces of one live stream cut one by one must all
+    /// get the same shift.
+    pub offset_us: Option<i64>,
+    /// Only these demuxers may open the input (e.g. `mpegts` for segments pushed over HTTP).
+    pub formats: Option<&'static str>,
+}
+
+impl SegmentOptions {
+    /// Cuts every `target_us`, with the default shift and any demuxer.
+    pub fn new(target_us: i64, dir: PathBuf) -> Self {
+        SegmentOptions {
+            target_us,
+            dir,
+            offset_us: None,
+            formats: None,
+        }
+    }
 }
 
 /// A finished source segment on disk.
@@ -208,7 +226,12 @@ where
                 self.dropped += 1;
                 return Ok(());
             }
-            CutDecision::StartFirst => self.offset_us = (MIN_START_US - pts_us).max(0),
+            CutDecision::StartFirst => {
+                self.offset_us = self
+                    .opts
+                    .offset_us
+                    .unwrap_or((MIN_START_US - pts_us).max(0))
+            }
             CutDecision::Cut => self.finish(pts_us + self.offset_us)?,
             CutDecision::Continue => {}
         }
@@ -267,7 +290,10 @@ where
     F: FnMut(CutSegment) -> Result<(), MediaError>,
 {
     crate::init();
-    let mut ictx = open_source(input)?;
+    let mut ictx = match opts.formats {
+        Some(f) => crate::inspect::open_restricted(input, f)?,
+        None => open_source(input)?,
+    };
     let vi = probed.video_index;
     let vstream = ictx
         .stream(vi)
@@ -395,4 +421,34 @@ where
         }
         _ => Ok(()),
     }
+}
+
+/// Remuxes one piece of a live stream (a pushed segment, or the FLV of one RTMP segment)
+/// into a single source segment, with only `formats` allowed to open it and the stream's
+/// fixed timestamp shift.
+pub fn remux_piece(
+    input: &Path,
+    formats: &'static str,
+    dir: &Path,
+    seq: u64,
+    offset_us: i64,
+) -> Result<(ProbedInput, CutSegment), MediaError> {
+    let probed = crate::probe::probe_restricted(input, formats)?;
+    let opts = SegmentOptions {
+        target_us: i64::MAX / 4,
+        dir: dir.to_path_buf(),
+        offset_us: Some(offset_us),
+        formats: Some(formats),
+    };
+    let mut out = None;
+    segment_file(input, &probed, &opts, |seg| {
+        out = Some(seg);
+        Ok(())
+    })?;
+    let mut seg = out.ok_or_else(|| MediaError::BadInput("no video frame in the segment".into()))?;
+    let path = dir.join(format!("{seq}.{}", probed.container.extension()));
+    std::fs::rename(&seg.path, &path).map_err(|e| internal("renaming a segment", e))?;
+    seg.path = path;
+    seg.seq = seq;
+    Ok((probed, seg))
 }

@@ -49,10 +49,7 @@ fn decodes_cleanly(path: &Path) {
 fn cut(input: &Path, dir: &Path) -> (castwork_media::ProbedInput, Vec<CutSegment>) {
     let probed = probe(input).unwrap();
     let mut segs = Vec::new();
-    let opts = SegmentOptions {
-        target_us: 2_000_000,
-        dir: dir.to_path_buf(),
-    };
+    let opts = SegmentOptions::new(2_000_000, dir.to_path_buf());
     segment_file(input, &probed, &opts, |s| {
         segs.push(s);
         Ok(())

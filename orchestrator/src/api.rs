@@ -81,6 +81,14 @@ async fn stream_status(AxumState(api): AxumState<ApiState>, Path(name): Path<Str
         Ok(f) => f,
         Err(e) => return unavailable(e),
     };
+    let latency = if rec.mode == castwork_protocol::StreamMode::Live {
+        match live_latency(&api.state, &rec).await {
+            Ok(l) => l,
+            Err(e) => return unavailable(e),
+        }
+    } else {
+        serde_json::Value::Null
+    };
     let renditions: Vec<_> = rec
         .plan
         .rungs
@@ -102,8 +110,11 @@ async fn stream_status(AxumState(api): AxumState<ApiState>, Path(name): Path<Str
             "received": rec.received,
             "done": rec.done,
             "failed": rec.failed,
-            "pending": rec.received.saturating_sub(rec.done + rec.failed),
+            "skipped": rec.skipped,
+            "pending": rec.received.saturating_sub(rec.done + rec.failed + rec.skipped),
         },
+        "target_duration_secs": rec.target_duration_secs,
+        "latency": latency,
         "renditions": renditions,
         "skipped": rec.plan.skipped,
         "failures": failures.into_iter().map(|(seq, message)| json!({"seq": seq, "message": message})).collect::<Vec<_>>(),
@@ -111,4 +122,38 @@ async fn stream_status(AxumState(api): AxumState<ApiState>, Path(name): Path<Str
         "master_playlist": rec.master_playlist,
     }))
     .into_response()
+}
+
+/// Live latency of a stream's listed segments: from the last byte reaching the broadcaster
+/// to the playlists listing every rendition, split into the worker's transcode and the rest;
+/// queue wait is from arrival to a worker starting it.
+async fn live_latency(
+    state: &State,
+    rec: &crate::state::StreamRecord,
+) -> redis::RedisResult<serde_json::Value> {
+    let total = rec.total.unwrap_or(rec.received);
+    let segments = state.segments(&rec.stream, total).await?;
+    let (mut all, mut transcode, mut overhead, mut wait) = (vec![], vec![], vec![], vec![]);
+    for s in segments.iter().flatten() {
+        if let (Some(a), Some(l)) = (s.arrived_ms, s.listed_ms) {
+            let t = l.saturating_sub(a);
+            let tr = s.transcode_ms.unwrap_or(0).min(t);
+            all.push(t);
+            transcode.push(tr);
+            overhead.push(t - tr);
+        }
+        if let (Some(a), Some(st)) = (s.arrived_ms, s.started_ms) {
+            wait.push(st.saturating_sub(a));
+        }
+    }
+    let p = |v: Vec<u64>| {
+        crate::live::percentiles(v).map(|(m, p95)| json!({"median_ms": m, "p95_ms": p95}))
+    };
+    Ok(json!({
+        "segments": all.len(),
+        "total": p(all),
+        "transcode": p(transcode),
+        "overhead": p(overhead),
+        "queue_wait": p(wait),
+    }))
 }

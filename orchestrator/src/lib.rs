@@ -4,6 +4,7 @@
 //! it also runs an in-process worker pool (combined mode).
 
 pub mod api;
+pub mod live;
 pub mod metrics;
 pub mod playlists;
 pub mod service;
@@ -45,6 +46,10 @@ pub struct Config {
     pub transcode_slots: usize,
     pub worker: WorkerArgs,
     pub drain_timeout: Duration,
+    /// Segments in a live media playlist.
+    pub live_window: usize,
+    /// How long a live segment may take from arrival to being listed before it is skipped.
+    pub live_deadline: Duration,
 }
 
 /// Runs until `shutdown`; returns the HTTP address through `bound` as soon as it listens.
@@ -123,6 +128,9 @@ async fn session(
         storage: storage.clone(),
         broker: broker.clone(),
         max_attempts: cfg.max_attempts,
+        live_window: cfg.live_window,
+        live_deadline: cfg.live_deadline,
+        live_locks: Default::default(),
     });
     let (_ingest_ch, mut ingest) = broker
         .consume(INGEST_QUEUE, "orchestrator-ingest", 32)
@@ -136,7 +144,9 @@ async fn session(
     consuming.store(true, Ordering::Relaxed);
     info!("consuming ingest and results");
     let tracker = TaskTracker::new();
-    let mut sweep = tokio::time::interval(Duration::from_secs(5));
+    // Live deadlines are checked here too, so it runs often.
+    let mut sweep = tokio::time::interval(Duration::from_secs(1));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let outcome = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
@@ -166,8 +176,8 @@ async fn session(
                 Some(Ok(d)) => {
                     let o = orch.clone();
                     tracker.spawn(async move {
-                        let count = death_count(&d);
-                        let r = o.dead_letter(&d.data, count).await;
+                        let (count, reason) = death(&d);
+                        let r = o.dead_letter(&d.data, count, reason.as_deref() == Some("expired")).await;
                         settle(d, r).await;
                     });
                 }
@@ -185,21 +195,34 @@ async fn session(
     outcome
 }
 
-/// How many times the broker delivered a dead-lettered message (its `x-death` count).
-fn death_count(d: &Delivery) -> Option<i64> {
+/// How many times the broker delivered a dead-lettered message and why it was
+/// dead-lettered (`expired`, `delivery_limit`, `rejected`), from its latest `x-death` entry.
+fn death(d: &Delivery) -> (Option<i64>, Option<String>) {
     use lapin::types::AMQPValue;
-    let headers = d.properties.headers().as_ref()?;
-    let AMQPValue::FieldArray(deaths) = headers.inner().get("x-death")? else {
-        return None;
+    let first = d
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| match h.inner().get("x-death") {
+            Some(AMQPValue::FieldArray(deaths)) => match deaths.as_slice().first() {
+                Some(AMQPValue::FieldTable(t)) => Some(t.clone()),
+                _ => None,
+            },
+            _ => None,
+        });
+    let Some(first) = first else {
+        return (None, None);
     };
-    let AMQPValue::FieldTable(first) = deaths.as_slice().first()? else {
-        return None;
-    };
-    match first.inner().get("count")? {
-        AMQPValue::LongLongInt(n) => Some(*n),
-        AMQPValue::LongInt(n) => Some(i64::from(*n)),
+    let count = match first.inner().get("count") {
+        Some(AMQPValue::LongLongInt(n)) => Some(*n),
+        Some(AMQPValue::LongInt(n)) => Some(i64::from(*n)),
         _ => None,
-    }
+    };
+    let reason = match first.inner().get("reason") {
+        Some(AMQPValue::LongString(s)) => Some(s.to_string()),
+        _ => None,
+    };
+    (count, reason)
 }
 
 /// Decodes a delivery, handles it, and settles it; an unreadable message is dropped with

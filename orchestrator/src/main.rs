@@ -38,6 +38,16 @@ struct Cli {
     #[arg(long, env = "DRAIN_SECS", default_value_t = 120)]
     drain_secs: u64,
 
+    /// Segments listed in a live media playlist (its sliding window).
+    #[arg(long, env = "LIVE_WINDOW", default_value_t = 6)]
+    live_window: usize,
+
+    /// Seconds a live segment has from reaching the broadcaster to being listed; a segment
+    /// past it is skipped (with a discontinuity) instead of holding back newer ones, and a
+    /// segment that never arrives holds back later ones this long.
+    #[arg(long, env = "LIVE_DEADLINE_SECS", default_value_t = 10)]
+    live_deadline_secs: u64,
+
     #[command(flatten)]
     worker: WorkerArgs,
 }
@@ -49,6 +59,12 @@ async fn main() -> anyhow::Result<()> {
     let mut problems = Vec::new();
     if cli.max_attempts == 0 {
         problems.push("--max-attempts must be at least 1".to_string());
+    }
+    if cli.live_window == 0 {
+        problems.push("--live-window must be at least 1".to_string());
+    }
+    if cli.live_deadline_secs == 0 {
+        problems.push("--live-deadline-secs must be at least 1".to_string());
     }
     if let Err(e) = cli.worker.validate() {
         problems.push(e);
@@ -74,6 +90,8 @@ async fn main() -> anyhow::Result<()> {
         transcode_slots: cli.transcode_slots,
         worker: cli.worker,
         drain_timeout: Duration::from_secs(cli.drain_secs),
+        live_window: cli.live_window,
+        live_deadline: Duration::from_secs(cli.live_deadline_secs),
     };
     run(cfg, shutdown_token(), None).await
 }

@@ -19,7 +19,7 @@ pub static STREAMS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub static SEGMENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "castwork_orchestrator_segments_total",
-        "Segments by event (received, done, failed, retried, duplicate, bad_output)",
+        "Segments by event (received, done, failed, retried, skipped, duplicate, bad_output)",
         &["event"]
     )
     .expect("metric registers once")
@@ -55,6 +55,18 @@ pub static DEAD_LETTERS: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "castwork_orchestrator_dead_letters_total",
         "Jobs the broker dead-lettered (past its delivery limit, or refused by a worker)"
+    )
+    .expect("metric registers once")
+});
+
+pub static LIVE_LATENCY: LazyLock<prometheus::HistogramVec> = LazyLock::new(|| {
+    prometheus::register_histogram_vec!(
+        "castwork_orchestrator_live_latency_seconds",
+        "Live segments: time from the segment's last byte reaching the broadcaster to all of \
+         its renditions being listed in the playlists (part=total), split into the worker's \
+         transcode (part=transcode) and everything else (part=overhead)",
+        &["part"],
+        vec![0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 20.0]
     )
     .expect("metric registers once")
 });

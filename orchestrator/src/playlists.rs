@@ -1,25 +1,59 @@
-//! Writing a finished stream's playlists to the object store, rendered from Redis so any
+//! Writing a stream's playlists to the object store, rendered from Redis so any
 //! orchestrator writes the same bytes.
 
 use castwork_cluster::Storage;
-use castwork_protocol::{
-    master_playlist_key, media_playlist_key,
-    playlist::{render_master, MediaPlaylist, PlaylistSegment, Variant},
-    StreamMode,
-};
+use castwork_protocol::playlist::{render_master, MediaPlaylist, PlaylistSegment, Variant};
 
 use crate::state::{SegmentRecord, StreamRecord};
 
+/// Name of the on-demand playlists of a live stream's whole recording, beside the live
+/// `index.m3u8` ones.
+pub const RECORDING: &str = "recording";
+
+/// Which playlists to render: the file name (`index` or [`RECORDING`]) and the media
+/// playlists' header (type, end, sequences, fixed target duration); its segments are
+/// ignored.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub name: &'static str,
+    pub header: MediaPlaylist,
+}
+
+impl Spec {
+    /// A complete on-demand stream: `index.m3u8`, `PLAYLIST-TYPE:VOD`, ended.
+    pub fn vod(name: &'static str) -> Self {
+        Spec {
+            name,
+            header: MediaPlaylist {
+                vod: true,
+                ended: true,
+                ..Default::default()
+            },
+        }
+    }
+
+    fn media_key(&self, stream: &str, rung: &str) -> String {
+        format!("streams/{stream}/{rung}/{}.m3u8", self.name)
+    }
+
+    pub fn master_key(&self, stream: &str) -> String {
+        format!("streams/{stream}/{}.m3u8", self.name)
+    }
+}
+
 /// Renders the media playlists and the master playlist: `(key, text)` pairs, master last.
-pub fn render(rec: &StreamRecord, segments: &[Option<SegmentRecord>]) -> Vec<(String, String)> {
+/// A segment with no accepted renditions is a gap: the next listed one gets a
+/// discontinuity, as does a segment that follows a publisher's reconnect.
+pub fn render(
+    rec: &StreamRecord,
+    segments: &[Option<SegmentRecord>],
+    spec: &Spec,
+) -> Vec<(String, String)> {
     let mut files = Vec::new();
     let mut variants = Vec::new();
     for rung in &rec.plan.rungs {
-        let mut playlist = MediaPlaylist {
-            vod: rec.mode == StreamMode::Vod,
-            ended: true,
-            ..Default::default()
-        };
+        let mut playlist = spec.header.clone();
+        playlist.segments.clear();
         let (mut gap, mut bits, mut secs, mut peak) = (false, 0f64, 0f64, 0f64);
         let mut sample = None;
         for seg in segments {
@@ -36,7 +70,7 @@ pub fn render(rec: &StreamRecord, segments: &[Option<SegmentRecord>]) -> Vec<(St
             playlist.segments.push(PlaylistSegment {
                 uri,
                 duration_secs: d,
-                discontinuity: gap,
+                discontinuity: gap || s.discontinuity,
             });
             gap = false;
             bits += r.size as f64 * 8.0;
@@ -47,12 +81,9 @@ pub fn render(rec: &StreamRecord, segments: &[Option<SegmentRecord>]) -> Vec<(St
             sample.get_or_insert(r);
         }
         let Some(sample) = sample else { continue };
-        files.push((
-            media_playlist_key(&rec.stream, &rung.name),
-            playlist.render(),
-        ));
+        files.push((spec.media_key(&rec.stream, &rung.name), playlist.render()));
         variants.push(Variant {
-            uri: format!("{}/index.m3u8", rung.name),
+            uri: format!("{}/{}.m3u8", rung.name, spec.name),
             bandwidth: peak.ceil() as u64,
             average_bandwidth: if secs > 0.0 {
                 (bits / secs).ceil() as u64
@@ -67,18 +98,19 @@ pub fn render(rec: &StreamRecord, segments: &[Option<SegmentRecord>]) -> Vec<(St
     }
     // Highest quality first is what most players expect to see first.
     variants.sort_by_key(|v| std::cmp::Reverse(v.bandwidth));
-    files.push((master_playlist_key(&rec.stream), render_master(&variants)));
+    files.push((spec.master_key(&rec.stream), render_master(&variants)));
     files
 }
 
-/// Writes the playlists; returns the master playlist's key.
+/// Writes the playlists (media playlists first, master last); returns the master's key.
 pub async fn write(
     storage: &Storage,
     rec: &StreamRecord,
     segments: &[Option<SegmentRecord>],
+    spec: &Spec,
 ) -> Result<String, castwork_cluster::StorageError> {
-    let files = render(rec, segments);
-    let master = master_playlist_key(&rec.stream);
+    let files = render(rec, segments, spec);
+    let master = spec.master_key(&rec.stream);
     for (key, text) in files {
         storage.put(&key, text.into()).await?;
     }
@@ -90,7 +122,7 @@ mod tests {
     use super::*;
     use crate::state::AcceptedRendition;
     use castwork_protocol::{
-        plan_ladder, profile::parse_profiles, ObjectRef, Rational, SourceMetadata,
+        plan_ladder, profile::parse_profiles, ObjectRef, Rational, SourceMetadata, StreamMode,
     };
 
     fn record() -> StreamRecord {
@@ -123,6 +155,8 @@ mod tests {
             failed: 1,
             master_playlist: None,
             announced: false,
+            skipped: 0,
+            target_duration_secs: None,
         }
     }
 
@@ -160,6 +194,12 @@ mod tests {
                     })
                     .collect(),
             ),
+            discontinuity: false,
+            arrived_ms: None,
+            started_ms: None,
+            listed_ms: None,
+            transcode_ms: None,
+            deadline_ms: None,
         })
     }
 
@@ -170,7 +210,7 @@ mod tests {
             None,
             segment(2, 3, 3_040_000, [200_000, 300_000]),
         ];
-        let files = render(&record(), &segments);
+        let files = render(&record(), &segments, &Spec::vod("index"));
         assert_eq!(files.len(), 3);
         assert_eq!(files[0].0, "streams/s/P240p30fps16x9/index.m3u8");
         assert_eq!(

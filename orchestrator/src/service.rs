@@ -1,30 +1,26 @@
 //! The orchestrator's message handling: admitting streams, publishing one job per segment,
 //! checking and accepting results, retrying or failing segments, and completing streams.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use castwork_cluster::{broker::CLASSES, Broker, Storage};
 use castwork_protocol::{
     encode, event_routing_key, job_queue, plan_ladder, profile, validate_stream_name, Disposition,
-    FailedSegment, IngestMessage, SegmentFailed, SegmentJob, SegmentReady, SegmentResult,
-    StreamEnded, StreamEvent, StreamMode, StreamStarted, WorkerReport, EVENTS_EXCHANGE,
-    JOBS_EXCHANGE,
+    FailedSegment, IngestMessage, RenditionRef, SegmentFailed, SegmentJob, SegmentReady,
+    SegmentResult, StreamEnded, StreamEvent, StreamMode, StreamStarted, WorkerReport,
+    EVENTS_EXCHANGE, JOBS_EXCHANGE,
 };
 use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::metrics;
-use crate::state::{FailOutcome, SegmentRecord, State, StreamRecord};
+use crate::state::{now_unix_ms, AcceptedRendition, FailOutcome, SegmentRecord, State, StreamRecord};
 use crate::verify::{check_result, CheckError};
 
 /// Seconds past a worker's own timeout before the orchestrator gives its attempt up.
 const STUCK_GRACE_SECS: u64 = 30;
-
-fn now_unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// Why a message could not be handled.
 #[derive(Debug, thiserror::Error)]
@@ -59,10 +55,29 @@ pub struct Orchestrator {
     pub broker: Arc<Broker>,
     /// Attempts before a segment whose failures are all transient is given up.
     pub max_attempts: u32,
+    /// Segments in a live media playlist.
+    pub live_window: usize,
+    /// How long after arriving a live segment may still be listed; a segment that never
+    /// arrives holds back later ones this long.
+    pub live_deadline: Duration,
+    /// Serialises each live stream's playlist writes.
+    pub live_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+fn rendition_refs(accepted: &[AcceptedRendition]) -> Vec<RenditionRef> {
+    accepted
+        .iter()
+        .map(|a| RenditionRef {
+            rung: a.rung.clone(),
+            key: a.key.clone(),
+            width: a.width,
+            height: a.height,
+        })
+        .collect()
 }
 
 impl Orchestrator {
-    async fn event(&self, stream: &str, event: &StreamEvent) -> Result<(), HandleError> {
+    pub(crate) async fn event(&self, stream: &str, event: &StreamEvent) -> Result<(), HandleError> {
         self.broker
             .publish(
                 EVENTS_EXCHANGE,
@@ -104,9 +119,9 @@ impl Orchestrator {
             Ok(l) => l,
             Err(e) => return self.reject(&s, e.to_string()).await,
         };
-        if s.mode == StreamMode::Live {
+        if s.target_duration_secs.is_some_and(|t| !(1..=60).contains(&t)) {
             return self
-                .reject(&s, "live streams are not supported yet: push a file".into())
+                .reject(&s, "the live target duration must be 1-60 s".into())
                 .await;
         }
         if s.source.width == 0 || s.source.height == 0 {
@@ -119,7 +134,15 @@ impl Orchestrator {
         let plan = plan_ladder(&ladder, &s.source);
         let registered = self
             .state
-            .register_stream(&s.stream, &s.session.to_string(), s.mode, &plan, &s.source)
+            .register_stream(
+                &s.stream,
+                &s.session.to_string(),
+                s.mode,
+                &plan,
+                &s.source,
+                s.target_duration_secs
+                    .filter(|_| s.mode == StreamMode::Live),
+            )
             .await?;
         if registered == 0 {
             return self
@@ -177,8 +200,26 @@ impl Orchestrator {
             );
             return Ok(());
         }
-        let attempt = self.state.record_segment(&s).await?;
+        let deadline = (rec.mode == StreamMode::Live).then(|| {
+            s.arrived_unix_ms.unwrap_or_else(now_unix_ms) + self.live_deadline.as_millis() as u64
+        });
+        let attempt = self.state.record_segment(&s, deadline).await?;
         if attempt == 0 {
+            // Already resolved: tell again how it went, for a sender that retried because
+            // it missed the answer (an HTTP push whose client timed out).
+            if let Some(seg) = self.state.segment(&s.stream, s.seq).await? {
+                if let Some(accepted) = seg.accepted {
+                    self.event(
+                        &s.stream,
+                        &StreamEvent::SegmentTranscoded {
+                            stream: s.stream.clone(),
+                            seq: s.seq,
+                            renditions: rendition_refs(&accepted),
+                        },
+                    )
+                    .await?;
+                }
+            }
             return Ok(());
         }
         metrics::SEGMENTS.with_label_values(&["received"]).inc();
@@ -194,6 +235,20 @@ impl Orchestrator {
         seg: &SegmentRecord,
         attempt: u32,
     ) -> Result<(), HandleError> {
+        // A live job carries its deadline as a message TTL: the broker drops it unstarted
+        // once it is useless, and newer segments go first.
+        let ttl = match (rec.mode, seg.deadline_ms) {
+            (StreamMode::Live, Some(deadline)) => {
+                let now = now_unix_ms();
+                if deadline <= now {
+                    return self
+                        .skip_segment(&rec.stream, seg.seq, "missed its deadline before a worker took it")
+                        .await;
+                }
+                Some(deadline - now)
+            }
+            _ => None,
+        };
         let job = SegmentJob {
             job_id: Uuid::now_v7(),
             stream: rec.stream.clone(),
@@ -206,11 +261,11 @@ impl Orchestrator {
             frames: seg.frames,
             rungs: rec.plan.rungs.clone(),
             metadata: rec.source.clone(),
-            deadline_unix_ms: None,
+            deadline_unix_ms: seg.deadline_ms,
         };
         let queue = job_queue(rec.mode, CLASSES[0]);
         self.broker
-            .publish(JOBS_EXCHANGE, &queue, &encode(&job), None)
+            .publish_expiring(JOBS_EXCHANGE, &queue, &encode(&job), None, ttl)
             .await?;
         metrics::JOBS_PUBLISHED.inc();
         Ok(())
@@ -228,7 +283,35 @@ impl Orchestrator {
             }
         }
         self.state.set_total(&s.stream, s.segments).await?;
-        self.try_complete(&s.stream).await
+        self.after_change(&s.stream).await
+    }
+
+    /// Lists what a resolved segment unblocks (live) and completes the stream when done.
+    async fn after_change(&self, stream: &str) -> Result<(), HandleError> {
+        if let Some(rec) = self.state.stream(stream).await? {
+            if rec.mode == StreamMode::Live && rec.state == "active" {
+                self.advance_live(stream).await?;
+            }
+        }
+        self.try_complete(stream).await
+    }
+
+    /// Leaves a pending live segment out (its deadline passed).
+    async fn skip_segment(&self, stream: &str, seq: u64, reason: &str) -> Result<(), HandleError> {
+        if self.state.skip(stream, seq, reason).await? {
+            warn!(stream, seq, reason, "live segment skipped");
+            metrics::SEGMENTS.with_label_values(&["skipped"]).inc();
+            self.event(
+                stream,
+                &StreamEvent::SegmentSkipped {
+                    stream: stream.to_string(),
+                    seq,
+                    reason: reason.to_string(),
+                },
+            )
+            .await?;
+        }
+        self.after_change(stream).await
     }
 
     pub async fn handle_report(&self, report: WorkerReport) -> Result<(), HandleError> {
@@ -293,13 +376,13 @@ impl Orchestrator {
             metrics::SEGMENTS.with_label_values(&["duplicate"]).inc();
             self.collect_garbage(&r).await?;
             // A redelivery may be the retry of a handler that stopped half-way.
-            return self.try_complete(&r.stream).await;
+            return self.after_change(&r.stream).await;
         }
         match check_result(&self.storage, &seg, &rec.plan, &rec.source, &r).await {
             Ok(accepted) => {
                 if self
                     .state
-                    .accept(&r.stream, r.seq, r.attempt, &accepted)
+                    .accept(&r.stream, r.seq, r.attempt, &accepted, r.transcode_ms)
                     .await?
                 {
                     metrics::SEGMENTS.with_label_values(&["done"]).inc();
@@ -316,13 +399,14 @@ impl Orchestrator {
                         &StreamEvent::SegmentTranscoded {
                             stream: r.stream.clone(),
                             seq: r.seq,
+                            renditions: rendition_refs(&accepted),
                         },
                     )
                     .await?;
-                    self.try_complete(&r.stream).await
+                    self.after_change(&r.stream).await
                 } else {
                     self.collect_garbage(&r).await?;
-                    self.try_complete(&r.stream).await
+                    self.after_change(&r.stream).await
                 }
             }
             Err(CheckError::Unavailable(m)) => Err(HandleError::Retry(m)),
@@ -352,6 +436,9 @@ impl Orchestrator {
     }
 
     async fn segment_failed(&self, f: SegmentFailed) -> Result<(), HandleError> {
+        if f.disposition == Disposition::Expired {
+            return self.skip_segment(&f.stream, f.seq, &f.message).await;
+        }
         let permanent = f.disposition == Disposition::Permanent;
         let outcome = self
             .state
@@ -399,11 +486,11 @@ impl Orchestrator {
                     },
                 )
                 .await?;
-                self.try_complete(&f.stream).await
+                self.after_change(&f.stream).await
             }
             FailOutcome::Stale => Ok(()),
             // A redelivery may be the retry of a handler that stopped half-way.
-            FailOutcome::AlreadyResolved => self.try_complete(&f.stream).await,
+            FailOutcome::AlreadyResolved => self.after_change(&f.stream).await,
         }
     }
 
@@ -433,6 +520,10 @@ impl Orchestrator {
             })
             .await?;
         }
+        // Live deadlines and segments that never arrived.
+        for stream in self.state.live_streams().await? {
+            self.after_change(&stream).await?;
+        }
         Ok(())
     }
 
@@ -443,6 +534,7 @@ impl Orchestrator {
         &self,
         body: &[u8],
         deliveries: Option<i64>,
+        expired: bool,
     ) -> Result<(), HandleError> {
         metrics::DEAD_LETTERS.inc();
         let record = String::from_utf8_lossy(&body[..body.len().min(2048)]).to_string();
@@ -454,6 +546,12 @@ impl Orchestrator {
                 return Ok(());
             }
         };
+        if expired {
+            // A live job no worker took before its deadline.
+            return self
+                .skip_segment(&job.stream, job.seq, "no worker took it before its deadline")
+                .await;
+        }
         let message = match deliveries {
             Some(n) => {
                 format!("dead-lettered after {n} deliveries: workers kept failing to finish it")
@@ -496,14 +594,23 @@ impl Orchestrator {
             }
             return Ok(());
         }
-        if rec.state != "active" || rec.done + rec.failed < total {
+        if rec.state != "active" || rec.done + rec.failed + rec.skipped < total {
             return Ok(());
         }
-        let segments = self.state.segments(stream, total).await?;
-        let master = crate::playlists::write(&self.storage, &rec, &segments).await?;
+        let master = if rec.mode == StreamMode::Live {
+            self.finish_live(&rec).await?
+        } else {
+            let segments = self.state.segments(stream, total).await?;
+            let spec = crate::playlists::Spec::vod("index");
+            crate::playlists::write(&self.storage, &rec, &segments, &spec).await?
+        };
         if self.state.complete(stream, &master).await? {
             metrics::STREAMS.with_label_values(&["completed"]).inc();
             self.announce(stream, total, master).await?;
+        }
+        if rec.mode == StreamMode::Live {
+            self.state.forget_live(stream).await?;
+            self.drop_live_lock(stream);
         }
         Ok(())
     }

@@ -19,7 +19,16 @@ pub fn failures_key(stream: &str) -> String {
     format!("cw:stream:{stream}:failures")
 }
 
+/// The order in which a live stream's segments were listed in its playlists: `SEQ` for a
+/// listed segment, `SEQ d` for one that follows a publisher's reconnect, `-SEQ` for a
+/// segment left out (failed, skipped or never received).
+pub fn listed_key(stream: &str) -> String {
+    format!("cw:stream:{stream}:listed")
+}
+
 pub const STREAMS_SET: &str = "cw:streams";
+/// Live streams that are not complete yet.
+pub const LIVE_SET: &str = "cw:live";
 pub const DEAD_LETTERS_LIST: &str = "cw:dead_letters";
 /// Jobs a worker has started, scored by the time by which their result is due.
 pub const INFLIGHT_ZSET: &str = "cw:inflight";
@@ -60,6 +69,10 @@ pub struct StreamRecord {
     pub master_playlist: Option<String>,
     /// Whether `StreamCompleted` went out after the stream completed.
     pub announced: bool,
+    /// Live: segments skipped for missing their deadline.
+    pub skipped: u64,
+    /// Live: the fixed target duration of the live playlists.
+    pub target_duration_secs: Option<u64>,
 }
 
 /// A registered segment.
@@ -75,6 +88,18 @@ pub struct SegmentRecord {
     pub attempt: u32,
     pub state: String,
     pub accepted: Option<Vec<AcceptedRendition>>,
+    /// Live: first segment after a publisher reconnect.
+    pub discontinuity: bool,
+    /// Live: when the segment's last byte reached the broadcaster (Unix ms).
+    pub arrived_ms: Option<u64>,
+    /// When a worker first started it (Unix ms).
+    pub started_ms: Option<u64>,
+    /// Live: when it was listed in the playlists (Unix ms).
+    pub listed_ms: Option<u64>,
+    /// Transcode time the accepted attempt's worker reported.
+    pub transcode_ms: Option<u64>,
+    /// Live: after this (Unix ms) the segment is skipped rather than waited for.
+    pub deadline_ms: Option<u64>,
 }
 
 /// Registers a stream unless one with that name exists. Returns 1 when new, 2 when it is
@@ -86,8 +111,11 @@ if cur then
   return 0
 end
 redis.call('HSET', KEYS[1], 'session', ARGV[1], 'mode', ARGV[2], 'plan', ARGV[3],
-  'source', ARGV[4], 'state', 'active', 'received', 0, 'done', 0, 'failed', 0, 'resolved', 0)
+  'source', ARGV[4], 'state', 'active', 'received', 0, 'done', 0, 'failed', 0, 'resolved', 0,
+  'skipped', 0)
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'target_duration', ARGV[6]) end
 redis.call('SADD', KEYS[2], ARGV[5])
+if ARGV[2] == 'live' then redis.call('SADD', KEYS[3], ARGV[5]) end
 return 1
 "#;
 
@@ -103,8 +131,13 @@ if st then
 end
 redis.call('HSET', KEYS[1], 'start_us', ARGV[1], 'duration_us', ARGV[2], 'frames', ARGV[3],
   'source', ARGV[4], 'has_audio', ARGV[5], 'last_pts_us', ARGV[6], 'attempt', 1,
-  'state', 'pending')
+  'state', 'pending', 'disc', ARGV[9])
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'arrived_ms', ARGV[7]) end
+if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'deadline_ms', ARGV[8]) end
 redis.call('HINCRBY', KEYS[2], 'received', 1)
+if tonumber(ARGV[10]) > tonumber(redis.call('HGET', KEYS[2], 'max_seq') or '-1') then
+  redis.call('HSET', KEYS[2], 'max_seq', ARGV[10])
+end
 return 1
 "#;
 
@@ -114,7 +147,8 @@ return 1
 const ACCEPT_RESULT: &str = r#"
 if redis.call('HGET', KEYS[1], 'state') ~= 'pending' then return 0 end
 if tonumber(ARGV[2]) ~= tonumber(redis.call('HGET', KEYS[1], 'attempt')) then return -1 end
-redis.call('HSET', KEYS[1], 'state', 'done', 'accepted', ARGV[1], 'accepted_attempt', ARGV[2])
+redis.call('HSET', KEYS[1], 'state', 'done', 'accepted', ARGV[1], 'accepted_attempt', ARGV[2],
+  'transcode_ms', ARGV[3])
 redis.call('HINCRBY', KEYS[2], 'done', 1)
 redis.call('HINCRBY', KEYS[2], 'resolved', 1)
 return 1
@@ -152,6 +186,64 @@ redis.call('HSET', KEYS[1], 'state', 'complete', 'master', ARGV[1])
 return 1
 "#;
 
+/// Skips a pending live segment (its deadline passed). Returns 1 when skipped, 0 when it
+/// was already resolved.
+const SKIP_SEGMENT: &str = r#"
+if redis.call('HGET', KEYS[1], 'state') ~= 'pending' then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'skipped', 'message', ARGV[1])
+redis.call('HINCRBY', KEYS[2], 'skipped', 1)
+redis.call('HINCRBY', KEYS[2], 'resolved', 1)
+return 1
+"#;
+
+/// Lists a live stream's resolved segments in order from its cursor: a transcoded segment
+/// is listed, a failed or skipped one becomes a gap. A pending segment past its deadline is
+/// skipped; a segment never received holds back later ones for ARGV[2] ms, then is skipped.
+/// Returns the newly listed and the newly skipped sequence numbers.
+const ADVANCE_LIVE: &str = r#"
+local now, hold, prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local info = redis.call('HMGET', KEYS[1], 'cursor', 'total', 'max_seq', 'blocked_since')
+local cursor = tonumber(info[1] or '0')
+local total = info[2] and tonumber(info[2])
+local max_seq = tonumber(info[3] or '-1')
+local listed, skipped = {}, {}
+while not total or cursor < total do
+  local sk = prefix .. cursor
+  local seg = redis.call('HMGET', sk, 'state', 'deadline_ms', 'disc')
+  local st = seg[1]
+  if st == 'done' then
+    redis.call('RPUSH', KEYS[2], seg[3] == '1' and (cursor .. ' d') or tostring(cursor))
+    redis.call('HSET', sk, 'listed_ms', now)
+    table.insert(listed, cursor)
+  elseif st == 'failed' or st == 'skipped' then
+    redis.call('RPUSH', KEYS[2], '-' .. cursor)
+  else
+    local skip = false
+    if st == 'pending' then
+      skip = seg[2] and tonumber(seg[2]) <= now
+    elseif max_seq > cursor or total then
+      local since = redis.call('HGET', KEYS[1], 'blocked_since')
+      if not since then
+        redis.call('HSET', KEYS[1], 'blocked_since', now)
+      elseif now - tonumber(since) >= hold then
+        skip = true
+      end
+    end
+    if not skip then break end
+    redis.call('HSET', sk, 'state', 'skipped', 'message',
+      st and 'missed its deadline' or 'never arrived')
+    redis.call('HINCRBY', KEYS[1], 'skipped', 1)
+    redis.call('HINCRBY', KEYS[1], 'resolved', 1)
+    redis.call('RPUSH', KEYS[2], '-' .. cursor)
+    table.insert(skipped, cursor)
+  end
+  redis.call('HDEL', KEYS[1], 'blocked_since')
+  cursor = cursor + 1
+end
+redis.call('HSET', KEYS[1], 'cursor', cursor)
+return {listed, skipped}
+"#;
+
 /// What applying a failure did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum FailOutcome {
@@ -165,6 +257,12 @@ pub enum FailOutcome {
 #[derive(Clone)]
 pub struct State {
     redis: ConnectionManager,
+}
+
+pub fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn json<T: Serialize>(v: &T) -> String {
@@ -190,20 +288,29 @@ impl State {
         mode: StreamMode,
         plan: &LadderPlan,
         source: &SourceMetadata,
+        target_duration_secs: Option<u32>,
     ) -> redis::RedisResult<i64> {
         redis::Script::new(REGISTER_STREAM)
             .key(stream_key(stream))
             .key(STREAMS_SET)
+            .key(LIVE_SET)
             .arg(session)
             .arg(mode.as_str())
             .arg(json(plan))
             .arg(json(source))
             .arg(stream)
+            .arg(target_duration_secs.map_or(String::new(), |t| t.to_string()))
             .invoke_async(&mut self.redis.clone())
             .await
     }
 
-    pub async fn record_segment(&self, seg: &SegmentReady) -> redis::RedisResult<u32> {
+    /// Records a segment; a live one gets `deadline_ms`.
+    pub async fn record_segment(
+        &self,
+        seg: &SegmentReady,
+        deadline_ms: Option<u64>,
+    ) -> redis::RedisResult<u32> {
+        let opt = |v: Option<u64>| v.map_or(String::new(), |v| v.to_string());
         redis::Script::new(RECORD_SEGMENT)
             .key(segment_key(&seg.stream, seg.seq))
             .key(stream_key(&seg.stream))
@@ -213,6 +320,10 @@ impl State {
             .arg(json(&seg.object))
             .arg(if seg.has_audio { "1" } else { "0" })
             .arg(seg.last_pts_us)
+            .arg(opt(seg.arrived_unix_ms))
+            .arg(opt(deadline_ms))
+            .arg(if seg.discontinuity { "1" } else { "0" })
+            .arg(seg.seq)
             .invoke_async(&mut self.redis.clone())
             .await
     }
@@ -223,12 +334,14 @@ impl State {
         seq: u64,
         attempt: u32,
         renditions: &[AcceptedRendition],
+        transcode_ms: u64,
     ) -> redis::RedisResult<bool> {
         let r: i64 = redis::Script::new(ACCEPT_RESULT)
             .key(segment_key(stream, seq))
             .key(stream_key(stream))
             .arg(json(&renditions))
             .arg(attempt)
+            .arg(transcode_ms)
             .invoke_async(&mut self.redis.clone())
             .await?;
         Ok(r == 1)
@@ -262,6 +375,79 @@ impl State {
         })
     }
 
+    /// Skips a pending segment; true when this call skipped it.
+    pub async fn skip(&self, stream: &str, seq: u64, message: &str) -> redis::RedisResult<bool> {
+        let r: i64 = redis::Script::new(SKIP_SEGMENT)
+            .key(segment_key(stream, seq))
+            .key(stream_key(stream))
+            .arg(message)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok(r == 1)
+    }
+
+    /// Lists what can be listed of a live stream: returns (newly listed, newly skipped).
+    pub async fn advance_live(
+        &self,
+        stream: &str,
+        now_ms: u64,
+        hold_ms: u64,
+    ) -> redis::RedisResult<(Vec<u64>, Vec<u64>)> {
+        redis::Script::new(ADVANCE_LIVE)
+            .key(stream_key(stream))
+            .key(listed_key(stream))
+            .arg(now_ms)
+            .arg(hold_ms)
+            .arg(format!("{}:seg:", stream_key(stream)))
+            .invoke_async(&mut self.redis.clone())
+            .await
+    }
+
+    /// The whole listing of a live stream (see [`listed_key`]).
+    pub async fn listed(&self, stream: &str) -> redis::RedisResult<Vec<String>> {
+        redis::cmd("LRANGE")
+            .arg(listed_key(stream))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut self.redis.clone())
+            .await
+    }
+
+    /// Segments by sequence number, in one round trip.
+    pub async fn segments_by_seq(
+        &self,
+        stream: &str,
+        seqs: &[u64],
+    ) -> redis::RedisResult<Vec<Option<SegmentRecord>>> {
+        let mut pipe = redis::pipe();
+        for seq in seqs {
+            pipe.cmd("HGETALL").arg(segment_key(stream, *seq));
+        }
+        let all: Vec<HashMap<String, String>> = pipe.query_async(&mut self.redis.clone()).await?;
+        Ok(seqs
+            .iter()
+            .zip(all.iter())
+            .map(|(seq, h)| parse_segment(*seq, h))
+            .collect())
+    }
+
+    /// Live streams not complete yet.
+    pub async fn live_streams(&self) -> redis::RedisResult<Vec<String>> {
+        redis::cmd("SMEMBERS")
+            .arg(LIVE_SET)
+            .query_async(&mut self.redis.clone())
+            .await
+    }
+
+    pub async fn forget_live(&self, stream: &str) -> redis::RedisResult<()> {
+        redis::cmd("SREM")
+            .arg(LIVE_SET)
+            .arg(stream)
+            .query_async::<i64>(&mut self.redis.clone())
+            .await
+            .map(|_| ())
+    }
+
     pub async fn set_total(&self, stream: &str, total: u64) -> redis::RedisResult<()> {
         redis::cmd("HSET")
             .arg(stream_key(stream))
@@ -293,13 +479,19 @@ impl State {
         due_unix_ms: u64,
     ) -> redis::RedisResult<()> {
         let member = serde_json::json!([stream, seq, attempt, worker]).to_string();
-        redis::cmd("ZADD")
+        redis::pipe()
+            .cmd("ZADD")
             .arg(INFLIGHT_ZSET)
             .arg(due_unix_ms)
             .arg(member)
-            .query_async::<i64>(&mut self.redis.clone())
+            .ignore()
+            .cmd("HSETNX")
+            .arg(segment_key(stream, seq))
+            .arg("started_ms")
+            .arg(now_unix_ms())
+            .ignore()
+            .query_async::<()>(&mut self.redis.clone())
             .await
-            .map(|_| ())
     }
 
     /// Started jobs whose result is overdue at `now_unix_ms`: (stream, seq, attempt, worker).
@@ -412,6 +604,8 @@ impl State {
             failed: num("failed").unwrap_or(0),
             master_playlist: h.get("master").cloned(),
             announced: h.contains_key("announced"),
+            skipped: num("skipped").unwrap_or(0),
+            target_duration_secs: num("target_duration"),
         }))
     }
 
@@ -433,16 +627,8 @@ impl State {
         stream: &str,
         total: u64,
     ) -> redis::RedisResult<Vec<Option<SegmentRecord>>> {
-        let mut pipe = redis::pipe();
-        for seq in 0..total {
-            pipe.cmd("HGETALL").arg(segment_key(stream, seq));
-        }
-        let all: Vec<HashMap<String, String>> = pipe.query_async(&mut self.redis.clone()).await?;
-        Ok(all
-            .iter()
-            .enumerate()
-            .map(|(i, h)| parse_segment(i as u64, h))
-            .collect())
+        self.segments_by_seq(stream, &(0..total).collect::<Vec<_>>())
+            .await
     }
 
     pub async fn failures(&self, stream: &str) -> redis::RedisResult<Vec<(u64, String)>> {
@@ -473,6 +659,7 @@ fn parse_segment(seq: u64, h: &HashMap<String, String>) -> Option<SegmentRecord>
         return None;
     }
     let num = |k: &str| h.get(k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+    let opt = |k: &str| h.get(k).and_then(|v| v.parse::<u64>().ok());
     Some(SegmentRecord {
         seq,
         start_us: num("start_us"),
@@ -484,5 +671,11 @@ fn parse_segment(seq: u64, h: &HashMap<String, String>) -> Option<SegmentRecord>
         attempt: num("attempt") as u32,
         state: h.get("state").cloned().unwrap_or_default(),
         accepted: h.get("accepted").and_then(|a| serde_json::from_str(a).ok()),
+        discontinuity: h.get("disc").map(String::as_str) == Some("1"),
+        arrived_ms: opt("arrived_ms"),
+        started_ms: opt("started_ms"),
+        listed_ms: opt("listed_ms"),
+        transcode_ms: opt("transcode_ms"),
+        deadline_ms: opt("deadline_ms"),
     })
 }

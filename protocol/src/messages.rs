@@ -116,6 +116,10 @@ pub struct StreamStarted {
     /// Who pays for the stream (free mode ignores it).
     #[serde(default)]
     pub broadcaster: Option<String>,
+    /// Live only: the fixed `EXT-X-TARGETDURATION` of the live playlists, in seconds (the
+    /// longest segment the broadcaster lets through).
+    #[serde(default)]
+    pub target_duration_secs: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -134,6 +138,13 @@ pub struct SegmentReady {
     /// Whether this segment carries audio (a source's audio may start late or stop early).
     pub has_audio: bool,
     pub object: ObjectRef,
+    /// Live only: Unix time (ms) at which the segment's last byte reached the broadcaster.
+    #[serde(default)]
+    pub arrived_unix_ms: Option<u64>,
+    /// Live only: the first segment after the publisher reconnected (timestamps and codec
+    /// parameters may change here).
+    #[serde(default)]
+    pub discontinuity: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -214,6 +225,8 @@ pub enum Disposition {
     Transient,
     /// The input itself is bad: no attempt will succeed.
     Permanent,
+    /// A live segment past its deadline: skipped, not retried.
+    Expired,
 }
 
 /// Worker -> orchestrator (the results exchange).
@@ -259,6 +272,15 @@ pub struct SegmentFailed {
     pub message: String,
 }
 
+/// Where one accepted rendition of a segment is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenditionRef {
+    pub rung: String,
+    pub key: String,
+    pub width: u32,
+    pub height: u32,
+}
+
 /// A segment that could not be transcoded, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FailedSegment {
@@ -286,6 +308,15 @@ pub enum StreamEvent {
     SegmentTranscoded {
         stream: String,
         seq: u64,
+        /// The accepted renditions (object keys are relative to the object store).
+        #[serde(default)]
+        renditions: Vec<RenditionRef>,
+    },
+    /// A live segment that missed its deadline (or never arrived) and was left out.
+    SegmentSkipped {
+        stream: String,
+        seq: u64,
+        reason: String,
     },
     SegmentFailed {
         stream: String,

@@ -21,12 +21,20 @@ pub struct MediaPlaylist {
     /// Whether `#EXT-X-ENDLIST` closes the playlist.
     pub ended: bool,
     pub media_sequence: u64,
+    /// Discontinuities that slid out of a live window (`EXT-X-DISCONTINUITY-SEQUENCE`).
+    pub discontinuity_sequence: u64,
+    /// A fixed `EXT-X-TARGETDURATION` (live playlists must never change it); `None` derives
+    /// it from the segments.
+    pub fixed_target_duration: Option<u64>,
 }
 
 impl MediaPlaylist {
     /// `EXT-X-TARGETDURATION`: the longest segment rounded to the nearest second, as RFC 8216
     /// requires, and at least 1.
     pub fn target_duration(&self) -> u64 {
+        if let Some(t) = self.fixed_target_duration {
+            return t.max(1);
+        }
         self.segments
             .iter()
             .map(|s| s.duration_secs.round() as u64)
@@ -39,6 +47,13 @@ impl MediaPlaylist {
         let mut out = String::from("#EXTM3U\n#EXT-X-VERSION:3\n");
         let _ = writeln!(out, "#EXT-X-TARGETDURATION:{}", self.target_duration());
         let _ = writeln!(out, "#EXT-X-MEDIA-SEQUENCE:{}", self.media_sequence);
+        if self.discontinuity_sequence > 0 {
+            let _ = writeln!(
+                out,
+                "#EXT-X-DISCONTINUITY-SEQUENCE:{}",
+                self.discontinuity_sequence
+            );
+        }
         if self.vod {
             out.push_str("#EXT-X-PLAYLIST-TYPE:VOD\n");
         }
@@ -111,7 +126,7 @@ mod tests {
             ],
             vod: true,
             ended: true,
-            media_sequence: 0,
+            ..Default::default()
         };
         let text = p.render();
         assert_eq!(
@@ -132,6 +147,28 @@ mod tests {
         p.segments.push(seg("b", 5.5, false));
         assert_eq!(p.target_duration(), 6);
         assert!(!p.render().contains("ENDLIST"));
+    }
+
+    #[test]
+    fn live_window_with_fixed_target_and_sequences() {
+        let p = MediaPlaylist {
+            segments: vec![seg("7.1.aa.ts", 2.0, false), seg("9.1.bb.ts", 1.9, true)],
+            vod: false,
+            ended: false,
+            media_sequence: 7,
+            discontinuity_sequence: 2,
+            fixed_target_duration: Some(6),
+        };
+        assert_eq!(
+            p.render(),
+            "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:6\n#EXT-X-MEDIA-SEQUENCE:7\n\
+             #EXT-X-DISCONTINUITY-SEQUENCE:2\n#EXT-X-INDEPENDENT-SEGMENTS\n\
+             #EXTINF:2.000000,\n7.1.aa.ts\n#EXT-X-DISCONTINUITY\n#EXTINF:1.900000,\n9.1.bb.ts\n"
+        );
+        let parsed = m3u8_rs::parse_media_playlist_res(p.render().as_bytes()).unwrap();
+        assert_eq!(parsed.media_sequence, 7);
+        assert_eq!(parsed.discontinuity_sequence, 2);
+        assert_eq!(parsed.target_duration, 6);
     }
 
     #[test]

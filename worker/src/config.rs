@@ -16,7 +16,13 @@ pub struct WorkerArgs {
     #[arg(long, env = "WORKER_THREADS", default_value_t = 0)]
     pub threads: usize,
 
-    /// Capability class whose queues this worker consumes (`jobs.vod.<class>`).
+    /// Transcode slots reserved for live segments, on top of the general slots (live jobs
+    /// also take the next free general slot before any waiting on-demand job).
+    #[arg(long, env = "LIVE_SLOTS", default_value_t = 0)]
+    pub live_slots: usize,
+
+    /// Capability class whose queues this worker consumes (`jobs.live.<class>` first, then
+    /// `jobs.vod.<class>`).
     #[arg(long, env = "WORKER_CLASS", default_value = "cpu")]
     pub class: String,
 

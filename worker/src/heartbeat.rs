@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
+
+use crate::slots::Slots;
 use tokio_util::sync::CancellationToken;
 
 /// Seconds between heartbeats; a worker silent for three of them is dead.
@@ -44,7 +46,7 @@ fn now_unix() -> u64 {
 pub async fn run(
     redis_url: String,
     mut beat: Beat,
-    slots: Arc<Semaphore>,
+    slots: Slots,
     changed: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
@@ -55,7 +57,7 @@ pub async fn run(
             con = castwork_cluster::redis_connect(&redis_url).await.ok();
         }
         if let Some(c) = con.as_mut() {
-            beat.busy_slots = beat.slots.saturating_sub(slots.available_permits());
+            beat.busy_slots = beat.slots.saturating_sub(slots.available());
             beat.last_seen_unix = now_unix();
             let body = serde_json::to_string(&beat).unwrap_or_default();
             let r = redis::pipe()

@@ -12,7 +12,8 @@ use castwork_protocol::{
     SegmentResult, WorkerReport,
 };
 use sha2::{Digest, Sha256};
-use tokio::sync::Semaphore;
+
+use crate::slots::{Priority, Slots};
 
 /// What a worker needs to run jobs.
 pub struct JobContext {
@@ -21,8 +22,8 @@ pub struct JobContext {
     pub options: TranscodeOptions,
     pub max_segment_bytes: u64,
     pub tmp_dir: Option<PathBuf>,
-    /// Bounds concurrent CPU-heavy transcodes to the worker's slots.
-    pub slots: Arc<Semaphore>,
+    /// Bounds concurrent CPU-heavy transcodes to the worker's slots, live jobs first.
+    pub slots: Slots,
     /// Fixed transcode timeout in seconds; 0 scales it with the segment.
     pub job_timeout_secs: u64,
     /// Woken when a slot is taken or freed, so the heartbeat reports it at once.
@@ -62,6 +63,16 @@ impl JobError {
             message: message.into(),
         }
     }
+
+    fn expired(job: &SegmentJob) -> Self {
+        JobError {
+            disposition: Disposition::Expired,
+            message: format!(
+                "live segment {} of {} missed its deadline before a worker could start it",
+                job.seq, job.stream
+            ),
+        }
+    }
 }
 
 impl From<StorageError> for JobError {
@@ -78,6 +89,17 @@ impl From<MediaError> for JobError {
             JobError::transient(e.to_string())
         }
     }
+}
+
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Whether a live job's result would come too late to be used.
+pub fn past_deadline(job: &SegmentJob) -> bool {
+    job.deadline_unix_ms.is_some_and(|d| now_unix_ms() >= d)
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {
@@ -141,6 +163,9 @@ async fn transcode_job(ctx: &JobContext, job: &SegmentJob) -> Result<SegmentResu
             job.source.key
         )));
     }
+    if past_deadline(job) {
+        return Err(JobError::expired(job));
+    }
     let data = fetch_source(ctx, &job.source).await?;
     let tmp = match &ctx.tmp_dir {
         Some(d) => tempfile::tempdir_in(d),
@@ -158,12 +183,19 @@ async fn transcode_job(ctx: &JobContext, job: &SegmentJob) -> Result<SegmentResu
         .map_err(|e| JobError::transient(format!("writing the source segment: {e}")))?;
     drop(data);
 
+    let priority = match job.mode {
+        castwork_protocol::StreamMode::Live => Priority::Live,
+        castwork_protocol::StreamMode::Vod => Priority::Vod,
+    };
     let permit = ctx
         .slots
-        .clone()
-        .acquire_owned()
+        .acquire(priority)
         .await
-        .map_err(|_| JobError::transient("worker is shutting down"))?;
+        .ok_or_else(|| JobError::transient("worker is shutting down"))?;
+    // Waiting for a slot may have taken a live job past its deadline.
+    if past_deadline(job) {
+        return Err(JobError::expired(job));
+    }
     crate::metrics::BUSY_SLOTS.inc();
     ctx.slots_changed.notify_one();
     let started = Instant::now();

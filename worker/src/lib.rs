@@ -6,6 +6,7 @@ pub mod config;
 pub mod heartbeat;
 pub mod job;
 pub mod metrics;
+pub mod slots;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,13 +22,13 @@ use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions, BasicRejectOptions};
 use lapin::types::FieldTable;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 pub use config::WorkerArgs;
 pub use job::{run_job, JobContext};
+pub use slots::{Priority, Slots};
 
 /// A pool of transcode slots consuming one broker's job queue.
 pub struct WorkerPool {
@@ -48,6 +49,7 @@ impl WorkerPool {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         self.args.validate().map_err(anyhow::Error::msg)?;
         let slots = self.slots.max(1);
+        let live_slots = self.args.live_slots;
         let worker_id = self.args.id();
         let ctx = Arc::new(JobContext {
             storage: self.storage.clone(),
@@ -59,22 +61,26 @@ impl WorkerPool {
             },
             max_segment_bytes: self.args.max_segment_mb * 1024 * 1024,
             tmp_dir: self.args.tmp_dir.clone(),
-            slots: Arc::new(Semaphore::new(slots)),
+            slots: Slots::new(slots + live_slots),
             job_timeout_secs: self.args.job_timeout_secs,
             slots_changed: Arc::new(tokio::sync::Notify::new()),
         });
-        let queue = job_queue(StreamMode::Vod, &self.args.class);
+        let queues = [
+            job_queue(StreamMode::Live, &self.args.class),
+            job_queue(StreamMode::Vod, &self.args.class),
+        ];
         info!(
             worker_id,
             slots,
-            queue,
+            live_slots,
+            queues = queues.join(","),
             threads = ctx.options.threads,
             preset = ctx.options.preset,
             "worker starting"
         );
         let tracker = TaskTracker::new();
         let beats = self.redis_url.clone().map(|url| {
-            let beat = heartbeat::beat(&worker_id, &self.args.class, slots);
+            let beat = heartbeat::beat(&worker_id, &self.args.class, slots + live_slots);
             tokio::spawn(heartbeat::run(
                 url,
                 beat,
@@ -84,10 +90,11 @@ impl WorkerPool {
             ))
         });
         supervise("worker", &shutdown, || {
-            consume(&self, ctx.clone(), &queue, slots, &tracker, &shutdown)
+            consume(&self, ctx.clone(), &queues, slots, &tracker, &shutdown)
         })
         .await;
         self.consuming.store(false, Ordering::Relaxed);
+        ctx.slots.close();
         tracker.close();
         if tokio::time::timeout(self.drain_timeout, tracker.wait())
             .await
@@ -103,10 +110,13 @@ impl WorkerPool {
     }
 }
 
+/// Consumes the live and on-demand queues of the class. On-demand jobs are prefetched one
+/// per general slot, live jobs one per slot of either kind, so live work always has a job
+/// waiting for the next free slot (and the reserved live slots stay free of on-demand work).
 async fn consume(
     pool: &WorkerPool,
     ctx: Arc<JobContext>,
-    queue: &str,
+    queues: &[String; 2],
     slots: usize,
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
@@ -119,24 +129,33 @@ async fn consume(
         .await
         .context("connecting to RabbitMQ")?,
     );
-    let tag = format!("worker-{}", ctx.worker_id);
-    let prefetch = u16::try_from(slots).unwrap_or(u16::MAX);
-    let (channel, mut consumer) = broker.consume(queue, &tag, prefetch).await?;
+    let prefetch = |n: usize| u16::try_from(n).unwrap_or(u16::MAX);
+    let live_tag = format!("worker-{}-live", ctx.worker_id);
+    let vod_tag = format!("worker-{}-vod", ctx.worker_id);
+    let (live_ch, mut live) = broker
+        .consume(&queues[0], &live_tag, prefetch(ctx.slots.total()))
+        .await?;
+    let (vod_ch, mut vod) = broker.consume(&queues[1], &vod_tag, prefetch(slots)).await?;
     pool.consuming.store(true, Ordering::Relaxed);
-    info!(queue, "consuming jobs");
+    info!(live = queues[0], vod = queues[1], "consuming jobs");
     let result = loop {
-        tokio::select! {
+        // `biased`: when both queues have a delivery ready, the live one starts first.
+        let next = tokio::select! {
+            biased;
             _ = shutdown.cancelled() => {
-                let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+                let _ = live_ch.basic_cancel(live_tag.as_str().into(), BasicCancelOptions::default()).await;
+                let _ = vod_ch.basic_cancel(vod_tag.as_str().into(), BasicCancelOptions::default()).await;
                 break Ok(());
             }
-            next = consumer.next() => match next {
-                Some(Ok(delivery)) => {
-                    tracker.spawn(handle_delivery(ctx.clone(), broker.clone(), delivery));
-                }
-                Some(Err(e)) => break Err(anyhow::Error::new(e).context("consumer failed")),
-                None => break Err(anyhow::anyhow!("the broker closed the consumer")),
+            next = live.next() => next,
+            next = vod.next() => next,
+        };
+        match next {
+            Some(Ok(delivery)) => {
+                tracker.spawn(handle_delivery(ctx.clone(), broker.clone(), delivery));
             }
+            Some(Err(e)) => break Err(anyhow::Error::new(e).context("consumer failed")),
+            None => break Err(anyhow::anyhow!("the broker closed a job consumer")),
         }
     };
     pool.consuming.store(false, Ordering::Relaxed);
@@ -216,6 +235,7 @@ async fn handle_delivery(ctx: Arc<JobContext>, broker: Arc<Broker>, delivery: De
             match f.disposition {
                 castwork_protocol::Disposition::Permanent => "failed_permanent",
                 castwork_protocol::Disposition::Transient => "failed_transient",
+                castwork_protocol::Disposition::Expired => "expired",
             }
         }
     };
