@@ -5,13 +5,17 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use castwork_broadcaster::live::{Live, LiveConfig, RtmpIngest};
+use castwork_broadcaster::rtmp::{self, RtmpOptions};
 use castwork_broadcaster::{push, serve, PushRequest};
 use castwork_cluster::{http, shutdown_token, telemetry, ServiceArgs, Storage};
 use castwork_protocol::profile::{parse_profiles, parse_transcoding_options, DEFAULT_PRESETS};
 use clap::{Parser, Subcommand};
 
-/// Castwork broadcaster: pushes video files into a Castwork cluster and serves the
-/// transcoded adaptive-bitrate HLS playback.
+/// Castwork broadcaster: pushes video files into a Castwork cluster, takes live streams
+/// over RTMP and HTTP push, and serves the transcoded adaptive-bitrate HLS playback.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Cli {
@@ -58,12 +62,125 @@ enum Command {
         #[arg(long, env = "ADMIT_TIMEOUT_SECS", default_value_t = 30)]
         admit_timeout_secs: u64,
     },
-    /// Serve HLS playback: GET /streams/NAME/index.m3u8, media playlists and segments.
+    /// Serve HLS playback (GET /streams/NAME/index.m3u8) and take live streams: RTMP
+    /// publishes to rtmp://HOST:1935/live/STREAM_KEY and segments pushed over HTTP to
+    /// PUT /live/STREAM/SEQ.ts.
     Serve {
-        /// Address to listen on.
+        /// Address of the HTTP server (playback and HTTP push).
         #[arg(long, env = "BROADCASTER_HTTP_ADDR", default_value = "127.0.0.1:8935")]
         http_addr: SocketAddr,
+
+        #[command(flatten)]
+        live: LiveArgs,
     },
+}
+
+/// Live ingest settings of `broadcaster serve`.
+#[derive(clap::Args, Debug)]
+struct LiveArgs {
+    /// Address of the RTMP server for live publishers (OBS, ffmpeg -f flv).
+    #[arg(long, env = "RTMP_ADDR", default_value = "0.0.0.0:1935")]
+    rtmp_addr: SocketAddr,
+
+    /// Take no live streams: no RTMP server and no HTTP push.
+    #[arg(long, env = "NO_LIVE")]
+    no_live: bool,
+
+    /// Comma-separated Livepeer presets of live streams whose auth webhook names no ladder.
+    #[arg(long, env = "LIVE_PROFILES", default_value = DEFAULT_PRESETS)]
+    live_profiles: String,
+
+    /// Target live segment duration in seconds: a segment is cut at the first keyframe
+    /// after it (publishers should send a keyframe every this many seconds).
+    #[arg(long, env = "LIVE_SEGMENT_SECS", default_value_t = 2)]
+    live_segment_secs: u32,
+
+    /// Longest live segment in seconds, and the live playlists' fixed
+    /// EXT-X-TARGETDURATION: a publisher whose keyframes are further apart is cut off
+    /// with a message saying which encoder setting to change.
+    #[arg(long, env = "LIVE_MAX_SEGMENT_SECS", default_value_t = 6)]
+    live_max_segment_secs: u32,
+
+    /// URL POSTed a JSON description of every RTMP publish ({"url", "app", "stream_key",
+    /// "peer"}); a 2xx answer allows it and may name the stream ("stream") and ladder
+    /// ("profiles"), anything else refuses it. Unset: every key may publish.
+    #[arg(long, env = "AUTH_WEBHOOK_URL")]
+    auth_webhook_url: Option<String>,
+
+    /// Seconds without data after which an RTMP connection is dropped (a half-open
+    /// socket), so its publisher can reconnect.
+    #[arg(long, env = "RTMP_IDLE_SECS", default_value_t = 10)]
+    rtmp_idle_secs: u64,
+
+    /// Seconds a disconnected publisher has to reconnect with the same key and continue
+    /// the same stream (with a discontinuity); after that the stream ends.
+    #[arg(long, env = "LIVE_RECONNECT_SECS", default_value_t = 10)]
+    live_reconnect_secs: u64,
+
+    /// Seconds without a pushed segment after which an HTTP-pushed stream ends.
+    #[arg(long, env = "HTTP_PUSH_IDLE_SECS", default_value_t = 30)]
+    http_push_idle_secs: u64,
+
+    /// Largest segment accepted over HTTP push, in MiB (larger: 413).
+    #[arg(long, env = "HTTP_PUSH_MAX_MB", default_value_t = 64)]
+    http_push_max_mb: usize,
+
+    /// Seconds an HTTP push waits for its renditions before answering 504.
+    #[arg(long, env = "HTTP_PUSH_WAIT_SECS", default_value_t = 30)]
+    http_push_wait_secs: u64,
+
+    /// Seconds to wait for an orchestrator to admit a live stream.
+    #[arg(long, env = "LIVE_ADMIT_TIMEOUT_SECS", default_value_t = 30)]
+    live_admit_timeout_secs: u64,
+}
+
+/// Starts the RTMP server; returns the HTTP push settings.
+async fn start_live(
+    args: &LiveArgs,
+    amqp_url: &str,
+    storage: &Storage,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<serve::HttpPush> {
+    let ladder = parse_profiles(&args.live_profiles)?;
+    if !(1..=30).contains(&args.live_segment_secs)
+        || args.live_max_segment_secs < args.live_segment_secs
+        || args.live_max_segment_secs > 60
+    {
+        anyhow::bail!(
+            "--live-segment-secs must be 1-30 and --live-max-segment-secs between it and 60"
+        );
+    }
+    let live = Live::new(LiveConfig {
+        amqp_url: amqp_url.to_string(),
+        storage: storage.clone(),
+        ladder,
+        target_duration_secs: args.live_max_segment_secs,
+        auth_webhook: args.auth_webhook_url.clone(),
+        admit_timeout: Duration::from_secs(args.live_admit_timeout_secs),
+        reconnect_window: Duration::from_secs(args.live_reconnect_secs),
+        http_idle: Duration::from_secs(args.http_push_idle_secs.max(1)),
+    });
+    let listener = tokio::net::TcpListener::bind(args.rtmp_addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen for RTMP on {}: {e}", args.rtmp_addr))?;
+    tracing::info!(addr = %listener.local_addr()?, "RTMP ingest at rtmp://HOST/live/STREAM_KEY");
+    let opts = RtmpOptions {
+        target_ms: i64::from(args.live_segment_secs) * 1000,
+        // A segment may not round above the target duration.
+        max_ms: i64::from(args.live_max_segment_secs) * 1000 + 499,
+        idle_timeout: Duration::from_secs(args.rtmp_idle_secs.max(1)),
+    };
+    tokio::spawn(rtmp::serve(
+        listener,
+        Arc::new(RtmpIngest(live.clone())),
+        opts,
+        shutdown.clone(),
+    ));
+    Ok(serve::HttpPush {
+        live,
+        max_bytes: args.http_push_max_mb.max(1) * 1024 * 1024,
+        wait: Duration::from_secs(args.http_push_wait_secs.max(1)),
+    })
 }
 
 #[tokio::main]
@@ -82,10 +199,19 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let storage = Storage::from_url(&cli.service.storage_url)?;
     match cli.command {
-        Command::Serve { http_addr } => {
+        Command::Serve { http_addr, live } => {
             let shutdown = shutdown_token();
-            let addr =
-                http::serve(http_addr, serve::router(storage.clone()), shutdown.clone()).await?;
+            let push = if live.no_live {
+                None
+            } else {
+                Some(start_live(&live, &cli.service.amqp_url, &storage, &shutdown).await?)
+            };
+            let addr = http::serve(
+                http_addr,
+                serve::router(storage.clone(), push),
+                shutdown.clone(),
+            )
+            .await?;
             tracing::info!(%addr, storage = %storage, "serving HLS playback at http://{addr}/streams/NAME/index.m3u8");
             shutdown.cancelled().await;
             Ok(ExitCode::SUCCESS)

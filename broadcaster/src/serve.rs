@@ -1,14 +1,38 @@
 //! HLS playback over HTTP from the object store, with the content types and CORS headers a
-//! web player on any origin needs.
+//! web player on any origin needs; and live ingest of segments pushed over HTTP, as
+//! go-livepeer's broadcaster takes them (`PUT`/`POST /live/STREAM/SEQ.ts`).
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::{
-    extract::{Path, State},
-    http::{header, HeaderValue, Method, StatusCode},
+    body::Bytes,
+    extract::{DefaultBodyLimit, Path, State},
+    http::{header, HeaderMap, HeaderValue, Method, StatusCode},
     response::{IntoResponse, Response},
-    routing::get,
-    Router,
+    routing::{get, put},
+    Json, Router,
 };
 use castwork_cluster::{Storage, StorageError};
+use castwork_protocol::RenditionRef;
+
+use crate::live::{Live, PushError};
+
+/// HTTP push settings.
+#[derive(Clone)]
+pub struct HttpPush {
+    pub live: Arc<Live>,
+    /// Largest pushed segment, in bytes.
+    pub max_bytes: usize,
+    /// How long a push waits for its renditions.
+    pub wait: Duration,
+}
+
+#[derive(Clone)]
+struct Served {
+    storage: Storage,
+    push: Option<HttpPush>,
+}
 
 /// Content type of an object, from its extension.
 pub fn content_type(key: &str) -> &'static str {
@@ -20,11 +44,138 @@ pub fn content_type(key: &str) -> &'static str {
     }
 }
 
-pub fn router(storage: Storage) -> Router {
+/// Playback routes, plus the HTTP push route when `push` is given.
+pub fn router(storage: Storage, push: Option<HttpPush>) -> Router {
+    let limit = push.as_ref().map_or(0, |p| p.max_bytes);
     Router::new()
         .route("/streams/{*path}", get(get_object).options(preflight))
+        .route(
+            "/live/{stream}/{file}",
+            put(push_segment)
+                .post(push_segment)
+                .layer(DefaultBodyLimit::max(limit)),
+        )
         .route("/healthz", get(|| async { "ok" }))
-        .with_state(storage)
+        .with_state(Served { storage, push })
+}
+
+fn error(code: StatusCode, message: impl Into<String>) -> Response {
+    (code, Json(serde_json::json!({ "error": message.into() }))).into_response()
+}
+
+/// `PUT`/`POST /live/STREAM/SEQ.ts` with an MPEG-TS segment and `Content-Duration` (ms):
+/// answers once the segment is transcoded, with the renditions themselves
+/// (`Accept: multipart/mixed`) or their URLs (JSON).
+async fn push_segment(
+    State(st): State<Served>,
+    Path((stream, file)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(push) = st.push else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "HTTP push is off on this broadcaster",
+        );
+    };
+    let Some(seq) = file
+        .strip_suffix(".ts")
+        .and_then(|s| s.parse::<u64>().ok())
+        .filter(|s| *s < 1_000_000_000)
+    else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "push MPEG-TS segments to /live/STREAM/SEQ.ts, SEQ a number from 0",
+        );
+    };
+    if body.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "the segment is empty");
+    }
+    let duration_us = match headers.get("content-duration") {
+        None => None,
+        Some(v) => match v.to_str().ok().and_then(|v| v.trim().parse::<f64>().ok()) {
+            Some(ms) if ms > 0.0 && ms <= 60_000.0 => Some((ms * 1000.0) as i64),
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "Content-Duration must be the segment's duration in milliseconds (0-60000)",
+                )
+            }
+        },
+    };
+    let renditions = match push
+        .live
+        .push_segment(&stream, seq, body, duration_us, push.wait)
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            let code = match &e {
+                PushError::BadRequest(_) => StatusCode::BAD_REQUEST,
+                PushError::Conflict(_) => StatusCode::CONFLICT,
+                PushError::Failed(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                PushError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+                PushError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            return error(code, e.to_string());
+        }
+    };
+    let multipart = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("multipart/mixed"));
+    if multipart {
+        return multipart_response(&st.storage, seq, &renditions).await;
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("127.0.0.1");
+    let list: Vec<_> = renditions
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "name": r.rung, "width": r.width, "height": r.height,
+                "url": format!("http://{host}/{}", r.key),
+            })
+        })
+        .collect();
+    Json(serde_json::json!({ "stream": stream, "seq": seq, "renditions": list })).into_response()
+}
+
+/// The renditions of a segment as one `multipart/mixed` body, a part per rendition with
+/// its `Rendition-Name`, as go-livepeer answers.
+async fn multipart_response(storage: &Storage, seq: u64, renditions: &[RenditionRef]) -> Response {
+    let boundary = format!("castwork-{}", uuid::Uuid::now_v7().simple());
+    let mut body = Vec::new();
+    for r in renditions {
+        let data = match storage.get(&r.key).await {
+            Ok(d) => d,
+            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("storage: {e}")),
+        };
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Type: video/mp2t\r\nContent-Length: {}\r\n\
+                 Content-Disposition: attachment; filename=\"{}_{seq}.ts\"\r\n\
+                 Rendition-Name: {}\r\n\r\n",
+                data.len(),
+                r.rung,
+                r.rung
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(&data);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (
+        [(
+            header::CONTENT_TYPE,
+            format!("multipart/mixed; boundary={boundary}"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 fn cors(mut r: Response) -> Response {
@@ -49,7 +200,7 @@ async fn preflight() -> Response {
 }
 
 async fn get_object(
-    State(storage): State<Storage>,
+    State(Served { storage, .. }): State<Served>,
     method: Method,
     Path(path): Path<String>,
 ) -> Response {

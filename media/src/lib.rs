@@ -16,7 +16,9 @@ use std::sync::Once;
 pub use ffmpeg_next as ffmpeg;
 pub use inspect::{inspect, MediaInfo};
 pub use probe::{probe, probe_restricted, ProbedInput};
-pub use segment::{remux_piece, segment_file, CutSegment, SegmentOptions, SegmentSummary};
+pub use segment::{
+    remux_piece, segment_file, CutSegment, RemuxedPiece, SegmentOptions, SegmentSummary,
+};
 pub use transcode::{transcode_segment, RenditionFile, TranscodeOptions};
 
 /// Demuxers a worker may open: only what the broadcaster writes.

@@ -423,32 +423,46 @@ where
     }
 }
 
+/// One remuxed piece of a live stream.
+#[derive(Debug, Clone)]
+pub struct RemuxedPiece {
+    pub probed: ProbedInput,
+    pub segment: CutSegment,
+    /// The timestamp shift applied: pass it for every later piece of the stream.
+    pub offset_us: i64,
+}
+
 /// Remuxes one piece of a live stream (a pushed segment, or the FLV of one RTMP segment)
-/// into a single source segment, with only `formats` allowed to open it and the stream's
-/// fixed timestamp shift.
+/// into a single source segment, with only `formats` allowed to open it. `offset_us` is the
+/// stream's fixed timestamp shift; `None` (the first piece) picks it.
 pub fn remux_piece(
     input: &Path,
     formats: &'static str,
     dir: &Path,
     seq: u64,
-    offset_us: i64,
-) -> Result<(ProbedInput, CutSegment), MediaError> {
+    offset_us: Option<i64>,
+) -> Result<RemuxedPiece, MediaError> {
     let probed = crate::probe::probe_restricted(input, formats)?;
     let opts = SegmentOptions {
         target_us: i64::MAX / 4,
         dir: dir.to_path_buf(),
-        offset_us: Some(offset_us),
+        offset_us,
         formats: Some(formats),
     };
     let mut out = None;
-    segment_file(input, &probed, &opts, |seg| {
+    let summary = segment_file(input, &probed, &opts, |seg| {
         out = Some(seg);
         Ok(())
     })?;
-    let mut seg = out.ok_or_else(|| MediaError::BadInput("no video frame in the segment".into()))?;
+    let mut seg =
+        out.ok_or_else(|| MediaError::BadInput("no video frame in the segment".into()))?;
     let path = dir.join(format!("{seq}.{}", probed.container.extension()));
     std::fs::rename(&seg.path, &path).map_err(|e| internal("renaming a segment", e))?;
     seg.path = path;
     seg.seq = seq;
-    Ok((probed, seg))
+    Ok(RemuxedPiece {
+        probed,
+        segment: seg,
+        offset_us: summary.offset_us,
+    })
 }

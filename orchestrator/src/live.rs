@@ -153,7 +153,10 @@ impl Orchestrator {
         let total = rec.total.unwrap_or(0);
         let segments = self.state.segments(&rec.stream, total).await?;
         let master = playlists::write(&self.storage, rec, &segments, &Spec::vod(RECORDING)).await?;
-        info!(stream = rec.stream, master, "live stream ended: recording written");
+        info!(
+            stream = rec.stream,
+            master, "live stream ended: recording written"
+        );
         Ok(master)
     }
 
@@ -177,7 +180,13 @@ fn observe_latency(stream: &str, s: &SegmentRecord, now: u64) {
     metrics::LIVE_LATENCY
         .with_label_values(&["overhead"])
         .observe((total - transcode) as f64 / 1000.0);
-    tracing::debug!(stream, seq = s.seq, latency_ms = total, transcode_ms = transcode, "live segment listed");
+    tracing::debug!(
+        stream,
+        seq = s.seq,
+        latency_ms = total,
+        transcode_ms = transcode,
+        "live segment listed"
+    );
 }
 
 #[cfg(test)]
@@ -214,7 +223,11 @@ mod tests {
         let mut e = Vec::new();
         let mut last: Vec<(u64, bool)> = Vec::new();
         for i in 0..20u64 {
-            e.push(if i % 7 == 3 { format!("-{i}") } else { i.to_string() });
+            e.push(if i % 7 == 3 {
+                format!("-{i}")
+            } else {
+                i.to_string()
+            });
             let w = window(&e, 4);
             let shown = &w.segments;
             let kept: Vec<_> = last.iter().filter(|x| shown.contains(x)).cloned().collect();

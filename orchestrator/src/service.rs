@@ -16,7 +16,9 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::metrics;
-use crate::state::{now_unix_ms, AcceptedRendition, FailOutcome, SegmentRecord, State, StreamRecord};
+use crate::state::{
+    now_unix_ms, AcceptedRendition, FailOutcome, SegmentRecord, State, StreamRecord,
+};
 use crate::verify::{check_result, CheckError};
 
 /// Seconds past a worker's own timeout before the orchestrator gives its attempt up.
@@ -119,7 +121,9 @@ impl Orchestrator {
             Ok(l) => l,
             Err(e) => return self.reject(&s, e.to_string()).await,
         };
-        if s.target_duration_secs.is_some_and(|t| !(1..=60).contains(&t)) {
+        if s.target_duration_secs
+            .is_some_and(|t| !(1..=60).contains(&t))
+        {
             return self
                 .reject(&s, "the live target duration must be 1-60 s".into())
                 .await;
@@ -242,7 +246,11 @@ impl Orchestrator {
                 let now = now_unix_ms();
                 if deadline <= now {
                     return self
-                        .skip_segment(&rec.stream, seg.seq, "missed its deadline before a worker took it")
+                        .skip_segment(
+                            &rec.stream,
+                            seg.seq,
+                            "missed its deadline before a worker took it",
+                        )
                         .await;
                 }
                 Some(deadline - now)
@@ -549,7 +557,11 @@ impl Orchestrator {
         if expired {
             // A live job no worker took before its deadline.
             return self
-                .skip_segment(&job.stream, job.seq, "no worker took it before its deadline")
+                .skip_segment(
+                    &job.stream,
+                    job.seq,
+                    "no worker took it before its deadline",
+                )
                 .await;
         }
         let message = match deliveries {

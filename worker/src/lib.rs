@@ -135,7 +135,9 @@ async fn consume(
     let (live_ch, mut live) = broker
         .consume(&queues[0], &live_tag, prefetch(ctx.slots.total()))
         .await?;
-    let (vod_ch, mut vod) = broker.consume(&queues[1], &vod_tag, prefetch(slots)).await?;
+    let (vod_ch, mut vod) = broker
+        .consume(&queues[1], &vod_tag, prefetch(slots))
+        .await?;
     pool.consuming.store(true, Ordering::Relaxed);
     info!(live = queues[0], vod = queues[1], "consuming jobs");
     let result = loop {

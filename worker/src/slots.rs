@@ -132,7 +132,11 @@ mod tests {
         let held = slots.acquire(Priority::Vod).await.unwrap();
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
-        for (name, p) in [("vod1", Priority::Vod), ("live", Priority::Live), ("vod2", Priority::Vod)] {
+        for (name, p) in [
+            ("vod1", Priority::Vod),
+            ("live", Priority::Live),
+            ("vod2", Priority::Vod),
+        ] {
             let (s, o) = (slots.clone(), order.clone());
             tasks.push(tokio::spawn(async move {
                 let permit = s.acquire(p).await.unwrap();
@@ -155,7 +159,8 @@ mod tests {
     async fn an_abandoned_waiter_does_not_leak_the_slot() {
         let slots = Slots::new(1);
         let held = slots.acquire(Priority::Vod).await.unwrap();
-        let waiting = tokio::time::timeout(Duration::from_millis(10), slots.acquire(Priority::Live));
+        let waiting =
+            tokio::time::timeout(Duration::from_millis(10), slots.acquire(Priority::Live));
         assert!(waiting.await.is_err());
         drop(held);
         assert_eq!(slots.available(), 1);
