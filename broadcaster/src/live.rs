@@ -106,7 +106,7 @@ fn unix_ms(t: SystemTime) -> u64 {
 
 /// The first timestamp of a live stream's timeline: room for B-frame decode delay, as the
 /// on-demand cutter leaves.
-const TIMELINE_START_MS: i64 = (castwork_media::segment::MIN_START_US / 1000) as i64;
+const TIMELINE_START_MS: i64 = castwork_media::segment::MIN_START_US / 1000;
 
 impl Live {
     pub fn new(cfg: LiveConfig) -> Arc<Live> {
@@ -450,7 +450,18 @@ impl StreamTask {
                     self.on_event(ev?);
                     continue;
                 }
-                _ = tokio::time::sleep_until(sleep_until) => None,
+                _ = tokio::time::sleep_until(sleep_until) => {
+                    // A pusher still waiting for its renditions keeps the stream open.
+                    self.waiters.retain(|_, w| {
+                        w.retain(|tx| !tx.is_closed());
+                        !w.is_empty()
+                    });
+                    if self.feed == Feed::Http && !self.waiters.is_empty() {
+                        idle_deadline = Some(tokio::time::Instant::now() + cfg.http_idle);
+                        continue;
+                    }
+                    None
+                }
             };
             match cmd {
                 Some(Cmd::Piece(p)) => {

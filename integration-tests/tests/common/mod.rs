@@ -633,3 +633,138 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// An HTTP/1.1 answer: status, headers (lower-case names) and body.
+pub struct HttpAnswer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpAnswer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).to_string()
+    }
+}
+
+/// A minimal HTTP/1.1 request with `Connection: close`.
+pub fn http_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+) -> std::io::Result<HttpAnswer> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(timeout))?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes())?;
+    s.write_all(body)?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("no HTTP header"))?;
+    let head = String::from_utf8_lossy(&buf[..split]).to_string();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other("no HTTP status"))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Ok(HttpAnswer {
+        status,
+        headers,
+        body: buf[split + 4..].to_vec(),
+    })
+}
+
+/// Addresses of a `broadcaster serve` with live ingest.
+pub struct LiveServer {
+    pub http: String,
+    pub rtmp: String,
+}
+
+impl LiveServer {
+    pub fn rtmp_url(&self, key: &str) -> String {
+        format!("rtmp://{}/live/{key}", self.rtmp)
+    }
+}
+
+impl Cluster {
+    /// Starts `broadcaster serve` with RTMP and HTTP push, the 240p + 360p ladder and short
+    /// reconnect and idle times, plus `args`.
+    pub fn serve_live(&mut self, args: &[&str]) -> LiveServer {
+        let http = format!("127.0.0.1:{}", free_port());
+        let rtmp = format!("127.0.0.1:{}", free_port());
+        let mut all = vec![
+            "serve",
+            "--http-addr",
+            &http,
+            "--rtmp-addr",
+            &rtmp,
+            "--live-profiles",
+            "P240p30fps16x9,P360p30fps16x9",
+            "--live-reconnect-secs",
+            "2",
+            "--http-push-idle-secs",
+            "3",
+        ];
+        all.extend_from_slice(args);
+        let all: Vec<String> = all.iter().map(|s| s.to_string()).collect();
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        self.add("broadcaster", &refs);
+        wait_until("broadcaster serve", Duration::from_secs(30), || {
+            http_get(&http, "/healthz").is_some_and(|(c, _)| c == 200)
+        });
+        LiveServer { http, rtmp }
+    }
+}
+
+/// `ffmpeg -re` publishing `secs` of 640x360 30 fps video (a keyframe every 2 s) with AAC
+/// audio to `url`, in the background.
+pub fn rtmp_publisher(url: &str, secs: u32) -> Child {
+    Command::new("ffmpeg")
+        .args(["-v", "error", "-re", "-f", "lavfi", "-i"])
+        .arg("testsrc2=size=640x360:rate=30")
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+        .args(["-t", &secs.to_string()])
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-g",
+            "60",
+            "-keyint_min",
+            "60",
+        ])
+        .args(["-sc_threshold", "0", "-pix_fmt", "yuv420p"])
+        .args(["-c:a", "aac", "-b:a", "96k", "-f", "flv"])
+        .arg(url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ffmpeg runs")
+}

@@ -1,0 +1,593 @@
+//! Live streaming end to end: RTMP publishers (the `ffmpeg` CLI in real time), HTTP push of
+//! pre-cut segments, live jobs ahead of an on-demand backlog, and deadlines.
+//!
+//! The tests of this file run one at a time: each needs the machine's cores to keep up
+//! with real time.
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn status(cluster: &Cluster, stream: &str) -> Value {
+    let (code, body) = http_get(&cluster.orchestrator_addr, &format!("/streams/{stream}"))
+        .expect("orchestrator answers");
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn media_playlist(path: &Path) -> Option<m3u8_rs::MediaPlaylist> {
+    let text = std::fs::read(path).ok()?;
+    m3u8_rs::parse_media_playlist_res(&text).ok()
+}
+
+fn seq_of(uri: &str) -> u64 {
+    uri.split('.').next().unwrap().parse().unwrap()
+}
+
+/// Waits for a publisher to exit; returns its success and stderr.
+fn finish(mut child: std::process::Child, timeout: Duration) -> (bool, String) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            return (status.success(), err);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("publisher did not exit in time");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn rtmp_stream_grows_live_ends_and_plays_back() {
+    let _serial = serial();
+    let mut cluster = Cluster::start_with(2, &["--live-window", "4"], Vec::new());
+    let live = cluster.serve_live(&[]);
+    let stream = "rtmp-live-1";
+    let secs = 24;
+    let publisher = rtmp_publisher(&live.rtmp_url(stream), secs);
+    let playlist = cluster
+        .storage_dir()
+        .join(format!("streams/{stream}/P240p30fps16x9/index.m3u8"));
+
+    // Read the live playlist while the publisher runs: it grows, only ever appends, keeps
+    // a window of 4 with a consistent media sequence, and never changes its target.
+    let mut snapshots: Vec<(u64, Vec<String>)> = Vec::new();
+    let mut publisher = Some(publisher);
+    let started = Instant::now();
+    while let Some(p) = publisher.as_mut() {
+        if p.try_wait().unwrap().is_some() {
+            let (ok, err) = finish(publisher.take().unwrap(), Duration::from_secs(5));
+            assert!(ok, "publisher failed: {err}\n{}", cluster.logs());
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(u64::from(secs) + 60),
+            "publisher ran too long"
+        );
+        if let Some(m) = media_playlist(&playlist) {
+            assert!(!m.end_list, "ENDLIST while the publisher is live");
+            assert_eq!(m.target_duration, 6, "fixed target duration");
+            assert!(m.segments.len() <= 4, "window of 4: {}", m.segments.len());
+            let uris: Vec<String> = m.segments.iter().map(|s| s.uri.clone()).collect();
+            for (i, u) in uris.iter().enumerate() {
+                assert_eq!(
+                    seq_of(u),
+                    m.media_sequence + i as u64,
+                    "media sequence matches the listed segments: {uris:?}"
+                );
+            }
+            if snapshots.last().map(|(_, u)| u) != Some(&uris) {
+                snapshots.push((m.media_sequence, uris));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let grew: HashSet<u64> = snapshots
+        .iter()
+        .map(|(ms, u)| ms + u.len() as u64)
+        .collect();
+    assert!(
+        grew.len() >= 5,
+        "the live playlist should grow while the stream runs: {snapshots:?}"
+    );
+    for pair in snapshots.windows(2) {
+        let ((ms0, a), (ms1, b)) = (&pair[0], &pair[1]);
+        assert!(ms1 >= ms0, "media sequence went back: {pair:?}");
+        // What stays of the old playlist is the start of the new one, unchanged.
+        let kept = &a[(ms1 - ms0).min(a.len() as u64) as usize..];
+        assert_eq!(&b[..kept.len()], kept, "a playlist line changed: {pair:?}");
+    }
+
+    let done = cluster.wait_complete(stream, Duration::from_secs(90));
+    let total = done["segments"]["total"].as_u64().unwrap();
+    assert!(total >= 11, "a {secs} s stream in 2 s segments: {done}");
+    assert_eq!(done["segments"]["done"], total, "{done}");
+    assert_eq!(done["segments"]["skipped"], 0, "{done}");
+    for rung in ["P240p30fps16x9", "P360p30fps16x9"] {
+        let dir = cluster
+            .storage_dir()
+            .join(format!("streams/{stream}/{rung}"));
+        let live_end = media_playlist(&dir.join("index.m3u8")).unwrap();
+        assert!(live_end.end_list, "the live playlist ends with ENDLIST");
+        assert_eq!(live_end.target_duration, 6);
+        let recording = media_playlist(&dir.join("recording.m3u8")).unwrap();
+        assert!(recording.end_list);
+        let seqs: Vec<u64> = recording.segments.iter().map(|s| seq_of(&s.uri)).collect();
+        assert_eq!(
+            seqs,
+            (0..total).collect::<Vec<_>>(),
+            "{rung}: every segment"
+        );
+    }
+    let master = cluster
+        .storage_dir()
+        .join(format!("streams/{stream}/recording.m3u8"));
+    let errors = decode_errors(&master);
+    assert!(
+        errors.trim().is_empty(),
+        "playback decodes cleanly: {errors}"
+    );
+    let probe = ffprobe(&master, &["-show_entries", "format=duration"]);
+    let duration: f64 = probe["format"]["duration"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (duration - f64::from(secs)).abs() < 0.5,
+        "the recording lasts as long as the stream: {duration}"
+    );
+
+    let latency = &done["latency"];
+    assert_eq!(latency["segments"], total, "{latency}");
+    println!("live latency over {total} segments: {latency}");
+    let (_, metrics) = http_get(&cluster.orchestrator_addr, "/metrics").unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "castwork_orchestrator_live_latency_seconds_count{{part=\"total\"}} {total}"
+        )),
+        "{metrics}"
+    );
+}
+
+/// A tiny auth webhook: denies keys starting with `denied`, gives the rest a one-rung ladder.
+fn auth_webhook() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let mut conn = conn;
+            conn.set_read_timeout(Some(Duration::from_secs(5))).ok();
+            let mut buf = vec![0u8; 8192];
+            let mut got = Vec::new();
+            // Read the head and the body (small JSON).
+            while let Ok(n) = conn.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&got);
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        break;
+                    }
+                }
+            }
+            let text = String::from_utf8_lossy(&got);
+            let answer = if text.contains("\"stream_key\":\"denied") {
+                "HTTP/1.1 403 Forbidden\r\nContent-Length: 11\r\nConnection: close\r\n\r\nkey revoked".to_string()
+            } else {
+                let body = r#"{"profiles":"P240p30fps16x9"}"#;
+                format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+            };
+            use std::io::Write;
+            let _ = conn.write_all(answer.as_bytes());
+        }
+    });
+    format!("http://{addr}/auth")
+}
+
+#[test]
+fn concurrent_publishers_duplicate_keys_and_the_auth_hook() {
+    let _serial = serial();
+    let mut cluster = Cluster::start(2);
+    let hook = auth_webhook();
+    let live = cluster.serve_live(&["--auth-webhook-url", &hook]);
+    let a = rtmp_publisher(&live.rtmp_url("alpha-1"), 8);
+    let b = rtmp_publisher(&live.rtmp_url("beta-1"), 8);
+    // Once alpha is live, a second publisher on its key is refused.
+    wait_until("alpha admitted", Duration::from_secs(30), || {
+        http_get(&cluster.orchestrator_addr, "/streams/alpha-1").is_some_and(|(c, _)| c == 200)
+    });
+    let (ok, err) = finish(
+        rtmp_publisher(&live.rtmp_url("alpha-1"), 4),
+        Duration::from_secs(30),
+    );
+    assert!(!ok, "a second publisher on a live key must be refused");
+    assert!(err.contains("already publishing"), "ffmpeg says why: {err}");
+    let (ok, err) = finish(
+        rtmp_publisher(&live.rtmp_url("denied-key"), 4),
+        Duration::from_secs(30),
+    );
+    assert!(!ok, "the auth hook denies the key");
+    assert!(err.contains("key revoked"), "ffmpeg says why: {err}");
+
+    for (name, p) in [("alpha-1", a), ("beta-1", b)] {
+        let (ok, err) = finish(p, Duration::from_secs(60));
+        assert!(ok, "{name}: {err}\n{}", cluster.logs());
+    }
+    for name in ["alpha-1", "beta-1"] {
+        let done = cluster.wait_complete(name, Duration::from_secs(60));
+        let total = done["segments"]["total"].as_u64().unwrap();
+        assert!(total >= 3, "{done}");
+        assert_eq!(done["segments"]["done"], total, "{done}");
+        let rungs: Vec<&str> = done["renditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(rungs, ["P240p30fps16x9"], "the ladder the hook chose");
+    }
+    assert!(
+        http_get(&cluster.orchestrator_addr, "/streams/denied-key").is_some_and(|(c, _)| c == 404),
+        "a denied key never becomes a stream"
+    );
+}
+
+/// Cuts `secs` of 640x360 video with AAC into 2 s MPEG-TS segments, as an HTTP-push client
+/// (go-livepeer's broadcaster) would send them.
+fn pre_cut_segments(dir: &Path, secs: u32) -> Vec<std::path::PathBuf> {
+    let pattern = dir.join("seg%d.ts");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=640x360:rate=30",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:sample_rate=48000",
+        "-t",
+        &secs.to_string(),
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-g",
+        "60",
+        "-keyint_min",
+        "60",
+        "-sc_threshold",
+        "0",
+        "-c:a",
+        "aac",
+        "-f",
+        "segment",
+        "-segment_time",
+        "2",
+        "-segment_format",
+        "mpegts",
+        pattern.to_str().unwrap(),
+    ]);
+    let mut v: Vec<_> = (0..)
+        .map(|i| dir.join(format!("seg{i}.ts")))
+        .take_while(|p| p.exists())
+        .collect();
+    v.truncate(50);
+    v
+}
+
+/// Splits a `multipart/mixed` body into (headers, body) parts.
+fn multipart_parts(content_type: &str, body: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let boundary = content_type
+        .split("boundary=")
+        .nth(1)
+        .expect("a boundary")
+        .trim_matches('"');
+    let delim = format!("--{boundary}");
+    let mut parts = Vec::new();
+    let mut rest = body;
+    while let Some(pos) = find(rest, delim.as_bytes()) {
+        rest = &rest[pos + delim.len()..];
+        if rest.starts_with(b"--") {
+            break;
+        }
+        let rest2 = &rest[2..];
+        let head_end = find(rest2, b"\r\n\r\n").expect("part head");
+        let head = String::from_utf8_lossy(&rest2[..head_end]).to_string();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .expect("part length")
+            .parse()
+            .unwrap();
+        let data = rest2[head_end + 4..head_end + 4 + len].to_vec();
+        rest = &rest2[head_end + 4 + len..];
+        parts.push((head, data));
+    }
+    parts
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+#[test]
+fn http_push_answers_with_the_renditions() {
+    let _serial = serial();
+    let mut cluster = Cluster::start(2);
+    let live = cluster.serve_live(&[]);
+    let segs = pre_cut_segments(cluster.dir.path(), 6);
+    assert_eq!(segs.len(), 3);
+    let stream = "pushed-1";
+    let wait = Duration::from_secs(90);
+
+    // Segment 0, answered with the renditions themselves.
+    let body = std::fs::read(&segs[0]).unwrap();
+    let a = http_request(
+        &live.http,
+        "PUT",
+        &format!("/live/{stream}/0.ts"),
+        &[("Content-Duration", "2000"), ("Accept", "multipart/mixed")],
+        &body,
+        wait,
+    )
+    .unwrap();
+    assert_eq!(a.status, 200, "{}\n{}", a.text(), cluster.logs());
+    let parts = multipart_parts(a.header("content-type").unwrap(), &a.body);
+    let mut names = Vec::new();
+    for (head, data) in &parts {
+        let name = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Rendition-Name: "))
+            .unwrap()
+            .to_string();
+        assert!(head.contains("Content-Type: video/mp2t"), "{head}");
+        let f = cluster.dir.path().join(format!("{name}.ts"));
+        std::fs::write(&f, data).unwrap();
+        let p = ffprobe(
+            &f,
+            &["-show_entries", "format=duration:stream=codec_name,width"],
+        );
+        let d: f64 = p["format"]["duration"].as_str().unwrap().parse().unwrap();
+        assert!((d - 2.0).abs() < 0.1, "{name}: {d} s");
+        names.push(name);
+    }
+    names.sort();
+    assert_eq!(names, ["P240p30fps16x9", "P360p30fps16x9"]);
+
+    // Segment 1 over POST, answered with URLs that play from this server.
+    let a = http_request(
+        &live.http,
+        "POST",
+        &format!("/live/{stream}/1.ts"),
+        &[("Content-Duration", "2000")],
+        &std::fs::read(&segs[1]).unwrap(),
+        wait,
+    )
+    .unwrap();
+    assert_eq!(a.status, 200, "{}", a.text());
+    let v: Value = serde_json::from_slice(&a.body).unwrap();
+    let renditions = v["renditions"].as_array().unwrap();
+    assert_eq!(renditions.len(), 2, "{v}");
+    for r in renditions {
+        let url = r["url"].as_str().unwrap();
+        let path = url.split_once(&live.http).unwrap().1;
+        let got = http_request(&live.http, "GET", path, &[], &[], wait).unwrap();
+        assert_eq!(got.status, 200, "{url}");
+        assert_eq!(got.header("content-type"), Some("video/mp2t"));
+    }
+
+    // Bad requests get clear errors and lose nothing else.
+    let bad = http_request(
+        &live.http,
+        "PUT",
+        &format!("/live/{stream}/x.ts"),
+        &[],
+        b"x",
+        wait,
+    )
+    .unwrap();
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    let junk = http_request(
+        &live.http,
+        "PUT",
+        &format!("/live/{stream}/7.ts"),
+        &[("Content-Duration", "2000")],
+        b"this is not a transport stream",
+        wait,
+    )
+    .unwrap();
+    assert_eq!(junk.status, 422, "{}", junk.text());
+    assert!(
+        junk.text().contains("unreadable segment"),
+        "{}",
+        junk.text()
+    );
+    let dur = http_request(
+        &live.http,
+        "PUT",
+        &format!("/live/{stream}/2.ts"),
+        &[("Content-Duration", "soon")],
+        b"x",
+        wait,
+    )
+    .unwrap();
+    assert_eq!(dur.status, 400, "{}", dur.text());
+
+    let a = http_request(
+        &live.http,
+        "PUT",
+        &format!("/live/{stream}/2.ts"),
+        &[("Content-Duration", "2000")],
+        &std::fs::read(&segs[2]).unwrap(),
+        wait,
+    )
+    .unwrap();
+    assert_eq!(a.status, 200, "{}", a.text());
+
+    // The stream ends once pushes stop; its recording has every pushed segment.
+    let done = cluster.wait_complete(stream, Duration::from_secs(60));
+    assert_eq!(done["segments"]["total"], 3, "{done}");
+    assert_eq!(done["segments"]["done"], 3, "{done}");
+    let master = cluster
+        .storage_dir()
+        .join(format!("streams/{stream}/recording.m3u8"));
+    let errors = decode_errors(&master);
+    assert!(errors.trim().is_empty(), "{errors}");
+}
+
+fn redis_get(cluster: &Cluster, key: &str, field: &str) -> Option<u64> {
+    let url = &cluster
+        .env
+        .iter()
+        .find(|(k, _)| k == "REDIS_URL")
+        .unwrap()
+        .1;
+    let out = std::process::Command::new("redis-cli")
+        .args(["-u", url, "HGET", key, field])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+#[test]
+fn live_segments_go_ahead_of_an_on_demand_backlog() {
+    let _serial = serial();
+    // One worker with one slot: live and on-demand work compete for it.
+    let mut cluster = Cluster::start(1);
+    let live = cluster.serve_live(&[]);
+    let dir = cluster.dir.path().to_path_buf();
+    let vod_clip = dir.join("backlog.mp4");
+    tone_clip(&vod_clip, "1280x720", 30, "aac");
+    let segs = pre_cut_segments(&dir, 2);
+    let mut push = cluster.push_in_background(&vod_clip, "backlog", &[]);
+    // Wait until the worker is busy with the backlog and has finished a segment or two, so
+    // its transcode time is known.
+    wait_until(
+        "on-demand backlog under way",
+        Duration::from_secs(120),
+        || {
+            http_get(&cluster.orchestrator_addr, "/streams/backlog").is_some_and(|(c, b)| {
+                c == 200
+                    && serde_json::from_str::<Value>(&b).unwrap()["segments"]["done"].as_u64()
+                        >= Some(2)
+            })
+        },
+    );
+    let pushed = Instant::now();
+    let a = http_request(
+        &live.http,
+        "PUT",
+        "/live/urgent/0.ts",
+        &[("Content-Duration", "2000")],
+        &std::fs::read(&segs[0]).unwrap(),
+        Duration::from_secs(120),
+    )
+    .unwrap();
+    let live_secs = pushed.elapsed().as_secs_f64();
+    assert_eq!(a.status, 200, "{}", a.text());
+    let backlog = status(&cluster, "backlog");
+    let done = backlog["segments"]["done"].as_u64().unwrap();
+    let received = backlog["segments"]["received"].as_u64().unwrap();
+    assert!(
+        done + 3 < received,
+        "the live segment finished while the backlog was still queued: {backlog}"
+    );
+    let vod_transcode_ms = (0..done)
+        .filter_map(|s| {
+            redis_get(
+                &cluster,
+                &format!("cw:stream:backlog:seg:{s}"),
+                "transcode_ms",
+            )
+        })
+        .max()
+        .unwrap();
+    let urgent = "cw:stream:urgent:seg:0";
+    let wait_ms = redis_get(&cluster, urgent, "started_ms").unwrap()
+        - redis_get(&cluster, urgent, "arrived_ms").unwrap();
+    println!(
+        "live segment waited {wait_ms} ms for a worker (answered in {live_secs:.2} s); the \
+         longest on-demand segment transcode was {vod_transcode_ms} ms; {} on-demand segments \
+         were still queued",
+        received - done
+    );
+    // Bound: no longer than one on-demand transcode, plus admission and remux slack.
+    assert!(
+        wait_ms <= vod_transcode_ms + 1500,
+        "live waited {wait_ms} ms; one on-demand transcode takes up to {vod_transcode_ms} ms"
+    );
+    let _ = push.kill();
+    let _ = push.wait();
+}
+
+#[test]
+fn a_live_segment_past_its_deadline_is_skipped() {
+    let _serial = serial();
+    // No worker at first: the first segment's job sits in the queue past its deadline.
+    let mut cluster = Cluster::start_with(0, &["--live-deadline-secs", "3"], Vec::new());
+    let live = cluster.serve_live(&["--http-push-wait-secs", "60"]);
+    let segs = pre_cut_segments(cluster.dir.path(), 4);
+    let late = http_request(
+        &live.http,
+        "PUT",
+        "/live/late-1/0.ts",
+        &[("Content-Duration", "2000")],
+        &std::fs::read(&segs[0]).unwrap(),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    assert_eq!(late.status, 422, "{}", late.text());
+    assert!(late.text().contains("skipped"), "{}", late.text());
+    cluster.add("worker", &["--worker-id", "late-worker"]);
+    let a = http_request(
+        &live.http,
+        "PUT",
+        "/live/late-1/1.ts",
+        &[("Content-Duration", "2000")],
+        &std::fs::read(&segs[1]).unwrap(),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    assert_eq!(a.status, 200, "{}", a.text());
+    let done = cluster.wait_complete("late-1", Duration::from_secs(60));
+    assert_eq!(done["segments"]["skipped"], 1, "{done}");
+    assert_eq!(done["segments"]["done"], 1, "{done}");
+    let recording = media_playlist(
+        &cluster
+            .storage_dir()
+            .join("streams/late-1/P240p30fps16x9/recording.m3u8"),
+    )
+    .unwrap();
+    let seqs: Vec<u64> = recording.segments.iter().map(|s| seq_of(&s.uri)).collect();
+    assert_eq!(seqs, [1], "the skipped segment is left out");
+}
