@@ -19,12 +19,8 @@ if [ -z "$clip" ]; then
   ffmpeg -v error -y -f lavfi -i testsrc2=size=1280x720:rate=30 -f lavfi -i sine=frequency=440 \
     -t 10 -c:v libx264 -g 60 -pix_fmt yuv420p -c:a aac "$clip"
 fi
-rabbitmqctl add_vhost "$vhost" >/dev/null
-rabbitmqctl set_permissions -p "$vhost" guest ".*" ".*" ".*" >/dev/null
-export AMQP_URL="amqp://guest:guest@127.0.0.1:5672/$vhost" STORAGE_URL="file://$work/data" RUST_LOG=warn
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; rabbitmqctl delete_vhost "$vhost" >/dev/null 2>&1 || true; rm -rf "$work"; }
-trap cleanup EXIT
+# shellcheck source=scripts/bench-cluster.sh
+source scripts/bench-cluster.sh
 "$bin/orchestrator" --http-addr 127.0.0.1:0 >"$work/orch.log" 2>&1 & pids+=($!)
 for i in $(seq 1 "$workers"); do "$bin/worker" --worker-id "bench-$i" >"$work/w$i.log" 2>&1 & pids+=($!); done
 sleep 2

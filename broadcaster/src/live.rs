@@ -309,7 +309,12 @@ impl Live {
                 req.app
             ));
         }
-        validate_stream_name(&req.key).map_err(|e| format!("bad stream key: {e}"))?;
+        if req.key.is_empty()
+            || req.key.len() > 256
+            || req.key.chars().any(|c| c.is_control() || c == '/')
+        {
+            return Err("bad stream key: publish to rtmp://HOST/live/STREAM_KEY".into());
+        }
         let (name, ladder) = self.authorize(&req).await?;
         validate_stream_name(&name).map_err(|e| format!("bad stream name: {e}"))?;
         let (sink, mut events) = mpsc::channel::<RtmpEvent>(8);

@@ -591,3 +591,48 @@ fn a_live_segment_past_its_deadline_is_skipped() {
     let seqs: Vec<u64> = recording.segments.iter().map(|s| seq_of(&s.uri)).collect();
     assert_eq!(seqs, [1], "the skipped segment is left out");
 }
+
+#[test]
+fn a_reconnecting_publisher_continues_its_stream_after_a_discontinuity() {
+    let _serial = serial();
+    let mut cluster = Cluster::start(2);
+    let live = cluster.serve_live(&["--live-reconnect-secs", "8"]);
+    let stream = "comeback-1";
+    for round in 0..2 {
+        let (ok, err) = finish(
+            rtmp_publisher(&live.rtmp_url(stream), 5),
+            Duration::from_secs(60),
+        );
+        assert!(ok, "round {round}: {err}\n{}", cluster.logs());
+    }
+    let done = cluster.wait_complete(stream, Duration::from_secs(60));
+    let total = done["segments"]["total"].as_u64().unwrap();
+    assert!(total >= 5, "both connections in one stream: {done}");
+    assert_eq!(done["segments"]["done"], total, "{done}");
+    let recording = media_playlist(
+        &cluster
+            .storage_dir()
+            .join(format!("streams/{stream}/P360p30fps16x9/recording.m3u8")),
+    )
+    .unwrap();
+    let breaks: Vec<u64> = recording
+        .segments
+        .iter()
+        .filter(|s| s.discontinuity)
+        .map(|s| seq_of(&s.uri))
+        .collect();
+    assert_eq!(
+        breaks.len(),
+        1,
+        "one discontinuity where the publisher came back: {breaks:?}"
+    );
+    assert!(
+        breaks[0] >= 2 && breaks[0] < total - 1,
+        "{breaks:?} of {total}"
+    );
+    let master = cluster
+        .storage_dir()
+        .join(format!("streams/{stream}/recording.m3u8"));
+    let errors = decode_errors(&master);
+    assert!(errors.trim().is_empty(), "{errors}");
+}

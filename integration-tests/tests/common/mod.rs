@@ -725,11 +725,12 @@ impl Cluster {
             &rtmp,
             "--live-profiles",
             "P240p30fps16x9,P360p30fps16x9",
-            "--live-reconnect-secs",
-            "2",
             "--http-push-idle-secs",
             "3",
         ];
+        if !args.contains(&"--live-reconnect-secs") {
+            all.extend_from_slice(&["--live-reconnect-secs", "2"]);
+        }
         all.extend_from_slice(args);
         let all: Vec<String> = all.iter().map(|s| s.to_string()).collect();
         let refs: Vec<&str> = all.iter().map(String::as_str).collect();
