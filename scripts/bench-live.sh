@@ -36,8 +36,8 @@ done
 curl -fs "http://$orch/streams/$stream" | python3 -c '
 import json, sys
 s = json.load(sys.stdin)
-l = s["latency"]
-print(f"stream of {s[\"segments\"][\"total\"]} segments, {s[\"segments\"][\"skipped\"]} skipped; latency over {l[\"segments\"]} segments:")
+seg, l = s["segments"], s["latency"]
+print("stream of %d segments, %d skipped; latency over %d segments:" % (seg["total"], seg["skipped"], l["segments"]))
 for part in ("total", "transcode", "overhead", "queue_wait"):
-    print(f"  {part:10} median {l[part][\"median_ms\"]:5d} ms   p95 {l[part][\"p95_ms\"]:5d} ms")
+    print("  %-10s median %5d ms   p95 %5d ms" % (part, l[part]["median_ms"], l[part]["p95_ms"]))
 '

@@ -283,8 +283,11 @@ impl FlvSegmenter {
             return Ok(());
         };
         if rel - seg.start_ms > self.max_ms {
+            let gap_ms = rel - seg.last_key_ms;
+            // The open segment is already too long for the playlists: it is dropped.
+            self.open = None;
             return Err(FlvError::KeyframeIntervalTooLong {
-                gap_ms: rel - seg.last_key_ms,
+                gap_ms,
                 max_ms: self.max_ms,
             });
         }

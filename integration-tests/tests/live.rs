@@ -636,3 +636,49 @@ fn a_reconnecting_publisher_continues_its_stream_after_a_discontinuity() {
     let errors = decode_errors(&master);
     assert!(errors.trim().is_empty(), "{errors}");
 }
+
+#[test]
+fn a_publisher_with_sparse_keyframes_is_cut_off_with_advice() {
+    let _serial = serial();
+    let mut cluster = Cluster::start(1);
+    let live = cluster.serve_live(&["--live-max-segment-secs", "4"]);
+    // A keyframe every 10 s: longer than the 4 s the playlists allow.
+    let child = std::process::Command::new("ffmpeg")
+        .args([
+            "-v",
+            "error",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=320x240:rate=30",
+        ])
+        .args([
+            "-t",
+            "12",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "300",
+        ])
+        .args(["-sc_threshold", "0", "-pix_fmt", "yuv420p", "-f", "flv"])
+        .arg(live.rtmp_url("sparse-1"))
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let (ok, _) = finish(child, Duration::from_secs(60));
+    assert!(!ok, "the publisher is cut off");
+    assert!(
+        started.elapsed() < Duration::from_secs(11),
+        "cut off before its 12 s ended"
+    );
+    wait_until("the broadcaster says why", Duration::from_secs(10), || {
+        cluster.logs().contains("Keyframe Interval")
+    });
+    let logs = cluster.logs();
+    assert!(logs.contains("keyframe interval too long"), "{logs}");
+}

@@ -209,9 +209,13 @@ impl Orchestrator {
         });
         let attempt = self.state.record_segment(&s, deadline).await?;
         if attempt == 0 {
-            // Already resolved: tell again how it went, for a sender that retried because
-            // it missed the answer (an HTTP push whose client timed out).
-            if let Some(seg) = self.state.segment(&s.stream, s.seq).await? {
+            // Already resolved: tell a live sender again how it went, for one that retried
+            // because it missed the answer (an HTTP push whose client timed out).
+            let seg = match rec.mode {
+                StreamMode::Live => self.state.segment(&s.stream, s.seq).await?,
+                StreamMode::Vod => None,
+            };
+            if let Some(seg) = seg {
                 if let Some(accepted) = seg.accepted {
                     self.event(
                         &s.stream,
