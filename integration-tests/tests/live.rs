@@ -60,6 +60,12 @@ fn finish(mut child: std::process::Child, timeout: Duration) -> (bool, String) {
 fn rtmp_stream_grows_live_ends_and_plays_back() {
     let _serial = serial();
     let mut cluster = Cluster::start_with(2, &["--live-window", "4"], Vec::new());
+    // A second orchestrator shares the work: both write the live playlists.
+    let second = format!("127.0.0.1:{}", free_port());
+    cluster.add(
+        "orchestrator",
+        &["--http-addr", &second, "--live-window", "4"],
+    );
     let live = cluster.serve_live(&[]);
     let stream = "rtmp-live-1";
     let secs = 24;
@@ -160,13 +166,22 @@ fn rtmp_stream_grows_live_ends_and_plays_back() {
     let latency = &done["latency"];
     assert_eq!(latency["segments"], total, "{latency}");
     println!("live latency over {total} segments: {latency}");
-    let (_, metrics) = http_get(&cluster.orchestrator_addr, "/metrics").unwrap();
-    assert!(
-        metrics.contains(&format!(
-            "castwork_orchestrator_live_latency_seconds_count{{part=\"total\"}} {total}"
-        )),
-        "{metrics}"
-    );
+    // Each orchestrator observes the segments it listed: together, every segment once.
+    let observed: u64 = [&cluster.orchestrator_addr, &second]
+        .iter()
+        .map(|addr| {
+            let (_, metrics) = http_get(addr, "/metrics").unwrap();
+            metrics
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix(
+                        "castwork_orchestrator_live_latency_seconds_count{part=\"total\"} ",
+                    )
+                })
+                .map_or(0, |v| v.trim().parse().unwrap())
+        })
+        .sum();
+    assert_eq!(observed, total, "latency observations");
 }
 
 /// A tiny auth webhook: denies keys starting with `denied`, gives the rest a one-rung ladder.

@@ -7,6 +7,7 @@
 //! on-demand playlist set beside them.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use castwork_protocol::{playlist::MediaPlaylist, StreamEvent};
 use tracing::{info, warn};
@@ -15,6 +16,9 @@ use crate::metrics;
 use crate::playlists::{self, Spec, RECORDING};
 use crate::service::{HandleError, Orchestrator};
 use crate::state::{now_unix_ms, SegmentRecord, StreamRecord};
+
+/// How long a playlist writer may hold a stream's lock if it dies holding it.
+const PLAYLIST_LOCK_TTL_MS: u64 = 20_000;
 
 /// Target duration of a live stream whose broadcaster did not say.
 pub const DEFAULT_TARGET_DURATION_SECS: u64 = 6;
@@ -87,7 +91,26 @@ impl Orchestrator {
         self.advance_locked(&rec, false).await
     }
 
+    /// Advances and writes under the stream's lock in Redis, so orchestrators sharing the
+    /// stream never write an older playlist over a newer one.
     async fn advance_locked(&self, rec: &StreamRecord, ended: bool) -> Result<(), HandleError> {
+        let name = format!("playlists:{}", rec.stream);
+        let Some(token) = self
+            .state
+            .lock(&name, PLAYLIST_LOCK_TTL_MS, Duration::from_secs(15))
+            .await?
+        else {
+            return Err(HandleError::Retry(format!(
+                "the playlist lock of {} stayed taken",
+                rec.stream
+            )));
+        };
+        let outcome = self.advance_and_write(rec, ended).await;
+        self.state.unlock(&name, &token).await?;
+        outcome
+    }
+
+    async fn advance_and_write(&self, rec: &StreamRecord, ended: bool) -> Result<(), HandleError> {
         let stream = rec.stream.as_str();
         let hold_ms = self.live_deadline.as_millis() as u64;
         let (listed, skipped) = self

@@ -244,6 +244,12 @@ redis.call('HSET', KEYS[1], 'cursor', cursor)
 return {listed, skipped}
 "#;
 
+/// Releases a lock only if this holder still has it.
+const UNLOCK: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
 /// What applying a failure did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum FailOutcome {
@@ -429,6 +435,46 @@ impl State {
             .zip(all.iter())
             .map(|(seq, h)| parse_segment(*seq, h))
             .collect())
+    }
+
+    /// Takes a lock shared by every orchestrator on this Redis, waiting up to `wait` for
+    /// it; it expires after `ttl_ms` if its holder dies. Returns the token to release it
+    /// with, or `None` if it stayed taken.
+    pub async fn lock(
+        &self,
+        name: &str,
+        ttl_ms: u64,
+        wait: std::time::Duration,
+    ) -> redis::RedisResult<Option<String>> {
+        let token = uuid::Uuid::now_v7().to_string();
+        let key = format!("cw:lock:{name}");
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let got: Option<String> = redis::cmd("SET")
+                .arg(&key)
+                .arg(&token)
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl_ms)
+                .query_async(&mut self.redis.clone())
+                .await?;
+            if got.is_some() {
+                return Ok(Some(token));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+    }
+
+    pub async fn unlock(&self, name: &str, token: &str) -> redis::RedisResult<()> {
+        redis::Script::new(UNLOCK)
+            .key(format!("cw:lock:{name}"))
+            .arg(token)
+            .invoke_async::<i64>(&mut self.redis.clone())
+            .await
+            .map(|_| ())
     }
 
     /// Live streams not complete yet.
