@@ -7,6 +7,7 @@ pub mod api;
 pub mod live;
 pub mod metrics;
 pub mod playlists;
+pub mod recovery;
 pub mod service;
 pub mod state;
 pub mod verify;
@@ -146,13 +147,21 @@ async fn session(
     let tracker = TaskTracker::new();
     // Live deadlines are checked here too, so it runs often.
     let mut sweep = tokio::time::interval(Duration::from_secs(1));
+    let sweeping = Arc::new(AtomicBool::new(false));
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let outcome = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
             _ = sweep.tick() => {
-                if let Err(e) = orch.sweep_overdue().await {
-                    warn!(error = %e, "overdue-job sweep failed");
+                // In the background, one at a time, so a slow sweep never holds up messages.
+                if !sweeping.swap(true, Ordering::AcqRel) {
+                    let (o, flag) = (orch.clone(), sweeping.clone());
+                    tracker.spawn(async move {
+                        if let Err(e) = o.sweep_overdue().await {
+                            warn!(error = %e, "overdue-job sweep failed");
+                        }
+                        flag.store(false, Ordering::Release);
+                    });
                 }
             }
             d = ingest.next() => match d {

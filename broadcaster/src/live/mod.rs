@@ -1,0 +1,338 @@
+//! Live streams: one task per live stream turns pieces (an RTMP segment's FLV, or a
+//! segment pushed over HTTP) into source segments, stores and enqueues each one the moment
+//! it is complete, and answers whoever waits for a segment's renditions.
+//!
+//! A stream starts with its first piece (whose probe gives the source metadata the
+//! orchestrator needs to fit the ladder) and ends when its publisher has been gone for the
+//! reconnect window (RTMP) or has sent nothing for the idle time (HTTP push). A publisher
+//! that reconnects with the same key within the window continues the same stream, with a
+//! discontinuity.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use castwork_cluster::Storage;
+use castwork_protocol::{validate_stream_name, Profile, RenditionRef};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use crate::rtmp::{Accepted, PublishRequest, Publishers, RtmpEvent};
+
+mod auth;
+mod stream;
+
+pub use auth::authorize;
+use stream::StreamTask;
+
+/// How live ingest behaves.
+#[derive(Debug, Clone)]
+pub struct LiveConfig {
+    pub amqp_url: String,
+    pub storage: Storage,
+    /// The ladder of a stream whose auth webhook does not name one.
+    pub ladder: Vec<Profile>,
+    /// The live playlists' fixed `EXT-X-TARGETDURATION` (the longest segment let through).
+    pub target_duration_secs: u32,
+    /// Optional webhook asked about every RTMP publish (see [`authorize`]).
+    pub auth_webhook: Option<String>,
+    /// How long to wait for an orchestrator to admit a stream.
+    pub admit_timeout: Duration,
+    /// How long a disconnected RTMP publisher may take to come back to the same stream.
+    pub reconnect_window: Duration,
+    /// An HTTP-pushed stream ends after this long without a segment.
+    pub http_idle: Duration,
+}
+
+/// What a waiting pusher gets back for its segment.
+pub type SegmentOutcome = Result<Vec<RenditionRef>, String>;
+
+/// One piece of a live stream on disk.
+pub(crate) struct Piece {
+    path: PathBuf,
+    /// `flv` (RTMP) or `mpegts` (HTTP push): the only demuxer allowed to open it.
+    format: &'static str,
+    /// The sender's sequence number (HTTP push); RTMP pieces are numbered by the stream.
+    seq: Option<u64>,
+    arrived: SystemTime,
+    duration_us: Option<i64>,
+    reply: Option<oneshot::Sender<SegmentOutcome>>,
+}
+
+enum Cmd {
+    Piece(Piece),
+    /// The RTMP connection ended at `end_ms` of the stream's timeline.
+    Disconnected {
+        end_ms: i64,
+    },
+    /// The publisher came back: its next piece starts after a discontinuity.
+    Reconnected,
+}
+
+/// How a stream is being fed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Feed {
+    Rtmp,
+    Http,
+}
+
+struct Entry {
+    /// The stream task's session (a later stream under the same name has another).
+    session: Uuid,
+    feed: Feed,
+    tx: mpsc::Sender<Cmd>,
+    /// RTMP: a publisher is connected now.
+    connected: bool,
+    /// RTMP: where the timeline ended when the publisher left.
+    end_ms: i64,
+}
+
+/// The live streams of this broadcaster.
+pub struct Live {
+    cfg: LiveConfig,
+    streams: Mutex<HashMap<String, Entry>>,
+    http: reqwest::Client,
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The first timestamp of a live stream's timeline: room for B-frame decode delay, as the
+/// on-demand cutter leaves.
+const TIMELINE_START_MS: i64 = castwork_media::segment::MIN_START_US / 1000;
+
+impl Live {
+    pub fn new(cfg: LiveConfig) -> Arc<Live> {
+        Arc::new(Live {
+            cfg,
+            streams: Mutex::new(HashMap::new()),
+            http: reqwest::Client::new(),
+        })
+    }
+
+    fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.streams.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forgets a stream's entry unless a newer stream took the name.
+    fn forget(&self, name: &str, session: Uuid) {
+        let mut streams = self.streams();
+        if streams.get(name).is_some_and(|e| e.session == session) {
+            streams.remove(name);
+        }
+    }
+
+    /// Starts the task of a new stream and registers it.
+    fn start_stream(
+        self: &Arc<Self>,
+        name: &str,
+        ladder: Vec<Profile>,
+        feed: Feed,
+    ) -> mpsc::Sender<Cmd> {
+        let (tx, rx) = mpsc::channel(16);
+        let task = StreamTask::new(self, name, ladder, feed);
+        let session = task.session;
+        self.streams().insert(
+            name.to_string(),
+            Entry {
+                session,
+                feed,
+                tx: tx.clone(),
+                connected: feed == Feed::Rtmp,
+                end_ms: TIMELINE_START_MS,
+            },
+        );
+        let live = self.clone();
+        let name = name.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = task.run(rx).await {
+                warn!(
+                    stream = name,
+                    error = format!("{e:#}"),
+                    "live stream stopped"
+                );
+            }
+            live.forget(&name, session);
+        });
+        tx
+    }
+
+    /// Takes one HTTP-pushed segment and waits until its renditions are done.
+    pub async fn push_segment(
+        self: &Arc<Self>,
+        stream: &str,
+        seq: u64,
+        body: Bytes,
+        duration_us: Option<i64>,
+        wait: Duration,
+    ) -> Result<Vec<RenditionRef>, PushError> {
+        validate_stream_name(stream).map_err(PushError::BadRequest)?;
+        let arrived = SystemTime::now();
+        let dir = tempfile::tempdir().map_err(|e| PushError::Unavailable(e.to_string()))?;
+        let path = dir.path().join("pushed.ts");
+        tokio::fs::write(&path, &body)
+            .await
+            .map_err(|e| PushError::Unavailable(e.to_string()))?;
+        let tx = {
+            let existing = self.streams().get(stream).map(|e| (e.feed, e.tx.clone()));
+            match existing {
+                Some((Feed::Http, tx)) => tx,
+                Some((Feed::Rtmp, _)) => {
+                    return Err(PushError::Conflict(format!(
+                        "stream {stream} is being published over RTMP"
+                    )))
+                }
+                None => self.start_stream(stream, self.cfg.ladder.clone(), Feed::Http),
+            }
+        };
+        let (reply, answer) = oneshot::channel();
+        let piece = Piece {
+            path,
+            format: "mpegts",
+            seq: Some(seq),
+            arrived,
+            duration_us,
+            reply: Some(reply),
+        };
+        tx.send(Cmd::Piece(piece))
+            .await
+            .map_err(|_| PushError::Unavailable("the stream has ended".into()))?;
+        let outcome = tokio::time::timeout(wait, answer).await.map_err(|_| {
+            PushError::Timeout(format!(
+                "segment {seq} was not transcoded within {} s",
+                wait.as_secs()
+            ))
+        })?;
+        drop(dir);
+        match outcome {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(m)) => Err(PushError::Failed(m)),
+            Err(_) => Err(PushError::Unavailable(
+                "the stream stopped before the segment was done".into(),
+            )),
+        }
+    }
+
+    /// Asks the auth webhook about a publish: `Ok((stream name, ladder))` or why not.
+    async fn authorize(&self, req: &PublishRequest) -> Result<(String, Vec<Profile>), String> {
+        let Some(url) = &self.cfg.auth_webhook else {
+            return Ok((req.key.clone(), self.cfg.ladder.clone()));
+        };
+        authorize(&self.http, url, req, &self.cfg.ladder).await
+    }
+}
+
+/// The RTMP server's view of the live streams.
+pub struct RtmpIngest(pub Arc<Live>);
+
+impl Publishers for RtmpIngest {
+    async fn publish(&self, req: PublishRequest) -> Result<Accepted, String> {
+        self.0.publish_rtmp(req).await
+    }
+}
+
+impl Live {
+    /// Decides on an RTMP publish: a new stream, or the same stream continued by a
+    /// publisher that reconnected within the window.
+    async fn publish_rtmp(self: &Arc<Self>, req: PublishRequest) -> Result<Accepted, String> {
+        if req.app != "live" {
+            return Err(format!(
+                "unknown application {:?}: publish to rtmp://HOST/live/STREAM_KEY",
+                req.app
+            ));
+        }
+        if req.key.is_empty()
+            || req.key.len() > 256
+            || req.key.chars().any(|c| c.is_control() || c == '/')
+        {
+            return Err("bad stream key: publish to rtmp://HOST/live/STREAM_KEY".into());
+        }
+        let (name, ladder) = self.authorize(&req).await?;
+        validate_stream_name(&name).map_err(|e| format!("bad stream name: {e}"))?;
+        let (sink, mut events) = mpsc::channel::<RtmpEvent>(8);
+        let (tx, base_ms) = {
+            let mut streams = self.streams();
+            match streams.get_mut(&name) {
+                Some(e) if e.feed == Feed::Http || e.connected => {
+                    return Err(format!("stream {name} is already publishing"));
+                }
+                Some(e) => {
+                    e.connected = true;
+                    (Some(e.tx.clone()), e.end_ms)
+                }
+                None => (None, TIMELINE_START_MS),
+            }
+        };
+        let tx = match tx {
+            Some(tx) => {
+                info!(stream = name, peer = %req.peer, "publisher reconnected: the stream continues");
+                if tx.send(Cmd::Reconnected).await.is_err() {
+                    return Err(format!("stream {name} has just ended: publish again"));
+                }
+                tx
+            }
+            None => {
+                info!(stream = name, peer = %req.peer, "live stream starting");
+                self.start_stream(&name, ladder, Feed::Rtmp)
+            }
+        };
+        // Forward the connection's segments to the stream's task.
+        tokio::spawn(async move {
+            while let Some(ev) = events.recv().await {
+                let cmd = match ev {
+                    RtmpEvent::Segment(seg) => {
+                        let dir =
+                            std::env::temp_dir().join(format!("castwork-live-{}", Uuid::now_v7()));
+                        let path = dir.with_extension("flv");
+                        if let Err(e) = tokio::fs::write(&path, &seg.bytes).await {
+                            warn!(error = %e, "cannot store a live segment: the stream ends");
+                            break;
+                        }
+                        Cmd::Piece(Piece {
+                            path,
+                            format: "flv",
+                            seq: None,
+                            arrived: seg.arrived,
+                            duration_us: seg.duration_ms.map(|d| d * 1000),
+                            reply: None,
+                        })
+                    }
+                    RtmpEvent::Ended { end_ms, error } => {
+                        if let Some(e) = error {
+                            warn!(error = e, "publisher dropped");
+                        }
+                        let _ = tx.send(Cmd::Disconnected { end_ms }).await;
+                        break;
+                    }
+                };
+                if tx.send(cmd).await.is_err() {
+                    // The stream was refused or stopped: dropping `events` closes the
+                    // connection.
+                    break;
+                }
+            }
+        });
+        Ok(Accepted { sink, base_ms })
+    }
+}
+
+/// Why an HTTP push failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// The segment or stream was refused or failed.
+    #[error("{0}")]
+    Failed(String),
+    #[error("{0}")]
+    Timeout(String),
+    #[error("{0}")]
+    Unavailable(String),
+}

@@ -1,0 +1,176 @@
+//! Live stream state: the in-order listing of a live stream's segments, skipping segments
+//! past their deadline, and the lock that serialises each stream's playlist writes across
+//! orchestrators.
+
+use super::{segment_key, stream_key, State};
+
+/// The order in which a live stream's segments were listed in its playlists: `SEQ` for a
+/// listed segment, `SEQ d` for one that follows a publisher's reconnect, `-SEQ` for a
+/// segment left out (failed, skipped or never received).
+pub fn listed_key(stream: &str) -> String {
+    format!("cw:stream:{stream}:listed")
+}
+
+/// Live streams that are not complete yet.
+pub const LIVE_SET: &str = "cw:live";
+
+/// Skips a pending live segment (its deadline passed). Returns 1 when skipped, 0 when it
+/// was already resolved.
+const SKIP_SEGMENT: &str = r#"
+if redis.call('HGET', KEYS[1], 'state') ~= 'pending' then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'skipped', 'message', ARGV[1])
+redis.call('HINCRBY', KEYS[2], 'skipped', 1)
+redis.call('HINCRBY', KEYS[2], 'resolved', 1)
+return 1
+"#;
+
+/// Lists a live stream's resolved segments in order from its cursor: a transcoded segment
+/// is listed, a failed or skipped one becomes a gap. A pending segment past its deadline is
+/// skipped; a segment never received holds back later ones for ARGV[2] ms, then is skipped.
+/// Returns the newly listed and the newly skipped sequence numbers.
+const ADVANCE_LIVE: &str = r#"
+local now, hold, prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local info = redis.call('HMGET', KEYS[1], 'cursor', 'total', 'max_seq', 'blocked_since')
+local cursor = tonumber(info[1] or '0')
+local total = info[2] and tonumber(info[2])
+local max_seq = tonumber(info[3] or '-1')
+local listed, skipped = {}, {}
+while not total or cursor < total do
+  local sk = prefix .. cursor
+  local seg = redis.call('HMGET', sk, 'state', 'deadline_ms', 'disc')
+  local st = seg[1]
+  if st == 'done' then
+    redis.call('RPUSH', KEYS[2], seg[3] == '1' and (cursor .. ' d') or tostring(cursor))
+    redis.call('HSET', sk, 'listed_ms', now)
+    table.insert(listed, cursor)
+  elseif st == 'failed' or st == 'skipped' then
+    redis.call('RPUSH', KEYS[2], '-' .. cursor)
+  else
+    local skip = false
+    if st == 'pending' then
+      skip = seg[2] and tonumber(seg[2]) <= now
+    elseif max_seq > cursor or total then
+      local since = redis.call('HGET', KEYS[1], 'blocked_since')
+      if not since then
+        redis.call('HSET', KEYS[1], 'blocked_since', now)
+      elseif now - tonumber(since) >= hold then
+        skip = true
+      end
+    end
+    if not skip then break end
+    redis.call('HSET', sk, 'state', 'skipped', 'message',
+      st and 'missed its deadline' or 'never arrived')
+    redis.call('HINCRBY', KEYS[1], 'skipped', 1)
+    redis.call('HINCRBY', KEYS[1], 'resolved', 1)
+    redis.call('RPUSH', KEYS[2], '-' .. cursor)
+    table.insert(skipped, cursor)
+  end
+  redis.call('HDEL', KEYS[1], 'blocked_since')
+  cursor = cursor + 1
+end
+redis.call('HSET', KEYS[1], 'cursor', cursor)
+return {listed, skipped}
+"#;
+
+/// Releases a lock only if this holder still has it.
+const UNLOCK: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
+impl State {
+    /// Skips a pending segment; true when this call skipped it.
+    pub async fn skip(&self, stream: &str, seq: u64, message: &str) -> redis::RedisResult<bool> {
+        let r: i64 = redis::Script::new(SKIP_SEGMENT)
+            .key(segment_key(stream, seq))
+            .key(stream_key(stream))
+            .arg(message)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok(r == 1)
+    }
+
+    /// Lists what can be listed of a live stream: returns (newly listed, newly skipped).
+    pub async fn advance_live(
+        &self,
+        stream: &str,
+        now_ms: u64,
+        hold_ms: u64,
+    ) -> redis::RedisResult<(Vec<u64>, Vec<u64>)> {
+        redis::Script::new(ADVANCE_LIVE)
+            .key(stream_key(stream))
+            .key(listed_key(stream))
+            .arg(now_ms)
+            .arg(hold_ms)
+            .arg(format!("{}:seg:", stream_key(stream)))
+            .invoke_async(&mut self.redis.clone())
+            .await
+    }
+
+    /// The whole listing of a live stream (see [`listed_key`]).
+    pub async fn listed(&self, stream: &str) -> redis::RedisResult<Vec<String>> {
+        redis::cmd("LRANGE")
+            .arg(listed_key(stream))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut self.redis.clone())
+            .await
+    }
+
+    /// Takes a lock shared by every orchestrator on this Redis, waiting up to `wait` for
+    /// it; it expires after `ttl_ms` if its holder dies. Returns the token to release it
+    /// with, or `None` if it stayed taken.
+    pub async fn lock(
+        &self,
+        name: &str,
+        ttl_ms: u64,
+        wait: std::time::Duration,
+    ) -> redis::RedisResult<Option<String>> {
+        let token = uuid::Uuid::now_v7().to_string();
+        let key = format!("cw:lock:{name}");
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let got: Option<String> = redis::cmd("SET")
+                .arg(&key)
+                .arg(&token)
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl_ms)
+                .query_async(&mut self.redis.clone())
+                .await?;
+            if got.is_some() {
+                return Ok(Some(token));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+    }
+
+    pub async fn unlock(&self, name: &str, token: &str) -> redis::RedisResult<()> {
+        redis::Script::new(UNLOCK)
+            .key(format!("cw:lock:{name}"))
+            .arg(token)
+            .invoke_async::<i64>(&mut self.redis.clone())
+            .await
+            .map(|_| ())
+    }
+
+    /// Live streams not complete yet.
+    pub async fn live_streams(&self) -> redis::RedisResult<Vec<String>> {
+        redis::cmd("SMEMBERS")
+            .arg(LIVE_SET)
+            .query_async(&mut self.redis.clone())
+            .await
+    }
+
+    pub async fn forget_live(&self, stream: &str) -> redis::RedisResult<()> {
+        redis::cmd("SREM")
+            .arg(LIVE_SET)
+            .arg(stream)
+            .query_async::<i64>(&mut self.redis.clone())
+            .await
+            .map(|_| ())
+    }
+}
