@@ -359,7 +359,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 fn http_push_answers_with_the_renditions() {
     let _serial = serial();
     let mut cluster = Cluster::start(2);
-    let live = cluster.serve_live(&[]);
+    let live = cluster.serve_live(&["--http-push-max-mb", "2"]);
     let segs = pre_cut_segments(cluster.dir.path(), 6);
     assert_eq!(segs.len(), 3);
     let stream = "pushed-1";
@@ -457,6 +457,16 @@ fn http_push_answers_with_the_renditions() {
     )
     .unwrap();
     assert_eq!(dur.status, 400, "{}", dur.text());
+    let huge = http_request(
+        &live.http,
+        "PUT",
+        &format!("/live/{stream}/2.ts"),
+        &[("Content-Duration", "2000")],
+        &vec![0x47u8; 3 * 1024 * 1024],
+        wait,
+    )
+    .unwrap();
+    assert_eq!(huge.status, 413, "over --http-push-max-mb");
 
     let a = http_request(
         &live.http,

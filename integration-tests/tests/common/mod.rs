@@ -674,9 +674,13 @@ pub fn http_request(
     }
     head.push_str("\r\n");
     s.write_all(head.as_bytes())?;
-    s.write_all(body)?;
+    // A server may answer (413) and close before taking the whole body: read its answer.
+    let wrote = s.write_all(body);
     let mut buf = Vec::new();
-    s.read_to_end(&mut buf)?;
+    if let Err(e) = s.read_to_end(&mut buf) {
+        wrote?;
+        return Err(e);
+    }
     let split = buf
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
