@@ -40,4 +40,7 @@ seg, l = s["segments"], s["latency"]
 print("stream of %d segments, %d skipped; latency over %d segments:" % (seg["total"], seg["skipped"], l["segments"]))
 for part in ("total", "transcode", "overhead", "queue_wait"):
     print("  %-10s median %5d ms   p95 %5d ms" % (part, l[part]["median_ms"], l[part]["p95_ms"]))
+print("overhead by stage:")
+for part, v in l["overhead_stages"].items():
+    print("  %-14s median %5d ms   p95 %5d ms" % (part, v["median_ms"], v["p95_ms"]))
 '

@@ -134,7 +134,24 @@ async fn live_latency(
     let total = rec.total.unwrap_or(rec.received);
     let segments = state.segments(&rec.stream, total).await?;
     let (mut all, mut transcode, mut overhead, mut wait) = (vec![], vec![], vec![], vec![]);
+    // Where the overhead goes: broadcaster to orchestrator (remux, store, publish), the
+    // orchestrator to a worker starting (record, job publish, queue), the worker's own
+    // non-transcode work (fetch, upload, report), and checking, accepting and listing.
+    let (mut ingest, mut dispatch, mut worker, mut listing) = (vec![], vec![], vec![], vec![]);
     for s in segments.iter().flatten() {
+        if let (Some(a), Some(r), Some(st), Some(res), Some(l), Some(t)) = (
+            s.arrived_ms,
+            s.ready_ms,
+            s.started_ms,
+            s.result_ms,
+            s.listed_ms,
+            s.transcode_ms,
+        ) {
+            ingest.push(r.saturating_sub(a));
+            dispatch.push(st.saturating_sub(r));
+            worker.push(res.saturating_sub(st).saturating_sub(t));
+            listing.push(l.saturating_sub(res));
+        }
         if let (Some(a), Some(l)) = (s.arrived_ms, s.listed_ms) {
             let t = l.saturating_sub(a);
             let tr = s.transcode_ms.unwrap_or(0).min(t);
@@ -155,5 +172,11 @@ async fn live_latency(
         "transcode": p(transcode),
         "overhead": p(overhead),
         "queue_wait": p(wait),
+        "overhead_stages": {
+            "ingest": p(ingest),
+            "dispatch": p(dispatch),
+            "worker_io": p(worker),
+            "check_and_list": p(listing),
+        },
     }))
 }

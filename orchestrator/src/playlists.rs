@@ -200,6 +200,8 @@ mod tests {
             listed_ms: None,
             transcode_ms: None,
             deadline_ms: None,
+            ready_ms: None,
+            result_ms: None,
         })
     }
 

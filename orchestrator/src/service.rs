@@ -371,6 +371,7 @@ impl Orchestrator {
     }
 
     async fn segment_result(&self, r: SegmentResult) -> Result<(), HandleError> {
+        let received_ms = now_unix_ms();
         let (Some(rec), Some(seg)) = (
             self.state.stream(&r.stream).await?,
             self.state.segment(&r.stream, r.seq).await?,
@@ -399,7 +400,14 @@ impl Orchestrator {
             Ok(accepted) => {
                 if self
                     .state
-                    .accept(&r.stream, r.seq, r.attempt, &accepted, r.transcode_ms)
+                    .accept(
+                        &r.stream,
+                        r.seq,
+                        r.attempt,
+                        &accepted,
+                        r.transcode_ms,
+                        received_ms,
+                    )
                     .await?
                 {
                     metrics::SEGMENTS.with_label_values(&["done"]).inc();

@@ -95,6 +95,10 @@ pub struct SegmentRecord {
     pub transcode_ms: Option<u64>,
     /// Live: after this (Unix ms) the segment is skipped rather than waited for.
     pub deadline_ms: Option<u64>,
+    /// When the orchestrator recorded it (Unix ms).
+    pub ready_ms: Option<u64>,
+    /// When the accepted result reached the orchestrator (Unix ms).
+    pub result_ms: Option<u64>,
 }
 
 /// Registers a stream unless one with that name exists. Returns 1 when new, 2 when it is
@@ -128,6 +132,7 @@ redis.call('HSET', KEYS[1], 'start_us', ARGV[1], 'duration_us', ARGV[2], 'frames
   'source', ARGV[4], 'has_audio', ARGV[5], 'last_pts_us', ARGV[6], 'attempt', 1,
   'state', 'pending', 'disc', ARGV[9])
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'arrived_ms', ARGV[7]) end
+redis.call('HSET', KEYS[1], 'ready_ms', ARGV[11])
 if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'deadline_ms', ARGV[8]) end
 redis.call('HINCRBY', KEYS[2], 'received', 1)
 if tonumber(ARGV[10]) > tonumber(redis.call('HGET', KEYS[2], 'max_seq') or '-1') then
@@ -143,7 +148,7 @@ const ACCEPT_RESULT: &str = r#"
 if redis.call('HGET', KEYS[1], 'state') ~= 'pending' then return 0 end
 if tonumber(ARGV[2]) ~= tonumber(redis.call('HGET', KEYS[1], 'attempt')) then return -1 end
 redis.call('HSET', KEYS[1], 'state', 'done', 'accepted', ARGV[1], 'accepted_attempt', ARGV[2],
-  'transcode_ms', ARGV[3])
+  'transcode_ms', ARGV[3], 'result_ms', ARGV[4])
 redis.call('HINCRBY', KEYS[2], 'done', 1)
 redis.call('HINCRBY', KEYS[2], 'resolved', 1)
 return 1
@@ -261,6 +266,7 @@ impl State {
             .arg(opt(deadline_ms))
             .arg(if seg.discontinuity { "1" } else { "0" })
             .arg(seg.seq)
+            .arg(now_unix_ms())
             .invoke_async(&mut self.redis.clone())
             .await
     }
@@ -272,6 +278,7 @@ impl State {
         attempt: u32,
         renditions: &[AcceptedRendition],
         transcode_ms: u64,
+        result_ms: u64,
     ) -> redis::RedisResult<bool> {
         let r: i64 = redis::Script::new(ACCEPT_RESULT)
             .key(segment_key(stream, seq))
@@ -279,6 +286,7 @@ impl State {
             .arg(json(&renditions))
             .arg(attempt)
             .arg(transcode_ms)
+            .arg(result_ms)
             .invoke_async(&mut self.redis.clone())
             .await?;
         Ok(r == 1)
@@ -559,5 +567,7 @@ fn parse_segment(seq: u64, h: &HashMap<String, String>) -> Option<SegmentRecord>
         listed_ms: opt("listed_ms"),
         transcode_ms: opt("transcode_ms"),
         deadline_ms: opt("deadline_ms"),
+        ready_ms: opt("ready_ms"),
+        result_ms: opt("result_ms"),
     })
 }
