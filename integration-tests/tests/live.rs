@@ -581,7 +581,7 @@ fn a_live_segment_past_its_deadline_is_skipped() {
     // No worker at first: the first segment's job sits in the queue past its deadline.
     let mut cluster = Cluster::start_with(0, &["--live-deadline-secs", "3"], Vec::new());
     let live = cluster.serve_live(&["--http-push-wait-secs", "60"]);
-    let segs = pre_cut_segments(cluster.dir.path(), 4);
+    let segs = pre_cut_segments(cluster.dir.path(), 6);
     let late = http_request(
         &live.http,
         "PUT",
@@ -604,9 +604,34 @@ fn a_live_segment_past_its_deadline_is_skipped() {
     )
     .unwrap();
     assert_eq!(a.status, 200, "{}", a.text());
+    // Segments 2 and 3 never arrive: once the hold bound passes they are skipped together
+    // and segment 4 is listed.
+    let a = http_request(
+        &live.http,
+        "PUT",
+        "/live/late-1/4.ts",
+        &[("Content-Duration", "2000")],
+        &std::fs::read(&segs[2]).unwrap(),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    assert_eq!(a.status, 200, "{}", a.text());
+    let listed = cluster
+        .storage_dir()
+        .join("streams/late-1/P240p30fps16x9/index.m3u8");
+    let held = Instant::now();
+    wait_until("segment 4 listed", Duration::from_secs(30), || {
+        media_playlist(&listed).is_some_and(|m| m.segments.iter().any(|s| seq_of(&s.uri) == 4))
+    });
+    let waited = held.elapsed();
+    assert!(
+        waited < Duration::from_secs(8),
+        "two missing segments are waited for once (3 s), not once each: {waited:?}"
+    );
     let done = cluster.wait_complete("late-1", Duration::from_secs(60));
-    assert_eq!(done["segments"]["skipped"], 1, "{done}");
-    assert_eq!(done["segments"]["done"], 1, "{done}");
+    assert_eq!(done["segments"]["total"], 5, "{done}");
+    assert_eq!(done["segments"]["skipped"], 3, "{done}");
+    assert_eq!(done["segments"]["done"], 2, "{done}");
     let recording = media_playlist(
         &cluster
             .storage_dir()
@@ -614,7 +639,58 @@ fn a_live_segment_past_its_deadline_is_skipped() {
     )
     .unwrap();
     let seqs: Vec<u64> = recording.segments.iter().map(|s| seq_of(&s.uri)).collect();
-    assert_eq!(seqs, [1], "the skipped segment is left out");
+    assert_eq!(seqs, [1, 4], "the skipped segments are left out");
+    assert!(
+        recording.segments[1].discontinuity,
+        "a gap before segment 4"
+    );
+}
+
+#[test]
+fn the_same_key_broadcasts_again_after_its_stream_ended() {
+    let _serial = serial();
+    let mut cluster = Cluster::start(2);
+    let live = cluster.serve_live(&[]);
+    let stream = "again-1";
+    let (ok, err) = finish(
+        rtmp_publisher(&live.rtmp_url(stream), 5),
+        Duration::from_secs(60),
+    );
+    assert!(ok, "{err}");
+    let first = cluster.wait_complete(stream, Duration::from_secs(60));
+    let old = first["session"].as_str().unwrap().to_string();
+    let (ok, err) = finish(
+        rtmp_publisher(&live.rtmp_url(stream), 5),
+        Duration::from_secs(60),
+    );
+    assert!(ok, "the key broadcasts again: {err}\n{}", cluster.logs());
+    wait_until(
+        "the second broadcast completes",
+        Duration::from_secs(60),
+        || {
+            let s = status(&cluster, stream);
+            s["session"] != old.as_str() && s["state"] == "complete"
+        },
+    );
+    let base = cluster.storage_dir().join(format!("streams/{stream}"));
+    for master in [
+        "recording.m3u8".to_string(),
+        format!("recording-{old}.m3u8"),
+    ] {
+        let path = base.join(&master);
+        let errors = decode_errors(&path);
+        assert!(errors.trim().is_empty(), "{master}: {errors}");
+        let probe = ffprobe(&path, &["-show_entries", "format=duration"]);
+        let d: f64 = probe["format"]["duration"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            (d - 5.0).abs() < 0.6,
+            "{master} holds one 5 s broadcast: {d}"
+        );
+    }
 }
 
 #[test]

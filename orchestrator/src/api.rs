@@ -103,6 +103,7 @@ async fn stream_status(AxumState(api): AxumState<ApiState>, Path(name): Path<Str
         .collect();
     Json(json!({
         "stream": rec.stream,
+        "session": rec.session,
         "state": rec.state,
         "mode": rec.mode,
         "segments": {

@@ -183,6 +183,57 @@ impl Orchestrator {
         Ok(master)
     }
 
+    /// Makes room for a new broadcast under the name of an ended live stream: its recording
+    /// playlists are kept as `recording-SESSION.m3u8` (the segments they list stay where they
+    /// are) and its state in Redis is forgotten.
+    pub async fn archive_live(&self, old: &StreamRecord) -> Result<(), HandleError> {
+        let tag = format!("{RECORDING}-{}", old.session);
+        let base = format!("streams/{}", old.stream);
+        for rung in &old.plan.rungs {
+            self.copy_playlist(
+                &format!("{base}/{}/{RECORDING}.m3u8", rung.name),
+                &format!("{base}/{}/{tag}.m3u8", rung.name),
+                None,
+            )
+            .await?;
+        }
+        let (from_uri, to_uri) = (format!("/{RECORDING}.m3u8"), format!("/{tag}.m3u8"));
+        self.copy_playlist(
+            &format!("{base}/{RECORDING}.m3u8"),
+            &format!("{base}/{tag}.m3u8"),
+            Some((&from_uri, &to_uri)),
+        )
+        .await?;
+        if self.state.forget_stream(&old.stream, &old.session).await? {
+            info!(
+                stream = old.stream,
+                archived = format!("{base}/{tag}.m3u8"),
+                "the ended broadcast's recording is archived; a new broadcast takes the name"
+            );
+        }
+        Ok(())
+    }
+
+    /// Copies a playlist, replacing `rewrite.0` by `rewrite.1` in it; a missing one is
+    /// skipped.
+    async fn copy_playlist(
+        &self,
+        from: &str,
+        to: &str,
+        rewrite: Option<(&str, &str)>,
+    ) -> Result<(), castwork_cluster::StorageError> {
+        let bytes = match self.storage.get(from).await {
+            Ok(b) => b,
+            Err(castwork_cluster::StorageError::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let bytes = match rewrite {
+            Some((a, b)) => String::from_utf8_lossy(&bytes).replace(a, b).into(),
+            None => bytes,
+        };
+        self.storage.put(to, bytes).await
+    }
+
     /// Forgets the playlist lock of a finished stream.
     pub fn drop_live_lock(&self, stream: &str) {
         let mut locks = self.live_locks.lock().unwrap_or_else(|p| p.into_inner());

@@ -113,6 +113,25 @@ impl Orchestrator {
         .await
     }
 
+    async fn register(
+        &self,
+        s: &StreamStarted,
+        plan: &castwork_protocol::LadderPlan,
+    ) -> Result<i64, HandleError> {
+        Ok(self
+            .state
+            .register_stream(
+                &s.stream,
+                &s.session.to_string(),
+                s.mode,
+                plan,
+                &s.source,
+                s.target_duration_secs
+                    .filter(|_| s.mode == StreamMode::Live),
+            )
+            .await?)
+    }
+
     async fn stream_started(&self, s: StreamStarted) -> Result<(), HandleError> {
         if let Err(m) = validate_stream_name(&s.stream) {
             return self.reject(&s, m).await;
@@ -136,19 +155,15 @@ impl Orchestrator {
         // The seam for payment: a priced orchestrator checks the broadcaster's balance or
         // tickets here; the default price is 0, so every stream is admitted.
         let plan = plan_ladder(&ladder, &s.source);
-        let registered = self
-            .state
-            .register_stream(
-                &s.stream,
-                &s.session.to_string(),
-                s.mode,
-                &plan,
-                &s.source,
-                s.target_duration_secs
-                    .filter(|_| s.mode == StreamMode::Live),
-            )
-            .await?;
-        if registered == 0 {
+        let mut registered = self.register(&s, &plan).await?;
+        if registered == 3 {
+            // The same key broadcasting again after its last broadcast ended.
+            if let Some(old) = self.state.stream(&s.stream).await? {
+                self.archive_live(&old).await?;
+            }
+            registered = self.register(&s, &plan).await?;
+        }
+        if registered != 1 && registered != 2 {
             return self
                 .reject(
                     &s,

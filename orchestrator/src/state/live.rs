@@ -26,7 +26,8 @@ return 1
 
 /// Lists a live stream's resolved segments in order from its cursor: a transcoded segment
 /// is listed, a failed or skipped one becomes a gap. A pending segment past its deadline is
-/// skipped; a segment never received holds back later ones for ARGV[2] ms, then is skipped.
+/// skipped; a segment never received holds back later ones for ARGV[2] ms, then it and the
+/// segments missing right after it are skipped.
 /// Returns the newly listed and the newly skipped sequence numbers.
 const ADVANCE_LIVE: &str = r#"
 local now, hold, prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
@@ -57,7 +58,10 @@ while not total or cursor < total do
         skip = true
       end
     end
-    if not skip then break end
+    if not skip then
+      if st then redis.call('HDEL', KEYS[1], 'blocked_since') end
+      break
+    end
     redis.call('HSET', sk, 'state', 'skipped', 'message',
       st and 'missed its deadline' or 'never arrived')
     redis.call('HINCRBY', KEYS[1], 'skipped', 1)
@@ -65,11 +69,23 @@ while not total or cursor < total do
     redis.call('RPUSH', KEYS[2], '-' .. cursor)
     table.insert(skipped, cursor)
   end
-  redis.call('HDEL', KEYS[1], 'blocked_since')
+  -- A run of segments that never arrived is waited for once, not once each.
+  if st then redis.call('HDEL', KEYS[1], 'blocked_since') end
   cursor = cursor + 1
 end
 redis.call('HSET', KEYS[1], 'cursor', cursor)
 return {listed, skipped}
+"#;
+
+/// Forgets an ended live stream's state (its recording stays in the object store), if it is
+/// still the session ARGV[4] and complete. Returns 1 when forgotten.
+const FORGET_STREAM: &str = r#"
+local h = redis.call('HMGET', KEYS[1], 'session', 'state', 'total', 'max_seq')
+if h[1] ~= ARGV[4] or h[2] ~= 'complete' then return 0 end
+local n = math.max(tonumber(h[3] or '0'), tonumber(h[4] or '-1') + 1)
+for i = 0, n - 1 do redis.call('DEL', ARGV[1] .. i) end
+redis.call('DEL', KEYS[1], ARGV[2], ARGV[3])
+return 1
 "#;
 
 /// Releases a lock only if this holder still has it.
@@ -79,6 +95,19 @@ return 0
 "#;
 
 impl State {
+    /// Forgets the state of an ended live stream of session `session`; true when done.
+    pub async fn forget_stream(&self, stream: &str, session: &str) -> redis::RedisResult<bool> {
+        let r: i64 = redis::Script::new(FORGET_STREAM)
+            .key(stream_key(stream))
+            .arg(format!("{}:seg:", stream_key(stream)))
+            .arg(listed_key(stream))
+            .arg(super::failures_key(stream))
+            .arg(session)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok(r == 1)
+    }
+
     /// Skips a pending segment; true when this call skipped it.
     pub async fn skip(&self, stream: &str, seq: u64, message: &str) -> redis::RedisResult<bool> {
         let r: i64 = redis::Script::new(SKIP_SEGMENT)

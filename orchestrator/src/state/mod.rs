@@ -102,11 +102,15 @@ pub struct SegmentRecord {
 }
 
 /// Registers a stream unless one with that name exists. Returns 1 when new, 2 when it is
-/// the same push again (a redelivery), 0 when the name is taken by another push.
+/// the same push again (a redelivery), 3 when the name belongs to a live stream that has
+/// ended and the new one is live too (the same key broadcasting again: the old one can be
+/// archived), 0 when the name is taken by another push.
 const REGISTER_STREAM: &str = r#"
 local cur = redis.call('HGET', KEYS[1], 'session')
 if cur then
   if cur == ARGV[1] then return 2 end
+  local old = redis.call('HMGET', KEYS[1], 'mode', 'state')
+  if old[1] == 'live' and old[2] == 'complete' and ARGV[2] == 'live' then return 3 end
   return 0
 end
 redis.call('HSET', KEYS[1], 'session', ARGV[1], 'mode', ARGV[2], 'plan', ARGV[3],
