@@ -2,6 +2,7 @@
 //! baseline in the same run, runs alternating A B A B ..., and printed as a Markdown table of
 //! medians with min and max (timings on shared machines are noisy; ratios are not).
 
+mod e2e;
 mod segment;
 mod stats;
 
@@ -21,33 +22,59 @@ struct Cli {
     command: Cmd,
 }
 
+/// What every figure is measured with.
+#[derive(clap::Args, Debug)]
+struct Common {
+    /// Input clips. Default: testdata/bikes.mp4 (a camera clip, scripts/fetch-testdata.sh)
+    /// and a generated 1080p30 clip.
+    #[arg(long = "input", env = "BENCH_INPUTS", value_delimiter = ',')]
+    inputs: Vec<PathBuf>,
+
+    /// Comma-separated Livepeer presets of the ladder, at the presets' own bitrates.
+    #[arg(long, env = "PROFILES", default_value = DEFAULT_PRESETS)]
+    profiles: String,
+
+    /// libx264 preset on both sides.
+    #[arg(long, env = "X264_PRESET", default_value = "veryfast")]
+    preset: String,
+
+    /// Threads per encoder and for the decoder on both sides; 0 uses every core (one
+    /// worker slot on this machine).
+    #[arg(long, env = "WORKER_THREADS", default_value_t = 0)]
+    threads: usize,
+
+    /// Timed runs of each side, alternating (after one warm-up each where noted).
+    #[arg(long, env = "BENCH_RUNS", default_value_t = 5)]
+    runs: usize,
+}
+
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// The worker's transcode of one 2 s segment (decode + every rung + mux) and its peak
     /// memory, against the `ffmpeg` CLI doing the same in one process (`split` filter).
     Segment {
-        /// Input clips (each is cut like the broadcaster does and its second segment used).
-        /// Default: testdata/bikes.mp4 (a camera clip, scripts/fetch-testdata.sh) and a
-        /// generated 1080p30 clip.
-        #[arg(long = "input", env = "BENCH_INPUTS", value_delimiter = ',')]
-        inputs: Vec<PathBuf>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// `broadcaster push --wait` of each whole clip through a running cluster (an
+    /// orchestrator and worker processes of this build, on a RabbitMQ vhost of its own)
+    /// against the `ffmpeg` CLI transcoding the whole clip in one process.
+    E2e {
+        #[command(flatten)]
+        common: Common,
 
-        /// Comma-separated Livepeer presets of the ladder, at the presets' own bitrates.
-        #[arg(long, env = "PROFILES", default_value = DEFAULT_PRESETS)]
-        profiles: String,
+        /// Worker processes of one slot each.
+        #[arg(long, env = "BENCH_WORKERS", default_value_t = 2)]
+        workers: usize,
+    },
+    /// Every figure above, in one table.
+    All {
+        #[command(flatten)]
+        common: Common,
 
-        /// libx264 preset on both sides.
-        #[arg(long, env = "X264_PRESET", default_value = "veryfast")]
-        preset: String,
-
-        /// Threads per encoder and for the decoder on both sides; 0 uses every core (one
-        /// worker slot on this machine).
-        #[arg(long, env = "WORKER_THREADS", default_value_t = 0)]
-        threads: usize,
-
-        /// Timed runs of each side (after one warm-up each).
-        #[arg(long, env = "BENCH_RUNS", default_value_t = 5)]
-        runs: usize,
+        /// Worker processes of one slot each.
+        #[arg(long, env = "BENCH_WORKERS", default_value_t = 2)]
+        workers: usize,
     },
     /// (Used by `segment`.) Transcodes one segment and prints this process's peak RSS.
     #[command(hide = true)]
@@ -133,46 +160,63 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             &parse_profiles(&profiles)?,
             &options(&preset, threads),
         ),
-        Cmd::Segment {
-            inputs,
-            profiles,
-            preset,
-            threads,
-            runs,
-        } => {
-            let ladder = parse_profiles(&profiles)?;
-            let opts = options(&preset, threads);
-            let work = tempfile::tempdir()?;
-            let inputs = if inputs.is_empty() {
-                let mut v = Vec::new();
-                let bikes = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/bikes.mp4");
-                if bikes.exists() {
-                    v.push(bikes);
-                } else {
-                    eprintln!("testdata/bikes.mp4 is missing (scripts/fetch-testdata.sh): skipped");
-                }
-                v.push(synthetic_1080p(work.path())?);
-                v
-            } else {
-                inputs
-            };
-            let mut figures = Vec::new();
-            for (i, input) in inputs.iter().enumerate() {
-                let dir = work.path().join(format!("input-{i}"));
-                std::fs::create_dir_all(&dir)?;
-                let p = segment::prepare(input, &ladder, &dir)?;
-                figures.push(segment::time_transcode(&p, &opts, runs)?);
-                figures.push(segment::peak_memory(&p, &opts, &profiles, runs.min(3))?);
-            }
-            println!(
-                "ladder {profiles}, libx264 preset {}, {} threads per encoder and decoder, {runs} runs per side\n",
-                opts.preset, opts.threads
-            );
-            println!("{}", stats::HEADER);
-            for f in &figures {
-                println!("{}", f.row());
-            }
-            Ok(())
+        Cmd::Segment { common } => report(&common, true, None),
+        Cmd::E2e { common, workers } => report(&common, false, Some(workers)),
+        Cmd::All { common, workers } => report(&common, true, Some(workers)),
+    }
+}
+
+/// The inputs: those given, or bikes.mp4 and a generated 1080p30 clip.
+fn inputs(common: &Common, work: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    if !common.inputs.is_empty() {
+        return Ok(common.inputs.clone());
+    }
+    let mut v = Vec::new();
+    let bikes = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/bikes.mp4");
+    if bikes.exists() {
+        v.push(bikes);
+    } else {
+        eprintln!("testdata/bikes.mp4 is missing (scripts/fetch-testdata.sh): skipped");
+    }
+    v.push(synthetic_1080p(work)?);
+    Ok(v)
+}
+
+/// Measures the chosen figures for every input and prints the table.
+fn report(common: &Common, segments: bool, workers: Option<usize>) -> anyhow::Result<()> {
+    let ladder = parse_profiles(&common.profiles)?;
+    let opts = options(&common.preset, common.threads);
+    let work = tempfile::tempdir()?;
+    let inputs = inputs(common, work.path())?;
+    let mut figures = Vec::new();
+    if segments {
+        for (i, input) in inputs.iter().enumerate() {
+            let dir = work.path().join(format!("input-{i}"));
+            std::fs::create_dir_all(&dir)?;
+            let p = segment::prepare(input, &ladder, &dir)?;
+            figures.push(segment::time_transcode(&p, &opts, common.runs)?);
+            figures.push(segment::peak_memory(
+                &p,
+                &opts,
+                &common.profiles,
+                common.runs.min(3),
+            )?);
         }
     }
+    if let Some(n) = workers {
+        let cluster = e2e::Cluster::start(n, &opts.preset)?;
+        for input in &inputs {
+            eprintln!("{}: end to end, {n} workers", input.display());
+            figures.push(e2e::figure(&cluster, input, &ladder, &opts, common.runs)?);
+        }
+    }
+    println!(
+        "ladder {}, libx264 preset {}, {} threads per encoder and decoder, {} runs per side\n",
+        common.profiles, opts.preset, opts.threads, common.runs
+    );
+    println!("{}", stats::HEADER);
+    for f in &figures {
+        println!("{}", f.row());
+    }
+    Ok(())
 }

@@ -1,34 +1,29 @@
-//! The benchmark runs end to end on a small clip and prints its table (no timing is
+//! The benchmarks run end to end on a small clip and print their table rows (no timing is
 //! asserted: timings on shared machines are noisy).
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-#[test]
-fn segment_benchmark_prints_its_table() {
-    let dir = tempfile::tempdir().unwrap();
-    let clip = dir.path().join("small.mp4");
+fn small_clip(dir: &Path) -> PathBuf {
+    let clip = dir.join("small.mp4");
     let ok = Command::new("ffmpeg")
-        .args([
-            "-v",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=320x240:rate=30",
-        ])
-        .args([
-            "-f", "lavfi", "-i", "sine", "-t", "5", "-c:v", "libx264", "-g", "60",
-        ])
-        .args(["-pix_fmt", "yuv420p", "-c:a", "aac"])
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg("testsrc2=size=320x240:rate=30")
+        .args(["-f", "lavfi", "-i", "sine", "-t", "5", "-c:v", "libx264"])
+        .args(["-g", "60", "-pix_fmt", "yuv420p", "-c:a", "aac"])
         .arg(&clip)
         .status()
         .unwrap();
     assert!(ok.success());
+    clip
+}
+
+/// Runs `castwork-bench ARGS --input CLIP` and returns the table rows of the clip.
+fn rows(args: &[&str], clip: &Path) -> Vec<String> {
     let out = Command::new(env!("CARGO_BIN_EXE_castwork-bench"))
-        .args(["segment", "--runs", "1", "--profiles", "P144p30fps16x9"])
-        .arg("--input")
-        .arg(&clip)
+        .args(args)
+        .args(["--runs", "1", "--profiles", "P144p30fps16x9", "--input"])
+        .arg(clip)
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -37,13 +32,30 @@ fn segment_benchmark_prints_its_table() {
         "{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let rows: Vec<&str> = text
+    let rows: Vec<String> = text
         .lines()
         .filter(|l| l.starts_with("| small.mp4"))
+        .map(String::from)
         .collect();
-    assert_eq!(rows.len(), 2, "{text}");
     assert!(
         rows.iter().all(|r| r.contains("**")),
         "each row has a ratio: {text}"
     );
+    rows
+}
+
+#[test]
+fn segment_benchmark_prints_its_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = small_clip(dir.path());
+    assert_eq!(rows(&["segment"], &clip).len(), 2);
+}
+
+#[test]
+fn end_to_end_benchmark_runs_a_cluster_of_this_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = small_clip(dir.path());
+    let rows = rows(&["e2e", "--workers", "1"], &clip);
+    assert_eq!(rows.len(), 1);
+    assert!(rows[0].contains("push --wait"), "{rows:?}");
 }
