@@ -310,9 +310,12 @@ impl Live {
                         break;
                     }
                 };
-                if tx.send(cmd).await.is_err() {
+                if let Err(mpsc::error::SendError(cmd)) = tx.send(cmd).await {
                     // The stream was refused or stopped: dropping `events` closes the
                     // connection.
+                    if let Cmd::Piece(p) = cmd {
+                        let _ = tokio::fs::remove_file(&p.path).await;
+                    }
                     break;
                 }
             }

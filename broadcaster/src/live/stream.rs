@@ -98,7 +98,11 @@ impl StreamTask {
                     if self.refused.is_some() {
                         // Refuse whatever is queued, then stop: the publisher is cut off.
                         rx.close();
-                        while let Some(Cmd::Piece(p)) = rx.recv().await {
+                        while let Some(cmd) = rx.recv().await {
+                            let Cmd::Piece(p) = cmd else { continue };
+                            if p.format == "flv" {
+                                let _ = tokio::fs::remove_file(&p.path).await;
+                            }
                             if let Some(r) = p.reply {
                                 let _ = r.send(Err(self.refused.clone().unwrap_or_default()));
                             }
