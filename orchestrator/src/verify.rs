@@ -45,101 +45,118 @@ pub async fn check_result(
         40_000
     };
     let tmp = tempfile::tempdir().map_err(|e| CheckError::Unavailable(e.to_string()))?;
-    let mut accepted = Vec::with_capacity(result.renditions.len());
-    for out in &result.renditions {
-        let Some(rung) = plan.rungs.iter().find(|r| r.name == out.rung) else {
-            return bad(format!("unknown rung {}", out.rung));
-        };
-        let key = rendition_key(
-            &result.stream,
-            &out.rung,
-            result.seq,
-            result.attempt,
-            &out.object.sha256,
-        );
-        if out.object.key != key {
-            return bad(format!(
-                "{} is not this attempt's key {key}",
-                out.object.key
-            ));
-        }
-        let data = match storage.get(&key).await {
-            Ok(d) => d,
-            Err(castwork_cluster::StorageError::NotFound(k)) => {
-                return bad(format!("rendition {k} was not uploaded"))
-            }
-            Err(e) => return Err(CheckError::Unavailable(e.to_string())),
-        };
-        if data.len() as u64 != out.object.size
-            || hex::encode(Sha256::digest(&data)) != out.object.sha256
-        {
-            return bad(format!("{key} does not match its reported size and sha256"));
-        }
-        let path = tmp.path().join(format!("{}.ts", out.rung));
-        tokio::fs::write(&path, &data)
-            .await
-            .map_err(|e| CheckError::Unavailable(e.to_string()))?;
-        let info = tokio::task::spawn_blocking(move || castwork_media::inspect(&path, "mpegts"))
-            .await
-            // A panic while reading the rendition is the rendition's fault.
-            .map_err(|e| CheckError::Bad(format!("{key}: inspecting it failed: {e}")))?
-            .map_err(|e| CheckError::Bad(format!("{key}: {e}")))?;
-        // Frames are dropped only under a frame-rate cap: without one the rendition ends on
-        // the source's last frame, with one within a frame interval of the cap before it.
-        let (slack_us, min_frames) = match rung.drop_to_fps.map(|r| r.as_f64()) {
-            Some(f) if f > 0.0 => ((1e6 / f) as u64 + 1_000, 1),
-            _ => (1_000, (seg.frames * 9).div_ceil(10).max(1)),
-        };
-        let end_gap = seg.last_pts_us.saturating_sub(info.last_pts_us);
-        let problems = [
-            ((info.width, info.height) != (rung.width, rung.height)).then(|| {
-                format!(
-                    "size {}x{} instead of {}x{}",
-                    info.width, info.height, rung.width, rung.height
-                )
-            }),
-            (info.video_codec != "h264")
-                .then(|| format!("codec {} instead of h264", info.video_codec)),
-            (info.pixel_format != "yuv420p").then(|| format!("pixel format {}", info.pixel_format)),
-            (!info.starts_with_keyframe).then(|| "does not start with a keyframe".to_string()),
-            (info.start_us.abs_diff(seg.start_us) > frame_us as u64 + 1_000).then(|| {
-                format!(
-                    "starts at {} us instead of {} us",
-                    info.start_us, seg.start_us
-                )
-            }),
-            (info.frames > seg.frames || info.frames < min_frames).then(|| {
-                format!(
-                    "{} frames from a {}-frame source segment",
-                    info.frames, seg.frames
-                )
-            }),
-            (end_gap < -1_000 || end_gap.unsigned_abs() > slack_us).then(|| {
-                format!(
-                    "last frame at {} us, the source's at {} us",
-                    info.last_pts_us, seg.last_pts_us
-                )
-            }),
-            (seg.has_audio != info.audio_codec.is_some()).then(|| {
-                format!(
-                    "audio {:?} but the source segment has audio: {}",
-                    info.audio_codec, seg.has_audio
-                )
-            }),
-        ];
-        let problems: Vec<String> = problems.into_iter().flatten().collect();
-        if !problems.is_empty() {
-            return bad(format!("{key}: {}", problems.join(", ")));
-        }
-        accepted.push(AcceptedRendition {
-            rung: out.rung.clone(),
-            key,
-            size: out.object.size,
-            width: info.width,
-            height: info.height,
-            frames: info.frames,
-            codecs: info.codecs(),
-        });
+    // The renditions are checked at once: fetching and demuxing one does not wait for
+    // another.
+    futures_util::future::try_join_all(
+        result
+            .renditions
+            .iter()
+            .map(|out| check_rendition(storage, tmp.path(), seg, plan, result, out, frame_us)),
+    )
+    .await
+}
+
+/// Checks one rendition of a result.
+async fn check_rendition(
+    storage: &Storage,
+    tmp: &std::path::Path,
+    seg: &SegmentRecord,
+    plan: &LadderPlan,
+    result: &SegmentResult,
+    out: &castwork_protocol::RenditionOutput,
+    frame_us: i64,
+) -> Result<AcceptedRendition, CheckError> {
+    let bad = |m: String| Err(CheckError::Bad(m));
+    let Some(rung) = plan.rungs.iter().find(|r| r.name == out.rung) else {
+        return bad(format!("unknown rung {}", out.rung));
+    };
+    let key = rendition_key(
+        &result.stream,
+        &out.rung,
+        result.seq,
+        result.attempt,
+        &out.object.sha256,
+    );
+    if out.object.key != key {
+        return bad(format!(
+            "{} is not this attempt's key {key}",
+            out.object.key
+        ));
     }
-    Ok(accepted)
+    let data = match storage.get(&key).await {
+        Ok(d) => d,
+        Err(castwork_cluster::StorageError::NotFound(k)) => {
+            return bad(format!("rendition {k} was not uploaded"))
+        }
+        Err(e) => return Err(CheckError::Unavailable(e.to_string())),
+    };
+    if data.len() as u64 != out.object.size
+        || hex::encode(Sha256::digest(&data)) != out.object.sha256
+    {
+        return bad(format!("{key} does not match its reported size and sha256"));
+    }
+    let path = tmp.join(format!("{}.ts", out.rung));
+    tokio::fs::write(&path, &data)
+        .await
+        .map_err(|e| CheckError::Unavailable(e.to_string()))?;
+    let info = tokio::task::spawn_blocking(move || castwork_media::inspect(&path, "mpegts"))
+        .await
+        // A panic while reading the rendition is the rendition's fault.
+        .map_err(|e| CheckError::Bad(format!("{key}: inspecting it failed: {e}")))?
+        .map_err(|e| CheckError::Bad(format!("{key}: {e}")))?;
+    // Frames are dropped only under a frame-rate cap: without one the rendition ends on
+    // the source's last frame, with one within a frame interval of the cap before it.
+    let (slack_us, min_frames) = match rung.drop_to_fps.map(|r| r.as_f64()) {
+        Some(f) if f > 0.0 => ((1e6 / f) as u64 + 1_000, 1),
+        _ => (1_000, (seg.frames * 9).div_ceil(10).max(1)),
+    };
+    let end_gap = seg.last_pts_us.saturating_sub(info.last_pts_us);
+    let problems = [
+        ((info.width, info.height) != (rung.width, rung.height)).then(|| {
+            format!(
+                "size {}x{} instead of {}x{}",
+                info.width, info.height, rung.width, rung.height
+            )
+        }),
+        (info.video_codec != "h264").then(|| format!("codec {} instead of h264", info.video_codec)),
+        (info.pixel_format != "yuv420p").then(|| format!("pixel format {}", info.pixel_format)),
+        (!info.starts_with_keyframe).then(|| "does not start with a keyframe".to_string()),
+        (info.start_us.abs_diff(seg.start_us) > frame_us as u64 + 1_000).then(|| {
+            format!(
+                "starts at {} us instead of {} us",
+                info.start_us, seg.start_us
+            )
+        }),
+        (info.frames > seg.frames || info.frames < min_frames).then(|| {
+            format!(
+                "{} frames from a {}-frame source segment",
+                info.frames, seg.frames
+            )
+        }),
+        (end_gap < -1_000 || end_gap.unsigned_abs() > slack_us).then(|| {
+            format!(
+                "last frame at {} us, the source's at {} us",
+                info.last_pts_us, seg.last_pts_us
+            )
+        }),
+        (seg.has_audio != info.audio_codec.is_some()).then(|| {
+            format!(
+                "audio {:?} but the source segment has audio: {}",
+                info.audio_codec, seg.has_audio
+            )
+        }),
+    ];
+    let problems: Vec<String> = problems.into_iter().flatten().collect();
+    if !problems.is_empty() {
+        return bad(format!("{key}: {}", problems.join(", ")));
+    }
+    Ok(AcceptedRendition {
+        rung: out.rung.clone(),
+        key,
+        size: out.object.size,
+        width: info.width,
+        height: info.height,
+        frames: info.frames,
+        codecs: info.codecs(),
+    })
 }

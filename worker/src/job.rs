@@ -232,8 +232,8 @@ async fn transcode_job(ctx: &JobContext, job: &SegmentJob) -> Result<SegmentResu
     let transcode = started.elapsed();
     crate::metrics::TRANSCODE_SECONDS.observe(transcode.as_secs_f64());
 
-    let mut renditions = Vec::with_capacity(files.len());
-    for f in files {
+    // Renditions upload at once: a slow object store costs one round trip, not one each.
+    let renditions = futures_util::future::try_join_all(files.into_iter().map(|f| async move {
         let bytes = Bytes::from(
             tokio::fs::read(&f.path)
                 .await
@@ -247,7 +247,7 @@ async fn transcode_job(ctx: &JobContext, job: &SegmentJob) -> Result<SegmentResu
             sha256,
         };
         ctx.storage.put(&key, bytes).await?;
-        renditions.push(RenditionOutput {
+        Ok::<_, JobError>(RenditionOutput {
             rung: f.rung,
             object,
             width: f.width,
@@ -255,8 +255,9 @@ async fn transcode_job(ctx: &JobContext, job: &SegmentJob) -> Result<SegmentResu
             frames: f.frames,
             start_us: f.start_us,
             duration_us: f.duration_us,
-        });
-    }
+        })
+    }))
+    .await?;
     Ok(SegmentResult {
         job_id: job.job_id,
         stream: job.stream.clone(),

@@ -207,18 +207,22 @@ async fn handle_delivery(ctx: Arc<JobContext>, broker: Arc<Broker>, delivery: De
         worker_id: ctx.worker_id.clone(),
         timeout_secs: ctx.timeout_secs(&job),
     });
-    // Lets the orchestrator notice a hung job; losing this notice only loses that check.
-    if let Err(e) = broker
-        .publish(
-            RESULTS_EXCHANGE,
-            castwork_cluster::broker::RESULTS_KEY,
-            &encode(&started),
-            None,
-        )
-        .await
-    {
-        warn!(error = %e, "could not announce the job start");
-    }
+    // Lets the orchestrator notice a hung job; losing this notice only loses that check,
+    // so the transcode does not wait for its confirm.
+    let notice = broker.clone();
+    tokio::spawn(async move {
+        if let Err(e) = notice
+            .publish(
+                RESULTS_EXCHANGE,
+                castwork_cluster::broker::RESULTS_KEY,
+                &encode(&started),
+                None,
+            )
+            .await
+        {
+            warn!(error = %e, "could not announce the job start");
+        }
+    });
     let report = run_job(&ctx, &job).await;
     let outcome = match &report {
         WorkerReport::SegmentResult(r) => {
