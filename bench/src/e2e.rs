@@ -16,7 +16,10 @@ use crate::stats::Figure;
 /// A cluster of this build's release binaries; stopped and its vhost deleted on drop.
 pub struct Cluster {
     vhost: String,
-    dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
+    /// The orchestrator's HTTP address.
+    pub http: String,
+    pub amqp_url: String,
     children: Vec<Child>,
     bin: PathBuf,
     env: Vec<(String, String)>,
@@ -45,6 +48,16 @@ fn free_port() -> anyhow::Result<u16> {
 impl Cluster {
     /// Starts an orchestrator and `workers` workers of one slot each.
     pub fn start(workers: usize, preset: &str) -> anyhow::Result<Cluster> {
+        Cluster::start_with(workers, preset, &[], &[])
+    }
+
+    /// Like [`Cluster::start`], with extra orchestrator and worker flags.
+    pub fn start_with(
+        workers: usize,
+        preset: &str,
+        orchestrator_args: &[&str],
+        worker_args: &[&str],
+    ) -> anyhow::Result<Cluster> {
         let bin = std::env::current_exe()?
             .parent()
             .context("no directory for the binaries")?
@@ -73,17 +86,24 @@ impl Cluster {
             ("RUST_LOG".to_string(), "warn".to_string()),
             ("X264_PRESET".to_string(), preset.to_string()),
         ];
+        let http = format!("127.0.0.1:{}", free_port()?);
         let mut c = Cluster {
+            amqp_url: env[0].1.clone(),
             vhost,
             dir,
+            http: http.clone(),
             children: Vec::new(),
             bin,
             env,
         };
-        let http = format!("127.0.0.1:{}", free_port()?);
-        c.spawn("orchestrator", &["--http-addr", &http])?;
+        let mut args = vec!["--http-addr", &http];
+        args.extend_from_slice(orchestrator_args);
+        c.spawn("orchestrator", &args)?;
         for i in 0..workers {
-            c.spawn("worker", &["--worker-id", &format!("bench-{i}")])?;
+            let id = format!("bench-{i}");
+            let mut args = vec!["--worker-id", &id];
+            args.extend_from_slice(worker_args);
+            c.spawn("worker", &args)?;
         }
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(&http).is_err() {

@@ -2,6 +2,7 @@
 //! baseline in the same run, runs alternating A B A B ..., and printed as a Markdown table of
 //! medians with min and max (timings on shared machines are noisy; ratios are not).
 
+mod control;
 mod e2e;
 mod segment;
 mod stats;
@@ -75,6 +76,26 @@ enum Cmd {
         /// Worker processes of one slot each.
         #[arg(long, env = "BENCH_WORKERS", default_value_t = 2)]
         workers: usize,
+    },
+    /// Control-plane throughput: segment jobs per second through orchestrator, workers,
+    /// results and playlists, with the benchmark-only no-op transcode, for each worker
+    /// count.
+    ControlPlane {
+        /// Segment jobs per run.
+        #[arg(long, default_value_t = 2000)]
+        segments: u64,
+
+        /// Worker process counts to measure, one fresh cluster each.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16")]
+        workers: Vec<usize>,
+
+        /// Slots per worker.
+        #[arg(long, default_value_t = 4)]
+        slots: usize,
+
+        /// Rungs per job (each is one upload and one playlist entry).
+        #[arg(long, default_value = DEFAULT_PRESETS)]
+        profiles: String,
     },
     /// (Used by `segment`.) Transcodes one segment and prints this process's peak RSS.
     #[command(hide = true)]
@@ -160,6 +181,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             &parse_profiles(&profiles)?,
             &options(&preset, threads),
         ),
+        Cmd::ControlPlane {
+            segments,
+            workers,
+            slots,
+            profiles,
+        } => {
+            let mut points = Vec::new();
+            for n in workers {
+                eprintln!("{segments} segments, {n} workers of {slots} slots...");
+                let p = control::measure(n, slots, segments, &profiles)?;
+                eprintln!("  {:.2} s, {:.0} jobs/s", p.secs, p.jobs_per_sec());
+                points.push(p);
+            }
+            println!("| worker processes | segment jobs | seconds | jobs/s |\n|---|---|---|---|");
+            for p in &points {
+                println!(
+                    "| {} | {} | {:.2} | **{:.0}** |",
+                    p.workers,
+                    p.segments,
+                    p.secs,
+                    p.jobs_per_sec()
+                );
+            }
+            Ok(())
+        }
         Cmd::Segment { common } => report(&common, true, None),
         Cmd::E2e { common, workers } => report(&common, false, Some(workers)),
         Cmd::All { common, workers } => report(&common, true, Some(workers)),

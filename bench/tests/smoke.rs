@@ -59,3 +59,26 @@ fn end_to_end_benchmark_runs_a_cluster_of_this_build() {
     assert_eq!(rows.len(), 1);
     assert!(rows[0].contains("push --wait"), "{rows:?}");
 }
+
+#[test]
+fn control_plane_benchmark_completes_a_stream_of_noop_jobs() {
+    let out = Command::new(env!("CARGO_BIN_EXE_castwork-bench"))
+        .args([
+            "control-plane",
+            "--segments",
+            "40",
+            "--workers",
+            "1",
+            "--slots",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("| 1 | 40 |"), "{text}");
+}

@@ -51,6 +51,8 @@ pub struct Config {
     pub live_window: usize,
     /// How long a live segment may take from arrival to being listed before it is skipped.
     pub live_deadline: Duration,
+    /// Benchmark only: accept worker results without checking them.
+    pub trust_worker_output: bool,
 }
 
 /// Runs until `shutdown`; returns the HTTP address through `bound` as soon as it listens.
@@ -132,6 +134,7 @@ async fn session(
         live_window: cfg.live_window,
         live_deadline: cfg.live_deadline,
         live_locks: Default::default(),
+        trust_worker_output: cfg.trust_worker_output,
     });
     let (_ingest_ch, mut ingest) = broker
         .consume(INGEST_QUEUE, "orchestrator-ingest", 32)

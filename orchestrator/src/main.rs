@@ -48,6 +48,11 @@ struct Cli {
     #[arg(long, env = "LIVE_DEADLINE_SECS", default_value_t = 10)]
     live_deadline_secs: u64,
 
+    /// BENCHMARK ONLY (never in production): accept worker results without checking the
+    /// renditions, to measure the control plane with workers in --noop-transcode mode.
+    #[arg(long, env = "CASTWORK_BENCH_TRUST_WORKER_OUTPUT")]
+    trust_worker_output: bool,
+
     #[command(flatten)]
     worker: WorkerArgs,
 }
@@ -92,6 +97,10 @@ async fn main() -> anyhow::Result<()> {
         drain_timeout: Duration::from_secs(cli.drain_secs),
         live_window: cli.live_window,
         live_deadline: Duration::from_secs(cli.live_deadline_secs),
+        trust_worker_output: cli.trust_worker_output,
     };
+    if cfg.trust_worker_output {
+        tracing::warn!("--trust-worker-output: BENCHMARK ONLY, results are not checked");
+    }
     run(cfg, shutdown_token(), None).await
 }

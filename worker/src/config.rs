@@ -40,6 +40,12 @@ pub struct WorkerArgs {
     #[arg(long, env = "JOB_TIMEOUT_SECS", default_value_t = 0)]
     pub job_timeout_secs: u64,
 
+    /// BENCHMARK ONLY (never in production): skip decoding and encoding and upload a copy of
+    /// the source segment as every rendition, to measure the control plane alone. Pair it
+    /// with the orchestrator's --trust-worker-output, or every result fails its check.
+    #[arg(long, env = "CASTWORK_BENCH_NOOP_TRANSCODE")]
+    pub noop_transcode: bool,
+
     /// Stable name of this worker in results and logs (host name and process id if unset).
     #[arg(long, env = "WORKER_ID")]
     pub worker_id: Option<String>,

@@ -28,6 +28,8 @@ pub struct JobContext {
     pub job_timeout_secs: u64,
     /// Woken when a slot is taken or freed, so the heartbeat reports it at once.
     pub slots_changed: Arc<tokio::sync::Notify>,
+    /// Benchmark only: renditions are copies of the source (see `--noop-transcode`).
+    pub noop_transcode: bool,
 }
 
 impl JobContext {
@@ -167,6 +169,9 @@ async fn transcode_job(ctx: &JobContext, job: &SegmentJob) -> Result<SegmentResu
         return Err(JobError::expired(job));
     }
     let data = fetch_source(ctx, &job.source).await?;
+    if ctx.noop_transcode {
+        return noop_result(ctx, job, data).await;
+    }
     let tmp = match &ctx.tmp_dir {
         Some(d) => tempfile::tempdir_in(d),
         None => tempfile::tempdir(),
@@ -266,5 +271,46 @@ async fn transcode_job(ctx: &JobContext, job: &SegmentJob) -> Result<SegmentResu
         worker_id: ctx.worker_id.clone(),
         renditions,
         transcode_ms: transcode.as_millis() as u64,
+    })
+}
+
+/// Benchmark only: every rendition is a copy of the source segment, uploaded under its
+/// rung's key, so a run measures fetching, uploading and the control plane alone.
+async fn noop_result(
+    ctx: &JobContext,
+    job: &SegmentJob,
+    data: Bytes,
+) -> Result<SegmentResult, JobError> {
+    let sha256 = sha256_hex(&data);
+    let renditions = futures_util::future::try_join_all(job.rungs.iter().map(|rung| {
+        let (data, sha256) = (data.clone(), sha256.clone());
+        async move {
+            let key = job.output_key(&rung.name, &sha256);
+            let object = ObjectRef {
+                key: key.clone(),
+                size: data.len() as u64,
+                sha256,
+            };
+            ctx.storage.put(&key, data).await?;
+            Ok::<_, JobError>(RenditionOutput {
+                rung: rung.name.clone(),
+                object,
+                width: rung.width,
+                height: rung.height,
+                frames: job.frames,
+                start_us: job.start_us,
+                duration_us: job.duration_us,
+            })
+        }
+    }))
+    .await?;
+    Ok(SegmentResult {
+        job_id: job.job_id,
+        stream: job.stream.clone(),
+        seq: job.seq,
+        attempt: job.attempt,
+        worker_id: ctx.worker_id.clone(),
+        renditions,
+        transcode_ms: 0,
     })
 }

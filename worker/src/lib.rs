@@ -64,7 +64,11 @@ impl WorkerPool {
             slots: Slots::new(slots + live_slots),
             job_timeout_secs: self.args.job_timeout_secs,
             slots_changed: Arc::new(tokio::sync::Notify::new()),
+            noop_transcode: self.args.noop_transcode,
         });
+        if self.args.noop_transcode {
+            warn!("--noop-transcode: BENCHMARK ONLY, renditions are copies of the source");
+        }
         let queues = [
             job_queue(StreamMode::Live, &self.args.class),
             job_queue(StreamMode::Vod, &self.args.class),
