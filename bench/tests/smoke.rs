@@ -18,20 +18,34 @@ fn small_clip(dir: &Path) -> PathBuf {
     clip
 }
 
-/// Runs `castwork-bench ARGS --input CLIP` and returns the table rows of the clip.
-fn rows(args: &[&str], clip: &Path) -> Vec<String> {
+/// Runs `castwork-bench ARGS` and returns what it printed, failing on an error.
+fn bench(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_castwork-bench"))
         .args(args)
-        .args(["--runs", "1", "--profiles", "P144p30fps16x9", "--input"])
-        .arg(clip)
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         out.status.success(),
         "{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    text
+}
+
+/// Runs `castwork-bench ARGS --input CLIP` and returns the table rows of the clip.
+fn rows(args: &[&str], clip: &Path) -> Vec<String> {
+    let clip = clip.to_string_lossy();
+    let mut all = args.to_vec();
+    all.extend([
+        "--runs",
+        "1",
+        "--profiles",
+        "P144p30fps16x9",
+        "--input",
+        &clip,
+    ]);
+    let text = bench(&all);
     let rows: Vec<String> = text
         .lines()
         .filter(|l| l.starts_with("| small.mp4"))
@@ -62,23 +76,14 @@ fn end_to_end_benchmark_runs_a_cluster_of_this_build() {
 
 #[test]
 fn control_plane_benchmark_completes_a_stream_of_noop_jobs() {
-    let out = Command::new(env!("CARGO_BIN_EXE_castwork-bench"))
-        .args([
-            "control-plane",
-            "--segments",
-            "40",
-            "--workers",
-            "1",
-            "--slots",
-            "2",
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = bench(&[
+        "control-plane",
+        "--segments",
+        "40",
+        "--workers",
+        "1",
+        "--slots",
+        "2",
+    ]);
     assert!(text.contains("| 1 | 40 |"), "{text}");
 }

@@ -237,32 +237,45 @@ async fn transcode_job(ctx: &JobContext, job: &SegmentJob) -> Result<SegmentResu
     let transcode = started.elapsed();
     crate::metrics::TRANSCODE_SECONDS.observe(transcode.as_secs_f64());
 
-    // Renditions upload at once: a slow object store costs one round trip, not one each.
-    let renditions = futures_util::future::try_join_all(files.into_iter().map(|f| async move {
-        let bytes = Bytes::from(
-            tokio::fs::read(&f.path)
-                .await
-                .map_err(|e| JobError::transient(format!("reading {}: {e}", f.path.display())))?,
-        );
-        let sha256 = sha256_hex(&bytes);
-        let key = job.output_key(&f.rung, &sha256);
-        let object = ObjectRef {
-            key: key.clone(),
-            size: bytes.len() as u64,
-            sha256,
-        };
-        ctx.storage.put(&key, bytes).await?;
-        Ok::<_, JobError>(RenditionOutput {
-            rung: f.rung,
-            object,
-            width: f.width,
-            height: f.height,
-            frames: f.frames,
-            start_us: f.start_us,
-            duration_us: f.duration_us,
-        })
-    }))
-    .await?;
+    let files = files.into_iter().map(|f| (f, None)).collect();
+    upload_all(ctx, job, files, transcode.as_millis() as u64).await
+}
+
+/// Uploads the renditions (read from their files, or the bytes given) at once, so a slow
+/// object store costs one round trip rather than one per rung, and makes the result.
+async fn upload_all(
+    ctx: &JobContext,
+    job: &SegmentJob,
+    files: Vec<(castwork_media::RenditionFile, Option<Bytes>)>,
+    transcode_ms: u64,
+) -> Result<SegmentResult, JobError> {
+    let renditions =
+        futures_util::future::try_join_all(files.into_iter().map(|(f, bytes)| async move {
+            let bytes = match bytes {
+                Some(b) => b,
+                None => Bytes::from(tokio::fs::read(&f.path).await.map_err(|e| {
+                    JobError::transient(format!("reading {}: {e}", f.path.display()))
+                })?),
+            };
+            let sha256 = sha256_hex(&bytes);
+            let key = job.output_key(&f.rung, &sha256);
+            let object = ObjectRef {
+                key: key.clone(),
+                size: bytes.len() as u64,
+                sha256,
+            };
+            ctx.storage.put(&key, bytes).await?;
+            Ok::<_, JobError>(RenditionOutput {
+                rung: f.rung,
+                object,
+                width: f.width,
+                height: f.height,
+                frames: f.frames,
+                start_us: f.start_us,
+                duration_us: f.duration_us,
+            })
+        }))
+        .await?;
     Ok(SegmentResult {
         job_id: job.job_id,
         stream: job.stream.clone(),
@@ -270,7 +283,7 @@ async fn transcode_job(ctx: &JobContext, job: &SegmentJob) -> Result<SegmentResu
         attempt: job.attempt,
         worker_id: ctx.worker_id.clone(),
         renditions,
-        transcode_ms: transcode.as_millis() as u64,
+        transcode_ms,
     })
 }
 
@@ -281,36 +294,21 @@ async fn noop_result(
     job: &SegmentJob,
     data: Bytes,
 ) -> Result<SegmentResult, JobError> {
-    let sha256 = sha256_hex(&data);
-    let renditions = futures_util::future::try_join_all(job.rungs.iter().map(|rung| {
-        let (data, sha256) = (data.clone(), sha256.clone());
-        async move {
-            let key = job.output_key(&rung.name, &sha256);
-            let object = ObjectRef {
-                key: key.clone(),
-                size: data.len() as u64,
-                sha256,
-            };
-            ctx.storage.put(&key, data).await?;
-            Ok::<_, JobError>(RenditionOutput {
+    let files = job
+        .rungs
+        .iter()
+        .map(|rung| {
+            let f = castwork_media::RenditionFile {
                 rung: rung.name.clone(),
-                object,
+                path: PathBuf::new(),
                 width: rung.width,
                 height: rung.height,
                 frames: job.frames,
                 start_us: job.start_us,
                 duration_us: job.duration_us,
-            })
-        }
-    }))
-    .await?;
-    Ok(SegmentResult {
-        job_id: job.job_id,
-        stream: job.stream.clone(),
-        seq: job.seq,
-        attempt: job.attempt,
-        worker_id: ctx.worker_id.clone(),
-        renditions,
-        transcode_ms: 0,
-    })
+            };
+            (f, Some(data.clone()))
+        })
+        .collect();
+    upload_all(ctx, job, files, 0).await
 }
