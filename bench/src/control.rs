@@ -60,7 +60,8 @@ pub fn measure(
         &["--trust-worker-output"],
         &["--noop-transcode", "--slots", &slots],
     )?;
-    let stream = format!("control-{}-{workers}", std::process::id());
+    // Unique per run: the clusters of one benchmark share the machine's Redis.
+    let stream = format!("control-{}", uuid::Uuid::now_v7().simple());
     // One tiny source object that every segment refers to.
     let data = vec![0x47u8; 188 * 8];
     let key = source_key(&stream, 0, "ts");

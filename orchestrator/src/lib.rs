@@ -168,10 +168,17 @@ async fn session(
                 }
             }
             d = ingest.next() => match d {
-                // Ingest is handled in order: a stream's start before its segments.
+                // A stream's start is handled before anything after it; its segments and its
+                // end are handled concurrently (up to the prefetch), each idempotent.
                 Some(Ok(d)) => {
                     let o = orch.clone();
-                    process::<IngestMessage, _, _>(INGEST_QUEUE, d, move |m| async move { o.handle_ingest(m).await }).await;
+                    let starts = matches!(decode::<IngestMessage>(&d.data), Ok(IngestMessage::StreamStarted(_)));
+                    let task = process::<IngestMessage, _, _>(INGEST_QUEUE, d, move |m| async move { o.handle_ingest(m).await });
+                    if starts {
+                        task.await;
+                    } else {
+                        tracker.spawn(task);
+                    }
                 }
                 Some(Err(e)) => break Err(anyhow::Error::new(e).context("ingest consumer failed")),
                 None => break Err(anyhow::anyhow!("the broker closed the ingest consumer")),
