@@ -2,7 +2,6 @@
 //! small `rml_rtmp` client for what ffmpeg cannot send), checking that the segments decode
 //! alone, refusals reach the client, and dead or misbehaving connections end.
 
-use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +20,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
+
+mod common;
+use common::{codecs, decode};
 
 /// Accepts keys starting with "good" and hands each stream's events to the test once it ends.
 struct TestPublishers {
@@ -118,52 +120,6 @@ async fn ffmpeg_publish(port: u16, key: &str, secs: u32) -> Output {
     })
     .await
     .unwrap()
-}
-
-/// The codec names of a file's streams, sorted, as `ffprobe` lists them.
-fn codecs(path: &Path) -> Vec<String> {
-    let out = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-show_entries",
-            "stream=codec_name",
-            "-of",
-            "csv=p=0",
-        ])
-        .arg(path)
-        .output()
-        .expect("ffprobe is installed");
-    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| l.trim().to_string())
-        .collect();
-    names.sort();
-    names
-}
-
-/// Decodes a file alone, failing on any error message; returns its video frame count.
-/// (`-enc_time_base -1`: see the same helper in `flv_ffmpeg.rs`.)
-fn decode(path: &Path) -> u64 {
-    let out = Command::new("ffmpeg")
-        .args(["-v", "error", "-i"])
-        .arg(path)
-        .args(["-enc_time_base", "-1", "-f", "null", "-"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success() && out.stderr.is_empty(),
-        "{}: {}",
-        path.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
-        .args(["-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
-        .arg(path)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 
 /// Checks a cleanly published stream: segments 0.. that each decode alone with H.264 and
