@@ -175,65 +175,20 @@ fn ffmpeg_whole_file(
     let probed = castwork_media::probe(input)?;
     let plan = plan_ladder(ladder, &probed.metadata);
     let fps = probed.metadata.frame_rate.as_f64().max(1.0);
-    let gop = ((2.0 * fps).round() as u64).to_string();
-    let n = plan.rungs.len();
-    let mut graph = format!(
-        "[0:v]split={n}{}",
-        (0..n).map(|i| format!("[s{i}]")).collect::<String>()
-    );
-    for (i, r) in plan.rungs.iter().enumerate() {
-        let f = r
-            .drop_to_fps
-            .map_or(String::new(), |f| format!("fps={}/{},", f.num, f.den));
-        graph.push_str(&format!(
-            ";[s{i}]{f}scale=w={}:h={}:flags=bicubic:out_range=tv,setsar=1,format=yuv420p[o{i}]",
-            r.width, r.height
-        ));
-    }
-    let threads = opts.threads.to_string();
     // The broadcaster copies AAC audio and converts anything else to AAC once.
     let audio = if probed.audio_codec.as_deref() == Some("aac") {
         "copy"
     } else {
         "aac"
     };
-    let mut a: Vec<String> = vec!["-v".into(), "error".into(), "-y".into()];
-    a.extend(["-threads".into(), threads.clone(), "-i".into()]);
-    a.push(input.display().to_string());
-    a.extend(["-filter_complex".to_string(), graph]);
-    for (i, r) in plan.rungs.iter().enumerate() {
-        let kbit = r.bitrate / 1000;
-        a.extend([
-            "-map".to_string(),
-            format!("[o{i}]"),
-            "-map".into(),
-            "0:a:0?".into(),
-            "-c:a".into(),
-            audio.into(),
-            "-c:v".into(),
-            "libx264".into(),
-            "-preset".into(),
-            opts.preset.clone(),
-            "-profile:v".into(),
-            r.profile.x264_name().into(),
-            "-threads".into(),
-            threads.clone(),
-            "-b:v".into(),
-            format!("{kbit}k"),
-            "-maxrate".into(),
-            format!("{}k", kbit * 6 / 5),
-            "-bufsize".into(),
-            format!("{}k", kbit * 2),
-            "-g".into(),
-            gop.clone(),
-            "-sc_threshold".into(),
-            "0".into(),
-            "-f".into(),
-            "mpegts".into(),
-            out.join(format!("whole-{i}.ts")).display().to_string(),
-        ]);
-    }
-    Ok(a)
+    Ok(crate::cli::ladder_args(
+        input,
+        &plan.rungs,
+        opts,
+        (2.0 * fps).round() as u64,
+        audio,
+        &out.join("whole"),
+    ))
 }
 
 /// Alternating runs: push --wait (A) and the whole-file CLI (B).
@@ -251,10 +206,7 @@ pub fn figure(
         .map_or_else(|| "input".into(), |n| n.to_string_lossy().to_string());
     let cli = || -> anyhow::Result<f64> {
         let t = Instant::now();
-        let o = Command::new("ffmpeg").args(&args).output()?;
-        if !o.status.success() {
-            bail!("ffmpeg failed: {}", String::from_utf8_lossy(&o.stderr));
-        }
+        crate::cli::run(&args, &[])?;
         Ok(t.elapsed().as_secs_f64())
     };
     let mut fig = Figure {

@@ -2,6 +2,7 @@
 //! baseline in the same run, runs alternating A B A B ..., and printed as a Markdown table of
 //! medians with min and max (timings on shared machines are noisy; ratios are not).
 
+mod cli;
 mod control;
 mod e2e;
 mod segment;

@@ -63,83 +63,17 @@ pub fn prepare(input: &Path, ladder: &[Profile], dir: &Path) -> anyhow::Result<P
     })
 }
 
-/// The `ffmpeg` CLI arguments that transcode `p` like a worker does: one decode, `split`,
-/// a scale (and frame-rate cut) per rung, libx264 with the worker's settings, audio copied.
+/// The `ffmpeg` CLI arguments that transcode `p` like a worker does: one IDR at the start of
+/// the segment, audio copied.
 pub fn ffmpeg_args(p: &Prepared, opts: &TranscodeOptions, out: &Path) -> Vec<String> {
-    let n = p.rungs.len();
-    let mut graph = format!(
-        "[0:v]split={n}{}",
-        (0..n).map(|i| format!("[s{i}]")).collect::<String>()
-    );
-    for (i, r) in p.rungs.iter().enumerate() {
-        let fps = r
-            .drop_to_fps
-            .map_or(String::new(), |f| format!("fps={}/{},", f.num, f.den));
-        graph.push_str(&format!(
-            ";[s{i}]{fps}scale=w={}:h={}:flags=bicubic:out_range=tv,setsar=1,format=yuv420p[o{i}]",
-            r.width, r.height
-        ));
-    }
-    let threads = opts.threads.to_string();
-    let mut a: Vec<String> = ["-v", "error", "-y", "-threads", &threads, "-i"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    a.push(p.segment.display().to_string());
-    a.extend(["-filter_complex".to_string(), graph]);
-    for (i, r) in p.rungs.iter().enumerate() {
-        let kbit = r.bitrate / 1000;
-        a.extend([
-            "-map".to_string(),
-            format!("[o{i}]"),
-            "-map".into(),
-            "0:a?".into(),
-            "-c:a".into(),
-            "copy".into(),
-            "-c:v".into(),
-            "libx264".into(),
-            "-preset".into(),
-            opts.preset.clone(),
-            "-profile:v".into(),
-            r.profile.x264_name().into(),
-            "-threads".into(),
-            threads.clone(),
-            "-b:v".into(),
-            format!("{kbit}k"),
-            "-maxrate".into(),
-            format!("{}k", kbit * 6 / 5),
-            "-bufsize".into(),
-            format!("{}k", kbit * 2),
-            "-g".into(),
-            "100000".into(),
-            "-forced-idr".into(),
-            "1".into(),
-            "-x264-params".into(),
-            "scenecut=0:open-gop=0".into(),
-        ]);
-        if !r.profile.allows_b_frames() {
-            a.extend(["-bf".to_string(), "0".into()]);
-        }
-        a.extend([
-            "-f".to_string(),
-            "mpegts".into(),
-            out.join(format!("cli-{i}.ts")).display().to_string(),
-        ]);
-    }
-    a
-}
-
-fn run_ffmpeg(args: &[String], extra: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("ffmpeg")
-        .args(extra)
-        .args(args)
-        .output()
-        .context("running ffmpeg")?;
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    if !out.status.success() {
-        bail!("ffmpeg failed: {err}");
-    }
-    Ok(err)
+    crate::cli::ladder_args(
+        &p.segment,
+        &p.rungs,
+        opts,
+        100_000,
+        "copy",
+        &out.join("cli"),
+    )
 }
 
 /// Times `runs` alternating transcodes (Castwork in process, then the CLI), after one
@@ -158,7 +92,7 @@ pub fn time_transcode(
     };
     let cli = || -> anyhow::Result<f64> {
         let t = Instant::now();
-        run_ffmpeg(&args, &[])?;
+        crate::cli::run(&args, &[])?;
         Ok(t.elapsed().as_secs_f64())
     };
     ours()?;
@@ -223,7 +157,7 @@ pub fn peak_memory(
         }
         fig.ours
             .push(number_after(&text, "peak_rss_kib=")? / 1024.0);
-        let err = run_ffmpeg(&args, &["-benchmark"])?;
+        let err = crate::cli::run(&args, &["-benchmark"])?;
         fig.baseline.push(number_after(&err, "maxrss=")? / 1024.0);
     }
     Ok(fig)
