@@ -281,37 +281,20 @@ fn concurrent_publishers_duplicate_keys_and_the_auth_hook() {
 /// (go-livepeer's broadcaster) would send them.
 fn pre_cut_segments(dir: &Path, secs: u32) -> Vec<std::path::PathBuf> {
     let pattern = dir.join("seg%d.ts");
-    ffmpeg(&[
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc2=size=640x360:rate=30",
-        "-f",
-        "lavfi",
-        "-i",
-        "sine=frequency=440:sample_rate=48000",
-        "-t",
-        &secs.to_string(),
-        "-c:v",
-        "libx264",
-        "-preset",
-        "veryfast",
-        "-g",
-        "60",
-        "-keyint_min",
-        "60",
-        "-sc_threshold",
-        "0",
-        "-c:a",
-        "aac",
-        "-f",
-        "segment",
-        "-segment_time",
-        "2",
-        "-segment_format",
-        "mpegts",
-        pattern.to_str().unwrap(),
-    ]);
+    let mut args = live_source_args(secs);
+    args.extend(
+        [
+            "-f",
+            "segment",
+            "-segment_time",
+            "2",
+            "-segment_format",
+            "mpegts",
+        ]
+        .map(String::from),
+    );
+    args.push(pattern.display().to_string());
+    ffmpeg(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let mut v: Vec<_> = (0..)
         .map(|i| dir.join(format!("seg{i}.ts")))
         .take_while(|p| p.exists())

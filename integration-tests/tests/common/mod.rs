@@ -746,26 +746,49 @@ impl Cluster {
     }
 }
 
-/// `ffmpeg -re` publishing `secs` of 640x360 30 fps video (a keyframe every 2 s) with AAC
-/// audio to `url`, in the background.
+/// The inputs and encoder settings of a live test source: `secs` of a 640x360 30 fps test
+/// pattern in H.264 (veryfast, a keyframe exactly every 2 s) with a 440 Hz tone in AAC.
+pub fn live_source_args(secs: u32) -> Vec<String> {
+    [
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=640x360:rate=30",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:sample_rate=48000",
+        "-t",
+        &secs.to_string(),
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-g",
+        "60",
+        "-keyint_min",
+        "60",
+        "-sc_threshold",
+        "0",
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "aac",
+        "-b:a",
+        "96k",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// `ffmpeg -re` publishing [`live_source_args`] of `secs` to `url` over RTMP, in the
+/// background.
 pub fn rtmp_publisher(url: &str, secs: u32) -> Child {
     Command::new("ffmpeg")
-        .args(["-v", "error", "-re", "-f", "lavfi", "-i"])
-        .arg("testsrc2=size=640x360:rate=30")
-        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
-        .args(["-t", &secs.to_string()])
-        .args([
-            "-c:v",
-            "libx264",
-            "-preset",
-            "veryfast",
-            "-g",
-            "60",
-            "-keyint_min",
-            "60",
-        ])
-        .args(["-sc_threshold", "0", "-pix_fmt", "yuv420p"])
-        .args(["-c:a", "aac", "-b:a", "96k", "-f", "flv"])
+        .args(["-v", "error", "-re"])
+        .args(live_source_args(secs))
+        .args(["-f", "flv"])
         .arg(url)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
