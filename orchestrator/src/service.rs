@@ -333,12 +333,15 @@ impl Orchestrator {
 
     /// Lists what a resolved segment unblocks (live) and completes the stream when done.
     pub(crate) async fn after_change(&self, stream: &str) -> Result<(), HandleError> {
-        if let Some(rec) = self.state.stream(stream).await? {
-            if rec.mode == StreamMode::Live && rec.state == "active" {
-                self.advance_live(stream).await?;
-            }
+        let Some(rec) = self.state.stream(stream).await? else {
+            return Ok(());
+        };
+        if rec.mode == StreamMode::Live && rec.state == "active" {
+            self.advance_live(stream).await?;
+            // The listing may have skipped segments: read the counts again.
+            return self.try_complete(stream).await;
         }
-        self.try_complete(stream).await
+        self.complete_if_done(rec).await
     }
 
     /// Leaves a pending live segment out (its deadline passed).
@@ -561,9 +564,15 @@ impl Orchestrator {
     /// completion that was not announced (the orchestrator stopped in between) is announced
     /// again.
     async fn try_complete(&self, stream: &str) -> Result<(), HandleError> {
-        let Some(rec) = self.state.stream(stream).await? else {
-            return Ok(());
-        };
+        match self.state.stream(stream).await? {
+            Some(rec) => self.complete_if_done(rec).await,
+            None => Ok(()),
+        }
+    }
+
+    /// [`Orchestrator::try_complete`] with the stream's record already read.
+    async fn complete_if_done(&self, rec: StreamRecord) -> Result<(), HandleError> {
+        let stream = rec.stream.as_str();
         let Some(total) = rec.total else {
             return Ok(());
         };
