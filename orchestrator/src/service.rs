@@ -240,31 +240,26 @@ impl Orchestrator {
         let deadline = (rec.mode == StreamMode::Live).then(|| {
             s.arrived_unix_ms.unwrap_or_else(now_unix_ms) + self.live_deadline.as_millis() as u64
         });
-        let attempt = self.state.record_segment(&s, deadline).await?;
+        let (attempt, seg) = self.state.record_segment(&s, deadline).await?;
         if attempt == 0 {
             // Already resolved: tell a live sender again how it went, for one that retried
             // because it missed the answer (an HTTP push whose client timed out).
-            let seg = match rec.mode {
-                StreamMode::Live => self.state.segment(&s.stream, s.seq).await?,
-                StreamMode::Vod => None,
-            };
-            if let Some(seg) = seg {
-                if let Some(accepted) = seg.accepted {
-                    self.event(
-                        &s.stream,
-                        &StreamEvent::SegmentTranscoded {
-                            stream: s.stream.clone(),
-                            seq: s.seq,
-                            renditions: rendition_refs(&accepted),
-                        },
-                    )
-                    .await?;
-                }
+            if let (StreamMode::Live, Some(accepted)) = (rec.mode, seg.and_then(|seg| seg.accepted))
+            {
+                self.event(
+                    &s.stream,
+                    &StreamEvent::SegmentTranscoded {
+                        stream: s.stream.clone(),
+                        seq: s.seq,
+                        renditions: rendition_refs(&accepted),
+                    },
+                )
+                .await?;
             }
             return Ok(());
         }
         metrics::SEGMENTS.with_label_values(&["received"]).inc();
-        let Some(seg) = self.state.segment(&s.stream, s.seq).await? else {
+        let Some(seg) = seg else {
             return Err(HandleError::Retry("segment vanished from redis".into()));
         };
         self.publish_job(&rec, &seg, attempt).await
@@ -333,13 +328,18 @@ impl Orchestrator {
 
     /// Lists what a resolved segment unblocks (live) and completes the stream when done.
     pub(crate) async fn after_change(&self, stream: &str) -> Result<(), HandleError> {
-        let Some(rec) = self.state.stream(stream).await? else {
-            return Ok(());
-        };
+        match self.state.stream(stream).await? {
+            Some(rec) => self.after_change_of(rec).await,
+            None => Ok(()),
+        }
+    }
+
+    /// [`Orchestrator::after_change`] with the stream's record already read.
+    async fn after_change_of(&self, rec: StreamRecord) -> Result<(), HandleError> {
         if rec.mode == StreamMode::Live && rec.state == "active" {
-            self.advance_live(stream).await?;
+            self.advance_live(&rec.stream).await?;
             // The listing may have skipped segments: read the counts again.
-            return self.try_complete(stream).await;
+            return self.try_complete(&rec.stream).await;
         }
         self.complete_if_done(rec).await
     }
@@ -408,10 +408,7 @@ impl Orchestrator {
 
     async fn segment_result(&self, r: SegmentResult) -> Result<(), HandleError> {
         let received_ms = now_unix_ms();
-        let (Some(rec), Some(seg)) = (
-            self.state.stream(&r.stream).await?,
-            self.state.segment(&r.stream, r.seq).await?,
-        ) else {
+        let (Some(rec), Some(seg)) = self.state.stream_and_segment(&r.stream, r.seq).await? else {
             warn!(
                 stream = r.stream,
                 seq = r.seq,
@@ -439,7 +436,7 @@ impl Orchestrator {
         };
         match checked {
             Ok(accepted) => {
-                if self
+                let (fresh, after) = self
                     .state
                     .accept(
                         &r.stream,
@@ -448,9 +445,10 @@ impl Orchestrator {
                         &accepted,
                         r.transcode_ms,
                         received_ms,
+                        r.started_unix_ms,
                     )
-                    .await?
-                {
+                    .await?;
+                if fresh {
                     metrics::SEGMENTS.with_label_values(&["done"]).inc();
                     metrics::TRANSCODE_SECONDS.observe(r.transcode_ms as f64 / 1000.0);
                     info!(
@@ -469,10 +467,12 @@ impl Orchestrator {
                         },
                     )
                     .await?;
-                    self.after_change(&r.stream).await
                 } else {
                     self.collect_garbage(&r).await?;
-                    self.after_change(&r.stream).await
+                }
+                match after {
+                    Some(rec) => self.after_change_of(rec).await,
+                    None => Ok(()),
                 }
             }
             Err(CheckError::Unavailable(m)) => Err(HandleError::Retry(m)),
@@ -527,10 +527,9 @@ impl Orchestrator {
                     "retrying segment"
                 );
                 metrics::SEGMENTS.with_label_values(&["retried"]).inc();
-                let (Some(rec), Some(seg)) = (
-                    self.state.stream(&f.stream).await?,
-                    self.state.segment(&f.stream, f.seq).await?,
-                ) else {
+                let (Some(rec), Some(seg)) =
+                    self.state.stream_and_segment(&f.stream, f.seq).await?
+                else {
                     return Ok(());
                 };
                 self.publish_job(&rec, &seg, attempt).await

@@ -233,7 +233,9 @@ pub enum Disposition {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum WorkerReport {
-    /// A worker began the job and will finish within `timeout_secs` or stop itself.
+    /// A worker began the job and will finish within `timeout_secs` or stop itself. Sent
+    /// only for a job still running after the worker's `--start-notice-ms`: a short job's
+    /// result says all the notice would.
     SegmentStarted(SegmentStarted),
     SegmentResult(SegmentResult),
     SegmentFailed(SegmentFailed),
@@ -259,6 +261,10 @@ pub struct SegmentResult {
     pub renditions: Vec<RenditionOutput>,
     /// Wall time of decode + encode + mux, in milliseconds.
     pub transcode_ms: u64,
+    /// When the worker received the job (Unix ms). Short jobs send no start notice, so
+    /// this is where the orchestrator learns when the segment started.
+    #[serde(default)]
+    pub started_unix_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -40,6 +40,13 @@ pub struct WorkerArgs {
     #[arg(long, env = "JOB_TIMEOUT_SECS", default_value_t = 0)]
     pub job_timeout_secs: u64,
 
+    /// Milliseconds a job runs before the worker tells the orchestrator it has it, which
+    /// lets the orchestrator give up a job whose worker froze (after the job timeout plus
+    /// a grace). A job done sooner sends no notice, since its result carries its start
+    /// time: one broker message less per segment. 0 sends it at once.
+    #[arg(long, env = "START_NOTICE_MS", default_value_t = 1000)]
+    pub start_notice_ms: u64,
+
     /// BENCHMARK ONLY (never in production): skip decoding and encoding and upload a copy of
     /// the source segment as every rendition, to measure the control plane alone. Pair it
     /// with the orchestrator's --trust-worker-output, or every result fails its check.

@@ -26,6 +26,8 @@ pub struct JobContext {
     pub slots: Slots,
     /// Fixed transcode timeout in seconds; 0 scales it with the segment.
     pub job_timeout_secs: u64,
+    /// How long a job runs before its start notice goes out (see `--start-notice-ms`).
+    pub start_notice_after: Duration,
     /// Woken when a slot is taken or freed, so the heartbeat reports it at once.
     pub slots_changed: Arc<tokio::sync::Notify>,
     /// Benchmark only: renditions are copies of the source (see `--noop-transcode`).
@@ -93,7 +95,7 @@ impl From<MediaError> for JobError {
     }
 }
 
-fn now_unix_ms() -> u64 {
+pub fn now_unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -284,6 +286,7 @@ async fn upload_all(
         worker_id: ctx.worker_id.clone(),
         renditions,
         transcode_ms,
+        started_unix_ms: None,
     })
 }
 

@@ -63,6 +63,7 @@ impl WorkerPool {
             tmp_dir: self.args.tmp_dir.clone(),
             slots: Slots::new(slots + live_slots),
             job_timeout_secs: self.args.job_timeout_secs,
+            start_notice_after: Duration::from_millis(self.args.start_notice_ms),
             slots_changed: Arc::new(tokio::sync::Notify::new()),
             noop_transcode: self.args.noop_transcode,
         });
@@ -203,6 +204,7 @@ async fn handle_delivery(ctx: Arc<JobContext>, broker: Arc<Broker>, delivery: De
             return;
         }
     };
+    let received_ms = job::now_unix_ms();
     let started = WorkerReport::SegmentStarted(castwork_protocol::SegmentStarted {
         job_id: job.job_id,
         stream: job.stream.clone(),
@@ -211,10 +213,12 @@ async fn handle_delivery(ctx: Arc<JobContext>, broker: Arc<Broker>, delivery: De
         worker_id: ctx.worker_id.clone(),
         timeout_secs: ctx.timeout_secs(&job),
     });
-    // Lets the orchestrator notice a hung job; losing this notice only loses that check,
-    // so the transcode does not wait for its confirm.
-    let notice = broker.clone();
-    tokio::spawn(async move {
+    // Lets the orchestrator notice a hung job. A job done sooner than this needs no notice
+    // (its result carries its start time), which spares the broker a message per segment;
+    // losing the notice only loses that check, so the transcode never waits for it.
+    let (notice, delay) = (broker.clone(), ctx.start_notice_after);
+    let notice = tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
         if let Err(e) = notice
             .publish(
                 RESULTS_EXCHANGE,
@@ -227,7 +231,11 @@ async fn handle_delivery(ctx: Arc<JobContext>, broker: Arc<Broker>, delivery: De
             warn!(error = %e, "could not announce the job start");
         }
     });
-    let report = run_job(&ctx, &job).await;
+    let mut report = run_job(&ctx, &job).await;
+    notice.abort();
+    if let WorkerReport::SegmentResult(r) = &mut report {
+        r.started_unix_ms = Some(received_ms);
+    }
     let outcome = match &report {
         WorkerReport::SegmentResult(r) => {
             info!(

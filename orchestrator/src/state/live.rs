@@ -2,7 +2,7 @@
 //! past their deadline, and the lock that serialises each stream's playlist writes across
 //! orchestrators.
 
-use super::{segment_key, stream_key, State};
+use super::{segment_key, stream_key, LuaScript, State};
 
 /// The order in which a live stream's segments were listed in its playlists: `SEQ` for a
 /// listed segment, `SEQ d` for one that follows a publisher's reconnect, `-SEQ` for a
@@ -16,20 +16,23 @@ pub const LIVE_SET: &str = "cw:live";
 
 /// Skips a pending live segment (its deadline passed). Returns 1 when skipped, 0 when it
 /// was already resolved.
-const SKIP_SEGMENT: &str = r#"
+static SKIP_SEGMENT: LuaScript = LuaScript::new(
+    r#"
 if redis.call('HGET', KEYS[1], 'state') ~= 'pending' then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'skipped', 'message', ARGV[1])
 redis.call('HINCRBY', KEYS[2], 'skipped', 1)
 redis.call('HINCRBY', KEYS[2], 'resolved', 1)
 return 1
-"#;
+"#,
+);
 
 /// Lists a live stream's resolved segments in order from its cursor: a transcoded segment
 /// is listed, a failed or skipped one becomes a gap. A pending segment past its deadline is
 /// skipped; a segment never received holds back later ones for ARGV[2] ms, then it and the
 /// segments missing right after it are skipped.
 /// Returns the newly listed and the newly skipped sequence numbers.
-const ADVANCE_LIVE: &str = r#"
+static ADVANCE_LIVE: LuaScript = LuaScript::new(
+    r#"
 local now, hold, prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local info = redis.call('HMGET', KEYS[1], 'cursor', 'total', 'max_seq', 'blocked_since')
 local cursor = tonumber(info[1] or '0')
@@ -75,29 +78,35 @@ while not total or cursor < total do
 end
 redis.call('HSET', KEYS[1], 'cursor', cursor)
 return {listed, skipped}
-"#;
+"#,
+);
 
 /// Forgets an ended live stream's state (its recording stays in the object store), if it is
 /// still the session ARGV[4] and complete. Returns 1 when forgotten.
-const FORGET_STREAM: &str = r#"
+static FORGET_STREAM: LuaScript = LuaScript::new(
+    r#"
 local h = redis.call('HMGET', KEYS[1], 'session', 'state', 'total', 'max_seq')
 if h[1] ~= ARGV[4] or h[2] ~= 'complete' then return 0 end
 local n = math.max(tonumber(h[3] or '0'), tonumber(h[4] or '-1') + 1)
 for i = 0, n - 1 do redis.call('DEL', ARGV[1] .. i) end
 redis.call('DEL', KEYS[1], ARGV[2], ARGV[3])
 return 1
-"#;
+"#,
+);
 
 /// Releases a lock only if this holder still has it.
-const UNLOCK: &str = r#"
+static UNLOCK: LuaScript = LuaScript::new(
+    r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
-"#;
+"#,
+);
 
 impl State {
     /// Forgets the state of an ended live stream of session `session`; true when done.
     pub async fn forget_stream(&self, stream: &str, session: &str) -> redis::RedisResult<bool> {
-        let r: i64 = redis::Script::new(FORGET_STREAM)
+        let r: i64 = FORGET_STREAM
+            .get()
             .key(stream_key(stream))
             .arg(format!("{}:seg:", stream_key(stream)))
             .arg(listed_key(stream))
@@ -110,7 +119,8 @@ impl State {
 
     /// Skips a pending segment; true when this call skipped it.
     pub async fn skip(&self, stream: &str, seq: u64, message: &str) -> redis::RedisResult<bool> {
-        let r: i64 = redis::Script::new(SKIP_SEGMENT)
+        let r: i64 = SKIP_SEGMENT
+            .get()
             .key(segment_key(stream, seq))
             .key(stream_key(stream))
             .arg(message)
@@ -126,7 +136,8 @@ impl State {
         now_ms: u64,
         hold_ms: u64,
     ) -> redis::RedisResult<(Vec<u64>, Vec<u64>)> {
-        redis::Script::new(ADVANCE_LIVE)
+        ADVANCE_LIVE
+            .get()
             .key(stream_key(stream))
             .key(listed_key(stream))
             .arg(now_ms)
@@ -178,7 +189,8 @@ impl State {
     }
 
     pub async fn unlock(&self, name: &str, token: &str) -> redis::RedisResult<()> {
-        redis::Script::new(UNLOCK)
+        UNLOCK
+            .get()
             .key(format!("cw:lock:{name}"))
             .arg(token)
             .invoke_async::<i64>(&mut self.redis.clone())

@@ -23,17 +23,38 @@ pub fn failures_key(stream: &str) -> String {
     format!("cw:stream:{stream}:failures")
 }
 
+/// A Lua script whose SHA-1 is computed once, on first use, not on every call.
+pub(crate) struct LuaScript {
+    source: &'static str,
+    script: std::sync::OnceLock<redis::Script>,
+}
+
+impl LuaScript {
+    pub(crate) const fn new(source: &'static str) -> Self {
+        LuaScript {
+            source,
+            script: std::sync::OnceLock::new(),
+        }
+    }
+
+    pub(crate) fn get(&self) -> &redis::Script {
+        self.script.get_or_init(|| redis::Script::new(self.source))
+    }
+}
+
 pub const STREAMS_SET: &str = "cw:streams";
 pub const DEAD_LETTERS_LIST: &str = "cw:dead_letters";
 /// Jobs a worker has started, scored by the time by which their result is due.
 pub const INFLIGHT_ZSET: &str = "cw:inflight";
 
 /// Takes the started jobs whose result is overdue.
-const TAKE_OVERDUE: &str = r#"
+static TAKE_OVERDUE: LuaScript = LuaScript::new(
+    r#"
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100)
 for _, m in ipairs(due) do redis.call('ZREM', KEYS[1], m) end
 return due
-"#;
+"#,
+);
 
 /// One rendition of an accepted segment, as checked by the orchestrator.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -105,7 +126,8 @@ pub struct SegmentRecord {
 /// the same push again (a redelivery), 3 when the name belongs to a live stream that has
 /// ended and the new one is live too (the same key broadcasting again: the old one can be
 /// archived), 0 when the name is taken by another push.
-const REGISTER_STREAM: &str = r#"
+static REGISTER_STREAM: LuaScript = LuaScript::new(
+    r#"
 local cur = redis.call('HGET', KEYS[1], 'session')
 if cur then
   if cur == ARGV[1] then return 2 end
@@ -120,17 +142,19 @@ if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'target_duration', ARGV[6]) en
 redis.call('SADD', KEYS[2], ARGV[5])
 if ARGV[2] == 'live' then redis.call('SADD', KEYS[3], ARGV[5]) end
 return 1
-"#;
+"#,
+);
 
 /// Records a segment. Returns the attempt to publish, or 0 when the segment is already
-/// resolved. A redelivered `SegmentReady` for a pending segment republishes its current
+/// resolved, with the segment as it now is. A redelivered `SegmentReady` for a pending segment republishes its current
 /// attempt (its job may never have been published); rendition keys are content-addressed,
 /// so two runs of one attempt cannot overwrite each other.
-const RECORD_SEGMENT: &str = r#"
+static RECORD_SEGMENT: LuaScript = LuaScript::new(
+    r#"
 local st = redis.call('HGET', KEYS[1], 'state')
 if st then
-  if st ~= 'pending' then return 0 end
-  return tonumber(redis.call('HGET', KEYS[1], 'attempt'))
+  if st ~= 'pending' then return {0, redis.call('HGETALL', KEYS[1])} end
+  return {tonumber(redis.call('HGET', KEYS[1], 'attempt')), redis.call('HGETALL', KEYS[1])}
 end
 redis.call('HSET', KEYS[1], 'start_us', ARGV[1], 'duration_us', ARGV[2], 'frames', ARGV[3],
   'source', ARGV[4], 'has_audio', ARGV[5], 'last_pts_us', ARGV[6], 'attempt', 1,
@@ -142,27 +166,35 @@ redis.call('HINCRBY', KEYS[2], 'received', 1)
 if tonumber(ARGV[10]) > tonumber(redis.call('HGET', KEYS[2], 'max_seq') or '-1') then
   redis.call('HSET', KEYS[2], 'max_seq', ARGV[10])
 end
-return 1
-"#;
+return {1, redis.call('HGETALL', KEYS[1])}
+"#,
+);
 
 /// Accepts a checked result of the current attempt while the segment is pending. Returns 1
 /// when accepted, 0 when the segment was already resolved, -1 for an older attempt's late
-/// result (that attempt was given up, e.g. as hung).
-const ACCEPT_RESULT: &str = r#"
-if redis.call('HGET', KEYS[1], 'state') ~= 'pending' then return 0 end
-if tonumber(ARGV[2]) ~= tonumber(redis.call('HGET', KEYS[1], 'attempt')) then return -1 end
+/// result (that attempt was given up, e.g. as hung), with the stream as it now is. The
+/// worker's start time fills in `started_ms` when no start notice came first.
+static ACCEPT_RESULT: LuaScript = LuaScript::new(
+    r#"
+if redis.call('HGET', KEYS[1], 'state') ~= 'pending' then return {0, redis.call('HGETALL', KEYS[2])} end
+if tonumber(ARGV[2]) ~= tonumber(redis.call('HGET', KEYS[1], 'attempt')) then
+  return {-1, redis.call('HGETALL', KEYS[2])}
+end
 redis.call('HSET', KEYS[1], 'state', 'done', 'accepted', ARGV[1], 'accepted_attempt', ARGV[2],
   'transcode_ms', ARGV[3], 'result_ms', ARGV[4])
+if ARGV[5] ~= '' then redis.call('HSETNX', KEYS[1], 'started_ms', ARGV[5]) end
 redis.call('HINCRBY', KEYS[2], 'done', 1)
 redis.call('HINCRBY', KEYS[2], 'resolved', 1)
-return 1
-"#;
+return {1, redis.call('HGETALL', KEYS[2])}
+"#,
+);
 
 /// Applies a failed attempt. Returns -1 for a stale attempt (a newer one is running), 0 when
 /// already resolved, 1 when the segment is now failed, or 1000 + the attempt to publish. The
 /// failure that started the current attempt, seen again, republishes it: the orchestrator
 /// may have stopped before its job was published.
-const FAIL_ATTEMPT: &str = r#"
+static FAIL_ATTEMPT: LuaScript = LuaScript::new(
+    r#"
 if redis.call('HGET', KEYS[1], 'state') ~= 'pending' then return 0 end
 local cur = tonumber(redis.call('HGET', KEYS[1], 'attempt'))
 local a = tonumber(ARGV[1])
@@ -179,16 +211,19 @@ if ARGV[3] == '1' or cur >= tonumber(ARGV[4]) then
 end
 redis.call('HSET', KEYS[1], 'retry_of', cur)
 return 1000 + redis.call('HINCRBY', KEYS[1], 'attempt', 1)
-"#;
+"#,
+);
 
 /// Marks a stream complete once, when every one of its segments is resolved. Returns 1 to
 /// the single caller that completed it.
-const COMPLETE_STREAM: &str = r#"
+static COMPLETE_STREAM: LuaScript = LuaScript::new(
+    r#"
 local s = redis.call('HMGET', KEYS[1], 'state', 'total', 'resolved')
 if s[1] ~= 'active' or not s[2] or tonumber(s[3]) < tonumber(s[2]) then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'complete', 'master', ARGV[1])
 return 1
-"#;
+"#,
+);
 
 /// What applying a failure did.
 #[derive(Debug, PartialEq, Eq)]
@@ -236,7 +271,8 @@ impl State {
         source: &SourceMetadata,
         target_duration_secs: Option<u32>,
     ) -> redis::RedisResult<i64> {
-        redis::Script::new(REGISTER_STREAM)
+        REGISTER_STREAM
+            .get()
             .key(stream_key(stream))
             .key(STREAMS_SET)
             .key(LIVE_SET)
@@ -255,9 +291,10 @@ impl State {
         &self,
         seg: &SegmentReady,
         deadline_ms: Option<u64>,
-    ) -> redis::RedisResult<u32> {
+    ) -> redis::RedisResult<(u32, Option<SegmentRecord>)> {
         let opt = |v: Option<u64>| v.map_or(String::new(), |v| v.to_string());
-        redis::Script::new(RECORD_SEGMENT)
+        let (attempt, h): (u32, HashMap<String, String>) = RECORD_SEGMENT
+            .get()
             .key(segment_key(&seg.stream, seg.seq))
             .key(stream_key(&seg.stream))
             .arg(seg.start_us)
@@ -272,9 +309,12 @@ impl State {
             .arg(seg.seq)
             .arg(now_unix_ms())
             .invoke_async(&mut self.redis.clone())
-            .await
+            .await?;
+        Ok((attempt, parse_segment(seg.seq, &h)))
     }
 
+    /// Accepts a result (see `ACCEPT_RESULT`): whether it was accepted, and the stream after.
+    #[allow(clippy::too_many_arguments)]
     pub async fn accept(
         &self,
         stream: &str,
@@ -283,17 +323,20 @@ impl State {
         renditions: &[AcceptedRendition],
         transcode_ms: u64,
         result_ms: u64,
-    ) -> redis::RedisResult<bool> {
-        let r: i64 = redis::Script::new(ACCEPT_RESULT)
+        started_ms: Option<u64>,
+    ) -> redis::RedisResult<(bool, Option<StreamRecord>)> {
+        let (r, h): (i64, HashMap<String, String>) = ACCEPT_RESULT
+            .get()
             .key(segment_key(stream, seq))
             .key(stream_key(stream))
             .arg(json(&renditions))
             .arg(attempt)
             .arg(transcode_ms)
             .arg(result_ms)
+            .arg(started_ms.map_or(String::new(), |v| v.to_string()))
             .invoke_async(&mut self.redis.clone())
             .await?;
-        Ok(r == 1)
+        Ok((r == 1, parse_stream(stream, &h)?))
     }
 
     pub async fn fail_attempt(
@@ -305,7 +348,8 @@ impl State {
         permanent: bool,
         max_attempts: u32,
     ) -> redis::RedisResult<FailOutcome> {
-        let r: i64 = redis::Script::new(FAIL_ATTEMPT)
+        let r: i64 = FAIL_ATTEMPT
+            .get()
             .key(segment_key(stream, seq))
             .key(stream_key(stream))
             .key(failures_key(stream))
@@ -355,7 +399,8 @@ impl State {
     /// Marks the stream complete if every segment is resolved; true for the one caller that
     /// did it.
     pub async fn complete(&self, stream: &str, master: &str) -> redis::RedisResult<bool> {
-        let r: i64 = redis::Script::new(COMPLETE_STREAM)
+        let r: i64 = COMPLETE_STREAM
+            .get()
             .key(stream_key(stream))
             .arg(master)
             .invoke_async(&mut self.redis.clone())
@@ -393,7 +438,8 @@ impl State {
         &self,
         now_unix_ms: u64,
     ) -> redis::RedisResult<Vec<(String, u64, u32, String)>> {
-        let due: Vec<String> = redis::Script::new(TAKE_OVERDUE)
+        let due: Vec<String> = TAKE_OVERDUE
+            .get()
             .key(INFLIGHT_ZSET)
             .arg(now_unix_ms)
             .invoke_async(&mut self.redis.clone())
@@ -467,40 +513,23 @@ impl State {
             .arg(stream_key(stream))
             .query_async(&mut self.redis.clone())
             .await?;
-        if h.is_empty() {
-            return Ok(None);
-        }
-        let num = |k: &str| h.get(k).and_then(|v| v.parse::<u64>().ok());
-        let parse = |k: &str| h.get(k).map(String::as_str).unwrap_or("null");
-        Ok(Some(StreamRecord {
-            stream: stream.to_string(),
-            session: h.get("session").cloned().unwrap_or_default(),
-            mode: if h.get("mode").map(String::as_str) == Some("live") {
-                StreamMode::Live
-            } else {
-                StreamMode::Vod
-            },
-            plan: serde_json::from_str(parse("plan")).unwrap_or_default(),
-            source: match serde_json::from_str(parse("source")) {
-                Ok(s) => s,
-                Err(e) => {
-                    return Err(redis::RedisError::from((
-                        redis::ErrorKind::Parse,
-                        "corrupt stream source metadata",
-                        e.to_string(),
-                    )))
-                }
-            },
-            state: h.get("state").cloned().unwrap_or_default(),
-            total: num("total"),
-            received: num("received").unwrap_or(0),
-            done: num("done").unwrap_or(0),
-            failed: num("failed").unwrap_or(0),
-            master_playlist: h.get("master").cloned(),
-            announced: h.contains_key("announced"),
-            skipped: num("skipped").unwrap_or(0),
-            target_duration_secs: num("target_duration"),
-        }))
+        parse_stream(stream, &h)
+    }
+
+    /// A stream and one of its segments in one round trip.
+    pub async fn stream_and_segment(
+        &self,
+        stream: &str,
+        seq: u64,
+    ) -> redis::RedisResult<(Option<StreamRecord>, Option<SegmentRecord>)> {
+        let (rec, seg): (HashMap<String, String>, HashMap<String, String>) = redis::pipe()
+            .cmd("HGETALL")
+            .arg(stream_key(stream))
+            .cmd("HGETALL")
+            .arg(segment_key(stream, seq))
+            .query_async(&mut self.redis.clone())
+            .await?;
+        Ok((parse_stream(stream, &rec)?, parse_segment(seq, &seg)))
     }
 
     pub async fn segment(
@@ -546,6 +575,46 @@ impl State {
         v.sort();
         Ok(v)
     }
+}
+
+fn parse_stream(
+    stream: &str,
+    h: &HashMap<String, String>,
+) -> redis::RedisResult<Option<StreamRecord>> {
+    if h.is_empty() {
+        return Ok(None);
+    }
+    let num = |k: &str| h.get(k).and_then(|v| v.parse::<u64>().ok());
+    let parse = |k: &str| h.get(k).map(String::as_str).unwrap_or("null");
+    Ok(Some(StreamRecord {
+        stream: stream.to_string(),
+        session: h.get("session").cloned().unwrap_or_default(),
+        mode: if h.get("mode").map(String::as_str) == Some("live") {
+            StreamMode::Live
+        } else {
+            StreamMode::Vod
+        },
+        plan: serde_json::from_str(parse("plan")).unwrap_or_default(),
+        source: match serde_json::from_str(parse("source")) {
+            Ok(s) => s,
+            Err(e) => {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::Parse,
+                    "corrupt stream source metadata",
+                    e.to_string(),
+                )))
+            }
+        },
+        state: h.get("state").cloned().unwrap_or_default(),
+        total: num("total"),
+        received: num("received").unwrap_or(0),
+        done: num("done").unwrap_or(0),
+        failed: num("failed").unwrap_or(0),
+        master_playlist: h.get("master").cloned(),
+        announced: h.contains_key("announced"),
+        skipped: num("skipped").unwrap_or(0),
+        target_duration_secs: num("target_duration"),
+    }))
 }
 
 fn parse_segment(seq: u64, h: &HashMap<String, String>) -> Option<SegmentRecord> {
