@@ -166,6 +166,22 @@ impl Broker {
         headers: Option<FieldTable>,
         ttl_ms: Option<u64>,
     ) -> Result<(), BrokerError> {
+        self.send(exchange, routing_key, body, headers, ttl_ms)
+            .await?
+            .wait()
+            .await
+    }
+
+    /// Sends a persistent JSON message without waiting for its confirm, so the caller can
+    /// do other work meanwhile; messages sent on this broker keep their order.
+    pub async fn send(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        headers: Option<FieldTable>,
+        ttl_ms: Option<u64>,
+    ) -> Result<Confirm, BrokerError> {
         let mut props = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type("application/json".into());
@@ -184,15 +200,12 @@ impl Broker {
                 body,
                 props,
             )
-            .await?
             .await?;
-        if confirm.is_nack() {
-            return Err(BrokerError::Nacked {
-                exchange: exchange.to_string(),
-                routing_key: routing_key.to_string(),
-            });
-        }
-        Ok(())
+        Ok(Confirm {
+            confirm,
+            exchange: exchange.to_string(),
+            routing_key: routing_key.to_string(),
+        })
     }
 
     /// Opens a channel with `prefetch` unacked deliveries and consumes `queue` with manual acks.
@@ -223,5 +236,25 @@ impl Broker {
     /// Closes the connection politely.
     pub async fn close(&self) {
         let _ = self.connection.close(200, "bye".into()).await;
+    }
+}
+
+/// The broker's answer to a message [`Broker::send`] sent.
+pub struct Confirm {
+    confirm: lapin::PublisherConfirm,
+    exchange: String,
+    routing_key: String,
+}
+
+impl Confirm {
+    /// Waits until the broker has the message; a nack is an error.
+    pub async fn wait(self) -> Result<(), BrokerError> {
+        if self.confirm.await?.is_nack() {
+            return Err(BrokerError::Nacked {
+                exchange: self.exchange,
+                routing_key: self.routing_key,
+            });
+        }
+        Ok(())
     }
 }

@@ -124,7 +124,10 @@ pub fn probe_restricted(path: &Path, formats: &str) -> Result<ProbedInput, Media
     probe_input(&crate::inspect::open_restricted(path, formats)?, path)
 }
 
-fn probe_input(ictx: &format::context::Input, path: &Path) -> Result<ProbedInput, MediaError> {
+pub(crate) fn probe_input(
+    ictx: &format::context::Input,
+    path: &Path,
+) -> Result<ProbedInput, MediaError> {
     let format_name = ictx.format().name().to_string();
     if is_not_video_format(&format_name) {
         return Err(MediaError::BadInput(format!(

@@ -290,10 +290,24 @@ where
     F: FnMut(CutSegment) -> Result<(), MediaError>,
 {
     crate::init();
-    let mut ictx = match opts.formats {
+    let ictx = match opts.formats {
         Some(f) => crate::inspect::open_restricted(input, f)?,
         None => open_source(input)?,
     };
+    segment_input(ictx, input, probed, opts, on_segment)
+}
+
+/// [`segment_file`] on an input already opened (and probed into `probed`).
+fn segment_input<F>(
+    mut ictx: format::context::Input,
+    input: &Path,
+    probed: &ProbedInput,
+    opts: &SegmentOptions,
+    on_segment: F,
+) -> Result<SegmentSummary, MediaError>
+where
+    F: FnMut(CutSegment) -> Result<(), MediaError>,
+{
     let vi = probed.video_index;
     let vstream = ictx
         .stream(vi)
@@ -442,7 +456,9 @@ pub fn remux_piece(
     seq: u64,
     offset_us: Option<i64>,
 ) -> Result<RemuxedPiece, MediaError> {
-    let probed = crate::probe::probe_restricted(input, formats)?;
+    // One open serves the probe and the remux: opening reads and decodes the start.
+    let ictx = crate::inspect::open_restricted(input, formats)?;
+    let probed = crate::probe::probe_input(&ictx, input)?;
     let opts = SegmentOptions {
         target_us: i64::MAX / 4,
         dir: dir.to_path_buf(),
@@ -450,7 +466,7 @@ pub fn remux_piece(
         formats: Some(formats),
     };
     let mut out = None;
-    let summary = segment_file(input, &probed, &opts, |seg| {
+    let summary = segment_input(ictx, input, &probed, &opts, |seg| {
         out = Some(seg);
         Ok(())
     })?;

@@ -448,6 +448,7 @@ impl Orchestrator {
                         r.started_unix_ms,
                     )
                     .await?;
+                let mut confirm = None;
                 if fresh {
                     metrics::SEGMENTS.with_label_values(&["done"]).inc();
                     metrics::TRANSCODE_SECONDS.observe(r.transcode_ms as f64 / 1000.0);
@@ -458,22 +459,34 @@ impl Orchestrator {
                         worker = r.worker_id,
                         "segment accepted"
                     );
-                    self.event(
-                        &r.stream,
-                        &StreamEvent::SegmentTranscoded {
-                            stream: r.stream.clone(),
-                            seq: r.seq,
-                            renditions: rendition_refs(&accepted),
-                        },
-                    )
-                    .await?;
+                    let event = StreamEvent::SegmentTranscoded {
+                        stream: r.stream.clone(),
+                        seq: r.seq,
+                        renditions: rendition_refs(&accepted),
+                    };
+                    // Listed while the broker confirms the event; the result is acked
+                    // only once both are done.
+                    confirm = Some(
+                        self.broker
+                            .send(
+                                EVENTS_EXCHANGE,
+                                &event_routing_key(&r.stream),
+                                &encode(&event),
+                                None,
+                                None,
+                            )
+                            .await?,
+                    );
                 } else {
                     self.collect_garbage(&r).await?;
                 }
-                match after {
-                    Some(rec) => self.after_change_of(rec).await,
-                    None => Ok(()),
+                if let Some(rec) = after {
+                    self.after_change_of(rec).await?;
                 }
+                if let Some(confirm) = confirm {
+                    confirm.wait().await?;
+                }
+                Ok(())
             }
             Err(CheckError::Unavailable(m)) => Err(HandleError::Retry(m)),
             Err(CheckError::Bad(m)) => {
