@@ -152,28 +152,16 @@ impl Broker {
         body: &[u8],
         headers: Option<FieldTable>,
     ) -> Result<(), BrokerError> {
-        self.publish_expiring(exchange, routing_key, body, headers, None)
-            .await
-    }
-
-    /// Like [`Broker::publish`], with a message TTL: the broker dead-letters the message
-    /// (reason `expired`) if no consumer took it within `ttl_ms`.
-    pub async fn publish_expiring(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        body: &[u8],
-        headers: Option<FieldTable>,
-        ttl_ms: Option<u64>,
-    ) -> Result<(), BrokerError> {
-        self.send(exchange, routing_key, body, headers, ttl_ms)
+        self.send(exchange, routing_key, body, headers, None)
             .await?
             .wait()
             .await
     }
 
     /// Sends a persistent JSON message without waiting for its confirm, so the caller can
-    /// do other work meanwhile; messages sent on this broker keep their order.
+    /// do other work meanwhile; messages sent on this broker keep their order. With
+    /// `ttl_ms`, the broker dead-letters the message (reason `expired`) if no consumer took
+    /// it in time.
     pub async fn send(
         &self,
         exchange: &str,

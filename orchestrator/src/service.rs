@@ -305,7 +305,9 @@ impl Orchestrator {
         };
         let queue = job_queue(rec.mode, CLASSES[0]);
         self.broker
-            .publish_expiring(JOBS_EXCHANGE, &queue, &encode(&job), None, ttl)
+            .send(JOBS_EXCHANGE, &queue, &encode(&job), None, ttl)
+            .await?
+            .wait()
             .await?;
         metrics::JOBS_PUBLISHED.inc();
         Ok(())
