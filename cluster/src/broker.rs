@@ -36,6 +36,27 @@ pub enum BrokerError {
     },
 }
 
+/// How many messages wait in one queue, and how many consumers it has.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct QueueDepth {
+    pub queue: String,
+    pub messages: u32,
+    pub consumers: u32,
+}
+
+/// Every queue the topology declares, in the order a pipeline uses them.
+pub fn known_queues() -> Vec<String> {
+    let mut queues = vec![INGEST_QUEUE.to_string()];
+    for class in CLASSES {
+        for mode in [StreamMode::Live, StreamMode::Vod] {
+            queues.push(job_queue(mode, class));
+        }
+    }
+    queues.push(RESULTS_QUEUE.to_string());
+    queues.push(DEAD_LETTER_QUEUE.to_string());
+    queues
+}
+
 /// A connection with a confirming publisher channel.
 pub struct Broker {
     connection: Connection,
@@ -214,6 +235,33 @@ impl Broker {
             )
             .await?;
         Ok((ch, consumer))
+    }
+
+    /// The depth of every queue of the topology (a passive declare of each, on a channel
+    /// of its own).
+    pub async fn queue_depths(&self) -> Result<Vec<QueueDepth>, BrokerError> {
+        let ch = self.connection.create_channel().await?;
+        let mut depths = Vec::new();
+        for queue in known_queues() {
+            let q = ch
+                .queue_declare(
+                    queue.as_str().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        durable: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            depths.push(QueueDepth {
+                queue,
+                messages: q.message_count(),
+                consumers: q.consumer_count(),
+            });
+        }
+        let _ = ch.close(200, "done".into()).await;
+        Ok(depths)
     }
 
     /// A new channel on this connection (e.g. for a temporary event queue).

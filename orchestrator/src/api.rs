@@ -1,7 +1,7 @@
 //! The orchestrator's HTTP API: health, metrics and stream status.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use axum::{
     extract::{Path, State as AxumState},
@@ -10,16 +10,37 @@ use axum::{
     routing::get,
     Json, Router,
 };
+use castwork_cluster::broker::QueueDepth;
 use castwork_cluster::http::metrics_handler;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::state::State;
+use crate::state::{State, StreamSummary};
 
 #[derive(Clone)]
 pub struct ApiState {
     pub state: State,
     /// Whether the broker session is up and consuming.
     pub consuming: Arc<AtomicBool>,
+    /// The latest queue depths read from the broker.
+    pub queues: Arc<RwLock<Option<QueueSnapshot>>>,
+}
+
+/// Queue depths as read from the broker at one moment.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueSnapshot {
+    pub as_of_unix_ms: u64,
+    pub queues: Vec<QueueDepth>,
+}
+
+/// The whole cluster at a glance: what `orchestrator status` prints.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub streams: Vec<StreamSummary>,
+    pub workers: Vec<serde_json::Value>,
+    /// Empty until the orchestrator has read them from the broker.
+    pub queues: Vec<QueueDepth>,
+    pub queues_as_of_unix_ms: Option<u64>,
 }
 
 pub fn router(api: ApiState) -> Router {
@@ -28,6 +49,8 @@ pub fn router(api: ApiState) -> Router {
         .route("/metrics", get(metrics_handler))
         .route("/streams", get(list_streams))
         .route("/workers", get(list_workers))
+        .route("/queues", get(list_queues))
+        .route("/status", get(cluster_status))
         .route("/streams/{name}", get(stream_status))
         .with_state(api)
 }
@@ -56,6 +79,39 @@ async fn list_workers(AxumState(api): AxumState<ApiState>) -> Response {
         Ok(workers) => Json(json!({ "workers": workers })).into_response(),
         Err(e) => unavailable(e),
     }
+}
+
+fn queue_snapshot(api: &ApiState) -> Option<QueueSnapshot> {
+    api.queues.read().ok().and_then(|q| q.clone())
+}
+
+async fn list_queues(AxumState(api): AxumState<ApiState>) -> Response {
+    match queue_snapshot(&api) {
+        Some(q) => Json(q).into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "error": "queue depths not read from the broker yet" })),
+        )
+            .into_response(),
+    }
+}
+
+async fn cluster_status(AxumState(api): AxumState<ApiState>) -> Response {
+    let (streams, workers) = match (
+        api.state.stream_summaries().await,
+        api.state.workers().await,
+    ) {
+        (Ok(s), Ok(w)) => (s, w),
+        (Err(e), _) | (_, Err(e)) => return unavailable(e),
+    };
+    let q = queue_snapshot(&api);
+    Json(ClusterStatus {
+        streams,
+        workers,
+        queues_as_of_unix_ms: q.as_ref().map(|q| q.as_of_unix_ms),
+        queues: q.map(|q| q.queues).unwrap_or_default(),
+    })
+    .into_response()
 }
 
 async fn list_streams(AxumState(api): AxumState<ApiState>) -> Response {

@@ -10,6 +10,7 @@ pub mod playlists;
 pub mod recovery;
 pub mod service;
 pub mod state;
+pub mod status;
 pub mod verify;
 
 use std::future::Future;
@@ -78,9 +79,11 @@ pub async fn run(
     };
     let state = State::new(redis);
     let consuming = Arc::new(AtomicBool::new(false));
+    let queues: Queues = Default::default();
     let router = api::router(api::ApiState {
         state: state.clone(),
         consuming: consuming.clone(),
+        queues: queues.clone(),
     });
     let addr = http::serve(cfg.http_addr, router, shutdown.clone())
         .await
@@ -103,7 +106,7 @@ pub async fn run(
         tokio::spawn(async move { pool.run(token).await })
     });
     supervise("orchestrator", &shutdown, || {
-        session(&cfg, &state, &storage, &consuming, &shutdown)
+        session(&cfg, &state, &storage, &consuming, &queues, &shutdown)
     })
     .await;
     consuming.store(false, Ordering::Relaxed);
@@ -119,6 +122,7 @@ async fn session(
     state: &State,
     storage: &Storage,
     consuming: &AtomicBool,
+    queues: &Queues,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let broker = Arc::new(
@@ -152,9 +156,21 @@ async fn session(
     let mut sweep = tokio::time::interval(Duration::from_secs(1));
     let sweeping = Arc::new(AtomicBool::new(false));
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut depths = tokio::time::interval(QUEUE_DEPTHS_EVERY);
+    depths.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let reading = Arc::new(AtomicBool::new(false));
     let outcome = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
+            _ = depths.tick() => {
+                if !reading.swap(true, Ordering::AcqRel) {
+                    let (b, q, flag) = (broker.clone(), queues.clone(), reading.clone());
+                    tracker.spawn(async move {
+                        read_queue_depths(&b, &q).await;
+                        flag.store(false, Ordering::Release);
+                    });
+                }
+            }
             _ = sweep.tick() => {
                 // In the background, one at a time, so a slow sweep never holds up messages.
                 if !sweeping.swap(true, Ordering::AcqRel) {
@@ -212,6 +228,35 @@ async fn session(
         broker.close().await;
     }
     outcome
+}
+
+/// The latest queue depths, shared with the HTTP API.
+type Queues = Arc<std::sync::RwLock<Option<api::QueueSnapshot>>>;
+
+/// How often the orchestrator reads the queue depths from the broker.
+const QUEUE_DEPTHS_EVERY: Duration = Duration::from_secs(2);
+
+/// Reads every queue's depth into the API's snapshot and the queue gauges.
+async fn read_queue_depths(broker: &Broker, queues: &Queues) {
+    match broker.queue_depths().await {
+        Ok(depths) => {
+            for d in &depths {
+                metrics::QUEUE_MESSAGES
+                    .with_label_values(&[d.queue.as_str()])
+                    .set(i64::from(d.messages));
+                metrics::QUEUE_CONSUMERS
+                    .with_label_values(&[d.queue.as_str()])
+                    .set(i64::from(d.consumers));
+            }
+            if let Ok(mut q) = queues.write() {
+                *q = Some(api::QueueSnapshot {
+                    as_of_unix_ms: state::now_unix_ms(),
+                    queues: depths,
+                });
+            }
+        }
+        Err(e) => warn!(error = %e, "could not read the queue depths"),
+    }
 }
 
 /// How many times the broker delivered a dead-lettered message and why it was

@@ -6,7 +6,7 @@ use std::time::Duration;
 use castwork_cluster::{redact_url, shutdown_token, telemetry, ServiceArgs};
 use castwork_orchestrator::{run, Config};
 use castwork_worker::WorkerArgs;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 /// Castwork orchestrator: admits streams from broadcasters, publishes one transcode job per
 /// segment to RabbitMQ, checks every worker result, tracks state in Redis and writes the HLS
@@ -14,6 +14,9 @@ use clap::Parser;
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
     #[command(flatten)]
     service: ServiceArgs,
 
@@ -21,7 +24,8 @@ struct Cli {
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
     redis_url: String,
 
-    /// Address of the HTTP API (/healthz, /metrics, /streams/NAME).
+    /// Address of the HTTP API (/healthz, /metrics, /status, /streams/NAME, /workers,
+    /// /queues).
     #[arg(long, env = "ORCHESTRATOR_HTTP_ADDR", default_value = "127.0.0.1:7935")]
     http_addr: SocketAddr,
 
@@ -57,9 +61,28 @@ struct Cli {
     worker: WorkerArgs,
 }
 
+/// Without a command, the orchestrator runs; a command talks to a running one.
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Prints the streams (with progress), workers (with busy slots) and queue depths of a
+    /// running cluster as tables, from its orchestrator's /status.
+    Status {
+        /// HTTP address of a running orchestrator (its --http-addr).
+        #[arg(
+            long,
+            env = "ORCHESTRATOR_URL",
+            default_value = "http://127.0.0.1:7935"
+        )]
+        url: String,
+    },
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::Status { url }) = &cli.command {
+        return castwork_orchestrator::status::print(url).await;
+    }
     telemetry::init_logging(&cli.service.log);
     let mut problems = Vec::new();
     if cli.max_attempts == 0 {

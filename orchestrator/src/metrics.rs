@@ -70,3 +70,21 @@ pub static LIVE_LATENCY: LazyLock<prometheus::HistogramVec> = LazyLock::new(|| {
     )
     .expect("metric registers once")
 });
+
+pub static QUEUE_MESSAGES: LazyLock<prometheus::IntGaugeVec> = LazyLock::new(|| {
+    prometheus::register_int_gauge_vec!(
+        "castwork_orchestrator_queue_messages",
+        "Messages waiting in each queue, as last read from the broker",
+        &["queue"]
+    )
+    .expect("metric registers once")
+});
+
+pub static QUEUE_CONSUMERS: LazyLock<prometheus::IntGaugeVec> = LazyLock::new(|| {
+    prometheus::register_int_gauge_vec!(
+        "castwork_orchestrator_queue_consumers",
+        "Consumers of each queue, as last read from the broker",
+        &["queue"]
+    )
+    .expect("metric registers once")
+});

@@ -91,6 +91,19 @@ pub struct StreamRecord {
     pub target_duration_secs: Option<u64>,
 }
 
+/// A stream's counts, for listings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamSummary {
+    pub stream: String,
+    pub mode: String,
+    pub state: String,
+    pub total: Option<u64>,
+    pub received: u64,
+    pub done: u64,
+    pub failed: u64,
+    pub skipped: u64,
+}
+
 /// A registered segment.
 #[derive(Debug, Clone)]
 pub struct SegmentRecord {
@@ -565,6 +578,43 @@ impl State {
             .collect();
         v.sort();
         Ok(v)
+    }
+
+    /// Every stream's counts in one round trip after the names, active streams first.
+    pub async fn stream_summaries(&self) -> redis::RedisResult<Vec<StreamSummary>> {
+        let names = self.stream_names().await?;
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        const FIELDS: [&str; 7] = [
+            "mode", "state", "total", "received", "done", "failed", "skipped",
+        ];
+        let mut pipe = redis::pipe();
+        for name in &names {
+            pipe.cmd("HMGET").arg(stream_key(name)).arg(&FIELDS[..]);
+        }
+        let rows: Vec<Vec<Option<String>>> = pipe.query_async(&mut self.redis.clone()).await?;
+        let mut out: Vec<StreamSummary> = names
+            .into_iter()
+            .zip(rows)
+            .filter(|(_, row)| row.first().is_some_and(Option::is_some))
+            .map(|(stream, row)| {
+                let text = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
+                let num = |i: usize| text(i).parse::<u64>().ok();
+                StreamSummary {
+                    stream,
+                    mode: text(0),
+                    state: text(1),
+                    total: num(2),
+                    received: num(3).unwrap_or(0),
+                    done: num(4).unwrap_or(0),
+                    failed: num(5).unwrap_or(0),
+                    skipped: num(6).unwrap_or(0),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| (a.state != "active", &a.stream).cmp(&(b.state != "active", &b.stream)));
+        Ok(out)
     }
 
     pub async fn stream_names(&self) -> redis::RedisResult<Vec<String>> {

@@ -1,0 +1,207 @@
+//! `orchestrator status`: the cluster at a glance, from a running orchestrator's `/status`.
+
+use crate::api::ClusterStatus;
+
+/// Lays out rows under a header in columns two spaces apart.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        padded.join("  ").trim_end().to_string() + "\n"
+    };
+    let mut out = line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        out += &line(row.clone());
+    }
+    out
+}
+
+/// The status as three tables: streams, workers, queues. `now_unix` ages the heartbeats.
+pub fn render(status: &ClusterStatus, now_unix: u64) -> String {
+    let mut out = String::new();
+    let active = status
+        .streams
+        .iter()
+        .filter(|s| s.state == "active")
+        .count();
+    out += &format!(
+        "STREAMS ({} in all, {active} active)\n",
+        status.streams.len()
+    );
+    let rows: Vec<Vec<String>> = status
+        .streams
+        .iter()
+        .map(|s| {
+            let resolved = s.done + s.failed + s.skipped;
+            let progress = match s.total {
+                Some(t) if t > 0 => format!("{}%", resolved * 100 / t),
+                _ => "-".into(),
+            };
+            vec![
+                s.stream.clone(),
+                s.mode.clone(),
+                s.state.clone(),
+                s.total.map_or("-".into(), |t| t.to_string()),
+                s.received.to_string(),
+                s.done.to_string(),
+                s.failed.to_string(),
+                s.skipped.to_string(),
+                progress,
+            ]
+        })
+        .collect();
+    out += &table(
+        &[
+            "STREAM", "MODE", "STATE", "TOTAL", "RECEIVED", "DONE", "FAILED", "SKIPPED", "PROGRESS",
+        ],
+        &rows,
+    );
+    let (slots, busy) = status.workers.iter().fold((0, 0), |(s, b), w| {
+        (
+            s + w["slots"].as_u64().unwrap_or(0),
+            b + w["busy_slots"].as_u64().unwrap_or(0),
+        )
+    });
+    out += &format!(
+        "\nWORKERS ({} in all, {busy} of {slots} slots busy)\n",
+        status.workers.len()
+    );
+    let rows: Vec<Vec<String>> = status
+        .workers
+        .iter()
+        .map(|w| {
+            let text = |k: &str| w[k].as_str().unwrap_or("-").to_string();
+            let num = |k: &str| w[k].as_u64().map_or("-".into(), |n| n.to_string());
+            let seen = w["last_seen_unix"].as_u64().map_or("-".into(), |t| {
+                format!("{}s ago", now_unix.saturating_sub(t))
+            });
+            vec![
+                text("id"),
+                text("host"),
+                text("class"),
+                num("slots"),
+                num("busy_slots"),
+                text("version"),
+                seen,
+            ]
+        })
+        .collect();
+    out += &table(
+        &[
+            "WORKER", "HOST", "CLASS", "SLOTS", "BUSY", "VERSION", "SEEN",
+        ],
+        &rows,
+    );
+    out += "\nQUEUES";
+    match status.queues_as_of_unix_ms {
+        Some(ms) => {
+            out += &format!(" (read {}s ago)\n", now_unix.saturating_sub(ms / 1000));
+            let rows: Vec<Vec<String>> = status
+                .queues
+                .iter()
+                .map(|q| {
+                    vec![
+                        q.queue.clone(),
+                        q.messages.to_string(),
+                        q.consumers.to_string(),
+                    ]
+                })
+                .collect();
+            out += &table(&["QUEUE", "MESSAGES", "CONSUMERS"], &rows);
+        }
+        None => out += "\n(not read from the broker yet: is the orchestrator connected?)\n",
+    }
+    out
+}
+
+/// Fetches `URL/status` and prints it.
+pub async fn print(url: &str) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let url = format!("{}/status", url.trim_end_matches('/'));
+    let resp = reqwest::get(&url)
+        .await
+        .with_context(|| format!("cannot reach the orchestrator at {url}"))?;
+    let code = resp.status();
+    let body = resp.text().await.context("reading the status")?;
+    if !code.is_success() {
+        anyhow::bail!("{url} answered {code}: {body}");
+    }
+    let status: ClusterStatus = serde_json::from_str(&body)
+        .with_context(|| format!("{url} did not answer with a cluster status"))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    print!("{}", render(&status, now));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::StreamSummary;
+    use castwork_cluster::broker::QueueDepth;
+
+    #[test]
+    fn renders_streams_workers_and_queues_in_aligned_tables() {
+        let status = ClusterStatus {
+            streams: vec![StreamSummary {
+                stream: "camera-1".into(),
+                mode: "vod".into(),
+                state: "active".into(),
+                total: Some(8),
+                received: 8,
+                done: 3,
+                failed: 1,
+                skipped: 0,
+            }],
+            workers: vec![serde_json::json!({
+                "id": "w1", "host": "box", "class": "cpu", "slots": 2, "busy_slots": 1,
+                "version": "0.1.0", "last_seen_unix": 995,
+            })],
+            queues: vec![QueueDepth {
+                queue: "jobs.vod.cpu".into(),
+                messages: 12,
+                consumers: 1,
+            }],
+            queues_as_of_unix_ms: Some(999_000),
+        };
+        let out = render(&status, 1000);
+        assert!(out.contains("STREAMS (1 in all, 1 active)"), "{out}");
+        assert!(
+            out.contains("camera-1  vod   active  8      8         3     1       0        50%"),
+            "{out}"
+        );
+        assert!(
+            out.contains("WORKERS (1 in all, 1 of 2 slots busy)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("w1      box   cpu    2      1     0.1.0    5s ago"),
+            "{out}"
+        );
+        assert!(out.contains("QUEUES (read 1s ago)"), "{out}");
+        assert!(out.contains("jobs.vod.cpu  12        1"), "{out}");
+    }
+
+    #[test]
+    fn says_when_queue_depths_are_not_known_yet() {
+        let status = ClusterStatus {
+            streams: vec![],
+            workers: vec![],
+            queues: vec![],
+            queues_as_of_unix_ms: None,
+        };
+        let out = render(&status, 0);
+        assert!(out.contains("not read from the broker yet"), "{out}");
+        assert!(out.contains("STREAMS (0 in all, 0 active)"), "{out}");
+    }
+}
