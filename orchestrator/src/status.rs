@@ -173,6 +173,8 @@ mod tests {
                 consumers: 1,
             }],
             queues_as_of_unix_ms: Some(999_000),
+            recent: vec![],
+            failures: vec![],
         };
         let out = render(&status, 1000);
         assert!(out.contains("STREAMS (1 in all, 1 active)"), "{out}");
@@ -199,6 +201,8 @@ mod tests {
             workers: vec![],
             queues: vec![],
             queues_as_of_unix_ms: None,
+            recent: vec![],
+            failures: vec![],
         };
         let out = render(&status, 0);
         assert!(out.contains("not read from the broker yet"), "{out}");

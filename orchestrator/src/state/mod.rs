@@ -43,6 +43,12 @@ impl LuaScript {
 }
 
 pub const STREAMS_SET: &str = "cw:streams";
+/// The latest accepted segments, newest first (for the dashboard's chart).
+pub const RECENT_LIST: &str = "cw:recent";
+/// The latest failed attempts with their messages, newest first.
+pub const RECENT_FAILURES_LIST: &str = "cw:recent_failures";
+const RECENT_KEEP: i64 = 500;
+const RECENT_FAILURES_KEEP: i64 = 100;
 pub const DEAD_LETTERS_LIST: &str = "cw:dead_letters";
 /// Jobs a worker has started, scored by the time by which their result is due.
 pub const INFLIGHT_ZSET: &str = "cw:inflight";
@@ -102,6 +108,30 @@ pub struct StreamSummary {
     pub done: u64,
     pub failed: u64,
     pub skipped: u64,
+}
+
+/// An accepted segment, as the dashboard charts it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecentSegment {
+    pub unix_ms: u64,
+    pub stream: String,
+    pub seq: u64,
+    /// From being recorded to being accepted.
+    pub latency_ms: i64,
+    pub transcode_ms: u64,
+}
+
+/// A failed attempt and its message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecentFailure {
+    pub unix_ms: u64,
+    pub stream: String,
+    pub seq: u64,
+    pub attempt: u32,
+    pub message: String,
+    /// The segment failed for good (no retry follows).
+    #[serde(rename = "final")]
+    pub is_final: bool,
 }
 
 /// A registered segment.
@@ -196,6 +226,11 @@ end
 redis.call('HSET', KEYS[1], 'state', 'done', 'accepted', ARGV[1], 'accepted_attempt', ARGV[2],
   'transcode_ms', ARGV[3], 'result_ms', ARGV[4])
 if ARGV[5] ~= '' then redis.call('HSETNX', KEYS[1], 'started_ms', ARGV[5]) end
+local ready = tonumber(redis.call('HGET', KEYS[1], 'ready_ms') or ARGV[4])
+redis.call('LPUSH', KEYS[3], cjson.encode({unix_ms = tonumber(ARGV[4]), stream = ARGV[6],
+  seq = tonumber(ARGV[7]), latency_ms = tonumber(ARGV[4]) - ready,
+  transcode_ms = tonumber(ARGV[3])}))
+redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[8]) - 1)
 redis.call('HINCRBY', KEYS[2], 'done', 1)
 redis.call('HINCRBY', KEYS[2], 'resolved', 1)
 return {1, redis.call('HGETALL', KEYS[2])}
@@ -215,7 +250,11 @@ if a ~= cur then
   if tonumber(redis.call('HGET', KEYS[1], 'retry_of') or '-1') == a then return 1000 + cur end
   return -1
 end
-if ARGV[3] == '1' or cur >= tonumber(ARGV[4]) then
+local final = ARGV[3] == '1' or cur >= tonumber(ARGV[4])
+redis.call('LPUSH', KEYS[4], cjson.encode({unix_ms = tonumber(ARGV[7]), stream = ARGV[6],
+  seq = tonumber(ARGV[5]), attempt = cur, message = ARGV[2], final = final}))
+redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[8]) - 1)
+if final then
   redis.call('HSET', KEYS[1], 'state', 'failed', 'message', ARGV[2])
   redis.call('HINCRBY', KEYS[2], 'failed', 1)
   redis.call('HINCRBY', KEYS[2], 'resolved', 1)
@@ -342,11 +381,15 @@ impl State {
             .get()
             .key(segment_key(stream, seq))
             .key(stream_key(stream))
+            .key(RECENT_LIST)
             .arg(json(&renditions))
             .arg(attempt)
             .arg(transcode_ms)
             .arg(result_ms)
             .arg(started_ms.map_or(String::new(), |v| v.to_string()))
+            .arg(stream)
+            .arg(seq)
+            .arg(RECENT_KEEP)
             .invoke_async(&mut self.redis.clone())
             .await?;
         Ok((r == 1, parse_stream(stream, &h)?))
@@ -366,11 +409,15 @@ impl State {
             .key(segment_key(stream, seq))
             .key(stream_key(stream))
             .key(failures_key(stream))
+            .key(RECENT_FAILURES_LIST)
             .arg(attempt)
             .arg(message)
             .arg(if permanent { "1" } else { "0" })
             .arg(max_attempts)
             .arg(seq)
+            .arg(stream)
+            .arg(now_unix_ms())
+            .arg(RECENT_FAILURES_KEEP)
             .invoke_async(&mut self.redis.clone())
             .await?;
         Ok(match r {
@@ -617,6 +664,22 @@ impl State {
         Ok(out)
     }
 
+    /// The latest accepted segments and failed attempts, newest first.
+    pub async fn recent(&self) -> redis::RedisResult<(Vec<RecentSegment>, Vec<RecentFailure>)> {
+        let (done, failed): (Vec<String>, Vec<String>) = redis::pipe()
+            .cmd("LRANGE")
+            .arg(RECENT_LIST)
+            .arg(0)
+            .arg(-1)
+            .cmd("LRANGE")
+            .arg(RECENT_FAILURES_LIST)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut self.redis.clone())
+            .await?;
+        Ok((parse_all(&done), parse_all(&failed)))
+    }
+
     pub async fn stream_names(&self) -> redis::RedisResult<Vec<String>> {
         let mut v: Vec<String> = redis::cmd("SMEMBERS")
             .arg(STREAMS_SET)
@@ -625,6 +688,14 @@ impl State {
         v.sort();
         Ok(v)
     }
+}
+
+/// The entries of a JSON list that parse; a stray one is skipped.
+fn parse_all<T: serde::de::DeserializeOwned>(items: &[String]) -> Vec<T> {
+    items
+        .iter()
+        .filter_map(|j| serde_json::from_str(j).ok())
+        .collect()
 }
 
 fn parse_stream(
