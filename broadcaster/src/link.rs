@@ -2,6 +2,7 @@
 //! (reconnect with backoff, then publish again; every ingest message is idempotent) and a
 //! durable per-push event queue that keeps the orchestrator's events while we are away.
 
+use castwork_cluster::telemetry::Span;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -114,11 +115,16 @@ impl Link {
     /// Publishes an ingest message with confirms, reconnecting and publishing again after
     /// a broker failure.
     pub async fn publish(&mut self, msg: &IngestMessage) -> anyhow::Result<()> {
+        self.publish_in(msg, &Span::none()).await
+    }
+
+    /// [`Link::publish`] within a trace: the message carries `span`'s context.
+    pub async fn publish_in(&mut self, msg: &IngestMessage, span: &Span) -> anyhow::Result<()> {
         let body = encode(msg);
         loop {
             let r = match &self.broker {
                 Some(b) => b
-                    .publish(INGEST_EXCHANGE, INGEST_KEY, &body, None)
+                    .publish(INGEST_EXCHANGE, INGEST_KEY, &body, span.headers())
                     .await
                     .map_err(anyhow::Error::new),
                 None => Err(anyhow::anyhow!("not connected")),

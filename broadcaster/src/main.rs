@@ -17,7 +17,7 @@ use clap::{Parser, Subcommand};
 /// Castwork broadcaster: pushes video files into a Castwork cluster, takes live streams
 /// over RTMP and HTTP push, and serves the transcoded adaptive-bitrate HLS playback.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version, about, after_help = castwork_cluster::telemetry::ENV_HELP)]
 struct Cli {
     #[command(flatten)]
     service: ServiceArgs,
@@ -186,7 +186,7 @@ async fn start_live(
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init_logging(&cli.service.log);
+    let _telemetry = telemetry::init(&cli.service.log, "castwork-broadcaster");
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {

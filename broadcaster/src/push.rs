@@ -1,6 +1,9 @@
 //! `broadcaster push`: probe a file, cut it into source segments, store and enqueue them,
 //! and (with `--wait`) follow the orchestrator's events until every rendition is done.
 
+use std::time::SystemTime;
+
+use castwork_cluster::telemetry::Span;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -141,12 +144,16 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
         .map_or(1, |d| (d / target_us.max(1)).max(1) as u64);
     let mut progress = Progress::new(estimate);
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
-    let (tx, mut rx) = mpsc::channel::<CutSegment>(4);
+    // Each segment comes with the time its cut began (when the previous one was done).
+    let (tx, mut rx) = mpsc::channel::<(CutSegment, (SystemTime, SystemTime))>(4);
     let (input, seg_dir, probed2) = (req.input.clone(), dir.path().to_path_buf(), probed.clone());
     let cutter = tokio::task::spawn_blocking(move || {
         let opts = SegmentOptions::new(target_us, seg_dir);
+        let mut cut_from = SystemTime::now();
         castwork_media::segment_file(&input, &probed2, &opts, |seg| {
-            tx.blocking_send(seg)
+            let now = SystemTime::now();
+            let from = std::mem::replace(&mut cut_from, now);
+            tx.blocking_send((seg, (from, now)))
                 .map_err(|_| MediaError::Internal("upload stopped".into()))
         })
     });
@@ -155,7 +162,7 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
     let mut failed = Vec::new();
     let mut completed: Option<String> = None;
     loop {
-        let seg = tokio::select! {
+        let (seg, cut_from) = tokio::select! {
             seg = rx.recv() => match seg {
                 Some(s) => s,
                 None => break,
@@ -166,8 +173,16 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
                 bail!("interrupted: stream {} was closed with the {uploaded} segments already sent", req.stream);
             }
         };
-        if let Err(e) =
-            upload_segment(&mut link, &req.storage, &req.stream, session, ext, &seg).await
+        if let Err(e) = upload_segment(
+            &mut link,
+            &req.storage,
+            &req.stream,
+            session,
+            ext,
+            &seg,
+            cut_from,
+        )
+        .await
         {
             end_early(&mut link, &req.stream, session, uploaded).await;
             return Err(e);
@@ -284,7 +299,22 @@ async fn upload_segment(
     session: Uuid,
     ext: &str,
     seg: &CutSegment,
+    (cut_from, cut_to): (SystemTime, SystemTime),
 ) -> anyhow::Result<()> {
+    // The segment's trace starts with its cut; its spans continue in the orchestrator and
+    // the worker through the message headers.
+    let span = Span::root(
+        "segment",
+        Some(cut_from),
+        &[("stream", stream.to_string()), ("seq", seg.seq.to_string())],
+    );
+    span.record(
+        "cut",
+        cut_from,
+        cut_to,
+        &[("frames", seg.frames.to_string())],
+    );
+    let upload = span.child("upload source", &[]);
     let data = Bytes::from(tokio::fs::read(&seg.path).await?);
     let _ = tokio::fs::remove_file(&seg.path).await;
     let key = source_key(stream, seg.seq, ext);
@@ -297,18 +327,24 @@ async fn upload_segment(
         .put(&key, data)
         .await
         .with_context(|| format!("storing {key}"))?;
-    link.publish(&IngestMessage::SegmentReady(SegmentReady {
-        stream: stream.to_string(),
-        session,
-        seq: seg.seq,
-        start_us: seg.start_us,
-        duration_us: seg.duration_us,
-        last_pts_us: seg.last_pts_us,
-        frames: seg.frames,
-        has_audio: seg.audio_packets > 0,
-        object,
-        arrived_unix_ms: None,
-        discontinuity: false,
-    }))
+    upload.set("bytes", object.size.to_string());
+    drop(upload);
+    let publish = span.child("publish segment", &[]);
+    link.publish_in(
+        &IngestMessage::SegmentReady(SegmentReady {
+            stream: stream.to_string(),
+            session,
+            seq: seg.seq,
+            start_us: seg.start_us,
+            duration_us: seg.duration_us,
+            last_pts_us: seg.last_pts_us,
+            frames: seg.frames,
+            has_audio: seg.audio_packets > 0,
+            object,
+            arrived_unix_ms: None,
+            discontinuity: false,
+        }),
+        &publish,
+    )
     .await
 }

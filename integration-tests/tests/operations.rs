@@ -185,3 +185,265 @@ fn dashboard_shows_a_running_stream_and_a_worker_and_the_player_plays_it() {
         assert_eq!(code, 404, "{path}");
     }
 }
+
+/// An OTLP/gRPC trace receiver: every span it gets, with its service's name.
+mod collector {
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+        TraceService, TraceServiceServer,
+    };
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+    use opentelemetry_proto::tonic::trace::v1::Span;
+
+    #[derive(Clone, Default)]
+    pub struct Collector(pub Arc<Mutex<Vec<(String, Span)>>>);
+
+    pub fn attr(span: &Span, key: &str) -> Option<String> {
+        span.attributes.iter().find(|a| a.key == key).and_then(|a| {
+            match a.value.as_ref()?.value.as_ref()? {
+                Any::StringValue(s) => Some(s.clone()),
+                Any::IntValue(i) => Some(i.to_string()),
+                _ => None,
+            }
+        })
+    }
+
+    #[tonic::async_trait]
+    impl TraceService for Collector {
+        async fn export(
+            &self,
+            request: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            let mut got = self.0.lock().unwrap();
+            for rs in request.into_inner().resource_spans {
+                let service = rs
+                    .resource
+                    .iter()
+                    .flat_map(|r| r.attributes.iter())
+                    .find(|a| a.key == "service.name")
+                    .and_then(|a| match a.value.as_ref()?.value.as_ref()? {
+                        Any::StringValue(s) => Some(s.clone()),
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                for ss in rs.scope_spans {
+                    for span in ss.spans {
+                        got.push((service.clone(), span));
+                    }
+                }
+            }
+            Ok(tonic::Response::new(ExportTraceServiceResponse {
+                partial_success: None,
+            }))
+        }
+    }
+
+    /// Serves on `port` from a thread of its own until the test process ends.
+    pub fn start(port: u16) -> Collector {
+        let collector = Collector::default();
+        let service = TraceServiceServer::new(collector.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async move {
+                tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve(([127, 0, 0, 1], port).into())
+                    .await
+                    .unwrap();
+            });
+        });
+        collector
+    }
+}
+
+#[test]
+fn one_trace_per_segment_across_broadcaster_orchestrator_and_worker() {
+    use std::collections::{BTreeMap, HashSet};
+
+    let port = free_port();
+    let collector = collector::start(port);
+    let dir = tempfile::tempdir().unwrap();
+    let input = clip(dir.path(), 6);
+    let env = vec![
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT".to_string(),
+            format!("http://127.0.0.1:{port}"),
+        ),
+        ("OTEL_BSP_SCHEDULE_DELAY".to_string(), "200".to_string()),
+    ];
+    let cluster = Cluster::start_with(1, &[], env);
+    let stream = stream_name("traced");
+    let out = cluster.push(&input, &stream, &["--profiles", RUNG]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    // The roots: one `segment` span per segment, from the broadcaster.
+    let roots = || -> BTreeMap<String, Vec<u8>> {
+        collector
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, s)| {
+                s.name == "segment" && collector::attr(s, "stream").as_deref() == Some(&stream)
+            })
+            .map(|(_, s)| (collector::attr(s, "seq").unwrap(), s.trace_id.clone()))
+            .collect()
+    };
+    // Every span of those traces has arrived once each handled result is in.
+    let wanted = [
+        "segment",
+        "cut",
+        "upload source",
+        "publish segment",
+        "admit segment",
+        "publish job",
+        "transcode job",
+        "fetch",
+        "transcode",
+        "encode rung",
+        "upload",
+        "handle result",
+        "check output",
+        "accept",
+        "list",
+    ];
+    let complete = || {
+        let r = roots();
+        let spans = collector.0.lock().unwrap();
+        r.len() == 3
+            && r.values().all(|t| {
+                wanted
+                    .iter()
+                    .all(|w| spans.iter().any(|(_, s)| &s.trace_id == t && s.name == *w))
+            })
+    };
+    wait_until(
+        "every span of the 3 traces",
+        Duration::from_secs(30),
+        complete,
+    );
+    let roots = roots();
+    assert_eq!(
+        roots.keys().cloned().collect::<Vec<_>>(),
+        ["0", "1", "2"],
+        "one root per segment"
+    );
+    let traces: HashSet<&Vec<u8>> = roots.values().collect();
+    assert_eq!(traces.len(), 3, "each segment is its own trace");
+    let spans = collector.0.lock().unwrap();
+    for (seq, trace) in &roots {
+        let mine: Vec<&(String, opentelemetry_proto::tonic::trace::v1::Span)> =
+            spans.iter().filter(|(_, s)| &s.trace_id == trace).collect();
+        let by_name = |name: &str| {
+            mine.iter()
+                .find(|(_, s)| s.name == name)
+                .unwrap_or_else(|| panic!("no {name} span in segment {seq}"))
+        };
+        let services: HashSet<&str> = mine.iter().map(|(svc, _)| svc.as_str()).collect();
+        assert_eq!(
+            services,
+            HashSet::from([
+                "castwork-broadcaster",
+                "castwork-orchestrator",
+                "castwork-worker"
+            ]),
+            "segment {seq}"
+        );
+        // Parent links: the root has none; every other span's parent is in the trace.
+        let ids: HashSet<&Vec<u8>> = mine.iter().map(|(_, s)| &s.span_id).collect();
+        for (_, s) in &mine {
+            if s.name == "segment" {
+                assert!(s.parent_span_id.is_empty(), "the root has no parent");
+            } else {
+                assert!(ids.contains(&s.parent_span_id), "{} has its parent", s.name);
+            }
+        }
+        for (child, parent, service) in [
+            ("cut", "segment", "castwork-broadcaster"),
+            ("upload source", "segment", "castwork-broadcaster"),
+            ("publish segment", "segment", "castwork-broadcaster"),
+            ("admit segment", "publish segment", "castwork-orchestrator"),
+            ("publish job", "admit segment", "castwork-orchestrator"),
+            ("transcode job", "publish job", "castwork-worker"),
+            ("fetch", "transcode job", "castwork-worker"),
+            ("transcode", "transcode job", "castwork-worker"),
+            ("encode rung", "transcode", "castwork-worker"),
+            ("upload", "transcode job", "castwork-worker"),
+            ("handle result", "transcode job", "castwork-orchestrator"),
+            ("check output", "handle result", "castwork-orchestrator"),
+            ("accept", "handle result", "castwork-orchestrator"),
+            ("list", "handle result", "castwork-orchestrator"),
+        ] {
+            let (svc, c) = by_name(child);
+            let (_, p) = by_name(parent);
+            assert_eq!(svc, service, "{child} comes from {service}");
+            assert_eq!(
+                c.parent_span_id, p.span_id,
+                "{child} is a child of {parent}"
+            );
+        }
+        // The tree of segment 1 with durations, for the record.
+        if seq == "1" {
+            let t0 = by_name("segment").1.start_time_unix_nano;
+            fn walk(
+                spans: &[&(String, opentelemetry_proto::tonic::trace::v1::Span)],
+                parent: &[u8],
+                depth: usize,
+                t0: u64,
+            ) {
+                let mut kids: Vec<_> = spans
+                    .iter()
+                    .filter(|(_, s)| s.parent_span_id == parent)
+                    .collect();
+                kids.sort_by_key(|(_, s)| s.start_time_unix_nano);
+                for (svc, s) in kids {
+                    println!(
+                        "{:indent$}{} [{}] +{:.1} ms, {:.1} ms",
+                        "",
+                        s.name,
+                        svc.trim_start_matches("castwork-"),
+                        (s.start_time_unix_nano.saturating_sub(t0)) as f64 / 1e6,
+                        (s.end_time_unix_nano.saturating_sub(s.start_time_unix_nano)) as f64 / 1e6,
+                        indent = depth * 2
+                    );
+                    walk(spans, &s.span_id, depth + 1, t0);
+                }
+            }
+            println!("trace {} of segment 1:", hex(trace));
+            walk(&mine, &[], 0, t0);
+        }
+    }
+}
+
+#[test]
+fn an_unreachable_trace_collector_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = clip(dir.path(), 4);
+    // Nothing listens there: every export fails.
+    let env = vec![(
+        "OTEL_EXPORTER_OTLP_ENDPOINT".to_string(),
+        format!("http://127.0.0.1:{}", free_port()),
+    )];
+    let cluster = Cluster::start_with(1, &[], env);
+    let stream = stream_name("nocollector");
+    let started = std::time::Instant::now();
+    let out = cluster.push(&input, &stream, &["--profiles", RUNG]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(cluster.status(&stream)["segments"]["done"], 2);
+    println!(
+        "push with a dead collector: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}

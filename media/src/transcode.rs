@@ -45,6 +45,9 @@ pub struct RenditionFile {
     pub frames: u64,
     pub start_us: i64,
     pub duration_us: i64,
+    /// Time spent in this rung's encoder and muxer (the rungs' work interleaves frame by
+    /// frame, so this is busy time, not a stretch of wall time).
+    pub encode_ms: u64,
 }
 
 /// Encoder, muxer and frame-selection state of one rung.
@@ -61,6 +64,7 @@ struct RungOutput {
     next_key_us: i64,
     frames: u64,
     first_us: Option<i64>,
+    busy: std::time::Duration,
 }
 
 impl RungOutput {
@@ -144,6 +148,7 @@ impl RungOutput {
             next_key_us: i64::MIN,
             frames: 0,
             first_us: None,
+            busy: std::time::Duration::ZERO,
         })
     }
 
@@ -179,6 +184,13 @@ impl RungOutput {
     }
 
     fn encode(&mut self, frame: Option<&frame::Video>) -> Result<(), MediaError> {
+        let started = std::time::Instant::now();
+        let r = self.encode_timed(frame);
+        self.busy += started.elapsed();
+        r
+    }
+
+    fn encode_timed(&mut self, frame: Option<&frame::Video>) -> Result<(), MediaError> {
         match frame {
             Some(f) => self.encoder.send_frame(f),
             None => self.encoder.send_eof(),
@@ -397,6 +409,7 @@ pub fn transcode_segment(
             frames: out.frames,
             start_us,
             duration_us: end_us.saturating_sub(start_us),
+            encode_ms: out.busy.as_millis() as u64,
         });
     }
     Ok(files)

@@ -190,7 +190,7 @@ async fn session(
                 Some(Ok(d)) => {
                     let o = orch.clone();
                     let starts = matches!(decode::<IngestMessage>(&d.data), Ok(IngestMessage::StreamStarted(_)));
-                    let task = process::<IngestMessage, _, _>(INGEST_QUEUE, d, move |m| async move { o.handle_ingest(m).await });
+                    let task = process::<IngestMessage, _, _>(INGEST_QUEUE, d, move |m, h| async move { o.handle_ingest(m, h.as_ref()).await });
                     if starts {
                         task.await;
                     } else {
@@ -203,7 +203,7 @@ async fn session(
             d = results.next() => match d {
                 Some(Ok(d)) => {
                     let o = orch.clone();
-                    tracker.spawn(process::<WorkerReport, _, _>(RESULTS_QUEUE, d, move |m| async move { o.handle_report(m).await }));
+                    tracker.spawn(process::<WorkerReport, _, _>(RESULTS_QUEUE, d, move |m, h| async move { o.handle_report(m, h.as_ref()).await }));
                 }
                 Some(Err(e)) => break Err(anyhow::Error::new(e).context("results consumer failed")),
                 None => break Err(anyhow::anyhow!("the broker closed the results consumer")),
@@ -290,12 +290,13 @@ fn death(d: &Delivery) -> (Option<i64>, Option<String>) {
     (count, reason)
 }
 
-/// Decodes a delivery, handles it, and settles it; an unreadable message is dropped with
-/// an error and counted, a handler that hit an unavailable service gets it redelivered.
+/// Decodes a delivery, handles it (with its headers, which may carry a trace context), and
+/// settles it; an unreadable message is dropped with an error and counted, a handler that
+/// hit an unavailable service gets it redelivered.
 async fn process<T, F, Fut>(queue: &'static str, delivery: Delivery, handle: F)
 where
     T: DeserializeOwned,
-    F: FnOnce(T) -> Fut,
+    F: FnOnce(T, Option<lapin::types::FieldTable>) -> Fut,
     Fut: Future<Output = Result<(), HandleError>>,
 {
     let msg = match decode::<T>(&delivery.data) {
@@ -312,7 +313,7 @@ where
             return;
         }
     };
-    let outcome = handle(msg).await;
+    let outcome = handle(msg, delivery.properties.headers().clone()).await;
     settle(delivery, outcome).await;
 }
 

@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 /// segment to RabbitMQ, checks every worker result, tracks state in Redis and writes the HLS
 /// playlists. With --transcode-slots it also transcodes in-process (single-node mode).
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version, about, after_help = castwork_cluster::telemetry::ENV_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -83,7 +83,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(Command::Status { url }) = &cli.command {
         return castwork_orchestrator::status::print(url).await;
     }
-    telemetry::init_logging(&cli.service.log);
+    let _telemetry = telemetry::init(&cli.service.log, "castwork-orchestrator");
     let mut problems = Vec::new();
     if cli.max_attempts == 0 {
         problems.push("--max-attempts must be at least 1".to_string());

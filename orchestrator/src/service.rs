@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use castwork_cluster::telemetry::Span;
 use castwork_cluster::{broker::CLASSES, Broker, Storage};
 use castwork_protocol::{
     encode, event_routing_key, job_queue, plan_ladder, profile, validate_stream_name, Disposition,
@@ -12,6 +13,7 @@ use castwork_protocol::{
     SegmentResult, StreamEnded, StreamEvent, StreamMode, StreamStarted, WorkerReport,
     EVENTS_EXCHANGE, JOBS_EXCHANGE,
 };
+use lapin::types::FieldTable;
 use tracing::{info, warn};
 use uuid::Uuid;
 
@@ -96,6 +98,11 @@ fn rendition_refs(accepted: &[AcceptedRendition]) -> Vec<RenditionRef> {
         .collect()
 }
 
+/// The attributes that name a segment on its spans.
+pub(crate) fn seg_attrs(stream: &str, seq: u64) -> [(&'static str, String); 2] {
+    [("stream", stream.to_string()), ("seq", seq.to_string())]
+}
+
 impl Orchestrator {
     pub(crate) async fn event(&self, stream: &str, event: &StreamEvent) -> Result<(), HandleError> {
         self.broker
@@ -109,10 +116,21 @@ impl Orchestrator {
         Ok(())
     }
 
-    pub async fn handle_ingest(&self, msg: IngestMessage) -> Result<(), HandleError> {
+    pub async fn handle_ingest(
+        &self,
+        msg: IngestMessage,
+        headers: Option<&FieldTable>,
+    ) -> Result<(), HandleError> {
         match msg {
             IngestMessage::StreamStarted(s) => self.stream_started(s).await,
-            IngestMessage::SegmentReady(s) => self.segment_ready(s).await,
+            IngestMessage::SegmentReady(s) => {
+                let span = Span::continued("admit segment", headers, &seg_attrs(&s.stream, s.seq));
+                let r = self.segment_ready(s, &span).await;
+                if let Err(e) = &r {
+                    span.fail(format!("{e:?}"));
+                }
+                r
+            }
             IngestMessage::StreamEnded(s) => self.stream_ended(s).await,
         }
     }
@@ -213,7 +231,7 @@ impl Orchestrator {
         .await
     }
 
-    async fn segment_ready(&self, s: SegmentReady) -> Result<(), HandleError> {
+    async fn segment_ready(&self, s: SegmentReady, span: &Span) -> Result<(), HandleError> {
         let Some(rec) = self.state.stream(&s.stream).await? else {
             warn!(
                 stream = s.stream,
@@ -262,7 +280,7 @@ impl Orchestrator {
         let Some(seg) = seg else {
             return Err(HandleError::Retry("segment vanished from redis".into()));
         };
-        self.publish_job(&rec, &seg, attempt).await
+        self.publish_job(&rec, &seg, attempt, span).await
     }
 
     async fn publish_job(
@@ -270,6 +288,7 @@ impl Orchestrator {
         rec: &StreamRecord,
         seg: &SegmentRecord,
         attempt: u32,
+        parent: &Span,
     ) -> Result<(), HandleError> {
         // A live job carries its deadline as a message TTL: the broker drops it unstarted
         // once it is useless, and newer segments go first.
@@ -304,8 +323,9 @@ impl Orchestrator {
             deadline_unix_ms: seg.deadline_ms,
         };
         let queue = job_queue(rec.mode, CLASSES[0]);
+        let span = parent.child("publish job", &[("attempt", attempt.to_string())]);
         self.broker
-            .send(JOBS_EXCHANGE, &queue, &encode(&job), None, ttl)
+            .send(JOBS_EXCHANGE, &queue, &encode(&job), span.headers(), ttl)
             .await?
             .wait()
             .await?;
@@ -369,7 +389,11 @@ impl Orchestrator {
         self.after_change(stream).await
     }
 
-    pub async fn handle_report(&self, report: WorkerReport) -> Result<(), HandleError> {
+    pub async fn handle_report(
+        &self,
+        report: WorkerReport,
+        headers: Option<&FieldTable>,
+    ) -> Result<(), HandleError> {
         match report {
             WorkerReport::SegmentStarted(s) => {
                 // A hung worker stops itself after `timeout_secs`; the grace covers its
@@ -381,8 +405,15 @@ impl Orchestrator {
                     .await?;
                 Ok(())
             }
-            WorkerReport::SegmentResult(r) => self.segment_result(r).await,
-            WorkerReport::SegmentFailed(f) => self.segment_failed(f).await,
+            WorkerReport::SegmentResult(r) => {
+                let span = Span::continued("handle result", headers, &seg_attrs(&r.stream, r.seq));
+                self.segment_result(r, &span).await
+            }
+            WorkerReport::SegmentFailed(f) => {
+                let span = Span::continued("handle failure", headers, &seg_attrs(&f.stream, f.seq));
+                span.fail(f.message.clone());
+                self.segment_failed_in(f, &span).await
+            }
         }
     }
 
@@ -408,7 +439,7 @@ impl Orchestrator {
         Ok(())
     }
 
-    async fn segment_result(&self, r: SegmentResult) -> Result<(), HandleError> {
+    async fn segment_result(&self, r: SegmentResult, span: &Span) -> Result<(), HandleError> {
         let received_ms = now_unix_ms();
         let (Some(rec), Some(seg)) = self.state.stream_and_segment(&r.stream, r.seq).await? else {
             warn!(
@@ -431,13 +462,19 @@ impl Orchestrator {
             // A redelivery may be the retry of a handler that stopped half-way.
             return self.after_change(&r.stream).await;
         }
+        let check = span.child("check output", &[]);
         let checked = if self.trust_worker_output {
             Ok(unchecked(&r))
         } else {
             check_result(&self.storage, &seg, &rec.plan, &rec.source, &r).await
         };
+        if let Err(e) = &checked {
+            check.fail(e.to_string());
+        }
+        drop(check);
         match checked {
             Ok(accepted) => {
+                let accept = span.child("accept", &[]);
                 let (fresh, after) = self
                     .state
                     .accept(
@@ -450,6 +487,7 @@ impl Orchestrator {
                         r.started_unix_ms,
                     )
                     .await?;
+                drop(accept);
                 let mut confirm = None;
                 if fresh {
                     metrics::SEGMENTS.with_label_values(&["done"]).inc();
@@ -483,6 +521,7 @@ impl Orchestrator {
                     self.collect_garbage(&r).await?;
                 }
                 if let Some(rec) = after {
+                    let _list = span.child("list", &[]);
                     self.after_change_of(rec).await?;
                 }
                 if let Some(confirm) = confirm {
@@ -502,21 +541,29 @@ impl Orchestrator {
                 );
                 metrics::SEGMENTS.with_label_values(&["bad_output"]).inc();
                 self.collect_garbage(&r).await?;
-                self.segment_failed(SegmentFailed {
-                    job_id: r.job_id,
-                    stream: r.stream.clone(),
-                    seq: r.seq,
-                    attempt: r.attempt,
-                    worker_id: r.worker_id.clone(),
-                    disposition: Disposition::Transient,
-                    message: format!("output check failed: {m}"),
-                })
+                self.segment_failed_in(
+                    SegmentFailed {
+                        job_id: r.job_id,
+                        stream: r.stream.clone(),
+                        seq: r.seq,
+                        attempt: r.attempt,
+                        worker_id: r.worker_id.clone(),
+                        disposition: Disposition::Transient,
+                        message: format!("output check failed: {m}"),
+                    },
+                    span,
+                )
                 .await
             }
         }
     }
 
     pub(crate) async fn segment_failed(&self, f: SegmentFailed) -> Result<(), HandleError> {
+        self.segment_failed_in(f, &Span::none()).await
+    }
+
+    /// [`Orchestrator::segment_failed`] within a trace: a retry's job continues it.
+    async fn segment_failed_in(&self, f: SegmentFailed, span: &Span) -> Result<(), HandleError> {
         if f.disposition == Disposition::Expired {
             return self.skip_segment(&f.stream, f.seq, &f.message).await;
         }
@@ -547,7 +594,7 @@ impl Orchestrator {
                 else {
                     return Ok(());
                 };
-                self.publish_job(&rec, &seg, attempt).await
+                self.publish_job(&rec, &seg, attempt, span).await
             }
             FailOutcome::Failed => {
                 warn!(

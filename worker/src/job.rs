@@ -14,6 +14,7 @@ use castwork_protocol::{
 use sha2::{Digest, Sha256};
 
 use crate::slots::{Priority, Slots};
+use castwork_cluster::telemetry::Span;
 
 /// What a worker needs to run jobs.
 pub struct JobContext {
@@ -112,8 +113,8 @@ pub fn sha256_hex(data: &[u8]) -> String {
 
 /// Runs a job to the report the orchestrator gets: a result, or a failure saying whether
 /// retrying can help.
-pub async fn run_job(ctx: &JobContext, job: &SegmentJob) -> WorkerReport {
-    match transcode_job(ctx, job).await {
+pub async fn run_job(ctx: &JobContext, job: &SegmentJob, span: &Span) -> WorkerReport {
+    match transcode_job(ctx, job, span).await {
         Ok(r) => WorkerReport::SegmentResult(r),
         Err(e) => WorkerReport::SegmentFailed(SegmentFailed {
             job_id: job.job_id,
@@ -152,7 +153,11 @@ async fn fetch_source(ctx: &JobContext, src: &ObjectRef) -> Result<Bytes, JobErr
     Ok(data)
 }
 
-async fn transcode_job(ctx: &JobContext, job: &SegmentJob) -> Result<SegmentResult, JobError> {
+async fn transcode_job(
+    ctx: &JobContext,
+    job: &SegmentJob,
+    span: &Span,
+) -> Result<SegmentResult, JobError> {
     validate_stream_name(&job.stream).map_err(JobError::permanent)?;
     if job.rungs.is_empty() {
         return Err(JobError::permanent("the job has no rungs"));
@@ -170,9 +175,11 @@ async fn transcode_job(ctx: &JobContext, job: &SegmentJob) -> Result<SegmentResu
     if past_deadline(job) {
         return Err(JobError::expired(job));
     }
+    let fetch = span.child("fetch", &[("bytes", job.source.size.to_string())]);
     let data = fetch_source(ctx, &job.source).await?;
+    drop(fetch);
     if ctx.noop_transcode {
-        return noop_result(ctx, job, data).await;
+        return noop_result(ctx, job, data, span).await;
     }
     let tmp = match &ctx.tmp_dir {
         Some(d) => tempfile::tempdir_in(d),
@@ -206,6 +213,7 @@ async fn transcode_job(ctx: &JobContext, job: &SegmentJob) -> Result<SegmentResu
     crate::metrics::BUSY_SLOTS.inc();
     ctx.slots_changed.notify_one();
     let started = Instant::now();
+    let started_at = std::time::SystemTime::now();
     let (rungs, meta, opts, out_dir) = (
         job.rungs.clone(),
         job.metadata.clone(),
@@ -238,9 +246,31 @@ async fn transcode_job(ctx: &JobContext, job: &SegmentJob) -> Result<SegmentResu
         outcome.map_err(|e| JobError::transient(format!("transcode task failed: {e}")))??;
     let transcode = started.elapsed();
     crate::metrics::TRANSCODE_SECONDS.observe(transcode.as_secs_f64());
+    // One decode feeds every rung: the transcode span holds one child per rung, each over
+    // the whole transcode, with its encoder's busy time.
+    let ended_at = std::time::SystemTime::now();
+    let tspan = span.child_at(
+        "transcode",
+        started_at,
+        &[("rungs", files.len().to_string())],
+    );
+    for f in &files {
+        tspan.record(
+            "encode rung",
+            started_at,
+            ended_at,
+            &[
+                ("rung", f.rung.clone()),
+                ("size", format!("{}x{}", f.width, f.height)),
+                ("frames", f.frames.to_string()),
+                ("encode_busy_ms", f.encode_ms.to_string()),
+            ],
+        );
+    }
+    tspan.end_at(ended_at);
 
     let files = files.into_iter().map(|f| (f, None)).collect();
-    upload_all(ctx, job, files, transcode.as_millis() as u64).await
+    upload_all(ctx, job, files, transcode.as_millis() as u64, span).await
 }
 
 /// Uploads the renditions (read from their files, or the bytes given) at once, so a slow
@@ -250,7 +280,9 @@ async fn upload_all(
     job: &SegmentJob,
     files: Vec<(castwork_media::RenditionFile, Option<Bytes>)>,
     transcode_ms: u64,
+    span: &Span,
 ) -> Result<SegmentResult, JobError> {
+    let _upload = span.child("upload", &[("renditions", files.len().to_string())]);
     let renditions =
         futures_util::future::try_join_all(files.into_iter().map(|(f, bytes)| async move {
             let bytes = match bytes {
@@ -296,6 +328,7 @@ async fn noop_result(
     ctx: &JobContext,
     job: &SegmentJob,
     data: Bytes,
+    span: &Span,
 ) -> Result<SegmentResult, JobError> {
     let files = job
         .rungs
@@ -309,9 +342,10 @@ async fn noop_result(
                 frames: job.frames,
                 start_us: job.start_us,
                 duration_us: job.duration_us,
+                encode_ms: 0,
             };
             (f, Some(data.clone()))
         })
         .collect();
-    upload_all(ctx, job, files, 0).await
+    upload_all(ctx, job, files, 0, span).await
 }

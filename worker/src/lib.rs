@@ -21,7 +21,6 @@ use castwork_protocol::{
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions, BasicRejectOptions};
-use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
@@ -180,15 +179,6 @@ async fn consume(
     result
 }
 
-/// The trace context header travels from the job to its result.
-fn trace_headers(delivery: &Delivery) -> Option<FieldTable> {
-    let headers = delivery.properties.headers().as_ref()?;
-    let value = headers.inner().get(castwork_protocol::TRACEPARENT_HEADER)?;
-    let mut out = FieldTable::default();
-    out.insert(castwork_protocol::TRACEPARENT_HEADER.into(), value.clone());
-    Some(out)
-}
-
 async fn handle_delivery(ctx: Arc<JobContext>, broker: Arc<Broker>, delivery: Delivery) {
     let job: SegmentJob = match decode(&delivery.data) {
         Ok(j) => j,
@@ -205,6 +195,17 @@ async fn handle_delivery(ctx: Arc<JobContext>, broker: Arc<Broker>, delivery: De
         }
     };
     let received_ms = job::now_unix_ms();
+    // The job continues the segment's trace; its result is published within this span.
+    let span = castwork_cluster::telemetry::Span::continued(
+        "transcode job",
+        delivery.properties.headers().as_ref(),
+        &[
+            ("stream", job.stream.clone()),
+            ("seq", job.seq.to_string()),
+            ("attempt", job.attempt.to_string()),
+            ("worker", ctx.worker_id.clone()),
+        ],
+    );
     let started = WorkerReport::SegmentStarted(castwork_protocol::SegmentStarted {
         job_id: job.job_id,
         stream: job.stream.clone(),
@@ -231,7 +232,7 @@ async fn handle_delivery(ctx: Arc<JobContext>, broker: Arc<Broker>, delivery: De
             warn!(error = %e, "could not announce the job start");
         }
     });
-    let mut report = run_job(&ctx, &job).await;
+    let mut report = run_job(&ctx, &job, &span).await;
     notice.abort();
     if let WorkerReport::SegmentResult(r) = &mut report {
         r.started_unix_ms = Some(received_ms);
@@ -250,6 +251,7 @@ async fn handle_delivery(ctx: Arc<JobContext>, broker: Arc<Broker>, delivery: De
         WorkerReport::SegmentStarted(_) => "started",
         WorkerReport::SegmentFailed(f) => {
             warn!(stream = job.stream, seq = job.seq, attempt = job.attempt, disposition = ?f.disposition, error = f.message, "segment failed");
+            span.fail(f.message.clone());
             match f.disposition {
                 castwork_protocol::Disposition::Permanent => "failed_permanent",
                 castwork_protocol::Disposition::Transient => "failed_transient",
@@ -263,7 +265,7 @@ async fn handle_delivery(ctx: Arc<JobContext>, broker: Arc<Broker>, delivery: De
             RESULTS_EXCHANGE,
             castwork_cluster::broker::RESULTS_KEY,
             &encode(&report),
-            trace_headers(&delivery),
+            span.headers(),
         )
         .await;
     match published {

@@ -13,7 +13,7 @@ use clap::Parser;
 /// Castwork worker: consumes segment jobs from RabbitMQ and transcodes each segment into
 /// its adaptive-bitrate ladder (one decode, every rung encoded with libx264).
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version, about, after_help = castwork_cluster::telemetry::ENV_HELP)]
 struct Cli {
     #[command(flatten)]
     service: ServiceArgs,
@@ -41,7 +41,7 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    telemetry::init_logging(&cli.service.log);
+    let _telemetry = telemetry::init(&cli.service.log, "castwork-worker");
     cli.worker.validate().map_err(anyhow::Error::msg)?;
     let storage = Storage::from_url(&cli.service.storage_url)?;
     tracing::info!(

@@ -2,6 +2,7 @@
 //! its first piece and waits for admission, stores and enqueues every segment at once,
 //! answers waiting pushers from the orchestrator's events, and closes the stream.
 
+use castwork_cluster::telemetry::Span;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -247,17 +248,29 @@ impl StreamTask {
             .as_ref()
             .map(|d| d.path().to_path_buf())
             .unwrap_or_default();
+        // The segment's trace starts when its last byte arrived.
+        let span = Span::root(
+            "segment",
+            Some(arrived),
+            &[("stream", self.name.clone()), ("seq", seq.to_string())],
+        );
         let (input, offset) = (path.to_path_buf(), self.offset_us);
+        let remux = span.child("remux", &[("from", format.to_string())]);
         let piece: RemuxedPiece = tokio::task::spawn_blocking(move || {
             castwork_media::remux_piece(&input, format, &dir, seq, offset)
         })
         .await?
-        .map_err(|e: MediaError| anyhow::anyhow!("unreadable segment: {e}"))?;
+        .map_err(|e: MediaError| {
+            remux.fail(e.to_string());
+            anyhow::anyhow!("unreadable segment: {e}")
+        })?;
+        drop(remux);
         self.offset_us = Some(piece.offset_us);
         if self.link.is_none() {
             self.open(&piece).await?;
         }
         let seg = &piece.segment;
+        let upload = span.child("upload source", &[]);
         let data = Bytes::from(tokio::fs::read(&seg.path).await?);
         let _ = tokio::fs::remove_file(&seg.path).await;
         let key = source_key(&self.name, seq, piece.probed.container.extension());
@@ -272,6 +285,7 @@ impl StreamTask {
             .put(&key, data)
             .await
             .with_context(|| format!("storing {key}"))?;
+        drop(upload);
         let msg = IngestMessage::SegmentReady(SegmentReady {
             stream: self.name.clone(),
             session: self.session,
@@ -286,7 +300,8 @@ impl StreamTask {
             discontinuity: std::mem::take(&mut self.discontinuity),
         });
         if let Some(link) = self.link.as_mut() {
-            link.publish(&msg).await?;
+            let publish = span.child("publish segment", &[]);
+            link.publish_in(&msg, &publish).await?;
         }
         self.next_seq = self.next_seq.max(seq + 1);
         self.segments = self.segments.max(seq + 1);
