@@ -4,6 +4,7 @@
 pub mod flv;
 pub mod link;
 pub mod live;
+pub mod metrics;
 pub mod progress;
 pub mod push;
 pub mod rtmp;

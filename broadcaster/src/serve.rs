@@ -46,6 +46,7 @@ pub fn content_type(key: &str) -> &'static str {
 
 /// Playback routes, plus the HTTP push route when `push` is given.
 pub fn router(storage: Storage, push: Option<HttpPush>) -> Router {
+    crate::metrics::register();
     let limit = push.as_ref().map_or(0, |p| p.max_bytes);
     Router::new()
         .route("/streams/{*path}", get(get_object).options(preflight))
@@ -56,6 +57,7 @@ pub fn router(storage: Storage, push: Option<HttpPush>) -> Router {
                 .layer(DefaultBodyLimit::max(limit)),
         )
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(castwork_cluster::http::metrics_handler))
         .with_state(Served { storage, push })
 }
 
@@ -219,6 +221,9 @@ async fn get_object(
             let body = if method == Method::HEAD {
                 Default::default()
             } else {
+                crate::metrics::BYTES
+                    .with_label_values(&["out"])
+                    .inc_by(data.len() as u64);
                 data
             };
             (

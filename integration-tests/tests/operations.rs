@@ -447,3 +447,179 @@ fn an_unreachable_trace_collector_changes_nothing() {
         started.elapsed().as_secs_f64()
     );
 }
+
+/// Parses the Prometheus text format strictly: every sample line is `name{labels} value`
+/// of a family with a `# TYPE`. Returns `name{labels}` -> value.
+fn parse_prometheus(text: &str) -> std::collections::HashMap<String, f64> {
+    let mut typed = std::collections::HashSet::new();
+    let mut samples = std::collections::HashMap::new();
+    let name_ok = |n: &str| {
+        !n.is_empty()
+            && n.chars().enumerate().all(|(i, c)| {
+                c == '_' || c == ':' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit())
+            })
+    };
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut it = rest.split_whitespace();
+            let (name, kind) = (it.next().unwrap_or(""), it.next().unwrap_or(""));
+            assert!(name_ok(name), "bad TYPE line {line:?}");
+            assert!(
+                ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                "bad TYPE line {line:?}"
+            );
+            typed.insert(name.to_string());
+            continue;
+        }
+        if line.starts_with('#') {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("a sample has a value");
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        let name = series.split('{').next().unwrap();
+        assert!(name_ok(name), "bad metric name in {line:?}");
+        if let Some(labels) = series.strip_prefix(name) {
+            if !labels.is_empty() {
+                assert!(
+                    labels.starts_with('{') && labels.ends_with('}'),
+                    "bad labels in {line:?}"
+                );
+                for pair in labels[1..labels.len() - 1].split(',') {
+                    let (k, v) = pair.split_once('=').expect("label=value");
+                    assert!(name_ok(k), "bad label name in {line:?}");
+                    assert!(
+                        v.starts_with('"') && v.ends_with('"'),
+                        "bad label in {line:?}"
+                    );
+                }
+            }
+        }
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|f| typed.contains(*f)))
+            .unwrap_or(name);
+        assert!(typed.contains(family), "{name} has no TYPE line");
+        assert!(name.starts_with("castwork_"), "{name} is not ours");
+        samples.insert(series.to_string(), value);
+    }
+    samples
+}
+
+fn bytes_under(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "ts"))
+                .map(|e| e.metadata().unwrap().len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn metrics_of_every_process_parse_and_count_the_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = clip(dir.path(), 6);
+    let mut cluster = Cluster::start(0);
+    let worker_http = format!("127.0.0.1:{}", free_port());
+    cluster.add(
+        "worker",
+        &["--worker-id", "metered", "--http-addr", &worker_http],
+    );
+    let live = cluster.serve_live(&[]);
+    let stream = stream_name("metered");
+    let out = cluster.push(&input, &stream, &["--profiles", RUNG]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let metrics = |addr: &str| {
+        let (code, text) = http_get(addr, "/metrics").expect("metrics answers");
+        assert_eq!(code, 200);
+        parse_prometheus(&text)
+    };
+    let get = |m: &std::collections::HashMap<String, f64>, series: &str| {
+        *m.get(series)
+            .unwrap_or_else(|| panic!("no {series} in {:?}", m.keys().collect::<Vec<_>>()))
+    };
+
+    let o = metrics(&cluster.orchestrator_addr);
+    for (series, want) in [
+        (
+            "castwork_orchestrator_streams_total{event=\"admitted\"}",
+            1.0,
+        ),
+        (
+            "castwork_orchestrator_streams_total{event=\"completed\"}",
+            1.0,
+        ),
+        (
+            "castwork_orchestrator_segments_total{event=\"received\"}",
+            3.0,
+        ),
+        ("castwork_orchestrator_segments_total{event=\"done\"}", 3.0),
+        ("castwork_orchestrator_jobs_published_total", 3.0),
+        ("castwork_orchestrator_transcode_seconds_count", 3.0),
+        (
+            "castwork_orchestrator_segment_seconds_count{stage=\"queue_wait\"}",
+            3.0,
+        ),
+        (
+            "castwork_orchestrator_segment_seconds_count{stage=\"end_to_end\"}",
+            3.0,
+        ),
+    ] {
+        assert_eq!(get(&o, series), want, "{series}");
+    }
+    assert!(o
+        .keys()
+        .any(|k| k.starts_with("castwork_orchestrator_queue_messages")));
+
+    let w = metrics(&worker_http);
+    let sources = bytes_under(
+        &cluster
+            .storage_dir()
+            .join(format!("streams/{stream}/source")),
+    );
+    let renditions = bytes_under(
+        &cluster
+            .storage_dir()
+            .join(format!("streams/{stream}/{RUNG}")),
+    );
+    assert!(sources > 0 && renditions > 0);
+    for (series, want) in [
+        ("castwork_worker_segments_total{outcome=\"done\"}", 3.0),
+        ("castwork_worker_stage_seconds_count{stage=\"fetch\"}", 3.0),
+        (
+            "castwork_worker_stage_seconds_count{stage=\"transcode\"}",
+            3.0,
+        ),
+        ("castwork_worker_stage_seconds_count{stage=\"upload\"}", 3.0),
+        ("castwork_worker_transcode_realtime_ratio_count", 3.0),
+        (
+            "castwork_worker_bytes_total{direction=\"in\"}",
+            sources as f64,
+        ),
+        (
+            "castwork_worker_bytes_total{direction=\"out\"}",
+            renditions as f64,
+        ),
+        ("castwork_worker_slots", 1.0),
+        ("castwork_worker_busy_slots", 0.0),
+        ("castwork_worker_redeliveries_total", 0.0),
+    ] {
+        assert_eq!(get(&w, series), want, "{series}");
+    }
+
+    // The broadcaster counts what it serves for playback.
+    let (code, playlist) = http_get(&live.http, &format!("/streams/{stream}/index.m3u8")).unwrap();
+    assert_eq!(code, 200);
+    let b = metrics(&live.http);
+    assert_eq!(
+        get(&b, "castwork_broadcaster_bytes_total{direction=\"out\"}"),
+        playlist.len() as f64
+    );
+}

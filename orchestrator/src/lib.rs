@@ -62,6 +62,7 @@ pub async fn run(
     shutdown: CancellationToken,
     bound: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
 ) -> anyhow::Result<()> {
+    metrics::register();
     let storage = Storage::from_url(&cfg.storage_url)?;
     let mut backoff = Backoff::default();
     let redis = loop {
@@ -313,6 +314,9 @@ where
             return;
         }
     };
+    if delivery.redelivered {
+        metrics::REDELIVERIES.with_label_values(&[queue]).inc();
+    }
     let outcome = handle(msg, delivery.properties.headers().clone()).await;
     settle(delivery, outcome).await;
 }

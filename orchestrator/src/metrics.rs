@@ -88,3 +88,38 @@ pub static QUEUE_CONSUMERS: LazyLock<prometheus::IntGaugeVec> = LazyLock::new(||
     )
     .expect("metric registers once")
 });
+
+pub static REDELIVERIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "castwork_orchestrator_redeliveries_total",
+        "Messages the broker delivered again, by queue",
+        &["queue"]
+    )
+    .expect("metric registers once")
+});
+
+pub static SEGMENT_SECONDS: LazyLock<prometheus::HistogramVec> = LazyLock::new(|| {
+    prometheus::register_histogram_vec!(
+        "castwork_orchestrator_segment_seconds",
+        "Accepted segments: queue_wait (recorded to a worker receiving the job) and \
+         end_to_end (recorded to the result being accepted)",
+        &["stage"],
+        vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]
+    )
+    .expect("metric registers once")
+});
+
+/// Registers every metric, so `/metrics` shows each from the start (at zero).
+pub fn register() {
+    LazyLock::force(&STREAMS);
+    LazyLock::force(&SEGMENTS);
+    LazyLock::force(&JOBS_PUBLISHED);
+    LazyLock::force(&TRANSCODE_SECONDS);
+    LazyLock::force(&REJECTED_MESSAGES);
+    LazyLock::force(&DEAD_LETTERS);
+    LazyLock::force(&LIVE_LATENCY);
+    LazyLock::force(&QUEUE_MESSAGES);
+    LazyLock::force(&QUEUE_CONSUMERS);
+    LazyLock::force(&REDELIVERIES);
+    LazyLock::force(&SEGMENT_SECONDS);
+}

@@ -492,6 +492,17 @@ impl Orchestrator {
                 if fresh {
                     metrics::SEGMENTS.with_label_values(&["done"]).inc();
                     metrics::TRANSCODE_SECONDS.observe(r.transcode_ms as f64 / 1000.0);
+                    if let Some(ready) = seg.ready_ms {
+                        let secs = |ms: u64| ms.saturating_sub(ready) as f64 / 1000.0;
+                        if let Some(started) = r.started_unix_ms.or(seg.started_ms) {
+                            metrics::SEGMENT_SECONDS
+                                .with_label_values(&["queue_wait"])
+                                .observe(secs(started));
+                        }
+                        metrics::SEGMENT_SECONDS
+                            .with_label_values(&["end_to_end"])
+                            .observe(secs(received_ms));
+                    }
                     info!(
                         stream = r.stream,
                         seq = r.seq,

@@ -176,7 +176,14 @@ async fn transcode_job(
         return Err(JobError::expired(job));
     }
     let fetch = span.child("fetch", &[("bytes", job.source.size.to_string())]);
+    let fetch_started = Instant::now();
     let data = fetch_source(ctx, &job.source).await?;
+    crate::metrics::STAGE_SECONDS
+        .with_label_values(&["fetch"])
+        .observe(fetch_started.elapsed().as_secs_f64());
+    crate::metrics::BYTES
+        .with_label_values(&["in"])
+        .inc_by(data.len() as u64);
     drop(fetch);
     if ctx.noop_transcode {
         return noop_result(ctx, job, data, span).await;
@@ -246,6 +253,13 @@ async fn transcode_job(
         outcome.map_err(|e| JobError::transient(format!("transcode task failed: {e}")))??;
     let transcode = started.elapsed();
     crate::metrics::TRANSCODE_SECONDS.observe(transcode.as_secs_f64());
+    crate::metrics::STAGE_SECONDS
+        .with_label_values(&["transcode"])
+        .observe(transcode.as_secs_f64());
+    if job.duration_us > 0 {
+        crate::metrics::REALTIME_RATIO
+            .observe(transcode.as_secs_f64() / (job.duration_us as f64 / 1e6));
+    }
     // One decode feeds every rung: the transcode span holds one child per rung, each over
     // the whole transcode, with its encoder's busy time.
     let ended_at = std::time::SystemTime::now();
@@ -283,6 +297,7 @@ async fn upload_all(
     span: &Span,
 ) -> Result<SegmentResult, JobError> {
     let _upload = span.child("upload", &[("renditions", files.len().to_string())]);
+    let upload_started = Instant::now();
     let renditions =
         futures_util::future::try_join_all(files.into_iter().map(|(f, bytes)| async move {
             let bytes = match bytes {
@@ -298,7 +313,11 @@ async fn upload_all(
                 size: bytes.len() as u64,
                 sha256,
             };
+            let size = bytes.len() as u64;
             ctx.storage.put(&key, bytes).await?;
+            crate::metrics::BYTES
+                .with_label_values(&["out"])
+                .inc_by(size);
             Ok::<_, JobError>(RenditionOutput {
                 rung: f.rung,
                 object,
@@ -310,6 +329,9 @@ async fn upload_all(
             })
         }))
         .await?;
+    crate::metrics::STAGE_SECONDS
+        .with_label_values(&["upload"])
+        .observe(upload_started.elapsed().as_secs_f64());
     Ok(SegmentResult {
         job_id: job.job_id,
         stream: job.stream.clone(),

@@ -134,6 +134,8 @@ async fn consume(
         .context("connecting to RabbitMQ")?,
     );
     let prefetch = |n: usize| u16::try_from(n).unwrap_or(u16::MAX);
+    metrics::register();
+    metrics::SLOTS.set(i64::try_from(ctx.slots.total()).unwrap_or(i64::MAX));
     let live_tag = format!("worker-{}-live", ctx.worker_id);
     let vod_tag = format!("worker-{}-vod", ctx.worker_id);
     let (live_ch, mut live) = broker
@@ -180,6 +182,9 @@ async fn consume(
 }
 
 async fn handle_delivery(ctx: Arc<JobContext>, broker: Arc<Broker>, delivery: Delivery) {
+    if delivery.redelivered {
+        metrics::REDELIVERIES.inc();
+    }
     let job: SegmentJob = match decode(&delivery.data) {
         Ok(j) => j,
         Err(e) => {

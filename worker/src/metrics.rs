@@ -38,3 +38,61 @@ pub static REJECTED_JOBS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
     .expect("metric registers once")
 });
+
+pub static SLOTS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "castwork_worker_slots",
+        "Transcode slots of this worker, live-only slots included"
+    )
+    .expect("metric registers once")
+});
+
+pub static STAGE_SECONDS: LazyLock<prometheus::HistogramVec> = LazyLock::new(|| {
+    prometheus::register_histogram_vec!(
+        "castwork_worker_stage_seconds",
+        "Time of each stage of a job: fetch (source from the object store), transcode (decode \
+         + encode + mux, waiting for a slot excluded), upload (every rendition)",
+        &["stage"],
+        vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
+    )
+    .expect("metric registers once")
+});
+
+pub static REALTIME_RATIO: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "castwork_worker_transcode_realtime_ratio",
+        "Transcode time over the segment's duration (below 1: faster than real time)",
+        vec![0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0]
+    )
+    .expect("metric registers once")
+});
+
+pub static BYTES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "castwork_worker_bytes_total",
+        "Bytes fetched (direction=in: source segments) and uploaded (direction=out: renditions)",
+        &["direction"]
+    )
+    .expect("metric registers once")
+});
+
+pub static REDELIVERIES: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
+    prometheus::register_int_counter!(
+        "castwork_worker_redeliveries_total",
+        "Jobs the broker delivered again (their first worker died or gave them back)"
+    )
+    .expect("metric registers once")
+});
+
+/// Registers every metric, so `/metrics` shows each from the start (at zero).
+pub fn register() {
+    LazyLock::force(&SEGMENTS);
+    LazyLock::force(&TRANSCODE_SECONDS);
+    LazyLock::force(&BUSY_SLOTS);
+    LazyLock::force(&REJECTED_JOBS);
+    LazyLock::force(&SLOTS);
+    LazyLock::force(&STAGE_SECONDS);
+    LazyLock::force(&REALTIME_RATIO);
+    LazyLock::force(&BYTES);
+    LazyLock::force(&REDELIVERIES);
+}

@@ -208,6 +208,9 @@ impl StreamTask {
         if format == "flv" {
             let _ = tokio::fs::remove_file(&path).await;
         }
+        crate::metrics::SEGMENTS
+            .with_label_values(&[if outcome.is_ok() { "sent" } else { "refused" }])
+            .inc();
         match outcome {
             Ok(()) => {
                 if let Some(r) = reply {
@@ -279,12 +282,16 @@ impl StreamTask {
             size: data.len() as u64,
             sha256: hex::encode(Sha256::digest(&data)),
         };
+        let size = object.size;
         self.live
             .cfg
             .storage
             .put(&key, data)
             .await
             .with_context(|| format!("storing {key}"))?;
+        crate::metrics::BYTES
+            .with_label_values(&["in"])
+            .inc_by(size);
         drop(upload);
         let msg = IngestMessage::SegmentReady(SegmentReady {
             stream: self.name.clone(),

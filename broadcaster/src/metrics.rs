@@ -1,0 +1,31 @@
+//! The broadcaster's Prometheus metrics (`broadcaster serve`'s `/metrics`).
+
+use std::sync::LazyLock;
+
+use prometheus::{register_int_counter_vec, IntCounterVec};
+
+pub static SEGMENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "castwork_broadcaster_segments_total",
+        "Live segments by event: sent (stored and enqueued), refused (unreadable, or the \
+         stream was refused)",
+        &["event"]
+    )
+    .expect("metric registers once")
+});
+
+pub static BYTES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "castwork_broadcaster_bytes_total",
+        "Bytes of live source segments stored (direction=in) and of playlists and segments \
+         served for playback (direction=out)",
+        &["direction"]
+    )
+    .expect("metric registers once")
+});
+
+/// Registers every metric, so `/metrics` shows each from the start (at zero).
+pub fn register() {
+    LazyLock::force(&SEGMENTS);
+    LazyLock::force(&BYTES);
+}
