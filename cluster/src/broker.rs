@@ -294,3 +294,65 @@ impl Confirm {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json_args(t: &FieldTable) -> serde_json::Map<String, serde_json::Value> {
+        t.inner()
+            .iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    AMQPValue::LongString(s) => serde_json::Value::from(s.to_string()),
+                    AMQPValue::LongLongInt(n) => serde_json::Value::from(*n),
+                    other => panic!("unexpected argument {other:?}"),
+                };
+                (k.to_string(), v)
+            })
+            .collect()
+    }
+
+    /// The RabbitMQ definitions a deployment loads (infra/rabbitmq/definitions.json) declare
+    /// the same queues with the same arguments as the services, so a service's own declare
+    /// never fails with PRECONDITION_FAILED, and its policies agree with those arguments.
+    #[test]
+    fn deployment_definitions_match_the_topology_the_services_declare() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../infra/rabbitmq/definitions.json"
+        );
+        let defs: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let queues = defs["queues"].as_array().unwrap();
+        let mut names: Vec<String> = queues
+            .iter()
+            .map(|q| q["name"].as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        let mut known = known_queues();
+        known.sort();
+        assert_eq!(names, known);
+        for q in queues {
+            let name = q["name"].as_str().unwrap();
+            let dead_letter = name.starts_with("jobs.");
+            assert_eq!(q["durable"], true, "{name}");
+            assert_eq!(
+                q["arguments"].as_object().unwrap(),
+                &json_args(&quorum_args(dead_letter)),
+                "{name}"
+            );
+        }
+        let policy = defs["policies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "castwork-jobs")
+            .unwrap();
+        assert_eq!(policy["definition"]["delivery-limit"], DELIVERY_LIMIT);
+        assert_eq!(
+            policy["definition"]["dead-letter-exchange"],
+            DEAD_LETTER_EXCHANGE
+        );
+    }
+}
