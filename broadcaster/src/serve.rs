@@ -207,7 +207,9 @@ async fn get_object(
     Path(path): Path<String>,
 ) -> Response {
     let key = format!("streams/{path}");
-    let allowed = matches!(key.rsplit('.').next(), Some("m3u8" | "ts"));
+    // Playlists and renditions only: a stream's source segments are not for viewers.
+    let allowed =
+        matches!(key.rsplit('.').next(), Some("m3u8" | "ts")) && !key.contains("/source/");
     if !allowed || path.split('/').any(|p| p.is_empty() || p == "..") {
         return cors((StatusCode::NOT_FOUND, "not found\n").into_response());
     }

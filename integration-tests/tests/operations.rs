@@ -617,6 +617,9 @@ fn metrics_of_every_process_parse_and_count_the_stream() {
     // The broadcaster counts what it serves for playback.
     let (code, playlist) = http_get(&live.http, &format!("/streams/{stream}/index.m3u8")).unwrap();
     assert_eq!(code, 200);
+    // Sources are not served for playback.
+    let (code, _) = http_get(&live.http, &format!("/streams/{stream}/source/0.ts")).unwrap();
+    assert_eq!(code, 404);
     let b = metrics(&live.http);
     assert_eq!(
         get(&b, "castwork_broadcaster_bytes_total{direction=\"out\"}"),
