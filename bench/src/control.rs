@@ -76,7 +76,12 @@ pub fn measure(
     let session = uuid::Uuid::now_v7();
     let rt = tokio::runtime::Runtime::new()?;
     let started = rt.block_on(async {
-        let broker = Broker::connect(&cluster.amqp_url, "castwork-bench").await?;
+        let broker = Broker::connect(
+            &cluster.amqp_url,
+            "castwork-bench",
+            castwork_cluster::broker::Role::All,
+        )
+        .await?;
         let publish = |m: IngestMessage| {
             let body = encode(&m);
             let broker = &broker;

@@ -52,7 +52,12 @@ impl Link {
     }
 
     async fn connect(&mut self) -> anyhow::Result<()> {
-        let broker = Broker::connect(&self.url, "castwork-broadcaster").await?;
+        let broker = Broker::connect(
+            &self.url,
+            "castwork-broadcaster",
+            castwork_cluster::broker::Role::Broadcaster,
+        )
+        .await?;
         let ch = broker.channel().await?;
         let mut args = FieldTable::default();
         args.insert(

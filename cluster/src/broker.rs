@@ -116,45 +116,100 @@ async fn declare_queue(
     .await
 }
 
-/// Declares every exchange and queue with the same arguments from every process, so a
-/// re-declare after a reconnect never fails.
-pub async fn declare_topology(ch: &Channel) -> Result<(), lapin::Error> {
+/// What a process does on the broker, and so which part of the topology it declares and
+/// which permissions its RabbitMQ user needs (`infra/rabbitmq/definitions.json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Consumes ingest, results and dead letters; publishes jobs and events.
+    Orchestrator,
+    /// Consumes jobs; publishes results.
+    Worker,
+    /// Publishes ingest messages; reads its streams' events.
+    Broadcaster,
+    /// Everything (tools and benchmarks).
+    All,
+}
+
+impl Role {
+    fn any(self, roles: &[Role]) -> bool {
+        self == Role::All || roles.contains(&self)
+    }
+}
+
+/// Declares, with the same arguments from every process, the exchanges a role publishes to
+/// or binds to and the queues it consumes or publishes into (so a message published
+/// before its consumer ever ran still has a queue), and nothing else: a role's user needs
+/// no permission on the rest. A re-declare after a reconnect never fails.
+pub async fn declare_topology(ch: &Channel, role: Role) -> Result<(), lapin::Error> {
+    use Role::{Broadcaster, Orchestrator, Worker};
     let durable = ExchangeDeclareOptions {
         durable: true,
         ..Default::default()
     };
-    for (name, kind) in [
-        (INGEST_EXCHANGE, ExchangeKind::Direct),
-        (JOBS_EXCHANGE, ExchangeKind::Direct),
-        (RESULTS_EXCHANGE, ExchangeKind::Direct),
-        (EVENTS_EXCHANGE, ExchangeKind::Topic),
-        (DEAD_LETTER_EXCHANGE, ExchangeKind::Fanout),
+    for (name, kind, users) in [
+        (
+            INGEST_EXCHANGE,
+            ExchangeKind::Direct,
+            &[Orchestrator, Broadcaster][..],
+        ),
+        (
+            JOBS_EXCHANGE,
+            ExchangeKind::Direct,
+            &[Orchestrator, Worker][..],
+        ),
+        (
+            RESULTS_EXCHANGE,
+            ExchangeKind::Direct,
+            &[Orchestrator, Worker][..],
+        ),
+        (
+            EVENTS_EXCHANGE,
+            ExchangeKind::Topic,
+            &[Orchestrator, Broadcaster][..],
+        ),
+        (
+            DEAD_LETTER_EXCHANGE,
+            ExchangeKind::Fanout,
+            &[Orchestrator, Worker][..],
+        ),
     ] {
-        ch.exchange_declare(name.into(), kind, durable, FieldTable::default())
-            .await?;
+        if role.any(users) {
+            ch.exchange_declare(name.into(), kind, durable, FieldTable::default())
+                .await?;
+        }
     }
-    declare_queue(ch, INGEST_QUEUE, INGEST_EXCHANGE, INGEST_KEY, false).await?;
-    declare_queue(ch, RESULTS_QUEUE, RESULTS_EXCHANGE, RESULTS_KEY, false).await?;
-    declare_queue(ch, DEAD_LETTER_QUEUE, DEAD_LETTER_EXCHANGE, "", false).await?;
-    for class in CLASSES {
-        for mode in [StreamMode::Vod, StreamMode::Live] {
-            let q = job_queue(mode, class);
-            declare_queue(ch, &q, JOBS_EXCHANGE, &q, true).await?;
+    if role.any(&[Orchestrator, Broadcaster]) {
+        declare_queue(ch, INGEST_QUEUE, INGEST_EXCHANGE, INGEST_KEY, false).await?;
+    }
+    if role.any(&[Orchestrator, Worker]) {
+        declare_queue(ch, RESULTS_QUEUE, RESULTS_EXCHANGE, RESULTS_KEY, false).await?;
+    }
+    // Workers declare the job queues, so they make sure their dead letters have somewhere to
+    // go even before an orchestrator ran (they cannot read them).
+    if role.any(&[Orchestrator, Worker]) {
+        declare_queue(ch, DEAD_LETTER_QUEUE, DEAD_LETTER_EXCHANGE, "", false).await?;
+    }
+    if role.any(&[Orchestrator, Worker]) {
+        for class in CLASSES {
+            for mode in [StreamMode::Vod, StreamMode::Live] {
+                let q = job_queue(mode, class);
+                declare_queue(ch, &q, JOBS_EXCHANGE, &q, true).await?;
+            }
         }
     }
     Ok(())
 }
 
 impl Broker {
-    /// Connects, opens a confirming publisher channel and declares the topology.
-    pub async fn connect(url: &str, name: &str) -> Result<Self, BrokerError> {
+    /// Connects, opens a confirming publisher channel and declares the role's topology.
+    pub async fn connect(url: &str, name: &str, role: Role) -> Result<Self, BrokerError> {
         let props = ConnectionProperties::default().with_connection_name(name.into());
         let connection = Connection::connect(url, props).await?;
         let publisher = connection.create_channel().await?;
         publisher
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        declare_topology(&publisher).await?;
+        declare_topology(&publisher, role).await?;
         Ok(Broker {
             connection,
             publisher,

@@ -626,3 +626,123 @@ fn metrics_of_every_process_parse_and_count_the_stream() {
         playlist.len() as f64
     );
 }
+
+/// What a user may do on the broker: runs `op` on a fresh channel and reports whether the
+/// broker refused it (ACCESS_REFUSED closes the channel).
+fn refused(url: &str, op: &str, name: &str) -> bool {
+    use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
+            .await
+            .expect("the user may connect");
+        let ch = conn.create_channel().await.unwrap();
+        ch.confirm_select(Default::default()).await.unwrap();
+        let outcome = tokio::time::timeout(Duration::from_secs(10), async {
+            match op {
+                "publish" => match ch
+                    .basic_publish(
+                        name.into(),
+                        "ingest".into(),
+                        BasicPublishOptions::default(),
+                        b"{}",
+                        lapin::BasicProperties::default(),
+                    )
+                    .await
+                {
+                    Ok(confirm) => confirm.await.map(|_| ()),
+                    Err(e) => Err(e),
+                },
+                "consume" => ch
+                    .basic_consume(
+                        name.into(),
+                        "probe".into(),
+                        BasicConsumeOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map(|_| ()),
+                "declare" => ch
+                    .queue_declare(
+                        name.into(),
+                        QueueDeclareOptions {
+                            auto_delete: true,
+                            ..Default::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map(|_| ()),
+                other => panic!("unknown op {other}"),
+            }
+        })
+        .await
+        .expect("the broker answers");
+        let _ = conn.close(200, "bye".into()).await;
+        match outcome {
+            Ok(()) => false,
+            Err(e) => {
+                let text = format!("{e:?}");
+                assert!(
+                    text.contains("ACCESS_REFUSED") || text.contains("AccessRefused"),
+                    "{text}"
+                );
+                true
+            }
+        }
+    })
+}
+
+#[test]
+fn each_role_works_with_its_own_least_privilege_rabbitmq_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = clip(dir.path(), 4);
+    let cluster = Cluster::start_with_role_users(1);
+    let stream = stream_name("roles");
+    let out = cluster.push(&input, &stream, &["--profiles", RUNG]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        cluster.logs()
+    );
+    assert_eq!(cluster.status(&stream)["segments"]["done"], 2);
+    let (worker, broadcaster) = (
+        cluster.amqp_url_of("worker"),
+        cluster.amqp_url_of("broadcaster"),
+    );
+    assert_ne!(worker, cluster.amqp_url, "the worker has a user of its own");
+    // Each is refused what its role never does.
+    assert!(
+        refused(&worker, "publish", "castwork.ingest"),
+        "a worker cannot ingest"
+    );
+    assert!(
+        refused(&worker, "consume", "castwork.ingest"),
+        "a worker cannot read ingest"
+    );
+    assert!(
+        refused(&worker, "declare", "castwork.push.1"),
+        "nor make event queues"
+    );
+    assert!(
+        refused(&worker, "consume", "castwork.jobs.dead"),
+        "nor read dead letters"
+    );
+    assert!(
+        refused(&broadcaster, "consume", "jobs.vod.cpu"),
+        "a broadcaster cannot take jobs"
+    );
+    assert!(
+        refused(&broadcaster, "publish", "castwork.jobs"),
+        "nor publish jobs"
+    );
+    assert!(
+        refused(&broadcaster, "publish", "castwork.results"),
+        "nor results"
+    );
+    // And allowed what it does.
+    assert!(!refused(&broadcaster, "publish", "castwork.ingest"));
+    assert!(!refused(&worker, "publish", "castwork.results"));
+}

@@ -128,9 +128,13 @@ async fn session(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let broker = Arc::new(
-        Broker::connect(&cfg.amqp_url, "castwork-orchestrator")
-            .await
-            .context("connecting to RabbitMQ")?,
+        Broker::connect(
+            &cfg.amqp_url,
+            "castwork-orchestrator",
+            castwork_cluster::broker::Role::Orchestrator,
+        )
+        .await
+        .context("connecting to RabbitMQ")?,
     );
     let orch = Arc::new(Orchestrator {
         state: state.clone(),

@@ -129,6 +129,7 @@ async fn consume(
         Broker::connect(
             &pool.amqp_url,
             &format!("castwork-worker {}", ctx.worker_id),
+            castwork_cluster::broker::Role::Worker,
         )
         .await
         .context("connecting to RabbitMQ")?,

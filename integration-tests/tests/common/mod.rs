@@ -139,6 +139,9 @@ pub struct Cluster {
     /// `STORAGE_URL` and any other environment every process gets.
     pub env: Vec<(String, String)>,
     children: Vec<Child>,
+    /// With per-role RabbitMQ users: the AMQP URL of each binary (orchestrator, worker,
+    /// broadcaster), and the users to delete at the end.
+    role_urls: Vec<(String, String)>,
     /// The cluster's own Redis (dropped after the processes): clusters of parallel tests
     /// must not share one, or each would see the others' workers and overdue jobs.
     _redis: Option<RedisNode>,
@@ -157,6 +160,61 @@ impl Cluster {
         workers: usize,
         orchestrator_args: &[&str],
         env: Vec<(String, String)>,
+    ) -> Cluster {
+        Cluster::start_inner(workers, orchestrator_args, env, false)
+    }
+
+    /// Like [`Cluster::start`], but each role connects as its own RabbitMQ user with the
+    /// permissions `infra/rabbitmq/definitions.json` gives that role.
+    pub fn start_with_role_users(workers: usize) -> Cluster {
+        Cluster::start_inner(workers, &[], Vec::new(), true)
+    }
+
+    /// Creates a user per role on this cluster's vhost, with the deployment's permissions.
+    fn add_role_users(&mut self) {
+        let defs: Value = serde_json::from_str(
+            &std::fs::read_to_string(workspace().join("infra/rabbitmq/definitions.json")).unwrap(),
+        )
+        .unwrap();
+        for role in ["orchestrator", "worker", "broadcaster"] {
+            let p = defs["permissions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["user"] == format!("castwork-{role}"))
+                .unwrap();
+            let user = format!("{}-{role}", self.vhost);
+            rabbitmqctl(&["add_user", &user, "role-secret"]);
+            let perm = |k: &str| p[k].as_str().unwrap().to_string();
+            rabbitmqctl(&[
+                "set_permissions",
+                "-p",
+                &self.vhost,
+                &user,
+                &perm("configure"),
+                &perm("write"),
+                &perm("read"),
+            ]);
+            self.role_urls.push((
+                role.to_string(),
+                format!("amqp://{user}:role-secret@127.0.0.1:5672/{}", self.vhost),
+            ));
+        }
+    }
+
+    /// The AMQP URL a binary connects with.
+    pub fn amqp_url_of(&self, binary: &str) -> String {
+        self.role_urls
+            .iter()
+            .find(|(r, _)| r == binary)
+            .map_or_else(|| self.amqp_url.clone(), |(_, u)| u.clone())
+    }
+
+    fn start_inner(
+        workers: usize,
+        orchestrator_args: &[&str],
+        env: Vec<(String, String)>,
+        roles: bool,
     ) -> Cluster {
         // A broker of its own (AMQP_URL in `env`) needs no vhost; otherwise each cluster
         // gets one on the machine's RabbitMQ.
@@ -192,8 +250,12 @@ impl Cluster {
             orchestrator_addr,
             env: all_env,
             children: Vec::new(),
+            role_urls: Vec::new(),
             _redis: redis,
         };
+        if roles {
+            c.add_role_users();
+        }
         let mut args = vec!["--http-addr", &c.orchestrator_addr];
         args.extend_from_slice(orchestrator_args);
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
@@ -233,6 +295,14 @@ impl Cluster {
         cmd.env("AMQP_URL", &self.amqp_url).env("RUST_LOG", "info");
         for (k, v) in &self.env {
             cmd.env(k, v);
+        }
+        let program = cmd.get_program().to_string_lossy().to_string();
+        if let Some((_, url)) = self
+            .role_urls
+            .iter()
+            .find(|(r, _)| program.ends_with(&format!("/{r}")))
+        {
+            cmd.env("AMQP_URL", url);
         }
     }
 
@@ -424,6 +494,11 @@ impl Drop for Cluster {
         if !self.vhost.is_empty() {
             let _ = Command::new("rabbitmqctl")
                 .args(["delete_vhost", &self.vhost])
+                .output();
+        }
+        for (role, _) in &self.role_urls {
+            let _ = Command::new("rabbitmqctl")
+                .args(["delete_user", &format!("{}-{role}", self.vhost)])
                 .output();
         }
     }
