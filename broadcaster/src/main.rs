@@ -61,6 +61,24 @@ enum Command {
         /// Seconds to wait for an orchestrator to admit the stream.
         #[arg(long, env = "ADMIT_TIMEOUT_SECS", default_value_t = 30)]
         admit_timeout_secs: u64,
+
+        /// The account that pays a priced orchestrator (its off-chain ledger).
+        #[arg(long, env = "BROADCASTER_ID")]
+        broadcaster_id: Option<String>,
+
+        /// The most to pay, in wei per --max-price-pixels-per-unit output pixels; the push
+        /// is refused before anything is sent when the orchestrator at --orchestrator-url
+        /// advertises more (GET /price). Unset: no limit.
+        #[arg(long, env = "MAX_PRICE_PER_UNIT", requires = "orchestrator_url")]
+        max_price_per_unit: Option<u64>,
+
+        /// Output pixels per unit of --max-price-per-unit.
+        #[arg(long, env = "MAX_PRICE_PIXELS_PER_UNIT", default_value_t = 1)]
+        max_price_pixels_per_unit: u64,
+
+        /// HTTP address of the orchestrator whose price --max-price-per-unit checks.
+        #[arg(long, env = "ORCHESTRATOR_URL")]
+        orchestrator_url: Option<String>,
     },
     /// Serve HLS playback (GET /streams/NAME/index.m3u8) and take live streams: RTMP
     /// publishes to rtmp://HOST:1935/live/STREAM_KEY and segments pushed over HTTP to
@@ -78,6 +96,10 @@ enum Command {
 /// Live ingest settings of `broadcaster serve`.
 #[derive(clap::Args, Debug)]
 struct LiveArgs {
+    /// The account that pays a priced orchestrator for every live stream taken here.
+    #[arg(long = "live-broadcaster-id", env = "LIVE_BROADCASTER_ID")]
+    live_broadcaster_id: Option<String>,
+
     /// Address of the RTMP server for live publishers (OBS, ffmpeg -f flv).
     #[arg(long, env = "RTMP_ADDR", default_value = "0.0.0.0:1935")]
     rtmp_addr: SocketAddr,
@@ -159,6 +181,7 @@ async fn start_live(
         admit_timeout: Duration::from_secs(args.live_admit_timeout_secs),
         reconnect_window: Duration::from_secs(args.live_reconnect_secs),
         http_idle: Duration::from_secs(args.http_push_idle_secs.max(1)),
+        broadcaster: args.live_broadcaster_id.clone(),
     });
     let listener = tokio::net::TcpListener::bind(args.rtmp_addr)
         .await
@@ -225,7 +248,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             segment_secs,
             playback_url,
             admit_timeout_secs,
+            broadcaster_id,
+            max_price_per_unit,
+            max_price_pixels_per_unit,
+            orchestrator_url,
         } => {
+            if let (Some(max), Some(url)) = (max_price_per_unit, &orchestrator_url) {
+                castwork_broadcaster::push::check_price(
+                    url,
+                    &castwork_protocol::Price {
+                        price_per_unit: max,
+                        pixels_per_unit: max_price_pixels_per_unit,
+                    },
+                )
+                .await?;
+            }
             let ladder = match &transcoding_options {
                 Some(path) => {
                     let text = std::fs::read_to_string(path)
@@ -254,6 +291,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     playback_url: playback_url.clone(),
                     local_dir: local_dir.clone(),
                     admit_timeout: Duration::from_secs(admit_timeout_secs),
+                    broadcaster: broadcaster_id,
                 },
                 shutdown_token(),
             )

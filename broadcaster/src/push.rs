@@ -39,6 +39,30 @@ pub struct PushRequest {
     pub local_dir: Option<PathBuf>,
     /// How long to wait for an orchestrator to admit the stream.
     pub admit_timeout: Duration,
+    /// The account that pays a priced orchestrator.
+    pub broadcaster: Option<String>,
+}
+
+/// Refuses an orchestrator whose advertised price (`GET URL/price`) is above `max`.
+pub async fn check_price(url: &str, max: &castwork_protocol::Price) -> anyhow::Result<()> {
+    let url = format!("{}/price", url.trim_end_matches('/'));
+    let resp = reqwest::get(&url)
+        .await
+        .with_context(|| format!("cannot ask the orchestrator's price at {url}"))?;
+    let body = resp.text().await.context("reading the price")?;
+    let price: castwork_protocol::Price = serde_json::from_str(&body)
+        .with_context(|| format!("{url} did not answer with a price: {body}"))?;
+    if !price.within(max) {
+        bail!(
+            "the orchestrator charges {} wei per {} pixels, above your maximum of {} wei per {} \
+             pixels: nothing was sent",
+            price.price_per_unit,
+            price.pixels_per_unit,
+            max.price_per_unit,
+            max.pixels_per_unit
+        );
+    }
+    Ok(())
 }
 
 /// How a push ended.
@@ -91,7 +115,7 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
         mode: StreamMode::Vod,
         ladder: req.ladder.clone(),
         source: probed.metadata.clone(),
-        broadcaster: None,
+        broadcaster: req.broadcaster.clone(),
         target_duration_secs: None,
     }))
     .await?;

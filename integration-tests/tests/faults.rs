@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{clip, ffmpeg, ffprobe, http_get, stream_name, wait_until, Cluster};
+use common::{clip, ffmpeg, ffprobe, http_get, stream_name, wait_until, Cluster, Injector};
 
 const RUNG: &str = "P240p30fps16x9";
 
@@ -136,46 +136,7 @@ fn segment_facts(path: &Path) -> (i64, i64, u64) {
     )
 }
 
-/// Acts as a broadcaster (and as an attacker) directly on the broker.
-struct Injector {
-    rt: tokio::runtime::Runtime,
-    channel: lapin::Channel,
-}
-
 impl Injector {
-    fn new(amqp_url: &str) -> Injector {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let channel = rt.block_on(async {
-            let c = lapin::Connection::connect(amqp_url, lapin::ConnectionProperties::default())
-                .await
-                .unwrap();
-            let ch = c.create_channel().await.unwrap();
-            ch.confirm_select(Default::default()).await.unwrap();
-            std::mem::forget(c);
-            ch
-        });
-        Injector { rt, channel }
-    }
-
-    fn publish(&self, exchange: &str, key: &str, body: &[u8]) {
-        self.rt.block_on(async {
-            let confirm = self
-                .channel
-                .basic_publish(
-                    exchange.into(),
-                    key.into(),
-                    Default::default(),
-                    body,
-                    lapin::BasicProperties::default().with_delivery_mode(2),
-                )
-                .await
-                .unwrap()
-                .await
-                .unwrap();
-            assert!(confirm.is_ack());
-        });
-    }
-
     fn ingest(&self, msg: &castwork_protocol::IngestMessage) {
         self.publish(
             castwork_protocol::INGEST_EXCHANGE,

@@ -27,6 +27,8 @@ pub struct ApiState {
     pub queues: Arc<RwLock<Option<QueueSnapshot>>>,
     /// Where the playlists and renditions are, for the player page.
     pub storage: Storage,
+    /// What this orchestrator charges, advertised at `/price`.
+    pub price: castwork_protocol::Price,
 }
 
 /// Queue depths as read from the broker at one moment.
@@ -59,6 +61,10 @@ pub fn router(api: ApiState) -> Router {
         .route("/streams", get(list_streams))
         .route("/workers", get(list_workers))
         .route("/queues", get(list_queues))
+        .route(
+            "/price",
+            get(|AxumState(api): AxumState<ApiState>| async move { Json(api.price) }),
+        )
         .route("/status", get(cluster_status))
         .route(
             "/",
@@ -257,6 +263,11 @@ async fn stream_status(AxumState(api): AxumState<ApiState>, Path(name): Path<Str
         "source": rec.source,
         "master_playlist": rec.master_playlist,
         "playback": playback(&rec),
+        "billing": {
+            "broadcaster": rec.broadcaster,
+            "pixels": rec.pixels,
+            "fee_wei": rec.fee,
+        },
     }))
     .into_response()
 }

@@ -54,6 +54,8 @@ pub struct Config {
     pub live_deadline: Duration,
     /// Benchmark only: accept worker results without checking them.
     pub trust_worker_output: bool,
+    /// What this orchestrator charges per output pixel (free by default).
+    pub price: castwork_protocol::Price,
 }
 
 /// Runs until `shutdown`; returns the HTTP address through `bound` as soon as it listens.
@@ -86,6 +88,7 @@ pub async fn run(
         consuming: consuming.clone(),
         queues: queues.clone(),
         storage: storage.clone(),
+        price: cfg.price,
     });
     let addr = http::serve(cfg.http_addr, router, shutdown.clone())
         .await
@@ -145,6 +148,7 @@ async fn session(
         live_deadline: cfg.live_deadline,
         live_locks: Default::default(),
         trust_worker_output: cfg.trust_worker_output,
+        price: cfg.price,
     });
     let (_ingest_ch, mut ingest) = broker
         .consume(INGEST_QUEUE, "orchestrator-ingest", 32)

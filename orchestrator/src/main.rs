@@ -52,6 +52,16 @@ struct Cli {
     #[arg(long, env = "LIVE_DEADLINE_SECS", default_value_t = 10)]
     live_deadline_secs: u64,
 
+    /// Price in wei for every --pixels-per-unit output pixels (width x height x frames of
+    /// every rendition); 0 is free. A priced orchestrator admits only streams that name an
+    /// account (`broadcaster push --broadcaster-id`) whose balance covers a segment.
+    #[arg(long, env = "PRICE_PER_UNIT", default_value_t = 0)]
+    price_per_unit: u64,
+
+    /// Output pixels per priced unit (see --price-per-unit).
+    #[arg(long, env = "PIXELS_PER_UNIT", default_value_t = 1)]
+    pixels_per_unit: u64,
+
     /// BENCHMARK ONLY (never in production): accept worker results without checking the
     /// renditions, to measure the control plane with workers in --noop-transcode mode.
     #[arg(long, env = "CASTWORK_BENCH_TRUST_WORKER_OUTPUT")]
@@ -75,13 +85,64 @@ enum Command {
         )]
         url: String,
     },
+    /// The off-chain ledger of broadcaster accounts in Redis (--redis-url), in wei.
+    Ledger {
+        #[command(subcommand)]
+        action: LedgerAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum LedgerAction {
+    /// Adds AMOUNT wei to ACCOUNT (a negative amount takes some back) and prints the
+    /// new balance.
+    Credit {
+        account: String,
+        #[arg(allow_hyphen_values = true)]
+        amount: i64,
+    },
+    /// Prints ACCOUNT's balance, or every account's.
+    Show { account: Option<String> },
+}
+
+async fn ledger(redis_url: &str, action: LedgerAction) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let redis = castwork_cluster::redis_connect(redis_url)
+        .await
+        .with_context(|| format!("cannot reach Redis at {}", redact_url(redis_url)))?;
+    let state = castwork_orchestrator::state::State::new(redis);
+    match action {
+        LedgerAction::Credit { account, amount } => {
+            castwork_orchestrator::service::validate_account(&account)
+                .map_err(anyhow::Error::msg)?;
+            let balance = state.credit(&account, amount).await?;
+            println!("{account}: {balance} wei");
+        }
+        LedgerAction::Show { account: Some(a) } => {
+            let (balance, reserved) = (state.balance(&a).await?, state.reserved(&a).await?);
+            println!("{a}: {balance} wei, {reserved} reserved");
+        }
+        LedgerAction::Show { account: None } => {
+            let all = state.balances().await?;
+            if all.is_empty() {
+                println!("no accounts");
+            }
+            for (a, balance) in all {
+                let reserved = state.reserved(&a).await?;
+                println!("{a}: {balance} wei, {reserved} reserved");
+            }
+        }
+    }
+    Ok(())
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Some(Command::Status { url }) = &cli.command {
-        return castwork_orchestrator::status::print(url).await;
+    match cli.command {
+        Some(Command::Status { url }) => return castwork_orchestrator::status::print(&url).await,
+        Some(Command::Ledger { action }) => return ledger(&cli.redis_url, action).await,
+        None => {}
     }
     let _telemetry = telemetry::init(&cli.service.log, "castwork-orchestrator");
     let mut problems = Vec::new();
@@ -121,6 +182,10 @@ async fn main() -> anyhow::Result<()> {
         live_window: cli.live_window,
         live_deadline: Duration::from_secs(cli.live_deadline_secs),
         trust_worker_output: cli.trust_worker_output,
+        price: castwork_protocol::Price {
+            price_per_unit: cli.price_per_unit,
+            pixels_per_unit: cli.pixels_per_unit,
+        },
     };
     if cfg.trust_worker_output {
         tracing::warn!("--trust-worker-output: BENCHMARK ONLY, results are not checked");

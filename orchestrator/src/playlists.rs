@@ -157,6 +157,9 @@ mod tests {
             announced: false,
             skipped: 0,
             target_duration_secs: None,
+            broadcaster: None,
+            pixels: 0,
+            fee: 0,
         }
     }
 

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use castwork_cluster::telemetry::Span;
 use castwork_cluster::{broker::CLASSES, Broker, Storage};
+use castwork_protocol::price::{estimated_pixels, rendition_pixels};
+use castwork_protocol::Price;
 use castwork_protocol::{
     encode, event_routing_key, job_queue, plan_ladder, profile, validate_stream_name, Disposition,
     FailedSegment, IngestMessage, RenditionRef, SegmentFailed, SegmentJob, SegmentReady,
@@ -19,7 +21,7 @@ use uuid::Uuid;
 
 use crate::metrics;
 use crate::state::{
-    now_unix_ms, AcceptedRendition, FailOutcome, SegmentRecord, State, StreamRecord,
+    now_unix_ms, AcceptedRendition, Charge, FailOutcome, SegmentRecord, State, StreamRecord,
 };
 use crate::verify::{check_result, CheckError};
 
@@ -68,6 +70,24 @@ pub struct Orchestrator {
     pub live_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Benchmark only: accept results as reported, without checking them.
     pub trust_worker_output: bool,
+    /// What this orchestrator charges (free by default).
+    pub price: Price,
+}
+
+/// Account names a ledger accepts: letters, digits and `_.:-`, at most 100 (an Ethereum
+/// address fits).
+pub fn validate_account(account: &str) -> Result<(), String> {
+    if account.is_empty()
+        || account.len() > 100
+        || !account
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.:-".contains(c))
+    {
+        return Err(format!(
+            "account {account:?} must be 1-100 letters, digits or _.:-"
+        ));
+    }
+    Ok(())
 }
 
 /// Benchmark only: a result's renditions as the worker reported them, unchecked.
@@ -96,6 +116,75 @@ fn rendition_refs(accepted: &[AcceptedRendition]) -> Vec<RenditionRef> {
             height: a.height,
         })
         .collect()
+}
+
+impl Orchestrator {
+    /// Whether `account` can pay for `frames` source frames through `rungs`: `Ok(Err(why))`
+    /// when it cannot, with a message for the broadcaster's user. With `segment`, the
+    /// estimated fee is reserved for that segment until it is resolved (so segments
+    /// admitted at once cannot overdraw the account together).
+    async fn affordable(
+        &self,
+        account: Option<&str>,
+        rungs: &[castwork_protocol::Rung],
+        frames: u64,
+        fps: f64,
+        segment: Option<(&str, u64)>,
+    ) -> Result<Result<(), String>, HandleError> {
+        let price = self.price;
+        let Some(account) = account else {
+            return Ok(Err(format!(
+                "this orchestrator charges {} wei per {} pixels: push with --broadcaster-id \
+                 ACCOUNT, an account credited with `orchestrator ledger credit ACCOUNT AMOUNT`",
+                price.price_per_unit, price.pixels_per_unit
+            )));
+        };
+        if let Err(m) = validate_account(account) {
+            return Ok(Err(m));
+        }
+        let pixels = estimated_pixels(rungs, frames, fps);
+        let needed = match price.fee(pixels) {
+            Ok(f) => f,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        let short = match segment {
+            Some((stream, seq)) => self.state.reserve(account, stream, seq, needed).await?,
+            None => {
+                let (balance, reserved) = (
+                    self.state.balance(account).await?,
+                    self.state.reserved(account).await?,
+                );
+                if balance - reserved < needed {
+                    Err((balance, reserved))
+                } else {
+                    Ok(())
+                }
+            }
+        };
+        Ok(short.map_err(|(balance, reserved)| {
+            format!(
+                "insufficient balance: account {account} has {balance} wei ({reserved} of it \
+                 reserved for segments in progress), a segment needs about {needed} wei \
+                 ({pixels} output pixels at {} wei per {} pixels); credit it with \
+                 `orchestrator ledger credit {account} AMOUNT`",
+                price.price_per_unit, price.pixels_per_unit
+            )
+        }))
+    }
+}
+
+/// A failure of a segment's attempt that no retry can help (the orchestrator's own
+/// refusal, such as an account that cannot pay).
+fn permanent(stream: &str, seq: u64, attempt: u32, message: String) -> SegmentFailed {
+    SegmentFailed {
+        job_id: Uuid::nil(),
+        stream: stream.to_string(),
+        seq,
+        attempt,
+        worker_id: String::new(),
+        disposition: Disposition::Permanent,
+        message,
+    }
 }
 
 /// The attributes that name a segment on its spans.
@@ -164,6 +253,7 @@ impl Orchestrator {
                 &s.source,
                 s.target_duration_secs
                     .filter(|_| s.mode == StreamMode::Live),
+                s.broadcaster.as_deref().filter(|_| !self.price.is_free()),
             )
             .await?)
     }
@@ -188,9 +278,19 @@ impl Orchestrator {
                 .reject(&s, "the source has no picture size".into())
                 .await;
         }
-        // The seam for payment: a priced orchestrator checks the broadcaster's balance or
-        // tickets here; the default price is 0, so every stream is admitted.
         let plan = plan_ladder(&ladder, &s.source);
+        // A priced orchestrator admits a stream whose account covers its first segment.
+        if !self.price.is_free() {
+            let secs = s.target_duration_secs.unwrap_or(2).max(1);
+            let fps = s.source.frame_rate.as_f64();
+            let frames = (fps.max(1.0) * f64::from(secs)).ceil() as u64;
+            if let Err(m) = self
+                .affordable(s.broadcaster.as_deref(), &plan.rungs, frames, fps, None)
+                .await?
+            {
+                return self.reject(&s, m).await;
+            }
+        }
         let mut registered = self.register(&s, &plan).await?;
         if registered == 3 {
             // The same key broadcasting again after its last broadcast ended.
@@ -280,6 +380,22 @@ impl Orchestrator {
         let Some(seg) = seg else {
             return Err(HandleError::Retry("segment vanished from redis".into()));
         };
+        if !self.price.is_free() {
+            let fps = rec.source.frame_rate.as_f64();
+            if let Err(m) = self
+                .affordable(
+                    rec.broadcaster.as_deref(),
+                    &rec.plan.rungs,
+                    seg.frames,
+                    fps,
+                    Some((&s.stream, s.seq)),
+                )
+                .await?
+            {
+                let f = permanent(&s.stream, s.seq, attempt, m);
+                return self.segment_failed_in(f, span).await;
+            }
+        }
         self.publish_job(&rec, &seg, attempt, span).await
     }
 
@@ -474,6 +590,22 @@ impl Orchestrator {
         drop(check);
         match checked {
             Ok(accepted) => {
+                let pixels = accepted
+                    .iter()
+                    .map(|a| rendition_pixels(a.width, a.height, a.frames))
+                    .fold(0u64, u64::saturating_add);
+                let fee = match self.price.fee(pixels) {
+                    Ok(fee) => fee,
+                    Err(e) => {
+                        let f = permanent(&r.stream, r.seq, r.attempt, e.to_string());
+                        return self.segment_failed_in(f, span).await;
+                    }
+                };
+                let charge = Charge {
+                    account: rec.broadcaster.as_deref(),
+                    pixels,
+                    fee,
+                };
                 let accept = span.child("accept", &[]);
                 let (fresh, after) = self
                     .state
@@ -485,6 +617,7 @@ impl Orchestrator {
                         r.transcode_ms,
                         received_ms,
                         r.started_unix_ms,
+                        charge,
                     )
                     .await?;
                 drop(accept);

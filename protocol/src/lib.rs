@@ -6,10 +6,12 @@ pub mod cut;
 pub mod ladder;
 pub mod messages;
 pub mod playlist;
+pub mod price;
 pub mod profile;
 pub mod time;
 
 pub use ladder::{plan_ladder, LadderPlan, Rung, SkippedRung};
 pub use messages::*;
+pub use price::Price;
 pub use profile::{parse_profiles, parse_transcoding_options, H264Profile, Profile, ProfileError};
 pub use time::Rational;

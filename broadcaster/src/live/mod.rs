@@ -45,6 +45,8 @@ pub struct LiveConfig {
     pub reconnect_window: Duration,
     /// An HTTP-pushed stream ends after this long without a segment.
     pub http_idle: Duration,
+    /// The account that pays a priced orchestrator for these live streams.
+    pub broadcaster: Option<String>,
 }
 
 /// What a waiting pusher gets back for its segment.

@@ -325,7 +325,7 @@ impl StreamTask {
             mode: StreamMode::Live,
             ladder: self.ladder.clone(),
             source: first.probed.metadata.clone(),
-            broadcaster: None,
+            broadcaster: cfg.broadcaster.clone(),
             target_duration_secs: Some(cfg.target_duration_secs),
         }))
         .await?;

@@ -883,3 +883,44 @@ pub fn rtmp_publisher(url: &str, secs: u32) -> Child {
         .spawn()
         .expect("ffmpeg runs")
 }
+
+/// Acts as a broadcaster (and as an attacker) directly on the broker.
+pub struct Injector {
+    rt: tokio::runtime::Runtime,
+    channel: lapin::Channel,
+}
+
+impl Injector {
+    pub fn new(amqp_url: &str) -> Injector {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let channel = rt.block_on(async {
+            let c = lapin::Connection::connect(amqp_url, lapin::ConnectionProperties::default())
+                .await
+                .unwrap();
+            let ch = c.create_channel().await.unwrap();
+            ch.confirm_select(Default::default()).await.unwrap();
+            std::mem::forget(c);
+            ch
+        });
+        Injector { rt, channel }
+    }
+
+    pub fn publish(&self, exchange: &str, key: &str, body: &[u8]) {
+        self.rt.block_on(async {
+            let confirm = self
+                .channel
+                .basic_publish(
+                    exchange.into(),
+                    key.into(),
+                    Default::default(),
+                    body,
+                    lapin::BasicProperties::default().with_delivery_mode(2),
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            assert!(confirm.is_ack());
+        });
+    }
+}

@@ -16,22 +16,25 @@ pub const LIVE_SET: &str = "cw:live";
 
 /// Skips a pending live segment (its deadline passed). Returns 1 when skipped, 0 when it
 /// was already resolved.
-static SKIP_SEGMENT: LuaScript = LuaScript::new(
+static SKIP_SEGMENT: LuaScript = LuaScript::new(concat!(
+    super::release_lua!(),
     r#"
 if redis.call('HGET', KEYS[1], 'state') ~= 'pending' then return 0 end
+release(KEYS[1], KEYS[2])
 redis.call('HSET', KEYS[1], 'state', 'skipped', 'message', ARGV[1])
 redis.call('HINCRBY', KEYS[2], 'skipped', 1)
 redis.call('HINCRBY', KEYS[2], 'resolved', 1)
 return 1
-"#,
-);
+"#
+));
 
 /// Lists a live stream's resolved segments in order from its cursor: a transcoded segment
 /// is listed, a failed or skipped one becomes a gap. A pending segment past its deadline is
 /// skipped; a segment never received holds back later ones for ARGV[2] ms, then it and the
 /// segments missing right after it are skipped.
 /// Returns the newly listed and the newly skipped sequence numbers.
-static ADVANCE_LIVE: LuaScript = LuaScript::new(
+static ADVANCE_LIVE: LuaScript = LuaScript::new(concat!(
+    super::release_lua!(),
     r#"
 local now, hold, prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local info = redis.call('HMGET', KEYS[1], 'cursor', 'total', 'max_seq', 'blocked_since')
@@ -65,6 +68,7 @@ while not total or cursor < total do
       if st then redis.call('HDEL', KEYS[1], 'blocked_since') end
       break
     end
+    release(sk, KEYS[1])
     redis.call('HSET', sk, 'state', 'skipped', 'message',
       st and 'missed its deadline' or 'never arrived')
     redis.call('HINCRBY', KEYS[1], 'skipped', 1)
@@ -78,8 +82,8 @@ while not total or cursor < total do
 end
 redis.call('HSET', KEYS[1], 'cursor', cursor)
 return {listed, skipped}
-"#,
-);
+"#
+));
 
 /// Forgets an ended live stream's state (its recording stays in the object store), if it is
 /// still the session ARGV[4] and complete. Returns 1 when forgotten.

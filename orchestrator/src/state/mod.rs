@@ -23,6 +23,40 @@ pub fn failures_key(stream: &str) -> String {
     format!("cw:stream:{stream}:failures")
 }
 
+/// Lua: `release(seg, stream)` gives back what admitting a segment reserved from its
+/// stream's account, once (a resolved segment holds no reservation).
+macro_rules! release_lua {
+    () => {
+        r#"
+local function release(seg, stream)
+  local r = redis.call('HGET', seg, 'reserved')
+  if r then
+    local acct = redis.call('HGET', stream, 'broadcaster')
+    if acct then redis.call('DECRBY', 'cw:reserved:' .. acct, r) end
+    redis.call('HDEL', seg, 'reserved')
+  end
+end
+"#
+    };
+}
+pub(crate) use release_lua;
+
+/// Reserves a segment's estimated fee from its account if the balance, less what is
+/// already reserved, covers it. Returns {1} when reserved (or already was), else
+/// {0, balance, reserved}.
+static RESERVE: LuaScript = LuaScript::new(
+    r#"
+if redis.call('HGET', KEYS[1], 'reserved') then return {1} end
+local bal = tonumber(redis.call('GET', KEYS[2]) or '0')
+local res = tonumber(redis.call('GET', KEYS[3]) or '0')
+local est = tonumber(ARGV[1])
+if bal - res < est then return {0, bal, res} end
+redis.call('INCRBY', KEYS[3], est)
+redis.call('HSET', KEYS[1], 'reserved', est)
+return {1}
+"#,
+);
+
 /// A Lua script whose SHA-1 is computed once, on first use, not on every call.
 pub(crate) struct LuaScript {
     source: &'static str,
@@ -95,6 +129,30 @@ pub struct StreamRecord {
     pub skipped: u64,
     /// Live: the fixed target duration of the live playlists.
     pub target_duration_secs: Option<u64>,
+    /// The account that pays for the stream (priced orchestrators only).
+    pub broadcaster: Option<String>,
+    /// Output pixels of the accepted segments, and what they were charged (wei).
+    pub pixels: u64,
+    pub fee: i64,
+}
+
+/// The balance of a paying account, in wei.
+pub fn balance_key(account: &str) -> String {
+    format!("cw:balance:{account}")
+}
+
+/// Wei of an account reserved by admitted segments (see `release_lua`).
+pub fn reserved_key(account: &str) -> String {
+    format!("cw:reserved:{account}")
+}
+
+/// What accepting a result charges, and to whom (the debit happens with the acceptance,
+/// so a redelivered result is never charged twice).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Charge<'a> {
+    pub account: Option<&'a str>,
+    pub pixels: u64,
+    pub fee: i64,
 }
 
 /// A stream's counts, for listings.
@@ -182,6 +240,7 @@ redis.call('HSET', KEYS[1], 'session', ARGV[1], 'mode', ARGV[2], 'plan', ARGV[3]
   'source', ARGV[4], 'state', 'active', 'received', 0, 'done', 0, 'failed', 0, 'resolved', 0,
   'skipped', 0)
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'target_duration', ARGV[6]) end
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'broadcaster', ARGV[7]) end
 redis.call('SADD', KEYS[2], ARGV[5])
 if ARGV[2] == 'live' then redis.call('SADD', KEYS[3], ARGV[5]) end
 return 1
@@ -217,7 +276,8 @@ return {1, redis.call('HGETALL', KEYS[1])}
 /// when accepted, 0 when the segment was already resolved, -1 for an older attempt's late
 /// result (that attempt was given up, e.g. as hung), with the stream as it now is. The
 /// worker's start time fills in `started_ms` when no start notice came first.
-static ACCEPT_RESULT: LuaScript = LuaScript::new(
+static ACCEPT_RESULT: LuaScript = LuaScript::new(concat!(
+    release_lua!(),
     r#"
 if redis.call('HGET', KEYS[1], 'state') ~= 'pending' then return {0, redis.call('HGETALL', KEYS[2])} end
 if tonumber(ARGV[2]) ~= tonumber(redis.call('HGET', KEYS[1], 'attempt')) then
@@ -233,15 +293,22 @@ redis.call('LPUSH', KEYS[3], cjson.encode({unix_ms = tonumber(ARGV[4]), stream =
 redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[8]) - 1)
 redis.call('HINCRBY', KEYS[2], 'done', 1)
 redis.call('HINCRBY', KEYS[2], 'resolved', 1)
+release(KEYS[1], KEYS[2])
+redis.call('HINCRBY', KEYS[2], 'pixels', ARGV[9])
+if tonumber(ARGV[10]) > 0 then
+  redis.call('HINCRBY', KEYS[2], 'fee', ARGV[10])
+  redis.call('DECRBY', KEYS[4], ARGV[10])
+end
 return {1, redis.call('HGETALL', KEYS[2])}
-"#,
-);
+"#
+));
 
 /// Applies a failed attempt. Returns -1 for a stale attempt (a newer one is running), 0 when
 /// already resolved, 1 when the segment is now failed, or 1000 + the attempt to publish. The
 /// failure that started the current attempt, seen again, republishes it: the orchestrator
 /// may have stopped before its job was published.
-static FAIL_ATTEMPT: LuaScript = LuaScript::new(
+static FAIL_ATTEMPT: LuaScript = LuaScript::new(concat!(
+    release_lua!(),
     r#"
 if redis.call('HGET', KEYS[1], 'state') ~= 'pending' then return 0 end
 local cur = tonumber(redis.call('HGET', KEYS[1], 'attempt'))
@@ -255,6 +322,7 @@ redis.call('LPUSH', KEYS[4], cjson.encode({unix_ms = tonumber(ARGV[7]), stream =
   seq = tonumber(ARGV[5]), attempt = cur, message = ARGV[2], final = final}))
 redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[8]) - 1)
 if final then
+  release(KEYS[1], KEYS[2])
   redis.call('HSET', KEYS[1], 'state', 'failed', 'message', ARGV[2])
   redis.call('HINCRBY', KEYS[2], 'failed', 1)
   redis.call('HINCRBY', KEYS[2], 'resolved', 1)
@@ -263,8 +331,8 @@ if final then
 end
 redis.call('HSET', KEYS[1], 'retry_of', cur)
 return 1000 + redis.call('HINCRBY', KEYS[1], 'attempt', 1)
-"#,
-);
+"#
+));
 
 /// Marks a stream complete once, when every one of its segments is resolved. Returns 1 to
 /// the single caller that completed it.
@@ -314,6 +382,7 @@ impl State {
             .map(|_| ())
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub async fn register_stream(
         &self,
         stream: &str,
@@ -322,6 +391,7 @@ impl State {
         plan: &LadderPlan,
         source: &SourceMetadata,
         target_duration_secs: Option<u32>,
+        broadcaster: Option<&str>,
     ) -> redis::RedisResult<i64> {
         REGISTER_STREAM
             .get()
@@ -334,6 +404,7 @@ impl State {
             .arg(json(source))
             .arg(stream)
             .arg(target_duration_secs.map_or(String::new(), |t| t.to_string()))
+            .arg(broadcaster.unwrap_or_default())
             .invoke_async(&mut self.redis.clone())
             .await
     }
@@ -376,12 +447,14 @@ impl State {
         transcode_ms: u64,
         result_ms: u64,
         started_ms: Option<u64>,
+        charge: Charge<'_>,
     ) -> redis::RedisResult<(bool, Option<StreamRecord>)> {
         let (r, h): (i64, HashMap<String, String>) = ACCEPT_RESULT
             .get()
             .key(segment_key(stream, seq))
             .key(stream_key(stream))
             .key(RECENT_LIST)
+            .key(balance_key(charge.account.unwrap_or_default()))
             .arg(json(&renditions))
             .arg(attempt)
             .arg(transcode_ms)
@@ -390,6 +463,8 @@ impl State {
             .arg(stream)
             .arg(seq)
             .arg(RECENT_KEEP)
+            .arg(charge.pixels)
+            .arg(charge.fee)
             .invoke_async(&mut self.redis.clone())
             .await?;
         Ok((r == 1, parse_stream(stream, &h)?))
@@ -664,6 +739,88 @@ impl State {
         Ok(out)
     }
 
+    /// Reserves `estimate` wei of `account` for a segment being admitted: `Ok(())`, or
+    /// `Err((balance, reserved))` when what is not yet reserved does not cover it.
+    pub async fn reserve(
+        &self,
+        account: &str,
+        stream: &str,
+        seq: u64,
+        estimate: i64,
+    ) -> redis::RedisResult<Result<(), (i64, i64)>> {
+        let r: Vec<i64> = RESERVE
+            .get()
+            .key(segment_key(stream, seq))
+            .key(balance_key(account))
+            .key(reserved_key(account))
+            .arg(estimate)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok(match r.as_slice() {
+            [0, balance, reserved] => Err((*balance, *reserved)),
+            _ => Ok(()),
+        })
+    }
+
+    /// Wei of `account` reserved by segments admitted but not yet resolved.
+    pub async fn reserved(&self, account: &str) -> redis::RedisResult<i64> {
+        let v: Option<i64> = redis::cmd("GET")
+            .arg(reserved_key(account))
+            .query_async(&mut self.redis.clone())
+            .await?;
+        Ok(v.unwrap_or(0))
+    }
+
+    /// An account's balance in wei (0 for an account never credited).
+    pub async fn balance(&self, account: &str) -> redis::RedisResult<i64> {
+        let v: Option<i64> = redis::cmd("GET")
+            .arg(balance_key(account))
+            .query_async(&mut self.redis.clone())
+            .await?;
+        Ok(v.unwrap_or(0))
+    }
+
+    /// Adds `amount` wei to an account (negative to take some back); the new balance.
+    pub async fn credit(&self, account: &str, amount: i64) -> redis::RedisResult<i64> {
+        redis::cmd("INCRBY")
+            .arg(balance_key(account))
+            .arg(amount)
+            .query_async(&mut self.redis.clone())
+            .await
+    }
+
+    /// Every account with a balance, sorted.
+    pub async fn balances(&self) -> redis::RedisResult<Vec<(String, i64)>> {
+        let mut con = self.redis.clone();
+        let mut keys: Vec<String> = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(balance_key("*"))
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut con)
+                .await?;
+            keys.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        keys.sort();
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let values: Vec<Option<i64>> = redis::cmd("MGET").arg(&keys).query_async(&mut con).await?;
+        Ok(keys
+            .into_iter()
+            .zip(values)
+            .filter_map(|(k, v)| Some((k.strip_prefix("cw:balance:")?.to_string(), v?)))
+            .collect())
+    }
+
     /// The latest accepted segments and failed attempts, newest first.
     pub async fn recent(&self) -> redis::RedisResult<(Vec<RecentSegment>, Vec<RecentFailure>)> {
         let (done, failed): (Vec<String>, Vec<String>) = redis::pipe()
@@ -735,6 +892,9 @@ fn parse_stream(
         announced: h.contains_key("announced"),
         skipped: num("skipped").unwrap_or(0),
         target_duration_secs: num("target_duration"),
+        broadcaster: h.get("broadcaster").cloned(),
+        pixels: num("pixels").unwrap_or(0),
+        fee: h.get("fee").and_then(|v| v.parse().ok()).unwrap_or(0),
     }))
 }
 

@@ -1,0 +1,200 @@
+//! A priced orchestrator with the off-chain ledger: the price it advertises, accounts it
+//! charges per output pixel, admission that stops at an empty balance, and debits that a
+//! redelivered result never repeats.
+
+mod common;
+
+use std::process::Command;
+
+use castwork_protocol::{
+    encode, ObjectRef, RenditionOutput, SegmentResult, WorkerReport, RESULTS_EXCHANGE,
+};
+use common::{bin, clip, http_get, stream_name, Cluster};
+use serde_json::Value;
+use sha2::Digest as _;
+
+const RUNG: &str = "P240p30fps16x9";
+/// 1 wei per 1000 output pixels.
+const PRICE: [&str; 4] = ["--price-per-unit", "1", "--pixels-per-unit", "1000"];
+/// One 2 s segment of the 640x360 30 fps clip at 240p: 426 x 240 x 60 pixels, in wei.
+const SEGMENT_FEE: i64 = (426 * 240 * 60 + 999) / 1000;
+
+fn ledger(cluster: &Cluster, args: &[&str]) -> String {
+    let redis = cluster
+        .env
+        .iter()
+        .find(|(k, _)| k == "REDIS_URL")
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    let out = Command::new(bin("orchestrator"))
+        .args(["--redis-url", &redis, "ledger"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn a_priced_orchestrator_charges_output_pixels_and_stops_at_an_empty_balance() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = clip(dir.path(), 6);
+    let cluster = Cluster::start_with(2, &PRICE, Vec::new());
+
+    // It advertises its price.
+    let (code, price) = http_get(&cluster.orchestrator_addr, "/price").unwrap();
+    assert_eq!(code, 200);
+    let price: Value = serde_json::from_str(&price).unwrap();
+    assert_eq!(
+        price,
+        serde_json::json!({"price_per_unit": 1, "pixels_per_unit": 1000})
+    );
+
+    // Without an account, the stream is refused with what to do.
+    let out = cluster.push(&input, &stream_name("anon"), &["--profiles", RUNG]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("push with --broadcaster-id"), "{err}");
+
+    // An account that covers two segments of three.
+    assert_eq!(
+        ledger(&cluster, &["credit", "alice", "13000"]),
+        "alice: 13000 wei"
+    );
+    let stream = stream_name("paid");
+    let out = cluster.push(
+        &input,
+        &stream,
+        &["--profiles", RUNG, "--broadcaster-id", "alice"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("1 of 3 segments failed"), "{err}");
+    assert!(
+        err.contains("insufficient balance: account alice has 13000 wei")
+            && err.contains(&format!("needs about {SEGMENT_FEE} wei")),
+        "{err}"
+    );
+    let status = cluster.status(&stream);
+    assert_eq!(status["segments"]["done"], 2, "{status}");
+    assert_eq!(status["billing"]["pixels"], 2 * 426 * 240 * 60, "{status}");
+    assert_eq!(status["billing"]["fee_wei"], 2 * SEGMENT_FEE, "{status}");
+    let left = 13000 - 2 * SEGMENT_FEE;
+    assert_eq!(
+        ledger(&cluster, &["show", "alice"]),
+        format!("alice: {left} wei, 0 reserved")
+    );
+
+    // A redelivered result of an accepted segment changes nothing, the balance included.
+    let done = (0..3)
+        .find(|seq| {
+            let dir = cluster
+                .storage_dir()
+                .join(format!("streams/{stream}/{RUNG}"));
+            std::fs::read_dir(dir).unwrap().flatten().any(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{seq}."))
+            })
+        })
+        .unwrap();
+    let file = std::fs::read_dir(
+        cluster
+            .storage_dir()
+            .join(format!("streams/{stream}/{RUNG}")),
+    )
+    .unwrap()
+    .flatten()
+    .find(|e| {
+        e.file_name()
+            .to_string_lossy()
+            .starts_with(&format!("{done}."))
+    })
+    .unwrap();
+    let data = std::fs::read(file.path()).unwrap();
+    let result = WorkerReport::SegmentResult(SegmentResult {
+        job_id: uuid::Uuid::now_v7(),
+        stream: stream.clone(),
+        seq: done,
+        attempt: 1,
+        worker_id: "w0".into(),
+        renditions: vec![RenditionOutput {
+            rung: RUNG.into(),
+            object: ObjectRef {
+                key: format!(
+                    "streams/{stream}/{RUNG}/{}",
+                    file.file_name().to_string_lossy()
+                ),
+                size: data.len() as u64,
+                sha256: hex::encode(sha2::Sha256::digest(&data)),
+            },
+            width: 426,
+            height: 240,
+            frames: 60,
+            start_us: 0,
+            duration_us: 2_000_000,
+        }],
+        transcode_ms: 1,
+        started_unix_ms: None,
+    });
+    common::Injector::new(&cluster.amqp_url).publish(RESULTS_EXCHANGE, "result", &encode(&result));
+    common::wait_until(
+        "the duplicate to be handled",
+        std::time::Duration::from_secs(20),
+        || {
+            let (_, m) = http_get(&cluster.orchestrator_addr, "/metrics").unwrap();
+            m.contains("castwork_orchestrator_segments_total{event=\"duplicate\"} 1")
+        },
+    );
+    assert_eq!(
+        ledger(&cluster, &["show", "alice"]),
+        format!("alice: {left} wei, 0 reserved")
+    );
+    assert_eq!(
+        cluster.status(&stream)["billing"]["fee_wei"],
+        2 * SEGMENT_FEE
+    );
+    assert_eq!(
+        ledger(&cluster, &["show"]),
+        format!("alice: {left} wei, 0 reserved")
+    );
+}
+
+#[test]
+fn a_broadcaster_refuses_an_orchestrator_above_its_maximum_price() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = clip(dir.path(), 2);
+    let cluster = Cluster::start_with(0, &PRICE, Vec::new());
+    let url = format!("http://{}", cluster.orchestrator_addr);
+    let stream = stream_name("pricey");
+    // At most 999 wei per million pixels: the orchestrator asks 1000.
+    let out = cluster.push(
+        &input,
+        &stream,
+        &[
+            "--profiles",
+            RUNG,
+            "--broadcaster-id",
+            "bob",
+            "--max-price-per-unit",
+            "999",
+            "--max-price-pixels-per-unit",
+            "1000000",
+            "--orchestrator-url",
+            &url,
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("the orchestrator charges 1 wei per 1000 pixels, above your maximum of 999 wei per 1000000 pixels"),
+        "{err}"
+    );
+    // Nothing was sent.
+    let (code, _) = http_get(&cluster.orchestrator_addr, &format!("/streams/{stream}")).unwrap();
+    assert_eq!(code, 404);
+}
