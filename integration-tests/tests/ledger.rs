@@ -1,6 +1,7 @@
-//! A priced orchestrator with the off-chain ledger: the price it advertises, accounts it
-//! charges per output pixel, admission that stops at an empty balance, and debits that a
-//! redelivered result never repeats.
+//! Money and trust without a chain: a priced orchestrator with the off-chain ledger (the
+//! price it advertises, accounts it charges per output pixel, admission that stops at an
+//! empty balance, debits that a redelivered result never repeats), and the orchestrator's
+//! check of its workers' pictures, which catches and bans a cheating worker.
 
 mod common;
 
@@ -197,4 +198,61 @@ fn a_broadcaster_refuses_an_orchestrator_above_its_maximum_price() {
     // Nothing was sent.
     let (code, _) = http_get(&cluster.orchestrator_addr, &format!("/streams/{stream}")).unwrap();
     assert_eq!(code, 404);
+}
+
+#[test]
+fn a_cheating_worker_is_caught_banned_and_its_segment_redone_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = clip(dir.path(), 6);
+    // Every result's pictures are checked; one bad result bans a worker.
+    let mut cluster = Cluster::start_with(
+        0,
+        &["--quality-sample-rate", "1", "--max-bad-results", "1"],
+        Vec::new(),
+    );
+    cluster.add(
+        "worker",
+        &["--worker-id", "cheater", "--test-only-cheat-black"],
+    );
+    let cheater = cluster.pids("worker")[0];
+    let stream = stream_name("cheated");
+    let mut push = cluster.push_in_background(&input, &stream, &["--profiles", RUNG]);
+    // The cheater's black pictures fail the check, and it is banned and stops.
+    let mut status = None;
+    common::wait_until(
+        "the cheater to stop",
+        std::time::Duration::from_secs(60),
+        || {
+            status = cluster.exit_status(cheater);
+            status.is_some()
+        },
+    );
+    let logs = cluster.logs();
+    assert!(
+        logs.contains("quality check failed: luma PSNR") && logs.contains("under 20 dB"),
+        "{logs}"
+    );
+    assert!(logs.contains("worker banned for bad output"), "{logs}");
+    assert!(logs.contains("banned this worker for bad output"), "{logs}");
+    // An honest worker redoes its segment and the rest.
+    cluster.add("worker", &["--worker-id", "honest"]);
+    let pushed = push.wait().unwrap();
+    assert!(pushed.success(), "{}", cluster.logs());
+    let s = cluster.status(&stream);
+    assert_eq!(s["segments"]["done"], 3, "{s}");
+    assert_eq!(s["segments"]["failed"], 0, "{s}");
+    let (_, m) = http_get(&cluster.orchestrator_addr, "/metrics").unwrap();
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("castwork_orchestrator_segments_total{event=\"bad_output\"}")),
+        "{m}"
+    );
+    // Every accepted segment came from the honest worker.
+    let logs = cluster.logs();
+    let accepted: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("segment accepted") && l.contains(&stream))
+        .collect();
+    assert_eq!(accepted.len(), 3, "{logs}");
+    assert!(accepted.iter().all(|l| l.contains("\"honest\"")), "{logs}");
 }

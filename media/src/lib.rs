@@ -7,6 +7,7 @@ mod ffi;
 pub mod inspect;
 pub mod nal;
 pub mod probe;
+pub mod quality;
 pub mod segment;
 pub mod transcode;
 mod video_graph;

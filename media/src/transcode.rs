@@ -22,6 +22,9 @@ pub struct TranscodeOptions {
     pub max_pixels: u64,
     /// Longest segment accepted, in microseconds.
     pub max_duration_us: i64,
+    /// TEST ONLY: encode black pictures instead of the video (a cheating worker, for the
+    /// verification tests). Never set in production.
+    pub test_only_black: bool,
 }
 
 impl Default for TranscodeOptions {
@@ -31,6 +34,7 @@ impl Default for TranscodeOptions {
             threads: 0,
             max_pixels: 8192 * 4320,
             max_duration_us: 60_000_000,
+            test_only_black: false,
         }
     }
 }
@@ -229,6 +233,8 @@ struct Ladder {
     end_us: i64,
     frame_us: i64,
     scaled: frame::Video,
+    /// TEST ONLY: see [`TranscodeOptions::test_only_black`].
+    black: bool,
 }
 
 impl Ladder {
@@ -280,10 +286,22 @@ impl Ladder {
                 });
                 out.first_us.get_or_insert(pts_us);
                 out.frames += 1;
+                if self.black {
+                    blacken(&mut self.scaled);
+                }
                 out.encode(Some(&self.scaled))?;
             }
         }
         Ok(())
+    }
+}
+
+/// Paints a planar YUV picture black (the cheating worker of the verification tests).
+fn blacken(f: &mut frame::Video) {
+    for (plane, value) in [(0, 16u8), (1, 128), (2, 128)] {
+        if plane < f.planes() {
+            f.data_mut(plane).fill(value);
+        }
     }
 }
 
@@ -357,6 +375,7 @@ pub fn transcode_segment(
             40_000
         },
         scaled: frame::Video::empty(),
+        black: opts.test_only_black,
     };
     let mut decoded = frame::Video::empty();
     let mut packet = Packet::empty();

@@ -56,6 +56,8 @@ pub struct Config {
     pub trust_worker_output: bool,
     /// What this orchestrator charges per output pixel (free by default).
     pub price: castwork_protocol::Price,
+    /// The picture check of results and the ban of bad workers.
+    pub quality: service::QualityPolicy,
 }
 
 /// Runs until `shutdown`; returns the HTTP address through `bound` as soon as it listens.
@@ -149,6 +151,7 @@ async fn session(
         live_locks: Default::default(),
         trust_worker_output: cfg.trust_worker_output,
         price: cfg.price,
+        quality: cfg.quality,
     });
     let (_ingest_ch, mut ingest) = broker
         .consume(INGEST_QUEUE, "orchestrator-ingest", 32)

@@ -62,6 +62,19 @@ struct Cli {
     #[arg(long, env = "PIXELS_PER_UNIT", default_value_t = 1)]
     pixels_per_unit: u64,
 
+    /// Fraction (0-1) of worker results whose pictures are decoded and compared with the
+    /// source segment (luma PSNR), on top of the checks every result gets.
+    #[arg(long, env = "QUALITY_SAMPLE_RATE", default_value_t = 0.1)]
+    quality_sample_rate: f64,
+
+    /// Luma PSNR (dB) under which a sampled rendition is refused and redone elsewhere.
+    #[arg(long, env = "MIN_PSNR_DB", default_value_t = 20.0)]
+    min_psnr_db: f64,
+
+    /// Results failing the checks after which a worker is banned (it stops taking jobs).
+    #[arg(long, env = "MAX_BAD_RESULTS", default_value_t = 3)]
+    max_bad_results: u32,
+
     /// BENCHMARK ONLY (never in production): accept worker results without checking the
     /// renditions, to measure the control plane with workers in --noop-transcode mode.
     #[arg(long, env = "CASTWORK_BENCH_TRUST_WORKER_OUTPUT")]
@@ -149,6 +162,12 @@ async fn main() -> anyhow::Result<()> {
     if cli.max_attempts == 0 {
         problems.push("--max-attempts must be at least 1".to_string());
     }
+    if !(0.0..=1.0).contains(&cli.quality_sample_rate) {
+        problems.push("--quality-sample-rate must be between 0 and 1".to_string());
+    }
+    if cli.max_bad_results == 0 {
+        problems.push("--max-bad-results must be at least 1".to_string());
+    }
     if cli.live_window == 0 {
         problems.push("--live-window must be at least 1".to_string());
     }
@@ -182,6 +201,11 @@ async fn main() -> anyhow::Result<()> {
         live_window: cli.live_window,
         live_deadline: Duration::from_secs(cli.live_deadline_secs),
         trust_worker_output: cli.trust_worker_output,
+        quality: castwork_orchestrator::service::QualityPolicy {
+            sample_rate: cli.quality_sample_rate,
+            min_psnr_db: cli.min_psnr_db,
+            max_bad_results: cli.max_bad_results,
+        },
         price: castwork_protocol::Price {
             price_per_unit: cli.price_per_unit,
             pixels_per_unit: cli.pixels_per_unit,

@@ -205,6 +205,7 @@ mod tests {
             deadline_ms: None,
             ready_ms: None,
             result_ms: None,
+            bad_workers: Vec::new(),
         })
     }
 

@@ -72,6 +72,33 @@ pub struct Orchestrator {
     pub trust_worker_output: bool,
     /// What this orchestrator charges (free by default).
     pub price: Price,
+    /// How results' pictures are checked, and when a worker is banned.
+    pub quality: QualityPolicy,
+}
+
+/// The picture check of worker results and the ban of workers that fail checks.
+#[derive(Debug, Clone, Copy)]
+pub struct QualityPolicy {
+    /// Fraction of results whose pictures are decoded and compared with the source.
+    pub sample_rate: f64,
+    /// Luma PSNR under which a rendition is refused.
+    pub min_psnr_db: f64,
+    /// Bad results after which a worker is banned.
+    pub max_bad_results: u32,
+}
+
+impl QualityPolicy {
+    /// Whether this result's pictures are checked: a fixed fraction of results, chosen by
+    /// a hash of the segment and attempt (the same answer on a redelivery).
+    pub fn sampled(&self, r: &SegmentResult) -> bool {
+        use sha2::Digest as _;
+        if self.sample_rate <= 0.0 {
+            return false;
+        }
+        let h = sha2::Sha256::digest(format!("{}/{}/{}", r.stream, r.seq, r.attempt));
+        let x = u64::from_be_bytes(h[..8].try_into().unwrap_or_default());
+        (x as f64 / u64::MAX as f64) < self.sample_rate
+    }
 }
 
 /// Account names a ledger accepts: letters, digits and `_.:-`, at most 100 (an Ethereum
@@ -437,6 +464,7 @@ impl Orchestrator {
             rungs: rec.plan.rungs.clone(),
             metadata: rec.source.clone(),
             deadline_unix_ms: seg.deadline_ms,
+            exclude_workers: seg.bad_workers.clone(),
         };
         let queue = job_queue(rec.mode, CLASSES[0]);
         let span = parent.child("publish job", &[("attempt", attempt.to_string())]);
@@ -582,7 +610,8 @@ impl Orchestrator {
         let checked = if self.trust_worker_output {
             Ok(unchecked(&r))
         } else {
-            check_result(&self.storage, &seg, &rec.plan, &rec.source, &r).await
+            let quality = self.quality.sampled(&r).then_some(self.quality.min_psnr_db);
+            check_result(&self.storage, &seg, &rec.plan, &rec.source, &r, quality).await
         };
         if let Err(e) = &checked {
             check.fail(e.to_string());
@@ -684,6 +713,23 @@ impl Orchestrator {
                     "worker produced bad output"
                 );
                 metrics::SEGMENTS.with_label_values(&["bad_output"]).inc();
+                let (bad, banned) = self
+                    .state
+                    .flag_worker(
+                        &r.stream,
+                        r.seq,
+                        &r.worker_id,
+                        &m,
+                        self.quality.max_bad_results,
+                    )
+                    .await?;
+                if banned {
+                    warn!(
+                        worker = r.worker_id,
+                        bad_results = bad,
+                        "worker banned for bad output: it stops taking jobs"
+                    );
+                }
                 self.collect_garbage(&r).await?;
                 self.segment_failed_in(
                     SegmentFailed {

@@ -20,13 +20,15 @@ pub enum CheckError {
     Unavailable(String),
 }
 
-/// Checks every rendition of a result against the segment and the stream's ladder.
+/// Checks every rendition of a result against the segment and the stream's ladder; with
+/// `min_psnr_db`, also the picture: each rendition's luma PSNR against the source segment.
 pub async fn check_result(
     storage: &Storage,
     seg: &SegmentRecord,
     plan: &LadderPlan,
     source: &SourceMetadata,
     result: &SegmentResult,
+    min_psnr_db: Option<f64>,
 ) -> Result<Vec<AcceptedRendition>, CheckError> {
     let bad = |m: String| Err(CheckError::Bad(m));
     let mut names: Vec<&str> = result.renditions.iter().map(|r| r.rung.as_str()).collect();
@@ -47,13 +49,68 @@ pub async fn check_result(
     let tmp = tempfile::tempdir().map_err(|e| CheckError::Unavailable(e.to_string()))?;
     // The renditions are checked at once: fetching and demuxing one does not wait for
     // another.
-    futures_util::future::try_join_all(
+    let accepted = futures_util::future::try_join_all(
         result
             .renditions
             .iter()
             .map(|out| check_rendition(storage, tmp.path(), seg, plan, result, out, frame_us)),
     )
-    .await
+    .await?;
+    // The transcoder rotates a rotated source; this check compares unrotated pictures.
+    if let (Some(min), 0) = (min_psnr_db, source.rotation) {
+        check_quality(storage, tmp.path(), seg, &accepted, min).await?;
+    }
+    Ok(accepted)
+}
+
+/// Decodes the first frames of every rendition (already fetched into `tmp` by the checks
+/// above) and of the source segment, and refuses a rendition whose luma PSNR against the
+/// scaled source is under `min_db`: black or frozen pictures, another video, garbage.
+async fn check_quality(
+    storage: &Storage,
+    tmp: &std::path::Path,
+    seg: &SegmentRecord,
+    accepted: &[AcceptedRendition],
+    min_db: f64,
+) -> Result<(), CheckError> {
+    let data = storage
+        .get(&seg.source.key)
+        .await
+        .map_err(|e| CheckError::Unavailable(e.to_string()))?;
+    let (ext, formats) = if seg.source.key.ends_with(".mkv") {
+        ("mkv", "matroska")
+    } else {
+        ("ts", "mpegts")
+    };
+    let source = tmp.join(format!("source.{ext}"));
+    tokio::fs::write(&source, &data)
+        .await
+        .map_err(|e| CheckError::Unavailable(e.to_string()))?;
+    for a in accepted {
+        let (src, rendition) = (source.clone(), tmp.join(format!("{}.ts", a.rung)));
+        let psnr = tokio::task::spawn_blocking(move || {
+            castwork_media::quality::luma_psnr(&src, formats, &rendition, 3)
+        })
+        .await
+        .map_err(|e| CheckError::Bad(format!("{}: the quality check failed: {e}", a.key)))?
+        .map_err(|e| CheckError::Bad(format!("{}: {e}", a.key)))?;
+        match psnr {
+            Some(db) if db < min_db => {
+                return Err(CheckError::Bad(format!(
+                    "{}: quality check failed: luma PSNR {db:.1} dB against the source, under {min_db} dB",
+                    a.key
+                )))
+            }
+            Some(_) => {}
+            None => {
+                return Err(CheckError::Bad(format!(
+                    "{}: quality check failed: no frame matches the source's",
+                    a.key
+                )))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Checks one rendition of a result.

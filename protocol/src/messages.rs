@@ -172,6 +172,10 @@ pub struct SegmentJob {
     pub metadata: SourceMetadata,
     /// Unix time in milliseconds after which the result is useless (live only).
     pub deadline_unix_ms: Option<u64>,
+    /// Workers whose output for this segment failed the orchestrator's check: the retry is
+    /// for another worker, and one of these hands the job back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude_workers: Vec<String>,
 }
 
 impl SegmentJob {

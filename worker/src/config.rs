@@ -53,6 +53,11 @@ pub struct WorkerArgs {
     #[arg(long, env = "CASTWORK_BENCH_NOOP_TRANSCODE")]
     pub noop_transcode: bool,
 
+    /// TEST ONLY (never in production): encode black pictures instead of the video, to
+    /// test that the orchestrator's quality check catches a cheating worker.
+    #[arg(long, env = "CASTWORK_TEST_ONLY_CHEAT_BLACK", hide = true)]
+    pub test_only_cheat_black: bool,
+
     /// Stable name of this worker in results and logs (host name and process id if unset).
     #[arg(long, env = "WORKER_ID")]
     pub worker_id: Option<String>,

@@ -42,6 +42,12 @@ fn now_unix() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Set by the orchestrator, with its reason, when this worker's output failed its checks
+/// too often: the worker stops taking jobs.
+pub fn banned_key(id: &str) -> String {
+    format!("cw:worker_banned:{id}")
+}
+
 /// Beats until `shutdown`, then removes the key. Redis being away only delays beats.
 pub async fn run(
     redis_url: String,
@@ -71,10 +77,22 @@ pub async fn run(
                 .arg(WORKERS_SET)
                 .arg(&beat.id)
                 .ignore()
-                .query_async::<()>(c)
+                .cmd("GET")
+                .arg(banned_key(&beat.id))
+                .query_async::<(Option<String>,)>(c)
                 .await;
-            if let Err(e) = r {
-                tracing::warn!(error = %e, "heartbeat failed");
+            match r {
+                Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+                Ok((Some(reason),)) => {
+                    tracing::error!(
+                        reason,
+                        "the orchestrator banned this worker for bad output: it stops taking \
+                         jobs (fix it, then delete the Redis key {} to let it back)",
+                        banned_key(&beat.id)
+                    );
+                    shutdown.cancel();
+                }
+                Ok((None,)) => {}
             }
         }
         tokio::select! {

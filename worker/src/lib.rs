@@ -46,6 +46,8 @@ pub struct WorkerPool {
 impl WorkerPool {
     /// Consumes until `shutdown`, reconnecting with backoff; then drains in-flight jobs.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        // Its own token: a ban stops this pool, not a process it shares (combined mode).
+        let shutdown = shutdown.child_token();
         self.args.validate().map_err(anyhow::Error::msg)?;
         let slots = self.slots.max(1);
         let live_slots = self.args.live_slots;
@@ -56,6 +58,7 @@ impl WorkerPool {
             options: TranscodeOptions {
                 preset: self.args.preset.clone(),
                 threads: self.args.threads_for(slots),
+                test_only_black: self.args.test_only_cheat_black,
                 ..TranscodeOptions::default()
             },
             max_segment_bytes: self.args.max_segment_mb * 1024 * 1024,
@@ -66,6 +69,9 @@ impl WorkerPool {
             slots_changed: Arc::new(tokio::sync::Notify::new()),
             noop_transcode: self.args.noop_transcode,
         });
+        if self.args.test_only_cheat_black {
+            warn!("--test-only-cheat-black: TEST ONLY, this worker encodes black pictures");
+        }
         if self.args.noop_transcode {
             warn!("--noop-transcode: BENCHMARK ONLY, renditions are copies of the source");
         }
@@ -182,6 +188,17 @@ async fn consume(
     result
 }
 
+/// Gives a delivery back to the queue, for this or another worker.
+async fn requeue(delivery: &Delivery) {
+    let _ = delivery
+        .acker
+        .nack(BasicNackOptions {
+            requeue: true,
+            multiple: false,
+        })
+        .await;
+}
+
 async fn handle_delivery(ctx: Arc<JobContext>, broker: Arc<Broker>, delivery: Delivery) {
     if delivery.redelivered {
         metrics::REDELIVERIES.inc();
@@ -200,6 +217,12 @@ async fn handle_delivery(ctx: Arc<JobContext>, broker: Arc<Broker>, delivery: De
             return;
         }
     };
+    if job.exclude_workers.contains(&ctx.worker_id) {
+        // Our output for this segment failed its check: leave the retry to another worker.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        requeue(&delivery).await;
+        return;
+    }
     let received_ms = job::now_unix_ms();
     // The job continues the segment's trace; its result is published within this span.
     let span = castwork_cluster::telemetry::Span::continued(
@@ -283,13 +306,7 @@ async fn handle_delivery(ctx: Arc<JobContext>, broker: Arc<Broker>, delivery: De
         }
         Err(e) => {
             warn!(stream = job.stream, seq = job.seq, error = %e, "could not publish the result: requeueing the job");
-            let _ = delivery
-                .acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    multiple: false,
-                })
-                .await;
+            requeue(&delivery).await;
         }
     }
 }

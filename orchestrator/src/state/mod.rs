@@ -41,6 +41,24 @@ end
 }
 pub(crate) use release_lua;
 
+/// Notes that a worker's output for a segment failed the check: the segment's retries
+/// avoid it, and after ARGV[3] bad results in all the worker is banned (it stops taking
+/// jobs when it sees `cw:worker_banned:ID`). Returns {bad results, banned (0/1)}.
+static FLAG_WORKER: LuaScript = LuaScript::new(
+    r#"
+local list = redis.call('HGET', KEYS[1], 'bad_workers') or ''
+if not string.find(',' .. list .. ',', ',' .. ARGV[1] .. ',', 1, true) then
+  redis.call('HSET', KEYS[1], 'bad_workers', list == '' and ARGV[1] or (list .. ',' .. ARGV[1]))
+end
+local n = redis.call('INCR', KEYS[2])
+if n >= tonumber(ARGV[3]) then
+  redis.call('SET', KEYS[3], ARGV[2])
+  return {n, 1}
+end
+return {n, 0}
+"#,
+);
+
 /// Reserves a segment's estimated fee from its account if the balance, less what is
 /// already reserved, covers it. Returns {1} when reserved (or already was), else
 /// {0, balance, reserved}.
@@ -221,6 +239,8 @@ pub struct SegmentRecord {
     pub ready_ms: Option<u64>,
     /// When the accepted result reached the orchestrator (Unix ms).
     pub result_ms: Option<u64>,
+    /// Workers whose output for this segment failed the check.
+    pub bad_workers: Vec<String>,
 }
 
 /// Registers a stream unless one with that name exists. Returns 1 when new, 2 when it is
@@ -762,6 +782,29 @@ impl State {
         })
     }
 
+    /// Records a bad result of `worker` for a segment (see `FLAG_WORKER`): its count of
+    /// bad results, and whether it is now banned.
+    pub async fn flag_worker(
+        &self,
+        stream: &str,
+        seq: u64,
+        worker: &str,
+        reason: &str,
+        max_bad: u32,
+    ) -> redis::RedisResult<(i64, bool)> {
+        let (n, banned): (i64, i64) = FLAG_WORKER
+            .get()
+            .key(segment_key(stream, seq))
+            .key(format!("cw:worker_bad:{worker}"))
+            .key(castwork_worker::heartbeat::banned_key(worker))
+            .arg(worker)
+            .arg(reason)
+            .arg(max_bad.max(1))
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok((n, banned == 1))
+    }
+
     /// Wei of `account` reserved by segments admitted but not yet resolved.
     pub async fn reserved(&self, account: &str) -> redis::RedisResult<i64> {
         let v: Option<i64> = redis::cmd("GET")
@@ -923,5 +966,14 @@ fn parse_segment(seq: u64, h: &HashMap<String, String>) -> Option<SegmentRecord>
         deadline_ms: opt("deadline_ms"),
         ready_ms: opt("ready_ms"),
         result_ms: opt("result_ms"),
+        bad_workers: h
+            .get("bad_workers")
+            .map(|w| {
+                w.split(',')
+                    .filter(|x| !x.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default(),
     })
 }
