@@ -49,7 +49,9 @@ NEEDS = {
     "worker": {
         "configure": ["castwork.jobs", "castwork.results", "castwork.dlx", "castwork.jobs.dead"]
         + JOBS,
-        "write": ["castwork.results", "castwork.dlx", "castwork.jobs.dead"] + JOBS,
+        # castwork.jobs: a job it must not do goes back as a copy (see worker/src/lib.rs).
+        "write": ["castwork.jobs", "castwork.results", "castwork.dlx", "castwork.jobs.dead"]
+        + JOBS,
         "read": ["castwork.jobs", "castwork.results", "castwork.dlx"] + JOBS,
     },
     "broadcaster": {
@@ -62,7 +64,7 @@ FORBIDDEN = {
     "orchestrator": {"configure": [PUSH], "write": [PUSH], "read": [PUSH]},
     "worker": {
         "configure": ["castwork.ingest", PUSH],
-        "write": ["castwork.ingest", "castwork.jobs", "castwork.events"],
+        "write": ["castwork.ingest", "castwork.events"],
         "read": ["castwork.ingest", "castwork.jobs.dead", PUSH],
     },
     "broadcaster": {

@@ -256,3 +256,36 @@ fn a_cheating_worker_is_caught_banned_and_its_segment_redone_elsewhere() {
     assert_eq!(accepted.len(), 3, "{logs}");
     assert!(accepted.iter().all(|l| l.contains("\"honest\"")), "{logs}");
 }
+
+#[test]
+fn a_retry_waits_for_another_worker_and_is_never_dead_lettered() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = clip(dir.path(), 2);
+    // The cheater is never banned here: it keeps being handed its own segment's retry.
+    let mut cluster = Cluster::start_with(
+        0,
+        &["--quality-sample-rate", "1", "--max-bad-results", "1000"],
+        Vec::new(),
+    );
+    cluster.add(
+        "worker",
+        &["--worker-id", "cheater", "--test-only-cheat-black"],
+    );
+    let stream = stream_name("bounced");
+    let mut push = cluster.push_in_background(&input, &stream, &["--profiles", RUNG]);
+    common::wait_until(
+        "the cheater's result to be refused",
+        std::time::Duration::from_secs(60),
+        || cluster.logs().contains("quality check failed"),
+    );
+    // Longer than 50 requeues of 250 ms: a plain requeue would have been dead-lettered.
+    std::thread::sleep(std::time::Duration::from_secs(16));
+    cluster.add("worker", &["--worker-id", "honest"]);
+    assert!(push.wait().unwrap().success(), "{}", cluster.logs());
+    let (_, m) = http_get(&cluster.orchestrator_addr, "/metrics").unwrap();
+    assert!(
+        m.contains("castwork_orchestrator_dead_letters_total 0"),
+        "{m}"
+    );
+    assert_eq!(cluster.status(&stream)["segments"]["done"], 1);
+}

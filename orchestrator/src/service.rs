@@ -306,8 +306,15 @@ impl Orchestrator {
                 .await;
         }
         let plan = plan_ladder(&ladder, &s.source);
-        // A priced orchestrator admits a stream whose account covers its first segment.
-        if !self.price.is_free() {
+        // A priced orchestrator admits a stream whose account covers its first segment (a
+        // redelivered start of a stream already admitted is not checked again).
+        let admitted = !self.price.is_free()
+            && self
+                .state
+                .stream(&s.stream)
+                .await?
+                .is_some_and(|r| r.session == s.session.to_string());
+        if !self.price.is_free() && !admitted {
             let secs = s.target_duration_secs.unwrap_or(2).max(1);
             let fps = s.source.frame_rate.as_f64();
             let frames = (fps.max(1.0) * f64::from(secs)).ceil() as u64;
@@ -585,7 +592,11 @@ impl Orchestrator {
 
     async fn segment_result(&self, r: SegmentResult, span: &Span) -> Result<(), HandleError> {
         let received_ms = now_unix_ms();
-        let (Some(rec), Some(seg)) = self.state.stream_and_segment(&r.stream, r.seq).await? else {
+        let (rec, seg, banned) = self
+            .state
+            .result_context(&r.stream, r.seq, &r.worker_id)
+            .await?;
+        let (Some(rec), Some(seg)) = (rec, seg) else {
             warn!(
                 stream = r.stream,
                 seq = r.seq,
@@ -607,7 +618,13 @@ impl Orchestrator {
             return self.after_change(&r.stream).await;
         }
         let check = span.child("check output", &[]);
-        let checked = if self.trust_worker_output {
+        let checked = if let Some(why) = banned {
+            // A banned worker's late results are refused whatever they hold.
+            Err(CheckError::Bad(format!(
+                "worker {} is banned: {why}",
+                r.worker_id
+            )))
+        } else if self.trust_worker_output {
             Ok(unchecked(&r))
         } else {
             let quality = self.quality.sampled(&r).then_some(self.quality.min_psnr_db);

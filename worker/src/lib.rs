@@ -219,8 +219,32 @@ async fn handle_delivery(ctx: Arc<JobContext>, broker: Arc<Broker>, delivery: De
     };
     if job.exclude_workers.contains(&ctx.worker_id) {
         // Our output for this segment failed its check: leave the retry to another worker.
+        // A copy goes back to the queue, not the delivery itself: every requeue counts
+        // toward the queue's delivery limit, and the job would be dead-lettered while the
+        // other workers are busy.
         tokio::time::sleep(Duration::from_millis(250)).await;
-        requeue(&delivery).await;
+        let ttl = job
+            .deadline_unix_ms
+            .map(|d| d.saturating_sub(job::now_unix_ms()).max(1));
+        let copied = match broker
+            .send(
+                castwork_protocol::JOBS_EXCHANGE,
+                delivery.routing_key.as_str(),
+                &delivery.data,
+                delivery.properties.headers().clone(),
+                ttl,
+            )
+            .await
+        {
+            Ok(confirm) => confirm.wait().await,
+            Err(e) => Err(e),
+        };
+        match copied {
+            Ok(()) => {
+                let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+            }
+            Err(_) => requeue(&delivery).await,
+        }
         return;
     }
     let received_ms = job::now_unix_ms();

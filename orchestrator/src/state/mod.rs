@@ -47,10 +47,14 @@ pub(crate) use release_lua;
 static FLAG_WORKER: LuaScript = LuaScript::new(
     r#"
 local list = redis.call('HGET', KEYS[1], 'bad_workers') or ''
-if not string.find(',' .. list .. ',', ',' .. ARGV[1] .. ',', 1, true) then
+local n
+if string.find(',' .. list .. ',', ',' .. ARGV[1] .. ',', 1, true) then
+  -- Already counted for this segment (a redelivered result).
+  n = tonumber(redis.call('GET', KEYS[2]) or '0')
+else
   redis.call('HSET', KEYS[1], 'bad_workers', list == '' and ARGV[1] or (list .. ',' .. ARGV[1]))
+  n = redis.call('INCR', KEYS[2])
 end
-local n = redis.call('INCR', KEYS[2])
 if n >= tonumber(ARGV[3]) then
   redis.call('SET', KEYS[3], ARGV[2])
   return {n, 1}
@@ -64,13 +68,13 @@ return {n, 0}
 /// {0, balance, reserved}.
 static RESERVE: LuaScript = LuaScript::new(
     r#"
+if redis.call('HGET', KEYS[1], 'state') ~= 'pending' then return {1} end
 if redis.call('HGET', KEYS[1], 'reserved') then return {1} end
 local bal = tonumber(redis.call('GET', KEYS[2]) or '0')
 local res = tonumber(redis.call('GET', KEYS[3]) or '0')
-local est = tonumber(ARGV[1])
-if bal - res < est then return {0, bal, res} end
-redis.call('INCRBY', KEYS[3], est)
-redis.call('HSET', KEYS[1], 'reserved', est)
+if bal - res < tonumber(ARGV[1]) then return {0, bal, res} end
+redis.call('INCRBY', KEYS[3], ARGV[1])
+redis.call('HSET', KEYS[1], 'reserved', ARGV[1])
 return {1}
 "#,
 );
@@ -677,14 +681,36 @@ impl State {
         stream: &str,
         seq: u64,
     ) -> redis::RedisResult<(Option<StreamRecord>, Option<SegmentRecord>)> {
-        let (rec, seg): (HashMap<String, String>, HashMap<String, String>) = redis::pipe()
+        let (rec, seg, _) = self.result_context(stream, seq, "").await?;
+        Ok((rec, seg))
+    }
+
+    /// A stream, one of its segments and whether `worker` is banned (the reason), in one
+    /// round trip: what handling a result needs.
+    pub async fn result_context(
+        &self,
+        stream: &str,
+        seq: u64,
+        worker: &str,
+    ) -> redis::RedisResult<(Option<StreamRecord>, Option<SegmentRecord>, Option<String>)> {
+        let (rec, seg, banned): (
+            HashMap<String, String>,
+            HashMap<String, String>,
+            Option<String>,
+        ) = redis::pipe()
             .cmd("HGETALL")
             .arg(stream_key(stream))
             .cmd("HGETALL")
             .arg(segment_key(stream, seq))
+            .cmd("GET")
+            .arg(castwork_worker::heartbeat::banned_key(worker))
             .query_async(&mut self.redis.clone())
             .await?;
-        Ok((parse_stream(stream, &rec)?, parse_segment(seq, &seg)))
+        Ok((
+            parse_stream(stream, &rec)?,
+            parse_segment(seq, &seg),
+            banned,
+        ))
     }
 
     pub async fn segment(
