@@ -330,6 +330,18 @@ impl Broker {
     }
 }
 
+/// Gives a delivery back to its queue, for this or another consumer. (Each time counts
+/// toward a quorum queue's delivery limit.)
+pub async fn requeue(delivery: &lapin::message::Delivery) {
+    let _ = delivery
+        .acker
+        .nack(lapin::options::BasicNackOptions {
+            requeue: true,
+            multiple: false,
+        })
+        .await;
+}
+
 /// The broker's answer to a message [`Broker::send`] sent.
 pub struct Confirm {
     confirm: lapin::PublisherConfirm,

@@ -52,7 +52,7 @@ impl Drop for Telemetry {
 }
 
 /// Installs the log subscriber; an invalid filter falls back to `info` with a warning.
-pub fn init_logging(filter: &str) {
+fn init_logging(filter: &str) {
     let (env, bad) = match EnvFilter::try_new(filter) {
         Ok(f) => (f, None),
         Err(e) => (EnvFilter::new("info"), Some(e)),

@@ -27,7 +27,7 @@ use castwork_protocol::{
 use castwork_worker::{WorkerArgs, WorkerPool};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
+use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -341,13 +341,7 @@ async fn settle(delivery: Delivery, outcome: Result<(), HandleError>) {
         Err(HandleError::Retry(m)) => {
             warn!(error = m, "handling failed, message requeued");
             tokio::time::sleep(Duration::from_millis(500)).await;
-            let _ = delivery
-                .acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    multiple: false,
-                })
-                .await;
+            castwork_cluster::broker::requeue(&delivery).await;
         }
     }
 }

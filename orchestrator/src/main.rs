@@ -132,7 +132,7 @@ async fn ledger(redis_url: &str, action: LedgerAction) -> anyhow::Result<()> {
             println!("{account}: {balance} wei");
         }
         LedgerAction::Show { account: Some(a) } => {
-            let (balance, reserved) = (state.balance(&a).await?, state.reserved(&a).await?);
+            let (balance, reserved) = state.account(&a).await?;
             println!("{a}: {balance} wei, {reserved} reserved");
         }
         LedgerAction::Show { account: None } => {
@@ -140,8 +140,7 @@ async fn ledger(redis_url: &str, action: LedgerAction) -> anyhow::Result<()> {
             if all.is_empty() {
                 println!("no accounts");
             }
-            for (a, balance) in all {
-                let reserved = state.reserved(&a).await?;
+            for (a, balance, reserved) in all {
                 println!("{a}: {balance} wei, {reserved} reserved");
             }
         }

@@ -177,10 +177,7 @@ impl Orchestrator {
         let short = match segment {
             Some((stream, seq)) => self.state.reserve(account, stream, seq, needed).await?,
             None => {
-                let (balance, reserved) = (
-                    self.state.balance(account).await?,
-                    self.state.reserved(account).await?,
-                );
+                let (balance, reserved) = self.state.account(account).await?;
                 if balance - reserved < needed {
                     Err((balance, reserved))
                 } else {
@@ -221,15 +218,26 @@ pub(crate) fn seg_attrs(stream: &str, seq: u64) -> [(&'static str, String); 2] {
 
 impl Orchestrator {
     pub(crate) async fn event(&self, stream: &str, event: &StreamEvent) -> Result<(), HandleError> {
-        self.broker
-            .publish(
+        self.send_event(stream, event).await?.wait().await?;
+        Ok(())
+    }
+
+    /// Sends a stream's event without waiting for the broker's confirm.
+    async fn send_event(
+        &self,
+        stream: &str,
+        event: &StreamEvent,
+    ) -> Result<castwork_cluster::broker::Confirm, HandleError> {
+        Ok(self
+            .broker
+            .send(
                 EVENTS_EXCHANGE,
                 &event_routing_key(stream),
                 &encode(event),
                 None,
+                None,
             )
-            .await?;
-        Ok(())
+            .await?)
     }
 
     pub async fn handle_ingest(
@@ -696,17 +704,7 @@ impl Orchestrator {
                     };
                     // Listed while the broker confirms the event; the result is acked
                     // only once both are done.
-                    confirm = Some(
-                        self.broker
-                            .send(
-                                EVENTS_EXCHANGE,
-                                &event_routing_key(&r.stream),
-                                &encode(&event),
-                                None,
-                                None,
-                            )
-                            .await?,
-                    );
+                    confirm = Some(self.send_event(&r.stream, &event).await?);
                 } else {
                     self.collect_garbage(&r).await?;
                 }

@@ -20,7 +20,7 @@ use castwork_protocol::{
 };
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions, BasicRejectOptions};
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicRejectOptions};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
@@ -188,17 +188,6 @@ async fn consume(
     result
 }
 
-/// Gives a delivery back to the queue, for this or another worker.
-async fn requeue(delivery: &Delivery) {
-    let _ = delivery
-        .acker
-        .nack(BasicNackOptions {
-            requeue: true,
-            multiple: false,
-        })
-        .await;
-}
-
 async fn handle_delivery(ctx: Arc<JobContext>, broker: Arc<Broker>, delivery: Delivery) {
     if delivery.redelivered {
         metrics::REDELIVERIES.inc();
@@ -243,7 +232,7 @@ async fn handle_delivery(ctx: Arc<JobContext>, broker: Arc<Broker>, delivery: De
             Ok(()) => {
                 let _ = delivery.acker.ack(BasicAckOptions::default()).await;
             }
-            Err(_) => requeue(&delivery).await,
+            Err(_) => castwork_cluster::broker::requeue(&delivery).await,
         }
         return;
     }
@@ -330,7 +319,7 @@ async fn handle_delivery(ctx: Arc<JobContext>, broker: Arc<Broker>, delivery: De
         }
         Err(e) => {
             warn!(stream = job.stream, seq = job.seq, error = %e, "could not publish the result: requeueing the job");
-            requeue(&delivery).await;
+            castwork_cluster::broker::requeue(&delivery).await;
         }
     }
 }

@@ -681,8 +681,11 @@ impl State {
         stream: &str,
         seq: u64,
     ) -> redis::RedisResult<(Option<StreamRecord>, Option<SegmentRecord>)> {
-        let (rec, seg, _) = self.result_context(stream, seq, "").await?;
-        Ok((rec, seg))
+        let (rec, seg): (HashMap<String, String>, HashMap<String, String>) =
+            stream_and_segment_pipe(stream, seq)
+                .query_async(&mut self.redis.clone())
+                .await?;
+        Ok((parse_stream(stream, &rec)?, parse_segment(seq, &seg)))
     }
 
     /// A stream, one of its segments and whether `worker` is banned (the reason), in one
@@ -697,11 +700,7 @@ impl State {
             HashMap<String, String>,
             HashMap<String, String>,
             Option<String>,
-        ) = redis::pipe()
-            .cmd("HGETALL")
-            .arg(stream_key(stream))
-            .cmd("HGETALL")
-            .arg(segment_key(stream, seq))
+        ) = stream_and_segment_pipe(stream, seq)
             .cmd("GET")
             .arg(castwork_worker::heartbeat::banned_key(worker))
             .query_async(&mut self.redis.clone())
@@ -831,22 +830,15 @@ impl State {
         Ok((n, banned == 1))
     }
 
-    /// Wei of `account` reserved by segments admitted but not yet resolved.
-    pub async fn reserved(&self, account: &str) -> redis::RedisResult<i64> {
-        let v: Option<i64> = redis::cmd("GET")
+    /// An account's balance and the part of it reserved by segments admitted but not yet
+    /// resolved, in wei (0 for an account never credited).
+    pub async fn account(&self, account: &str) -> redis::RedisResult<(i64, i64)> {
+        let (balance, reserved): (Option<i64>, Option<i64>) = redis::cmd("MGET")
+            .arg(balance_key(account))
             .arg(reserved_key(account))
             .query_async(&mut self.redis.clone())
             .await?;
-        Ok(v.unwrap_or(0))
-    }
-
-    /// An account's balance in wei (0 for an account never credited).
-    pub async fn balance(&self, account: &str) -> redis::RedisResult<i64> {
-        let v: Option<i64> = redis::cmd("GET")
-            .arg(balance_key(account))
-            .query_async(&mut self.redis.clone())
-            .await?;
-        Ok(v.unwrap_or(0))
+        Ok((balance.unwrap_or(0), reserved.unwrap_or(0)))
     }
 
     /// Adds `amount` wei to an account (negative to take some back); the new balance.
@@ -858,8 +850,8 @@ impl State {
             .await
     }
 
-    /// Every account with a balance, sorted.
-    pub async fn balances(&self) -> redis::RedisResult<Vec<(String, i64)>> {
+    /// Every account with a balance, sorted: (account, balance, reserved).
+    pub async fn balances(&self) -> redis::RedisResult<Vec<(String, i64, i64)>> {
         let mut con = self.redis.clone();
         let mut keys: Vec<String> = Vec::new();
         let mut cursor = 0u64;
@@ -882,11 +874,22 @@ impl State {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let values: Vec<Option<i64>> = redis::cmd("MGET").arg(&keys).query_async(&mut con).await?;
-        Ok(keys
+        let accounts: Vec<String> = keys
+            .iter()
+            .filter_map(|k| k.strip_prefix("cw:balance:").map(str::to_string))
+            .collect();
+        let reserved: Vec<String> = accounts.iter().map(|a| reserved_key(a)).collect();
+        let (balances, reserved): (Vec<Option<i64>>, Vec<Option<i64>>) = redis::pipe()
+            .cmd("MGET")
+            .arg(&keys)
+            .cmd("MGET")
+            .arg(&reserved)
+            .query_async(&mut con)
+            .await?;
+        Ok(accounts
             .into_iter()
-            .zip(values)
-            .filter_map(|(k, v)| Some((k.strip_prefix("cw:balance:")?.to_string(), v?)))
+            .zip(balances.into_iter().zip(reserved))
+            .filter_map(|(a, (b, r))| Some((a, b?, r.unwrap_or(0))))
             .collect())
     }
 
@@ -914,6 +917,16 @@ impl State {
         v.sort();
         Ok(v)
     }
+}
+
+/// Reads a stream's and one of its segments' hashes (more commands may follow).
+fn stream_and_segment_pipe(stream: &str, seq: u64) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    pipe.cmd("HGETALL")
+        .arg(stream_key(stream))
+        .cmd("HGETALL")
+        .arg(segment_key(stream, seq));
+    pipe
 }
 
 /// The entries of a JSON list that parse; a stray one is skipped.
