@@ -136,6 +136,7 @@ pub fn measure(
                     object: object.clone(),
                     arrived_unix_ms: None,
                     discontinuity: false,
+                    payment: None,
                 }))
             }))
             .await?;

@@ -367,6 +367,7 @@ async fn upload_segment(
             object,
             arrived_unix_ms: None,
             discontinuity: false,
+            payment: None,
         }),
         &publish,
     )

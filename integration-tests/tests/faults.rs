@@ -266,6 +266,7 @@ fn corrupt_and_malicious_input_is_refused_and_the_rest_completes() {
             },
             arrived_unix_ms: None,
             discontinuity: false,
+            payment: None,
         }));
     }
     inj.ingest(&IngestMessage::StreamEnded(StreamEnded {

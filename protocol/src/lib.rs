@@ -5,6 +5,7 @@
 pub mod cut;
 pub mod ladder;
 pub mod messages;
+pub mod payment;
 pub mod playlist;
 pub mod price;
 pub mod profile;

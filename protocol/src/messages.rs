@@ -145,6 +145,9 @@ pub struct SegmentReady {
     /// parameters may change here).
     #[serde(default)]
     pub discontinuity: bool,
+    /// On-chain mode: the tickets paying for this segment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment: Option<crate::payment::Payment>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -305,6 +305,7 @@ impl StreamTask {
             object,
             arrived_unix_ms: Some(unix_ms(arrived)),
             discontinuity: std::mem::take(&mut self.discontinuity),
+            payment: None,
         });
         if let Some(link) = self.link.as_mut() {
             let publish = span.child("publish segment", &[]);

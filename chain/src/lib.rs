@@ -1,0 +1,12 @@
+//! Castwork's Ethereum side: bindings of the contracts in `contracts/`, EIP-712 payment
+//! tickets, keystore accounts, and a client for the staking contract and the ticket broker.
+
+pub mod client;
+pub mod contracts;
+pub mod keystore;
+pub mod ticket;
+
+pub use alloy::primitives::{Address, B256, U256};
+pub use alloy::signers::local::PrivateKeySigner;
+pub use client::{Chain, DeployParams, Deployment, Mined, OrchestratorInfo, SenderInfo};
+pub use ticket::{Ticket, TicketDomain, TicketError};

@@ -1,0 +1,177 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity 0.8.28;
+
+interface IERC20 {
+    function transfer(address to, uint256 amount) external returns (bool);
+    function transferFrom(address from, address to, uint256 amount) external returns (bool);
+    function burn(uint256 amount) external;
+}
+
+/// Orchestrators bond stake, register a price, and form an active set by stake.
+/// Accounts with the verifier role may slash an orchestrator's bonded stake, citing evidence.
+contract Staking {
+    struct Orchestrator {
+        uint256 bonded;
+        uint256 pricePerUnit;
+        uint256 pixelsPerUnit;
+        string serviceUri;
+        bool registered;
+    }
+
+    struct Unbonding {
+        uint256 amount;
+        uint256 withdrawableAt;
+    }
+
+    IERC20 public immutable token;
+    address public immutable owner;
+    uint256 public immutable unbondingPeriod;
+    uint256 public immutable maxActive;
+
+    mapping(address => Orchestrator) private orchestrators;
+    mapping(address => Unbonding[]) private unbondings;
+    mapping(address => bool) public isVerifier;
+    address[] private registeredList;
+
+    event Bonded(address indexed orchestrator, uint256 amount, uint256 bonded);
+    event Unbonded(address indexed orchestrator, uint256 amount, uint256 bonded, uint256 withdrawableAt);
+    event Withdrawn(address indexed orchestrator, uint256 amount);
+    event Registered(address indexed orchestrator, uint256 pricePerUnit, uint256 pixelsPerUnit, string serviceUri);
+    event VerifierSet(address indexed verifier, bool allowed);
+    event Slashed(
+        address indexed orchestrator, address indexed verifier, uint256 amount, uint256 bonded, bytes32 evidenceHash
+    );
+
+    constructor(IERC20 token_, uint256 unbondingPeriod_, uint256 maxActive_) {
+        require(maxActive_ > 0, "the active set needs a size");
+        token = token_;
+        owner = msg.sender;
+        unbondingPeriod = unbondingPeriod_;
+        maxActive = maxActive_;
+    }
+
+    function setVerifier(address verifier, bool allowed) external {
+        require(msg.sender == owner, "only the owner sets verifiers");
+        isVerifier[verifier] = allowed;
+        emit VerifierSet(verifier, allowed);
+    }
+
+    /// Bond `amount` tokens (approved to this contract beforehand) to the caller's own stake.
+    function bond(uint256 amount) external {
+        require(amount > 0, "bond a positive amount");
+        require(token.transferFrom(msg.sender, address(this), amount), "token transfer failed");
+        Orchestrator storage o = orchestrators[msg.sender];
+        o.bonded += amount;
+        emit Bonded(msg.sender, amount, o.bonded);
+    }
+
+    /// Start unbonding: the stake stops counting at once and can be withdrawn after the period.
+    function unbond(uint256 amount) external {
+        Orchestrator storage o = orchestrators[msg.sender];
+        require(amount > 0 && amount <= o.bonded, "unbond between 1 and the bonded stake");
+        o.bonded -= amount;
+        uint256 at = block.timestamp + unbondingPeriod;
+        unbondings[msg.sender].push(Unbonding(amount, at));
+        emit Unbonded(msg.sender, amount, o.bonded, at);
+    }
+
+    /// Withdraw every unbonding lock whose period has passed.
+    function withdrawUnbonded() external returns (uint256 total) {
+        Unbonding[] storage locks = unbondings[msg.sender];
+        for (uint256 i = 0; i < locks.length; i++) {
+            if (locks[i].amount > 0 && locks[i].withdrawableAt <= block.timestamp) {
+                total += locks[i].amount;
+                locks[i].amount = 0;
+            }
+        }
+        require(total > 0, "nothing is withdrawable yet");
+        require(token.transfer(msg.sender, total), "token transfer failed");
+        emit Withdrawn(msg.sender, total);
+    }
+
+    function register(uint256 pricePerUnit, uint256 pixelsPerUnit, string calldata serviceUri) external {
+        require(pixelsPerUnit > 0, "pixels per unit must be positive");
+        Orchestrator storage o = orchestrators[msg.sender];
+        if (!o.registered) {
+            o.registered = true;
+            registeredList.push(msg.sender);
+        }
+        o.pricePerUnit = pricePerUnit;
+        o.pixelsPerUnit = pixelsPerUnit;
+        o.serviceUri = serviceUri;
+        emit Registered(msg.sender, pricePerUnit, pixelsPerUnit, serviceUri);
+    }
+
+    /// Take up to `amount` of an orchestrator's bonded stake. Half goes to the verifier that
+    /// found the fault, the rest is burned.
+    function slash(address orchestrator, uint256 amount, bytes32 evidenceHash) external {
+        require(isVerifier[msg.sender], "only a verifier slashes");
+        Orchestrator storage o = orchestrators[orchestrator];
+        uint256 taken = amount < o.bonded ? amount : o.bonded;
+        require(taken > 0, "nothing to slash");
+        o.bonded -= taken;
+        uint256 reward = taken / 2;
+        if (reward > 0) {
+            require(token.transfer(msg.sender, reward), "token transfer failed");
+        }
+        token.burn(taken - reward);
+        emit Slashed(orchestrator, msg.sender, taken, o.bonded, evidenceHash);
+    }
+
+    function getOrchestrator(address orchestrator)
+        external
+        view
+        returns (uint256 bonded, uint256 pricePerUnit, uint256 pixelsPerUnit, string memory serviceUri, bool registered)
+    {
+        Orchestrator storage o = orchestrators[orchestrator];
+        return (o.bonded, o.pricePerUnit, o.pixelsPerUnit, o.serviceUri, o.registered);
+    }
+
+    function pendingUnbonding(address orchestrator) external view returns (uint256 amount, uint256 withdrawable) {
+        Unbonding[] storage locks = unbondings[orchestrator];
+        for (uint256 i = 0; i < locks.length; i++) {
+            amount += locks[i].amount;
+            if (locks[i].withdrawableAt <= block.timestamp) {
+                withdrawable += locks[i].amount;
+            }
+        }
+    }
+
+    /// The registered orchestrators with the most bonded stake (at most `maxActive`, none with
+    /// zero stake), highest first; ties keep registration order.
+    function activeSet() public view returns (address[] memory) {
+        uint256 n = registeredList.length;
+        address[] memory sorted = new address[](n);
+        uint256 count = 0;
+        for (uint256 i = 0; i < n; i++) {
+            address a = registeredList[i];
+            uint256 stake = orchestrators[a].bonded;
+            if (stake == 0) {
+                continue;
+            }
+            uint256 j = count;
+            while (j > 0 && orchestrators[sorted[j - 1]].bonded < stake) {
+                sorted[j] = sorted[j - 1];
+                j--;
+            }
+            sorted[j] = a;
+            count++;
+        }
+        uint256 size = count < maxActive ? count : maxActive;
+        address[] memory active = new address[](size);
+        for (uint256 i = 0; i < size; i++) {
+            active[i] = sorted[i];
+        }
+        return active;
+    }
+
+    function isActive(address orchestrator) external view returns (bool) {
+        address[] memory active = activeSet();
+        for (uint256 i = 0; i < active.length; i++) {
+            if (active[i] == orchestrator) {
+                return true;
+            }
+        }
+        return false;
+    }
+}

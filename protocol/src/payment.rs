@@ -1,0 +1,49 @@
+//! Probabilistic micropayments on the wire. An orchestrator in on-chain mode advertises
+//! [`TicketParams`] (at `GET /price`); the broadcaster signs tickets under them and attaches
+//! a [`Payment`] to every segment it submits. Numbers wider than 64 bits are decimal strings;
+//! addresses and hashes are `0x` hex. The typed forms and the cryptography live in the
+//! `castwork-chain` crate.
+
+use serde::{Deserialize, Serialize};
+
+/// What tickets for this orchestrator must carry, and where they are redeemed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TicketParams {
+    /// The orchestrator's Ethereum address: tickets pay it.
+    pub recipient: String,
+    /// keccak256 of the orchestrator's secret recipientRand for `seed`.
+    pub recipient_rand_hash: String,
+    /// Sent back with the tickets, so the orchestrator can rebuild its recipientRand.
+    pub seed: String,
+    /// Wei paid by a winning ticket.
+    pub face_value: String,
+    /// A ticket wins with probability win_prob / 2^256.
+    pub win_prob: String,
+    /// Unix seconds after which tickets under these parameters are refused.
+    pub expires_at: u64,
+    /// The chain and ticket broker the tickets are bound to (EIP-712 domain).
+    pub chain_id: u64,
+    pub broker: String,
+}
+
+/// One signed ticket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireTicket {
+    pub recipient: String,
+    pub sender: String,
+    pub face_value: String,
+    pub win_prob: String,
+    pub sender_nonce: u64,
+    pub recipient_rand_hash: String,
+    pub expires_at: u64,
+    /// 65 bytes r ‖ s ‖ v, hex.
+    pub signature: String,
+}
+
+/// The tickets paying for one segment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payment {
+    /// The [`TicketParams::seed`] the tickets were signed under.
+    pub seed: String,
+    pub tickets: Vec<WireTicket>,
+}
