@@ -1,6 +1,7 @@
 //! Castwork's Ethereum side: bindings of the contracts in `contracts/`, EIP-712 payment
 //! tickets, keystore accounts, and a client for the staking contract and the ticket broker.
 
+pub mod cli;
 pub mod client;
 pub mod contracts;
 pub mod keystore;

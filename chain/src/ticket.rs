@@ -220,6 +220,14 @@ pub fn recipient_rand(secret: &B256, seed: &B256) -> U256 {
     U256::from_be_bytes(keccak256(buf).0)
 }
 
+/// 32 random bytes from the operating system's CSPRNG (secrets and seeds).
+pub fn random_b256() -> B256 {
+    use rand::RngCore as _;
+    let mut b = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    B256::from(b)
+}
+
 /// keccak256 of the 32-byte big-endian recipientRand: the commitment put in tickets.
 pub fn recipient_rand_hash(rand: U256) -> B256 {
     keccak256(rand.to_be_bytes::<32>())

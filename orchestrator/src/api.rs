@@ -29,6 +29,8 @@ pub struct ApiState {
     pub storage: Storage,
     /// What this orchestrator charges, advertised at `/price`.
     pub price: castwork_protocol::Price,
+    /// On-chain mode: ticket parameters and the active set, advertised at `/price` too.
+    pub payments: Option<Arc<crate::payments::Payments>>,
 }
 
 /// Queue depths as read from the broker at one moment.
@@ -54,6 +56,29 @@ pub struct ClusterStatus {
     pub failures: Vec<RecentFailure>,
 }
 
+/// `GET /price`: the price, and on-chain the ticket parameters to sign under.
+async fn price(api: ApiState) -> Response {
+    let mut offer = castwork_protocol::payment::PriceOffer {
+        price: api.price,
+        ticket_params: None,
+        active: None,
+    };
+    if let Some(p) = &api.payments {
+        offer.ticket_params = Some(p.params());
+        match p.check_active().await {
+            Ok(a) => offer.active = Some(a.is_ok()),
+            Err(e) => {
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("cannot read the active set: {e}"),
+                )
+                    .into_response()
+            }
+        }
+    }
+    Json(offer).into_response()
+}
+
 pub fn router(api: ApiState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
@@ -63,7 +88,7 @@ pub fn router(api: ApiState) -> Router {
         .route("/queues", get(list_queues))
         .route(
             "/price",
-            get(|AxumState(api): AxumState<ApiState>| async move { Json(api.price) }),
+            get(|AxumState(api): AxumState<ApiState>| async move { price(api).await }),
         )
         .route("/status", get(cluster_status))
         .route(

@@ -4,8 +4,10 @@
 //! it also runs an in-process worker pool (combined mode).
 
 pub mod api;
+pub mod chain_cli;
 pub mod live;
 pub mod metrics;
+pub mod payments;
 pub mod playlists;
 pub mod recovery;
 pub mod service;
@@ -58,6 +60,26 @@ pub struct Config {
     pub price: castwork_protocol::Price,
     /// The picture check of results and the ban of bad workers.
     pub quality: service::QualityPolicy,
+    /// On-chain mode: the account's client, the contracts, and the ticket policy.
+    pub chain: Option<ChainConfig>,
+}
+
+/// On-chain mode's settings.
+#[derive(Clone)]
+pub struct ChainConfig {
+    pub chain: castwork_chain::Chain,
+    pub deployment: castwork_chain::Deployment,
+    pub policy: payments::TicketPolicy,
+}
+
+impl std::fmt::Debug for ChainConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChainConfig")
+            .field("account", &self.chain.account())
+            .field("deployment", &self.deployment)
+            .field("policy", &self.policy)
+            .finish()
+    }
 }
 
 /// Runs until `shutdown`; returns the HTTP address through `bound` as soon as it listens.
@@ -82,6 +104,24 @@ pub async fn run(
             }
         }
     };
+    let payments = match &cfg.chain {
+        Some(c) => {
+            let p =
+                payments::Payments::start(c.chain.clone(), c.deployment, redis.clone(), c.policy)
+                    .await?;
+            info!(
+                account = %p.recipient(),
+                broker = %c.deployment.broker,
+                staking = %c.deployment.staking,
+                "on-chain mode: paid with tickets"
+            );
+            let p = Arc::new(p);
+            let (redeemer, token) = (p.clone(), shutdown.clone());
+            tokio::spawn(async move { redeemer.run_redeemer(token).await });
+            Some(p)
+        }
+        None => None,
+    };
     let state = State::new(redis);
     let consuming = Arc::new(AtomicBool::new(false));
     let queues: Queues = Default::default();
@@ -91,6 +131,7 @@ pub async fn run(
         queues: queues.clone(),
         storage: storage.clone(),
         price: cfg.price,
+        payments: payments.clone(),
     });
     let addr = http::serve(cfg.http_addr, router, shutdown.clone())
         .await
@@ -113,7 +154,9 @@ pub async fn run(
         tokio::spawn(async move { pool.run(token).await })
     });
     supervise("orchestrator", &shutdown, || {
-        session(&cfg, &state, &storage, &consuming, &queues, &shutdown)
+        session(
+            &cfg, &state, &storage, &consuming, &queues, &payments, &shutdown,
+        )
     })
     .await;
     consuming.store(false, Ordering::Relaxed);
@@ -130,6 +173,7 @@ async fn session(
     storage: &Storage,
     consuming: &AtomicBool,
     queues: &Queues,
+    payments: &Option<Arc<payments::Payments>>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let broker = Arc::new(
@@ -152,6 +196,7 @@ async fn session(
         trust_worker_output: cfg.trust_worker_output,
         price: cfg.price,
         quality: cfg.quality,
+        payments: payments.clone(),
     });
     let (_ingest_ch, mut ingest) = broker
         .consume(INGEST_QUEUE, "orchestrator-ingest", 32)

@@ -80,6 +80,34 @@ struct Cli {
     #[arg(long, env = "CASTWORK_BENCH_TRUST_WORKER_OUTPUT")]
     trust_worker_output: bool,
 
+    /// TESTS ONLY: a cheating orchestrator that skips every check of its workers' results
+    /// (so the broadcaster's own verification has something to catch).
+    #[arg(long, hide = true)]
+    test_only_skip_checks: bool,
+
+    #[command(flatten)]
+    eth: castwork_chain::cli::EthArgs,
+
+    /// On-chain mode: wei a winning ticket pays (go-livepeer's -ticketFaceValue idea).
+    #[arg(long, env = "TICKET_FACE_VALUE", default_value = "1000000000000000", value_parser = castwork_chain::cli::parse_amount)]
+    ticket_face_value: castwork_chain::U256,
+
+    /// On-chain mode: expected value of one ticket in wei; the win probability is
+    /// TICKET_EV / TICKET_FACE_VALUE. Broadcasters send enough tickets per segment to cover
+    /// its fee.
+    #[arg(long, env = "TICKET_EV", default_value = "1000000000000", value_parser = castwork_chain::cli::parse_amount)]
+    ticket_ev: castwork_chain::U256,
+
+    /// On-chain mode: seconds advertised ticket parameters (and tickets signed under them)
+    /// stay valid; winners must be redeemed within it.
+    #[arg(long, env = "TICKET_VALIDITY_SECS", default_value_t = 3600)]
+    ticket_validity_secs: u64,
+
+    /// On-chain mode: seconds the stake, the active set and senders' deposits are cached in
+    /// Redis before being read from the chain again.
+    #[arg(long, env = "CHAIN_REFRESH_SECS", default_value_t = 30)]
+    chain_refresh_secs: u64,
+
     #[command(flatten)]
     worker: WorkerArgs,
 }
@@ -97,6 +125,12 @@ enum Command {
             default_value = "http://127.0.0.1:7935"
         )]
         url: String,
+    },
+    /// On-chain mode: deploy contracts, register, bond and unbond stake, show status (with
+    /// --eth-url, --eth-keystore-path, --eth-password, --eth-deployment).
+    Chain {
+        #[command(subcommand)]
+        action: castwork_orchestrator::chain_cli::ChainCommand,
     },
     /// The off-chain ledger of broadcaster accounts in Redis (--redis-url), in wei.
     Ledger {
@@ -154,6 +188,14 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Status { url }) => return castwork_orchestrator::status::print(&url).await,
         Some(Command::Ledger { action }) => return ledger(&cli.redis_url, action).await,
+        Some(Command::Chain { action }) => {
+            let price = castwork_protocol::Price {
+                price_per_unit: cli.price_per_unit,
+                pixels_per_unit: cli.pixels_per_unit,
+            };
+            return castwork_orchestrator::chain_cli::run(&cli.eth, action, price, &cli.redis_url)
+                .await;
+        }
         None => {}
     }
     let _telemetry = telemetry::init(&cli.service.log, "castwork-orchestrator");
@@ -176,6 +218,12 @@ async fn main() -> anyhow::Result<()> {
     if let Err(e) = cli.worker.validate() {
         problems.push(e);
     }
+    if cli.ticket_validity_secs < 120 {
+        problems.push("--ticket-validity-secs must be at least 120".to_string());
+    }
+    if cli.chain_refresh_secs == 0 {
+        problems.push("--chain-refresh-secs must be at least 1".to_string());
+    }
     if !problems.is_empty() {
         anyhow::bail!("invalid configuration: {}", problems.join("; "));
     }
@@ -188,7 +236,24 @@ async fn main() -> anyhow::Result<()> {
         max_attempts = cli.max_attempts,
         "effective config"
     );
+    let chain = if cli.eth.enabled() {
+        let (chain, deployment) = cli.eth.connect().await?;
+        Some(castwork_orchestrator::ChainConfig {
+            chain,
+            deployment,
+            policy: castwork_orchestrator::payments::TicketPolicy {
+                face_value: cli.ticket_face_value,
+                ticket_ev: cli.ticket_ev,
+                validity: Duration::from_secs(cli.ticket_validity_secs),
+                refresh: Duration::from_secs(cli.chain_refresh_secs),
+                redeem_attempts: 10,
+            },
+        })
+    } else {
+        None
+    };
     let cfg = Config {
+        chain,
         amqp_url: cli.service.amqp_url,
         redis_url: cli.redis_url,
         storage_url: cli.service.storage_url,
@@ -199,7 +264,7 @@ async fn main() -> anyhow::Result<()> {
         drain_timeout: Duration::from_secs(cli.drain_secs),
         live_window: cli.live_window,
         live_deadline: Duration::from_secs(cli.live_deadline_secs),
-        trust_worker_output: cli.trust_worker_output,
+        trust_worker_output: cli.trust_worker_output || cli.test_only_skip_checks,
         quality: castwork_orchestrator::service::QualityPolicy {
             sample_rate: cli.quality_sample_rate,
             min_psnr_db: cli.min_psnr_db,
@@ -210,7 +275,9 @@ async fn main() -> anyhow::Result<()> {
             pixels_per_unit: cli.pixels_per_unit,
         },
     };
-    if cfg.trust_worker_output {
+    if cli.test_only_skip_checks {
+        tracing::warn!("--test-only-skip-checks: a CHEATING orchestrator, for tests only");
+    } else if cfg.trust_worker_output {
         tracing::warn!("--trust-worker-output: BENCHMARK ONLY, results are not checked");
     }
     run(cfg, shutdown_token(), None).await

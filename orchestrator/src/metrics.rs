@@ -109,6 +109,41 @@ pub static SEGMENT_SECONDS: LazyLock<prometheus::HistogramVec> = LazyLock::new(|
     .expect("metric registers once")
 });
 
+pub static TICKETS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "castwork_orchestrator_tickets_total",
+        "On-chain mode: payment tickets by outcome (accepted, won, refused, replayed)",
+        &["outcome"]
+    )
+    .expect("metric registers once")
+});
+
+pub static REDEMPTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "castwork_orchestrator_ticket_redemptions_total",
+        "On-chain mode: winning tickets by outcome (redeemed, already_redeemed, expired, failed)",
+        &["outcome"]
+    )
+    .expect("metric registers once")
+});
+
+pub static REDEMPTION_GAS: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "castwork_orchestrator_redemption_gas_used",
+        "On-chain mode: gas used per winning-ticket redemption",
+        vec![50_000.0, 75_000.0, 100_000.0, 150_000.0, 200_000.0, 300_000.0]
+    )
+    .expect("metric registers once")
+});
+
+pub static CHAIN_ACTIVE: LazyLock<prometheus::IntGauge> = LazyLock::new(|| {
+    prometheus::register_int_gauge!(
+        "castwork_orchestrator_active",
+        "On-chain mode: 1 while this orchestrator is in the staking contract's active set"
+    )
+    .expect("metric registers once")
+});
+
 /// Registers every metric, so `/metrics` shows each from the start (at zero).
 pub fn register() {
     LazyLock::force(&STREAMS);
@@ -122,4 +157,8 @@ pub fn register() {
     LazyLock::force(&QUEUE_CONSUMERS);
     LazyLock::force(&REDELIVERIES);
     LazyLock::force(&SEGMENT_SECONDS);
+    LazyLock::force(&TICKETS);
+    LazyLock::force(&REDEMPTIONS);
+    LazyLock::force(&REDEMPTION_GAS);
+    LazyLock::force(&CHAIN_ACTIVE);
 }

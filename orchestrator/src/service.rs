@@ -74,6 +74,8 @@ pub struct Orchestrator {
     pub price: Price,
     /// How results' pictures are checked, and when a worker is banned.
     pub quality: QualityPolicy,
+    /// On-chain mode: tickets, stake and the active set.
+    pub payments: Option<Arc<crate::payments::Payments>>,
 }
 
 /// The picture check of worker results and the ban of workers that fail checks.
@@ -185,12 +187,18 @@ impl Orchestrator {
                 }
             }
         };
+        let remedy = if self.payments.is_some() {
+            "attach tickets whose expected value covers the segment (the broadcaster's \
+             --eth-* flags do)"
+                .to_string()
+        } else {
+            format!("credit it with `orchestrator ledger credit {account} AMOUNT`")
+        };
         Ok(short.map_err(|(balance, reserved)| {
             format!(
                 "insufficient balance: account {account} has {balance} wei ({reserved} of it \
                  reserved for segments in progress), a segment needs about {needed} wei \
-                 ({pixels} output pixels at {} wei per {} pixels); credit it with \
-                 `orchestrator ledger credit {account} AMOUNT`",
+                 ({pixels} output pixels at {} wei per {} pixels); {remedy}",
                 price.price_per_unit, price.pixels_per_unit
             )
         }))
@@ -326,10 +334,16 @@ impl Orchestrator {
             let secs = s.target_duration_secs.unwrap_or(2).max(1);
             let fps = s.source.frame_rate.as_f64();
             let frames = (fps.max(1.0) * f64::from(secs)).ceil() as u64;
-            if let Err(m) = self
-                .affordable(s.broadcaster.as_deref(), &plan.rungs, frames, fps, None)
-                .await?
-            {
+            // On-chain, the ledger is credited by the tickets each segment carries: a stream
+            // needs an active orchestrator and a funded sender.
+            let admissible = match &self.payments {
+                Some(p) => p.admit_stream(s.broadcaster.as_deref()).await?,
+                None => {
+                    self.affordable(s.broadcaster.as_deref(), &plan.rungs, frames, fps, None)
+                        .await?
+                }
+            };
+            if let Err(m) = admissible {
                 return self.reject(&s, m).await;
             }
         }
@@ -422,6 +436,20 @@ impl Orchestrator {
         let Some(seg) = seg else {
             return Err(HandleError::Retry("segment vanished from redis".into()));
         };
+        if let Some(p) = self.payments.as_ref().filter(|_| !self.price.is_free()) {
+            if let Err(m) = p
+                .accept(
+                    rec.broadcaster.as_deref(),
+                    s.payment.as_ref(),
+                    &s.stream,
+                    s.seq,
+                )
+                .await?
+            {
+                let f = permanent(&s.stream, s.seq, attempt, m);
+                return self.segment_failed_in(f, span).await;
+            }
+        }
         if !self.price.is_free() {
             let fps = rec.source.frame_rate.as_f64();
             if let Err(m) = self

@@ -47,3 +47,18 @@ pub struct Payment {
     pub seed: String,
     pub tickets: Vec<WireTicket>,
 }
+
+/// What an orchestrator answers at `GET /price`: its price, and in on-chain mode whom to pay
+/// and how.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PriceOffer {
+    #[serde(flatten)]
+    pub price: crate::Price,
+    /// On-chain mode: the parameters tickets must be signed under (refreshed by the
+    /// orchestrator before they expire; fetch again before signing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket_params: Option<TicketParams>,
+    /// On-chain mode: whether the orchestrator is in the active set (it refuses work if not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active: Option<bool>,
+}

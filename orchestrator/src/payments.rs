@@ -1,0 +1,709 @@
+//! On-chain mode: the orchestrator's side of probabilistic micropayments and stake.
+//!
+//! It advertises ticket parameters (recipient, recipientRand commitment, face value, win
+//! probability, expiry), checks every ticket attached to a segment (recipient, sender,
+//! parameters, expiry, low-s signature of the sender, the sender's funds at the broker,
+//! nonce not used by another submission), credits each new ticket's expected value to the
+//! sender's ledger account (the same ledger the off-chain mode uses, so fees are debited
+//! there per output pixel), and queues winning tickets for redemption, which runs in the
+//! background with retries. Its stake, the active set and senders' funds are read from
+//! the contracts and cached in Redis for `refresh`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use castwork_chain::ticket::{self, Ticket};
+use castwork_chain::{Address, Chain, Deployment, SenderInfo, TicketDomain, B256, U256};
+use castwork_protocol::payment::{Payment, TicketParams, WireTicket};
+use redis::aio::ConnectionManager;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::metrics;
+use crate::service::HandleError;
+use crate::state::{balance_key, LuaScript};
+
+/// Winning tickets waiting to be redeemed, oldest last.
+pub const WINNING_LIST: &str = "cw:chain:winning";
+/// Redemptions done (JSON), newest first.
+pub const REDEEMED_LIST: &str = "cw:chain:redeemed";
+/// Winning tickets given up on (JSON with the reason), newest first.
+pub const REDEEM_FAILED_LIST: &str = "cw:chain:redeem_failed";
+const KEEP: i64 = 1000;
+
+/// How tickets are priced and how long things are cached.
+#[derive(Debug, Clone, Copy)]
+pub struct TicketPolicy {
+    /// Wei a winning ticket pays.
+    pub face_value: U256,
+    /// Expected value of one ticket, in wei (sets the win probability).
+    pub ticket_ev: U256,
+    /// How long advertised parameters, and tickets signed under them, stay valid.
+    pub validity: Duration,
+    /// How long stake, the active set and senders' funds are cached.
+    pub refresh: Duration,
+    /// Redemption tries of a winning ticket before it is given up.
+    pub redeem_attempts: u32,
+}
+
+/// Why a payment is refused, for the broadcaster's user.
+pub type Refusal = String;
+
+/// A winning ticket waiting for redemption.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Winning {
+    ticket: WireTicket,
+    seed: String,
+    stream: String,
+    seq: u64,
+}
+
+/// A redemption's outcome, kept in Redis for `chain status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Redemption {
+    pub ticket_hash: String,
+    pub sender: String,
+    pub face_value: String,
+    pub stream: String,
+    pub seq: u64,
+    pub tx: Option<String>,
+    pub gas_used: Option<u64>,
+    pub error: Option<String>,
+    pub unix_ms: u64,
+}
+
+/// Records the tickets of one segment: refuses a nonce already used by another submission,
+/// credits new tickets' expected value, queues new winners. KEYS[1] balance, KEYS[2..n+1]
+/// the tickets' nonce keys, KEYS[n+2] the winning list. ARGV: segment, ttl, n, then n
+/// digests, n expected values, n winning-ticket JSONs ('' for a losing ticket). Returns
+/// {1, fresh tickets} or {-1, index of the replayed ticket, what it was used for}.
+static ACCEPT_TICKETS: LuaScript = LuaScript::new(
+    r#"
+local seg, ttl, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local fresh = {}
+for i = 1, n do
+  local want = ARGV[3 + i] .. '|' .. seg
+  local v = redis.call('GET', KEYS[1 + i])
+  if v then
+    if v ~= want then return {-1, i, v} end
+  else
+    fresh[#fresh + 1] = i
+  end
+end
+for _, i in ipairs(fresh) do
+  redis.call('SET', KEYS[1 + i], ARGV[3 + i] .. '|' .. seg, 'EX', ttl)
+  redis.call('INCRBY', KEYS[1], ARGV[3 + n + i])
+  local w = ARGV[3 + 2 * n + i]
+  if w ~= '' then redis.call('LPUSH', KEYS[n + 2], w) end
+end
+return {1, #fresh, ''}
+"#,
+);
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+fn chain_err(e: anyhow::Error) -> HandleError {
+    HandleError::Retry(format!("ethereum node: {e:#}"))
+}
+
+pub struct Payments {
+    chain: Chain,
+    deployment: Deployment,
+    domain: TicketDomain,
+    recipient: Address,
+    secret: B256,
+    win_prob: U256,
+    ev: i64,
+    policy: TicketPolicy,
+    redis: ConnectionManager,
+    params: Mutex<Option<TicketParams>>,
+}
+
+impl Payments {
+    /// Sets up on-chain mode for `chain`'s account. The recipientRand secret is shared by
+    /// every orchestrator process of the account through Redis (created once).
+    pub async fn start(
+        chain: Chain,
+        deployment: Deployment,
+        redis: ConnectionManager,
+        policy: TicketPolicy,
+    ) -> anyhow::Result<Payments> {
+        let recipient = chain.account();
+        if policy.face_value.is_zero() || policy.ticket_ev.is_zero() {
+            anyhow::bail!("--ticket-face-value and --ticket-ev must be positive");
+        }
+        if policy.ticket_ev > policy.face_value {
+            anyhow::bail!("--ticket-ev cannot exceed --ticket-face-value");
+        }
+        let win_prob = ticket::win_prob_for(policy.ticket_ev, policy.face_value);
+        let ev = i64::try_from(ticket::expected_value(policy.face_value, win_prob))
+            .map_err(|_| anyhow::anyhow!("--ticket-ev does not fit the ledger (64-bit wei)"))?;
+        let key = format!("cw:chain:secret:{recipient:x}");
+        let candidate = B256::from(rand_bytes());
+        let _: bool = redis::cmd("SET")
+            .arg(&key)
+            .arg(candidate.to_string())
+            .arg("NX")
+            .query_async(&mut redis.clone())
+            .await
+            .map(|v: Option<String>| v.is_some())?;
+        let stored: String = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut redis.clone())
+            .await?;
+        let secret: B256 = stored.parse()?;
+        Ok(Payments {
+            domain: deployment.ticket_domain(),
+            chain,
+            deployment,
+            recipient,
+            secret,
+            win_prob,
+            ev,
+            policy,
+            redis,
+            params: Mutex::new(None),
+        })
+    }
+
+    pub fn recipient(&self) -> Address {
+        self.recipient
+    }
+
+    /// The parameters to advertise; new ones (a new seed) once half the validity is gone.
+    pub fn params(&self) -> TicketParams {
+        let mut p = self.params.lock().unwrap_or_else(|e| e.into_inner());
+        let now = now_secs();
+        let half = self.policy.validity.as_secs() / 2;
+        if let Some(cur) = p.as_ref().filter(|c| c.expires_at > now + half) {
+            return cur.clone();
+        }
+        let seed = B256::from(rand_bytes());
+        let rand = ticket::recipient_rand(&self.secret, &seed);
+        let fresh = TicketParams {
+            recipient: self.recipient.to_checksum(None),
+            recipient_rand_hash: ticket::recipient_rand_hash(rand).to_string(),
+            seed: seed.to_string(),
+            face_value: self.policy.face_value.to_string(),
+            win_prob: self.win_prob.to_string(),
+            expires_at: now + self.policy.validity.as_secs(),
+            chain_id: self.domain.chain_id,
+            broker: self.domain.broker.to_checksum(None),
+        };
+        *p = Some(fresh.clone());
+        fresh
+    }
+
+    /// A value cached in Redis under `key` for the refresh interval, else `fetch`ed.
+    async fn cached<T, F>(&self, key: &str, fetch: F) -> Result<T, HandleError>
+    where
+        T: Serialize + DeserializeOwned,
+        F: std::future::Future<Output = anyhow::Result<T>>,
+    {
+        let mut con = self.redis.clone();
+        let hit: Option<String> = redis::cmd("GET").arg(key).query_async(&mut con).await?;
+        if let Some(v) = hit.and_then(|h| serde_json::from_str(&h).ok()) {
+            return Ok(v);
+        }
+        let v = fetch.await.map_err(chain_err)?;
+        let json = serde_json::to_string(&v).map_err(|e| HandleError::Retry(e.to_string()))?;
+        let ms = self.policy.refresh.as_millis().max(1) as u64;
+        let _: () = redis::cmd("SET")
+            .arg(key)
+            .arg(json)
+            .arg("PX")
+            .arg(ms)
+            .query_async(&mut con)
+            .await?;
+        Ok(v)
+    }
+
+    /// The active set (cached).
+    pub async fn active_set(&self) -> Result<Vec<Address>, HandleError> {
+        let key = format!("cw:chain:active_set:{:x}", self.deployment.staking);
+        self.cached(&key, self.chain.active_set(&self.deployment))
+            .await
+    }
+
+    /// `Err(why)` when this orchestrator is not in the active set.
+    pub async fn check_active(&self) -> Result<Result<(), Refusal>, HandleError> {
+        let set = self.active_set().await?;
+        metrics::CHAIN_ACTIVE.set(i64::from(set.contains(&self.recipient)));
+        if set.contains(&self.recipient) {
+            return Ok(Ok(()));
+        }
+        let key = format!("cw:chain:orchestrator:{:x}", self.recipient);
+        let me = self
+            .cached(
+                &key,
+                self.chain.orchestrator(&self.deployment, self.recipient),
+            )
+            .await?;
+        Ok(Err(format!(
+            "orchestrator {} is not in the active set of the staking contract {} (bonded \
+             stake {}, {} orchestrators active): it takes no work until it bonds enough \
+             (`orchestrator chain bond`) and registers (`orchestrator chain register`)",
+            self.recipient,
+            self.deployment.staking,
+            me.bonded,
+            set.len()
+        )))
+    }
+
+    /// A sender's funds at the broker (cached).
+    pub async fn sender_funds(&self, sender: Address) -> Result<SenderInfo, HandleError> {
+        let key = format!("cw:chain:sender:{:x}:{sender:x}", self.deployment.broker);
+        self.cached(&key, self.chain.sender_info(&self.deployment, sender))
+            .await
+    }
+
+    fn sender_of(account: Option<&str>) -> Result<Address, Refusal> {
+        let Some(a) = account else {
+            return Err(
+                "this orchestrator is paid with tickets: push with an Ethereum account \
+                        (--eth-url, --eth-keystore-path, --eth-deployment)"
+                    .into(),
+            );
+        };
+        a.parse::<Address>()
+            .map_err(|_| format!("the broadcaster {a:?} is not an Ethereum address"))
+    }
+
+    async fn check_funds(&self, sender: Address) -> Result<Result<(), Refusal>, HandleError> {
+        let f = self.sender_funds(sender).await?;
+        if f.deposit + f.reserve < self.policy.face_value {
+            return Ok(Err(format!(
+                "under-funded: sender {sender} has {} wei deposited and {} in reserve at the \
+                 ticket broker {}, less than one ticket's face value of {} wei; fund it with \
+                 `broadcaster chain deposit`",
+                f.deposit, f.reserve, self.deployment.broker, self.policy.face_value
+            )));
+        }
+        Ok(Ok(()))
+    }
+
+    /// Whether a stream of `account` may start: this orchestrator active, the sender funded.
+    pub async fn admit_stream(
+        &self,
+        account: Option<&str>,
+    ) -> Result<Result<(), Refusal>, HandleError> {
+        if let Err(m) = self.check_active().await? {
+            return Ok(Err(m));
+        }
+        let sender = match Self::sender_of(account) {
+            Ok(s) => s,
+            Err(m) => return Ok(Err(m)),
+        };
+        self.check_funds(sender).await
+    }
+
+    /// Checks the tickets paying for segment `seq` of `stream` and credits the new ones'
+    /// expected value to `account`. A redelivered submission (same tickets, same segment)
+    /// credits nothing and is not an error; a ticket used for anything else is a replay.
+    pub async fn accept(
+        &self,
+        account: Option<&str>,
+        payment: Option<&Payment>,
+        stream: &str,
+        seq: u64,
+    ) -> Result<Result<i64, Refusal>, HandleError> {
+        if let Err(m) = self.check_active().await? {
+            return Ok(Err(m));
+        }
+        let sender = match Self::sender_of(account) {
+            Ok(s) => s,
+            Err(m) => return Ok(Err(m)),
+        };
+        let Some(payment) = payment.filter(|p| !p.tickets.is_empty()) else {
+            return Ok(Ok(0));
+        };
+        let checked = match self.check_tickets(sender, payment) {
+            Ok(c) => c,
+            Err(m) => {
+                metrics::TICKETS.with_label_values(&["refused"]).inc();
+                return Ok(Err(m));
+            }
+        };
+        if let Err(m) = self.check_funds(sender).await? {
+            metrics::TICKETS.with_label_values(&["refused"]).inc();
+            return Ok(Err(m));
+        }
+        let segment = format!("{stream}/{seq}");
+        let n = checked.len();
+        let mut inv = ACCEPT_TICKETS.get().prepare_invoke();
+        inv.key(balance_key(&sender.to_string()));
+        for c in &checked {
+            inv.key(format!(
+                "cw:chain:ticket:{}:{}",
+                c.ticket.recipient_rand_hash, c.ticket.sender_nonce
+            ));
+        }
+        inv.key(WINNING_LIST);
+        // Kept a day past expiry: a ticket cannot be used after it expires anyway.
+        let ttl = payment
+            .tickets
+            .iter()
+            .map(|t| t.expires_at)
+            .max()
+            .unwrap_or(0)
+            .saturating_sub(now_secs())
+            + 86_400;
+        inv.arg(&segment).arg(ttl).arg(n);
+        for c in &checked {
+            inv.arg(c.digest.to_string());
+        }
+        for _ in &checked {
+            inv.arg(self.ev);
+        }
+        for c in &checked {
+            let w = if c.wins {
+                serde_json::to_string(&Winning {
+                    ticket: c.wire.clone(),
+                    seed: payment.seed.clone(),
+                    stream: stream.to_string(),
+                    seq,
+                })
+                .unwrap_or_default()
+            } else {
+                String::new()
+            };
+            inv.arg(w);
+        }
+        let (code, count, used): (i64, i64, String) =
+            inv.invoke_async(&mut self.redis.clone()).await?;
+        if code < 0 {
+            metrics::TICKETS.with_label_values(&["replayed"]).inc();
+            let i = usize::try_from(count - 1)
+                .unwrap_or(0)
+                .min(n.saturating_sub(1));
+            let used_for = used.split_once('|').map(|(_, s)| s).unwrap_or("");
+            return Ok(Err(format!(
+                "replayed ticket: nonce {} under recipientRandHash {} was already used for \
+                 segment {used_for}",
+                checked[i].ticket.sender_nonce, checked[i].ticket.recipient_rand_hash
+            )));
+        }
+        let wins = checked.iter().filter(|c| c.wins).count();
+        metrics::TICKETS
+            .with_label_values(&["accepted"])
+            .inc_by(count as u64);
+        if count > 0 && wins > 0 {
+            metrics::TICKETS
+                .with_label_values(&["won"])
+                .inc_by(wins as u64);
+            info!(
+                stream,
+                seq,
+                winning = wins,
+                "winning ticket queued for redemption"
+            );
+        }
+        Ok(Ok(count * self.ev))
+    }
+
+    /// The checks that need no state: every ticket pays us, from the stream's sender,
+    /// under our parameters, unexpired, signed by the sender (low-s).
+    fn check_tickets(&self, sender: Address, p: &Payment) -> Result<Vec<Checked>, Refusal> {
+        let seed: B256 = p
+            .seed
+            .parse()
+            .map_err(|_| format!("the payment's seed {:?} is not 32 bytes of hex", p.seed))?;
+        let rand = ticket::recipient_rand(&self.secret, &seed);
+        let rand_hash = ticket::recipient_rand_hash(rand);
+        let now = now_secs();
+        let mut nonces = HashSet::new();
+        let mut out = Vec::with_capacity(p.tickets.len());
+        if p.tickets.len() > 10_000 {
+            return Err("more than 10000 tickets in one payment".into());
+        }
+        for w in &p.tickets {
+            let t = Ticket::from_wire(w).map_err(|e| e.to_string())?;
+            let n = w.sender_nonce;
+            if t.recipient != self.recipient {
+                return Err(format!(
+                    "ticket {n} pays {}, not this orchestrator ({})",
+                    t.recipient, self.recipient
+                ));
+            }
+            if t.sender != sender {
+                return Err(format!(
+                    "ticket {n} is from {}, not the stream's broadcaster {sender}",
+                    t.sender
+                ));
+            }
+            if t.face_value != self.policy.face_value || t.win_prob != self.win_prob {
+                return Err(format!(
+                    "ticket {n} has face value {} and win probability {}; this orchestrator's \
+                     parameters are {} and {} (fetch /price again)",
+                    t.face_value, t.win_prob, self.policy.face_value, self.win_prob
+                ));
+            }
+            if t.recipient_rand_hash != rand_hash {
+                return Err(format!(
+                    "ticket {n}'s recipientRandHash is not this orchestrator's for seed {} \
+                     (fetch /price again)",
+                    p.seed
+                ));
+            }
+            if t.expires_at <= U256::from(now) {
+                return Err(format!(
+                    "ticket {n} expired at {} (now {now}); fetch /price again",
+                    w.expires_at
+                ));
+            }
+            if !nonces.insert(n) {
+                return Err(format!("nonce {n} appears twice in one payment"));
+            }
+            let sig = alloy_hex(&w.signature)
+                .ok_or_else(|| format!("ticket {n}'s signature is not hex"))?;
+            let digest = t.hash(&self.domain);
+            let signer = ticket::recover(&digest, &sig).map_err(|e| format!("ticket {n}: {e}"))?;
+            if signer != sender {
+                return Err(format!(
+                    "ticket {n}'s signature is {signer}'s, not the sender {sender}'s (wrong \
+                     chain or broker, or a forged ticket)"
+                ));
+            }
+            let wins = ticket::is_winning(&sig, rand, t.win_prob);
+            out.push(Checked {
+                wire: w.clone(),
+                ticket: WireRef {
+                    recipient_rand_hash: w.recipient_rand_hash.to_lowercase(),
+                    sender_nonce: n,
+                },
+                digest,
+                wins,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Redeems queued winning tickets until `shutdown`, oldest first, retrying failures with
+    /// backoff; gives one up when it expired, was already redeemed or failed too often.
+    pub async fn run_redeemer(&self, shutdown: CancellationToken) {
+        let mut tries: HashMap<String, u32> = HashMap::new();
+        let mut backoff = castwork_cluster::Backoff::default();
+        loop {
+            let delay = match self.redeem_oldest(&mut tries).await {
+                Ok(true) => {
+                    backoff = castwork_cluster::Backoff::default();
+                    Duration::ZERO
+                }
+                Ok(false) => Duration::from_millis(500),
+                Err(e) => {
+                    let d = backoff.next_delay();
+                    warn!(error = %e, retry_in_ms = d.as_millis() as u64, "ticket redemption");
+                    d
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Redeems the oldest queued winner: `Ok(true)` when one was resolved, `Ok(false)` when
+    /// none is queued.
+    async fn redeem_oldest(&self, tries: &mut HashMap<String, u32>) -> anyhow::Result<bool> {
+        let mut con = self.redis.clone();
+        let item: Option<String> = redis::cmd("LINDEX")
+            .arg(WINNING_LIST)
+            .arg(-1)
+            .query_async(&mut con)
+            .await?;
+        let Some(item) = item else {
+            return Ok(false);
+        };
+        let outcome = match serde_json::from_str::<Winning>(&item) {
+            Ok(w) => self.redeem(&w, tries).await?,
+            Err(e) => Some(Err(format!("unreadable entry: {e}"))),
+        };
+        let Some(outcome) = outcome else {
+            return Ok(false);
+        };
+        let (list, record) = match outcome {
+            Ok(r) => (REDEEMED_LIST, r),
+            Err(m) => {
+                let w: Option<Winning> = serde_json::from_str(&item).ok();
+                (
+                    REDEEM_FAILED_LIST,
+                    Redemption {
+                        ticket_hash: String::new(),
+                        sender: w
+                            .as_ref()
+                            .map(|w| w.ticket.sender.clone())
+                            .unwrap_or_default(),
+                        face_value: w
+                            .as_ref()
+                            .map(|w| w.ticket.face_value.clone())
+                            .unwrap_or_default(),
+                        stream: w.as_ref().map(|w| w.stream.clone()).unwrap_or_default(),
+                        seq: w.map(|w| w.seq).unwrap_or_default(),
+                        tx: None,
+                        gas_used: None,
+                        error: Some(m),
+                        unix_ms: now_ms(),
+                    },
+                )
+            }
+        };
+        let json = serde_json::to_string(&record)?;
+        let _: () = redis::pipe()
+            .atomic()
+            .cmd("LREM")
+            .arg(WINNING_LIST)
+            .arg(-1)
+            .arg(&item)
+            .ignore()
+            .cmd("LPUSH")
+            .arg(list)
+            .arg(json)
+            .ignore()
+            .cmd("LTRIM")
+            .arg(list)
+            .arg(0)
+            .arg(KEEP - 1)
+            .ignore()
+            .query_async(&mut con)
+            .await?;
+        Ok(true)
+    }
+
+    /// One try at a winning ticket: `Some(Ok)` redeemed, `Some(Err)` given up, `None` to be
+    /// tried again later; `Err` for a node that cannot be reached.
+    async fn redeem(
+        &self,
+        w: &Winning,
+        tries: &mut HashMap<String, u32>,
+    ) -> anyhow::Result<Option<Result<Redemption, String>>> {
+        let t = match Ticket::from_wire(&w.ticket) {
+            Ok(t) => t,
+            Err(e) => return Ok(Some(Err(e.to_string()))),
+        };
+        let Some(sig) = alloy_hex(&w.ticket.signature) else {
+            return Ok(Some(Err("signature is not hex".into())));
+        };
+        let Ok(seed) = w.seed.parse::<B256>() else {
+            return Ok(Some(Err("seed is not hex".into())));
+        };
+        let rand = ticket::recipient_rand(&self.secret, &seed);
+        let digest = t.hash(&self.domain);
+        let record = |tx: Option<String>, gas: Option<u64>, error: Option<String>| Redemption {
+            ticket_hash: digest.to_string(),
+            sender: w.ticket.sender.clone(),
+            face_value: w.ticket.face_value.clone(),
+            stream: w.stream.clone(),
+            seq: w.seq,
+            tx,
+            gas_used: gas,
+            error,
+            unix_ms: now_ms(),
+        };
+        if self.chain.ticket_used(&self.deployment, digest).await? {
+            metrics::REDEMPTIONS
+                .with_label_values(&["already_redeemed"])
+                .inc();
+            return Ok(Some(Ok(record(
+                None,
+                None,
+                Some("already redeemed".into()),
+            ))));
+        }
+        if U256::from(self.chain.block_timestamp().await?) > t.expires_at {
+            metrics::REDEMPTIONS.with_label_values(&["expired"]).inc();
+            return Ok(Some(Err(format!(
+                "ticket {digest} expired before it could be redeemed"
+            ))));
+        }
+        match self.chain.redeem(&self.deployment, &t, &sig, rand).await {
+            Ok(m) => {
+                tries.remove(&digest.to_string());
+                metrics::REDEMPTIONS.with_label_values(&["redeemed"]).inc();
+                metrics::REDEMPTION_GAS.observe(m.gas_used as f64);
+                info!(
+                    ticket = %digest,
+                    tx = %m.tx,
+                    gas_used = m.gas_used,
+                    face_value = %t.face_value,
+                    "winning ticket redeemed"
+                );
+                Ok(Some(Ok(record(
+                    Some(m.tx.to_string()),
+                    Some(m.gas_used),
+                    None,
+                ))))
+            }
+            Err(e) => {
+                let n = tries.entry(digest.to_string()).or_insert(0);
+                *n += 1;
+                warn!(ticket = %digest, attempt = *n, error = format!("{e:#}"), "redemption failed");
+                if *n >= self.policy.redeem_attempts {
+                    tries.remove(&digest.to_string());
+                    metrics::REDEMPTIONS.with_label_values(&["failed"]).inc();
+                    return Ok(Some(Err(format!("{e:#}"))));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Recent redemptions and failures, newest first.
+    pub async fn redemptions(
+        redis: &ConnectionManager,
+    ) -> redis::RedisResult<(Vec<Redemption>, Vec<Redemption>, u64)> {
+        let (done, failed, pending): (Vec<String>, Vec<String>, u64) = redis::pipe()
+            .cmd("LRANGE")
+            .arg(REDEEMED_LIST)
+            .arg(0)
+            .arg(-1)
+            .cmd("LRANGE")
+            .arg(REDEEM_FAILED_LIST)
+            .arg(0)
+            .arg(-1)
+            .cmd("LLEN")
+            .arg(WINNING_LIST)
+            .query_async(&mut redis.clone())
+            .await?;
+        let parse = |v: Vec<String>| -> Vec<Redemption> {
+            v.iter()
+                .filter_map(|s| serde_json::from_str(s).ok())
+                .collect()
+        };
+        Ok((parse(done), parse(failed), pending))
+    }
+}
+
+struct WireRef {
+    recipient_rand_hash: String,
+    sender_nonce: u64,
+}
+
+struct Checked {
+    wire: WireTicket,
+    ticket: WireRef,
+    digest: B256,
+    wins: bool,
+}
+
+fn alloy_hex(s: &str) -> Option<Vec<u8>> {
+    hex::decode(s.strip_prefix("0x").unwrap_or(s)).ok()
+}
+
+fn rand_bytes() -> [u8; 32] {
+    castwork_chain::ticket::random_b256().0
+}
