@@ -1,13 +1,16 @@
 //! Castwork's broadcaster: ingests video files, cuts them into keyframe-aligned source
 //! segments without re-encoding video, stores and enqueues them, and serves HLS playback.
 
+pub mod chain_cli;
 pub mod flv;
 pub mod link;
 pub mod live;
 pub mod metrics;
+pub mod payer;
 pub mod progress;
 pub mod push;
 pub mod rtmp;
 pub mod serve;
+pub mod verify;
 
 pub use push::{push, PushOutcome, PushRequest};

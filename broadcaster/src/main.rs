@@ -22,6 +22,9 @@ struct Cli {
     #[command(flatten)]
     service: ServiceArgs,
 
+    #[command(flatten)]
+    eth: castwork_chain::cli::EthArgs,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -79,6 +82,34 @@ enum Command {
         /// HTTP address of the orchestrator whose price --max-price-per-unit checks.
         #[arg(long, env = "ORCHESTRATOR_URL")]
         orchestrator_url: Option<String>,
+
+        /// With --wait: fraction (0-1) of segments whose renditions this broadcaster decodes
+        /// and compares with the source it sent (luma PSNR); a failure is stored as evidence
+        /// under evidence/STREAM/ and penalises the orchestrator. Default: 0.1 when paying
+        /// with tickets, else 0.
+        #[arg(long, env = "VERIFY_SAMPLE_RATE")]
+        verify_sample_rate: Option<f64>,
+
+        /// Luma PSNR (dB) under which a checked rendition is evidence of a bad transcode.
+        #[arg(long, env = "VERIFY_MIN_PSNR_DB", default_value_t = 20.0)]
+        verify_min_psnr_db: f64,
+
+        /// What one failed check slashes from the orchestrator's stake: on-chain in stake
+        /// token units (e.g. `10eth` = 10 tokens; the --eth account needs the verifier role),
+        /// off-chain from its stake in the ledger (with --ledger-redis-url).
+        #[arg(long, env = "SLASH_AMOUNT", default_value = "1000000000000000000", value_parser = castwork_chain::cli::parse_amount)]
+        slash_amount: castwork_chain::U256,
+
+        /// Off-chain mode: the Redis of the orchestrator's ledger, where a failed check
+        /// reduces the orchestrator's stake (`orchestrator ledger stake`).
+        #[arg(long, env = "LEDGER_REDIS_URL")]
+        ledger_redis_url: Option<String>,
+    },
+    /// On-chain mode: fund and show this account's deposit at the ticket broker (with
+    /// --eth-url, --eth-keystore-path, --eth-password, --eth-deployment).
+    Chain {
+        #[command(subcommand)]
+        action: castwork_broadcaster::chain_cli::ChainCommand,
     },
     /// Serve HLS playback (GET /streams/NAME/index.m3u8) and take live streams: RTMP
     /// publishes to rtmp://HOST:1935/live/STREAM_KEY and segments pushed over HTTP to
@@ -220,8 +251,13 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Chain { action } = cli.command {
+        castwork_broadcaster::chain_cli::run(&cli.eth, action).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let storage = Storage::from_url(&cli.service.storage_url)?;
     match cli.command {
+        Command::Chain { .. } => unreachable!("handled above"),
         Command::Serve { http_addr, live } => {
             let shutdown = shutdown_token();
             let push = if live.no_live {
@@ -252,17 +288,69 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             max_price_per_unit,
             max_price_pixels_per_unit,
             orchestrator_url,
+            verify_sample_rate,
+            verify_min_psnr_db,
+            slash_amount,
+            ledger_redis_url,
         } => {
-            if let (Some(max), Some(url)) = (max_price_per_unit, &orchestrator_url) {
-                castwork_broadcaster::push::check_price(
-                    url,
-                    &castwork_protocol::Price {
-                        price_per_unit: max,
-                        pixels_per_unit: max_price_pixels_per_unit,
-                    },
-                )
-                .await?;
+            let max = castwork_protocol::Price {
+                price_per_unit: max_price_per_unit.unwrap_or(u64::MAX),
+                pixels_per_unit: max_price_pixels_per_unit,
+            };
+            let offer = match &orchestrator_url {
+                Some(url) if max_price_per_unit.is_some() || cli.eth.enabled() => {
+                    Some(castwork_broadcaster::push::check_price(url, &max).await?)
+                }
+                _ => None,
+            };
+            let payer = match (cli.eth.enabled(), &orchestrator_url, offer.clone()) {
+                (false, _, _) => None,
+                (true, Some(url), Some(offer)) => Some(std::sync::Arc::new(
+                    castwork_broadcaster::payer::Payer::new(cli.eth.signer()?, url, offer)?,
+                )),
+                (true, _, _) => anyhow::bail!(
+                    "on-chain mode needs --orchestrator-url, where the orchestrator's ticket \
+                     parameters are"
+                ),
+            };
+            let rate = verify_sample_rate.unwrap_or(if payer.is_some() { 0.1 } else { 0.0 });
+            if !(0.0..=1.0).contains(&rate) {
+                anyhow::bail!("--verify-sample-rate must be between 0 and 1");
             }
+            let verify = if wait && rate > 0.0 {
+                let who = offer.as_ref().and_then(|o| o.orchestrator.clone());
+                let penalty = match (&payer, &ledger_redis_url, &who) {
+                    (Some(p), _, _) => {
+                        let (chain, deployment) = cli.eth.connect().await?;
+                        castwork_broadcaster::verify::Penalty::Chain {
+                            chain,
+                            deployment,
+                            orchestrator: p.recipient().parse()?,
+                            amount: slash_amount,
+                        }
+                    }
+                    (None, Some(redis_url), Some(who)) => {
+                        castwork_broadcaster::verify::Penalty::Ledger {
+                            redis_url: redis_url.clone(),
+                            orchestrator: who.clone(),
+                            amount: i64::try_from(slash_amount).map_err(|_| {
+                                anyhow::anyhow!("--slash-amount does not fit the ledger")
+                            })?,
+                        }
+                    }
+                    _ => castwork_broadcaster::verify::Penalty::None,
+                };
+                Some((
+                    castwork_broadcaster::verify::VerifyPolicy {
+                        sample_rate: rate,
+                        min_psnr_db: verify_min_psnr_db,
+                    },
+                    penalty,
+                    who.unwrap_or_else(|| "orchestrator".to_string()),
+                ))
+            } else {
+                None
+            };
             let ladder = match &transcoding_options {
                 Some(path) => {
                     let text = std::fs::read_to_string(path)
@@ -292,6 +380,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     local_dir: local_dir.clone(),
                     admit_timeout: Duration::from_secs(admit_timeout_secs),
                     broadcaster: broadcaster_id,
+                    payer,
+                    verify,
                 },
                 shutdown_token(),
             )
@@ -305,6 +395,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 if let Some(dir) = &local_dir {
                     println!("output: {}", dir.join(master).display());
                 }
+            }
+            if outcome.verified > 0 {
+                println!(
+                    "verified {} sampled segments: {} bad renditions",
+                    outcome.verified,
+                    outcome.evidence.len()
+                );
+            }
+            if !outcome.evidence.is_empty() {
+                eprintln!(
+                    "the orchestrator's output failed this broadcaster's check (evidence above)"
+                );
+                return Ok(ExitCode::FAILURE);
             }
             if outcome.failed.is_empty() {
                 println!(

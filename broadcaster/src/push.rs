@@ -12,8 +12,8 @@ use bytes::Bytes;
 use castwork_cluster::Storage;
 use castwork_media::{CutSegment, MediaError, SegmentOptions};
 use castwork_protocol::{
-    source_key, validate_stream_name, IngestMessage, ObjectRef, Profile, SegmentReady, StreamEnded,
-    StreamEvent, StreamMode, StreamStarted,
+    source_key, validate_stream_name, IngestMessage, ObjectRef, Profile, RenditionRef,
+    SegmentReady, StreamEnded, StreamEvent, StreamMode, StreamStarted,
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -41,17 +41,21 @@ pub struct PushRequest {
     pub admit_timeout: Duration,
     /// The account that pays a priced orchestrator.
     pub broadcaster: Option<String>,
+    /// On-chain mode: signs the tickets attached to every segment.
+    pub payer: Option<std::sync::Arc<crate::payer::Payer>>,
+    /// With `wait`: the broadcaster's own check of a sample of segments, and the penalty
+    /// of a failure.
+    pub verify: Option<(crate::verify::VerifyPolicy, crate::verify::Penalty, String)>,
 }
 
-/// Refuses an orchestrator whose advertised price (`GET URL/price`) is above `max`.
-pub async fn check_price(url: &str, max: &castwork_protocol::Price) -> anyhow::Result<()> {
-    let url = format!("{}/price", url.trim_end_matches('/'));
-    let resp = reqwest::get(&url)
-        .await
-        .with_context(|| format!("cannot ask the orchestrator's price at {url}"))?;
-    let body = resp.text().await.context("reading the price")?;
-    let price: castwork_protocol::Price = serde_json::from_str(&body)
-        .with_context(|| format!("{url} did not answer with a price: {body}"))?;
+/// Refuses an orchestrator whose advertised price (`GET URL/price`) is above `max`;
+/// returns its offer.
+pub async fn check_price(
+    url: &str,
+    max: &castwork_protocol::Price,
+) -> anyhow::Result<castwork_protocol::payment::PriceOffer> {
+    let offer = crate::payer::fetch_offer(url).await?;
+    let price = offer.price;
     if !price.within(max) {
         bail!(
             "the orchestrator charges {} wei per {} pixels, above your maximum of {} wei per {} \
@@ -62,7 +66,7 @@ pub async fn check_price(url: &str, max: &castwork_protocol::Price) -> anyhow::R
             max.pixels_per_unit
         );
     }
-    Ok(())
+    Ok(offer)
 }
 
 /// How a push ended.
@@ -72,6 +76,9 @@ pub struct PushOutcome {
     /// Failed segments with their messages (only known with `wait`).
     pub failed: Vec<(u64, String)>,
     pub master_playlist: Option<String>,
+    /// With verification: segments checked, and the renditions that failed.
+    pub verified: usize,
+    pub evidence: Vec<crate::verify::Evidence>,
 }
 
 /// Pushes one file as an on-demand stream.
@@ -115,7 +122,11 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
         mode: StreamMode::Vod,
         ladder: req.ladder.clone(),
         source: probed.metadata.clone(),
-        broadcaster: req.broadcaster.clone(),
+        broadcaster: req
+            .payer
+            .as_ref()
+            .map(|p| p.address().to_string())
+            .or(req.broadcaster.clone()),
         target_duration_secs: None,
     }))
     .await?;
@@ -185,6 +196,10 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
     let mut uploaded = 0u64;
     let mut failed = Vec::new();
     let mut completed: Option<String> = None;
+    // What was sent and received per segment, for the broadcaster's own check.
+    let mut outputs: std::collections::BTreeMap<u64, (ObjectRef, Vec<RenditionRef>)> =
+        Default::default();
+    let fps = meta.frame_rate.as_f64();
     loop {
         let (seg, cut_from) = tokio::select! {
             seg = rx.recv() => match seg {
@@ -197,7 +212,17 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
                 bail!("interrupted: stream {} was closed with the {uploaded} segments already sent", req.stream);
             }
         };
-        if let Err(e) = upload_segment(
+        let payment = match &req.payer {
+            Some(p) => match p.pay(&rungs, seg.frames, fps).await {
+                Ok(t) => t,
+                Err(e) => {
+                    end_early(&mut link, &req.stream, session, uploaded).await;
+                    return Err(e.context("signing the segment's tickets"));
+                }
+            },
+            None => None,
+        };
+        match upload_segment(
             &mut link,
             &req.storage,
             &req.stream,
@@ -205,17 +230,23 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
             ext,
             &seg,
             cut_from,
+            payment,
         )
         .await
         {
-            end_early(&mut link, &req.stream, session, uploaded).await;
-            return Err(e);
+            Ok(object) => {
+                outputs.insert(seg.seq, (object, Vec::new()));
+            }
+            Err(e) => {
+                end_early(&mut link, &req.stream, session, uploaded).await;
+                return Err(e);
+            }
         }
         uploaded += 1;
         progress.uploaded(seg.seq, seg.duration_us as f64 / 1e6);
         // Keep up with events so the transcoded bar moves while we upload.
         while let Some(e) = link.try_event().await {
-            note_event(&e, &mut progress, &mut failed, &mut completed);
+            note_event(&e, &mut progress, &mut failed, &mut completed, &mut outputs);
         }
     }
     let summary = match cutter.await? {
@@ -256,6 +287,8 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
             segments: uploaded,
             failed,
             master_playlist: None,
+            verified: 0,
+            evidence: Vec::new(),
         });
     }
     while completed.is_none() {
@@ -266,14 +299,30 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
                 bail!("interrupted while waiting: the cluster goes on transcoding stream {}", req.stream);
             }
         };
-        note_event(&e, &mut progress, &mut failed, &mut completed);
+        note_event(&e, &mut progress, &mut failed, &mut completed, &mut outputs);
     }
     progress.finish();
     link.close().await;
+    let (evidence, verified) = match &req.verify {
+        Some((policy, penalty, orchestrator)) => {
+            crate::verify::verify(
+                &req.storage,
+                &req.stream,
+                &outputs,
+                *policy,
+                penalty,
+                orchestrator,
+            )
+            .await?
+        }
+        None => (Vec::new(), 0),
+    };
     Ok(PushOutcome {
         segments: summary.segments,
         failed,
         master_playlist: completed,
+        verified,
+        evidence,
     })
 }
 
@@ -297,9 +346,17 @@ fn note_event(
     progress: &mut Progress,
     failed: &mut Vec<(u64, String)>,
     completed: &mut Option<String>,
+    outputs: &mut std::collections::BTreeMap<u64, (ObjectRef, Vec<RenditionRef>)>,
 ) {
     match e {
-        StreamEvent::SegmentTranscoded { seq, .. } => progress.transcoded(*seq, false),
+        StreamEvent::SegmentTranscoded {
+            seq, renditions, ..
+        } => {
+            if let Some(o) = outputs.get_mut(seq) {
+                o.1 = renditions.clone();
+            }
+            progress.transcoded(*seq, false)
+        }
         StreamEvent::SegmentFailed { seq, message, .. } => {
             failed.push((*seq, message.clone()));
             progress.transcoded(*seq, true);
@@ -324,7 +381,8 @@ async fn upload_segment(
     ext: &str,
     seg: &CutSegment,
     (cut_from, cut_to): (SystemTime, SystemTime),
-) -> anyhow::Result<()> {
+    payment: Option<castwork_protocol::payment::Payment>,
+) -> anyhow::Result<ObjectRef> {
     // The segment's trace starts with its cut; its spans continue in the orchestrator and
     // the worker through the message headers.
     let span = Span::root(
@@ -364,12 +422,13 @@ async fn upload_segment(
             last_pts_us: seg.last_pts_us,
             frames: seg.frames,
             has_audio: seg.audio_packets > 0,
-            object,
+            object: object.clone(),
             arrived_unix_ms: None,
             discontinuity: false,
-            payment: None,
+            payment,
         }),
         &publish,
     )
-    .await
+    .await?;
+    Ok(object)
 }

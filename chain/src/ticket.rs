@@ -220,6 +220,11 @@ pub fn recipient_rand(secret: &B256, seed: &B256) -> U256 {
     U256::from_be_bytes(keccak256(buf).0)
 }
 
+/// keccak256 of `data` (evidence hashes).
+pub fn keccak(data: &[u8]) -> B256 {
+    keccak256(data)
+}
+
 /// 32 random bytes from the operating system's CSPRNG (secrets and seeds).
 pub fn random_b256() -> B256 {
     use rand::RngCore as _;

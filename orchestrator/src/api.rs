@@ -31,6 +31,8 @@ pub struct ApiState {
     pub price: castwork_protocol::Price,
     /// On-chain mode: ticket parameters and the active set, advertised at `/price` too.
     pub payments: Option<Arc<crate::payments::Payments>>,
+    /// Off-chain: this orchestrator's name (its stake's name in the ledger).
+    pub orchestrator_id: String,
 }
 
 /// Queue depths as read from the broker at one moment.
@@ -60,6 +62,10 @@ pub struct ClusterStatus {
 async fn price(api: ApiState) -> Response {
     let mut offer = castwork_protocol::payment::PriceOffer {
         price: api.price,
+        orchestrator: Some(match &api.payments {
+            Some(p) => p.recipient().to_string(),
+            None => api.orchestrator_id.clone(),
+        }),
         ticket_params: None,
         active: None,
     };

@@ -62,6 +62,9 @@ pub struct Config {
     pub quality: service::QualityPolicy,
     /// On-chain mode: the account's client, the contracts, and the ticket policy.
     pub chain: Option<ChainConfig>,
+    /// Off-chain: this orchestrator's name, advertised at /price (its stake's name in the
+    /// ledger, which broadcasters' checks reduce).
+    pub orchestrator_id: String,
 }
 
 /// On-chain mode's settings.
@@ -132,6 +135,7 @@ pub async fn run(
         storage: storage.clone(),
         price: cfg.price,
         payments: payments.clone(),
+        orchestrator_id: cfg.orchestrator_id.clone(),
     });
     let addr = http::serve(cfg.http_addr, router, shutdown.clone())
         .await

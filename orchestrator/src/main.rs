@@ -88,6 +88,11 @@ struct Cli {
     #[command(flatten)]
     eth: castwork_chain::cli::EthArgs,
 
+    /// Off-chain mode: this orchestrator's name, advertised at /price; broadcasters' failed
+    /// checks reduce its stake in the ledger under this name (`ledger stake`).
+    #[arg(long, env = "ORCHESTRATOR_ID", default_value = "orchestrator")]
+    orchestrator_id: String,
+
     /// On-chain mode: wei a winning ticket pays (go-livepeer's -ticketFaceValue idea).
     #[arg(long, env = "TICKET_FACE_VALUE", default_value = "1000000000000000", value_parser = castwork_chain::cli::parse_amount)]
     ticket_face_value: castwork_chain::U256,
@@ -148,8 +153,11 @@ enum LedgerAction {
         #[arg(allow_hyphen_values = true)]
         amount: i64,
     },
-    /// Prints ACCOUNT's balance, or every account's.
+    /// Prints ACCOUNT's balance, or every account's, and every orchestrator's stake.
     Show { account: Option<String> },
+    /// Sets ORCHESTRATOR's off-chain stake to AMOUNT (what broadcasters' failed checks
+    /// slash), and prints it.
+    Stake { orchestrator: String, amount: i64 },
 }
 
 async fn ledger(redis_url: &str, action: LedgerAction) -> anyhow::Result<()> {
@@ -177,6 +185,21 @@ async fn ledger(redis_url: &str, action: LedgerAction) -> anyhow::Result<()> {
             for (a, balance, reserved) in all {
                 println!("{a}: {balance} wei, {reserved} reserved");
             }
+            for (o, stake, evidence) in state.stakes().await? {
+                println!("stake of orchestrator {o}: {stake} ({evidence} pieces of evidence)");
+            }
+        }
+        LedgerAction::Stake {
+            orchestrator,
+            amount,
+        } => {
+            castwork_orchestrator::service::validate_account(&orchestrator)
+                .map_err(anyhow::Error::msg)?;
+            if amount < 0 {
+                anyhow::bail!("a stake cannot be negative");
+            }
+            state.set_stake(&orchestrator, amount).await?;
+            println!("stake of orchestrator {orchestrator}: {amount}");
         }
     }
     Ok(())
@@ -254,6 +277,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let cfg = Config {
         chain,
+        orchestrator_id: cli.orchestrator_id,
         amqp_url: cli.service.amqp_url,
         redis_url: cli.redis_url,
         storage_url: cli.service.storage_url,

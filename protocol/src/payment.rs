@@ -54,6 +54,10 @@ pub struct Payment {
 pub struct PriceOffer {
     #[serde(flatten)]
     pub price: crate::Price,
+    /// Who the orchestrator is: its Ethereum address on-chain, its --orchestrator-id
+    /// off-chain (the name its stake has in the ledger).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orchestrator: Option<String>,
     /// On-chain mode: the parameters tickets must be signed under (refreshed by the
     /// orchestrator before they expire; fetch again before signing).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -850,6 +850,43 @@ impl State {
             .await
     }
 
+    /// Sets an orchestrator's off-chain stake.
+    pub async fn set_stake(&self, orchestrator: &str, amount: i64) -> redis::RedisResult<()> {
+        redis::cmd("SET")
+            .arg(format!("cw:stake:{orchestrator}"))
+            .arg(amount)
+            .query_async(&mut self.redis.clone())
+            .await
+    }
+
+    /// Every orchestrator's off-chain stake, with the pieces of evidence against it.
+    pub async fn stakes(&self) -> redis::RedisResult<Vec<(String, i64, usize)>> {
+        let mut con = self.redis.clone();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("cw:stake:*")
+            .query_async(&mut con)
+            .await?;
+        let evidence: Vec<String> = redis::cmd("LRANGE")
+            .arg("cw:evidence")
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut con)
+            .await?;
+        let mut out = Vec::new();
+        for k in keys {
+            let stake: Option<i64> = redis::cmd("GET").arg(&k).query_async(&mut con).await?;
+            let who = k.trim_start_matches("cw:stake:").to_string();
+            let n = evidence
+                .iter()
+                .filter_map(|e| serde_json::from_str::<serde_json::Value>(e).ok())
+                .filter(|e| e["orchestrator"].as_str() == Some(who.as_str()))
+                .count();
+            out.push((who, stake.unwrap_or(0), n));
+        }
+        out.sort();
+        Ok(out)
+    }
+
     /// Every account with a balance, sorted: (account, balance, reserved).
     pub async fn balances(&self) -> redis::RedisResult<Vec<(String, i64, i64)>> {
         let mut con = self.redis.clone();

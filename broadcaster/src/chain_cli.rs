@@ -1,0 +1,62 @@
+//! `broadcaster chain ...`: fund and inspect this account's deposit at the ticket broker.
+
+use castwork_chain::cli::{parse_amount, show_amount, AccountCommand, EthArgs};
+use castwork_chain::U256;
+use clap::Subcommand;
+
+fn amount(s: &str) -> Result<U256, String> {
+    parse_amount(s)
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ChainCommand {
+    /// Adds ETH to this account's deposit (pays winning tickets) and reserve (backs them
+    /// when the deposit runs out), in wei or e.g. `0.5eth`.
+    Deposit {
+        #[arg(long, default_value = "0", value_parser = amount)]
+        deposit: U256,
+        #[arg(long, default_value = "0", value_parser = amount)]
+        reserve: U256,
+    },
+    /// Prints this account's ETH balance and its deposit and reserve at the ticket broker.
+    Status,
+    /// Creates or imports the account's keystore.
+    Account {
+        #[command(subcommand)]
+        action: AccountCommand,
+    },
+}
+
+pub async fn run(eth: &EthArgs, cmd: ChainCommand) -> anyhow::Result<()> {
+    if let ChainCommand::Account { action } = cmd {
+        return castwork_chain::cli::account(eth, action);
+    }
+    let (chain, d) = eth.connect().await?;
+    let me = chain.account();
+    if let ChainCommand::Deposit { deposit, reserve } = cmd {
+        if (deposit + reserve).is_zero() {
+            anyhow::bail!("give --deposit and/or --reserve");
+        }
+        let m = chain.fund(&d, deposit, reserve).await?;
+        println!(
+            "funded {}: deposit +{}, reserve +{} (tx {})",
+            me,
+            show_amount(deposit),
+            show_amount(reserve),
+            m.tx
+        );
+    }
+    let info = chain.sender_info(&d, me).await?;
+    println!("account      {me}");
+    println!("chain        {} (ticket broker {})", d.chain_id, d.broker);
+    println!("eth balance  {}", show_amount(chain.eth_balance(me).await?));
+    println!("deposit      {}", show_amount(info.deposit));
+    println!("reserve      {}", show_amount(info.reserve));
+    if info.withdrawable_at > 0 {
+        println!(
+            "unlocking    withdrawable at unix time {}",
+            info.withdrawable_at
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,138 @@
+//! On-chain mode for the broadcaster: fetches the orchestrator's price and ticket
+//! parameters, and signs enough probabilistic micropayment tickets to cover each segment.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context as _};
+use castwork_chain::ticket::{self, parse_u256};
+use castwork_chain::{PrivateKeySigner, U256};
+use castwork_protocol::payment::{Payment, PriceOffer, TicketParams};
+use castwork_protocol::price::estimated_pixels;
+use castwork_protocol::{Price, Rung};
+
+/// Parameters are fetched again when they expire within this many seconds.
+const REFRESH_MARGIN_SECS: u64 = 300;
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+/// `GET URL/price`: what the orchestrator charges and, on-chain, its ticket parameters.
+pub async fn fetch_offer(url: &str) -> anyhow::Result<PriceOffer> {
+    let url = format!("{}/price", url.trim_end_matches('/'));
+    let resp = reqwest::get(&url)
+        .await
+        .with_context(|| format!("cannot ask the orchestrator's price at {url}"))?;
+    let status = resp.status();
+    let body = resp.text().await.context("reading the price")?;
+    if !status.is_success() {
+        bail!("{url} answered {status}: {body}");
+    }
+    serde_json::from_str(&body)
+        .with_context(|| format!("{url} did not answer with a price: {body}"))
+}
+
+/// Signs the tickets paying one orchestrator.
+pub struct Payer {
+    signer: PrivateKeySigner,
+    url: String,
+    price: Price,
+    params: Mutex<TicketParams>,
+    /// Nonces start at the current time in microseconds x 1000, so two pushes from one
+    /// account under the same parameters never reuse one.
+    next_nonce: AtomicU64,
+}
+
+impl std::fmt::Debug for Payer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Payer")
+            .field("account", &self.signer.address())
+            .field("orchestrator", &self.url)
+            .finish()
+    }
+}
+
+impl Payer {
+    /// A payer for the orchestrator at `url`, which must be in on-chain mode and active.
+    pub fn new(signer: PrivateKeySigner, url: &str, offer: PriceOffer) -> anyhow::Result<Payer> {
+        let Some(params) = offer.ticket_params else {
+            bail!("the orchestrator at {url} does not take tickets (it is not in on-chain mode)");
+        };
+        if offer.active == Some(false) {
+            bail!("the orchestrator at {url} is not in the active set: it takes no work");
+        }
+        let micros = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_micros() as u64;
+        Ok(Payer {
+            signer,
+            url: url.to_string(),
+            price: offer.price,
+            params: Mutex::new(params),
+            next_nonce: AtomicU64::new(micros.saturating_mul(1000)),
+        })
+    }
+
+    pub fn address(&self) -> castwork_chain::Address {
+        self.signer.address()
+    }
+
+    /// The orchestrator being paid (the tickets' recipient).
+    pub fn recipient(&self) -> String {
+        self.params
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .recipient
+            .clone()
+    }
+
+    async fn current_params(&self) -> anyhow::Result<TicketParams> {
+        let cur = self
+            .params
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if cur.expires_at > now_secs() + REFRESH_MARGIN_SECS {
+            return Ok(cur);
+        }
+        let offer = fetch_offer(&self.url).await?;
+        let Some(fresh) = offer.ticket_params else {
+            bail!("the orchestrator at {} stopped taking tickets", self.url);
+        };
+        *self.params.lock().unwrap_or_else(|e| e.into_inner()) = fresh.clone();
+        Ok(fresh)
+    }
+
+    /// Tickets whose expected value covers `frames` source frames through `rungs`, or
+    /// `None` when the segment is free.
+    pub async fn pay(
+        &self,
+        rungs: &[Rung],
+        frames: u64,
+        fps: f64,
+    ) -> anyhow::Result<Option<Payment>> {
+        let fee = self.price.fee(estimated_pixels(rungs, frames, fps))?;
+        if fee <= 0 {
+            return Ok(None);
+        }
+        let params = self.current_params().await?;
+        let face = parse_u256(&params.face_value).map_err(anyhow::Error::msg)?;
+        let prob = parse_u256(&params.win_prob).map_err(anyhow::Error::msg)?;
+        let ev = ticket::expected_value(face, prob);
+        let Some(count) = ticket::tickets_for(U256::from(fee as u64), ev) else {
+            bail!("the orchestrator's tickets are worth nothing (face value {face}, win probability {prob})");
+        };
+        let first = self.next_nonce.fetch_add(count, Ordering::Relaxed);
+        let tickets = ticket::sign_tickets(&params, &self.signer, first, count)?;
+        Ok(Some(Payment {
+            seed: params.seed.clone(),
+            tickets,
+        }))
+    }
+}

@@ -1,0 +1,249 @@
+//! The broadcaster's own check of what it paid for (the second layer of verification): a
+//! sample of segments has every rendition decoded and compared with the source it sent.
+//! A failure is recorded as evidence in the object store (`evidence/STREAM/SEQ-RUNG.json`)
+//! and penalises the orchestrator: on-chain, the evidence's keccak256 goes to the staking
+//! contract's `slash` (the broadcaster's account must hold the verifier role); off-chain,
+//! its stake in the ledger (`cw:stake:ORCHESTRATOR` in the ledger's Redis) is reduced.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use castwork_chain::cli::show_amount;
+use castwork_chain::{Address, Chain, Deployment, U256};
+use castwork_cluster::Storage;
+use castwork_protocol::{ObjectRef, RenditionRef};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// How segments are sampled and judged.
+#[derive(Debug, Clone, Copy)]
+pub struct VerifyPolicy {
+    /// Fraction (0-1) of segments checked.
+    pub sample_rate: f64,
+    /// Luma PSNR under which a rendition is bad.
+    pub min_psnr_db: f64,
+}
+
+/// What a failed check costs the orchestrator.
+#[derive(Clone)]
+pub enum Penalty {
+    /// Slash on-chain through the staking contract (verifier role needed).
+    Chain {
+        chain: Chain,
+        deployment: Deployment,
+        orchestrator: Address,
+        amount: U256,
+    },
+    /// Reduce the orchestrator's stake in the off-chain ledger.
+    Ledger {
+        redis_url: String,
+        orchestrator: String,
+        amount: i64,
+    },
+    /// Record the evidence only.
+    None,
+}
+
+impl std::fmt::Debug for Penalty {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Penalty::Chain {
+                orchestrator,
+                amount,
+                ..
+            } => write!(f, "slash {orchestrator} on-chain by {amount}"),
+            Penalty::Ledger {
+                orchestrator,
+                amount,
+                ..
+            } => write!(f, "slash {orchestrator} in the ledger by {amount}"),
+            Penalty::None => write!(f, "evidence only"),
+        }
+    }
+}
+
+/// A rendition that failed the broadcaster's check.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Evidence {
+    pub stream: String,
+    pub seq: u64,
+    pub rendition: String,
+    pub key: String,
+    pub width: u32,
+    pub height: u32,
+    pub source_key: String,
+    pub source_sha256: String,
+    pub rendition_sha256: String,
+    pub expected: String,
+    pub measured: String,
+    pub orchestrator: String,
+    pub unix_ms: u64,
+}
+
+/// Off-chain slash: takes up to ARGV[1] from the stake in KEYS[1] (not below 0) and keeps
+/// the evidence (ARGV[2]) in KEYS[2]. Returns {taken, stake left}.
+const LEDGER_SLASH: &str = r#"
+local stake = tonumber(redis.call('GET', KEYS[1]) or '0')
+local take = math.min(stake, tonumber(ARGV[1]))
+if take > 0 then redis.call('DECRBY', KEYS[1], take) end
+redis.call('LPUSH', KEYS[2], ARGV[2])
+redis.call('LTRIM', KEYS[2], 0, 999)
+return {take, stake - take}
+"#;
+
+/// The off-chain stake of an orchestrator in the ledger.
+pub fn stake_key(orchestrator: &str) -> String {
+    format!("cw:stake:{orchestrator}")
+}
+
+/// Evidence of failed checks, newest first.
+pub const EVIDENCE_LIST: &str = "cw:evidence";
+
+/// Whether segment `seq` is in the sample (a hash of stream and seq, so reruns agree).
+pub fn sampled(rate: f64, stream: &str, seq: u64) -> bool {
+    if rate <= 0.0 {
+        return false;
+    }
+    let h = Sha256::digest(format!("verify/{stream}/{seq}"));
+    let x = u64::from_be_bytes(h[..8].try_into().unwrap_or_default());
+    (x as f64 / u64::MAX as f64) < rate
+}
+
+/// Checks the sampled segments; returns the evidence of every bad rendition (already stored
+/// and penalised), and the number of segments checked.
+pub async fn verify(
+    storage: &Storage,
+    stream: &str,
+    segments: &BTreeMap<u64, (ObjectRef, Vec<RenditionRef>)>,
+    policy: VerifyPolicy,
+    penalty: &Penalty,
+    orchestrator: &str,
+) -> anyhow::Result<(Vec<Evidence>, usize)> {
+    let tmp = tempfile::tempdir().context("creating a temporary directory")?;
+    let mut found = Vec::new();
+    let mut checked = 0;
+    for (seq, (source, renditions)) in segments {
+        if !sampled(policy.sample_rate, stream, *seq) || renditions.is_empty() {
+            continue;
+        }
+        checked += 1;
+        let src = storage
+            .get(&source.key)
+            .await
+            .with_context(|| format!("fetching {}", source.key))?;
+        let (ext, formats) = if source.key.ends_with(".mkv") {
+            ("mkv", "matroska")
+        } else {
+            ("ts", "mpegts")
+        };
+        let src_path = tmp.path().join(format!("source-{seq}.{ext}"));
+        tokio::fs::write(&src_path, &src).await?;
+        for r in renditions {
+            let data = storage
+                .get(&r.key)
+                .await
+                .with_context(|| format!("fetching {}", r.key))?;
+            let path = tmp.path().join(format!("{seq}-{}.ts", r.rung));
+            tokio::fs::write(&path, &data).await?;
+            let (s, p) = (src_path.clone(), path.clone());
+            let psnr = tokio::task::spawn_blocking(move || {
+                castwork_media::quality::luma_psnr(&s, formats, &p, 3)
+            })
+            .await?;
+            let measured = match psnr {
+                Ok(Some(db)) if db >= policy.min_psnr_db => continue,
+                Ok(Some(db)) => format!("luma PSNR {db:.2} dB"),
+                Ok(None) => "no frame matches the source's".to_string(),
+                Err(e) => format!("undecodable: {e}"),
+            };
+            let ev = Evidence {
+                stream: stream.to_string(),
+                seq: *seq,
+                rendition: r.rung.clone(),
+                key: r.key.clone(),
+                width: r.width,
+                height: r.height,
+                source_key: source.key.clone(),
+                source_sha256: source.sha256.clone(),
+                rendition_sha256: hex::encode(Sha256::digest(&data)),
+                expected: format!(
+                    "luma PSNR >= {} dB against the source scaled to {}x{}",
+                    policy.min_psnr_db, r.width, r.height
+                ),
+                measured,
+                orchestrator: orchestrator.to_string(),
+                unix_ms: now_ms(),
+            };
+            found.push(ev);
+        }
+    }
+    for ev in &found {
+        record(storage, ev, penalty).await?;
+    }
+    Ok((found, checked))
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+/// Stores one piece of evidence and applies the penalty; prints what happened.
+async fn record(storage: &Storage, ev: &Evidence, penalty: &Penalty) -> anyhow::Result<()> {
+    let json = serde_json::to_vec_pretty(ev)?;
+    let hash = castwork_chain::ticket::keccak(&json);
+    let key = format!("evidence/{}/{}-{}.json", ev.stream, ev.seq, ev.rendition);
+    storage
+        .put(&key, Bytes::from(json.clone()))
+        .await
+        .with_context(|| format!("storing {key}"))?;
+    eprintln!(
+        "verification FAILED: segment {} rendition {}: {}, expected {}; evidence {key} \
+         (keccak256 {hash})",
+        ev.seq, ev.rendition, ev.measured, ev.expected
+    );
+    match penalty {
+        Penalty::Chain {
+            chain,
+            deployment,
+            orchestrator,
+            amount,
+        } => {
+            let before = chain.orchestrator(deployment, *orchestrator).await?.bonded;
+            let m = chain
+                .slash(deployment, *orchestrator, *amount, hash)
+                .await
+                .context("slashing on-chain (does this account hold the verifier role?)")?;
+            let after = chain.orchestrator(deployment, *orchestrator).await?.bonded;
+            eprintln!(
+                "slashed orchestrator {orchestrator}: stake {} -> {} (tx {}, gas {})",
+                show_amount(before),
+                show_amount(after),
+                m.tx,
+                m.gas_used
+            );
+        }
+        Penalty::Ledger {
+            redis_url,
+            orchestrator,
+            amount,
+        } => {
+            let mut redis = castwork_cluster::redis_connect(redis_url).await?;
+            let (taken, left): (i64, i64) = redis::Script::new(LEDGER_SLASH)
+                .key(stake_key(orchestrator))
+                .key(EVIDENCE_LIST)
+                .arg(*amount)
+                .arg(String::from_utf8_lossy(&json).to_string())
+                .invoke_async(&mut redis)
+                .await?;
+            eprintln!(
+                "slashed orchestrator {orchestrator} in the ledger: {taken} taken, stake now {left}"
+            );
+        }
+        Penalty::None => {}
+    }
+    Ok(())
+}
