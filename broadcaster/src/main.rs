@@ -104,6 +104,11 @@ enum Command {
         /// reduces the orchestrator's stake (`orchestrator ledger stake`).
         #[arg(long, env = "LEDGER_REDIS_URL")]
         ledger_redis_url: Option<String>,
+
+        /// TESTS ONLY: send bad tickets (reuse: every segment pays with the first one's, and
+        /// the first is submitted twice; expired: tickets past their expiry).
+        #[arg(long, hide = true)]
+        test_only_tickets: Option<castwork_broadcaster::payer::TestTickets>,
     },
     /// On-chain mode: fund and show this account's deposit at the ticket broker (with
     /// --eth-url, --eth-keystore-path, --eth-password, --eth-deployment).
@@ -292,6 +297,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             verify_min_psnr_db,
             slash_amount,
             ledger_redis_url,
+            test_only_tickets,
         } => {
             let max = castwork_protocol::Price {
                 price_per_unit: max_price_per_unit.unwrap_or(u64::MAX),
@@ -305,9 +311,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let payer = match (cli.eth.enabled(), &orchestrator_url, offer.clone()) {
                 (false, _, _) => None,
-                (true, Some(url), Some(offer)) => Some(std::sync::Arc::new(
-                    castwork_broadcaster::payer::Payer::new(cli.eth.signer()?, url, offer)?,
-                )),
+                (true, Some(url), Some(offer)) => {
+                    let mut p =
+                        castwork_broadcaster::payer::Payer::new(cli.eth.signer()?, url, offer)?;
+                    p.test_tickets = test_only_tickets;
+                    Some(std::sync::Arc::new(p))
+                }
                 (true, _, _) => anyhow::bail!(
                     "on-chain mode needs --orchestrator-url, where the orchestrator's ticket \
                      parameters are"

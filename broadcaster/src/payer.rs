@@ -37,8 +37,20 @@ pub async fn fetch_offer(url: &str) -> anyhow::Result<PriceOffer> {
         .with_context(|| format!("{url} did not answer with a price: {body}"))
 }
 
+/// TESTS ONLY: tickets an honest broadcaster never sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TestTickets {
+    /// Every segment carries the first segment's tickets (replays).
+    Reuse,
+    /// Tickets that expired a minute ago (validly signed).
+    Expired,
+}
+
 /// Signs the tickets paying one orchestrator.
 pub struct Payer {
+    /// Tests only: misbehave this way.
+    pub test_tickets: Option<TestTickets>,
+    first: Mutex<Option<Payment>>,
     signer: PrivateKeySigner,
     url: String,
     price: Price,
@@ -71,6 +83,8 @@ impl Payer {
             .unwrap_or_default()
             .as_micros() as u64;
         Ok(Payer {
+            test_tickets: None,
+            first: Mutex::new(None),
             signer,
             url: url.to_string(),
             price: offer.price,
@@ -121,7 +135,15 @@ impl Payer {
         if fee <= 0 {
             return Ok(None);
         }
-        let params = self.current_params().await?;
+        let mut params = self.current_params().await?;
+        if self.test_tickets == Some(TestTickets::Expired) {
+            params.expires_at = now_secs().saturating_sub(60);
+        }
+        if self.test_tickets == Some(TestTickets::Reuse) {
+            if let Some(p) = self.first.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+                return Ok(Some(p));
+            }
+        }
         let face = parse_u256(&params.face_value).map_err(anyhow::Error::msg)?;
         let prob = parse_u256(&params.win_prob).map_err(anyhow::Error::msg)?;
         let ev = ticket::expected_value(face, prob);
@@ -130,9 +152,13 @@ impl Payer {
         };
         let first = self.next_nonce.fetch_add(count, Ordering::Relaxed);
         let tickets = ticket::sign_tickets(&params, &self.signer, first, count)?;
-        Ok(Some(Payment {
+        let payment = Payment {
             seed: params.seed.clone(),
             tickets,
-        }))
+        };
+        if self.test_tickets == Some(TestTickets::Reuse) {
+            *self.first.lock().unwrap_or_else(|e| e.into_inner()) = Some(payment.clone());
+        }
+        Ok(Some(payment))
     }
 }

@@ -231,6 +231,9 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
             &seg,
             cut_from,
             payment,
+            seg.seq == 0
+                && req.payer.as_ref().and_then(|p| p.test_tickets)
+                    == Some(crate::payer::TestTickets::Reuse),
         )
         .await
         {
@@ -382,6 +385,7 @@ async fn upload_segment(
     seg: &CutSegment,
     (cut_from, cut_to): (SystemTime, SystemTime),
     payment: Option<castwork_protocol::payment::Payment>,
+    redeliver: bool,
 ) -> anyhow::Result<ObjectRef> {
     // The segment's trace starts with its cut; its spans continue in the orchestrator and
     // the worker through the message headers.
@@ -412,23 +416,24 @@ async fn upload_segment(
     upload.set("bytes", object.size.to_string());
     drop(upload);
     let publish = span.child("publish segment", &[]);
-    link.publish_in(
-        &IngestMessage::SegmentReady(SegmentReady {
-            stream: stream.to_string(),
-            session,
-            seq: seg.seq,
-            start_us: seg.start_us,
-            duration_us: seg.duration_us,
-            last_pts_us: seg.last_pts_us,
-            frames: seg.frames,
-            has_audio: seg.audio_packets > 0,
-            object: object.clone(),
-            arrived_unix_ms: None,
-            discontinuity: false,
-            payment,
-        }),
-        &publish,
-    )
-    .await?;
+    let msg = IngestMessage::SegmentReady(SegmentReady {
+        stream: stream.to_string(),
+        session,
+        seq: seg.seq,
+        start_us: seg.start_us,
+        duration_us: seg.duration_us,
+        last_pts_us: seg.last_pts_us,
+        frames: seg.frames,
+        has_audio: seg.audio_packets > 0,
+        object: object.clone(),
+        arrived_unix_ms: None,
+        discontinuity: false,
+        payment,
+    });
+    link.publish_in(&msg, &publish).await?;
+    if redeliver {
+        // Tests only: the same submission twice, as a broker redelivery would.
+        link.publish_in(&msg, &publish).await?;
+    }
     Ok(object)
 }

@@ -313,6 +313,26 @@ impl Chain {
         })
     }
 
+    /// The `Slashed` events of `orchestrator`: (verifier, amount, evidence hash).
+    pub async fn slashed_events(
+        &self,
+        d: &Deployment,
+        orchestrator: Address,
+    ) -> anyhow::Result<Vec<(Address, U256, B256)>> {
+        let logs = self
+            .staking(d)
+            .Slashed_filter()
+            .from_block(0)
+            .query()
+            .await?;
+        Ok(logs
+            .into_iter()
+            .map(|(e, _)| e)
+            .filter(|e| e.orchestrator == orchestrator)
+            .map(|e| (e.verifier, e.amount, e.evidenceHash))
+            .collect())
+    }
+
     pub async fn active_set(&self, d: &Deployment) -> anyhow::Result<Vec<Address>> {
         Ok(self.staking(d).activeSet().call().await?)
     }

@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod client;
 pub mod contracts;
+pub mod devnet;
 pub mod keystore;
 pub mod ticket;
 

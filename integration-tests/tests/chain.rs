@@ -1,0 +1,454 @@
+//! On-chain mode against a real local chain (anvil): contracts deployed and driven through
+//! the operators' CLIs, a stream paid with probabilistic tickets whose winners are redeemed
+//! on-chain, bad tickets refused (replayed, expired, under-funded sender), an orchestrator
+//! outside the active set refusing work, a cheating worker redone by an honest one, and a
+//! cheating orchestrator caught by the broadcaster's own check and slashed.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use castwork_chain::devnet::{dev_key, Anvil};
+use castwork_chain::{Chain, Deployment, U256};
+use common::{bin, clip, http_get, stream_name, wait_until, Cluster};
+
+const RUNG: &str = "P240p30fps16x9";
+const PASSWORD: &str = "castwork-test";
+/// 0.6 gwei per output pixel: a 2 s 240p segment (426 x 240 x 60 pixels) costs ~3.7e15 wei.
+const PRICE: [&str; 4] = ["--price-per-unit", "600000000", "--pixels-per-unit", "1"];
+/// Tickets of 1e15 wei winning half the time: 8 per segment, about 4 winners each.
+const FACE_VALUE: u64 = 1_000_000_000_000_000;
+const TICKETS: [&str; 4] = [
+    "--ticket-face-value",
+    "1000000000000000",
+    "--ticket-ev",
+    "500000000000000",
+];
+
+/// A local chain with the accounts of the test written as keystores.
+struct Net {
+    anvil: Anvil,
+    dir: tempfile::TempDir,
+    deployment: PathBuf,
+}
+
+impl Net {
+    fn keystore(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("key{i}"))
+    }
+
+    /// `--eth-*` flags of dev account `i`.
+    fn eth(&self, i: usize) -> Vec<String> {
+        vec![
+            "--eth-url".into(),
+            self.anvil.url.clone(),
+            "--eth-keystore-path".into(),
+            self.keystore(i).display().to_string(),
+            "--eth-password".into(),
+            PASSWORD.into(),
+            "--eth-deployment".into(),
+            self.deployment.display().to_string(),
+        ]
+    }
+
+    fn deployment(&self) -> Deployment {
+        Deployment::load(&self.deployment).unwrap()
+    }
+
+    fn client(&self, i: usize) -> Chain {
+        Chain::connect(&self.anvil.url, dev_key(i)).unwrap()
+    }
+}
+
+/// Runs `binary ARGS`, asserting success; its stdout.
+fn run_ok(binary: &str, args: &[String]) -> String {
+    let out = Command::new(bin(binary)).args(args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{binary} {args:?} failed:\n{stdout}\n{stderr}"
+    );
+    println!("$ {binary} {}\n{stdout}", args.join(" "));
+    stdout
+}
+
+fn args(parts: &[&str], eth: &[String]) -> Vec<String> {
+    parts
+        .iter()
+        .map(|s| s.to_string())
+        .chain(eth.iter().cloned())
+        .collect()
+}
+
+/// A chain with the contracts deployed by account 0 (verifier: account 1, the
+/// broadcaster), orchestrator account 2 minted, bonded and registered, and broadcaster
+/// account 1 funded with 1 ETH deposit and 1 ETH reserve.
+fn setup(rt: &tokio::runtime::Runtime) -> Net {
+    let anvil = rt.block_on(Anvil::start()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let deployment = dir.path().join("deployment.json");
+    let net = Net {
+        anvil,
+        dir,
+        deployment,
+    };
+    for i in 0..5 {
+        castwork_chain::keystore::create(&net.keystore(i), PASSWORD, Some(&dev_key(i))).unwrap();
+    }
+    let broadcaster = dev_key(1).address().to_string();
+    let orchestrator = dev_key(2).address().to_string();
+    let deploy = net.deployment.display().to_string();
+    run_ok(
+        "orchestrator",
+        &args(
+            &[
+                "chain",
+                "deploy",
+                &deploy,
+                "--max-active",
+                "1",
+                "--verifier",
+                &broadcaster,
+            ],
+            &net.eth(0),
+        ),
+    );
+    run_ok(
+        "orchestrator",
+        &args(&["chain", "mint", &orchestrator, "1000eth"], &net.eth(0)),
+    );
+    run_ok(
+        "orchestrator",
+        &args(&["chain", "bond", "100eth"], &net.eth(2)),
+    );
+    let mut reg: Vec<String> = PRICE.iter().map(|s| s.to_string()).collect();
+    reg.extend(args(
+        &["chain", "register", "--service-uri", "http://orchestrator"],
+        &net.eth(2),
+    ));
+    run_ok("orchestrator", &reg);
+    run_ok(
+        "broadcaster",
+        &args(
+            &["chain", "deposit", "--deposit", "1eth", "--reserve", "1eth"],
+            &net.eth(1),
+        ),
+    );
+    net
+}
+
+fn orchestrator_args(net: &Net, extra: &[&str]) -> Vec<String> {
+    let mut a = net.eth(2);
+    a.extend(PRICE.iter().map(|s| s.to_string()));
+    a.extend(TICKETS.iter().map(|s| s.to_string()));
+    a.extend(["--chain-refresh-secs".to_string(), "1".to_string()]);
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+fn push_args(net: &Net, cluster: &Cluster, account: usize, extra: &[&str]) -> Vec<String> {
+    let mut a = vec!["--profiles".to_string(), RUNG.to_string()];
+    a.extend(net.eth(account));
+    a.extend([
+        "--orchestrator-url".to_string(),
+        format!("http://{}", cluster.orchestrator_addr),
+        "--max-price-per-unit".to_string(),
+        "1000000000".to_string(),
+    ]);
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+fn refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn metric(cluster: &Cluster, line_start: &str) -> f64 {
+    let (_, m) = http_get(&cluster.orchestrator_addr, "/metrics").unwrap();
+    m.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn redis_of(cluster: &Cluster) -> String {
+    cluster
+        .env
+        .iter()
+        .find(|(k, _)| k == "REDIS_URL")
+        .map(|(_, v)| v.clone())
+        .unwrap()
+}
+
+#[test]
+fn a_stream_paid_with_tickets_has_its_winners_redeemed_and_bad_payments_refused() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let net = setup(&rt);
+    let d = net.deployment();
+    let orch = dev_key(2).address();
+    let sender = dev_key(1).address();
+    let observer = net.client(0);
+    let status = run_ok(
+        "orchestrator",
+        &args(
+            &["--redis-url", "redis://127.0.0.1:1/", "chain", "status"],
+            &net.eth(2),
+        ),
+    );
+    assert!(status.contains("active set     yes (#1 of 1)"), "{status}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let input = clip(dir.path(), 6);
+    // Every result's pictures checked, a worker banned after one bad result; the first
+    // worker cheats (black frames).
+    let oargs = orchestrator_args(
+        &net,
+        &["--quality-sample-rate", "1", "--max-bad-results", "1"],
+    );
+    let mut cluster = Cluster::start_with(0, &refs(&oargs), Vec::new());
+    cluster.add(
+        "worker",
+        &["--worker-id", "cheater", "--test-only-cheat-black"],
+    );
+    let cheater = cluster.pids("worker")[0];
+
+    // The orchestrator advertises its ticket parameters.
+    let (code, offer) = http_get(&cluster.orchestrator_addr, "/price").unwrap();
+    assert_eq!(code, 200, "{offer}");
+    let offer: serde_json::Value = serde_json::from_str(&offer).unwrap();
+    let params = &offer["ticket_params"];
+    assert_eq!(params["recipient"], orch.to_string(), "{offer}");
+    assert_eq!(params["face_value"], FACE_VALUE.to_string(), "{offer}");
+    assert_eq!(params["chain_id"], 31337, "{offer}");
+    assert_eq!(params["broker"], d.broker.to_string(), "{offer}");
+    assert_eq!(offer["active"], true, "{offer}");
+
+    let orch_eth_before = rt.block_on(observer.eth_balance(orch)).unwrap();
+    let funds_before = rt.block_on(observer.sender_info(&d, sender)).unwrap();
+    let stream = stream_name("paid");
+    let pa = push_args(&net, &cluster, 1, &["--verify-sample-rate", "1"]);
+    let mut push = cluster.push_in_background(&input, &stream, &refs(&pa));
+    wait_until(
+        "the cheating worker to be banned",
+        Duration::from_secs(90),
+        || cluster.exit_status(cheater).is_some(),
+    );
+    cluster.add("worker", &["--worker-id", "honest"]);
+    let pushed = push.wait().unwrap();
+    let out =
+        std::fs::read_to_string(cluster.dir.path().join(format!("push-{stream}.out"))).unwrap();
+    assert!(pushed.success(), "{out}\n{}", cluster.logs());
+    assert!(
+        out.contains("verified 3 sampled segments: 0 bad renditions"),
+        "{out}"
+    );
+    let logs = cluster.logs();
+    assert!(logs.contains("quality check failed: luma PSNR"), "{logs}");
+    let accepted: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("segment accepted") && l.contains(&stream))
+        .collect();
+    assert_eq!(accepted.len(), 3, "{logs}");
+    assert!(accepted.iter().all(|l| l.contains("\"honest\"")), "{logs}");
+
+    // Every ticket was accepted once; the winners are redeemed on-chain.
+    let tickets = metric(
+        &cluster,
+        "castwork_orchestrator_tickets_total{outcome=\"accepted\"}",
+    );
+    let won = metric(
+        &cluster,
+        "castwork_orchestrator_tickets_total{outcome=\"won\"}",
+    );
+    assert_eq!(tickets, 24.0, "8 tickets per segment");
+    assert!(won >= 1.0, "no winning ticket among 24 at 1/2 (odds 6e-8)");
+    wait_until(
+        "the winners to be redeemed",
+        Duration::from_secs(60),
+        || {
+            metric(
+                &cluster,
+                "castwork_orchestrator_ticket_redemptions_total{outcome=\"redeemed\"}",
+            ) == won
+        },
+    );
+    let funds_after = rt.block_on(observer.sender_info(&d, sender)).unwrap();
+    let paid =
+        (funds_before.deposit + funds_before.reserve) - (funds_after.deposit + funds_after.reserve);
+    assert_eq!(
+        paid,
+        U256::from(FACE_VALUE) * U256::from(won as u64),
+        "the sender paid each winner's face value"
+    );
+    let orch_eth_after = rt.block_on(observer.eth_balance(orch)).unwrap();
+    assert!(
+        orch_eth_after > orch_eth_before,
+        "the orchestrator earned more than its gas"
+    );
+    let status = run_ok(
+        "orchestrator",
+        &args(
+            &["--redis-url", &redis_of(&cluster), "chain", "status"],
+            &net.eth(2),
+        ),
+    );
+    assert!(
+        status.contains(&format!("tickets        {won} redeemed (mean gas")),
+        "{status}"
+    );
+    let gas: u64 = status
+        .split("mean gas ")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    println!("gas used per redemption: {gas}");
+    assert!((50_000..200_000).contains(&gas), "{gas}");
+    // The ledger holds what the tickets were worth less what the segments cost.
+    let ledger = run_ok(
+        "orchestrator",
+        &[
+            "--redis-url".into(),
+            redis_of(&cluster),
+            "ledger".into(),
+            "show".into(),
+        ],
+    );
+    assert!(ledger.contains(&sender.to_string()), "{ledger}");
+
+    // Replays: every segment pays with the first segment's tickets, and the first is
+    // submitted twice (a redelivery, which is not a replay and credits nothing more).
+    cluster.add("worker", &["--worker-id", "honest-2"]);
+    let replay = stream_name("replay");
+    let pa = push_args(&net, &cluster, 1, &["--test-only-tickets", "reuse"]);
+    let out = cluster.push(&input, &replay, &refs(&pa));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("2 of 3 segments failed"), "{err}");
+    assert!(
+        err.contains("replayed ticket")
+            && err.contains(&format!("already used for segment {replay}/0")),
+        "{err}"
+    );
+    assert_eq!(
+        metric(
+            &cluster,
+            "castwork_orchestrator_tickets_total{outcome=\"accepted\"}"
+        ),
+        32.0,
+        "the redelivered first segment credited its 8 tickets once"
+    );
+
+    // Expired tickets.
+    let pa = push_args(&net, &cluster, 1, &["--test-only-tickets", "expired"]);
+    let out = cluster.push(&input, &stream_name("expired"), &refs(&pa));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("3 of 3 segments failed"),
+        "{err}"
+    );
+    assert!(err.contains("expired at"), "{err}");
+
+    // An account with nothing at the broker is refused.
+    let pa = push_args(&net, &cluster, 4, &[]);
+    let out = cluster.push(&input, &stream_name("broke"), &refs(&pa));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("under-funded: sender") && err.contains("broadcaster chain deposit"),
+        "{err}"
+    );
+
+    // Unbonding everything drops the orchestrator out of the active set: it refuses work.
+    let unbond = run_ok(
+        "orchestrator",
+        &args(&["chain", "unbond", "100eth"], &net.eth(2)),
+    );
+    assert!(unbond.contains("stake now 0"), "{unbond}");
+    let withdraw = Command::new(bin("orchestrator"))
+        .args(args(&["chain", "withdraw"], &net.eth(2)))
+        .output()
+        .unwrap();
+    assert!(!withdraw.status.success());
+    assert!(String::from_utf8_lossy(&withdraw.stderr).contains("nothing is withdrawable yet"));
+    std::thread::sleep(Duration::from_secs(2));
+    let out = cluster.push(
+        &input,
+        &stream_name("inactive"),
+        &refs(&push_args(&net, &cluster, 1, &[])),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("is not in the active set"), "{err}");
+}
+
+#[test]
+fn a_cheating_orchestrator_is_caught_by_the_broadcaster_and_slashed_on_chain() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let net = setup(&rt);
+    let d = net.deployment();
+    let orch = dev_key(2).address();
+    let verifier = dev_key(1).address();
+    let observer = net.client(0);
+    let dir = tempfile::tempdir().unwrap();
+    let input = clip(dir.path(), 2);
+    // The orchestrator skips its own checks; its only worker outputs black frames.
+    let oargs = orchestrator_args(&net, &["--test-only-skip-checks"]);
+    let mut cluster = Cluster::start_with(0, &refs(&oargs), Vec::new());
+    cluster.add(
+        "worker",
+        &["--worker-id", "cheater", "--test-only-cheat-black"],
+    );
+    let stake_before = rt.block_on(observer.orchestrator(&d, orch)).unwrap().bonded;
+    let tokens_before = rt.block_on(observer.token_balance(&d, verifier)).unwrap();
+    let stream = stream_name("cheat");
+    let pa = push_args(
+        &net,
+        &cluster,
+        1,
+        &["--verify-sample-rate", "1", "--slash-amount", "10eth"],
+    );
+    let out = cluster.push(&input, &stream, &refs(&pa));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("verification FAILED: segment 0 rendition P240p30fps16x9: luma PSNR"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("slashed orchestrator {orch}")),
+        "{err}"
+    );
+    // The evidence is stored; its hash is what the contract's event cites.
+    let evidence = cluster
+        .storage_dir()
+        .join(format!("evidence/{stream}/0-{RUNG}.json"));
+    let json = std::fs::read(&evidence).unwrap();
+    let hash = castwork_chain::ticket::keccak(&json);
+    assert!(err.contains(&hash.to_string()), "{err}");
+    let e: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    assert_eq!(e["orchestrator"], orch.to_string());
+    assert!(
+        e["measured"].as_str().unwrap().starts_with("luma PSNR"),
+        "{e}"
+    );
+    let stake_after = rt.block_on(observer.orchestrator(&d, orch)).unwrap().bonded;
+    let ten = U256::from(10u64) * U256::from(10u64).pow(U256::from(18u64));
+    assert_eq!(stake_before - stake_after, ten, "10 tokens slashed");
+    let tokens_after = rt.block_on(observer.token_balance(&d, verifier)).unwrap();
+    assert_eq!(
+        tokens_after - tokens_before,
+        ten / U256::from(2u64),
+        "half to the verifier"
+    );
+    let events = rt.block_on(observer.slashed_events(&d, orch)).unwrap();
+    assert_eq!(
+        events,
+        vec![(verifier, ten, hash)],
+        "the contract's Slashed event"
+    );
+}
