@@ -225,15 +225,16 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
         match upload_segment(
             &mut link,
             &req.storage,
-            &req.stream,
-            session,
+            (&req.stream, session),
             ext,
             &seg,
             cut_from,
-            payment,
-            seg.seq == 0
-                && req.payer.as_ref().and_then(|p| p.test_tickets)
-                    == Some(crate::payer::TestTickets::Reuse),
+            Pay {
+                payment,
+                twice: seg.seq == 0
+                    && req.payer.as_ref().and_then(|p| p.test_tickets)
+                        == Some(crate::payer::TestTickets::Reuse),
+            },
         )
         .await
         {
@@ -376,16 +377,20 @@ fn note_event(
     }
 }
 
+/// What pays for a segment, and (tests only) whether to submit it twice.
+struct Pay {
+    payment: Option<castwork_protocol::payment::Payment>,
+    twice: bool,
+}
+
 async fn upload_segment(
     link: &mut Link,
     storage: &Storage,
-    stream: &str,
-    session: Uuid,
+    (stream, session): (&str, Uuid),
     ext: &str,
     seg: &CutSegment,
     (cut_from, cut_to): (SystemTime, SystemTime),
-    payment: Option<castwork_protocol::payment::Payment>,
-    redeliver: bool,
+    pay: Pay,
 ) -> anyhow::Result<ObjectRef> {
     // The segment's trace starts with its cut; its spans continue in the orchestrator and
     // the worker through the message headers.
@@ -428,10 +433,10 @@ async fn upload_segment(
         object: object.clone(),
         arrived_unix_ms: None,
         discontinuity: false,
-        payment,
+        payment: pay.payment,
     });
     link.publish_in(&msg, &publish).await?;
-    if redeliver {
+    if pay.twice {
         // Tests only: the same submission twice, as a broker redelivery would.
         link.publish_in(&msg, &publish).await?;
     }
