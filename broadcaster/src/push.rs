@@ -307,8 +307,10 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
     }
     progress.finish();
     link.close().await;
+    // Like the orchestrator's picture check, a rotated source is not compared (the
+    // renditions are upright, the decoded source is not).
     let (evidence, verified) = match &req.verify {
-        Some((policy, penalty, orchestrator)) => {
+        Some((policy, penalty, orchestrator)) if probed.metadata.rotation == 0 => {
             crate::verify::verify(
                 &req.storage,
                 &req.stream,
@@ -319,7 +321,7 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
             )
             .await?
         }
-        None => (Vec::new(), 0),
+        _ => (Vec::new(), 0),
     };
     Ok(PushOutcome {
         segments: summary.segments,
