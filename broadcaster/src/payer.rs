@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use castwork_protocol::time::now_unix_ms;
+
 use anyhow::{bail, Context as _};
 use castwork_chain::ticket::{self, parse_u256};
 use castwork_chain::{PrivateKeySigner, U256};
@@ -16,10 +18,7 @@ use castwork_protocol::{Price, Rung};
 const REFRESH_MARGIN_SECS: u64 = 300;
 
 fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
+    now_unix_ms() / 1000
 }
 
 /// `GET URL/price`: what the orchestrator charges and, on-chain, its ticket parameters.

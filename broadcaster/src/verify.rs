@@ -102,12 +102,7 @@ pub const EVIDENCE_LIST: &str = "cw:evidence";
 
 /// Whether segment `seq` is in the sample (a hash of stream and seq, so reruns agree).
 pub fn sampled(rate: f64, stream: &str, seq: u64) -> bool {
-    if rate <= 0.0 {
-        return false;
-    }
-    let h = Sha256::digest(format!("verify/{stream}/{seq}"));
-    let x = u64::from_be_bytes(h[..8].try_into().unwrap_or_default());
-    (x as f64 / u64::MAX as f64) < rate
+    castwork_protocol::sample::in_sample(rate, &format!("verify/{stream}/{seq}"))
 }
 
 /// Checks the sampled segments; returns the evidence of every bad rendition (already stored
@@ -132,11 +127,7 @@ pub async fn verify(
             .get(&source.key)
             .await
             .with_context(|| format!("fetching {}", source.key))?;
-        let (ext, formats) = if source.key.ends_with(".mkv") {
-            ("mkv", "matroska")
-        } else {
-            ("ts", "mpegts")
-        };
+        let (ext, formats) = castwork_protocol::source_container(&source.key);
         let src_path = tmp.path().join(format!("source-{seq}.{ext}"));
         tokio::fs::write(&src_path, &src).await?;
         for r in renditions {
@@ -173,7 +164,7 @@ pub async fn verify(
                 ),
                 measured,
                 orchestrator: orchestrator.to_string(),
-                unix_ms: now_ms(),
+                unix_ms: castwork_protocol::time::now_unix_ms(),
             };
             found.push(ev);
         }
@@ -182,13 +173,6 @@ pub async fn verify(
         record(storage, ev, penalty).await?;
     }
     Ok((found, checked))
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64
 }
 
 /// Stores one piece of evidence and applies the penalty; prints what happened.

@@ -175,15 +175,6 @@ fn metric(cluster: &Cluster, line_start: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn redis_of(cluster: &Cluster) -> String {
-    cluster
-        .env
-        .iter()
-        .find(|(k, _)| k == "REDIS_URL")
-        .map(|(_, v)| v.clone())
-        .unwrap()
-}
-
 #[test]
 fn a_stream_paid_with_tickets_has_its_winners_redeemed_and_bad_payments_refused() {
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -292,7 +283,7 @@ fn a_stream_paid_with_tickets_has_its_winners_redeemed_and_bad_payments_refused(
     let status = run_ok(
         "orchestrator",
         &args(
-            &["--redis-url", &redis_of(&cluster), "chain", "status"],
+            &["--redis-url", cluster.redis_url(), "chain", "status"],
             &net.eth(2),
         ),
     );
@@ -313,7 +304,7 @@ fn a_stream_paid_with_tickets_has_its_winners_redeemed_and_bad_payments_refused(
         "orchestrator",
         &[
             "--redis-url".into(),
-            redis_of(&cluster),
+            cluster.redis_url().to_string(),
             "ledger".into(),
             "show".into(),
         ],

@@ -21,14 +21,8 @@ const PRICE: [&str; 4] = ["--price-per-unit", "1", "--pixels-per-unit", "1000"];
 const SEGMENT_FEE: i64 = (426 * 240 * 60 + 999) / 1000;
 
 fn ledger(cluster: &Cluster, args: &[&str]) -> String {
-    let redis = cluster
-        .env
-        .iter()
-        .find(|(k, _)| k == "REDIS_URL")
-        .map(|(_, v)| v.clone())
-        .unwrap();
     let out = Command::new(bin("orchestrator"))
-        .args(["--redis-url", &redis, "ledger"])
+        .args(["--redis-url", cluster.redis_url(), "ledger"])
         .args(args)
         .output()
         .unwrap();
@@ -301,12 +295,7 @@ fn a_cheating_orchestrator_loses_off_chain_stake_to_the_broadcasters_check() {
         ledger(&cluster, &["stake", "orch-a", "100"]),
         "stake of orchestrator orch-a: 100"
     );
-    let redis = cluster
-        .env
-        .iter()
-        .find(|(k, _)| k == "REDIS_URL")
-        .map(|(_, v)| v.clone())
-        .unwrap();
+    let redis = cluster.redis_url().to_string();
     let stream = stream_name("cheat");
     let url = format!("http://{}", cluster.orchestrator_addr);
     let out = cluster.push(

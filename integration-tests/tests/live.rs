@@ -474,12 +474,7 @@ fn http_push_answers_with_the_renditions() {
 }
 
 fn redis_get(cluster: &Cluster, key: &str, field: &str) -> Option<u64> {
-    let url = &cluster
-        .env
-        .iter()
-        .find(|(k, _)| k == "REDIS_URL")
-        .unwrap()
-        .1;
+    let url = cluster.redis_url();
     let out = std::process::Command::new("redis-cli")
         .args(["-u", url, "HGET", key, field])
         .output()

@@ -11,7 +11,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use castwork_protocol::time::now_unix_ms;
 
 use castwork_chain::ticket::{self, Ticket};
 use castwork_chain::{Address, Chain, Deployment, SenderInfo, TicketDomain, B256, U256};
@@ -61,7 +63,7 @@ struct Winning {
 }
 
 /// A redemption's outcome, kept in Redis for `chain status`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Redemption {
     pub ticket_hash: String,
     pub sender: String,
@@ -72,6 +74,21 @@ pub struct Redemption {
     pub gas_used: Option<u64>,
     pub error: Option<String>,
     pub unix_ms: u64,
+}
+
+impl Redemption {
+    /// The record of winning ticket `w` (hash `ticket_hash`), with no outcome yet.
+    fn of(w: &Winning, ticket_hash: String) -> Redemption {
+        Redemption {
+            ticket_hash,
+            sender: w.ticket.sender.clone(),
+            face_value: w.ticket.face_value.clone(),
+            stream: w.stream.clone(),
+            seq: w.seq,
+            unix_ms: now_unix_ms(),
+            ..Redemption::default()
+        }
+    }
 }
 
 /// Records the tickets of one segment: refuses a nonce already used by another submission,
@@ -103,17 +120,7 @@ return {1, #fresh, ''}
 );
 
 fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64
+    now_unix_ms() / 1000
 }
 
 fn chain_err(e: anyhow::Error) -> HandleError {
@@ -154,13 +161,13 @@ impl Payments {
             .map_err(|_| anyhow::anyhow!("--ticket-ev does not fit the ledger (64-bit wei)"))?;
         let key = format!("cw:chain:secret:{recipient:x}");
         let candidate = B256::from(rand_bytes());
-        let _: bool = redis::cmd("SET")
+        // The first process of the account sets it; the others read it.
+        let _: Option<String> = redis::cmd("SET")
             .arg(&key)
             .arg(candidate.to_string())
             .arg("NX")
             .query_async(&mut redis.clone())
-            .await
-            .map(|v: Option<String>| v.is_some())?;
+            .await?;
         let stored: String = redis::cmd("GET")
             .arg(&key)
             .query_async(&mut redis.clone())
@@ -349,7 +356,8 @@ impl Payments {
         for c in &checked {
             inv.key(format!(
                 "cw:chain:ticket:{}:{}",
-                c.ticket.recipient_rand_hash, c.ticket.sender_nonce
+                c.wire.recipient_rand_hash.to_lowercase(),
+                c.wire.sender_nonce
             ));
         }
         inv.key(WINNING_LIST);
@@ -394,7 +402,8 @@ impl Payments {
             return Ok(Err(format!(
                 "replayed ticket: nonce {} under recipientRandHash {} was already used for \
                  segment {used_for}",
-                checked[i].ticket.sender_nonce, checked[i].ticket.recipient_rand_hash
+                checked[i].wire.sender_nonce,
+                checked[i].wire.recipient_rand_hash.to_lowercase()
             )));
         }
         let wins = checked.iter().filter(|c| c.wins).count();
@@ -481,10 +490,6 @@ impl Payments {
             let wins = ticket::is_winning(&sig, rand, t.win_prob);
             out.push(Checked {
                 wire: w.clone(),
-                ticket: WireRef {
-                    recipient_rand_hash: w.recipient_rand_hash.to_lowercase(),
-                    sender_nonce: n,
-                },
                 digest,
                 wins,
             });
@@ -529,38 +534,16 @@ impl Payments {
         let Some(item) = item else {
             return Ok(false);
         };
-        let outcome = match serde_json::from_str::<Winning>(&item) {
+        let (list, record) = match serde_json::from_str::<Winning>(&item) {
             Ok(w) => self.redeem(&w, tries).await?,
-            Err(e) => Some(Err(format!("unreadable entry: {e}"))),
-        };
-        let Some(outcome) = outcome else {
-            return Ok(false);
-        };
-        let (list, record) = match outcome {
-            Ok(r) => (REDEEMED_LIST, r),
-            Err(m) => {
-                let w: Option<Winning> = serde_json::from_str(&item).ok();
-                (
-                    REDEEM_FAILED_LIST,
-                    Redemption {
-                        ticket_hash: String::new(),
-                        sender: w
-                            .as_ref()
-                            .map(|w| w.ticket.sender.clone())
-                            .unwrap_or_default(),
-                        face_value: w
-                            .as_ref()
-                            .map(|w| w.ticket.face_value.clone())
-                            .unwrap_or_default(),
-                        stream: w.as_ref().map(|w| w.stream.clone()).unwrap_or_default(),
-                        seq: w.map(|w| w.seq).unwrap_or_default(),
-                        tx: None,
-                        gas_used: None,
-                        error: Some(m),
-                        unix_ms: now_ms(),
-                    },
-                )
-            }
+            Err(e) => (
+                REDEEM_FAILED_LIST,
+                Redemption {
+                    error: Some(format!("unreadable entry: {e}")),
+                    unix_ms: now_unix_ms(),
+                    ..Redemption::default()
+                },
+            ),
         };
         let json = serde_json::to_string(&record)?;
         let _: () = redis::pipe()
@@ -584,51 +567,49 @@ impl Payments {
         Ok(true)
     }
 
-    /// One try at a winning ticket: `Some(Ok)` redeemed, `Some(Err)` given up, `None` to be
-    /// tried again later; `Err` for a node that cannot be reached.
+    /// One try at a winning ticket: its record, in the list of redemptions or of those given
+    /// up; `Err` to try again later (a node that cannot be reached, a failed transaction with
+    /// tries left).
     async fn redeem(
         &self,
         w: &Winning,
         tries: &mut HashMap<String, u32>,
-    ) -> anyhow::Result<Option<Result<Redemption, String>>> {
+    ) -> anyhow::Result<(&'static str, Redemption)> {
+        let give_up = |hash: String, why: String| {
+            let r = Redemption {
+                error: Some(why),
+                ..Redemption::of(w, hash)
+            };
+            Ok((REDEEM_FAILED_LIST, r))
+        };
         let t = match Ticket::from_wire(&w.ticket) {
             Ok(t) => t,
-            Err(e) => return Ok(Some(Err(e.to_string()))),
+            Err(e) => return give_up(String::new(), e.to_string()),
         };
         let Some(sig) = alloy_hex(&w.ticket.signature) else {
-            return Ok(Some(Err("signature is not hex".into())));
+            return give_up(String::new(), "signature is not hex".into());
         };
         let Ok(seed) = w.seed.parse::<B256>() else {
-            return Ok(Some(Err("seed is not hex".into())));
+            return give_up(String::new(), "seed is not hex".into());
         };
         let rand = ticket::recipient_rand(&self.secret, &seed);
         let digest = t.hash(&self.domain);
-        let record = |tx: Option<String>, gas: Option<u64>, error: Option<String>| Redemption {
-            ticket_hash: digest.to_string(),
-            sender: w.ticket.sender.clone(),
-            face_value: w.ticket.face_value.clone(),
-            stream: w.stream.clone(),
-            seq: w.seq,
-            tx,
-            gas_used: gas,
-            error,
-            unix_ms: now_ms(),
-        };
         if self.chain.ticket_used(&self.deployment, digest).await? {
             metrics::REDEMPTIONS
                 .with_label_values(&["already_redeemed"])
                 .inc();
-            return Ok(Some(Ok(record(
-                None,
-                None,
-                Some("already redeemed".into()),
-            ))));
+            let r = Redemption {
+                error: Some("already redeemed".into()),
+                ..Redemption::of(w, digest.to_string())
+            };
+            return Ok((REDEEMED_LIST, r));
         }
         if U256::from(self.chain.block_timestamp().await?) > t.expires_at {
             metrics::REDEMPTIONS.with_label_values(&["expired"]).inc();
-            return Ok(Some(Err(format!(
-                "ticket {digest} expired before it could be redeemed"
-            ))));
+            return give_up(
+                digest.to_string(),
+                format!("ticket {digest} expired before it could be redeemed"),
+            );
         }
         match self.chain.redeem(&self.deployment, &t, &sig, rand).await {
             Ok(m) => {
@@ -642,11 +623,12 @@ impl Payments {
                     face_value = %t.face_value,
                     "winning ticket redeemed"
                 );
-                Ok(Some(Ok(record(
-                    Some(m.tx.to_string()),
-                    Some(m.gas_used),
-                    None,
-                ))))
+                let r = Redemption {
+                    tx: Some(m.tx.to_string()),
+                    gas_used: Some(m.gas_used),
+                    ..Redemption::of(w, digest.to_string())
+                };
+                Ok((REDEEMED_LIST, r))
             }
             Err(e) => {
                 let n = tries.entry(digest.to_string()).or_insert(0);
@@ -655,7 +637,7 @@ impl Payments {
                 if *n >= self.policy.redeem_attempts {
                     tries.remove(&digest.to_string());
                     metrics::REDEMPTIONS.with_label_values(&["failed"]).inc();
-                    return Ok(Some(Err(format!("{e:#}"))));
+                    return give_up(digest.to_string(), format!("{e:#}"));
                 }
                 Err(e)
             }
@@ -688,14 +670,8 @@ impl Payments {
     }
 }
 
-struct WireRef {
-    recipient_rand_hash: String,
-    sender_nonce: u64,
-}
-
 struct Checked {
     wire: WireTicket,
-    ticket: WireRef,
     digest: B256,
     wins: bool,
 }

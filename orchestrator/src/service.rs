@@ -93,13 +93,10 @@ impl QualityPolicy {
     /// Whether this result's pictures are checked: a fixed fraction of results, chosen by
     /// a hash of the segment and attempt (the same answer on a redelivery).
     pub fn sampled(&self, r: &SegmentResult) -> bool {
-        use sha2::Digest as _;
-        if self.sample_rate <= 0.0 {
-            return false;
-        }
-        let h = sha2::Sha256::digest(format!("{}/{}/{}", r.stream, r.seq, r.attempt));
-        let x = u64::from_be_bytes(h[..8].try_into().unwrap_or_default());
-        (x as f64 / u64::MAX as f64) < self.sample_rate
+        castwork_protocol::sample::in_sample(
+            self.sample_rate,
+            &format!("{}/{}/{}", r.stream, r.seq, r.attempt),
+        )
     }
 }
 

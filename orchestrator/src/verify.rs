@@ -77,11 +77,7 @@ async fn check_quality(
         .get(&seg.source.key)
         .await
         .map_err(|e| CheckError::Unavailable(e.to_string()))?;
-    let (ext, formats) = if seg.source.key.ends_with(".mkv") {
-        ("mkv", "matroska")
-    } else {
-        ("ts", "mpegts")
-    };
+    let (ext, formats) = castwork_protocol::source_container(&seg.source.key);
     let source = tmp.join(format!("source.{ext}"));
     tokio::fs::write(&source, &data)
         .await

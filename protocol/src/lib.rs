@@ -9,6 +9,7 @@ pub mod payment;
 pub mod playlist;
 pub mod price;
 pub mod profile;
+pub mod sample;
 pub mod time;
 
 pub use ladder::{plan_ladder, LadderPlan, Rung, SkippedRung};

@@ -195,6 +195,15 @@ pub fn source_key(stream: &str, seq: u64, ext: &str) -> String {
     format!("streams/{stream}/source/{seq}.{ext}")
 }
 
+/// The container of a source segment, from its key: (file extension, FFmpeg demuxer).
+pub fn source_container(key: &str) -> (&'static str, &'static str) {
+    if key.ends_with(".mkv") {
+        ("mkv", "matroska")
+    } else {
+        ("ts", "mpegts")
+    }
+}
+
 /// Object key of a rendition segment: `SEQ.ATTEMPT.HASH.ts`, where HASH is the first 16 hex
 /// digits of the content's SHA-256.
 pub fn rendition_key(stream: &str, rung: &str, seq: u64, attempt: u32, sha256: &str) -> String {

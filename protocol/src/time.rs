@@ -2,6 +2,13 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Milliseconds since the Unix epoch (0 for a clock before it).
+pub fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// A rational number such as a frame rate (30000/1001) or a sample aspect ratio (4/3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rational {

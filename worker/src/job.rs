@@ -96,11 +96,7 @@ impl From<MediaError> for JobError {
     }
 }
 
-pub fn now_unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub use castwork_protocol::time::now_unix_ms;
 
 /// Whether a live job's result would come too late to be used.
 pub fn past_deadline(job: &SegmentJob) -> bool {
@@ -193,11 +189,7 @@ async fn transcode_job(
         None => tempfile::tempdir(),
     }
     .map_err(|e| JobError::transient(format!("temp dir: {e}")))?;
-    let ext = if job.source.key.ends_with(".mkv") {
-        "mkv"
-    } else {
-        "ts"
-    };
+    let (ext, _) = castwork_protocol::source_container(&job.source.key);
     let src_path = tmp.path().join(format!("source.{ext}"));
     tokio::fs::write(&src_path, &data)
         .await

@@ -287,6 +287,15 @@ impl Cluster {
         self.children.push(child);
     }
 
+    /// The cluster's Redis (`REDIS_URL` of its processes).
+    pub fn redis_url(&self) -> &str {
+        self.env
+            .iter()
+            .find(|(k, _)| k == "REDIS_URL")
+            .map(|(_, v)| v.as_str())
+            .expect("every cluster has a Redis")
+    }
+
     pub fn storage_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
