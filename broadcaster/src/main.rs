@@ -190,11 +190,32 @@ struct LiveArgs {
     /// Seconds to wait for an orchestrator to admit a live stream.
     #[arg(long, env = "LIVE_ADMIT_TIMEOUT_SECS", default_value_t = 30)]
     live_admit_timeout_secs: u64,
+
+    /// HTTP address of the orchestrator that live streams go to: its price (GET /price) is
+    /// checked against --live-max-price-per-unit at start, and in on-chain mode (--eth-*)
+    /// every live segment is paid with tickets under its parameters.
+    #[arg(long, env = "LIVE_ORCHESTRATOR_URL")]
+    live_orchestrator_url: Option<String>,
+
+    /// The most live streams pay, in wei per --live-max-price-pixels-per-unit output
+    /// pixels; `serve` refuses to start when the orchestrator at --live-orchestrator-url
+    /// asks more. Unset: no limit.
+    #[arg(
+        long,
+        env = "LIVE_MAX_PRICE_PER_UNIT",
+        requires = "live_orchestrator_url"
+    )]
+    live_max_price_per_unit: Option<u64>,
+
+    /// Output pixels per unit of --live-max-price-per-unit.
+    #[arg(long, env = "LIVE_MAX_PRICE_PIXELS_PER_UNIT", default_value_t = 1)]
+    live_max_price_pixels_per_unit: u64,
 }
 
 /// Starts the RTMP server; returns the HTTP push settings.
 async fn start_live(
     args: &LiveArgs,
+    eth: &castwork_chain::cli::EthArgs,
     amqp_url: &str,
     storage: &Storage,
     shutdown: &tokio_util::sync::CancellationToken,
@@ -208,6 +229,22 @@ async fn start_live(
             "--live-segment-secs must be 1-30 and --live-max-segment-secs between it and 60"
         );
     }
+    let max = castwork_protocol::Price {
+        price_per_unit: args.live_max_price_per_unit.unwrap_or(u64::MAX),
+        pixels_per_unit: args.live_max_price_pixels_per_unit,
+    };
+    let payer = priced(
+        eth,
+        args.live_orchestrator_url.as_deref(),
+        &max,
+        "--live-orchestrator-url",
+    )
+    .await?
+    .1
+    .map(Arc::new);
+    if let Some(p) = &payer {
+        tracing::info!(account = %p.address(), orchestrator = p.recipient(), "live streams are paid with tickets");
+    }
     let live = Live::new(LiveConfig {
         amqp_url: amqp_url.to_string(),
         storage: storage.clone(),
@@ -218,6 +255,7 @@ async fn start_live(
         reconnect_window: Duration::from_secs(args.live_reconnect_secs),
         http_idle: Duration::from_secs(args.http_push_idle_secs.max(1)),
         broadcaster: args.live_broadcaster_id.clone(),
+        payer,
     });
     let listener = tokio::net::TcpListener::bind(args.rtmp_addr)
         .await
@@ -240,6 +278,38 @@ async fn start_live(
         max_bytes: args.http_push_max_mb.max(1) * 1024 * 1024,
         wait: Duration::from_secs(args.http_push_wait_secs.max(1)),
     })
+}
+
+/// The offer of the orchestrator at `url` (refused above `max`) and, in on-chain mode,
+/// the payer of its tickets; `flag` names `url`'s flag in messages.
+async fn priced(
+    eth: &castwork_chain::cli::EthArgs,
+    url: Option<&str>,
+    max: &castwork_protocol::Price,
+    flag: &str,
+) -> anyhow::Result<(
+    Option<castwork_protocol::payment::PriceOffer>,
+    Option<castwork_broadcaster::payer::Payer>,
+)> {
+    let Some(url) = url else {
+        if eth.enabled() {
+            anyhow::bail!(
+                "on-chain mode needs {flag}, where the orchestrator's ticket parameters are"
+            );
+        }
+        return Ok((None, None));
+    };
+    let offer = castwork_broadcaster::push::check_price(url, max).await?;
+    let payer = if eth.enabled() {
+        Some(castwork_broadcaster::payer::Payer::new(
+            eth.signer()?,
+            url,
+            offer.clone(),
+        )?)
+    } else {
+        None
+    };
+    Ok((Some(offer), payer))
 }
 
 #[tokio::main]
@@ -268,7 +338,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let push = if live.no_live {
                 None
             } else {
-                Some(start_live(&live, &cli.service.amqp_url, &storage, &shutdown).await?)
+                Some(start_live(&live, &cli.eth, &cli.service.amqp_url, &storage, &shutdown).await?)
             };
             let addr = http::serve(
                 http_addr,
@@ -303,23 +373,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 price_per_unit: max_price_per_unit.unwrap_or(u64::MAX),
                 pixels_per_unit: max_price_pixels_per_unit,
             };
-            let offer = match &orchestrator_url {
-                Some(url) => Some(castwork_broadcaster::push::check_price(url, &max).await?),
-                None => None,
-            };
-            let payer = match (cli.eth.enabled(), &orchestrator_url, offer.clone()) {
-                (false, _, _) => None,
-                (true, Some(url), Some(offer)) => {
-                    let mut p =
-                        castwork_broadcaster::payer::Payer::new(cli.eth.signer()?, url, offer)?;
-                    p.test_tickets = test_only_tickets;
-                    Some(std::sync::Arc::new(p))
-                }
-                (true, _, _) => anyhow::bail!(
-                    "on-chain mode needs --orchestrator-url, where the orchestrator's ticket \
-                     parameters are"
-                ),
-            };
+            let (offer, payer) = priced(
+                &cli.eth,
+                orchestrator_url.as_deref(),
+                &max,
+                "--orchestrator-url",
+            )
+            .await?;
+            let payer = payer.map(|mut p| {
+                p.test_tickets = test_only_tickets;
+                Arc::new(p)
+            });
             let rate = verify_sample_rate.unwrap_or(if payer.is_some() { 0.1 } else { 0.0 });
             if !(0.0..=1.0).contains(&rate) {
                 anyhow::bail!("--verify-sample-rate must be between 0 and 1");

@@ -1,12 +1,17 @@
 //! The Ethereum client: one account on one node, with the deployed contracts.
 
+use std::future::Future;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
+use alloy::network::Ethereum;
 use alloy::network::EthereumWallet;
 use alloy::primitives::{Address, Bytes, B256, U256};
-use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use alloy::providers::{DynProvider, PendingTransactionBuilder, Provider, ProviderBuilder};
 use alloy::rpc::types::TransactionReceipt;
 use alloy::signers::local::PrivateKeySigner;
+use alloy::sol_types::SolError as _;
 use anyhow::{bail, Context as _};
 use serde::{Deserialize, Serialize};
 
@@ -93,11 +98,21 @@ pub struct OrchestratorInfo {
     pub withdrawable: U256,
 }
 
+/// How long a sent transaction may wait to be mined before the call gives up with an
+/// error (a node that stopped mining must not hang the redeemer or a CLI forever).
+pub const RECEIPT_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// One account on one node.
+///
+/// Transactions from one `Chain` (and its clones) are sent one at a time: each takes the
+/// account's next nonce from the node when it is sent, and the next waits until it is mined.
+/// A send that fails before it reaches the node (a revert in gas estimation, say) therefore
+/// leaves no gap in the account's nonces.
 #[derive(Clone)]
 pub struct Chain {
     provider: DynProvider,
     account: Address,
+    sending: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Chain {
@@ -107,11 +122,40 @@ impl Chain {
         let url = url
             .parse()
             .with_context(|| format!("--eth-url {url:?} is not a URL"))?;
-        let provider = ProviderBuilder::new()
+        // Not `ProviderBuilder::new()`: its cached nonce manager keeps a nonce taken by a
+        // send whose gas estimation then reverted, and every later transaction of the
+        // account waits behind that gap forever.
+        let provider = ProviderBuilder::default()
+            .with_gas_estimation()
+            .with_simple_nonce_management()
+            .fetch_chain_id()
             .wallet(EthereumWallet::from(signer))
             .connect_http(url)
             .erased();
-        Ok(Chain { provider, account })
+        Ok(Chain {
+            provider,
+            account,
+            sending: Arc::new(tokio::sync::Mutex::new(())),
+        })
+    }
+
+    /// Sends one transaction (`send`, not started until here) and waits for it to be mined,
+    /// at most [`RECEIPT_TIMEOUT`]; fails with `what` and the reason when it is refused,
+    /// reverts or is not mined in time.
+    async fn transact(
+        &self,
+        what: &str,
+        send: impl Future<Output = Result<PendingTransactionBuilder<Ethereum>, alloy::contract::Error>>,
+    ) -> anyhow::Result<Mined> {
+        let _one_at_a_time = self.sending.lock().await;
+        let pending = send.await.with_context(|| format!("{what}: sending"))?;
+        let tx = *pending.tx_hash();
+        let receipt = pending
+            .with_timeout(Some(RECEIPT_TIMEOUT))
+            .get_receipt()
+            .await
+            .with_context(|| format!("{what}: waiting for transaction {tx} to be mined"))?;
+        Mined::from_receipt(what, receipt)
     }
 
     pub fn account(&self) -> Address {
@@ -162,6 +206,7 @@ impl Chain {
     /// Deploys the token, staking and ticket broker contracts from this account, which
     /// becomes the token's minter and the staking contract's owner.
     pub async fn deploy(&self, p: DeployParams) -> anyhow::Result<Deployment> {
+        let _one_at_a_time = self.sending.lock().await;
         let token = StakeToken::deploy(self.provider.clone())
             .await
             .context("deploying the stake token")?;
@@ -173,9 +218,13 @@ impl Chain {
         )
         .await
         .context("deploying the staking contract")?;
-        let broker = TicketBroker::deploy(self.provider.clone(), U256::from(p.unlock_period_secs))
-            .await
-            .context("deploying the ticket broker")?;
+        let broker = TicketBroker::deploy(
+            self.provider.clone(),
+            U256::from(p.unlock_period_secs),
+            *staking.address(),
+        )
+        .await
+        .context("deploying the ticket broker")?;
         Ok(Deployment {
             chain_id: self.chain_id().await?,
             token: *token.address(),
@@ -203,48 +252,28 @@ impl Chain {
     }
 
     pub async fn mint(&self, d: &Deployment, to: Address, amount: U256) -> anyhow::Result<Mined> {
-        let r = self
-            .token(d)
-            .mint(to, amount)
-            .send()
+        self.transact("mint", self.token(d).mint(to, amount).send())
             .await
-            .context("mint")?;
-        Mined::from_receipt("mint", r.get_receipt().await?)
     }
 
     // ----- staking -----
 
     /// Approves and bonds `amount` of this account's tokens to its own stake.
     pub async fn bond(&self, d: &Deployment, amount: U256) -> anyhow::Result<Mined> {
-        let approve = self
-            .token(d)
-            .approve(d.staking, amount)
-            .send()
+        self.transact("approve", self.token(d).approve(d.staking, amount).send())
+            .await?;
+        self.transact("bond", self.staking(d).bond(amount).send())
             .await
-            .context("approving the staking contract")?;
-        Mined::from_receipt("approve", approve.get_receipt().await?)?;
-        let r = self.staking(d).bond(amount).send().await.context("bond")?;
-        Mined::from_receipt("bond", r.get_receipt().await?)
     }
 
     pub async fn unbond(&self, d: &Deployment, amount: U256) -> anyhow::Result<Mined> {
-        let r = self
-            .staking(d)
-            .unbond(amount)
-            .send()
+        self.transact("unbond", self.staking(d).unbond(amount).send())
             .await
-            .context("unbond")?;
-        Mined::from_receipt("unbond", r.get_receipt().await?)
     }
 
     pub async fn withdraw_unbonded(&self, d: &Deployment) -> anyhow::Result<Mined> {
-        let r = self
-            .staking(d)
-            .withdrawUnbonded()
-            .send()
+        self.transact("withdraw", self.staking(d).withdrawUnbonded().send())
             .await
-            .context("withdraw")?;
-        Mined::from_receipt("withdraw", r.get_receipt().await?)
     }
 
     pub async fn register(
@@ -254,13 +283,13 @@ impl Chain {
         pixels_per_unit: U256,
         service_uri: &str,
     ) -> anyhow::Result<Mined> {
-        let r = self
-            .staking(d)
-            .register(price_per_unit, pixels_per_unit, service_uri.to_string())
-            .send()
-            .await
-            .context("register")?;
-        Mined::from_receipt("register", r.get_receipt().await?)
+        self.transact(
+            "register",
+            self.staking(d)
+                .register(price_per_unit, pixels_per_unit, service_uri.to_string())
+                .send(),
+        )
+        .await
     }
 
     pub async fn set_verifier(
@@ -269,13 +298,11 @@ impl Chain {
         verifier: Address,
         allowed: bool,
     ) -> anyhow::Result<Mined> {
-        let r = self
-            .staking(d)
-            .setVerifier(verifier, allowed)
-            .send()
-            .await
-            .context("setVerifier")?;
-        Mined::from_receipt("setVerifier", r.get_receipt().await?)
+        self.transact(
+            "setVerifier",
+            self.staking(d).setVerifier(verifier, allowed).send(),
+        )
+        .await
     }
 
     pub async fn slash(
@@ -285,13 +312,13 @@ impl Chain {
         amount: U256,
         evidence_hash: B256,
     ) -> anyhow::Result<Mined> {
-        let r = self
-            .staking(d)
-            .slash(orchestrator, amount, evidence_hash)
-            .send()
-            .await
-            .context("slash")?;
-        Mined::from_receipt("slash", r.get_receipt().await?)
+        self.transact(
+            "slash",
+            self.staking(d)
+                .slash(orchestrator, amount, evidence_hash)
+                .send(),
+        )
+        .await
     }
 
     pub async fn orchestrator(
@@ -345,14 +372,17 @@ impl Chain {
         deposit: U256,
         reserve: U256,
     ) -> anyhow::Result<Mined> {
-        let r = self
-            .broker(d)
-            .fundDepositAndReserve(deposit, reserve)
-            .value(deposit + reserve)
-            .send()
-            .await
-            .context("fundDepositAndReserve")?;
-        Mined::from_receipt("fund", r.get_receipt().await?)
+        let Some(value) = deposit.checked_add(reserve) else {
+            bail!("deposit + reserve overflows 256 bits");
+        };
+        self.transact(
+            "fund",
+            self.broker(d)
+                .fundDepositAndReserve(deposit, reserve)
+                .value(value)
+                .send(),
+        )
+        .await
     }
 
     pub async fn sender_info(&self, d: &Deployment, sender: Address) -> anyhow::Result<SenderInfo> {
@@ -362,6 +392,21 @@ impl Chain {
             reserve: i.reserve,
             withdrawable_at: i.withdrawableAt.saturating_to(),
         })
+    }
+
+    /// What `recipient` may still take from `sender`'s reserve (nothing unless it is in the
+    /// active set; at most its share, reserve funded / max active).
+    pub async fn claimable_reserve(
+        &self,
+        d: &Deployment,
+        sender: Address,
+        recipient: Address,
+    ) -> anyhow::Result<U256> {
+        Ok(self
+            .broker(d)
+            .claimableReserve(sender, recipient)
+            .call()
+            .await?)
     }
 
     fn contract_ticket(t: &Ticket) -> TicketBroker::Ticket {
@@ -418,6 +463,37 @@ impl Chain {
         Ok(self.broker(d).usedTickets(digest).call().await?)
     }
 
+    /// The broker's unlock period: how long a sender's funds stay after `unlock`.
+    pub async fn unlock_period(&self, d: &Deployment) -> anyhow::Result<u64> {
+        Ok(self.broker(d).unlockPeriod().call().await?.saturating_to())
+    }
+
+    /// Asks the node (`eth_call`) whether redeeming the ticket would succeed now:
+    /// `Ok(None)` if so, `Ok(Some(reason))` with the contract's revert reason if not, and
+    /// `Err` when the node could not be asked.
+    pub async fn refusal_to_redeem(
+        &self,
+        d: &Deployment,
+        t: &Ticket,
+        sig: &[u8],
+        rand: U256,
+    ) -> anyhow::Result<Option<String>> {
+        let broker = self.broker(d);
+        let call =
+            broker.redeemWinningTicket(Self::contract_ticket(t), Bytes::copy_from_slice(sig), rand);
+        match call.call().await {
+            Ok(_) => Ok(None),
+            Err(e) => match e.as_revert_data() {
+                Some(data) => Ok(Some(
+                    alloy::sol_types::Revert::abi_decode(&data)
+                        .map(|r| r.reason)
+                        .unwrap_or_else(|_| format!("reverted with {data}")),
+                )),
+                None => Err(e).context("asking the node whether the ticket redeems"),
+            },
+        }
+    }
+
     /// Redeems a winning ticket; the contract pays its recipient.
     pub async fn redeem(
         &self,
@@ -426,12 +502,12 @@ impl Chain {
         sig: &[u8],
         rand: U256,
     ) -> anyhow::Result<Mined> {
-        let r = self
-            .broker(d)
-            .redeemWinningTicket(Self::contract_ticket(t), Bytes::copy_from_slice(sig), rand)
-            .send()
-            .await
-            .context("redeemWinningTicket")?;
-        Mined::from_receipt("redeemWinningTicket", r.get_receipt().await?)
+        self.transact(
+            "redeemWinningTicket",
+            self.broker(d)
+                .redeemWinningTicket(Self::contract_ticket(t), Bytes::copy_from_slice(sig), rand)
+                .send(),
+        )
+        .await
     }
 }

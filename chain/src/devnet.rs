@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use alloy::primitives::{Address, U256};
 use alloy::providers::{Provider, ProviderBuilder};
 use alloy::signers::local::PrivateKeySigner;
 use anyhow::{bail, Context as _};
@@ -57,12 +58,16 @@ pub struct Anvil {
 impl Anvil {
     /// Starts anvil on a free local port and waits until it answers.
     pub async fn start() -> anyhow::Result<Anvil> {
-        let Some(bin) = anvil_binary() else {
-            bail!("anvil not found: run `npm install` in contracts/ (scripts/test.sh does), or set ANVIL");
-        };
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
+        Self::start_on(port).await
+    }
+
+    async fn start_on(port: u16) -> anyhow::Result<Anvil> {
+        let Some(bin) = anvil_binary() else {
+            bail!("anvil not found: run `npm install` in contracts/ (scripts/test.sh does), or set ANVIL");
+        };
         let child = Command::new(&bin)
             .args([
                 "--port",
@@ -94,6 +99,35 @@ impl Anvil {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+
+    /// The node's whole state (accounts, contracts, storage), as `anvil_dumpState` gives it.
+    pub async fn dump_state(&self) -> anyhow::Result<serde_json::Value> {
+        let provider = ProviderBuilder::new().connect_http(self.url.parse()?);
+        Ok(provider.raw_request("anvil_dumpState".into(), ()).await?)
+    }
+
+    /// Kills the node (SIGKILL): until [`Anvil::restart`], its URL answers nothing.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts a new node on the same port with `state` (from [`Anvil::dump_state`]).
+    pub async fn restart(&mut self, state: &serde_json::Value) -> anyhow::Result<()> {
+        self.kill();
+        let mut fresh = Self::start_on(self.port).await?;
+        std::mem::swap(&mut self.child, &mut fresh.child);
+        // `fresh` now holds the dead child: dropping it only reaps it again.
+        drop(fresh);
+        let provider = ProviderBuilder::new().connect_http(self.url.parse()?);
+        let loaded: bool = provider
+            .raw_request("anvil_loadState".into(), (state,))
+            .await?;
+        if !loaded {
+            bail!("anvil did not load the state");
+        }
+        Ok(())
+    }
 }
 
 impl Drop for Anvil {
@@ -116,5 +150,14 @@ pub async fn increase_time(url: &str, secs: u64) -> anyhow::Result<()> {
 pub async fn mine(url: &str) -> anyhow::Result<()> {
     let provider = ProviderBuilder::new().connect_http(url.parse()?);
     let _: serde_json::Value = provider.raw_request("evm_mine".into(), ()).await?;
+    Ok(())
+}
+
+/// Sets `who`'s ETH balance to `wei`.
+pub async fn set_balance(url: &str, who: Address, wei: U256) -> anyhow::Result<()> {
+    let provider = ProviderBuilder::new().connect_http(url.parse()?);
+    let _: serde_json::Value = provider
+        .raw_request("anvil_setBalance".into(), (who, wei))
+        .await?;
     Ok(())
 }

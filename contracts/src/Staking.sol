@@ -8,7 +8,10 @@ interface IERC20 {
 }
 
 /// Orchestrators bond stake, register a price, and form an active set by stake.
-/// Accounts with the verifier role may slash an orchestrator's bonded stake, citing evidence.
+/// Accounts with the verifier role may slash an orchestrator's stake, citing evidence: its
+/// bonded stake first, then its unbonding stake that is not withdrawn yet.
+/// Only orchestrators with bonded stake are registered: one whose stake falls to zero is
+/// deregistered, and must bond again before it registers again.
 contract Staking {
     struct Orchestrator {
         uint256 bonded;
@@ -31,12 +34,19 @@ contract Staking {
     mapping(address => Orchestrator) private orchestrators;
     mapping(address => Unbonding[]) private unbondings;
     mapping(address => bool) public isVerifier;
+    /// The registered orchestrators (each with bonded stake), in registration order except
+    /// where a removal moved the last one into the freed slot.
     address[] private registeredList;
+    /// Where each registered orchestrator is in `registeredList`.
+    mapping(address => uint256) private registeredIndex;
 
     event Bonded(address indexed orchestrator, uint256 amount, uint256 bonded);
     event Unbonded(address indexed orchestrator, uint256 amount, uint256 bonded, uint256 withdrawableAt);
     event Withdrawn(address indexed orchestrator, uint256 amount);
     event Registered(address indexed orchestrator, uint256 pricePerUnit, uint256 pixelsPerUnit, string serviceUri);
+    /// The orchestrator's bonded stake fell to zero (unbonded or slashed): it left the list
+    /// the active set is drawn from.
+    event Deregistered(address indexed orchestrator);
     event VerifierSet(address indexed verifier, bool allowed);
     event Slashed(
         address indexed orchestrator, address indexed verifier, uint256 amount, uint256 bonded, bytes32 evidenceHash
@@ -65,7 +75,8 @@ contract Staking {
         emit Bonded(msg.sender, amount, o.bonded);
     }
 
-    /// Start unbonding: the stake stops counting at once and can be withdrawn after the period.
+    /// Start unbonding: the stake stops counting at once and can be withdrawn after the period;
+    /// until it is withdrawn it can still be slashed. Unbonding all of it deregisters.
     function unbond(uint256 amount) external {
         Orchestrator storage o = orchestrators[msg.sender];
         require(amount > 0 && amount <= o.bonded, "unbond between 1 and the bonded stake");
@@ -73,6 +84,9 @@ contract Staking {
         uint256 at = block.timestamp + unbondingPeriod;
         unbondings[msg.sender].push(Unbonding(amount, at));
         emit Unbonded(msg.sender, amount, o.bonded, at);
+        if (o.bonded == 0) {
+            deregister(msg.sender);
+        }
     }
 
     /// Withdraw every unbonding lock whose period has passed.
@@ -89,11 +103,14 @@ contract Staking {
         emit Withdrawn(msg.sender, total);
     }
 
+    /// Register (or update) the caller's price and service URI; it needs bonded stake.
     function register(uint256 pricePerUnit, uint256 pixelsPerUnit, string calldata serviceUri) external {
         require(pixelsPerUnit > 0, "pixels per unit must be positive");
         Orchestrator storage o = orchestrators[msg.sender];
+        require(o.bonded > 0, "bond stake before registering");
         if (!o.registered) {
             o.registered = true;
+            registeredIndex[msg.sender] = registeredList.length;
             registeredList.push(msg.sender);
         }
         o.pricePerUnit = pricePerUnit;
@@ -102,20 +119,51 @@ contract Staking {
         emit Registered(msg.sender, pricePerUnit, pixelsPerUnit, serviceUri);
     }
 
-    /// Take up to `amount` of an orchestrator's bonded stake. Half goes to the verifier that
-    /// found the fault, the rest is burned.
+    /// Take up to `amount` of an orchestrator's stake: its bonded stake first, then its
+    /// unbonding locks not yet withdrawn (newest first), so that unbonding does not escape a
+    /// fault found before the stake is withdrawn. Half goes to the verifier that found the
+    /// fault, the rest is burned. A slash to zero bonded stake deregisters the orchestrator.
     function slash(address orchestrator, uint256 amount, bytes32 evidenceHash) external {
         require(isVerifier[msg.sender], "only a verifier slashes");
         Orchestrator storage o = orchestrators[orchestrator];
         uint256 taken = amount < o.bonded ? amount : o.bonded;
-        require(taken > 0, "nothing to slash");
         o.bonded -= taken;
+        Unbonding[] storage locks = unbondings[orchestrator];
+        for (uint256 i = locks.length; i > 0 && taken < amount; i--) {
+            Unbonding storage lock = locks[i - 1];
+            if (lock.amount == 0) {
+                continue;
+            }
+            uint256 part = amount - taken < lock.amount ? amount - taken : lock.amount;
+            lock.amount -= part;
+            taken += part;
+        }
+        require(taken > 0, "nothing to slash");
+        if (o.bonded == 0) {
+            deregister(orchestrator);
+        }
         uint256 reward = taken / 2;
         if (reward > 0) {
             require(token.transfer(msg.sender, reward), "token transfer failed");
         }
         token.burn(taken - reward);
         emit Slashed(orchestrator, msg.sender, taken, o.bonded, evidenceHash);
+    }
+
+    /// Remove `orchestrator` from `registeredList` (swap with the last, pop) if it is there.
+    function deregister(address orchestrator) private {
+        Orchestrator storage o = orchestrators[orchestrator];
+        if (!o.registered) {
+            return;
+        }
+        o.registered = false;
+        uint256 i = registeredIndex[orchestrator];
+        address last = registeredList[registeredList.length - 1];
+        registeredList[i] = last;
+        registeredIndex[last] = i;
+        registeredList.pop();
+        delete registeredIndex[orchestrator];
+        emit Deregistered(orchestrator);
     }
 
     function getOrchestrator(address orchestrator)
@@ -138,7 +186,7 @@ contract Staking {
     }
 
     /// The registered orchestrators with the most bonded stake (at most `maxActive`, none with
-    /// zero stake), highest first; ties keep registration order.
+    /// zero stake), highest first; ties keep the order of `registeredList`.
     function activeSet() public view returns (address[] memory) {
         uint256 n = registeredList.length;
         address[] memory sorted = new address[](n);

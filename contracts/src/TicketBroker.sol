@@ -1,9 +1,24 @@
 // SPDX-License-Identifier: Apache-2.0
 pragma solidity 0.8.28;
 
+/// The part of the staking contract the ticket broker asks about.
+interface IStaking {
+    function isActive(address orchestrator) external view returns (bool);
+    function maxActive() external view returns (uint256);
+}
+
 /// Probabilistic micropayments. A broadcaster (sender) funds a deposit and a reserve in ETH and
 /// signs a ticket per payment; a ticket wins when keccak256(signature, recipientRand) is below
 /// its win probability, and only winners are redeemed here, for their face value.
+///
+/// A winning ticket is paid from the sender's deposit, whatever its recipient. What the deposit
+/// cannot cover is paid from the sender's reserve, but only to a recipient in the staking
+/// contract's active set, and each recipient may take at most `reserveFunded / maxActive` of a
+/// sender's reserve in all, where `reserveFunded` is everything the sender has put in its
+/// reserve since its last withdrawal (as Livepeer's reserve, without rounds). So a sender cannot
+/// drain its reserve through tickets to recipients it controls unless they hold stake in the
+/// active set, and then each of them only takes its own share. Adding to the reserve raises
+/// every recipient's share; a withdrawal starts the shares over.
 contract TicketBroker {
     struct Ticket {
         address recipient;
@@ -17,8 +32,11 @@ contract TicketBroker {
 
     struct Sender {
         uint256 deposit;
+        /// What is left of the reserve.
         uint256 reserve;
         uint256 withdrawableAt;
+        /// Everything put in the reserve since the last withdrawal: the shares are cut from it.
+        uint256 reserveFunded;
     }
 
     bytes32 public constant TICKET_TYPEHASH = keccak256(
@@ -32,13 +50,19 @@ contract TicketBroker {
     uint256 private constant HALF_ORDER = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0;
 
     uint256 public immutable unlockPeriod;
+    IStaking public immutable staking;
     mapping(address => Sender) private senders;
     mapping(bytes32 => bool) public usedTickets;
+    /// How many times each sender has withdrawn: the claims below count within one of them.
+    mapping(address => uint256) private withdrawals;
+    /// What each recipient has taken from a sender's reserve, per the sender's withdrawal count.
+    mapping(address => mapping(uint256 => mapping(address => uint256))) private reserveClaimed;
 
     event DepositFunded(address indexed sender, uint256 amount, uint256 deposit);
     event ReserveFunded(address indexed sender, uint256 amount, uint256 reserve);
     event Unlocked(address indexed sender, uint256 withdrawableAt);
     event Withdrawn(address indexed sender, uint256 deposit, uint256 reserve);
+    event ReserveClaimed(address indexed sender, address indexed recipient, uint256 amount);
     event WinningTicketRedeemed(
         address indexed sender,
         address indexed recipient,
@@ -48,8 +72,10 @@ contract TicketBroker {
         uint256 senderNonce
     );
 
-    constructor(uint256 unlockPeriod_) {
+    constructor(uint256 unlockPeriod_, address staking_) {
+        require(staking_ != address(0), "the broker needs the staking contract");
         unlockPeriod = unlockPeriod_;
+        staking = IStaking(staking_);
     }
 
     function fundDeposit() external payable {
@@ -62,6 +88,7 @@ contract TicketBroker {
     function fundReserve() external payable {
         Sender storage s = senders[msg.sender];
         s.reserve += msg.value;
+        s.reserveFunded += msg.value;
         s.withdrawableAt = 0;
         emit ReserveFunded(msg.sender, msg.value, s.reserve);
     }
@@ -71,6 +98,7 @@ contract TicketBroker {
         Sender storage s = senders[msg.sender];
         s.deposit += depositAmount;
         s.reserve += reserveAmount;
+        s.reserveFunded += reserveAmount;
         s.withdrawableAt = 0;
         emit DepositFunded(msg.sender, depositAmount, s.deposit);
         emit ReserveFunded(msg.sender, reserveAmount, s.reserve);
@@ -90,6 +118,7 @@ contract TicketBroker {
         uint256 deposit = s.deposit;
         uint256 reserve = s.reserve;
         delete senders[msg.sender];
+        withdrawals[msg.sender] += 1;
         (bool ok,) = msg.sender.call{value: deposit + reserve}("");
         require(ok, "payout failed");
         emit Withdrawn(msg.sender, deposit, reserve);
@@ -102,6 +131,44 @@ contract TicketBroker {
     {
         Sender storage s = senders[sender];
         return (s.deposit, s.reserve, s.withdrawableAt);
+    }
+
+    /// How much `recipient` may still take from `sender`'s reserve now: nothing unless it is in
+    /// the active set, else its share (`reserveFunded / maxActive`) less what it took, at most
+    /// what is left of the reserve.
+    function claimableReserve(address sender, address recipient) public view returns (uint256) {
+        Sender storage s = senders[sender];
+        if (s.reserve == 0 || !staking.isActive(recipient)) {
+            return 0;
+        }
+        uint256 share = s.reserveFunded / staking.maxActive();
+        uint256 claimed = reserveClaimed[sender][withdrawals[sender]][recipient];
+        if (claimed >= share) {
+            return 0;
+        }
+        uint256 left = share - claimed;
+        return left < s.reserve ? left : s.reserve;
+    }
+
+    /// Take up to `faceValue` from `sender` for `recipient`: from the deposit, then from the
+    /// recipient's share of the reserve. Returns what was taken.
+    function debit(address sender, address recipient, uint256 faceValue) private returns (uint256) {
+        Sender storage s = senders[sender];
+        uint256 fromDeposit = faceValue < s.deposit ? faceValue : s.deposit;
+        s.deposit -= fromDeposit;
+        if (fromDeposit == faceValue) {
+            return fromDeposit;
+        }
+        uint256 fromReserve = claimableReserve(sender, recipient);
+        if (fromReserve > faceValue - fromDeposit) {
+            fromReserve = faceValue - fromDeposit;
+        }
+        if (fromReserve > 0) {
+            s.reserve -= fromReserve;
+            reserveClaimed[sender][withdrawals[sender]][recipient] += fromReserve;
+            emit ReserveClaimed(sender, recipient, fromReserve);
+        }
+        return fromDeposit + fromReserve;
     }
 
     function domainSeparator() public view returns (bytes32) {
@@ -143,8 +210,12 @@ contract TicketBroker {
         return uint256(keccak256(abi.encodePacked(sig, recipientRand))) < winProb;
     }
 
+    /// Pay a winning ticket: from the sender's deposit, then what the deposit lacks from the
+    /// recipient's share of the sender's reserve (see `claimableReserve`). A ticket paid in part
+    /// is used up; one that would pay nothing reverts and stays redeemable until it expires.
     function redeemWinningTicket(Ticket calldata t, bytes calldata sig, uint256 recipientRand) external {
         require(t.recipient != address(0), "ticket has no recipient");
+        require(t.faceValue > 0, "ticket has no face value");
         require(block.timestamp <= t.expiresAt, "ticket is expired");
         require(keccak256(abi.encodePacked(recipientRand)) == t.recipientRandHash, "recipientRand does not match");
         bytes32 digest = ticketHash(t);
@@ -152,25 +223,11 @@ contract TicketBroker {
         address signer = recoverSigner(digest, sig);
         require(signer != address(0) && signer == t.sender, "signature is not the sender's");
         require(isWinningTicket(sig, recipientRand, t.winProb), "ticket did not win");
+        uint256 paid = debit(t.sender, t.recipient, t.faceValue);
+        require(paid > 0, "sender has no funds for this ticket");
         usedTickets[digest] = true;
-
-        Sender storage s = senders[t.sender];
-        uint256 paid = t.faceValue;
-        if (paid <= s.deposit) {
-            s.deposit -= paid;
-        } else {
-            uint256 fromReserve = paid - s.deposit;
-            if (fromReserve > s.reserve) {
-                fromReserve = s.reserve;
-            }
-            paid = s.deposit + fromReserve;
-            s.deposit = 0;
-            s.reserve -= fromReserve;
-        }
-        if (paid > 0) {
-            (bool ok,) = t.recipient.call{value: paid}("");
-            require(ok, "payout failed");
-        }
+        (bool ok,) = t.recipient.call{value: paid}("");
+        require(ok, "payout failed");
         emit WinningTicketRedeemed(t.sender, t.recipient, digest, t.faceValue, paid, t.senderNonce);
     }
 }

@@ -2,7 +2,9 @@
 //! the operators' CLIs, a stream paid with probabilistic tickets whose winners are redeemed
 //! on-chain, bad tickets refused (replayed, expired, under-funded sender), an orchestrator
 //! outside the active set refusing work, a cheating worker redone by an honest one, and a
-//! cheating orchestrator caught by the broadcaster's own check and slashed.
+//! cheating orchestrator caught by the broadcaster's own check and slashed; a live stream
+//! paid with tickets whose winners wait out an orchestrator without gas money and a
+//! restarted node, then are redeemed exactly once.
 
 mod common;
 
@@ -10,9 +12,11 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use castwork_chain::devnet::{dev_key, Anvil};
+use castwork_chain::devnet::{dev_key, set_balance, Anvil};
 use castwork_chain::{Chain, Deployment, U256};
-use common::{bin, clip, http_get, stream_name, wait_until, Cluster};
+use common::{
+    bin, clip, http_get, http_request, pre_cut_segments, stream_name, wait_until, Cluster,
+};
 
 const RUNG: &str = "P240p30fps16x9";
 const PASSWORD: &str = "castwork-test";
@@ -175,6 +179,37 @@ fn metric(cluster: &Cluster, line_start: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The orchestrator's count of tickets with `outcome` (accepted, won, refused, replayed).
+fn ticket_count(cluster: &Cluster, outcome: &str) -> f64 {
+    metric(
+        cluster,
+        &format!("castwork_orchestrator_tickets_total{{outcome=\"{outcome}\"}}"),
+    )
+}
+
+/// What `sender` lost at the broker (deposit + reserve) since `before`.
+fn spent_since(
+    rt: &tokio::runtime::Runtime,
+    observer: &Chain,
+    d: &Deployment,
+    sender: castwork_chain::Address,
+    before: castwork_chain::SenderInfo,
+) -> U256 {
+    let after = rt.block_on(observer.sender_info(d, sender)).unwrap();
+    (before.deposit + before.reserve) - (after.deposit + after.reserve)
+}
+
+/// `orchestrator chain status` of the orchestrator (account 2) of `cluster`.
+fn chain_status(net: &Net, cluster: &Cluster) -> String {
+    run_ok(
+        "orchestrator",
+        &args(
+            &["--redis-url", cluster.redis_url(), "chain", "status"],
+            &net.eth(2),
+        ),
+    )
+}
+
 #[test]
 fn a_stream_paid_with_tickets_has_its_winners_redeemed_and_bad_payments_refused() {
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -247,14 +282,8 @@ fn a_stream_paid_with_tickets_has_its_winners_redeemed_and_bad_payments_refused(
     assert!(accepted.iter().all(|l| l.contains("\"honest\"")), "{logs}");
 
     // Every ticket was accepted once; the winners are redeemed on-chain.
-    let tickets = metric(
-        &cluster,
-        "castwork_orchestrator_tickets_total{outcome=\"accepted\"}",
-    );
-    let won = metric(
-        &cluster,
-        "castwork_orchestrator_tickets_total{outcome=\"won\"}",
-    );
+    let tickets = ticket_count(&cluster, "accepted");
+    let won = ticket_count(&cluster, "won");
     assert_eq!(tickets, 24.0, "8 tickets per segment");
     assert!(won >= 1.0, "no winning ticket among 24 at 1/2 (odds 6e-8)");
     wait_until(
@@ -267,9 +296,7 @@ fn a_stream_paid_with_tickets_has_its_winners_redeemed_and_bad_payments_refused(
             ) == won
         },
     );
-    let funds_after = rt.block_on(observer.sender_info(&d, sender)).unwrap();
-    let paid =
-        (funds_before.deposit + funds_before.reserve) - (funds_after.deposit + funds_after.reserve);
+    let paid = spent_since(&rt, &observer, &d, sender, funds_before);
     assert_eq!(
         paid,
         U256::from(FACE_VALUE) * U256::from(won as u64),
@@ -280,13 +307,7 @@ fn a_stream_paid_with_tickets_has_its_winners_redeemed_and_bad_payments_refused(
         orch_eth_after > orch_eth_before,
         "the orchestrator earned more than its gas"
     );
-    let status = run_ok(
-        "orchestrator",
-        &args(
-            &["--redis-url", cluster.redis_url(), "chain", "status"],
-            &net.eth(2),
-        ),
-    );
+    let status = chain_status(&net, &cluster);
     assert!(
         status.contains(&format!("tickets        {won} redeemed (mean gas")),
         "{status}"
@@ -326,10 +347,7 @@ fn a_stream_paid_with_tickets_has_its_winners_redeemed_and_bad_payments_refused(
         "{err}"
     );
     assert_eq!(
-        metric(
-            &cluster,
-            "castwork_orchestrator_tickets_total{outcome=\"accepted\"}"
-        ),
+        ticket_count(&cluster, "accepted"),
         32.0,
         "the redelivered first segment credited its 8 tickets once"
     );
@@ -441,5 +459,101 @@ fn a_cheating_orchestrator_is_caught_by_the_broadcaster_and_slashed_on_chain() {
         events,
         vec![(verifier, ten, hash)],
         "the contract's Slashed event"
+    );
+}
+
+#[test]
+fn a_live_stream_is_paid_with_tickets_and_its_winners_survive_a_node_restart() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut net = setup(&rt);
+    let d = net.deployment();
+    let orch = dev_key(2).address();
+    let sender = dev_key(1).address();
+    let observer = net.client(0);
+    let oargs = orchestrator_args(&net, &[]);
+    let mut cluster = Cluster::start_with(1, &refs(&oargs), Vec::new());
+    // The orchestrator cannot pay for gas: its winners wait in the queue.
+    rt.block_on(set_balance(&net.anvil.url, orch, U256::ZERO))
+        .unwrap();
+    let funds_before = rt.block_on(observer.sender_info(&d, sender)).unwrap();
+
+    let mut serve: Vec<String> = vec![
+        "--live-orchestrator-url".into(),
+        format!("http://{}", cluster.orchestrator_addr),
+        "--live-max-price-per-unit".into(),
+        "1000000000".into(),
+    ];
+    serve.extend(net.eth(1));
+    let live = cluster.serve_live(&refs(&serve));
+    let segs = pre_cut_segments(cluster.dir.path(), 6);
+    assert_eq!(segs.len(), 3);
+    let stream = stream_name("live-paid");
+    for (i, seg) in segs.iter().enumerate() {
+        let a = http_request(
+            &live.http,
+            "PUT",
+            &format!("/live/{stream}/{i}.ts"),
+            &[("Content-Duration", "2000")],
+            &std::fs::read(seg).unwrap(),
+            Duration::from_secs(90),
+        )
+        .unwrap();
+        assert_eq!(a.status, 200, "{}\n{}", a.text(), cluster.logs());
+    }
+    let tickets = ticket_count(&cluster, "accepted");
+    let won = ticket_count(&cluster, "won");
+    // Two rungs of 2 s at 0.6 gwei per pixel, paid with tickets worth 5e14 wei each.
+    assert!(tickets >= 3.0 * 16.0, "{tickets} tickets for 3 segments");
+    assert!(won >= 1.0, "no winning ticket among {tickets} at 1/2");
+    let logs = cluster.logs();
+    let accepted = logs
+        .lines()
+        .filter(|l| l.contains("segment accepted") && l.contains(&stream))
+        .count();
+    assert_eq!(accepted, 3, "{logs}");
+    wait_until(
+        "a redemption to fail for want of gas money",
+        Duration::from_secs(30),
+        || cluster.logs().contains("redeeming winning ticket"),
+    );
+    let redeemed = |c: &Cluster| {
+        metric(
+            c,
+            "castwork_orchestrator_ticket_redemptions_total{outcome=\"redeemed\"}",
+        )
+    };
+    assert_eq!(redeemed(&cluster), 0.0);
+
+    // The node goes away, then comes back with its state; the orchestrator gets ETH.
+    let state = rt.block_on(net.anvil.dump_state()).unwrap();
+    net.anvil.kill();
+    std::thread::sleep(Duration::from_secs(3));
+    rt.block_on(net.anvil.restart(&state)).unwrap();
+    rt.block_on(set_balance(
+        &net.anvil.url,
+        orch,
+        U256::from(10u64).pow(U256::from(18u64)),
+    ))
+    .unwrap();
+    wait_until(
+        "the winners to be redeemed after the restart",
+        Duration::from_secs(90),
+        || redeemed(&cluster) == won,
+    );
+    for l in cluster
+        .logs()
+        .lines()
+        .filter(|l| l.contains("ticket redemption"))
+    {
+        println!("{l}");
+    }
+    // Every winner paid once: the sender lost exactly their face values.
+    let paid = spent_since(&rt, &observer, &d, sender, funds_before);
+    assert_eq!(paid, U256::from(FACE_VALUE) * U256::from(won as u64));
+    let status = chain_status(&net, &cluster);
+    assert!(
+        status.contains(&format!("tickets        {won} redeemed (mean gas"))
+            && status.contains("0 waiting, 0 given up"),
+        "{status}"
     );
 }

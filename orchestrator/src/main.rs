@@ -104,7 +104,8 @@ struct Cli {
     ticket_ev: castwork_chain::U256,
 
     /// On-chain mode: seconds advertised ticket parameters (and tickets signed under them)
-    /// stay valid; winners must be redeemed within it.
+    /// stay valid; winners must be redeemed within it. At most the ticket broker's unlock
+    /// period, so a sender cannot withdraw before its tickets expire.
     #[arg(long, env = "TICKET_VALIDITY_SECS", default_value_t = 3600)]
     ticket_validity_secs: u64,
 

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use castwork_protocol::time::now_unix_ms;
 
+use anyhow::Context as _;
 use castwork_chain::ticket::{self, Ticket};
 use castwork_chain::{Address, Chain, Deployment, SenderInfo, TicketDomain, B256, U256};
 use castwork_protocol::payment::{Payment, TicketParams, WireTicket};
@@ -46,7 +47,8 @@ pub struct TicketPolicy {
     pub validity: Duration,
     /// How long stake, the active set and senders' funds are cached.
     pub refresh: Duration,
-    /// Redemption tries of a winning ticket before it is given up.
+    /// Times the ticket broker may refuse a winning ticket before it is given up (failures
+    /// that are not the ticket's are retried until it expires).
     pub redeem_attempts: u32,
 }
 
@@ -150,6 +152,14 @@ impl Payments {
         policy: TicketPolicy,
     ) -> anyhow::Result<Payments> {
         let recipient = chain.account();
+        let unlock = chain.unlock_period(&deployment).await?;
+        if policy.validity.as_secs() > unlock {
+            anyhow::bail!(
+                "--ticket-validity-secs {} is longer than the ticket broker's unlock period \
+                 ({unlock} s): a sender could withdraw before its tickets expire",
+                policy.validity.as_secs()
+            );
+        }
         if policy.face_value.is_zero() || policy.ticket_ev.is_zero() {
             anyhow::bail!("--ticket-face-value and --ticket-ev must be positive");
         }
@@ -271,11 +281,19 @@ impl Payments {
         )))
     }
 
-    /// A sender's funds at the broker (cached).
-    pub async fn sender_funds(&self, sender: Address) -> Result<SenderInfo, HandleError> {
+    /// A sender's funds at the broker, and what of its reserve would pay us (cached).
+    pub async fn sender_funds(&self, sender: Address) -> Result<SenderFunds, HandleError> {
         let key = format!("cw:chain:sender:{:x}:{sender:x}", self.deployment.broker);
-        self.cached(&key, self.chain.sender_info(&self.deployment, sender))
-            .await
+        self.cached(&key, async {
+            Ok(SenderFunds {
+                info: self.chain.sender_info(&self.deployment, sender).await?,
+                claimable_reserve: self
+                    .chain
+                    .claimable_reserve(&self.deployment, sender, self.recipient)
+                    .await?,
+            })
+        })
+        .await
     }
 
     fn sender_of(account: Option<&str>) -> Result<Address, Refusal> {
@@ -291,13 +309,30 @@ impl Payments {
     }
 
     async fn check_funds(&self, sender: Address) -> Result<Result<(), Refusal>, HandleError> {
-        let f = self.sender_funds(sender).await?;
-        if f.deposit + f.reserve < self.policy.face_value {
+        let SenderFunds {
+            info: f,
+            claimable_reserve,
+        } = self.sender_funds(sender).await?;
+        // A sender that unlocked may withdraw everything once the unlock period ends: a
+        // ticket that could still be waiting for redemption then would pay nothing.
+        if f.withdrawable_at != 0
+            && f.withdrawable_at <= now_secs() + self.policy.validity.as_secs()
+        {
             return Ok(Err(format!(
-                "under-funded: sender {sender} has {} wei deposited and {} in reserve at the \
-                 ticket broker {}, less than one ticket's face value of {} wei; fund it with \
-                 `broadcaster chain deposit`",
-                f.deposit, f.reserve, self.deployment.broker, self.policy.face_value
+                "sender {sender} is withdrawing its funds from the ticket broker {} (withdrawable \
+                 at unix time {}, before tickets signed now expire); fund it again with \
+                 `broadcaster chain deposit` to cancel the withdrawal",
+                self.deployment.broker, f.withdrawable_at
+            )));
+        }
+        // The reserve pays each active orchestrator only its share of it.
+        if f.deposit.saturating_add(claimable_reserve) < self.policy.face_value {
+            return Ok(Err(format!(
+                "under-funded: sender {sender} has {} wei deposited at the ticket broker {} \
+                 and {claimable_reserve} of its reserve ({} in all) can pay this orchestrator, \
+                 less than one ticket's face value of {} wei; fund it with `broadcaster chain \
+                 deposit`",
+                f.deposit, self.deployment.broker, f.reserve, self.policy.face_value
             )));
         }
         Ok(Ok(()))
@@ -474,6 +509,17 @@ impl Payments {
                     w.expires_at
                 ));
             }
+            // Tickets must be redeemable before the sender can take its funds back: their
+            // expiry is ours (at most --ticket-validity-secs, which start() bounds by the
+            // broker's unlock period), plus a minute for clock skew.
+            let latest = now + self.policy.validity.as_secs() + 60;
+            if t.expires_at > U256::from(latest) {
+                return Err(format!(
+                    "ticket {n} expires at {}, later than this orchestrator's parameters allow \
+                     ({latest}); fetch /price again",
+                    w.expires_at
+                ));
+            }
             if !nonces.insert(n) {
                 return Err(format!("nonce {n} appears twice in one payment"));
             }
@@ -511,7 +557,11 @@ impl Payments {
                 Ok(false) => Duration::from_millis(500),
                 Err(e) => {
                     let d = backoff.next_delay();
-                    warn!(error = %e, retry_in_ms = d.as_millis() as u64, "ticket redemption");
+                    warn!(
+                        error = format!("{e:#}"),
+                        retry_in_ms = d.as_millis() as u64,
+                        "ticket redemption"
+                    );
                     d
                 }
             };
@@ -523,7 +573,7 @@ impl Payments {
     }
 
     /// Redeems the oldest queued winner: `Ok(true)` when one was resolved, `Ok(false)` when
-    /// none is queued.
+    /// none is queued, `Err` to wait before the next try.
     async fn redeem_oldest(&self, tries: &mut HashMap<String, u32>) -> anyhow::Result<bool> {
         let mut con = self.redis.clone();
         let item: Option<String> = redis::cmd("LINDEX")
@@ -535,7 +585,20 @@ impl Payments {
             return Ok(false);
         };
         let (list, record) = match serde_json::from_str::<Winning>(&item) {
-            Ok(w) => self.redeem(&w, tries).await?,
+            Ok(w) => match self.redeem(&w, tries).await? {
+                Try::Done(list, record) => (list, record),
+                Try::Refused(e) => {
+                    // The others get their turn first: one refused ticket blocks nothing.
+                    let _: () = redis::cmd("LMOVE")
+                        .arg(WINNING_LIST)
+                        .arg(WINNING_LIST)
+                        .arg("RIGHT")
+                        .arg("LEFT")
+                        .query_async(&mut con)
+                        .await?;
+                    return Err(e);
+                }
+            },
             Err(e) => (
                 REDEEM_FAILED_LIST,
                 Redemption {
@@ -567,20 +630,20 @@ impl Payments {
         Ok(true)
     }
 
-    /// One try at a winning ticket: its record, in the list of redemptions or of those given
-    /// up; `Err` to try again later (a node that cannot be reached, a failed transaction with
-    /// tries left).
-    async fn redeem(
-        &self,
-        w: &Winning,
-        tries: &mut HashMap<String, u32>,
-    ) -> anyhow::Result<(&'static str, Redemption)> {
+    /// One try at a winning ticket.
+    ///
+    /// `Err` is a failure that is not the ticket's (the node cannot be reached, the
+    /// account cannot pay for gas, the transaction was not mined in time): it is tried again
+    /// as long as it takes, until it expires. `Try::Refused` is the contract refusing this
+    /// ticket (asked first with `eth_call`): tried again `redeem_attempts` times, behind the
+    /// other winners, then given up.
+    async fn redeem(&self, w: &Winning, tries: &mut HashMap<String, u32>) -> anyhow::Result<Try> {
         let give_up = |hash: String, why: String| {
             let r = Redemption {
                 error: Some(why),
                 ..Redemption::of(w, hash)
             };
-            Ok((REDEEM_FAILED_LIST, r))
+            Ok(Try::Done(REDEEM_FAILED_LIST, r))
         };
         let t = match Ticket::from_wire(&w.ticket) {
             Ok(t) => t,
@@ -594,54 +657,75 @@ impl Payments {
         };
         let rand = ticket::recipient_rand(&self.secret, &seed);
         let digest = t.hash(&self.domain);
-        if self.chain.ticket_used(&self.deployment, digest).await? {
+        let key = digest.to_string();
+        if self
+            .chain
+            .ticket_used(&self.deployment, digest)
+            .await
+            .context("asking the ticket broker whether the ticket is used")?
+        {
+            tries.remove(&key);
             metrics::REDEMPTIONS
                 .with_label_values(&["already_redeemed"])
                 .inc();
             let r = Redemption {
                 error: Some("already redeemed".into()),
-                ..Redemption::of(w, digest.to_string())
+                ..Redemption::of(w, key)
             };
-            return Ok((REDEEMED_LIST, r));
+            return Ok(Try::Done(REDEEMED_LIST, r));
         }
         if U256::from(self.chain.block_timestamp().await?) > t.expires_at {
+            tries.remove(&key);
             metrics::REDEMPTIONS.with_label_values(&["expired"]).inc();
             return give_up(
-                digest.to_string(),
+                key,
                 format!("ticket {digest} expired before it could be redeemed"),
             );
         }
-        match self.chain.redeem(&self.deployment, &t, &sig, rand).await {
-            Ok(m) => {
-                tries.remove(&digest.to_string());
-                metrics::REDEMPTIONS.with_label_values(&["redeemed"]).inc();
-                metrics::REDEMPTION_GAS.observe(m.gas_used as f64);
-                info!(
-                    ticket = %digest,
-                    tx = %m.tx,
-                    gas_used = m.gas_used,
-                    face_value = %t.face_value,
-                    "winning ticket redeemed"
-                );
-                let r = Redemption {
-                    tx: Some(m.tx.to_string()),
-                    gas_used: Some(m.gas_used),
-                    ..Redemption::of(w, digest.to_string())
-                };
-                Ok((REDEEMED_LIST, r))
+        if let Some(reason) = self
+            .chain
+            .refusal_to_redeem(&self.deployment, &t, &sig, rand)
+            .await?
+        {
+            // A sender out of funds may fund again before the ticket expires.
+            if reason.contains("sender has no funds") {
+                return Ok(Try::Refused(anyhow::anyhow!(
+                    "winning ticket {digest} waits for its sender to fund the broker: {reason}"
+                )));
             }
-            Err(e) => {
-                let n = tries.entry(digest.to_string()).or_insert(0);
-                *n += 1;
-                warn!(ticket = %digest, attempt = *n, error = format!("{e:#}"), "redemption failed");
-                if *n >= self.policy.redeem_attempts {
-                    tries.remove(&digest.to_string());
-                    metrics::REDEMPTIONS.with_label_values(&["failed"]).inc();
-                    return give_up(digest.to_string(), format!("{e:#}"));
-                }
-                Err(e)
+            let n = tries.entry(key.clone()).or_insert(0);
+            *n += 1;
+            warn!(ticket = %digest, attempt = *n, reason, "the ticket broker refuses the winning ticket");
+            if *n >= self.policy.redeem_attempts {
+                tries.remove(&key);
+                metrics::REDEMPTIONS.with_label_values(&["failed"]).inc();
+                return give_up(key, format!("the ticket broker refused it: {reason}"));
             }
+            return Ok(Try::Refused(anyhow::anyhow!(
+                "the ticket broker refuses winning ticket {digest}: {reason}"
+            )));
         }
+        let m = self
+            .chain
+            .redeem(&self.deployment, &t, &sig, rand)
+            .await
+            .with_context(|| format!("redeeming winning ticket {digest}"))?;
+        tries.remove(&key);
+        metrics::REDEMPTIONS.with_label_values(&["redeemed"]).inc();
+        metrics::REDEMPTION_GAS.observe(m.gas_used as f64);
+        info!(
+            ticket = %digest,
+            tx = %m.tx,
+            gas_used = m.gas_used,
+            face_value = %t.face_value,
+            "winning ticket redeemed"
+        );
+        let r = Redemption {
+            tx: Some(m.tx.to_string()),
+            gas_used: Some(m.gas_used),
+            ..Redemption::of(w, key)
+        };
+        Ok(Try::Done(REDEEMED_LIST, r))
     }
 
     /// Recent redemptions and failures, newest first.
@@ -668,6 +752,22 @@ impl Payments {
         };
         Ok((parse(done), parse(failed), pending))
     }
+}
+
+/// What a sender can pay this orchestrator with.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct SenderFunds {
+    pub info: SenderInfo,
+    /// What this orchestrator may still take from the sender's reserve.
+    pub claimable_reserve: U256,
+}
+
+/// The outcome of one try at a winning ticket.
+enum Try {
+    /// Resolved: the record and the list it goes to.
+    Done(&'static str, Redemption),
+    /// The contract refuses it for now; it has tries left.
+    Refused(anyhow::Error),
 }
 
 struct Checked {

@@ -47,6 +47,9 @@ pub struct LiveConfig {
     pub http_idle: Duration,
     /// The account that pays a priced orchestrator for these live streams.
     pub broadcaster: Option<String>,
+    /// On-chain mode: signs the tickets attached to every live segment (its account is
+    /// then the streams' broadcaster).
+    pub payer: Option<Arc<crate::payer::Payer>>,
 }
 
 /// What a waiting pusher gets back for its segment.

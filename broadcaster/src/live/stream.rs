@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use castwork_media::{MediaError, RemuxedPiece};
 use castwork_protocol::{
-    source_key, IngestMessage, ObjectRef, Profile, SegmentReady, StreamEnded, StreamEvent,
+    source_key, IngestMessage, ObjectRef, Profile, Rung, SegmentReady, StreamEnded, StreamEvent,
     StreamMode, StreamStarted,
 };
 use sha2::{Digest, Sha256};
@@ -40,6 +40,9 @@ pub(super) struct StreamTask {
     waiters: HashMap<u64, Vec<oneshot::Sender<SegmentOutcome>>>,
     /// Why the orchestrator refused the stream, once it did.
     refused: Option<String>,
+    /// The admitted rungs and the source frame rate (what a segment's tickets pay for).
+    rungs: Vec<Rung>,
+    fps: f64,
 }
 
 impl StreamTask {
@@ -58,6 +61,8 @@ impl StreamTask {
             discontinuity: false,
             waiters: HashMap::new(),
             refused: None,
+            rungs: Vec::new(),
+            fps: 0.0,
         }
     }
 
@@ -273,6 +278,13 @@ impl StreamTask {
             self.open(&piece).await?;
         }
         let seg = &piece.segment;
+        let payment = match &self.live.cfg.payer {
+            Some(p) => p
+                .pay(&self.rungs, seg.frames, self.fps)
+                .await
+                .context("signing the segment's tickets")?,
+            None => None,
+        };
         let upload = span.child("upload source", &[]);
         let data = Bytes::from(tokio::fs::read(&seg.path).await?);
         let _ = tokio::fs::remove_file(&seg.path).await;
@@ -305,7 +317,7 @@ impl StreamTask {
             object,
             arrived_unix_ms: Some(unix_ms(arrived)),
             discontinuity: std::mem::take(&mut self.discontinuity),
-            payment: None,
+            payment,
         });
         if let Some(link) = self.link.as_mut() {
             let publish = span.child("publish segment", &[]);
@@ -326,7 +338,10 @@ impl StreamTask {
             mode: StreamMode::Live,
             ladder: self.ladder.clone(),
             source: first.probed.metadata.clone(),
-            broadcaster: cfg.broadcaster.clone(),
+            broadcaster: match &cfg.payer {
+                Some(p) => Some(p.address().to_string()),
+                None => cfg.broadcaster.clone(),
+            },
             target_duration_secs: Some(cfg.target_duration_secs),
         }))
         .await?;
@@ -336,7 +351,7 @@ impl StreamTask {
                 match link.next_event().await? {
                     StreamEvent::StreamAdmitted {
                         session: s, rungs, ..
-                    } if s == session => return Ok(rungs.len()),
+                    } if s == session => return Ok(rungs),
                     StreamEvent::StreamRejected {
                         message,
                         session: s,
@@ -349,7 +364,13 @@ impl StreamTask {
         .await;
         match admitted {
             Ok(Ok(rungs)) => {
-                info!(stream = self.name, rungs, "live stream admitted");
+                info!(
+                    stream = self.name,
+                    rungs = rungs.len(),
+                    "live stream admitted"
+                );
+                self.rungs = rungs;
+                self.fps = first.probed.metadata.frame_rate.as_f64();
                 self.link = Some(link);
                 Ok(())
             }

@@ -933,3 +933,29 @@ impl Injector {
         });
     }
 }
+
+/// Cuts `secs` of 640x360 video with AAC into 2 s MPEG-TS segments, as an HTTP-push client
+/// (go-livepeer's broadcaster) would send them.
+pub fn pre_cut_segments(dir: &Path, secs: u32) -> Vec<std::path::PathBuf> {
+    let pattern = dir.join("seg%d.ts");
+    let mut args = live_source_args(secs);
+    args.extend(
+        [
+            "-f",
+            "segment",
+            "-segment_time",
+            "2",
+            "-segment_format",
+            "mpegts",
+        ]
+        .map(String::from),
+    );
+    args.push(pattern.display().to_string());
+    ffmpeg(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut v: Vec<_> = (0..)
+        .map(|i| dir.join(format!("seg{i}.ts")))
+        .take_while(|p| p.exists())
+        .collect();
+    v.truncate(50);
+    v
+}

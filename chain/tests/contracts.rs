@@ -1,0 +1,420 @@
+//! The staking contract and the ticket broker on a local anvil node: unbonding stake is still
+//! slashable, registration needs stake and ends with it, a winning ticket the sender cannot pay
+//! is refused and stays redeemable, and the reserve pays only active recipients, each its share.
+
+use alloy::providers::ProviderBuilder;
+use castwork_chain::contracts::TicketBroker;
+use castwork_chain::devnet::{dev_key, increase_time, Anvil};
+use castwork_chain::ticket::{self, Ticket};
+use castwork_chain::{Address, Chain, DeployParams, Deployment, B256, U256};
+
+const UNBONDING_SECS: u64 = 1_000;
+const UNLOCK_SECS: u64 = 100;
+
+/// `n` thousandths of a token (or of an ETH).
+fn milli(n: u64) -> U256 {
+    U256::from(n) * U256::from(10u64).pow(U256::from(15u64))
+}
+
+/// Starts anvil and deploys the contracts from dev account 0.
+async fn deployed(max_active: u64) -> (Anvil, Chain, Deployment) {
+    let anvil = Anvil::start().await.unwrap();
+    let owner = Chain::connect(&anvil.url, dev_key(0)).unwrap();
+    let d = owner
+        .deploy(DeployParams {
+            unbonding_period_secs: UNBONDING_SECS,
+            unlock_period_secs: UNLOCK_SECS,
+            max_active,
+        })
+        .await
+        .unwrap();
+    (anvil, owner, d)
+}
+
+/// Dev account `i`, minted `stake` tokens by the owner.
+async fn account(anvil: &Anvil, owner: &Chain, d: &Deployment, i: usize, stake: U256) -> Chain {
+    let c = Chain::connect(&anvil.url, dev_key(i)).unwrap();
+    if stake > U256::ZERO {
+        owner.mint(d, c.account(), stake).await.unwrap();
+    }
+    c
+}
+
+async fn bond_and_register(c: &Chain, d: &Deployment, stake: U256) {
+    c.bond(d, stake).await.unwrap();
+    c.register(d, U256::from(1u64), U256::from(1u64), "http://orchestrator")
+        .await
+        .unwrap();
+}
+
+/// A ticket that always wins, signed by dev account `sender`: (ticket, signature, rand).
+fn winning_ticket(
+    d: &Deployment,
+    sender: usize,
+    recipient: Address,
+    face_value: U256,
+    nonce: u64,
+) -> (Ticket, Vec<u8>, U256) {
+    let rand = U256::from(1_000 + nonce);
+    let t = Ticket {
+        recipient,
+        sender: dev_key(sender).address(),
+        face_value,
+        win_prob: U256::MAX,
+        sender_nonce: U256::from(nonce),
+        recipient_rand_hash: ticket::recipient_rand_hash(rand),
+        expires_at: U256::from(4_000_000_000u64),
+    };
+    let sig = t.sign(&dev_key(sender), &d.ticket_domain()).unwrap();
+    (t, sig.to_vec(), rand)
+}
+
+/// Asserts that `r` failed and that its message cites `reason`.
+fn assert_reverted<T: std::fmt::Debug>(r: anyhow::Result<T>, reason: &str) {
+    let e = r.expect_err(&format!("expected a revert with {reason:?}"));
+    let text = format!("{e:#}");
+    assert!(text.contains(reason), "expected {reason:?} in: {text}");
+}
+
+#[tokio::test]
+async fn unbonding_stake_is_still_slashed() {
+    let (anvil, owner, d) = deployed(3).await;
+    let orch = account(&anvil, &owner, &d, 2, milli(100)).await;
+    let verifier = account(&anvil, &owner, &d, 1, U256::ZERO).await;
+    owner
+        .set_verifier(&d, verifier.account(), true)
+        .await
+        .unwrap();
+    bond_and_register(&orch, &d, milli(100)).await;
+    // Two unbonding locks of 30 each; 40 stays bonded.
+    orch.unbond(&d, milli(30)).await.unwrap();
+    orch.unbond(&d, milli(30)).await.unwrap();
+    let o = orch.orchestrator(&d, orch.account()).await.unwrap();
+    assert_eq!((o.bonded, o.unbonding), (milli(40), milli(60)));
+
+    // A slash of 80 takes the 40 bonded, then 40 of the unbonding stake.
+    let hash = B256::repeat_byte(0xe1);
+    verifier
+        .slash(&d, orch.account(), milli(80), hash)
+        .await
+        .unwrap();
+    let o = orch.orchestrator(&d, orch.account()).await.unwrap();
+    assert_eq!(o.bonded, U256::ZERO);
+    assert_eq!(o.unbonding, milli(20), "40 of the 60 unbonding was slashed");
+    assert!(!o.registered, "a slash to zero bonded stake deregisters");
+    assert_eq!(
+        orch.slashed_events(&d, orch.account()).await.unwrap(),
+        vec![(verifier.account(), milli(80), hash)]
+    );
+    assert_eq!(
+        verifier
+            .token_balance(&d, verifier.account())
+            .await
+            .unwrap(),
+        milli(40),
+        "half of what was taken goes to the verifier"
+    );
+
+    // A slash larger than what is left takes what is left, even past the period.
+    increase_time(&anvil.url, UNBONDING_SECS + 1).await.unwrap();
+    let o = orch.orchestrator(&d, orch.account()).await.unwrap();
+    assert_eq!(o.withdrawable, milli(20));
+    let hash2 = B256::repeat_byte(0xe2);
+    verifier
+        .slash(&d, orch.account(), milli(50), hash2)
+        .await
+        .unwrap();
+    let o = orch.orchestrator(&d, orch.account()).await.unwrap();
+    assert_eq!((o.bonded, o.unbonding), (U256::ZERO, U256::ZERO));
+    assert_eq!(
+        orch.slashed_events(&d, orch.account()).await.unwrap()[1],
+        (verifier.account(), milli(20), hash2)
+    );
+    assert_reverted(
+        verifier
+            .slash(&d, orch.account(), milli(1), B256::ZERO)
+            .await,
+        "nothing to slash",
+    );
+    assert_reverted(
+        orch.withdraw_unbonded(&d).await,
+        "nothing is withdrawable yet",
+    );
+    assert_eq!(
+        orch.token_balance(&d, orch.account()).await.unwrap(),
+        U256::ZERO
+    );
+}
+
+#[tokio::test]
+async fn registration_needs_stake_and_ends_with_it() {
+    let (anvil, owner, d) = deployed(3).await;
+    let a = account(&anvil, &owner, &d, 2, milli(100)).await;
+    let b = account(&anvil, &owner, &d, 3, milli(100)).await;
+    let c = account(&anvil, &owner, &d, 4, milli(100)).await;
+    let verifier = account(&anvil, &owner, &d, 1, U256::ZERO).await;
+    owner
+        .set_verifier(&d, verifier.account(), true)
+        .await
+        .unwrap();
+
+    assert_reverted(
+        a.register(&d, U256::from(1u64), U256::from(1u64), "http://a")
+            .await,
+        "bond stake before registering",
+    );
+    assert!(!a.orchestrator(&d, a.account()).await.unwrap().registered);
+    // Registered in the order a, b, c; the active set is by stake.
+    bond_and_register(&a, &d, milli(10)).await;
+    bond_and_register(&b, &d, milli(20)).await;
+    bond_and_register(&c, &d, milli(30)).await;
+    assert_eq!(
+        a.active_set(&d).await.unwrap(),
+        vec![c.account(), b.account(), a.account()]
+    );
+
+    // Unbonding everything deregisters (the first of the list: the last moves in its place).
+    a.unbond(&d, milli(10)).await.unwrap();
+    assert!(!a.orchestrator(&d, a.account()).await.unwrap().registered);
+    assert_eq!(
+        a.active_set(&d).await.unwrap(),
+        vec![c.account(), b.account()]
+    );
+    // Unbonding part of the stake does not.
+    c.unbond(&d, milli(15)).await.unwrap();
+    assert!(c.orchestrator(&d, c.account()).await.unwrap().registered);
+    assert_eq!(
+        a.active_set(&d).await.unwrap(),
+        vec![b.account(), c.account()]
+    );
+    // Nor does a slash that leaves stake; a slash to zero does (c moved to the first slot).
+    verifier
+        .slash(&d, c.account(), milli(5), B256::ZERO)
+        .await
+        .unwrap();
+    assert!(c.orchestrator(&d, c.account()).await.unwrap().registered);
+    verifier
+        .slash(&d, c.account(), milli(10), B256::ZERO)
+        .await
+        .unwrap();
+    let o = c.orchestrator(&d, c.account()).await.unwrap();
+    assert_eq!(o.bonded, U256::ZERO);
+    assert!(!o.registered);
+    assert_eq!(a.active_set(&d).await.unwrap(), vec![b.account()]);
+
+    // Bonding again does not register by itself; registering again works.
+    a.bond(&d, milli(50)).await.unwrap();
+    assert!(!a.orchestrator(&d, a.account()).await.unwrap().registered);
+    assert_eq!(a.active_set(&d).await.unwrap(), vec![b.account()]);
+    a.register(&d, U256::from(7u64), U256::from(2u64), "http://a-again")
+        .await
+        .unwrap();
+    let o = a.orchestrator(&d, a.account()).await.unwrap();
+    assert!(o.registered);
+    assert_eq!(o.service_uri, "http://a-again");
+    assert_eq!(
+        a.active_set(&d).await.unwrap(),
+        vec![a.account(), b.account()]
+    );
+    c.bond(&d, milli(5)).await.unwrap();
+    bond_and_register(&c, &d, milli(1)).await;
+    assert_eq!(
+        a.active_set(&d).await.unwrap(),
+        vec![a.account(), b.account(), c.account()]
+    );
+    // The list's bookkeeping holds after the moves: each can still leave.
+    b.unbond(&d, milli(20)).await.unwrap();
+    assert_eq!(
+        a.active_set(&d).await.unwrap(),
+        vec![a.account(), c.account()]
+    );
+    a.unbond(&d, milli(50)).await.unwrap();
+    c.unbond(&d, milli(6)).await.unwrap();
+    assert!(a.active_set(&d).await.unwrap().is_empty());
+    for x in [&a, &b, &c] {
+        assert!(!x.orchestrator(&d, x.account()).await.unwrap().registered);
+    }
+}
+
+#[tokio::test]
+async fn a_ticket_the_sender_cannot_pay_is_refused_and_stays_redeemable() {
+    let (anvil, owner, d) = deployed(3).await;
+    let sender = account(&anvil, &owner, &d, 1, U256::ZERO).await;
+    let recipient = dev_key(2).address();
+    let (t, sig, rand) = winning_ticket(&d, 1, recipient, milli(3), 1);
+    let digest = t.hash(&d.ticket_domain());
+
+    // Nothing at the broker: refused, and not used up.
+    assert_reverted(
+        owner.redeem(&d, &t, &sig, rand).await,
+        "sender has no funds for this ticket",
+    );
+    assert!(!owner.ticket_used(&d, digest).await.unwrap());
+
+    // Once the sender funds its deposit, the same ticket redeems, for its face value.
+    sender.fund(&d, milli(5), U256::ZERO).await.unwrap();
+    let before = owner.eth_balance(recipient).await.unwrap();
+    let m = owner.redeem(&d, &t, &sig, rand).await.unwrap();
+    println!(
+        "gas: redeemWinningTicket paid from the deposit: {}",
+        m.gas_used
+    );
+    assert!(owner.ticket_used(&d, digest).await.unwrap());
+    assert_eq!(
+        owner.eth_balance(recipient).await.unwrap() - before,
+        milli(3)
+    );
+    assert_eq!(
+        owner
+            .sender_info(&d, sender.account())
+            .await
+            .unwrap()
+            .deposit,
+        milli(2)
+    );
+    assert_reverted(
+        owner.redeem(&d, &t, &sig, rand).await,
+        "ticket is already used",
+    );
+
+    // A ticket the deposit covers in part is paid that part and used up.
+    let (t2, sig2, rand2) = winning_ticket(&d, 1, recipient, milli(3), 2);
+    owner.redeem(&d, &t2, &sig2, rand2).await.unwrap();
+    assert_eq!(
+        owner.eth_balance(recipient).await.unwrap() - before,
+        milli(5)
+    );
+    assert!(owner
+        .ticket_used(&d, t2.hash(&d.ticket_domain()))
+        .await
+        .unwrap());
+
+    // A ticket with no face value pays nothing: refused.
+    let (t3, sig3, rand3) = winning_ticket(&d, 1, recipient, U256::ZERO, 3);
+    assert_reverted(
+        owner.redeem(&d, &t3, &sig3, rand3).await,
+        "ticket has no face value",
+    );
+}
+
+#[tokio::test]
+async fn the_reserve_pays_only_active_recipients_each_its_share() {
+    // Two active slots: each active recipient may take half of the funded reserve.
+    let (anvil, owner, d) = deployed(2).await;
+    let sender = account(&anvil, &owner, &d, 1, U256::ZERO).await;
+    let active = account(&anvil, &owner, &d, 2, milli(100)).await;
+    // The sender's own account, neither staked nor registered: a fake recipient.
+    let fake = account(&anvil, &owner, &d, 3, milli(100)).await;
+    bond_and_register(&active, &d, milli(100)).await;
+    let provider = ProviderBuilder::new().connect_http(anvil.url.parse().unwrap());
+    let broker = TicketBroker::new(d.broker, &provider);
+    let claimable = |r: Address| {
+        let call = broker.claimableReserve(sender.account(), r);
+        async move { call.call().await.unwrap() }
+    };
+    sender.fund(&d, milli(1), milli(1000)).await.unwrap();
+    assert_eq!(claimable(active.account()).await, milli(500));
+    assert_eq!(claimable(fake.account()).await, U256::ZERO);
+
+    // The deposit pays any recipient; the reserve does not pay one outside the active set.
+    let (t, sig, rand) = winning_ticket(&d, 1, fake.account(), milli(1000), 1);
+    let before = owner.eth_balance(fake.account()).await.unwrap();
+    owner.redeem(&d, &t, &sig, rand).await.unwrap();
+    assert_eq!(
+        owner.eth_balance(fake.account()).await.unwrap() - before,
+        milli(1),
+        "only the deposit"
+    );
+    let info = owner.sender_info(&d, sender.account()).await.unwrap();
+    assert_eq!((info.deposit, info.reserve), (U256::ZERO, milli(1000)));
+    let (t, sig, rand) = winning_ticket(&d, 1, fake.account(), milli(1000), 2);
+    assert_reverted(
+        owner.redeem(&d, &t, &sig, rand).await,
+        "sender has no funds for this ticket",
+    );
+    assert!(!owner
+        .ticket_used(&d, t.hash(&d.ticket_domain()))
+        .await
+        .unwrap());
+    let fake_ticket = (t, sig, rand);
+
+    // An active recipient gets at most reserve / maxActive from it.
+    let (t, sig, rand) = winning_ticket(&d, 1, active.account(), milli(1000), 3);
+    let before = owner.eth_balance(active.account()).await.unwrap();
+    let m = owner.redeem(&d, &t, &sig, rand).await.unwrap();
+    println!(
+        "gas: redeemWinningTicket paid from the reserve: {}",
+        m.gas_used
+    );
+    assert_eq!(
+        owner.eth_balance(active.account()).await.unwrap() - before,
+        milli(500)
+    );
+    assert_eq!(reserve_left(&owner, &d, &sender).await, milli(500));
+    assert_eq!(claimable(active.account()).await, U256::ZERO);
+    // Its share is spent: the next ticket is refused, and waits.
+    let (t, sig, rand) = winning_ticket(&d, 1, active.account(), milli(1000), 4);
+    assert_reverted(
+        owner.redeem(&d, &t, &sig, rand).await,
+        "sender has no funds for this ticket",
+    );
+
+    // Adding to the reserve raises the share (now half of 1.2 ETH funded in all).
+    sender.fund(&d, U256::ZERO, milli(200)).await.unwrap();
+    assert_eq!(claimable(active.account()).await, milli(100));
+    owner.redeem(&d, &t, &sig, rand).await.unwrap();
+    assert_eq!(
+        owner.eth_balance(active.account()).await.unwrap() - before,
+        milli(600)
+    );
+    assert_eq!(reserve_left(&owner, &d, &sender).await, milli(600));
+
+    // Staked into the active set, the other recipient takes its own share, no more.
+    bond_and_register(&fake, &d, milli(100)).await;
+    assert_eq!(claimable(fake.account()).await, milli(600));
+    let (t, sig, rand) = fake_ticket;
+    let before = owner.eth_balance(fake.account()).await.unwrap();
+    owner.redeem(&d, &t, &sig, rand).await.unwrap();
+    assert_eq!(
+        owner.eth_balance(fake.account()).await.unwrap() - before,
+        milli(600)
+    );
+    assert_eq!(reserve_left(&owner, &d, &sender).await, U256::ZERO);
+
+    // A withdrawal starts the shares over.
+    let sender_wallet = ProviderBuilder::new()
+        .wallet(dev_key(1))
+        .connect_http(anvil.url.parse().unwrap());
+    let sender_broker = TicketBroker::new(d.broker, &sender_wallet);
+    sender.fund(&d, U256::ZERO, milli(10)).await.unwrap();
+    sender_broker
+        .unlock()
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+    increase_time(&anvil.url, UNLOCK_SECS + 1).await.unwrap();
+    let r = sender_broker
+        .withdraw()
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+    assert!(r.status());
+    sender.fund(&d, U256::ZERO, milli(100)).await.unwrap();
+    assert_eq!(claimable(active.account()).await, milli(50));
+    assert_eq!(claimable(fake.account()).await, milli(50));
+}
+
+/// What is left of `sender`'s reserve at the broker.
+async fn reserve_left(observer: &Chain, d: &Deployment, sender: &Chain) -> U256 {
+    observer
+        .sender_info(d, sender.account())
+        .await
+        .unwrap()
+        .reserve
+}
