@@ -1,5 +1,6 @@
 //! The staking contract and the ticket broker on a local anvil node: unbonding stake is still
-//! slashable, registration needs stake and ends with it, a winning ticket the sender cannot pay
+//! slashable, registration needs stake and ends with it, a full active set admits only a
+//! newcomer with more stake than its smallest member, a winning ticket the sender cannot pay
 //! is refused and stays redeemable, and the reserve pays only active recipients, each its share.
 
 use alloy::providers::ProviderBuilder;
@@ -234,6 +235,59 @@ async fn registration_needs_stake_and_ends_with_it() {
     for x in [&a, &b, &c] {
         assert!(!x.orchestrator(&d, x.account()).await.unwrap().registered);
     }
+}
+
+#[tokio::test]
+async fn a_full_active_set_takes_a_newcomer_only_with_more_stake_than_its_smallest() {
+    let (anvil, owner, d) = deployed(2).await;
+    let a = account(&anvil, &owner, &d, 2, milli(100)).await;
+    let b = account(&anvil, &owner, &d, 3, milli(100)).await;
+    let c = account(&anvil, &owner, &d, 4, milli(100)).await;
+    bond_and_register(&a, &d, milli(10)).await;
+    bond_and_register(&b, &d, milli(20)).await;
+    let is_active = |x: Address| {
+        let a = &a;
+        let d = &d;
+        async move { a.active_set(d).await.unwrap().contains(&x) }
+    };
+
+    // Full: as much stake as the smallest member is not enough.
+    c.bond(&d, milli(10)).await.unwrap();
+    assert_reverted(
+        c.register(&d, U256::from(1u64), U256::from(1u64), "http://c")
+            .await,
+        "the active set is full",
+    );
+    assert!(!c.orchestrator(&d, c.account()).await.unwrap().registered);
+    // More stake than the smallest member (a) replaces it.
+    c.bond(&d, milli(5)).await.unwrap();
+    c.register(&d, U256::from(1u64), U256::from(1u64), "http://c")
+        .await
+        .unwrap();
+    assert_eq!(
+        a.active_set(&d).await.unwrap(),
+        vec![b.account(), c.account()]
+    );
+    assert!(!a.orchestrator(&d, a.account()).await.unwrap().registered);
+    assert!(!is_active(a.account()).await);
+    // The evicted one comes back by outstaking the smallest (now c, 15): 25 in all.
+    a.bond(&d, milli(15)).await.unwrap();
+    a.register(&d, U256::from(1u64), U256::from(1u64), "http://a")
+        .await
+        .unwrap();
+    assert_eq!(
+        a.active_set(&d).await.unwrap(),
+        vec![a.account(), b.account()]
+    );
+    assert!(is_active(a.account()).await && !is_active(c.account()).await);
+    // A member updating its price is not a newcomer.
+    b.register(&d, U256::from(9u64), U256::from(1u64), "http://b2")
+        .await
+        .unwrap();
+    assert_eq!(
+        b.orchestrator(&d, b.account()).await.unwrap().service_uri,
+        "http://b2"
+    );
 }
 
 #[tokio::test]

@@ -10,8 +10,11 @@ interface IERC20 {
 /// Orchestrators bond stake, register a price, and form an active set by stake.
 /// Accounts with the verifier role may slash an orchestrator's stake, citing evidence: its
 /// bonded stake first, then its unbonding stake that is not withdrawn yet.
-/// Only orchestrators with bonded stake are registered: one whose stake falls to zero is
-/// deregistered, and must bond again before it registers again.
+/// Only orchestrators with bonded stake are registered, and at most `maxActive` of them: the
+/// registered orchestrators are the active set (as Livepeer's transcoder pool). When it is
+/// full, a newcomer joins only with more bonded stake than the smallest member, which it
+/// evicts. One whose stake falls to zero is deregistered, and must bond again before it
+/// registers again. So the set stays bounded and `isActive` costs one storage read.
 contract Staking {
     struct Orchestrator {
         uint256 bonded;
@@ -34,8 +37,8 @@ contract Staking {
     mapping(address => Orchestrator) private orchestrators;
     mapping(address => Unbonding[]) private unbondings;
     mapping(address => bool) public isVerifier;
-    /// The registered orchestrators (each with bonded stake), in registration order except
-    /// where a removal moved the last one into the freed slot.
+    /// The registered orchestrators (each with bonded stake, at most `maxActive`), in
+    /// registration order except where a removal moved the last one into the freed slot.
     address[] private registeredList;
     /// Where each registered orchestrator is in `registeredList`.
     mapping(address => uint256) private registeredIndex;
@@ -103,12 +106,26 @@ contract Staking {
         emit Withdrawn(msg.sender, total);
     }
 
-    /// Register (or update) the caller's price and service URI; it needs bonded stake.
+    /// Register (or update) the caller's price and service URI; it needs bonded stake, and
+    /// when the active set is full, more than its smallest member's, which it replaces.
     function register(uint256 pricePerUnit, uint256 pixelsPerUnit, string calldata serviceUri) external {
         require(pixelsPerUnit > 0, "pixels per unit must be positive");
         Orchestrator storage o = orchestrators[msg.sender];
         require(o.bonded > 0, "bond stake before registering");
         if (!o.registered) {
+            if (registeredList.length >= maxActive) {
+                address smallest = registeredList[0];
+                for (uint256 i = 1; i < registeredList.length; i++) {
+                    if (orchestrators[registeredList[i]].bonded < orchestrators[smallest].bonded) {
+                        smallest = registeredList[i];
+                    }
+                }
+                require(
+                    o.bonded > orchestrators[smallest].bonded,
+                    "the active set is full: bond more than its smallest stake to join"
+                );
+                deregister(smallest);
+            }
             o.registered = true;
             registeredIndex[msg.sender] = registeredList.length;
             registeredList.push(msg.sender);
@@ -185,41 +202,26 @@ contract Staking {
         }
     }
 
-    /// The registered orchestrators with the most bonded stake (at most `maxActive`, none with
-    /// zero stake), highest first; ties keep the order of `registeredList`.
+    /// The active set: the registered orchestrators (at most `maxActive`, each with bonded
+    /// stake), highest stake first; ties keep the order of `registeredList`.
     function activeSet() public view returns (address[] memory) {
         uint256 n = registeredList.length;
         address[] memory sorted = new address[](n);
-        uint256 count = 0;
         for (uint256 i = 0; i < n; i++) {
             address a = registeredList[i];
             uint256 stake = orchestrators[a].bonded;
-            if (stake == 0) {
-                continue;
-            }
-            uint256 j = count;
+            uint256 j = i;
             while (j > 0 && orchestrators[sorted[j - 1]].bonded < stake) {
                 sorted[j] = sorted[j - 1];
                 j--;
             }
             sorted[j] = a;
-            count++;
         }
-        uint256 size = count < maxActive ? count : maxActive;
-        address[] memory active = new address[](size);
-        for (uint256 i = 0; i < size; i++) {
-            active[i] = sorted[i];
-        }
-        return active;
+        return sorted;
     }
 
+    /// Whether `orchestrator` is in the active set: registered (hence with bonded stake).
     function isActive(address orchestrator) external view returns (bool) {
-        address[] memory active = activeSet();
-        for (uint256 i = 0; i < active.length; i++) {
-            if (active[i] == orchestrator) {
-                return true;
-            }
-        }
-        return false;
+        return orchestrators[orchestrator].registered;
     }
 }

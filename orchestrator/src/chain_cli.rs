@@ -21,7 +21,8 @@ pub enum ChainCommand {
         /// Seconds a broadcaster's deposit stays locked after it asks to withdraw.
         #[arg(long, default_value_t = 86_400)]
         unlock_period_secs: u64,
-        /// Size of the active set: the orchestrators with the most stake.
+        /// Size of the active set: the registered orchestrators, at most this many (when it
+        /// is full, a newcomer must bond more than the smallest member, which it evicts).
         #[arg(long, default_value_t = 100)]
         max_active: u64,
         /// Accounts allowed to slash (broadcasters that submit evidence); repeatable.
