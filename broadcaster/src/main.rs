@@ -305,6 +305,7 @@ async fn priced(
             eth.signer()?,
             url,
             offer.clone(),
+            *max,
         )?)
     } else {
         None

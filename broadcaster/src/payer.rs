@@ -24,7 +24,11 @@ fn now_secs() -> u64 {
 /// `GET URL/price`: what the orchestrator charges and, on-chain, its ticket parameters.
 pub async fn fetch_offer(url: &str) -> anyhow::Result<PriceOffer> {
     let url = format!("{}/price", url.trim_end_matches('/'));
-    let resp = reqwest::get(&url)
+    let resp = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()?
+        .get(&url)
+        .send()
         .await
         .with_context(|| format!("cannot ask the orchestrator's price at {url}"))?;
     let status = resp.status();
@@ -52,7 +56,9 @@ pub struct Payer {
     first: Mutex<Option<Payment>>,
     signer: PrivateKeySigner,
     url: String,
-    price: Price,
+    /// The orchestrator's price (from its latest offer) and the most this broadcaster pays.
+    price: Mutex<Price>,
+    max: Price,
     params: Mutex<TicketParams>,
     /// Nonces start at the current time in microseconds x 1000, so two pushes from one
     /// account under the same parameters never reuse one.
@@ -69,8 +75,14 @@ impl std::fmt::Debug for Payer {
 }
 
 impl Payer {
-    /// A payer for the orchestrator at `url`, which must be in on-chain mode and active.
-    pub fn new(signer: PrivateKeySigner, url: &str, offer: PriceOffer) -> anyhow::Result<Payer> {
+    /// A payer for the orchestrator at `url`, which must be in on-chain mode and active, and
+    /// charge at most `max` (now and whenever its parameters are fetched again).
+    pub fn new(
+        signer: PrivateKeySigner,
+        url: &str,
+        offer: PriceOffer,
+        max: Price,
+    ) -> anyhow::Result<Payer> {
         let Some(params) = offer.ticket_params else {
             bail!("the orchestrator at {url} does not take tickets (it is not in on-chain mode)");
         };
@@ -86,7 +98,8 @@ impl Payer {
             first: Mutex::new(None),
             signer,
             url: url.to_string(),
-            price: offer.price,
+            price: Mutex::new(offer.price),
+            max,
             params: Mutex::new(params),
             next_nonce: AtomicU64::new(micros.saturating_mul(1000)),
         })
@@ -118,6 +131,18 @@ impl Payer {
         let Some(fresh) = offer.ticket_params else {
             bail!("the orchestrator at {} stopped taking tickets", self.url);
         };
+        if !offer.price.within(&self.max) {
+            bail!(
+                "the orchestrator at {} now charges {} wei per {} pixels, above the maximum of \
+                 {} wei per {} pixels",
+                self.url,
+                offer.price.price_per_unit,
+                offer.price.pixels_per_unit,
+                self.max.price_per_unit,
+                self.max.pixels_per_unit
+            );
+        }
+        *self.price.lock().unwrap_or_else(|e| e.into_inner()) = offer.price;
         *self.params.lock().unwrap_or_else(|e| e.into_inner()) = fresh.clone();
         Ok(fresh)
     }
@@ -130,11 +155,12 @@ impl Payer {
         frames: u64,
         fps: f64,
     ) -> anyhow::Result<Option<Payment>> {
-        let fee = self.price.fee(estimated_pixels(rungs, frames, fps))?;
+        let mut params = self.current_params().await?;
+        let price = *self.price.lock().unwrap_or_else(|e| e.into_inner());
+        let fee = price.fee(estimated_pixels(rungs, frames, fps))?;
         if fee <= 0 {
             return Ok(None);
         }
-        let mut params = self.current_params().await?;
         if self.test_tickets == Some(TestTickets::Expired) {
             params.expires_at = now_secs().saturating_sub(60);
         }

@@ -54,6 +54,8 @@ impl Deployment {
 pub struct DeployParams {
     pub unbonding_period_secs: u64,
     pub unlock_period_secs: u64,
+    /// Seconds per round of the ticket broker's reserve allocation.
+    pub round_secs: u64,
     pub max_active: u64,
 }
 
@@ -76,6 +78,27 @@ impl Mined {
             block: r.block_number.unwrap_or_default(),
         })
     }
+}
+
+/// A transaction that was sent but not seen mined (the receipt did not come within
+/// [`RECEIPT_TIMEOUT`], or the node could not be asked): it may still be mined, so a caller
+/// that retries should look at it ([`Chain::tx_state`]) before sending another.
+#[derive(Debug, thiserror::Error)]
+#[error("transaction {tx} was sent but not seen mined: {reason}")]
+pub struct NotMined {
+    pub tx: B256,
+    pub reason: String,
+}
+
+/// Where a sent transaction is.
+#[derive(Debug, Clone, Copy)]
+pub enum TxState {
+    Mined(Mined),
+    Reverted,
+    /// In the node's pool, not mined yet.
+    Pending,
+    /// The node does not know it (dropped, or never arrived).
+    Unknown,
 }
 
 /// A sender's funds in the ticket broker.
@@ -105,9 +128,9 @@ pub const RECEIPT_TIMEOUT: Duration = Duration::from_secs(120);
 /// One account on one node.
 ///
 /// Transactions from one `Chain` (and its clones) are sent one at a time: each takes the
-/// account's next nonce from the node when it is sent, and the next waits until it is mined.
-/// A send that fails before it reaches the node (a revert in gas estimation, say) therefore
-/// leaves no gap in the account's nonces.
+/// account's next nonce (pending ones counted) from the node, and the next send waits until
+/// the node has it. A send that fails before it reaches the node (a revert in gas
+/// estimation, say) therefore leaves no gap in the account's nonces.
 #[derive(Clone)]
 pub struct Chain {
     provider: DynProvider,
@@ -147,14 +170,23 @@ impl Chain {
         what: &str,
         send: impl Future<Output = Result<PendingTransactionBuilder<Ethereum>, alloy::contract::Error>>,
     ) -> anyhow::Result<Mined> {
-        let _one_at_a_time = self.sending.lock().await;
-        let pending = send.await.with_context(|| format!("{what}: sending"))?;
+        let pending = {
+            // Until the node has it in its pool, no other send may ask for the next nonce.
+            let _one_at_a_time = self.sending.lock().await;
+            send.await.with_context(|| format!("{what}: sending"))?
+        };
         let tx = *pending.tx_hash();
         let receipt = pending
             .with_timeout(Some(RECEIPT_TIMEOUT))
             .get_receipt()
             .await
-            .with_context(|| format!("{what}: waiting for transaction {tx} to be mined"))?;
+            .map_err(|e| {
+                anyhow::Error::new(NotMined {
+                    tx,
+                    reason: e.to_string(),
+                })
+                .context(what.to_string())
+            })?;
         Mined::from_receipt(what, receipt)
     }
 
@@ -222,6 +254,7 @@ impl Chain {
             self.provider.clone(),
             U256::from(p.unlock_period_secs),
             *staking.address(),
+            U256::from(p.round_secs),
         )
         .await
         .context("deploying the ticket broker")?;
@@ -492,6 +525,20 @@ impl Chain {
                 None => Err(e).context("asking the node whether the ticket redeems"),
             },
         }
+    }
+
+    /// Where transaction `tx` is: mined (with its gas), reverted, pending or unknown.
+    pub async fn tx_state(&self, tx: B256) -> anyhow::Result<TxState> {
+        if let Some(r) = self.provider.get_transaction_receipt(tx).await? {
+            return Ok(match Mined::from_receipt("", r) {
+                Ok(m) => TxState::Mined(m),
+                Err(_) => TxState::Reverted,
+            });
+        }
+        Ok(match self.provider.get_transaction_by_hash(tx).await? {
+            Some(_) => TxState::Pending,
+            None => TxState::Unknown,
+        })
     }
 
     /// Redeems a winning ticket; the contract pays its recipient.

@@ -10,5 +10,7 @@ pub mod ticket;
 
 pub use alloy::primitives::{Address, B256, U256};
 pub use alloy::signers::local::PrivateKeySigner;
-pub use client::{Chain, DeployParams, Deployment, Mined, OrchestratorInfo, SenderInfo};
+pub use client::{
+    Chain, DeployParams, Deployment, Mined, NotMined, OrchestratorInfo, SenderInfo, TxState,
+};
 pub use ticket::{Ticket, TicketDomain, TicketError};

@@ -74,6 +74,7 @@ async fn ticket_hashing_signing_recovery_and_lottery_agree_with_the_contract() {
         .deploy(DeployParams {
             unbonding_period_secs: 60,
             unlock_period_secs: 60,
+            round_secs: 60,
             max_active: 3,
         })
         .await

@@ -1,16 +1,16 @@
 //! The staking contract and the ticket broker on a local anvil node: unbonding stake is still
 //! slashable, registration needs stake and ends with it, a full active set admits only a
 //! newcomer with more stake than its smallest member, a winning ticket the sender cannot pay
-//! is refused and stays redeemable, and the reserve pays only active recipients, each its share.
+//! is refused and stays redeemable, and the reserve pays only recipients active since before
+//! the round, each its share of the round's reserve.
 
-use alloy::providers::ProviderBuilder;
-use castwork_chain::contracts::TicketBroker;
 use castwork_chain::devnet::{dev_key, increase_time, Anvil};
 use castwork_chain::ticket::{self, Ticket};
 use castwork_chain::{Address, Chain, DeployParams, Deployment, B256, U256};
 
 const UNBONDING_SECS: u64 = 1_000;
 const UNLOCK_SECS: u64 = 100;
+const ROUND_SECS: u64 = 50;
 
 /// `n` thousandths of a token (or of an ETH).
 fn milli(n: u64) -> U256 {
@@ -25,6 +25,7 @@ async fn deployed(max_active: u64) -> (Anvil, Chain, Deployment) {
         .deploy(DeployParams {
             unbonding_period_secs: UNBONDING_SECS,
             unlock_period_secs: UNLOCK_SECS,
+            round_secs: ROUND_SECS,
             max_active,
         })
         .await
@@ -87,7 +88,7 @@ async fn unbonding_stake_is_still_slashed() {
         .await
         .unwrap();
     bond_and_register(&orch, &d, milli(100)).await;
-    // Two unbonding locks of 30 each; 40 stays bonded.
+    // Two unbonds of 30 (one lock of 60); 40 stays bonded.
     orch.unbond(&d, milli(30)).await.unwrap();
     orch.unbond(&d, milli(30)).await.unwrap();
     let o = orch.orchestrator(&d, orch.account()).await.unwrap();
@@ -352,21 +353,28 @@ async fn a_ticket_the_sender_cannot_pay_is_refused_and_stays_redeemable() {
 }
 
 #[tokio::test]
-async fn the_reserve_pays_only_active_recipients_each_its_share() {
-    // Two active slots: each active recipient may take half of the funded reserve.
+async fn the_reserve_pays_only_active_recipients_each_its_share_per_round() {
+    // Two active slots: each eligible recipient may take half of the round's reserve.
     let (anvil, owner, d) = deployed(2).await;
     let sender = account(&anvil, &owner, &d, 1, U256::ZERO).await;
     let active = account(&anvil, &owner, &d, 2, milli(100)).await;
-    // The sender's own account, neither staked nor registered: a fake recipient.
+    // The sender's own account, not staked yet: a fake recipient.
     let fake = account(&anvil, &owner, &d, 3, milli(100)).await;
-    bond_and_register(&active, &d, milli(100)).await;
-    let provider = ProviderBuilder::new().connect_http(anvil.url.parse().unwrap());
-    let broker = TicketBroker::new(d.broker, &provider);
     let claimable = |r: Address| {
-        let call = broker.claimableReserve(sender.account(), r);
-        async move { call.call().await.unwrap() }
+        let (owner, d, s) = (&owner, &d, sender.account());
+        async move { owner.claimable_reserve(d, s, r).await.unwrap() }
     };
+    let next_round = || increase_time(&anvil.url, ROUND_SECS);
+    // Start just after a round began, so the steps below (seconds) stay within rounds.
+    let now = owner.block_timestamp().await.unwrap();
+    increase_time(&anvil.url, ROUND_SECS - now % ROUND_SECS + 1)
+        .await
+        .unwrap();
+    bond_and_register(&active, &d, milli(100)).await;
     sender.fund(&d, milli(1), milli(1000)).await.unwrap();
+    // Joined in this round: its share starts with the next one.
+    assert_eq!(claimable(active.account()).await, U256::ZERO);
+    next_round().await.unwrap();
     assert_eq!(claimable(active.account()).await, milli(500));
     assert_eq!(claimable(fake.account()).await, U256::ZERO);
 
@@ -392,7 +400,7 @@ async fn the_reserve_pays_only_active_recipients_each_its_share() {
         .unwrap());
     let fake_ticket = (t, sig, rand);
 
-    // An active recipient gets at most reserve / maxActive from it.
+    // An eligible recipient gets at most reserve / maxActive in a round.
     let (t, sig, rand) = winning_ticket(&d, 1, active.account(), milli(1000), 3);
     let before = owner.eth_balance(active.account()).await.unwrap();
     let m = owner.redeem(&d, &t, &sig, rand).await.unwrap();
@@ -412,56 +420,37 @@ async fn the_reserve_pays_only_active_recipients_each_its_share() {
         owner.redeem(&d, &t, &sig, rand).await,
         "sender has no funds for this ticket",
     );
+    // A recipient joining the active set during the round takes nothing in it.
+    bond_and_register(&fake, &d, milli(100)).await;
+    assert_eq!(claimable(fake.account()).await, U256::ZERO);
+    let (ft, fsig, frand) = fake_ticket;
+    assert_reverted(
+        owner.redeem(&d, &ft, &fsig, frand).await,
+        "sender has no funds for this ticket",
+    );
 
-    // Adding to the reserve raises the share (now half of 1.2 ETH funded in all).
-    sender.fund(&d, U256::ZERO, milli(200)).await.unwrap();
-    assert_eq!(claimable(active.account()).await, milli(100));
+    // The next round shares what is left (500) between the two members.
+    next_round().await.unwrap();
+    assert_eq!(claimable(active.account()).await, milli(250));
+    assert_eq!(claimable(fake.account()).await, milli(250));
     owner.redeem(&d, &t, &sig, rand).await.unwrap();
     assert_eq!(
         owner.eth_balance(active.account()).await.unwrap() - before,
-        milli(600)
+        milli(750)
     );
-    assert_eq!(reserve_left(&owner, &d, &sender).await, milli(600));
-
-    // Staked into the active set, the other recipient takes its own share, no more.
-    bond_and_register(&fake, &d, milli(100)).await;
-    assert_eq!(claimable(fake.account()).await, milli(600));
-    let (t, sig, rand) = fake_ticket;
     let before = owner.eth_balance(fake.account()).await.unwrap();
-    owner.redeem(&d, &t, &sig, rand).await.unwrap();
+    owner.redeem(&d, &ft, &fsig, frand).await.unwrap();
     assert_eq!(
         owner.eth_balance(fake.account()).await.unwrap() - before,
-        milli(600)
+        milli(250)
     );
     assert_eq!(reserve_left(&owner, &d, &sender).await, U256::ZERO);
-
-    // A withdrawal starts the shares over.
-    let sender_wallet = ProviderBuilder::new()
-        .wallet(dev_key(1))
-        .connect_http(anvil.url.parse().unwrap());
-    let sender_broker = TicketBroker::new(d.broker, &sender_wallet);
-    sender.fund(&d, U256::ZERO, milli(10)).await.unwrap();
-    sender_broker
-        .unlock()
-        .send()
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
-    increase_time(&anvil.url, UNLOCK_SECS + 1).await.unwrap();
-    let r = sender_broker
-        .withdraw()
-        .send()
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
-    assert!(r.status());
-    sender.fund(&d, U256::ZERO, milli(100)).await.unwrap();
-    assert_eq!(claimable(active.account()).await, milli(50));
-    assert_eq!(claimable(fake.account()).await, milli(50));
+    // Funds added after the round's first claim wait for the next round's base.
+    sender.fund(&d, U256::ZERO, milli(200)).await.unwrap();
+    assert_eq!(claimable(active.account()).await, U256::ZERO);
+    next_round().await.unwrap();
+    assert_eq!(claimable(active.account()).await, milli(100));
+    assert_eq!(claimable(fake.account()).await, milli(100));
 }
 
 /// What is left of `sender`'s reserve at the broker.

@@ -22,6 +22,8 @@ contract Staking {
         uint256 pixelsPerUnit;
         string serviceUri;
         bool registered;
+        /// When it last joined the active set.
+        uint256 registeredAt;
     }
 
     struct Unbonding {
@@ -35,7 +37,9 @@ contract Staking {
     uint256 public immutable maxActive;
 
     mapping(address => Orchestrator) private orchestrators;
-    mapping(address => Unbonding[]) private unbondings;
+    /// One unbonding lock per orchestrator: a loop over many small locks could make a slash
+    /// run out of gas, so each unbond adds to the lock and restarts its period.
+    mapping(address => Unbonding) private unbondings;
     mapping(address => bool) public isVerifier;
     /// The registered orchestrators (each with bonded stake, at most `maxActive`), in
     /// registration order except where a removal moved the last one into the freed slot.
@@ -56,7 +60,7 @@ contract Staking {
     );
 
     constructor(IERC20 token_, uint256 unbondingPeriod_, uint256 maxActive_) {
-        require(maxActive_ > 0, "the active set needs a size");
+        require(maxActive_ > 0 && maxActive_ <= 1000, "the active set holds 1 to 1000 orchestrators");
         token = token_;
         owner = msg.sender;
         unbondingPeriod = unbondingPeriod_;
@@ -79,29 +83,27 @@ contract Staking {
     }
 
     /// Start unbonding: the stake stops counting at once and can be withdrawn after the period;
-    /// until it is withdrawn it can still be slashed. Unbonding all of it deregisters.
+    /// until it is withdrawn it can still be slashed. Stake already unbonding joins it and
+    /// waits the new period too. Unbonding all of it deregisters.
     function unbond(uint256 amount) external {
         Orchestrator storage o = orchestrators[msg.sender];
         require(amount > 0 && amount <= o.bonded, "unbond between 1 and the bonded stake");
         o.bonded -= amount;
-        uint256 at = block.timestamp + unbondingPeriod;
-        unbondings[msg.sender].push(Unbonding(amount, at));
-        emit Unbonded(msg.sender, amount, o.bonded, at);
+        Unbonding storage lock = unbondings[msg.sender];
+        lock.amount += amount;
+        lock.withdrawableAt = block.timestamp + unbondingPeriod;
+        emit Unbonded(msg.sender, amount, o.bonded, lock.withdrawableAt);
         if (o.bonded == 0) {
             deregister(msg.sender);
         }
     }
 
-    /// Withdraw every unbonding lock whose period has passed.
+    /// Withdraw the unbonding stake once its period has passed.
     function withdrawUnbonded() external returns (uint256 total) {
-        Unbonding[] storage locks = unbondings[msg.sender];
-        for (uint256 i = 0; i < locks.length; i++) {
-            if (locks[i].amount > 0 && locks[i].withdrawableAt <= block.timestamp) {
-                total += locks[i].amount;
-                locks[i].amount = 0;
-            }
-        }
-        require(total > 0, "nothing is withdrawable yet");
+        Unbonding storage lock = unbondings[msg.sender];
+        require(lock.amount > 0 && lock.withdrawableAt <= block.timestamp, "nothing is withdrawable yet");
+        total = lock.amount;
+        lock.amount = 0;
         require(token.transfer(msg.sender, total), "token transfer failed");
         emit Withdrawn(msg.sender, total);
     }
@@ -127,6 +129,7 @@ contract Staking {
                 deregister(smallest);
             }
             o.registered = true;
+            o.registeredAt = block.timestamp;
             registeredIndex[msg.sender] = registeredList.length;
             registeredList.push(msg.sender);
         }
@@ -137,7 +140,7 @@ contract Staking {
     }
 
     /// Take up to `amount` of an orchestrator's stake: its bonded stake first, then its
-    /// unbonding locks not yet withdrawn (newest first), so that unbonding does not escape a
+    /// unbonding stake not yet withdrawn, so that unbonding does not escape a
     /// fault found before the stake is withdrawn. Half goes to the verifier that found the
     /// fault, the rest is burned. A slash to zero bonded stake deregisters the orchestrator.
     function slash(address orchestrator, uint256 amount, bytes32 evidenceHash) external {
@@ -145,16 +148,10 @@ contract Staking {
         Orchestrator storage o = orchestrators[orchestrator];
         uint256 taken = amount < o.bonded ? amount : o.bonded;
         o.bonded -= taken;
-        Unbonding[] storage locks = unbondings[orchestrator];
-        for (uint256 i = locks.length; i > 0 && taken < amount; i--) {
-            Unbonding storage lock = locks[i - 1];
-            if (lock.amount == 0) {
-                continue;
-            }
-            uint256 part = amount - taken < lock.amount ? amount - taken : lock.amount;
-            lock.amount -= part;
-            taken += part;
-        }
+        Unbonding storage lock = unbondings[orchestrator];
+        uint256 part = amount - taken < lock.amount ? amount - taken : lock.amount;
+        lock.amount -= part;
+        taken += part;
         require(taken > 0, "nothing to slash");
         if (o.bonded == 0) {
             deregister(orchestrator);
@@ -193,12 +190,10 @@ contract Staking {
     }
 
     function pendingUnbonding(address orchestrator) external view returns (uint256 amount, uint256 withdrawable) {
-        Unbonding[] storage locks = unbondings[orchestrator];
-        for (uint256 i = 0; i < locks.length; i++) {
-            amount += locks[i].amount;
-            if (locks[i].withdrawableAt <= block.timestamp) {
-                withdrawable += locks[i].amount;
-            }
+        Unbonding storage lock = unbondings[orchestrator];
+        amount = lock.amount;
+        if (lock.withdrawableAt <= block.timestamp) {
+            withdrawable = lock.amount;
         }
     }
 
@@ -218,6 +213,13 @@ contract Staking {
             sorted[j] = a;
         }
         return sorted;
+    }
+
+    /// Since when `orchestrator` has been in the active set without a break (a unix time), or
+    /// 0 when it is not in it.
+    function activeSince(address orchestrator) external view returns (uint256) {
+        Orchestrator storage o = orchestrators[orchestrator];
+        return o.registered ? o.registeredAt : 0;
     }
 
     /// Whether `orchestrator` is in the active set: registered (hence with bonded stake).

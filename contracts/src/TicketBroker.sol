@@ -3,7 +3,7 @@ pragma solidity 0.8.28;
 
 /// The part of the staking contract the ticket broker asks about.
 interface IStaking {
-    function isActive(address orchestrator) external view returns (bool);
+    function activeSince(address orchestrator) external view returns (uint256);
     function maxActive() external view returns (uint256);
 }
 
@@ -12,13 +12,14 @@ interface IStaking {
 /// its win probability, and only winners are redeemed here, for their face value.
 ///
 /// A winning ticket is paid from the sender's deposit, whatever its recipient. What the deposit
-/// cannot cover is paid from the sender's reserve, but only to a recipient in the staking
-/// contract's active set, and each recipient may take at most `reserveFunded / maxActive` of a
-/// sender's reserve in all, where `reserveFunded` is everything the sender has put in its
-/// reserve since its last withdrawal (as Livepeer's reserve, without rounds). So a sender cannot
-/// drain its reserve through tickets to recipients it controls unless they hold stake in the
-/// active set, and then each of them only takes its own share. Adding to the reserve raises
-/// every recipient's share; a withdrawal starts the shares over.
+/// cannot cover is paid from the sender's reserve, as Livepeer's reserve, in rounds of
+/// `roundLength` seconds: in a round, only a recipient that has been in the staking contract's
+/// active set since before the round began may take from the reserve, and at most
+/// `base / maxActive`, where `base` is the sender's reserve at the round's first claim. As the
+/// active set never holds more than `maxActive`, the claims of one round never exceed the base,
+/// and swapping recipients in and out of the set within a round gains nothing: each eligible
+/// recipient, an honest orchestrator included, can count on its share whatever recipients the
+/// sender controls.
 contract TicketBroker {
     struct Ticket {
         address recipient;
@@ -35,8 +36,6 @@ contract TicketBroker {
         /// What is left of the reserve.
         uint256 reserve;
         uint256 withdrawableAt;
-        /// Everything put in the reserve since the last withdrawal: the shares are cut from it.
-        uint256 reserveFunded;
     }
 
     bytes32 public constant TICKET_TYPEHASH = keccak256(
@@ -53,9 +52,11 @@ contract TicketBroker {
     IStaking public immutable staking;
     mapping(address => Sender) private senders;
     mapping(bytes32 => bool) public usedTickets;
-    /// How many times each sender has withdrawn: the claims below count within one of them.
-    mapping(address => uint256) private withdrawals;
-    /// What each recipient has taken from a sender's reserve, per the sender's withdrawal count.
+    /// Seconds per round of reserve allocation.
+    uint256 public immutable roundLength;
+    /// Each sender's reserve at the first claim of a round (plus one: 0 means no claim yet).
+    mapping(address => mapping(uint256 => uint256)) private reserveBase;
+    /// What each recipient has taken from a sender's reserve, per round.
     mapping(address => mapping(uint256 => mapping(address => uint256))) private reserveClaimed;
 
     event DepositFunded(address indexed sender, uint256 amount, uint256 deposit);
@@ -72,9 +73,11 @@ contract TicketBroker {
         uint256 senderNonce
     );
 
-    constructor(uint256 unlockPeriod_, address staking_) {
+    constructor(uint256 unlockPeriod_, address staking_, uint256 roundLength_) {
         require(staking_ != address(0), "the broker needs the staking contract");
+        require(roundLength_ > 0, "rounds need a length");
         unlockPeriod = unlockPeriod_;
+        roundLength = roundLength_;
         staking = IStaking(staking_);
     }
 
@@ -88,7 +91,6 @@ contract TicketBroker {
     function fundReserve() external payable {
         Sender storage s = senders[msg.sender];
         s.reserve += msg.value;
-        s.reserveFunded += msg.value;
         s.withdrawableAt = 0;
         emit ReserveFunded(msg.sender, msg.value, s.reserve);
     }
@@ -98,7 +100,6 @@ contract TicketBroker {
         Sender storage s = senders[msg.sender];
         s.deposit += depositAmount;
         s.reserve += reserveAmount;
-        s.reserveFunded += reserveAmount;
         s.withdrawableAt = 0;
         emit DepositFunded(msg.sender, depositAmount, s.deposit);
         emit ReserveFunded(msg.sender, reserveAmount, s.reserve);
@@ -118,7 +119,6 @@ contract TicketBroker {
         uint256 deposit = s.deposit;
         uint256 reserve = s.reserve;
         delete senders[msg.sender];
-        withdrawals[msg.sender] += 1;
         (bool ok,) = msg.sender.call{value: deposit + reserve}("");
         require(ok, "payout failed");
         emit Withdrawn(msg.sender, deposit, reserve);
@@ -133,16 +133,25 @@ contract TicketBroker {
         return (s.deposit, s.reserve, s.withdrawableAt);
     }
 
-    /// How much `recipient` may still take from `sender`'s reserve now: nothing unless it is in
-    /// the active set, else its share (`reserveFunded / maxActive`) less what it took, at most
-    /// what is left of the reserve.
+    /// The current round.
+    function currentRound() public view returns (uint256) {
+        return block.timestamp / roundLength;
+    }
+
+    /// How much `recipient` may still take from `sender`'s reserve in this round: nothing
+    /// unless it has been in the active set since before the round began, else its share of
+    /// the round's base (`base / maxActive`) less what it took, at most what is left.
     function claimableReserve(address sender, address recipient) public view returns (uint256) {
         Sender storage s = senders[sender];
-        if (s.reserve == 0 || !staking.isActive(recipient)) {
+        uint256 round = currentRound();
+        uint256 since = staking.activeSince(recipient);
+        if (s.reserve == 0 || since == 0 || since >= round * roundLength) {
             return 0;
         }
-        uint256 share = s.reserveFunded / staking.maxActive();
-        uint256 claimed = reserveClaimed[sender][withdrawals[sender]][recipient];
+        uint256 base = reserveBase[sender][round];
+        base = base == 0 ? s.reserve : base - 1;
+        uint256 share = base / staking.maxActive();
+        uint256 claimed = reserveClaimed[sender][round][recipient];
         if (claimed >= share) {
             return 0;
         }
@@ -164,8 +173,12 @@ contract TicketBroker {
             fromReserve = faceValue - fromDeposit;
         }
         if (fromReserve > 0) {
+            uint256 round = currentRound();
+            if (reserveBase[sender][round] == 0) {
+                reserveBase[sender][round] = s.reserve + 1;
+            }
             s.reserve -= fromReserve;
-            reserveClaimed[sender][withdrawals[sender]][recipient] += fromReserve;
+            reserveClaimed[sender][round][recipient] += fromReserve;
             emit ReserveClaimed(sender, recipient, fromReserve);
         }
         return fromDeposit + fromReserve;

@@ -21,6 +21,10 @@ pub enum ChainCommand {
         /// Seconds a broadcaster's deposit stays locked after it asks to withdraw.
         #[arg(long, default_value_t = 86_400)]
         unlock_period_secs: u64,
+        /// Seconds per round of the ticket broker's reserve: in a round, an orchestrator in
+        /// the active set since before it began may take its share of a sender's reserve.
+        #[arg(long, default_value_t = 3600)]
+        round_secs: u64,
         /// Size of the active set: the registered orchestrators, at most this many (when it
         /// is full, a newcomer must bond more than the smallest member, which it evicts).
         #[arg(long, default_value_t = 100)]
@@ -84,6 +88,7 @@ pub async fn run(
             out,
             unbonding_period_secs,
             unlock_period_secs,
+            round_secs,
             max_active,
             verifier,
         } => {
@@ -92,6 +97,7 @@ pub async fn run(
                 .deploy(DeployParams {
                     unbonding_period_secs,
                     unlock_period_secs,
+                    round_secs,
                     max_active,
                 })
                 .await?;

@@ -104,8 +104,9 @@ struct Cli {
     ticket_ev: castwork_chain::U256,
 
     /// On-chain mode: seconds advertised ticket parameters (and tickets signed under them)
-    /// stay valid; winners must be redeemed within it. At most the ticket broker's unlock
-    /// period, so a sender cannot withdraw before its tickets expire.
+    /// stay valid; winners must be redeemed within it. With --chain-refresh-secs and 11
+    /// minutes (clock skew, time to redeem) it must fit in the ticket broker's unlock period,
+    /// so a sender cannot withdraw before its winning tickets are redeemed.
     #[arg(long, env = "TICKET_VALIDITY_SECS", default_value_t = 3600)]
     ticket_validity_secs: u64,
 

@@ -17,7 +17,9 @@ use castwork_protocol::time::now_unix_ms;
 
 use anyhow::Context as _;
 use castwork_chain::ticket::{self, Ticket};
-use castwork_chain::{Address, Chain, Deployment, SenderInfo, TicketDomain, B256, U256};
+use castwork_chain::{
+    Address, Chain, Deployment, Mined, NotMined, SenderInfo, TicketDomain, TxState, B256, U256,
+};
 use castwork_protocol::payment::{Payment, TicketParams, WireTicket};
 use redis::aio::ConnectionManager;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -50,6 +52,21 @@ pub struct TicketPolicy {
     /// Times the ticket broker may refuse a winning ticket before it is given up (failures
     /// that are not the ticket's are retried until it expires).
     pub redeem_attempts: u32,
+}
+
+/// Clock skew allowed between a broadcaster and the orchestrator in tickets' expiry.
+const SKEW_SECS: u64 = 60;
+/// Time allowed, after a ticket expires, before the sender's funds may leave the broker:
+/// a ticket that won just before it expired still has to be redeemed.
+const REDEEM_MARGIN_SECS: u64 = 600;
+
+impl TicketPolicy {
+    /// How far ahead a sender's funds must stay at the broker for a ticket accepted now to
+    /// be redeemed: its validity, the age of our cached view of the sender, clock skew, and
+    /// time to redeem.
+    fn horizon_secs(&self) -> u64 {
+        self.validity.as_secs() + self.refresh.as_secs() + SKEW_SECS + REDEEM_MARGIN_SECS
+    }
 }
 
 /// Why a payment is refused, for the broadcaster's user.
@@ -98,6 +115,28 @@ impl Redemption {
 /// the tickets' nonce keys, KEYS[n+2] the winning list. ARGV: segment, ttl, n, then n
 /// digests, n expected values, n winning-ticket JSONs ('' for a losing ticket). Returns
 /// {1, fresh tickets} or {-1, index of the replayed ticket, what it was used for}.
+/// How long the redeemer's lease lasts without renewal: longer than one redemption can take
+/// (a receipt is awaited at most `RECEIPT_TIMEOUT`), so a live holder never loses it.
+const LEASE_MS: u64 = castwork_chain::client::RECEIPT_TIMEOUT.as_millis() as u64 + 60_000;
+
+/// Takes or renews the redeemer's lease KEYS[1] for ARGV[1] (ARGV[2] ms); 1 if held.
+static LEASE: LuaScript = LuaScript::new(
+    r#"
+local v = redis.call('GET', KEYS[1])
+if v and v ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"#,
+);
+
+/// Gives the lease KEYS[1] up if ARGV[1] holds it.
+static RELEASE: LuaScript = LuaScript::new(
+    r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#,
+);
+
 static ACCEPT_TICKETS: LuaScript = LuaScript::new(
     r#"
 local seg, ttl, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -153,11 +192,14 @@ impl Payments {
     ) -> anyhow::Result<Payments> {
         let recipient = chain.account();
         let unlock = chain.unlock_period(&deployment).await?;
-        if policy.validity.as_secs() > unlock {
+        if policy.horizon_secs() > unlock {
             anyhow::bail!(
-                "--ticket-validity-secs {} is longer than the ticket broker's unlock period \
-                 ({unlock} s): a sender could withdraw before its tickets expire",
-                policy.validity.as_secs()
+                "--ticket-validity-secs {} + --chain-refresh-secs {} + {} s (clock skew and \
+                 time to redeem) is longer than the ticket broker's unlock period ({unlock} \
+                 s): a sender could withdraw before its winning tickets are redeemed",
+                policy.validity.as_secs(),
+                policy.refresh.as_secs(),
+                SKEW_SECS + REDEEM_MARGIN_SECS
             );
         }
         if policy.face_value.is_zero() || policy.ticket_ev.is_zero() {
@@ -315,9 +357,7 @@ impl Payments {
         } = self.sender_funds(sender).await?;
         // A sender that unlocked may withdraw everything once the unlock period ends: a
         // ticket that could still be waiting for redemption then would pay nothing.
-        if f.withdrawable_at != 0
-            && f.withdrawable_at <= now_secs() + self.policy.validity.as_secs()
-        {
+        if f.withdrawable_at != 0 && f.withdrawable_at <= now_secs() + self.policy.horizon_secs() {
             return Ok(Err(format!(
                 "sender {sender} is withdrawing its funds from the ticket broker {} (withdrawable \
                  at unix time {}, before tickets signed now expire); fund it again with \
@@ -511,8 +551,8 @@ impl Payments {
             }
             // Tickets must be redeemable before the sender can take its funds back: their
             // expiry is ours (at most --ticket-validity-secs, which start() bounds by the
-            // broker's unlock period), plus a minute for clock skew.
-            let latest = now + self.policy.validity.as_secs() + 60;
+            // broker's unlock period), plus some clock skew.
+            let latest = now + self.policy.validity.as_secs() + SKEW_SECS;
             if t.expires_at > U256::from(latest) {
                 return Err(format!(
                     "ticket {n} expires at {}, later than this orchestrator's parameters allow \
@@ -544,37 +584,75 @@ impl Payments {
     }
 
     /// Redeems queued winning tickets until `shutdown`, oldest first, retrying failures with
-    /// backoff; gives one up when it expired, was already redeemed or failed too often.
+    /// backoff; gives one up when it expired, was already redeemed or was refused too often.
+    /// Of the orchestrator processes of one account, only the holder of a lease in Redis
+    /// redeems, so two never send the same ticket.
     pub async fn run_redeemer(&self, shutdown: CancellationToken) {
-        let mut tries: HashMap<String, u32> = HashMap::new();
+        let me = B256::from(rand_bytes()).to_string();
+        let lease = format!("cw:chain:redeemer:{:x}", self.recipient);
+        let mut state = RedeemState::default();
         let mut backoff = castwork_cluster::Backoff::default();
+        let mut leading = false;
         loop {
-            let delay = match self.redeem_oldest(&mut tries).await {
-                Ok(true) => {
-                    backoff = castwork_cluster::Backoff::default();
-                    Duration::ZERO
+            let lead: redis::RedisResult<i64> = LEASE
+                .get()
+                .key(&lease)
+                .arg(&me)
+                .arg(LEASE_MS)
+                .invoke_async(&mut self.redis.clone())
+                .await;
+            let delay = match lead {
+                Ok(1) => {
+                    if !leading {
+                        info!("this process redeems the winning tickets");
+                        leading = true;
+                    }
+                    match self.redeem_oldest(&mut state).await {
+                        Ok(Step::Resolved) => {
+                            backoff = castwork_cluster::Backoff::default();
+                            Duration::ZERO
+                        }
+                        Ok(Step::Empty) => Duration::from_millis(500),
+                        // A refused ticket went behind the others: their turn comes soon.
+                        Ok(Step::Rotated) => Duration::from_secs(1),
+                        Err(e) => {
+                            let d = backoff.next_delay();
+                            warn!(
+                                error = format!("{e:#}"),
+                                retry_in_ms = d.as_millis() as u64,
+                                "ticket redemption"
+                            );
+                            d
+                        }
+                    }
                 }
-                Ok(false) => Duration::from_millis(500),
+                Ok(_) => {
+                    leading = false;
+                    Duration::from_secs(5)
+                }
                 Err(e) => {
-                    let d = backoff.next_delay();
-                    warn!(
-                        error = format!("{e:#}"),
-                        retry_in_ms = d.as_millis() as u64,
-                        "ticket redemption"
-                    );
-                    d
+                    warn!(error = %e, "redemption lease");
+                    backoff.next_delay()
                 }
             };
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => {
+                    // Let another process take over at once.
+                    let _: redis::RedisResult<i64> = RELEASE
+                        .get()
+                        .key(&lease)
+                        .arg(&me)
+                        .invoke_async(&mut self.redis.clone())
+                        .await;
+                    return;
+                }
             }
         }
     }
 
-    /// Redeems the oldest queued winner: `Ok(true)` when one was resolved, `Ok(false)` when
-    /// none is queued, `Err` to wait before the next try.
-    async fn redeem_oldest(&self, tries: &mut HashMap<String, u32>) -> anyhow::Result<bool> {
+    /// Tries the oldest queued winner.
+    async fn redeem_oldest(&self, state: &mut RedeemState) -> anyhow::Result<Step> {
         let mut con = self.redis.clone();
         let item: Option<String> = redis::cmd("LINDEX")
             .arg(WINNING_LIST)
@@ -582,12 +660,16 @@ impl Payments {
             .query_async(&mut con)
             .await?;
         let Some(item) = item else {
-            return Ok(false);
+            return Ok(Step::Empty);
         };
         let (list, record) = match serde_json::from_str::<Winning>(&item) {
-            Ok(w) => match self.redeem(&w, tries).await? {
+            Ok(w) => match self.redeem(&w, state).await? {
                 Try::Done(list, record) => (list, record),
-                Try::Refused(e) => {
+                Try::Refused(why) => {
+                    warn!(
+                        reason = format!("{why:#}"),
+                        "winning ticket not redeemed yet"
+                    );
                     // The others get their turn first: one refused ticket blocks nothing.
                     let _: () = redis::cmd("LMOVE")
                         .arg(WINNING_LIST)
@@ -596,7 +678,7 @@ impl Payments {
                         .arg("LEFT")
                         .query_async(&mut con)
                         .await?;
-                    return Err(e);
+                    return Ok(Step::Rotated);
                 }
             },
             Err(e) => (
@@ -627,7 +709,7 @@ impl Payments {
             .ignore()
             .query_async(&mut con)
             .await?;
-        Ok(true)
+        Ok(Step::Resolved)
     }
 
     /// One try at a winning ticket.
@@ -637,7 +719,7 @@ impl Payments {
     /// as long as it takes, until it expires. `Try::Refused` is the contract refusing this
     /// ticket (asked first with `eth_call`): tried again `redeem_attempts` times, behind the
     /// other winners, then given up.
-    async fn redeem(&self, w: &Winning, tries: &mut HashMap<String, u32>) -> anyhow::Result<Try> {
+    async fn redeem(&self, w: &Winning, state: &mut RedeemState) -> anyhow::Result<Try> {
         let give_up = |hash: String, why: String| {
             let r = Redemption {
                 error: Some(why),
@@ -658,6 +740,23 @@ impl Payments {
         let rand = ticket::recipient_rand(&self.secret, &seed);
         let digest = t.hash(&self.domain);
         let key = digest.to_string();
+        // A redemption sent before and not seen mined: wait for it rather than send another.
+        if let Some(&tx) = state.in_flight.get(&key) {
+            match self.chain.tx_state(tx).await? {
+                TxState::Mined(m) => {
+                    state.forget(&key);
+                    return Ok(Try::Done(REDEEMED_LIST, self.redeemed(w, &t, key, m)));
+                }
+                TxState::Pending => {
+                    anyhow::bail!("redemption {tx} of winning ticket {digest} is not mined yet")
+                }
+                // The checks below decide what happens to the ticket now.
+                TxState::Reverted | TxState::Unknown => {
+                    state.in_flight.remove(&key);
+                }
+            }
+        }
+        let tries = &mut state.tries;
         if self
             .chain
             .ticket_used(&self.deployment, digest)
@@ -705,27 +804,35 @@ impl Payments {
                 "the ticket broker refuses winning ticket {digest}: {reason}"
             )));
         }
-        let m = self
-            .chain
-            .redeem(&self.deployment, &t, &sig, rand)
-            .await
-            .with_context(|| format!("redeeming winning ticket {digest}"))?;
-        tries.remove(&key);
+        let m = match self.chain.redeem(&self.deployment, &t, &sig, rand).await {
+            Ok(m) => m,
+            Err(e) => {
+                if let Some(sent) = e.downcast_ref::<NotMined>() {
+                    state.in_flight.insert(key, sent.tx);
+                }
+                return Err(e.context(format!("redeeming winning ticket {digest}")));
+            }
+        };
+        state.forget(&key);
+        Ok(Try::Done(REDEEMED_LIST, self.redeemed(w, &t, key, m)))
+    }
+
+    /// The record of winning ticket `w` (`t`, hash `key`) redeemed by `m`.
+    fn redeemed(&self, w: &Winning, t: &Ticket, key: String, m: Mined) -> Redemption {
         metrics::REDEMPTIONS.with_label_values(&["redeemed"]).inc();
         metrics::REDEMPTION_GAS.observe(m.gas_used as f64);
         info!(
-            ticket = %digest,
+            ticket = key,
             tx = %m.tx,
             gas_used = m.gas_used,
             face_value = %t.face_value,
             "winning ticket redeemed"
         );
-        let r = Redemption {
+        Redemption {
             tx: Some(m.tx.to_string()),
             gas_used: Some(m.gas_used),
             ..Redemption::of(w, key)
-        };
-        Ok(Try::Done(REDEEMED_LIST, r))
+        }
     }
 
     /// Recent redemptions and failures, newest first.
@@ -760,6 +867,32 @@ pub struct SenderFunds {
     pub info: SenderInfo,
     /// What this orchestrator may still take from the sender's reserve.
     pub claimable_reserve: U256,
+}
+
+/// The redeemer's memory of the tickets it tried.
+#[derive(Default)]
+struct RedeemState {
+    /// How often the broker refused each ticket.
+    tries: HashMap<String, u32>,
+    /// Redemptions sent and not seen mined, by ticket.
+    in_flight: HashMap<String, B256>,
+}
+
+impl RedeemState {
+    fn forget(&mut self, ticket: &str) {
+        self.tries.remove(ticket);
+        self.in_flight.remove(ticket);
+    }
+}
+
+/// What one turn of the redeemer did.
+enum Step {
+    /// A winner was redeemed or given up.
+    Resolved,
+    /// None is queued.
+    Empty,
+    /// The oldest is refused for now and went behind the others.
+    Rotated,
 }
 
 /// The outcome of one try at a winning ticket.
