@@ -171,12 +171,22 @@ fn refs(v: &[String]) -> Vec<&str> {
 }
 
 fn metric(cluster: &Cluster, line_start: &str) -> f64 {
-    let (_, m) = http_get(&cluster.orchestrator_addr, "/metrics").unwrap();
-    m.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+    metric_sum(&[&cluster.orchestrator_addr], line_start)
+}
+
+/// The sum of a metric over the orchestrators at `addrs`.
+fn metric_sum(addrs: &[&str], line_start: &str) -> f64 {
+    addrs
+        .iter()
+        .map(|a| {
+            let (_, m) = http_get(a, "/metrics").unwrap();
+            m.lines()
+                .find(|l| l.starts_with(line_start))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0)
+        })
+        .sum()
 }
 
 /// The orchestrator's count of tickets with `outcome` (accepted, won, refused, replayed).
@@ -472,6 +482,17 @@ fn a_live_stream_is_paid_with_tickets_and_its_winners_survive_a_node_restart() {
     let observer = net.client(0);
     let oargs = orchestrator_args(&net, &[]);
     let mut cluster = Cluster::start_with(1, &refs(&oargs), Vec::new());
+    // A second process of the same orchestrator shares the segments (and the queue of
+    // winners: only one of them may redeem).
+    let second = format!("127.0.0.1:{}", common::free_port());
+    let mut oargs2 = oargs.clone();
+    oargs2.extend(["--http-addr".to_string(), second.clone()]);
+    cluster.add("orchestrator", &refs(&oargs2));
+    wait_until("the second orchestrator", Duration::from_secs(30), || {
+        http_get(&second, "/healthz").is_some_and(|(c, _)| c == 200)
+    });
+    let both = [cluster.orchestrator_addr.clone(), second];
+    let sum = |line: &str| metric_sum(&[&both[0], &both[1]], line);
     // The orchestrator cannot pay for gas: its winners wait in the queue.
     rt.block_on(set_balance(&net.anvil.url, orch, U256::ZERO))
         .unwrap();
@@ -500,8 +521,8 @@ fn a_live_stream_is_paid_with_tickets_and_its_winners_survive_a_node_restart() {
         .unwrap();
         assert_eq!(a.status, 200, "{}\n{}", a.text(), cluster.logs());
     }
-    let tickets = ticket_count(&cluster, "accepted");
-    let won = ticket_count(&cluster, "won");
+    let tickets = sum("castwork_orchestrator_tickets_total{outcome=\"accepted\"}");
+    let won = sum("castwork_orchestrator_tickets_total{outcome=\"won\"}");
     // Two rungs of 2 s at 0.6 gwei per pixel, paid with tickets worth 5e14 wei each.
     assert!(tickets >= 3.0 * 16.0, "{tickets} tickets for 3 segments");
     assert!(won >= 1.0, "no winning ticket among {tickets} at 1/2");
@@ -516,13 +537,12 @@ fn a_live_stream_is_paid_with_tickets_and_its_winners_survive_a_node_restart() {
         Duration::from_secs(30),
         || cluster.logs().contains("redeeming winning ticket"),
     );
-    let redeemed = |c: &Cluster| {
-        metric(
-            c,
-            "castwork_orchestrator_ticket_redemptions_total{outcome=\"redeemed\"}",
-        )
+    let redeemed = |outcome: &str| {
+        sum(&format!(
+            "castwork_orchestrator_ticket_redemptions_total{{outcome=\"{outcome}\"}}"
+        ))
     };
-    assert_eq!(redeemed(&cluster), 0.0);
+    assert_eq!(redeemed("redeemed"), 0.0);
 
     // The node goes away, then comes back with its state; the orchestrator gets ETH.
     let state = rt.block_on(net.anvil.dump_state()).unwrap();
@@ -538,7 +558,15 @@ fn a_live_stream_is_paid_with_tickets_and_its_winners_survive_a_node_restart() {
     wait_until(
         "the winners to be redeemed after the restart",
         Duration::from_secs(90),
-        || redeemed(&cluster) == won,
+        || redeemed("redeemed") == won,
+    );
+    assert_eq!(redeemed("already_redeemed"), 0.0, "one process redeems");
+    let logs = cluster.logs();
+    assert_eq!(
+        logs.matches("this process redeems the winning tickets")
+            .count(),
+        1,
+        "{logs}"
     );
     for l in cluster
         .logs()
