@@ -4,7 +4,8 @@
 //! outside the active set refusing work, a cheating worker redone by an honest one, and a
 //! cheating orchestrator caught by the broadcaster's own check and slashed; a live stream
 //! paid with tickets whose winners wait out an orchestrator without gas money and a
-//! restarted node, then are redeemed exactly once.
+//! restarted node, then are redeemed exactly once; winners whose sender ran dry wait for
+//! it to fund the broker again.
 
 mod common;
 
@@ -578,6 +579,95 @@ fn a_live_stream_is_paid_with_tickets_and_its_winners_survive_a_node_restart() {
     // Every winner paid once: the sender lost exactly their face values.
     let paid = spent_since(&rt, &observer, &d, sender, funds_before);
     assert_eq!(paid, U256::from(FACE_VALUE) * U256::from(won as u64));
+    let status = chain_status(&net, &cluster);
+    assert!(
+        status.contains(&format!("tickets        {won} redeemed (mean gas"))
+            && status.contains("0 waiting, 0 given up"),
+        "{status}"
+    );
+}
+
+#[test]
+fn a_winner_its_sender_cannot_pay_yet_waits_for_a_refill_and_is_redeemed() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let net = setup(&rt);
+    let d = net.deployment();
+    let sender = dev_key(3).address();
+    let observer = net.client(0);
+    // Account 3 deposits one face value and no reserve.
+    run_ok(
+        "broadcaster",
+        &args(
+            &["chain", "deposit", "--deposit", &FACE_VALUE.to_string()],
+            &net.eth(3),
+        ),
+    );
+    let funds_before = rt.block_on(observer.sender_info(&d, sender)).unwrap();
+    // Every ticket wins (expected value = face value): a 2 s segment pays with 4 winners.
+    let mut oargs = net.eth(2);
+    oargs.extend(PRICE.iter().map(|s| s.to_string()));
+    for a in [
+        "--ticket-face-value",
+        &FACE_VALUE.to_string(),
+        "--ticket-ev",
+        &FACE_VALUE.to_string(),
+        "--chain-refresh-secs",
+        "1",
+    ] {
+        oargs.push(a.to_string());
+    }
+    let cluster = Cluster::start_with(1, &refs(&oargs), Vec::new());
+    let dir = tempfile::tempdir().unwrap();
+    let input = clip(dir.path(), 2);
+    let out = cluster.push(
+        &input,
+        &stream_name("refill"),
+        &refs(&push_args(&net, &cluster, 3, &[])),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let won = ticket_count(&cluster, "won");
+    assert_eq!(won, ticket_count(&cluster, "accepted"));
+    assert!(won >= 2.0, "{won} winners");
+    let redeemed = |c: &Cluster| {
+        metric(
+            c,
+            "castwork_orchestrator_ticket_redemptions_total{outcome=\"redeemed\"}",
+        )
+    };
+    // The deposit pays the first winner; the others wait, behind each other.
+    wait_until(
+        "the other winners to wait for the sender",
+        Duration::from_secs(30),
+        || {
+            cluster
+                .logs()
+                .contains("waits for its sender to fund the broker")
+        },
+    );
+    assert_eq!(redeemed(&cluster), 1.0);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(redeemed(&cluster), 1.0, "nothing more to pay with");
+
+    // The sender funds the broker again: every winner is paid, none given up.
+    run_ok(
+        "broadcaster",
+        &args(&["chain", "deposit", "--deposit", "1eth"], &net.eth(3)),
+    );
+    wait_until(
+        "the waiting winners to be redeemed",
+        Duration::from_secs(60),
+        || redeemed(&cluster) == won,
+    );
+    // What was deposited in all paid exactly the winners.
+    let after = rt.block_on(observer.sender_info(&d, sender)).unwrap();
+    assert_eq!(
+        after.deposit + U256::from(FACE_VALUE) * U256::from(won as u64),
+        funds_before.deposit + U256::from(10u64).pow(U256::from(18u64))
+    );
     let status = chain_status(&net, &cluster);
     assert!(
         status.contains(&format!("tickets        {won} redeemed (mean gas"))
