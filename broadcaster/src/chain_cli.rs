@@ -13,9 +13,11 @@ pub enum ChainCommand {
     /// Adds ETH to this account's deposit (pays winning tickets) and reserve (backs them
     /// when the deposit runs out), in wei or e.g. `0.5eth`.
     Deposit {
-        #[arg(long, default_value = "0", value_parser = amount)]
+        /// ETH added to the deposit.
+        #[arg(long, env = "DEPOSIT", default_value = "0", value_parser = amount)]
         deposit: U256,
-        #[arg(long, default_value = "0", value_parser = amount)]
+        /// ETH added to the reserve.
+        #[arg(long, env = "RESERVE", default_value = "0", value_parser = amount)]
         reserve: U256,
     },
     /// Prints this account's ETH balance and its deposit and reserve at the ticket broker.

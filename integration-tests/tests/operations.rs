@@ -34,7 +34,22 @@ fn status_prints_streams_workers_and_queue_depths() {
     wait_until("queue depths", Duration::from_secs(20), || {
         http_get(&cluster.orchestrator_addr, "/queues").is_some_and(|(code, _)| code == 200)
     });
-    let out = status(&format!("http://{}", cluster.orchestrator_addr));
+    // The depths are a snapshot every 2 s: under load one may predate a consumer (say, a
+    // worker re-subscribing), so read until the worker's queues show it, 20 s at most.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let out = loop {
+        let out = status(&format!("http://{}", cluster.orchestrator_addr));
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let consumed = text
+            .lines()
+            .filter(|l| l.starts_with("jobs.") && l.split_whitespace().nth(2) == Some("1"))
+            .count()
+            == 2;
+        if consumed || std::time::Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
     let text = String::from_utf8_lossy(&out.stdout);
     println!("{text}");
     assert!(

@@ -16,21 +16,22 @@ pub enum ChainCommand {
     Deploy {
         out: std::path::PathBuf,
         /// Seconds unbonded stake stays locked before it can be withdrawn.
-        #[arg(long, default_value_t = 7 * 86_400)]
+        #[arg(long, env = "UNBONDING_PERIOD_SECS", default_value_t = 7 * 86_400)]
         unbonding_period_secs: u64,
         /// Seconds a broadcaster's deposit stays locked after it asks to withdraw.
-        #[arg(long, default_value_t = 86_400)]
+        #[arg(long, env = "UNLOCK_PERIOD_SECS", default_value_t = 86_400)]
         unlock_period_secs: u64,
         /// Seconds per round of the ticket broker's reserve: in a round, an orchestrator in
         /// the active set since before it began may take its share of a sender's reserve.
-        #[arg(long, default_value_t = 3600)]
+        #[arg(long, env = "ROUND_SECS", default_value_t = 3600)]
         round_secs: u64,
         /// Size of the active set: the registered orchestrators, at most this many (when it
         /// is full, a newcomer must bond more than the smallest member, which it evicts).
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, env = "MAX_ACTIVE", default_value_t = 100)]
         max_active: u64,
-        /// Accounts allowed to slash (broadcasters that submit evidence); repeatable.
-        #[arg(long)]
+        /// Accounts allowed to slash (broadcasters that submit evidence); repeatable, or
+        /// comma-separated in the env var.
+        #[arg(long, env = "VERIFIERS", value_delimiter = ',')]
         verifier: Vec<Address>,
     },
     /// Mints AMOUNT stake tokens to TO (the deployer only).
@@ -42,13 +43,15 @@ pub enum ChainCommand {
     /// Grants (or with --revoke takes back) the verifier role (the deployer only).
     SetVerifier {
         verifier: Address,
+        /// Takes the role back instead of granting it.
         #[arg(long)]
         revoke: bool,
     },
     /// Registers this orchestrator with its --price-per-unit / --pixels-per-unit and a
     /// service URI (its /price URL, for broadcasters).
     Register {
-        #[arg(long, default_value = "")]
+        /// Where broadcasters reach this orchestrator (recorded on-chain).
+        #[arg(long, env = "SERVICE_URI", default_value = "")]
         service_uri: String,
     },
     /// Bonds AMOUNT of this account's stake tokens (integer base units, or e.g. `100eth`).
