@@ -40,6 +40,18 @@ pub async fn fetch_offer(url: &str) -> anyhow::Result<PriceOffer> {
         .with_context(|| format!("{url} did not answer with a price: {body}"))
 }
 
+/// `Err` with the message for the broadcaster's user when `price` is above `max`.
+pub fn within_max(price: &Price, max: &Price) -> Result<(), String> {
+    if price.within(max) {
+        return Ok(());
+    }
+    Err(format!(
+        "the orchestrator charges {} wei per {} pixels, above your maximum of {} wei per {} \
+         pixels",
+        price.price_per_unit, price.pixels_per_unit, max.price_per_unit, max.pixels_per_unit
+    ))
+}
+
 /// TESTS ONLY: tickets an honest broadcaster never sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum TestTickets {
@@ -131,16 +143,8 @@ impl Payer {
         let Some(fresh) = offer.ticket_params else {
             bail!("the orchestrator at {} stopped taking tickets", self.url);
         };
-        if !offer.price.within(&self.max) {
-            bail!(
-                "the orchestrator at {} now charges {} wei per {} pixels, above the maximum of \
-                 {} wei per {} pixels",
-                self.url,
-                offer.price.price_per_unit,
-                offer.price.pixels_per_unit,
-                self.max.price_per_unit,
-                self.max.pixels_per_unit
-            );
+        if let Err(m) = within_max(&offer.price, &self.max) {
+            bail!("{m} (the orchestrator at {} raised its price)", self.url);
         }
         *self.price.lock().unwrap_or_else(|e| e.into_inner()) = offer.price;
         *self.params.lock().unwrap_or_else(|e| e.into_inner()) = fresh.clone();

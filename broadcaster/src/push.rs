@@ -55,16 +55,8 @@ pub async fn check_price(
     max: &castwork_protocol::Price,
 ) -> anyhow::Result<castwork_protocol::payment::PriceOffer> {
     let offer = crate::payer::fetch_offer(url).await?;
-    let price = offer.price;
-    if !price.within(max) {
-        bail!(
-            "the orchestrator charges {} wei per {} pixels, above your maximum of {} wei per {} \
-             pixels: nothing was sent",
-            price.price_per_unit,
-            price.pixels_per_unit,
-            max.price_per_unit,
-            max.pixels_per_unit
-        );
+    if let Err(m) = crate::payer::within_max(&offer.price, max) {
+        bail!("{m}: nothing was sent");
     }
     Ok(offer)
 }

@@ -115,10 +115,7 @@ impl Anvil {
     /// Starts a new node on the same port with `state` (from [`Anvil::dump_state`]).
     pub async fn restart(&mut self, state: &serde_json::Value) -> anyhow::Result<()> {
         self.kill();
-        let mut fresh = Self::start_on(self.port).await?;
-        std::mem::swap(&mut self.child, &mut fresh.child);
-        // `fresh` now holds the dead child: dropping it only reaps it again.
-        drop(fresh);
+        *self = Self::start_on(self.port).await?;
         let provider = ProviderBuilder::new().connect_http(self.url.parse()?);
         let loaded: bool = provider
             .raw_request("anvil_loadState".into(), (state,))

@@ -198,6 +198,24 @@ fn ticket_count(cluster: &Cluster, outcome: &str) -> f64 {
     )
 }
 
+/// The count of winning-ticket redemptions with `outcome` (redeemed, already_redeemed,
+/// expired, failed) over the orchestrators at `addrs`.
+fn redemption_count(addrs: &[&str], outcome: &str) -> f64 {
+    metric_sum(
+        addrs,
+        &format!("castwork_orchestrator_ticket_redemptions_total{{outcome=\"{outcome}\"}}"),
+    )
+}
+
+/// Asserts that `chain status` shows `won` redemptions, none waiting and none given up.
+fn assert_all_redeemed(status: &str, won: f64) {
+    assert!(
+        status.contains(&format!("tickets        {won} redeemed (mean gas"))
+            && status.contains("0 waiting, 0 given up"),
+        "{status}"
+    );
+}
+
 /// What `sender` lost at the broker (deposit + reserve) since `before`.
 fn spent_since(
     rt: &tokio::runtime::Runtime,
@@ -300,12 +318,7 @@ fn a_stream_paid_with_tickets_has_its_winners_redeemed_and_bad_payments_refused(
     wait_until(
         "the winners to be redeemed",
         Duration::from_secs(60),
-        || {
-            metric(
-                &cluster,
-                "castwork_orchestrator_ticket_redemptions_total{outcome=\"redeemed\"}",
-            ) == won
-        },
+        || redemption_count(&[&cluster.orchestrator_addr], "redeemed") == won,
     );
     let paid = spent_since(&rt, &observer, &d, sender, funds_before);
     assert_eq!(
@@ -319,10 +332,7 @@ fn a_stream_paid_with_tickets_has_its_winners_redeemed_and_bad_payments_refused(
         "the orchestrator earned more than its gas"
     );
     let status = chain_status(&net, &cluster);
-    assert!(
-        status.contains(&format!("tickets        {won} redeemed (mean gas")),
-        "{status}"
-    );
+    assert_all_redeemed(&status, won);
     let gas: u64 = status
         .split("mean gas ")
         .nth(1)
@@ -538,11 +548,7 @@ fn a_live_stream_is_paid_with_tickets_and_its_winners_survive_a_node_restart() {
         Duration::from_secs(30),
         || cluster.logs().contains("redeeming winning ticket"),
     );
-    let redeemed = |outcome: &str| {
-        sum(&format!(
-            "castwork_orchestrator_ticket_redemptions_total{{outcome=\"{outcome}\"}}"
-        ))
-    };
+    let redeemed = |outcome: &str| redemption_count(&[&both[0], &both[1]], outcome);
     assert_eq!(redeemed("redeemed"), 0.0);
 
     // The node goes away, then comes back with its state; the orchestrator gets ETH.
@@ -579,12 +585,7 @@ fn a_live_stream_is_paid_with_tickets_and_its_winners_survive_a_node_restart() {
     // Every winner paid once: the sender lost exactly their face values.
     let paid = spent_since(&rt, &observer, &d, sender, funds_before);
     assert_eq!(paid, U256::from(FACE_VALUE) * U256::from(won as u64));
-    let status = chain_status(&net, &cluster);
-    assert!(
-        status.contains(&format!("tickets        {won} redeemed (mean gas"))
-            && status.contains("0 waiting, 0 given up"),
-        "{status}"
-    );
+    assert_all_redeemed(&chain_status(&net, &cluster), won);
 }
 
 #[test]
@@ -632,12 +633,7 @@ fn a_winner_its_sender_cannot_pay_yet_waits_for_a_refill_and_is_redeemed() {
     let won = ticket_count(&cluster, "won");
     assert_eq!(won, ticket_count(&cluster, "accepted"));
     assert!(won >= 2.0, "{won} winners");
-    let redeemed = |c: &Cluster| {
-        metric(
-            c,
-            "castwork_orchestrator_ticket_redemptions_total{outcome=\"redeemed\"}",
-        )
-    };
+    let redeemed = |c: &Cluster| redemption_count(&[&c.orchestrator_addr], "redeemed");
     // The deposit pays the first winner; the others wait, behind each other.
     wait_until(
         "the other winners to wait for the sender",
@@ -668,10 +664,5 @@ fn a_winner_its_sender_cannot_pay_yet_waits_for_a_refill_and_is_redeemed() {
         after.deposit + U256::from(FACE_VALUE) * U256::from(won as u64),
         funds_before.deposit + U256::from(10u64).pow(U256::from(18u64))
     );
-    let status = chain_status(&net, &cluster);
-    assert!(
-        status.contains(&format!("tickets        {won} redeemed (mean gas"))
-            && status.contains("0 waiting, 0 given up"),
-        "{status}"
-    );
+    assert_all_redeemed(&chain_status(&net, &cluster), won);
 }
