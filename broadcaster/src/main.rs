@@ -187,6 +187,11 @@ struct LiveArgs {
     #[arg(long, env = "HTTP_PUSH_WAIT_SECS", default_value_t = 30)]
     http_push_wait_secs: u64,
 
+    /// How far ahead of a stream's highest pushed segment number a new one may be; further
+    /// ones are refused (HTTP 422) before anything is stored.
+    #[arg(long, env = "MAX_SEQ_AHEAD", default_value_t = castwork_protocol::DEFAULT_MAX_SEQ_AHEAD)]
+    max_seq_ahead: u64,
+
     /// Seconds to wait for an orchestrator to admit a live stream.
     #[arg(long, env = "LIVE_ADMIT_TIMEOUT_SECS", default_value_t = 30)]
     live_admit_timeout_secs: u64,
@@ -255,6 +260,7 @@ async fn start_live(
         reconnect_window: Duration::from_secs(args.live_reconnect_secs),
         http_idle: Duration::from_secs(args.http_push_idle_secs.max(1)),
         broadcaster: args.live_broadcaster_id.clone(),
+        max_seq_ahead: args.max_seq_ahead.max(1),
         payer,
     });
     let listener = tokio::net::TcpListener::bind(args.rtmp_addr)

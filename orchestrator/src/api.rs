@@ -323,8 +323,7 @@ async fn live_latency(
     state: &State,
     rec: &crate::state::StreamRecord,
 ) -> redis::RedisResult<serde_json::Value> {
-    let total = rec.total.unwrap_or(rec.received);
-    let segments = state.segments(&rec.stream, total).await?;
+    let segments = state.segments(&rec.stream).await?;
     let (mut all, mut transcode, mut overhead, mut wait) = (vec![], vec![], vec![], vec![]);
     // Where the overhead goes: broadcaster to orchestrator (remux, store, publish), the
     // orchestrator to a worker starting (record, job publish, queue), the worker's own

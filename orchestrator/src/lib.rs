@@ -65,6 +65,8 @@ pub struct Config {
     /// Off-chain: this orchestrator's name, advertised at /price (its stake's name in the
     /// ledger, which broadcasters' checks reduce).
     pub orchestrator_id: String,
+    /// How far ahead of a stream's highest received segment a sequence number may be.
+    pub max_seq_ahead: u64,
 }
 
 /// On-chain mode's settings.
@@ -201,6 +203,7 @@ async fn session(
         price: cfg.price,
         quality: cfg.quality,
         payments: payments.clone(),
+        max_seq_ahead: cfg.max_seq_ahead,
     });
     let (_ingest_ch, mut ingest) = broker
         .consume(INGEST_QUEUE, "orchestrator-ingest", 32)

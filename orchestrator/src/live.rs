@@ -173,8 +173,7 @@ impl Orchestrator {
         let lock = self.live_lock(&rec.stream);
         let _guard = lock.lock().await;
         self.advance_locked(rec, true).await?;
-        let total = rec.total.unwrap_or(0);
-        let segments = self.state.segments(&rec.stream, total).await?;
+        let segments = self.state.segments(&rec.stream).await?;
         let master = playlists::write(&self.storage, rec, &segments, &Spec::vod(RECORDING)).await?;
         info!(
             stream = rec.stream,

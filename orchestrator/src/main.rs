@@ -52,6 +52,12 @@ struct Cli {
     #[arg(long, env = "LIVE_DEADLINE_SECS", default_value_t = 10)]
     live_deadline_secs: u64,
 
+    /// How far ahead of a stream's highest received segment number a new segment (or the
+    /// segment count of its end) may be; further ones are refused with a message, so no
+    /// number a client sends makes the cluster loop.
+    #[arg(long, env = "MAX_SEQ_AHEAD", default_value_t = castwork_protocol::DEFAULT_MAX_SEQ_AHEAD)]
+    max_seq_ahead: u64,
+
     /// Price in wei for every --pixels-per-unit output pixels (width x height x frames of
     /// every rendition); 0 is free. A priced orchestrator admits only streams that name an
     /// account (`broadcaster push --broadcaster-id`) whose balance covers a segment.
@@ -237,6 +243,9 @@ async fn main() -> anyhow::Result<()> {
     if cli.live_window == 0 {
         problems.push("--live-window must be at least 1".to_string());
     }
+    if !(1..=1_000_000).contains(&cli.max_seq_ahead) {
+        problems.push("--max-seq-ahead must be 1-1000000".to_string());
+    }
     if cli.live_deadline_secs == 0 {
         problems.push("--live-deadline-secs must be at least 1".to_string());
     }
@@ -280,6 +289,7 @@ async fn main() -> anyhow::Result<()> {
     let cfg = Config {
         chain,
         orchestrator_id: cli.orchestrator_id,
+        max_seq_ahead: cli.max_seq_ahead,
         amqp_url: cli.service.amqp_url,
         redis_url: cli.redis_url,
         storage_url: cli.service.storage_url,

@@ -21,7 +21,8 @@ use uuid::Uuid;
 
 use crate::metrics;
 use crate::state::{
-    now_unix_ms, AcceptedRendition, Charge, FailOutcome, SegmentRecord, State, StreamRecord,
+    now_unix_ms, AcceptedRendition, Charge, FailOutcome, Recorded, Refusal, SegmentRecord, State,
+    StreamRecord,
 };
 use crate::verify::{check_result, CheckError};
 
@@ -76,6 +77,10 @@ pub struct Orchestrator {
     pub quality: QualityPolicy,
     /// On-chain mode: tickets, stake and the active set.
     pub payments: Option<Arc<crate::payments::Payments>>,
+    /// How far ahead of a stream's highest received sequence number a segment (or its end)
+    /// may be: anything further is refused, so no sequence number a client sends makes
+    /// work.
+    pub max_seq_ahead: u64,
 }
 
 /// The picture check of worker results and the ban of workers that fail checks.
@@ -411,7 +416,15 @@ impl Orchestrator {
         let deadline = (rec.mode == StreamMode::Live).then(|| {
             s.arrived_unix_ms.unwrap_or_else(now_unix_ms) + self.live_deadline.as_millis() as u64
         });
-        let (attempt, seg) = self.state.record_segment(&s, deadline).await?;
+        let (attempt, seg) = match self
+            .state
+            .record_segment(&s, deadline, self.max_seq_ahead)
+            .await?
+        {
+            Recorded::Publish(attempt, seg) => (attempt, Some(seg)),
+            Recorded::Resolved(seg) => (0, seg),
+            Recorded::Refused(why) => return self.refuse_segment(&s, why).await,
+        };
         if attempt == 0 {
             // Already resolved: tell a live sender again how it went, for one that retried
             // because it missed the answer (an HTTP push whose client timed out).
@@ -528,8 +541,52 @@ impl Orchestrator {
                 return Ok(());
             }
         }
-        self.state.set_total(&s.stream, s.segments).await?;
+        if let Err(max_seq) = self
+            .state
+            .set_total(&s.stream, s.segments, self.max_seq_ahead)
+            .await?
+        {
+            warn!(
+                stream = s.stream,
+                segments = s.segments,
+                highest_received = max_seq,
+                window = self.max_seq_ahead,
+                "end of stream refused: its segment count is below the segments received or \
+                 too far beyond them"
+            );
+            metrics::REJECTED_MESSAGES
+                .with_label_values(&[castwork_protocol::INGEST_QUEUE, "seq_window"])
+                .inc();
+            return Ok(());
+        }
         self.after_change(&s.stream).await
+    }
+
+    /// Refuses a segment that was not recorded, telling its sender why.
+    async fn refuse_segment(&self, s: &SegmentReady, why: Refusal) -> Result<(), HandleError> {
+        let message = match why {
+            Refusal::TooFarAhead => format!(
+                "segment {} refused: more than {} ahead of the highest segment received; \
+                 send segments in order",
+                s.seq, self.max_seq_ahead
+            ),
+            Refusal::PastTheEnd => {
+                format!("segment {} refused: the stream has ended before it", s.seq)
+            }
+        };
+        warn!(stream = s.stream, seq = s.seq, message, "segment refused");
+        metrics::REJECTED_MESSAGES
+            .with_label_values(&[castwork_protocol::INGEST_QUEUE, "seq_window"])
+            .inc();
+        self.event(
+            &s.stream,
+            &StreamEvent::SegmentFailed {
+                stream: s.stream.clone(),
+                seq: s.seq,
+                message,
+            },
+        )
+        .await
     }
 
     /// Lists what a resolved segment unblocks (live) and completes the stream when done.
@@ -880,7 +937,7 @@ impl Orchestrator {
         let master = if rec.mode == StreamMode::Live {
             self.finish_live(&rec).await?
         } else {
-            let segments = self.state.segments(stream, total).await?;
+            let segments = self.state.segments(stream).await?;
             let spec = crate::playlists::Spec::vod("index");
             crate::playlists::write(&self.storage, &rec, &segments, &spec).await?
         };

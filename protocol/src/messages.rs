@@ -26,6 +26,11 @@ pub const EVENTS_EXCHANGE: &str = "castwork.events";
 pub const DEAD_LETTER_EXCHANGE: &str = "castwork.dlx";
 pub const DEAD_LETTER_QUEUE: &str = "castwork.jobs.dead";
 
+/// How far ahead of a stream's highest received segment number a new one may be, unless
+/// configured otherwise (`--max-seq-ahead`): 1000 segments is over half an hour of 2 s
+/// segments, and nothing a client sends makes more work than that.
+pub const DEFAULT_MAX_SEQ_AHEAD: u64 = 1000;
+
 /// AMQP header carrying the W3C trace context of the segment.
 pub const TRACEPARENT_HEADER: &str = "traceparent";
 

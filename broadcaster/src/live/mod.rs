@@ -47,6 +47,8 @@ pub struct LiveConfig {
     pub http_idle: Duration,
     /// The account that pays a priced orchestrator for these live streams.
     pub broadcaster: Option<String>,
+    /// How far ahead of the highest segment received an HTTP-pushed sequence number may be.
+    pub max_seq_ahead: u64,
     /// On-chain mode: signs the tickets attached to every live segment (its account is
     /// then the streams' broadcaster).
     pub payer: Option<Arc<crate::payer::Payer>>,

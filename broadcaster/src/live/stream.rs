@@ -248,6 +248,16 @@ impl StreamTask {
         if let Some(why) = &self.refused {
             anyhow::bail!("the orchestrator refused the stream: {why}");
         }
+        let window = self.live.cfg.max_seq_ahead;
+        if seq >= self.segments.saturating_add(window) {
+            anyhow::bail!(
+                "segment {seq} is more than {window} ahead of the highest segment received \
+                 ({}): push segments in order",
+                self.segments
+                    .checked_sub(1)
+                    .map_or("none".into(), |h| h.to_string())
+            );
+        }
         if self.dir.is_none() {
             self.dir = Some(tempfile::tempdir().context("creating a temporary directory")?);
         }

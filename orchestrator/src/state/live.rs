@@ -18,14 +18,7 @@ pub const LIVE_SET: &str = "cw:live";
 /// was already resolved.
 static SKIP_SEGMENT: LuaScript = LuaScript::new(concat!(
     super::release_lua!(),
-    r#"
-if redis.call('HGET', KEYS[1], 'state') ~= 'pending' then return 0 end
-release(KEYS[1], KEYS[2])
-redis.call('HSET', KEYS[1], 'state', 'skipped', 'message', ARGV[1])
-redis.call('HINCRBY', KEYS[2], 'skipped', 1)
-redis.call('HINCRBY', KEYS[2], 'resolved', 1)
-return 1
-"#
+    include_str!("lua/skip_segment.lua")
 ));
 
 /// Lists a live stream's resolved segments in order from its cursor: a transcoded segment
@@ -35,76 +28,18 @@ return 1
 /// Returns the newly listed and the newly skipped sequence numbers.
 static ADVANCE_LIVE: LuaScript = LuaScript::new(concat!(
     super::release_lua!(),
-    r#"
-local now, hold, prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
-local info = redis.call('HMGET', KEYS[1], 'cursor', 'total', 'max_seq', 'blocked_since')
-local cursor = tonumber(info[1] or '0')
-local total = info[2] and tonumber(info[2])
-local max_seq = tonumber(info[3] or '-1')
-local listed, skipped = {}, {}
-while not total or cursor < total do
-  local sk = prefix .. cursor
-  local seg = redis.call('HMGET', sk, 'state', 'deadline_ms', 'disc')
-  local st = seg[1]
-  if st == 'done' then
-    redis.call('RPUSH', KEYS[2], seg[3] == '1' and (cursor .. ' d') or tostring(cursor))
-    redis.call('HSET', sk, 'listed_ms', now)
-    table.insert(listed, cursor)
-  elseif st == 'failed' or st == 'skipped' then
-    redis.call('RPUSH', KEYS[2], '-' .. cursor)
-  else
-    local skip = false
-    if st == 'pending' then
-      skip = seg[2] and tonumber(seg[2]) <= now
-    elseif max_seq > cursor or total then
-      local since = redis.call('HGET', KEYS[1], 'blocked_since')
-      if not since then
-        redis.call('HSET', KEYS[1], 'blocked_since', now)
-      elseif now - tonumber(since) >= hold then
-        skip = true
-      end
-    end
-    if not skip then
-      if st then redis.call('HDEL', KEYS[1], 'blocked_since') end
-      break
-    end
-    release(sk, KEYS[1])
-    redis.call('HSET', sk, 'state', 'skipped', 'message',
-      st and 'missed its deadline' or 'never arrived')
-    redis.call('HINCRBY', KEYS[1], 'skipped', 1)
-    redis.call('HINCRBY', KEYS[1], 'resolved', 1)
-    redis.call('RPUSH', KEYS[2], '-' .. cursor)
-    table.insert(skipped, cursor)
-  end
-  -- A run of segments that never arrived is waited for once, not once each.
-  if st then redis.call('HDEL', KEYS[1], 'blocked_since') end
-  cursor = cursor + 1
-end
-redis.call('HSET', KEYS[1], 'cursor', cursor)
-return {listed, skipped}
-"#
+    include_str!("lua/advance_live.lua")
 ));
 
 /// Forgets an ended live stream's state (its recording stays in the object store), if it is
-/// still the session ARGV[4] and complete. Returns 1 when forgotten.
-static FORGET_STREAM: LuaScript = LuaScript::new(
-    r#"
-local h = redis.call('HMGET', KEYS[1], 'session', 'state', 'total', 'max_seq')
-if h[1] ~= ARGV[4] or h[2] ~= 'complete' then return 0 end
-local n = math.max(tonumber(h[3] or '0'), tonumber(h[4] or '-1') + 1)
-for i = 0, n - 1 do redis.call('DEL', ARGV[1] .. i) end
-redis.call('DEL', KEYS[1], ARGV[2], ARGV[3])
-return 1
-"#,
-);
+/// still the session ARGV[2] and complete. Returns 1 when forgotten.
+static FORGET_STREAM: LuaScript = LuaScript::new(include_str!("lua/forget_stream.lua"));
+
+/// Steps of one call of the live listing script.
+pub const ADVANCE_STEPS: u32 = 500;
 
 /// Releases a lock only if this holder still has it.
-static UNLOCK: LuaScript = LuaScript::new(
-    r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"#,
-);
+static UNLOCK: LuaScript = LuaScript::new(include_str!("lua/unlock.lua"));
 
 impl State {
     /// Forgets the state of an ended live stream of session `session`; true when done.
@@ -112,9 +47,10 @@ impl State {
         let r: i64 = FORGET_STREAM
             .get()
             .key(stream_key(stream))
+            .key(super::seqs_key(stream))
+            .key(listed_key(stream))
+            .key(super::failures_key(stream))
             .arg(format!("{}:seg:", stream_key(stream)))
-            .arg(listed_key(stream))
-            .arg(super::failures_key(stream))
             .arg(session)
             .invoke_async(&mut self.redis.clone())
             .await?;
@@ -133,22 +69,34 @@ impl State {
         Ok(r == 1)
     }
 
-    /// Lists what can be listed of a live stream: returns (newly listed, newly skipped).
+    /// Lists what can be listed of a live stream: returns (newly listed, newly skipped; a
+    /// run of segments that never arrived is skipped as one, named by its first). Each
+    /// script call takes at most [`ADVANCE_STEPS`] steps, so Redis answers others between.
     pub async fn advance_live(
         &self,
         stream: &str,
         now_ms: u64,
         hold_ms: u64,
     ) -> redis::RedisResult<(Vec<u64>, Vec<u64>)> {
-        ADVANCE_LIVE
-            .get()
-            .key(stream_key(stream))
-            .key(listed_key(stream))
-            .arg(now_ms)
-            .arg(hold_ms)
-            .arg(format!("{}:seg:", stream_key(stream)))
-            .invoke_async(&mut self.redis.clone())
-            .await
+        let (mut listed, mut skipped) = (Vec::new(), Vec::new());
+        loop {
+            let (l, s, more): (Vec<u64>, Vec<u64>, i64) = ADVANCE_LIVE
+                .get()
+                .key(stream_key(stream))
+                .key(listed_key(stream))
+                .key(super::seqs_key(stream))
+                .arg(now_ms)
+                .arg(hold_ms)
+                .arg(format!("{}:seg:", stream_key(stream)))
+                .arg(ADVANCE_STEPS)
+                .invoke_async(&mut self.redis.clone())
+                .await?;
+            listed.extend(l);
+            skipped.extend(s);
+            if more == 0 {
+                return Ok((listed, skipped));
+            }
+        }
     }
 
     /// The whole listing of a live stream (see [`listed_key`]).

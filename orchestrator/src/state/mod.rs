@@ -23,20 +23,37 @@ pub fn failures_key(stream: &str) -> String {
     format!("cw:stream:{stream}:failures")
 }
 
+/// The sequence numbers of a stream's received segments (a sorted set scored by them):
+/// what loops over a stream's segments walk, so their work is bounded by the segments that
+/// exist, never by a number a client sent.
+pub fn seqs_key(stream: &str) -> String {
+    format!("cw:stream:{stream}:seqs")
+}
+
+/// Why a segment was not recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// More than the window ahead of the highest sequence number received.
+    TooFarAhead,
+    /// At or past the end the stream announced.
+    PastTheEnd,
+}
+
+/// What recording a segment did.
+#[derive(Debug)]
+pub enum Recorded {
+    /// The attempt to publish (a redelivery of a pending segment republishes its current one).
+    Publish(u32, SegmentRecord),
+    /// Already resolved (or, live, passed over as never arrived).
+    Resolved(Option<SegmentRecord>),
+    Refused(Refusal),
+}
+
 /// Lua: `release(seg, stream)` gives back what admitting a segment reserved from its
 /// stream's account, once (a resolved segment holds no reservation).
 macro_rules! release_lua {
     () => {
-        r#"
-local function release(seg, stream)
-  local r = redis.call('HGET', seg, 'reserved')
-  if r then
-    local acct = redis.call('HGET', stream, 'broadcaster')
-    if acct then redis.call('DECRBY', 'cw:reserved:' .. acct, r) end
-    redis.call('HDEL', seg, 'reserved')
-  end
-end
-"#
+        include_str!("lua/release.lua")
     };
 }
 pub(crate) use release_lua;
@@ -44,40 +61,12 @@ pub(crate) use release_lua;
 /// Notes that a worker's output for a segment failed the check: the segment's retries
 /// avoid it, and after ARGV[3] bad results in all the worker is banned (it stops taking
 /// jobs when it sees `cw:worker_banned:ID`). Returns {bad results, banned (0/1)}.
-static FLAG_WORKER: LuaScript = LuaScript::new(
-    r#"
-local list = redis.call('HGET', KEYS[1], 'bad_workers') or ''
-local n
-if string.find(',' .. list .. ',', ',' .. ARGV[1] .. ',', 1, true) then
-  -- Already counted for this segment (a redelivered result).
-  n = tonumber(redis.call('GET', KEYS[2]) or '0')
-else
-  redis.call('HSET', KEYS[1], 'bad_workers', list == '' and ARGV[1] or (list .. ',' .. ARGV[1]))
-  n = redis.call('INCR', KEYS[2])
-end
-if n >= tonumber(ARGV[3]) then
-  redis.call('SET', KEYS[3], ARGV[2])
-  return {n, 1}
-end
-return {n, 0}
-"#,
-);
+static FLAG_WORKER: LuaScript = LuaScript::new(include_str!("lua/flag_worker.lua"));
 
 /// Reserves a segment's estimated fee from its account if the balance, less what is
 /// already reserved, covers it. Returns {1} when reserved (or already was), else
 /// {0, balance, reserved}.
-static RESERVE: LuaScript = LuaScript::new(
-    r#"
-if redis.call('HGET', KEYS[1], 'state') ~= 'pending' then return {1} end
-if redis.call('HGET', KEYS[1], 'reserved') then return {1} end
-local bal = tonumber(redis.call('GET', KEYS[2]) or '0')
-local res = tonumber(redis.call('GET', KEYS[3]) or '0')
-if bal - res < tonumber(ARGV[1]) then return {0, bal, res} end
-redis.call('INCRBY', KEYS[3], ARGV[1])
-redis.call('HSET', KEYS[1], 'reserved', ARGV[1])
-return {1}
-"#,
-);
+static RESERVE: LuaScript = LuaScript::new(include_str!("lua/reserve.lua"));
 
 /// A Lua script whose SHA-1 is computed once, on first use, not on every call.
 pub(crate) struct LuaScript {
@@ -110,13 +99,7 @@ pub const DEAD_LETTERS_LIST: &str = "cw:dead_letters";
 pub const INFLIGHT_ZSET: &str = "cw:inflight";
 
 /// Takes the started jobs whose result is overdue.
-static TAKE_OVERDUE: LuaScript = LuaScript::new(
-    r#"
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100)
-for _, m in ipairs(due) do redis.call('ZREM', KEYS[1], m) end
-return due
-"#,
-);
+static TAKE_OVERDUE: LuaScript = LuaScript::new(include_str!("lua/take_overdue.lua"));
 
 /// One rendition of an accepted segment, as checked by the orchestrator.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -251,50 +234,13 @@ pub struct SegmentRecord {
 /// the same push again (a redelivery), 3 when the name belongs to a live stream that has
 /// ended and the new one is live too (the same key broadcasting again: the old one can be
 /// archived), 0 when the name is taken by another push.
-static REGISTER_STREAM: LuaScript = LuaScript::new(
-    r#"
-local cur = redis.call('HGET', KEYS[1], 'session')
-if cur then
-  if cur == ARGV[1] then return 2 end
-  local old = redis.call('HMGET', KEYS[1], 'mode', 'state')
-  if old[1] == 'live' and old[2] == 'complete' and ARGV[2] == 'live' then return 3 end
-  return 0
-end
-redis.call('HSET', KEYS[1], 'session', ARGV[1], 'mode', ARGV[2], 'plan', ARGV[3],
-  'source', ARGV[4], 'state', 'active', 'received', 0, 'done', 0, 'failed', 0, 'resolved', 0,
-  'skipped', 0)
-if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'target_duration', ARGV[6]) end
-if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'broadcaster', ARGV[7]) end
-redis.call('SADD', KEYS[2], ARGV[5])
-if ARGV[2] == 'live' then redis.call('SADD', KEYS[3], ARGV[5]) end
-return 1
-"#,
-);
+static REGISTER_STREAM: LuaScript = LuaScript::new(include_str!("lua/register_stream.lua"));
 
 /// Records a segment. Returns the attempt to publish, or 0 when the segment is already
 /// resolved, with the segment as it now is. A redelivered `SegmentReady` for a pending segment republishes its current
 /// attempt (its job may never have been published); rendition keys are content-addressed,
 /// so two runs of one attempt cannot overwrite each other.
-static RECORD_SEGMENT: LuaScript = LuaScript::new(
-    r#"
-local st = redis.call('HGET', KEYS[1], 'state')
-if st then
-  if st ~= 'pending' then return {0, redis.call('HGETALL', KEYS[1])} end
-  return {tonumber(redis.call('HGET', KEYS[1], 'attempt')), redis.call('HGETALL', KEYS[1])}
-end
-redis.call('HSET', KEYS[1], 'start_us', ARGV[1], 'duration_us', ARGV[2], 'frames', ARGV[3],
-  'source', ARGV[4], 'has_audio', ARGV[5], 'last_pts_us', ARGV[6], 'attempt', 1,
-  'state', 'pending', 'disc', ARGV[9])
-if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'arrived_ms', ARGV[7]) end
-redis.call('HSET', KEYS[1], 'ready_ms', ARGV[11])
-if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'deadline_ms', ARGV[8]) end
-redis.call('HINCRBY', KEYS[2], 'received', 1)
-if tonumber(ARGV[10]) > tonumber(redis.call('HGET', KEYS[2], 'max_seq') or '-1') then
-  redis.call('HSET', KEYS[2], 'max_seq', ARGV[10])
-end
-return {1, redis.call('HGETALL', KEYS[1])}
-"#,
-);
+static RECORD_SEGMENT: LuaScript = LuaScript::new(include_str!("lua/record_segment.lua"));
 
 /// Accepts a checked result of the current attempt while the segment is pending. Returns 1
 /// when accepted, 0 when the segment was already resolved, -1 for an older attempt's late
@@ -302,29 +248,7 @@ return {1, redis.call('HGETALL', KEYS[1])}
 /// worker's start time fills in `started_ms` when no start notice came first.
 static ACCEPT_RESULT: LuaScript = LuaScript::new(concat!(
     release_lua!(),
-    r#"
-if redis.call('HGET', KEYS[1], 'state') ~= 'pending' then return {0, redis.call('HGETALL', KEYS[2])} end
-if tonumber(ARGV[2]) ~= tonumber(redis.call('HGET', KEYS[1], 'attempt')) then
-  return {-1, redis.call('HGETALL', KEYS[2])}
-end
-redis.call('HSET', KEYS[1], 'state', 'done', 'accepted', ARGV[1], 'accepted_attempt', ARGV[2],
-  'transcode_ms', ARGV[3], 'result_ms', ARGV[4])
-if ARGV[5] ~= '' then redis.call('HSETNX', KEYS[1], 'started_ms', ARGV[5]) end
-local ready = tonumber(redis.call('HGET', KEYS[1], 'ready_ms') or ARGV[4])
-redis.call('LPUSH', KEYS[3], cjson.encode({unix_ms = tonumber(ARGV[4]), stream = ARGV[6],
-  seq = tonumber(ARGV[7]), latency_ms = tonumber(ARGV[4]) - ready,
-  transcode_ms = tonumber(ARGV[3])}))
-redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[8]) - 1)
-redis.call('HINCRBY', KEYS[2], 'done', 1)
-redis.call('HINCRBY', KEYS[2], 'resolved', 1)
-release(KEYS[1], KEYS[2])
-redis.call('HINCRBY', KEYS[2], 'pixels', ARGV[9])
-if tonumber(ARGV[10]) > 0 then
-  redis.call('HINCRBY', KEYS[2], 'fee', ARGV[10])
-  redis.call('DECRBY', KEYS[4], ARGV[10])
-end
-return {1, redis.call('HGETALL', KEYS[2])}
-"#
+    include_str!("lua/accept_result.lua")
 ));
 
 /// Applies a failed attempt. Returns -1 for a stale attempt (a newer one is running), 0 when
@@ -333,41 +257,14 @@ return {1, redis.call('HGETALL', KEYS[2])}
 /// may have stopped before its job was published.
 static FAIL_ATTEMPT: LuaScript = LuaScript::new(concat!(
     release_lua!(),
-    r#"
-if redis.call('HGET', KEYS[1], 'state') ~= 'pending' then return 0 end
-local cur = tonumber(redis.call('HGET', KEYS[1], 'attempt'))
-local a = tonumber(ARGV[1])
-if a ~= cur then
-  if tonumber(redis.call('HGET', KEYS[1], 'retry_of') or '-1') == a then return 1000 + cur end
-  return -1
-end
-local final = ARGV[3] == '1' or cur >= tonumber(ARGV[4])
-redis.call('LPUSH', KEYS[4], cjson.encode({unix_ms = tonumber(ARGV[7]), stream = ARGV[6],
-  seq = tonumber(ARGV[5]), attempt = cur, message = ARGV[2], final = final}))
-redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[8]) - 1)
-if final then
-  release(KEYS[1], KEYS[2])
-  redis.call('HSET', KEYS[1], 'state', 'failed', 'message', ARGV[2])
-  redis.call('HINCRBY', KEYS[2], 'failed', 1)
-  redis.call('HINCRBY', KEYS[2], 'resolved', 1)
-  redis.call('HSET', KEYS[3], ARGV[5], ARGV[2])
-  return 1
-end
-redis.call('HSET', KEYS[1], 'retry_of', cur)
-return 1000 + redis.call('HINCRBY', KEYS[1], 'attempt', 1)
-"#
+    include_str!("lua/fail_attempt.lua")
 ));
 
 /// Marks a stream complete once, when every one of its segments is resolved. Returns 1 to
 /// the single caller that completed it.
-static COMPLETE_STREAM: LuaScript = LuaScript::new(
-    r#"
-local s = redis.call('HMGET', KEYS[1], 'state', 'total', 'resolved')
-if s[1] ~= 'active' or not s[2] or tonumber(s[3]) < tonumber(s[2]) then return 0 end
-redis.call('HSET', KEYS[1], 'state', 'complete', 'master', ARGV[1])
-return 1
-"#,
-);
+static COMPLETE_STREAM: LuaScript = LuaScript::new(include_str!("lua/complete_stream.lua"));
+
+static SET_TOTAL: LuaScript = LuaScript::new(include_str!("lua/set_total.lua"));
 
 /// What applying a failure did.
 #[derive(Debug, PartialEq, Eq)]
@@ -429,17 +326,20 @@ impl State {
             .await
     }
 
-    /// Records a segment; a live one gets `deadline_ms`.
+    /// Records a segment; a live one gets `deadline_ms`. A sequence number more than
+    /// `window` ahead of the highest received is refused.
     pub async fn record_segment(
         &self,
         seg: &SegmentReady,
         deadline_ms: Option<u64>,
-    ) -> redis::RedisResult<(u32, Option<SegmentRecord>)> {
+        window: u64,
+    ) -> redis::RedisResult<Recorded> {
         let opt = |v: Option<u64>| v.map_or(String::new(), |v| v.to_string());
-        let (attempt, h): (u32, HashMap<String, String>) = RECORD_SEGMENT
+        let (attempt, h): (i64, HashMap<String, String>) = RECORD_SEGMENT
             .get()
             .key(segment_key(&seg.stream, seg.seq))
             .key(stream_key(&seg.stream))
+            .key(seqs_key(&seg.stream))
             .arg(seg.start_us)
             .arg(seg.duration_us)
             .arg(seg.frames)
@@ -451,9 +351,17 @@ impl State {
             .arg(if seg.discontinuity { "1" } else { "0" })
             .arg(seg.seq)
             .arg(now_unix_ms())
+            .arg(window)
             .invoke_async(&mut self.redis.clone())
             .await?;
-        Ok((attempt, parse_segment(seg.seq, &h)))
+        let rec = parse_segment(seg.seq, &h);
+        Ok(match (attempt, rec) {
+            (-1, _) => Recorded::Refused(Refusal::TooFarAhead),
+            (-2, _) => Recorded::Refused(Refusal::PastTheEnd),
+            (0, rec) => Recorded::Resolved(rec),
+            (a, Some(rec)) => Recorded::Publish(a.clamp(1, i64::from(u32::MAX)) as u32, rec),
+            (_, None) => Recorded::Resolved(None),
+        })
     }
 
     /// Accepts a result (see `ACCEPT_RESULT`): whether it was accepted, and the stream after.
@@ -541,14 +449,22 @@ impl State {
             .collect())
     }
 
-    pub async fn set_total(&self, stream: &str, total: u64) -> redis::RedisResult<()> {
-        redis::cmd("HSET")
-            .arg(stream_key(stream))
-            .arg("total")
+    /// Sets the segment count of a stream that ended: `Err(highest seq received)` when it
+    /// is below that + 1 or more than `window` beyond it.
+    pub async fn set_total(
+        &self,
+        stream: &str,
+        total: u64,
+        window: u64,
+    ) -> redis::RedisResult<Result<(), i64>> {
+        let (ok, max_seq): (i64, i64) = SET_TOTAL
+            .get()
+            .key(stream_key(stream))
             .arg(total)
-            .query_async::<i64>(&mut self.redis.clone())
-            .await
-            .map(|_| ())
+            .arg(window)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok(if ok == 1 { Ok(()) } else { Err(max_seq) })
     }
 
     /// Marks the stream complete if every segment is resolved; true for the one caller that
@@ -720,14 +636,17 @@ impl State {
         Ok(parse_segment(seq, &h))
     }
 
-    /// Every segment 0..total in one round trip.
-    pub async fn segments(
-        &self,
-        stream: &str,
-        total: u64,
-    ) -> redis::RedisResult<Vec<Option<SegmentRecord>>> {
-        self.segments_by_seq(stream, &(0..total).collect::<Vec<_>>())
-            .await
+    /// The segments that exist, in order, with one `None` where sequence numbers are
+    /// missing (a gap), in two round trips.
+    pub async fn segments(&self, stream: &str) -> redis::RedisResult<Vec<Option<SegmentRecord>>> {
+        let seqs: Vec<u64> = redis::cmd("ZRANGE")
+            .arg(seqs_key(stream))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut self.redis.clone())
+            .await?;
+        let found = self.segments_by_seq(stream, &seqs).await?;
+        Ok(with_gaps(&seqs, found))
     }
 
     pub async fn failures(&self, stream: &str) -> redis::RedisResult<Vec<(u64, String)>> {
@@ -950,6 +869,21 @@ impl State {
         v.sort();
         Ok(v)
     }
+}
+
+/// Segments of sorted sequence numbers `seqs`, with one `None` before each run of missing
+/// numbers (including one before a first segment that is not 0).
+fn with_gaps(seqs: &[u64], found: Vec<Option<SegmentRecord>>) -> Vec<Option<SegmentRecord>> {
+    let mut out = Vec::with_capacity(found.len());
+    let mut next = 0;
+    for (seq, rec) in seqs.iter().zip(found) {
+        if *seq != next {
+            out.push(None);
+        }
+        out.push(rec);
+        next = seq + 1;
+    }
+    out
 }
 
 /// Reads a stream's and one of its segments' hashes (more commands may follow).
