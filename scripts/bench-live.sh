@@ -25,7 +25,7 @@ orch=127.0.0.1:$(port); http=127.0.0.1:$(port); rtmp=127.0.0.1:$(port)
 source scripts/bench-cluster.sh
 "$bin/orchestrator" --http-addr "$orch" >"$work/orch.log" 2>&1 & pids+=($!)
 for i in $(seq 1 "$workers"); do "$bin/worker" --worker-id "bench-$i" >"$work/w$i.log" 2>&1 & pids+=($!); done
-"$bin/broadcaster" serve --http-addr "$http" --rtmp-addr "$rtmp" --live-profiles "$profiles" \
+"$bin/broadcaster" serve --http-addr "$http" --rtmp-addr "$rtmp" --open-ingest --live-profiles "$profiles" \
   --live-reconnect-secs 1 >"$work/serve.log" 2>&1 & pids+=($!)
 ffmpeg -v error -y -f lavfi -i testsrc2=size=640x360:rate=30 -f lavfi -i sine=frequency=440:sample_rate=48000 \
   -t "$secs" -c:v libx264 -preset veryfast -g 60 -keyint_min 60 -sc_threshold 0 -pix_fmt yuv420p \

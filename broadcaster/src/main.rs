@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use castwork_broadcaster::live::{Live, LiveConfig, RtmpIngest};
+use castwork_broadcaster::live::{IngestAuth, KeyStore, Live, LiveConfig, RtmpIngest};
 use castwork_broadcaster::rtmp::{self, RtmpOptions};
 use castwork_broadcaster::{push, serve, PushRequest};
 use castwork_cluster::{http, shutdown_token, telemetry, ServiceArgs, Storage};
@@ -24,6 +24,16 @@ struct Cli {
 
     #[command(flatten)]
     eth: castwork_chain::cli::EthArgs,
+
+    /// Redis where stream keys are kept (hashed): `keys` manages them, and `serve` checks
+    /// publishers against them unless --open-ingest or --auth-webhook-url is given.
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379/",
+        global = true
+    )]
+    redis_url: String,
 
     #[command(subcommand)]
     command: Command,
@@ -110,6 +120,12 @@ enum Command {
         #[arg(long, hide = true)]
         test_only_tickets: Option<castwork_broadcaster::payer::TestTickets>,
     },
+    /// Stream keys for live ingest (kept hashed in --redis-url): a publisher needs one
+    /// unless `serve` runs with --open-ingest or --auth-webhook-url.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
     /// On-chain mode: fund and show this account's deposit at the ticket broker (with
     /// --eth-url, --eth-keystore-path, --eth-password, --eth-deployment).
     Chain {
@@ -129,6 +145,52 @@ enum Command {
     },
 }
 
+#[derive(Subcommand, Debug)]
+enum KeysAction {
+    /// Makes a new stream key that publishes stream NAME (replacing NAME's old key) and
+    /// prints it; it is shown only this once. Publish to rtmp://HOST/live/KEY, or push
+    /// segments to /live/KEY/SEQ.ts; playback is under /streams/NAME/.
+    Add { name: String },
+    /// Removes stream NAME's key: nobody can start publishing NAME with it any more.
+    Remove { name: String },
+    /// Lists the streams that have a key (keys themselves are stored hashed only).
+    List,
+}
+
+async fn keys(redis_url: &str, action: KeysAction) -> anyhow::Result<()> {
+    let store = KeyStore::new(
+        castwork_cluster::redis_connect(redis_url)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot reach Redis at {}: {e}",
+                    castwork_cluster::redact_url(redis_url)
+                )
+            })?,
+    );
+    match action {
+        KeysAction::Add { name } => {
+            let (key, replaced) = store.add(&name).await?;
+            if replaced {
+                eprintln!("the old key of {name} no longer works");
+            }
+            println!("{key}");
+        }
+        KeysAction::Remove { name } => {
+            if !store.remove(&name).await? {
+                anyhow::bail!("stream {name} has no key");
+            }
+            eprintln!("removed the key of {name}");
+        }
+        KeysAction::List => {
+            for n in store.names().await? {
+                println!("{n}");
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Live ingest settings of `broadcaster serve`.
 #[derive(clap::Args, Debug)]
 struct LiveArgs {
@@ -136,9 +198,15 @@ struct LiveArgs {
     #[arg(long = "live-broadcaster-id", env = "LIVE_BROADCASTER_ID")]
     live_broadcaster_id: Option<String>,
 
-    /// Address of the RTMP server for live publishers (OBS, ffmpeg -f flv).
-    #[arg(long, env = "RTMP_ADDR", default_value = "0.0.0.0:1935")]
+    /// Address of the RTMP server for live publishers (OBS, ffmpeg -f flv); loopback
+    /// unless you set it (e.g. 0.0.0.0:1935 to take publishers from other machines).
+    #[arg(long, env = "RTMP_ADDR", default_value = "127.0.0.1:1935")]
     rtmp_addr: SocketAddr,
+
+    /// Let anyone publish any stream, unchecked (no stream key, no webhook). Only for a
+    /// broadcaster nobody else can reach.
+    #[arg(long, env = "OPEN_INGEST", conflicts_with = "auth_webhook_url")]
+    open_ingest: bool,
 
     /// Take no live streams: no RTMP server and no HTTP push.
     #[arg(long, env = "NO_LIVE")]
@@ -159,9 +227,11 @@ struct LiveArgs {
     #[arg(long, env = "LIVE_MAX_SEGMENT_SECS", default_value_t = 6)]
     live_max_segment_secs: u32,
 
-    /// URL POSTed a JSON description of every RTMP publish ({"url", "app", "stream_key",
-    /// "peer"}); a 2xx answer allows it and may name the stream ("stream") and ladder
-    /// ("profiles"), anything else refuses it. Unset: every key may publish.
+    /// URL POSTed a JSON description of every new RTMP publish and HTTP-pushed stream
+    /// ({"url", "app", "stream_key", "via", "peer"}); a 2xx answer allows it and may name
+    /// the stream ("manifestID"), the ladder ("presets", "profiles") and the HTTP push
+    /// token ("streamKey"); anything else refuses it. Unset: publishers need a stream key
+    /// from `broadcaster keys add` (or --open-ingest).
     #[arg(long, env = "AUTH_WEBHOOK_URL")]
     auth_webhook_url: Option<String>,
 
@@ -221,6 +291,7 @@ struct LiveArgs {
 async fn start_live(
     args: &LiveArgs,
     eth: &castwork_chain::cli::EthArgs,
+    redis_url: &str,
     amqp_url: &str,
     storage: &Storage,
     shutdown: &tokio_util::sync::CancellationToken,
@@ -250,12 +321,28 @@ async fn start_live(
     if let Some(p) = &payer {
         tracing::info!(account = %p.address(), orchestrator = p.recipient(), "live streams are paid with tickets");
     }
+    let auth = match (&args.auth_webhook_url, args.open_ingest) {
+        (Some(url), _) => IngestAuth::Webhook(url.clone()),
+        (None, true) => IngestAuth::Open,
+        (None, false) => IngestAuth::Keys(KeyStore::new(
+            castwork_cluster::redis_connect(redis_url)
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                    "live ingest checks stream keys in Redis at {}, which is unreachable ({e}); \
+                     give --redis-url, --auth-webhook-url or --open-ingest, or --no-live",
+                    castwork_cluster::redact_url(redis_url)
+                )
+                })?,
+        )),
+    };
+    tracing::info!(ingest = ?auth, "live ingest: who may publish");
     let live = Live::new(LiveConfig {
         amqp_url: amqp_url.to_string(),
         storage: storage.clone(),
         ladder,
         target_duration_secs: args.live_max_segment_secs,
-        auth_webhook: args.auth_webhook_url.clone(),
+        auth,
         admit_timeout: Duration::from_secs(args.live_admit_timeout_secs),
         reconnect_window: Duration::from_secs(args.live_reconnect_secs),
         http_idle: Duration::from_secs(args.http_push_idle_secs.max(1)),
@@ -337,15 +424,29 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         castwork_broadcaster::chain_cli::run(&cli.eth, action).await?;
         return Ok(ExitCode::SUCCESS);
     }
+    if let Command::Keys { action } = cli.command {
+        keys(&cli.redis_url, action).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let storage = Storage::from_url(&cli.service.storage_url)?;
     match cli.command {
-        Command::Chain { .. } => unreachable!("handled above"),
+        Command::Chain { .. } | Command::Keys { .. } => unreachable!("handled above"),
         Command::Serve { http_addr, live } => {
             let shutdown = shutdown_token();
             let push = if live.no_live {
                 None
             } else {
-                Some(start_live(&live, &cli.eth, &cli.service.amqp_url, &storage, &shutdown).await?)
+                Some(
+                    start_live(
+                        &live,
+                        &cli.eth,
+                        &cli.redis_url,
+                        &cli.service.amqp_url,
+                        &storage,
+                        &shutdown,
+                    )
+                    .await?,
+                )
             };
             let addr = http::serve(
                 http_addr,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::{
     body::Bytes,
-    extract::{DefaultBodyLimit, Path, State},
+    extract::{ConnectInfo, DefaultBodyLimit, Path, State},
     http::{header, HeaderMap, HeaderValue, Method, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, put},
@@ -16,7 +16,7 @@ use axum::{
 use castwork_cluster::{Storage, StorageError};
 use castwork_protocol::RenditionRef;
 
-use crate::live::{Live, PushError};
+use crate::live::{Live, PushError, PUSH_TOKEN_HEADER};
 
 /// HTTP push settings.
 #[derive(Clone)]
@@ -65,12 +65,38 @@ fn error(code: StatusCode, message: impl Into<String>) -> Response {
     (code, Json(serde_json::json!({ "error": message.into() }))).into_response()
 }
 
+/// The push token a request carries: `Castwork-Push-Token: T` or `Authorization: Bearer T`.
+fn push_token(headers: &HeaderMap) -> Option<&str> {
+    if let Some(t) = headers.get(PUSH_TOKEN_HEADER) {
+        return t.to_str().ok();
+    }
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
+fn push_error(e: &PushError) -> Response {
+    let code = match e {
+        PushError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        PushError::Forbidden(_) => StatusCode::FORBIDDEN,
+        PushError::Conflict(_) => StatusCode::CONFLICT,
+        PushError::Failed(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        PushError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        PushError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    error(code, e.to_string())
+}
+
 /// `PUT`/`POST /live/STREAM/SEQ.ts` with an MPEG-TS segment and `Content-Duration` (ms):
 /// answers once the segment is transcoded, with the renditions themselves
-/// (`Accept: multipart/mixed`) or their URLs (JSON).
+/// (`Accept: multipart/mixed`) or their URLs (JSON). The answer to a stream's first segment
+/// carries its push token (header `Castwork-Push-Token`), which every later segment must
+/// send back; with stream keys, STREAM is the key and authenticates each segment.
 async fn push_segment(
     State(st): State<Served>,
-    Path((stream, file)): Path<(String, String)>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    Path((path, file)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -105,30 +131,53 @@ async fn push_segment(
             }
         },
     };
-    let renditions = match push
+    let pushed = match push
         .live
-        .push_segment(&stream, seq, body, duration_us, push.wait)
+        .push_segment(
+            &path,
+            seq,
+            body,
+            duration_us,
+            push.wait,
+            push_token(&headers),
+            Some(peer),
+        )
         .await
     {
-        Ok(r) => r,
-        Err(e) => {
-            let code = match &e {
-                PushError::BadRequest(_) => StatusCode::BAD_REQUEST,
-                PushError::Conflict(_) => StatusCode::CONFLICT,
-                PushError::Failed(_) => StatusCode::UNPROCESSABLE_ENTITY,
-                PushError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-                PushError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            };
-            return error(code, e.to_string());
+        Ok(p) => p,
+        Err(e) => return push_error(&e),
+    };
+    let stream = pushed.stream;
+    let mut answer = match pushed.renditions {
+        Err(e) => push_error(&e),
+        Ok(renditions) => {
+            let multipart = headers
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.contains("multipart/mixed"));
+            if multipart {
+                multipart_response(&st.storage, seq, &renditions).await
+            } else {
+                json_response(&headers, &stream, seq, &renditions)
+            }
         }
     };
-    let multipart = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("multipart/mixed"));
-    if multipart {
-        return multipart_response(&st.storage, seq, &renditions).await;
+    if let Some(t) = pushed
+        .new_token
+        .and_then(|t| HeaderValue::from_str(&t).ok())
+    {
+        answer.headers_mut().insert(PUSH_TOKEN_HEADER, t);
     }
+    answer
+}
+
+/// The renditions of a segment as JSON, with URLs on this server.
+fn json_response(
+    headers: &HeaderMap,
+    stream: &str,
+    seq: u64,
+    renditions: &[RenditionRef],
+) -> Response {
     let host = headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())

@@ -15,9 +15,7 @@ use std::time::Duration;
 
 use castwork_chain::devnet::{dev_key, set_balance, Anvil};
 use castwork_chain::{Chain, Deployment, U256};
-use common::{
-    bin, clip, http_get, http_request, pre_cut_segments, stream_name, wait_until, Cluster,
-};
+use common::{bin, clip, http_get, pre_cut_segments, stream_name, wait_until, Cluster, Pusher};
 
 const RUNG: &str = "P240p30fps16x9";
 const PASSWORD: &str = "castwork-test";
@@ -520,16 +518,9 @@ fn a_live_stream_is_paid_with_tickets_and_its_winners_survive_a_node_restart() {
     let segs = pre_cut_segments(cluster.dir.path(), 6);
     assert_eq!(segs.len(), 3);
     let stream = stream_name("live-paid");
+    let mut pusher = Pusher::new(&live, &stream);
     for (i, seg) in segs.iter().enumerate() {
-        let a = http_request(
-            &live.http,
-            "PUT",
-            &format!("/live/{stream}/{i}.ts"),
-            &[("Content-Duration", "2000")],
-            &std::fs::read(seg).unwrap(),
-            Duration::from_secs(90),
-        )
-        .unwrap();
+        let a = pusher.put(i as u64, seg);
         assert_eq!(a.status, 200, "{}\n{}", a.text(), cluster.logs());
     }
     let tickets = sum("castwork_orchestrator_tickets_total{outcome=\"accepted\"}");

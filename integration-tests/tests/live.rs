@@ -7,7 +7,7 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::Read;
+
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -35,25 +35,6 @@ fn media_playlist(path: &Path) -> Option<m3u8_rs::MediaPlaylist> {
 
 fn seq_of(uri: &str) -> u64 {
     uri.split('.').next().unwrap().parse().unwrap()
-}
-
-/// Waits for a publisher to exit; returns its success and stderr.
-fn finish(mut child: std::process::Child, timeout: Duration) -> (bool, String) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                let _ = e.read_to_string(&mut err);
-            }
-            return (status.success(), err);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("publisher did not exit in time");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]
@@ -186,47 +167,13 @@ fn rtmp_stream_grows_live_ends_and_plays_back() {
 
 /// A tiny auth webhook: denies keys starting with `denied`, gives the rest a one-rung ladder.
 fn auth_webhook() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            let mut conn = conn;
-            conn.set_read_timeout(Some(Duration::from_secs(5))).ok();
-            let mut buf = vec![0u8; 8192];
-            let mut got = Vec::new();
-            // Read the head and the body (small JSON).
-            while let Ok(n) = conn.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                got.extend_from_slice(&buf[..n]);
-                let text = String::from_utf8_lossy(&got);
-                if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                    let len = head
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                        })
-                        .unwrap_or(0);
-                    if body.len() >= len {
-                        break;
-                    }
-                }
-            }
-            let text = String::from_utf8_lossy(&got);
-            let answer = if text.contains("\"stream_key\":\"denied") {
-                "HTTP/1.1 403 Forbidden\r\nContent-Length: 11\r\nConnection: close\r\n\r\nkey revoked".to_string()
-            } else {
-                let body = r#"{"profiles":"P240p30fps16x9"}"#;
-                format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
-            };
-            use std::io::Write;
-            let _ = conn.write_all(answer.as_bytes());
+    webhook(|req| {
+        if req.contains("\"stream_key\":\"denied") {
+            (403, "key revoked".into())
+        } else {
+            (200, r#"{"profiles":"P240p30fps16x9"}"#.into())
         }
-    });
-    format!("http://{addr}/auth")
+    })
 }
 
 #[test]
@@ -321,18 +268,11 @@ fn http_push_answers_with_the_renditions() {
     assert_eq!(segs.len(), 3);
     let stream = "pushed-1";
     let wait = Duration::from_secs(90);
+    let mut p = Pusher::new(&live, stream);
 
     // Segment 0, answered with the renditions themselves.
     let body = std::fs::read(&segs[0]).unwrap();
-    let a = http_request(
-        &live.http,
-        "PUT",
-        &format!("/live/{stream}/0.ts"),
-        &[("Content-Duration", "2000"), ("Accept", "multipart/mixed")],
-        &body,
-        wait,
-    )
-    .unwrap();
+    let a = p.send("PUT", "0.ts", &[("Accept", "multipart/mixed")], &body);
     assert_eq!(a.status, 200, "{}\n{}", a.text(), cluster.logs());
     let parts = multipart_parts(a.header("content-type").unwrap(), &a.body);
     let mut names = Vec::new();
@@ -357,15 +297,7 @@ fn http_push_answers_with_the_renditions() {
     assert_eq!(names, ["P240p30fps16x9", "P360p30fps16x9"]);
 
     // Segment 1 over POST, answered with URLs that play from this server.
-    let a = http_request(
-        &live.http,
-        "POST",
-        &format!("/live/{stream}/1.ts"),
-        &[("Content-Duration", "2000")],
-        &std::fs::read(&segs[1]).unwrap(),
-        wait,
-    )
-    .unwrap();
+    let a = p.send("POST", "1.ts", &[], &std::fs::read(&segs[1]).unwrap());
     assert_eq!(a.status, 200, "{}", a.text());
     let v: Value = serde_json::from_slice(&a.body).unwrap();
     let renditions = v["renditions"].as_array().unwrap();
@@ -379,61 +311,21 @@ fn http_push_answers_with_the_renditions() {
     }
 
     // Bad requests get clear errors and lose nothing else.
-    let bad = http_request(
-        &live.http,
-        "PUT",
-        &format!("/live/{stream}/x.ts"),
-        &[],
-        b"x",
-        wait,
-    )
-    .unwrap();
+    let bad = p.send("PUT", "x.ts", &[], b"x");
     assert_eq!(bad.status, 400, "{}", bad.text());
-    let junk = http_request(
-        &live.http,
-        "PUT",
-        &format!("/live/{stream}/7.ts"),
-        &[("Content-Duration", "2000")],
-        b"this is not a transport stream",
-        wait,
-    )
-    .unwrap();
+    let junk = p.send("PUT", "7.ts", &[], b"this is not a transport stream");
     assert_eq!(junk.status, 422, "{}", junk.text());
     assert!(
         junk.text().contains("unreadable segment"),
         "{}",
         junk.text()
     );
-    let dur = http_request(
-        &live.http,
-        "PUT",
-        &format!("/live/{stream}/2.ts"),
-        &[("Content-Duration", "soon")],
-        b"x",
-        wait,
-    )
-    .unwrap();
+    let dur = p.send("PUT", "2.ts", &[("Content-Duration", "soon")], b"x");
     assert_eq!(dur.status, 400, "{}", dur.text());
-    let huge = http_request(
-        &live.http,
-        "PUT",
-        &format!("/live/{stream}/2.ts"),
-        &[("Content-Duration", "2000")],
-        &vec![0x47u8; 3 * 1024 * 1024],
-        wait,
-    )
-    .unwrap();
+    let huge = p.send("PUT", "2.ts", &[], &vec![0x47u8; 3 * 1024 * 1024]);
     assert_eq!(huge.status, 413, "over --http-push-max-mb");
 
-    let a = http_request(
-        &live.http,
-        "PUT",
-        &format!("/live/{stream}/2.ts"),
-        &[("Content-Duration", "2000")],
-        &std::fs::read(&segs[2]).unwrap(),
-        wait,
-    )
-    .unwrap();
+    let a = p.send("PUT", "2.ts", &[], &std::fs::read(&segs[2]).unwrap());
     assert_eq!(a.status, 200, "{}", a.text());
 
     // The stream ends once pushes stop; its recording has every pushed segment.
@@ -481,15 +373,8 @@ fn live_segments_go_ahead_of_an_on_demand_backlog() {
         },
     );
     let pushed = Instant::now();
-    let a = http_request(
-        &live.http,
-        "PUT",
-        "/live/urgent/0.ts",
-        &[("Content-Duration", "2000")],
-        &std::fs::read(&segs[0]).unwrap(),
-        Duration::from_secs(120),
-    )
-    .unwrap();
+    let mut p_urgent = Pusher::new(&live, "urgent");
+    let a = p_urgent.send("PUT", "0.ts", &[], &std::fs::read(&segs[0]).unwrap());
     let live_secs = pushed.elapsed().as_secs_f64();
     assert_eq!(a.status, 200, "{}", a.text());
     let backlog = status(&cluster, "backlog");
@@ -534,39 +419,16 @@ fn a_live_segment_past_its_deadline_is_skipped() {
     let mut cluster = Cluster::start_with(0, &["--live-deadline-secs", "3"], Vec::new());
     let live = cluster.serve_live(&["--http-push-wait-secs", "60"]);
     let segs = pre_cut_segments(cluster.dir.path(), 6);
-    let late = http_request(
-        &live.http,
-        "PUT",
-        "/live/late-1/0.ts",
-        &[("Content-Duration", "2000")],
-        &std::fs::read(&segs[0]).unwrap(),
-        Duration::from_secs(60),
-    )
-    .unwrap();
+    let mut p_late_1 = Pusher::new(&live, "late-1");
+    let late = p_late_1.send("PUT", "0.ts", &[], &std::fs::read(&segs[0]).unwrap());
     assert_eq!(late.status, 422, "{}", late.text());
     assert!(late.text().contains("skipped"), "{}", late.text());
     cluster.add("worker", &["--worker-id", "late-worker"]);
-    let a = http_request(
-        &live.http,
-        "PUT",
-        "/live/late-1/1.ts",
-        &[("Content-Duration", "2000")],
-        &std::fs::read(&segs[1]).unwrap(),
-        Duration::from_secs(60),
-    )
-    .unwrap();
+    let a = p_late_1.send("PUT", "1.ts", &[], &std::fs::read(&segs[1]).unwrap());
     assert_eq!(a.status, 200, "{}", a.text());
     // Segments 2 and 3 never arrive: once the hold bound passes they are skipped together
     // and segment 4 is listed.
-    let a = http_request(
-        &live.http,
-        "PUT",
-        "/live/late-1/4.ts",
-        &[("Content-Duration", "2000")],
-        &std::fs::read(&segs[2]).unwrap(),
-        Duration::from_secs(60),
-    )
-    .unwrap();
+    let a = p_late_1.send("PUT", "4.ts", &[], &std::fs::read(&segs[2]).unwrap());
     assert_eq!(a.status, 200, "{}", a.text());
     let listed = cluster
         .storage_dir()

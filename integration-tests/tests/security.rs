@@ -78,18 +78,8 @@ fn far_future_sequence_numbers_are_refused_and_make_no_work() {
     let live = cluster.serve_live(&[]);
     let segs = pre_cut_segments(cluster.dir.path(), 4);
     let stream = "attacked";
-    let wait = Duration::from_secs(90);
-    let push = |seq: u64, body: &[u8]| {
-        http_request(
-            &live.http,
-            "PUT",
-            &format!("/live/{stream}/{seq}.ts"),
-            &[("Content-Duration", "2000")],
-            body,
-            wait,
-        )
-        .unwrap()
-    };
+    let mut pusher = Pusher::new(&live, stream);
+    let mut push = |seq: u64, body: &[u8]| pusher.send("PUT", &format!("{seq}.ts"), &[], body);
     let first = push(0, &std::fs::read(&segs[0]).unwrap());
     assert_eq!(first.status, 200, "{}\n{}", first.text(), cluster.logs());
 
@@ -183,4 +173,166 @@ fn far_future_sequence_numbers_are_refused_and_make_no_work() {
         String::from_utf8_lossy(&out.stderr),
         cluster.logs()
     );
+}
+
+/// `broadcaster keys ARGS...` on the cluster's Redis: (success, stdout, stderr).
+fn keys(cluster: &Cluster, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(bin("broadcaster"))
+        .env("REDIS_URL", cluster.redis_url())
+        .arg("keys")
+        .args(args)
+        .output()
+        .expect("broadcaster runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    )
+}
+
+/// With no flag, ingest needs a stream key from `broadcaster keys add NAME`: a guessed RTMP
+/// key and an HTTP push without a key are refused with what to do; a key publishes its
+/// stream (named by NAME, so the key never shows in playback URLs); keys are stored hashed;
+/// a removed key stops working at once.
+#[test]
+fn ingest_needs_a_stream_key_by_default() {
+    let _serial = serial();
+    let mut cluster = Cluster::start(2);
+    let live = cluster.serve_live_checked(&[]);
+    let segs = pre_cut_segments(cluster.dir.path(), 4);
+
+    let (ok, err) = finish(
+        rtmp_publisher(&live.rtmp_url("guessed"), 4),
+        Duration::from_secs(30),
+    );
+    assert!(!ok, "an unknown key must be refused");
+    assert!(err.contains("unknown stream key"), "ffmpeg says why: {err}");
+    let mut stranger = Pusher::new(&live, "intruder");
+    let a = stranger.put(0, &segs[0]);
+    assert_eq!(a.status, 403, "{}", a.text());
+    assert!(a.text().contains("broadcaster keys add"), "{}", a.text());
+
+    let (ok, rtmp_key, err) = keys(&cluster, &["add", "studio"]);
+    assert!(ok, "{err}");
+    let (ok, push_key, err) = keys(&cluster, &["add", "pushed"]);
+    assert!(ok, "{err}");
+    assert!(
+        push_key.starts_with("cwk_") && push_key.len() > 30,
+        "{push_key}"
+    );
+    let (_, listed, _) = keys(&cluster, &["list"]);
+    assert_eq!(listed, "pushed\nstudio");
+    let stored = redis_cli(cluster.redis_url(), &["HGETALL", "cw:ingest_keys"]);
+    assert!(
+        !stored.contains(&push_key) && !stored.contains(&rtmp_key),
+        "keys are stored hashed: {stored}"
+    );
+
+    // RTMP with the key publishes stream "studio".
+    let (ok, err) = finish(
+        rtmp_publisher(&live.rtmp_url(&rtmp_key), 4),
+        Duration::from_secs(60),
+    );
+    assert!(ok, "{err}\n{}", cluster.logs());
+    let done = cluster.wait_complete("studio", Duration::from_secs(60));
+    assert!(done["segments"]["done"].as_u64() >= Some(1), "{done}");
+    assert!(!done.to_string().contains(&rtmp_key), "{done}");
+
+    // HTTP push to /live/KEY/SEQ.ts publishes stream "pushed"; the key authenticates
+    // every segment, and stops doing so once removed.
+    let mut owner = Pusher::new(&live, &push_key);
+    let a = owner.put(0, &segs[0]);
+    assert_eq!(a.status, 200, "{}\n{}", a.text(), cluster.logs());
+    let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+    assert_eq!(v["stream"], "pushed", "{v}");
+    let mut intruder = Pusher::new(&live, "pushed");
+    let a = intruder.put(1, &segs[1]);
+    assert_eq!(a.status, 403, "the stream's name is no key: {}", a.text());
+    let (ok, _, err) = keys(&cluster, &["remove", "pushed"]);
+    assert!(ok, "{err}");
+    let a = owner.put(1, &segs[1]);
+    assert_eq!(a.status, 403, "a removed key: {}", a.text());
+    let done = cluster.wait_complete("pushed", Duration::from_secs(60));
+    assert_eq!(done["segments"]["total"], 1, "{done}");
+    assert_eq!(done["segments"]["done"], 1, "{done}");
+}
+
+/// A pushed stream's later segments come only from the publisher that started it: it got
+/// a push token with its first segment's answer, and nobody else can add to or overwrite
+/// the stream. HTTP push goes through the auth webhook, whose go-livepeer answer fields
+/// (`manifestID`, `presets`, `streamKey`) are honoured.
+#[test]
+fn a_pushed_stream_takes_segments_only_from_its_publisher() {
+    let _serial = serial();
+    let mut cluster = Cluster::start(2);
+    let segs = pre_cut_segments(cluster.dir.path(), 6);
+
+    // Open ingest: anyone may start a stream, only its publisher may continue it.
+    let live = cluster.serve_live(&[]);
+    let mut owner = Pusher::new(&live, "open-1");
+    let a = owner.put(0, &segs[0]);
+    assert_eq!(a.status, 200, "{}\n{}", a.text(), cluster.logs());
+    assert!(
+        owner.token.is_some(),
+        "the first answer carries a push token"
+    );
+    let source0 = cluster.storage_dir().join("streams/open-1/source/0.ts");
+    let stored0 = std::fs::read(&source0).unwrap();
+    let mut intruder = Pusher::new(&live, "open-1");
+    for (seq, tok) in [(1, None), (0, Some("forged")), (1, Some(""))] {
+        intruder.token = tok.map(String::from);
+        let a = intruder.put(seq, &segs[2]);
+        assert_eq!(a.status, 403, "segment {seq} with {tok:?}: {}", a.text());
+        assert!(a.text().contains("another publisher"), "{}", a.text());
+    }
+    let a = owner.put(1, &segs[1]);
+    assert_eq!(a.status, 200, "{}", a.text());
+    let done = cluster.wait_complete("open-1", Duration::from_secs(60));
+    assert_eq!(done["segments"]["total"], 2, "{done}");
+    assert_eq!(done["segments"]["done"], 2, "{done}");
+    assert!(
+        std::fs::read(&source0).unwrap() == stored0,
+        "segment 0 is still the owner's"
+    );
+
+    // The auth webhook decides on HTTP push too, and names stream, ladder and token.
+    let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let hook = webhook(move |req| {
+        log.lock().unwrap().push(req.to_string());
+        if req.contains("\"stream_key\":\"camera-7\"") {
+            (
+                200,
+                r#"{"manifestID":"renamed-7","presets":["P240p30fps16x9"],"streamKey":"hook-secret"}"#.into(),
+            )
+        } else {
+            (403, "not on the list".into())
+        }
+    });
+    let hooked = cluster.serve_live(&["--auth-webhook-url", &hook]);
+    let mut refused = Pusher::new(&hooked, "camera-8");
+    let a = refused.put(0, &segs[0]);
+    assert_eq!(a.status, 403, "{}", a.text());
+    assert!(a.text().contains("not on the list"), "{}", a.text());
+    let mut cam = Pusher::new(&hooked, "camera-7");
+    let a = cam.put(0, &segs[0]);
+    assert_eq!(a.status, 200, "{}\n{}", a.text(), cluster.logs());
+    assert_eq!(
+        cam.token.as_deref(),
+        Some("hook-secret"),
+        "the webhook's streamKey"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+    assert_eq!(v["stream"], "renamed-7", "{v}");
+    assert_eq!(v["renditions"].as_array().unwrap().len(), 1, "{v}");
+    let mut other = Pusher::new(&hooked, "camera-7");
+    let a = other.put(1, &segs[1]);
+    assert_eq!(a.status, 403, "{}", a.text());
+    let a = cam.put(1, &segs[1]);
+    assert_eq!(a.status, 200, "{}", a.text());
+    let asked = seen.lock().unwrap().clone();
+    assert_eq!(asked.len(), 2, "one question per new stream: {asked:?}");
+    assert!(asked[1].contains("\"via\":\"http\""), "{asked:?}");
+    let done = cluster.wait_complete("renamed-7", Duration::from_secs(60));
+    assert_eq!(done["segments"]["done"], 2, "{done}");
 }

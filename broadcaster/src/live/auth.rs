@@ -1,32 +1,232 @@
-//! The auth webhook asked about every RTMP publish, as go-livepeer's `-authWebhookUrl`.
+//! Who may publish a live stream, over RTMP or HTTP push: stream keys made with
+//! `broadcaster keys add NAME` (stored hashed in Redis), an auth webhook as go-livepeer's
+//! `-authWebhookUrl`, or nobody checked at all (`--open-ingest`, the explicit opt-out).
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use castwork_protocol::{
     profile::{parse_profiles, parse_transcoding_options},
     Profile,
 };
+use redis::aio::ConnectionManager;
+use sha2::{Digest, Sha256};
 
-use crate::rtmp::PublishRequest;
+/// Stream keys by their SHA-256 (hex) -> the stream name they publish.
+const KEYS_HASH: &str = "cw:ingest_keys";
+/// Stream names -> the SHA-256 of their key (so a name has one key, and a new one replaces
+/// it).
+const NAMES_HASH: &str = "cw:ingest_key_names";
+/// Longest answer read from the auth webhook.
+const MAX_WEBHOOK_ANSWER: usize = 64 * 1024;
 
-/// Asks the webhook at `url` about an RTMP publish, as go-livepeer's `-authWebhookUrl`
-/// does: it POSTs `{"url": "rtmp://HOST/APP/KEY", "app": ..., "stream_key": ..., "peer": ...}`.
-/// A 2xx answer allows the publish; its JSON body may name the stream (`"stream"` or
-/// `"manifestID"`) and the ladder (`"profiles"`: a comma-separated preset list or Livepeer
-/// `transcodingOptions` profiles). Any other answer, or no answer, refuses it.
+/// How publishers are checked.
+#[derive(Clone)]
+pub enum IngestAuth {
+    /// Every publisher is let in (`--open-ingest`).
+    Open,
+    /// The webhook at this URL decides.
+    Webhook(String),
+    /// A stream key from `broadcaster keys add` is needed.
+    Keys(KeyStore),
+}
+
+impl std::fmt::Debug for IngestAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IngestAuth::Open => f.write_str("open"),
+            IngestAuth::Webhook(u) => write!(f, "webhook {u}"),
+            IngestAuth::Keys(_) => f.write_str("stream keys"),
+        }
+    }
+}
+
+/// A publish to decide on.
+#[derive(Debug, Clone)]
+pub struct Publish<'a> {
+    /// `rtmp` or `http`.
+    pub via: &'static str,
+    /// The key (RTMP) or the stream part of the push path (HTTP).
+    pub key: &'a str,
+    pub peer: Option<SocketAddr>,
+}
+
+/// What an allowed publish gets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grant {
+    /// The stream it publishes.
+    pub stream: String,
+    pub ladder: Vec<Profile>,
+    /// HTTP push: what later segments of the stream must carry (the webhook's `streamKey`,
+    /// when it gave one).
+    pub push_token: Option<String>,
+}
+
+impl IngestAuth {
+    /// Decides on a publish: the grant, or why not (for the publisher).
+    pub async fn check(
+        &self,
+        http: &reqwest::Client,
+        req: &Publish<'_>,
+        default_ladder: &[Profile],
+    ) -> Result<Grant, String> {
+        match self {
+            IngestAuth::Open => Ok(Grant {
+                stream: req.key.to_string(),
+                ladder: default_ladder.to_vec(),
+                push_token: None,
+            }),
+            IngestAuth::Webhook(url) => authorize(http, url, req, default_ladder).await,
+            IngestAuth::Keys(store) => match store.lookup(req.key).await {
+                Ok(Some(stream)) => Ok(Grant {
+                    stream,
+                    ladder: default_ladder.to_vec(),
+                    push_token: None,
+                }),
+                Ok(None) => Err(
+                    "unknown stream key: publish with a key from `broadcaster keys \
+                     add NAME` (the stream NAME is played back under)"
+                        .into(),
+                ),
+                Err(e) => Err(format!("cannot check the stream key now: {e}")),
+            },
+        }
+    }
+
+    /// Whether the push path names a key (which then authenticates every segment itself).
+    pub fn keyed(&self) -> bool {
+        matches!(self, IngestAuth::Keys(_))
+    }
+}
+
+/// Stream keys in Redis, stored as SHA-256 hashes: a stolen Redis dump gives no key.
+#[derive(Clone)]
+pub struct KeyStore {
+    redis: ConnectionManager,
+}
+
+fn key_hash(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+/// `n` random bytes as hex, from the kernel.
+pub fn random_hex(n: usize) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut buf = vec![0u8; n];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
+    Ok(hex::encode(buf))
+}
+
+/// Makes `name` the only stream of key ARGV[1] (a hash), replacing the name's old key.
+static ADD_KEY: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local old = redis.call('HGET', KEYS[2], ARGV[2])
+if old then redis.call('HDEL', KEYS[1], old) end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[1])
+return old and 1 or 0
+",
+    )
+});
+
+/// Removes the key of stream ARGV[1]; 1 when it had one.
+static REMOVE_KEY: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local old = redis.call('HGET', KEYS[2], ARGV[1])
+if not old then return 0 end
+redis.call('HDEL', KEYS[1], old)
+redis.call('HDEL', KEYS[2], ARGV[1])
+return 1
+",
+    )
+});
+
+impl KeyStore {
+    pub fn new(redis: ConnectionManager) -> Self {
+        KeyStore { redis }
+    }
+
+    /// A new key for stream `name` (replacing its old one): printed once, stored hashed.
+    /// Returns the key and whether an old one was replaced.
+    pub async fn add(&self, name: &str) -> anyhow::Result<(String, bool)> {
+        castwork_protocol::validate_stream_name(name).map_err(anyhow::Error::msg)?;
+        let key = format!("cwk_{}", random_hex(20)?);
+        let replaced: i64 = ADD_KEY
+            .key(KEYS_HASH)
+            .key(NAMES_HASH)
+            .arg(key_hash(&key))
+            .arg(name)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok((key, replaced == 1))
+    }
+
+    /// Removes stream `name`'s key; false when it had none.
+    pub async fn remove(&self, name: &str) -> redis::RedisResult<bool> {
+        let r: i64 = REMOVE_KEY
+            .key(KEYS_HASH)
+            .key(NAMES_HASH)
+            .arg(name)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok(r == 1)
+    }
+
+    /// The streams that have a key, sorted.
+    pub async fn names(&self) -> redis::RedisResult<Vec<String>> {
+        let mut v: Vec<String> = redis::cmd("HKEYS")
+            .arg(NAMES_HASH)
+            .query_async(&mut self.redis.clone())
+            .await?;
+        v.sort();
+        Ok(v)
+    }
+
+    /// The stream a key publishes, if it is a key.
+    pub async fn lookup(&self, key: &str) -> redis::RedisResult<Option<String>> {
+        if key.len() > 256 {
+            return Ok(None);
+        }
+        redis::cmd("HGET")
+            .arg(KEYS_HASH)
+            .arg(key_hash(key))
+            .query_async(&mut self.redis.clone())
+            .await
+    }
+}
+
+/// Compares two secrets in time that does not depend on where they differ.
+pub fn same_secret(a: &str, b: &str) -> bool {
+    let (a, b) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+/// Asks the webhook at `url` about a publish, as go-livepeer's `-authWebhookUrl` does: it
+/// POSTs `{"url": "rtmp://castwork/live/KEY" (or http://castwork/live/STREAM), "app",
+/// "stream_key", "via", "peer"}`. A 2xx answer allows the publish; its JSON body may name
+/// the stream (`"manifestID"`, or `"stream"`), the ladder (`"presets"`, a list or a
+/// comma-separated string of preset names, and/or `"profiles"`, Livepeer
+/// `transcodingOptions` profiles or a preset string) and, for HTTP push, the token later
+/// segments must carry (`"streamKey"`). Any other answer, or no answer, refuses it.
 pub async fn authorize(
     http: &reqwest::Client,
     url: &str,
-    req: &PublishRequest,
+    req: &Publish<'_>,
     default_ladder: &[Profile],
-) -> Result<(String, Vec<Profile>), String> {
+) -> Result<Grant, String> {
     let body = serde_json::json!({
-        "url": format!("rtmp://castwork/{}/{}", req.app, req.key),
-        "app": req.app,
+        "url": format!("{}://castwork/live/{}", req.via, req.key),
+        "app": "live",
         "stream_key": req.key,
-        "peer": req.peer.to_string(),
+        "via": req.via,
+        "peer": req.peer.map(|p| p.to_string()),
     });
-    let resp = http
+    let mut resp = http
         .post(url)
         .header("content-type", "application/json")
         .body(body.to_string())
@@ -35,7 +235,18 @@ pub async fn authorize(
         .await
         .map_err(|e| format!("the auth webhook is unreachable: {e}"))?;
     let status = resp.status();
-    let text = resp.text().await.unwrap_or_default();
+    let mut bytes = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(c)) if bytes.len() + c.len() <= MAX_WEBHOOK_ANSWER => {
+                bytes.extend_from_slice(&c)
+            }
+            Ok(Some(_)) => return Err("the auth webhook's answer is over 64 KiB".into()),
+            Ok(None) => break,
+            Err(e) => return Err(format!("reading the auth webhook's answer: {e}")),
+        }
+    }
+    let text = String::from_utf8_lossy(&bytes);
     if !status.is_success() {
         let why = text.trim();
         return Err(format!(
@@ -53,19 +264,109 @@ pub async fn authorize(
         serde_json::from_str(&text)
             .map_err(|e| format!("the auth webhook's answer is not JSON: {e}"))?
     };
-    let name = answer
-        .get("stream")
-        .or_else(|| answer.get("manifestID"))
-        .and_then(|v| v.as_str())
-        .unwrap_or(&req.key)
-        .to_string();
-    let ladder = match answer.get("profiles") {
-        None | Some(serde_json::Value::Null) => default_ladder.to_vec(),
-        Some(serde_json::Value::String(s)) => {
-            parse_profiles(s).map_err(|e| format!("the auth webhook's profiles: {e}"))?
+    grant_of(&answer, req.key, default_ladder)
+}
+
+/// The grant a webhook's answer gives (see [`authorize`]).
+pub fn grant_of(
+    answer: &serde_json::Value,
+    key: &str,
+    default_ladder: &[Profile],
+) -> Result<Grant, String> {
+    let text_field = |name: &str| -> Result<Option<String>, String> {
+        match answer.get(name) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
+            Some(v) => Err(format!(
+                "the auth webhook's {name} must be a non-empty string, not {v}"
+            )),
         }
-        Some(v) => parse_transcoding_options(&v.to_string())
-            .map_err(|e| format!("the auth webhook's profiles: {e}"))?,
     };
-    Ok((name, ladder))
+    let stream = match text_field("manifestID")? {
+        Some(s) => s,
+        None => text_field("stream")?.unwrap_or_else(|| key.to_string()),
+    };
+    let mut ladder = Vec::new();
+    match answer.get("presets") {
+        None | Some(serde_json::Value::Null) => {}
+        Some(serde_json::Value::String(s)) => ladder
+            .extend(parse_profiles(s).map_err(|e| format!("the auth webhook's presets: {e}"))?),
+        Some(serde_json::Value::Array(names)) => {
+            let names: Option<Vec<&str>> = names.iter().map(|n| n.as_str()).collect();
+            let names = names.ok_or("the auth webhook's presets must be preset names")?;
+            ladder.extend(
+                parse_profiles(&names.join(","))
+                    .map_err(|e| format!("the auth webhook's presets: {e}"))?,
+            );
+        }
+        Some(v) => return Err(format!("the auth webhook's presets: unexpected {v}")),
+    }
+    match answer.get("profiles") {
+        None | Some(serde_json::Value::Null) => {}
+        Some(serde_json::Value::String(s)) => ladder
+            .extend(parse_profiles(s).map_err(|e| format!("the auth webhook's profiles: {e}"))?),
+        Some(v) => ladder.extend(
+            parse_transcoding_options(&v.to_string())
+                .map_err(|e| format!("the auth webhook's profiles: {e}"))?,
+        ),
+    }
+    if ladder.is_empty() {
+        ladder = default_ladder.to_vec();
+    }
+    Ok(Grant {
+        stream,
+        ladder,
+        push_token: text_field("streamKey")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn default() -> Vec<Profile> {
+        parse_profiles("P360p30fps16x9").unwrap()
+    }
+
+    #[test]
+    fn go_livepeer_answer_fields_are_honoured() {
+        let g = grant_of(
+            &json!({"manifestID": "m1", "streamKey": "sk", "presets": ["P240p30fps16x9"],
+                    "profiles": [{"name": "x", "width": 320, "height": 180, "bitrate": 200000, "fps": 30}]}),
+            "key",
+            &default(),
+        )
+        .unwrap();
+        assert_eq!(g.stream, "m1");
+        assert_eq!(g.push_token.as_deref(), Some("sk"));
+        assert_eq!(g.ladder.len(), 2, "presets and profiles both count");
+        assert_eq!(g.ladder[0].name, "P240p30fps16x9");
+        assert_eq!(g.ladder[1].name, "x");
+    }
+
+    #[test]
+    fn an_empty_answer_keeps_the_key_and_the_default_ladder() {
+        let g = grant_of(&serde_json::Value::Null, "k", &default()).unwrap();
+        assert_eq!(g.stream, "k");
+        assert_eq!(g.ladder, default());
+        assert_eq!(g.push_token, None);
+        let g = grant_of(&json!({"presets": "P240p30fps16x9"}), "k", &default()).unwrap();
+        assert_eq!(g.ladder[0].name, "P240p30fps16x9");
+    }
+
+    #[test]
+    fn bad_answers_are_refused_with_a_reason() {
+        assert!(grant_of(&json!({"presets": ["nope"]}), "k", &default()).is_err());
+        assert!(grant_of(&json!({"presets": [1]}), "k", &default()).is_err());
+        assert!(grant_of(&json!({"manifestID": 7}), "k", &default()).is_err());
+        assert!(grant_of(&json!({"streamKey": ""}), "k", &default()).is_err());
+    }
+
+    #[test]
+    fn secrets_compare_equal_only_when_equal() {
+        assert!(same_secret("abc", "abc"));
+        assert!(!same_secret("abc", "abd"));
+        assert!(!same_secret("abc", "ab"));
+    }
 }

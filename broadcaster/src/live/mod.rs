@@ -25,7 +25,7 @@ use crate::rtmp::{Accepted, PublishRequest, Publishers, RtmpEvent};
 mod auth;
 mod stream;
 
-pub use auth::authorize;
+pub use auth::{authorize, Grant, IngestAuth, KeyStore, Publish};
 use stream::StreamTask;
 
 /// How live ingest behaves.
@@ -37,8 +37,8 @@ pub struct LiveConfig {
     pub ladder: Vec<Profile>,
     /// The live playlists' fixed `EXT-X-TARGETDURATION` (the longest segment let through).
     pub target_duration_secs: u32,
-    /// Optional webhook asked about every RTMP publish (see [`authorize`]).
-    pub auth_webhook: Option<String>,
+    /// Who may publish (see [`IngestAuth`]).
+    pub auth: IngestAuth,
     /// How long to wait for an orchestrator to admit a stream.
     pub admit_timeout: Duration,
     /// How long a disconnected RTMP publisher may take to come back to the same stream.
@@ -95,12 +95,33 @@ struct Entry {
     connected: bool,
     /// RTMP: where the timeline ended when the publisher left.
     end_ms: i64,
+    /// HTTP push: what every segment after the first must carry (none when the push path
+    /// is a stream key, which authenticates each segment itself).
+    push_token: Option<String>,
 }
+
+/// What an HTTP push did.
+#[derive(Debug)]
+pub struct Pushed {
+    /// The stream the segment went to.
+    pub stream: String,
+    /// The stream's push token, when this push started the stream: later segments must
+    /// carry it.
+    pub new_token: Option<String>,
+    /// The segment's renditions, or why it has none.
+    pub renditions: Result<Vec<RenditionRef>, PushError>,
+}
+
+/// The header that carries a pushed stream's token.
+pub const PUSH_TOKEN_HEADER: &str = "castwork-push-token";
 
 /// The live streams of this broadcaster.
 pub struct Live {
     cfg: LiveConfig,
     streams: Mutex<HashMap<String, Entry>>,
+    /// HTTP push paths (`/live/PATH/SEQ.ts`) of running streams -> the stream's name (a
+    /// webhook may name the stream differently).
+    http_paths: Mutex<HashMap<String, String>>,
     http: reqwest::Client,
 }
 
@@ -118,6 +139,7 @@ impl Live {
         Arc::new(Live {
             cfg,
             streams: Mutex::new(HashMap::new()),
+            http_paths: Mutex::new(HashMap::new()),
             http: reqwest::Client::new(),
         })
     }
@@ -126,11 +148,16 @@ impl Live {
         self.streams.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn http_paths(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.http_paths.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Forgets a stream's entry unless a newer stream took the name.
     fn forget(&self, name: &str, session: Uuid) {
         let mut streams = self.streams();
         if streams.get(name).is_some_and(|e| e.session == session) {
             streams.remove(name);
+            self.http_paths().retain(|_, n| n != name);
         }
     }
 
@@ -141,10 +168,24 @@ impl Live {
         ladder: Vec<Profile>,
         feed: Feed,
     ) -> mpsc::Sender<Cmd> {
+        let mut streams = self.streams();
+        self.start_locked(&mut streams, name, ladder, feed, None)
+    }
+
+    /// Starts a stream's task with the streams' lock held, so two publishers cannot both
+    /// start one name.
+    fn start_locked(
+        self: &Arc<Self>,
+        streams: &mut HashMap<String, Entry>,
+        name: &str,
+        ladder: Vec<Profile>,
+        feed: Feed,
+        push_token: Option<String>,
+    ) -> mpsc::Sender<Cmd> {
         let (tx, rx) = mpsc::channel(16);
         let task = StreamTask::new(self, name, ladder, feed);
         let session = task.session;
-        self.streams().insert(
+        streams.insert(
             name.to_string(),
             Entry {
                 session,
@@ -152,6 +193,7 @@ impl Live {
                 tx: tx.clone(),
                 connected: feed == Feed::Rtmp,
                 end_ms: TIMELINE_START_MS,
+                push_token,
             },
         );
         let live = self.clone();
@@ -169,34 +211,142 @@ impl Live {
         tx
     }
 
+    /// The running HTTP-pushed stream `name`'s channel, if `token` is its push token.
+    fn joined(
+        &self,
+        name: &str,
+        token: Option<&str>,
+    ) -> Result<Option<mpsc::Sender<Cmd>>, PushError> {
+        let streams = self.streams();
+        let Some(e) = streams.get(name) else {
+            return Ok(None);
+        };
+        if e.feed == Feed::Rtmp {
+            return Err(PushError::Conflict(format!(
+                "stream {name} is being published over RTMP"
+            )));
+        }
+        match (&e.push_token, token) {
+            (None, _) => Ok(Some(e.tx.clone())),
+            (Some(want), Some(got)) if auth::same_secret(want, got) => Ok(Some(e.tx.clone())),
+            _ => Err(PushError::Forbidden(format!(
+                "stream {name} is being pushed by another publisher: send the \
+                 {PUSH_TOKEN_HEADER} header that the answer to its first segment carried"
+            ))),
+        }
+    }
+
+    /// Finds or starts the HTTP-pushed stream that `path` (`/live/PATH/SEQ.ts`) names:
+    /// a running stream needs its push token (or, with stream keys, the key as `path`); a
+    /// new one needs the ingest check. Returns the stream, its channel and, for a new
+    /// stream, its push token.
+    async fn http_stream(
+        self: &Arc<Self>,
+        path: &str,
+        token: Option<&str>,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Result<(String, mpsc::Sender<Cmd>, Option<String>), PushError> {
+        let keyed = self.cfg.auth.keyed();
+        if !keyed {
+            let running = self.http_paths().get(path).cloned();
+            if let Some(name) = running {
+                if let Some(tx) = self.joined(&name, token)? {
+                    return Ok((name, tx, None));
+                }
+            }
+        }
+        let req = Publish {
+            via: "http",
+            key: path,
+            peer,
+        };
+        let grant = self
+            .cfg
+            .auth
+            .check(&self.http, &req, &self.cfg.ladder)
+            .await
+            .map_err(PushError::Forbidden)?;
+        validate_stream_name(&grant.stream)
+            .map_err(|e| PushError::BadRequest(format!("bad stream name: {e}")))?;
+        if let Some(tx) = self.joined(&grant.stream, if keyed { None } else { token })? {
+            return Ok((grant.stream, tx, None));
+        }
+        let token = match (keyed, grant.push_token) {
+            (true, _) => None,
+            (false, Some(t)) => Some(t),
+            (false, None) => {
+                Some(auth::random_hex(16).map_err(|e| PushError::Unavailable(e.to_string()))?)
+            }
+        };
+        let tx = {
+            let mut streams = self.streams();
+            if streams.contains_key(&grant.stream) {
+                // Another publisher started it meanwhile.
+                drop(streams);
+                return match self.joined(&grant.stream, None)? {
+                    Some(tx) => Ok((grant.stream, tx, None)),
+                    None => Err(PushError::Unavailable("the stream has just ended".into())),
+                };
+            }
+            self.start_locked(
+                &mut streams,
+                &grant.stream,
+                grant.ladder,
+                Feed::Http,
+                token.clone(),
+            )
+        };
+        if !keyed {
+            self.http_paths()
+                .insert(path.to_string(), grant.stream.clone());
+        }
+        Ok((grant.stream, tx, token))
+    }
+
     /// Takes one HTTP-pushed segment and waits until its renditions are done.
+    #[allow(clippy::too_many_arguments)]
     pub async fn push_segment(
         self: &Arc<Self>,
-        stream: &str,
+        path: &str,
         seq: u64,
         body: Bytes,
         duration_us: Option<i64>,
         wait: Duration,
-    ) -> Result<Vec<RenditionRef>, PushError> {
-        validate_stream_name(stream).map_err(PushError::BadRequest)?;
+        token: Option<&str>,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Result<Pushed, PushError> {
+        if path.is_empty() || path.len() > 256 || path.chars().any(|c| c.is_control()) {
+            return Err(PushError::BadRequest(
+                "push to /live/STREAM/SEQ.ts (or /live/STREAM_KEY/SEQ.ts)".into(),
+            ));
+        }
         let arrived = SystemTime::now();
+        let (stream, tx, new_token) = self.http_stream(path, token, peer).await?;
+        let renditions = self
+            .send_pushed(&tx, seq, body, duration_us, wait, arrived)
+            .await;
+        Ok(Pushed {
+            stream,
+            new_token,
+            renditions,
+        })
+    }
+
+    /// Hands a pushed segment to its stream's task and waits for its renditions.
+    async fn send_pushed(
+        &self,
+        tx: &mpsc::Sender<Cmd>,
+        seq: u64,
+        body: Bytes,
+        duration_us: Option<i64>,
+        wait: Duration,
+        arrived: SystemTime,
+    ) -> Result<Vec<RenditionRef>, PushError> {
         let dir = tempfile::tempdir().map_err(|e| PushError::Unavailable(e.to_string()))?;
         let path = dir.path().join("pushed.ts");
         tokio::fs::write(&path, &body)
             .await
             .map_err(|e| PushError::Unavailable(e.to_string()))?;
-        let tx = {
-            let existing = self.streams().get(stream).map(|e| (e.feed, e.tx.clone()));
-            match existing {
-                Some((Feed::Http, tx)) => tx,
-                Some((Feed::Rtmp, _)) => {
-                    return Err(PushError::Conflict(format!(
-                        "stream {stream} is being published over RTMP"
-                    )))
-                }
-                None => self.start_stream(stream, self.cfg.ladder.clone(), Feed::Http),
-            }
-        };
         let (reply, answer) = oneshot::channel();
         let piece = Piece {
             path,
@@ -223,14 +373,6 @@ impl Live {
                 "the stream stopped before the segment was done".into(),
             )),
         }
-    }
-
-    /// Asks the auth webhook about a publish: `Ok((stream name, ladder))` or why not.
-    async fn authorize(&self, req: &PublishRequest) -> Result<(String, Vec<Profile>), String> {
-        let Some(url) = &self.cfg.auth_webhook else {
-            return Ok((req.key.clone(), self.cfg.ladder.clone()));
-        };
-        authorize(&self.http, url, req, &self.cfg.ladder).await
     }
 }
 
@@ -259,7 +401,20 @@ impl Live {
         {
             return Err("bad stream key: publish to rtmp://HOST/live/STREAM_KEY".into());
         }
-        let (name, ladder) = self.authorize(&req).await?;
+        let publish = Publish {
+            via: "rtmp",
+            key: &req.key,
+            peer: Some(req.peer),
+        };
+        let Grant {
+            stream: name,
+            ladder,
+            ..
+        } = self
+            .cfg
+            .auth
+            .check(&self.http, &publish, &self.cfg.ladder)
+            .await?;
         validate_stream_name(&name).map_err(|e| format!("bad stream name: {e}"))?;
         let (sink, mut events) = mpsc::channel::<RtmpEvent>(8);
         let (tx, base_ms) = {
@@ -336,6 +491,9 @@ impl Live {
 pub enum PushError {
     #[error("{0}")]
     BadRequest(String),
+    /// Not allowed to publish (no or a wrong key or token, or the webhook said no).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     Conflict(String),
     /// The segment or stream was refused or failed.

@@ -813,8 +813,19 @@ impl LiveServer {
 
 impl Cluster {
     /// Starts `broadcaster serve` with RTMP and HTTP push, the 240p + 360p ladder and short
-    /// reconnect and idle times, plus `args`.
+    /// reconnect and idle times, plus `args`; ingest is open (`--open-ingest`) unless
+    /// `args` name an auth webhook.
     pub fn serve_live(&mut self, args: &[&str]) -> LiveServer {
+        let mut all = args.to_vec();
+        if !args.contains(&"--auth-webhook-url") {
+            all.push("--open-ingest");
+        }
+        self.serve_live_checked(&all)
+    }
+
+    /// [`Cluster::serve_live`] with its default ingest check: stream keys in the cluster's
+    /// Redis (`broadcaster keys add`).
+    pub fn serve_live_checked(&mut self, args: &[&str]) -> LiveServer {
         let http = format!("127.0.0.1:{}", free_port());
         let rtmp = format!("127.0.0.1:{}", free_port());
         let mut all = vec![
@@ -839,6 +850,71 @@ impl Cluster {
             http_get(&http, "/healthz").is_some_and(|(c, _)| c == 200)
         });
         LiveServer { http, rtmp }
+    }
+}
+
+/// An HTTP-push client of one stream: sends back the push token its first segment's
+/// answer carried, as a real client must.
+pub struct Pusher {
+    pub addr: String,
+    /// The stream part of the push path (the name, or a stream key).
+    pub path: String,
+    pub token: Option<String>,
+}
+
+impl Pusher {
+    pub fn new(live: &LiveServer, path: &str) -> Pusher {
+        Pusher {
+            addr: live.http.clone(),
+            path: path.to_string(),
+            token: None,
+        }
+    }
+
+    /// `PUT /live/PATH/SEQ.ts` (or `method`) with `Content-Duration: 2000`, the token and
+    /// `headers`; keeps a token the answer carries.
+    pub fn send(
+        &mut self,
+        method: &str,
+        file: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> HttpAnswer {
+        let mut all = Vec::new();
+        if !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-duration"))
+        {
+            all.push(("Content-Duration", "2000"));
+        }
+        let token = self.token.clone();
+        if let Some(t) = &token {
+            all.push(("Castwork-Push-Token", t));
+        }
+        all.extend_from_slice(headers);
+        let a = http_request(
+            &self.addr,
+            method,
+            &format!("/live/{}/{file}", self.path),
+            &all,
+            body,
+            Duration::from_secs(120),
+        )
+        .expect("the broadcaster answers");
+        if let Some(t) = a.header("castwork-push-token") {
+            self.token = Some(t.to_string());
+        }
+        a
+    }
+
+    /// Pushes segment `seq` from `path`.
+    pub fn put(&mut self, seq: u64, path: &Path) -> HttpAnswer {
+        self.send(
+            "PUT",
+            &format!("{seq}.ts"),
+            &[],
+            &std::fs::read(path).unwrap(),
+        )
     }
 }
 
@@ -958,4 +1034,67 @@ pub fn pre_cut_segments(dir: &Path, secs: u32) -> Vec<std::path::PathBuf> {
         .collect();
     v.truncate(50);
     v
+}
+
+/// Waits for a publisher to exit; returns its success and stderr.
+pub fn finish(mut child: std::process::Child, timeout: Duration) -> (bool, String) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            return (status.success(), err);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("publisher did not exit in time");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A tiny HTTP server for auth webhooks: answers each request with `respond(its body)` as
+/// (status, body). Returns its URL.
+pub fn webhook(respond: impl Fn(&str) -> (u16, String) + Send + 'static) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            conn.set_read_timeout(Some(Duration::from_secs(5))).ok();
+            let mut buf = vec![0u8; 8192];
+            let mut got = Vec::new();
+            // Read the head and the body (small JSON).
+            while let Ok(n) = conn.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&got);
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        break;
+                    }
+                }
+            }
+            let text = String::from_utf8_lossy(&got);
+            let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+            let (status, answer) = respond(body);
+            let reply = format!(
+                "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                answer.len()
+            );
+            let _ = conn.write_all(reply.as_bytes());
+        }
+    });
+    format!("http://{addr}/auth")
 }
