@@ -14,9 +14,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use castwork_protocol::{
-    encode, IngestMessage, ObjectRef, SegmentReady, StreamEnded, INGEST_EXCHANGE,
+    encode, parse_profiles, IngestMessage, ObjectRef, Profile, Rational, SegmentReady,
+    SourceMetadata, StreamEnded, StreamMode, StreamStarted, INGEST_EXCHANGE,
 };
 use common::*;
+use sha2::Digest;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -335,4 +337,143 @@ fn a_pushed_stream_takes_segments_only_from_its_publisher() {
     assert!(asked[1].contains("\"via\":\"http\""), "{asked:?}");
     let done = cluster.wait_complete("renamed-7", Duration::from_secs(60));
     assert_eq!(done["segments"]["done"], 2, "{done}");
+}
+
+fn source(width: u32, height: u32) -> SourceMetadata {
+    SourceMetadata {
+        width,
+        height,
+        sample_aspect_ratio: Rational::ONE,
+        rotation: 0,
+        frame_rate: Rational::new(30, 1),
+        video_codec: "h264".into(),
+        pixel_format: "yuv420p".into(),
+        color: Default::default(),
+        has_audio: true,
+        duration_us: None,
+    }
+}
+
+fn started(
+    stream: &str,
+    session: uuid::Uuid,
+    ladder: Vec<Profile>,
+    src: SourceMetadata,
+) -> Vec<u8> {
+    encode(&IngestMessage::StreamStarted(StreamStarted {
+        stream: stream.into(),
+        session,
+        mode: StreamMode::Vod,
+        ladder,
+        source: src,
+        broadcaster: None,
+        target_duration_secs: None,
+    }))
+}
+
+/// A forged `StreamStarted` with thousands of rungs, or claiming an 8192x8192 source, is
+/// refused with a message; one whose claimed size the real segment contradicts fails that
+/// segment with a message. No worker dies, and a real stream completes after.
+#[test]
+fn hostile_ladders_and_source_claims_are_refused() {
+    let _serial = serial();
+    let cluster = Cluster::start(1);
+    let injector = Injector::new(&cluster.amqp_url);
+    let one = parse_profiles("P240p30fps16x9").unwrap().remove(0);
+    let many: Vec<Profile> = (0..3000)
+        .map(|i| Profile {
+            name: format!("r{i}"),
+            ..one.clone()
+        })
+        .collect();
+    let new = uuid::Uuid::now_v7;
+    injector.publish(
+        INGEST_EXCHANGE,
+        "ingest",
+        &started("many-rungs", new(), many, source(640, 360)),
+    );
+    injector.publish(
+        INGEST_EXCHANGE,
+        "ingest",
+        &started("huge-claim", new(), vec![one.clone()], source(8192, 8192)),
+    );
+    let rejected = "castwork_orchestrator_streams_total{event=\"rejected\"}";
+    wait_until(
+        "both forged streams refused",
+        Duration::from_secs(20),
+        || metric(&cluster.orchestrator_addr, rejected) >= 2.0,
+    );
+    let logs = cluster.logs();
+    assert!(
+        logs.contains("3000 rungs: a ladder has at most 8"),
+        "{logs}"
+    );
+    assert!(logs.contains("source picture 8192x8192"), "{logs}");
+    for name in ["many-rungs", "huge-claim"] {
+        let code = http_get(&cluster.orchestrator_addr, &format!("/streams/{name}")).map(|r| r.0);
+        assert_eq!(code, Some(404), "{name} was never admitted");
+    }
+
+    // A stream that claims 1280x720 and sends a 640x360 segment.
+    let segs = pre_cut_segments(cluster.dir.path(), 2);
+    let data = std::fs::read(&segs[0]).unwrap();
+    let key = "streams/liar/source/0.ts";
+    let path = cluster.storage_dir().join(key);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, &data).unwrap();
+    let session = new();
+    injector.publish(
+        INGEST_EXCHANGE,
+        "ingest",
+        &started("liar", session, vec![one], source(1280, 720)),
+    );
+    wait_until("the liar admitted", Duration::from_secs(20), || {
+        http_get(&cluster.orchestrator_addr, "/streams/liar").is_some_and(|(c, _)| c == 200)
+    });
+    let ready = IngestMessage::SegmentReady(SegmentReady {
+        stream: "liar".into(),
+        session,
+        seq: 0,
+        start_us: 1_400_000,
+        duration_us: 2_000_000,
+        last_pts_us: 3_366_666,
+        frames: 60,
+        has_audio: true,
+        object: ObjectRef {
+            key: key.into(),
+            size: data.len() as u64,
+            sha256: hex::encode(sha2::Sha256::digest(&data)),
+        },
+        arrived_unix_ms: None,
+        discontinuity: false,
+        payment: None,
+    });
+    injector.publish(INGEST_EXCHANGE, "ingest", &encode(&ready));
+    let ended = IngestMessage::StreamEnded(StreamEnded {
+        stream: "liar".into(),
+        session,
+        segments: 1,
+    });
+    injector.publish(INGEST_EXCHANGE, "ingest", &encode(&ended));
+    let done = cluster.wait_complete("liar", Duration::from_secs(60));
+    assert_eq!(done["segments"]["failed"], 1, "{done}");
+    let why = done["failures"][0]["message"].to_string();
+    assert!(
+        why.contains("640x360 but its stream was announced as 1280x720"),
+        "{why}"
+    );
+
+    // The worker is alive and a real stream completes.
+    assert_eq!(cluster.workers().len(), 1);
+    let out = cluster.push(
+        &clip(cluster.dir.path(), 2),
+        "honest",
+        &["--profiles", "P240p30fps16x9"],
+    );
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        cluster.logs()
+    );
 }

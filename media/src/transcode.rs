@@ -352,6 +352,19 @@ pub fn transcode_segment(
             opts.max_pixels
         )));
     }
+    // The ladder was planned from what the stream announced: a segment whose picture is
+    // not that size (a forged announcement, or a publisher that changed its output size)
+    // is refused rather than scaled from wrong assumptions.
+    if meta.width > 0 && (decoder.width(), decoder.height()) != (meta.width, meta.height) {
+        return Err(MediaError::BadInput(format!(
+            "the segment's picture is {}x{} but its stream was announced as {}x{}: start a \
+             new stream when the picture size changes",
+            decoder.width(),
+            decoder.height(),
+            meta.width,
+            meta.height
+        )));
+    }
     let audio = ictx
         .streams()
         .best(media::Type::Audio)

@@ -323,6 +323,9 @@ impl Orchestrator {
                 .reject(&s, "the source has no picture size".into())
                 .await;
         }
+        if let Err(m) = castwork_protocol::ladder::validate_source(&s.source) {
+            return self.reject(&s, m).await;
+        }
         let plan = plan_ladder(&ladder, &s.source);
         // A priced orchestrator admits a stream whose account covers its first segment (a
         // redelivered start of a stream already admitted is not checked again).

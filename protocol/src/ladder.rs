@@ -56,6 +56,52 @@ pub struct LadderPlan {
     pub skipped: Vec<SkippedRung>,
 }
 
+/// Checks what a stream says of its source before anything is planned from it: a picture
+/// within the profiles' size limit, a frame rate up to the profiles' limit (or unknown), a
+/// rotation in quarter turns and a sample aspect ratio between 1/100 and 100.
+pub fn validate_source(src: &SourceMetadata) -> Result<(), String> {
+    /// 8K: 8192 x 4320.
+    const MAX_SOURCE_PIXELS: u64 = 8192 * 4320;
+    use crate::profile::{MAX_DIMENSION, MAX_FPS};
+    let mut problems = Vec::new();
+    if !(1..=MAX_DIMENSION).contains(&src.width)
+        || !(1..=MAX_DIMENSION).contains(&src.height)
+        || u64::from(src.width) * u64::from(src.height) > MAX_SOURCE_PIXELS
+    {
+        problems.push(format!(
+            "source picture {}x{} is outside 1..{MAX_DIMENSION} or over {MAX_SOURCE_PIXELS} \
+             pixels (8K)",
+            src.width, src.height
+        ));
+    }
+    let fps = src.frame_rate;
+    // 0 is an unknown (variable) rate.
+    if fps.num != 0 && (fps.num < 0 || fps.den <= 0 || fps.as_f64() > f64::from(MAX_FPS)) {
+        problems.push(format!(
+            "source frame rate {}/{} is not a rate up to {MAX_FPS} fps",
+            fps.num, fps.den
+        ));
+    }
+    if !matches!(src.rotation, 0 | 90 | 180 | 270) {
+        problems.push(format!(
+            "source rotation {} is not 0, 90, 180 or 270",
+            src.rotation
+        ));
+    }
+    let sar = src.sample_aspect_ratio;
+    if sar.num != 0 && (sar.num < 0 || sar.den <= 0 || !(0.01..=100.0).contains(&sar.as_f64())) {
+        problems.push(format!(
+            "source sample aspect ratio {}/{} is outside 1/100..100",
+            sar.num, sar.den
+        ));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
 /// The size the source is shown at: stored size stretched by the sample aspect ratio, then
 /// rotated.
 pub fn display_size(src: &SourceMetadata) -> (f64, f64) {

@@ -8,6 +8,15 @@ pub const MAX_BITRATE: u64 = 100_000_000;
 pub const MAX_DIMENSION: u32 = 8192;
 /// Highest frame rate a profile may ask for.
 pub const MAX_FPS: u32 = 240;
+/// Most rungs in a ladder.
+pub const MAX_RUNGS: usize = 8;
+/// Largest frame-rate denominator (NTSC rates use 1001).
+pub const MAX_FPS_DEN: u32 = 1001;
+/// Longest keyframe interval, in seconds.
+pub const MAX_GOP_SECS: f64 = 60.0;
+/// Most output pixels per second of a whole ladder (each rung's box at its frame rate; a
+/// rung that keeps the source's rate counts as 60 fps): four 4K rungs at 60 fps.
+pub const MAX_LADDER_PIXEL_RATE: u64 = 4 * 3840 * 2160 * 60;
 
 /// The H.264 profile a rung is encoded with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -224,6 +233,14 @@ pub fn validate(profiles: Vec<Profile>) -> Result<Vec<Profile>, ProfileError> {
         return Err(ProfileError::Empty);
     }
     let mut problems = Vec::new();
+    if profiles.len() > MAX_RUNGS {
+        // Nothing else is looked at: the list may be huge.
+        return Err(ProfileError::Invalid(vec![format!(
+            "{} rungs: a ladder has at most {MAX_RUNGS}",
+            profiles.len()
+        )]));
+    }
+    let mut pixel_rate = 0u64;
     for (i, p) in profiles.iter().enumerate() {
         let n = &p.name;
         if n.is_empty()
@@ -251,12 +268,39 @@ pub fn validate(profiles: Vec<Profile>) -> Result<Vec<Profile>, ProfileError> {
                 p.bitrate
             ));
         }
-        if p.fps_den == 0 || p.fps / p.fps_den.max(1) > MAX_FPS {
+        if !(1..=MAX_FPS_DEN).contains(&p.fps_den)
+            || u64::from(p.fps) > u64::from(MAX_FPS) * u64::from(p.fps_den)
+        {
             problems.push(format!(
-                "{n}: frame rate {}/{} is not allowed",
+                "{n}: frame rate {}/{} is not allowed (at most {MAX_FPS} fps, denominator \
+                 1..{MAX_FPS_DEN})",
                 p.fps, p.fps_den
             ));
         }
+        if p.gop_secs
+            .is_some_and(|g| !g.is_finite() || !(0.0..=MAX_GOP_SECS).contains(&g))
+        {
+            problems.push(format!(
+                "{n}: keyframe interval {:?} s is outside 0..{MAX_GOP_SECS}",
+                p.gop_secs.unwrap_or_default()
+            ));
+        }
+        let fps = if p.fps == 0 {
+            60
+        } else {
+            u64::from(p.fps).div_ceil(u64::from(p.fps_den.max(1)))
+        };
+        pixel_rate = pixel_rate.saturating_add(
+            u64::from(p.width.min(MAX_DIMENSION))
+                * u64::from(p.height.min(MAX_DIMENSION))
+                * fps.min(u64::from(MAX_FPS)),
+        );
+    }
+    if pixel_rate > MAX_LADDER_PIXEL_RATE {
+        problems.push(format!(
+            "the ladder asks for {pixel_rate} output pixels per second, more than \
+             {MAX_LADDER_PIXEL_RATE} (four 4K rungs at 60 fps)"
+        ));
     }
     if problems.is_empty() {
         Ok(profiles)
@@ -343,5 +387,47 @@ mod tests {
     fn duplicate_names_are_refused() {
         let e = parse_profiles("P240p30fps16x9,P240p30fps16x9").unwrap_err();
         assert!(e.to_string().contains("used twice"), "{e}");
+    }
+
+    fn rung(name: &str, w: u32, h: u32, fps: u32, den: u32, gop: Option<f64>) -> Profile {
+        Profile {
+            name: name.into(),
+            width: w,
+            height: h,
+            bitrate: 1_000_000,
+            fps,
+            fps_den: den,
+            gop_secs: gop,
+            profile: H264Profile::High,
+        }
+    }
+
+    #[test]
+    fn hostile_ladders_are_refused_with_a_reason() {
+        let many: Vec<Profile> = (0..5000)
+            .map(|i| rung(&format!("r{i}"), 64, 64, 30, 1, None))
+            .collect();
+        let e = validate(many).unwrap_err().to_string();
+        assert!(e.contains("at most 8"), "{e}");
+        let huge: Vec<Profile> = (0..4)
+            .map(|i| rung(&format!("r{i}"), 8192, 8192, 240, 1, None))
+            .collect();
+        let e = validate(huge).unwrap_err().to_string();
+        assert!(e.contains("output pixels per second"), "{e}");
+        for bad in [
+            rung("a", 640, 360, u32::MAX, 1, None),
+            rung("a", 640, 360, 30, 0, None),
+            rung("a", 640, 360, 30, u32::MAX, None),
+            rung("a", 640, 360, 30, 1, Some(f64::NAN)),
+            rung("a", 640, 360, 30, 1, Some(1e9)),
+            rung("a", 640, 360, 30, 1, Some(-1.0)),
+        ] {
+            assert!(validate(vec![bad.clone()]).is_err(), "{bad:?}");
+        }
+        let ok = vec![
+            rung("a", 1920, 1080, 60000, 1001, Some(2.0)),
+            rung("b", 1280, 720, 0, 1, Some(0.0)),
+        ];
+        assert_eq!(validate(ok.clone()).unwrap(), ok);
     }
 }
