@@ -240,6 +240,24 @@ struct LiveArgs {
     #[arg(long, env = "RTMP_IDLE_SECS", default_value_t = 10)]
     rtmp_idle_secs: u64,
 
+    /// Most RTMP connections at once; more are closed at once.
+    #[arg(long, env = "RTMP_MAX_CONNECTIONS", default_value_t = 1000)]
+    rtmp_max_connections: usize,
+
+    /// Seconds an RTMP client has from connecting to having its publish accepted
+    /// (handshake, connect, publish, in all); a slower one is dropped.
+    #[arg(long, env = "RTMP_PUBLISH_SECS", default_value_t = 10)]
+    rtmp_publish_secs: u64,
+
+    /// Most HTTP connections at once (playback and push); more are closed at once.
+    #[arg(long, env = "HTTP_MAX_CONNECTIONS", default_value_t = 1024)]
+    http_max_connections: usize,
+
+    /// Seconds an HTTP client has to send a request's head (an idle keep-alive
+    /// connection included); a slower one is dropped.
+    #[arg(long, env = "HTTP_HEADER_SECS", default_value_t = 10)]
+    http_header_secs: u64,
+
     /// Seconds a disconnected publisher has to reconnect with the same key and continue
     /// the same stream (with a discontinuity); after that the stream ends.
     #[arg(long, env = "LIVE_RECONNECT_SECS", default_value_t = 10)]
@@ -252,6 +270,11 @@ struct LiveArgs {
     /// Largest segment accepted over HTTP push, in MiB (larger: 413).
     #[arg(long, env = "HTTP_PUSH_MAX_MB", default_value_t = 64)]
     http_push_max_mb: usize,
+
+    /// Seconds a pushed segment's body may take to arrive (and 10 s at most between its
+    /// pieces); a slower client gets 400 and its connection back.
+    #[arg(long, env = "HTTP_PUSH_BODY_SECS", default_value_t = 60)]
+    http_push_body_secs: u64,
 
     /// Seconds an HTTP push waits for its renditions before answering 504.
     #[arg(long, env = "HTTP_PUSH_WAIT_SECS", default_value_t = 30)]
@@ -359,6 +382,8 @@ async fn start_live(
         // A segment may not round above the target duration.
         max_ms: i64::from(args.live_max_segment_secs) * 1000 + 499,
         idle_timeout: Duration::from_secs(args.rtmp_idle_secs.max(1)),
+        max_connections: args.rtmp_max_connections.max(1),
+        publish_timeout: Duration::from_secs(args.rtmp_publish_secs.max(1)),
     };
     tokio::spawn(rtmp::serve(
         listener,
@@ -370,6 +395,7 @@ async fn start_live(
         live,
         max_bytes: args.http_push_max_mb.max(1) * 1024 * 1024,
         wait: Duration::from_secs(args.http_push_wait_secs.max(1)),
+        body_timeout: Duration::from_secs(args.http_push_body_secs.max(1)),
     })
 }
 
@@ -448,9 +474,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .await?,
                 )
             };
-            let addr = http::serve(
+            let limits = http::Limits {
+                max_connections: live.http_max_connections.max(1),
+                header_timeout: Duration::from_secs(live.http_header_secs.max(1)),
+            };
+            let addr = http::serve_with(
                 http_addr,
                 serve::router(storage.clone(), push),
+                limits,
                 shutdown.clone(),
             )
             .await?;

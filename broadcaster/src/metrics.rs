@@ -24,8 +24,17 @@ pub static BYTES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+pub static RTMP_REFUSED: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
+    prometheus::register_int_counter!(
+        "castwork_broadcaster_rtmp_connections_refused_total",
+        "RTMP connections closed at once: the server was at its connection limit"
+    )
+    .expect("metric registers once")
+});
+
 /// Registers every metric, so `/metrics` shows each from the start (at zero).
 pub fn register() {
+    LazyLock::force(&RTMP_REFUSED);
     LazyLock::force(&SEGMENTS);
     LazyLock::force(&BYTES);
 }

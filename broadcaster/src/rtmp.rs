@@ -78,7 +78,28 @@ pub struct RtmpOptions {
     /// Close a connection that sends nothing for this long (drops half-open sockets so the
     /// publisher can reconnect).
     pub idle_timeout: Duration,
+    /// Connections at once; one past it is closed at once.
+    pub max_connections: usize,
+    /// Time from connecting to a publish being accepted (handshake, connect, publish), in
+    /// all: a client that dawdles is dropped however it spaces its bytes.
+    pub publish_timeout: Duration,
 }
+
+impl Default for RtmpOptions {
+    fn default() -> Self {
+        RtmpOptions {
+            target_ms: 2000,
+            max_ms: 6499,
+            idle_timeout: Duration::from_secs(10),
+            max_connections: 1000,
+            publish_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Most bytes a client may send before its publish is accepted: a handshake, connect,
+/// createStream and publish take a few KiB.
+const MAX_BYTES_BEFORE_PUBLISH: usize = 256 * 1024;
 
 /// Accepts connections until `shutdown`; one task per connection, many publishers at once.
 /// On shutdown, open streams end with an error and this returns once they have.
@@ -90,6 +111,7 @@ pub async fn serve<P: Publishers>(
 ) {
     let opts = Arc::new(opts);
     let tracker = TaskTracker::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(opts.max_connections.max(1)));
     loop {
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -103,6 +125,12 @@ pub async fn serve<P: Publishers>(
                 }
             },
         };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            debug!(%peer, "rtmp connection refused: at the connection limit");
+            crate::metrics::RTMP_REFUSED.inc();
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let conn = Connection {
             stream,
@@ -114,9 +142,17 @@ pub async fn serve<P: Publishers>(
             out: Vec::new(),
             publishing: None,
             close_after_flush: false,
+            publish_by: tokio::time::Instant::now() + opts.publish_timeout,
+            before_publish: 0,
         };
         let span = tracing::info_span!("rtmp", %peer);
-        tracker.spawn(conn.run().instrument(span));
+        tracker.spawn(
+            async move {
+                conn.run().await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
     }
     tracker.close();
     tracker.wait().await;
@@ -137,6 +173,10 @@ enum ConnError {
     Flv(#[from] FlvError),
     #[error("no data from the publisher for {0:?}")]
     Idle(Duration),
+    #[error("no publish within {0:?} of connecting")]
+    NoPublish(Duration),
+    #[error("over {MAX_BYTES_BEFORE_PUBLISH} bytes before publishing")]
+    TooMuchBeforePublish,
     #[error("server shutting down")]
     Shutdown,
     #[error("stream consumer went away")]
@@ -163,6 +203,10 @@ struct Connection<P> {
     publishing: Option<Publishing>,
     /// Set after refusing a request: close once the refusal is written.
     close_after_flush: bool,
+    /// A publish must be accepted by then.
+    publish_by: tokio::time::Instant,
+    /// Bytes read before a publish was accepted.
+    before_publish: usize,
 }
 
 impl<P: Publishers> Connection<P> {
@@ -228,15 +272,33 @@ impl<P: Publishers> Connection<P> {
         }
     }
 
-    /// Reads some bytes, giving up after the idle timeout or at shutdown.
+    /// Reads some bytes, giving up after the idle timeout, at the publish deadline while
+    /// not publishing, or at shutdown.
     async fn read(&mut self, buf: &mut [u8]) -> Result<usize, ConnError> {
         let idle = self.opts.idle_timeout;
-        tokio::select! {
-            () = self.shutdown.cancelled() => Err(ConnError::Shutdown),
-            read = tokio::time::timeout(idle, self.stream.read(buf)) => {
-                read.map_err(|_| ConnError::Idle(idle))?.map_err(ConnError::Io)
+        let publishing = self.publishing.is_some();
+        let deadline = if publishing {
+            tokio::time::Instant::now() + idle
+        } else {
+            self.publish_by.min(tokio::time::Instant::now() + idle)
+        };
+        let n = tokio::select! {
+            () = self.shutdown.cancelled() => return Err(ConnError::Shutdown),
+            read = tokio::time::timeout_at(deadline, self.stream.read(buf)) => match read {
+                Ok(r) => r.map_err(ConnError::Io)?,
+                Err(_) if !publishing && tokio::time::Instant::now() >= self.publish_by => {
+                    return Err(ConnError::NoPublish(self.opts.publish_timeout))
+                }
+                Err(_) => return Err(ConnError::Idle(idle)),
+            },
+        };
+        if !publishing {
+            self.before_publish += n;
+            if self.before_publish > MAX_BYTES_BEFORE_PUBLISH {
+                return Err(ConnError::TooMuchBeforePublish);
             }
         }
+        Ok(n)
     }
 
     /// Writes the queued packets; a client that stops reading counts as idle.

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::{
-    body::Bytes,
     extract::{ConnectInfo, DefaultBodyLimit, Path, State},
     http::{header, HeaderMap, HeaderValue, Method, StatusCode},
     response::{IntoResponse, Response},
@@ -26,6 +25,8 @@ pub struct HttpPush {
     pub max_bytes: usize,
     /// How long a push waits for its renditions.
     pub wait: Duration,
+    /// How long a pushed body may take to arrive.
+    pub body_timeout: Duration,
 }
 
 #[derive(Clone)]
@@ -47,14 +48,14 @@ pub fn content_type(key: &str) -> &'static str {
 /// Playback routes, plus the HTTP push route when `push` is given.
 pub fn router(storage: Storage, push: Option<HttpPush>) -> Router {
     crate::metrics::register();
-    let limit = push.as_ref().map_or(0, |p| p.max_bytes);
     Router::new()
         .route("/streams/{*path}", get(get_object).options(preflight))
         .route(
             "/live/{stream}/{file}",
+            // The handler streams the body to disk under its own limit.
             put(push_segment)
                 .post(push_segment)
-                .layer(DefaultBodyLimit::max(limit)),
+                .layer(DefaultBodyLimit::disable()),
         )
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(castwork_cluster::http::metrics_handler))
@@ -83,6 +84,7 @@ fn push_error(e: &PushError) -> Response {
         PushError::Conflict(_) => StatusCode::CONFLICT,
         PushError::Failed(_) => StatusCode::UNPROCESSABLE_ENTITY,
         PushError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        PushError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         PushError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
     error(code, e.to_string())
@@ -98,7 +100,7 @@ async fn push_segment(
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     Path((path, file)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Response {
     let Some(push) = st.push else {
         return error(
@@ -116,8 +118,12 @@ async fn push_segment(
             "push MPEG-TS segments to /live/STREAM/SEQ.ts, SEQ a number from 0",
         );
     };
-    if body.is_empty() {
-        return error(StatusCode::BAD_REQUEST, "the segment is empty");
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > push.max_bytes as u64) {
+        return too_large(push.max_bytes);
     }
     let duration_us = match headers.get("content-duration") {
         None => None,
@@ -131,24 +137,26 @@ async fn push_segment(
             }
         },
     };
-    let pushed = match push
+    // Who may push is decided first: not one byte of a stranger's body is read.
+    let admitted = match push
         .live
-        .push_segment(
-            &path,
-            seq,
-            body,
-            duration_us,
-            push.wait,
-            push_token(&headers),
-            Some(peer),
-        )
+        .admit_push(&path, push_token(&headers), Some(peer))
         .await
     {
-        Ok(p) => p,
+        Ok(a) => a,
         Err(e) => return push_error(&e),
     };
-    let stream = pushed.stream;
-    let mut answer = match pushed.renditions {
+    let stream = admitted.stream.clone();
+    let outcome = match receive(body, push.max_bytes, push.body_timeout).await {
+        Ok(file) => {
+            push.live
+                .send_pushed(&admitted, seq, file, duration_us, push.wait)
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    let mut answer = match outcome {
+        Err(PushError::TooLarge(_)) => too_large(push.max_bytes),
         Err(e) => push_error(&e),
         Ok(renditions) => {
             let multipart = headers
@@ -162,13 +170,73 @@ async fn push_segment(
             }
         }
     };
-    if let Some(t) = pushed
+    if let Some(t) = admitted
         .new_token
-        .and_then(|t| HeaderValue::from_str(&t).ok())
+        .as_deref()
+        .and_then(|t| HeaderValue::from_str(t).ok())
     {
         answer.headers_mut().insert(PUSH_TOKEN_HEADER, t);
     }
     answer
+}
+
+fn too_large(max: usize) -> Response {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("a pushed segment may be at most {} MiB", max >> 20),
+    )
+}
+
+/// Longest wait for the next piece of a pushed body.
+const BODY_IDLE: Duration = Duration::from_secs(10);
+
+/// Streams a pushed body to a file in a new temporary directory, at most `max` bytes and
+/// within `total` (and [`BODY_IDLE`] between pieces): a slow or endless body costs a
+/// bounded time and disk, never memory.
+async fn receive(
+    body: axum::body::Body,
+    max: usize,
+    total: Duration,
+) -> Result<(tempfile::TempDir, std::path::PathBuf), PushError> {
+    use futures_util::StreamExt as _;
+    use tokio::io::AsyncWriteExt as _;
+    let unavailable = |e: std::io::Error| PushError::Unavailable(format!("storing the body: {e}"));
+    let dir = tempfile::tempdir().map_err(unavailable)?;
+    let path = dir.path().join("pushed.ts");
+    let mut file = tokio::fs::File::create(&path).await.map_err(unavailable)?;
+    let mut stream = body.into_data_stream();
+    let deadline = tokio::time::Instant::now() + total;
+    let mut size = 0usize;
+    loop {
+        let wait = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .min(BODY_IDLE);
+        let piece = match tokio::time::timeout(wait, stream.next()).await {
+            Err(_) => {
+                return Err(PushError::BadRequest(format!(
+                    "the segment's body did not arrive in time (at most {} s, and {} s \
+                     between pieces)",
+                    total.as_secs(),
+                    BODY_IDLE.as_secs()
+                )))
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return Err(PushError::BadRequest(format!("reading the body: {e}")))
+            }
+            Ok(Some(Ok(p))) => p,
+        };
+        size += piece.len();
+        if size > max {
+            return Err(PushError::TooLarge(max));
+        }
+        file.write_all(&piece).await.map_err(unavailable)?;
+    }
+    file.flush().await.map_err(unavailable)?;
+    if size == 0 {
+        return Err(PushError::BadRequest("the segment is empty".into()));
+    }
+    Ok((dir, path))
 }
 
 /// The renditions of a segment as JSON, with URLs on this server.

@@ -68,6 +68,7 @@ impl Server {
             target_ms: 2000,
             max_ms: 10_000,
             idle_timeout,
+            ..Default::default()
         };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(serve(listener, publishers, opts, shutdown.clone()));

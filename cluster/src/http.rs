@@ -1,28 +1,106 @@
-//! Serving an axum router with graceful shutdown, plus the `/metrics` handler.
+//! Serving an axum router with bounded cost per client (a connection cap, a deadline for
+//! each request's head, a deadline for each handler) and graceful shutdown, plus the
+//! `/metrics` handler.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
-use axum::{http::header, response::IntoResponse, Router};
+use axum::{extract::ConnectInfo, http::header, response::IntoResponse, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio_util::sync::CancellationToken;
+use tower_service::Service as _;
+
+/// What one HTTP listener lets its clients cost.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Open connections at once; a client past it is disconnected at once (HTTP/1.1: one
+    /// request at a time per connection, so this also bounds concurrent requests).
+    pub max_connections: usize,
+    /// Time a client has to send a request's whole head, counted from when the server
+    /// starts waiting for it (an idle keep-alive connection included): a slow-loris client
+    /// that sends a byte every few seconds is dropped.
+    pub header_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(10),
+        }
+    }
+}
 
 /// Binds `addr` (port 0 picks a free one), serves `router` until `shutdown` is cancelled,
-/// and returns the bound address.
+/// and returns the bound address. Handlers see the client's address as
+/// `ConnectInfo<SocketAddr>`.
 pub async fn serve(
     addr: SocketAddr,
     router: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
+    serve_with(addr, router, Limits::default(), shutdown).await
+}
+
+/// [`serve`] with explicit [`Limits`].
+pub async fn serve_with(
+    addr: SocketAddr,
+    router: Router,
+    limits: Limits,
+    shutdown: CancellationToken,
+) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
+    std::sync::LazyLock::force(&crate::metrics::HTTP_REFUSED);
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
     tokio::spawn(async move {
-        let r = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
-        if let Err(e) = r {
-            tracing::error!(error = %e, "http server failed");
+        loop {
+            let (stream, peer) = tokio::select! {
+                () = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "http accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                crate::metrics::HTTP_REFUSED.inc();
+                tracing::debug!(%peer, "http connection refused: at the connection limit");
+                drop(stream);
+                continue;
+            };
+            let router = router.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
+                    req.extensions_mut().insert(ConnectInfo(peer));
+                    let mut router = router.clone();
+                    async move { router.call(req.map(axum::body::Body::new)).await }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(limits.header_timeout)
+                    .max_buf_size(64 * 1024)
+                    .serve_connection(TokioIo::new(stream), svc);
+                tokio::pin!(conn);
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        if let Err(e) = r {
+                            tracing::debug!(%peer, error = %e, "http connection ended");
+                        }
+                    }
+                    () = shutdown.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
+                    }
+                }
+                drop(permit);
+            });
         }
     });
     Ok(bound)

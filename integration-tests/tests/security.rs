@@ -477,3 +477,146 @@ fn hostile_ladders_and_source_claims_are_refused() {
         cluster.logs()
     );
 }
+
+/// Whether the server closed `conn` (EOF or reset) within `within`.
+fn closed_by_server(conn: &mut TcpStream, within: Duration) -> bool {
+    conn.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 256];
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Sends `bytes` one at a time, `gap` apart, until the server closes the connection or
+/// `limit` passes; returns how long the server let it go on.
+fn trickle(addr: &str, bytes: &[u8], gap: Duration, limit: Duration) -> Duration {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let start = Instant::now();
+    for b in bytes.iter().cycle() {
+        if s.write_all(&[*b]).is_err() || start.elapsed() > limit {
+            break;
+        }
+        if closed_by_server(&mut s, gap) {
+            break;
+        }
+    }
+    start.elapsed()
+}
+
+/// 500 idle HTTP and 500 idle RTMP connections do not stop a real publisher on either, and
+/// the server drops them; slow-loris clients (a byte every second: in an HTTP head, in a
+/// pushed body, before an RTMP publish) are dropped after a bounded time; past the
+/// connection cap a client is closed at once, and served again once the idle ones are
+/// gone.
+#[test]
+fn idle_and_slow_clients_do_not_stop_real_publishers() {
+    let _serial = serial();
+    let mut cluster = Cluster::start(2);
+    let live = cluster.serve_live(&[
+        "--http-header-secs",
+        "3",
+        "--rtmp-publish-secs",
+        "3",
+        "--http-push-body-secs",
+        "4",
+    ]);
+    let segs = pre_cut_segments(cluster.dir.path(), 4);
+    let mut idle: Vec<TcpStream> = Vec::new();
+    for _ in 0..500 {
+        idle.push(TcpStream::connect(&live.http).unwrap());
+        idle.push(TcpStream::connect(&live.rtmp).unwrap());
+    }
+    let publisher = rtmp_publisher(&live.rtmp_url("real-rtmp"), 4);
+    let mut pusher = Pusher::new(&live, "real-http");
+    let a = pusher.put(0, &segs[0]);
+    assert_eq!(a.status, 200, "{}\n{}", a.text(), cluster.logs());
+    let (ok, err) = finish(publisher, Duration::from_secs(60));
+    assert!(ok, "the real RTMP publisher: {err}\n{}", cluster.logs());
+    let dropped = idle
+        .iter_mut()
+        .map(|c| closed_by_server(c, Duration::from_secs(5)))
+        .filter(|closed| *closed)
+        .count();
+    assert_eq!(dropped, 1000, "idle connections are dropped");
+
+    let head = b"PUT /live/loris/0.ts HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n";
+    let took = trickle(
+        &live.http,
+        head,
+        Duration::from_secs(1),
+        Duration::from_secs(20),
+    );
+    assert!(
+        took < Duration::from_secs(8),
+        "a slow HTTP head held on for {took:?}"
+    );
+    let took = trickle(
+        &live.rtmp,
+        &[3u8; 1537],
+        Duration::from_secs(1),
+        Duration::from_secs(20),
+    );
+    assert!(
+        took < Duration::from_secs(8),
+        "a slow RTMP client held on for {took:?}"
+    );
+    // A slow body: the head arrives, the body trickles.
+    let mut s = TcpStream::connect(&live.http).unwrap();
+    let t = Instant::now();
+    write!(
+        s,
+        "PUT /live/slow-body/0.ts HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\nContent-Duration: 2000\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    while t.elapsed() < Duration::from_secs(20) {
+        let _ = s.write_all(&[0x47]);
+        let mut buf = [0u8; 4096];
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        if answer.windows(4).any(|w| w == b"\r\n\r\n")
+            && String::from_utf8_lossy(&answer).contains("arrive in time")
+        {
+            break;
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("did not arrive in time"), "{answer}");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+
+    // The connection cap.
+    let capped = cluster.serve_live(&["--http-max-connections", "20", "--http-header-secs", "3"]);
+    let mut held: Vec<TcpStream> = (0..20)
+        .map(|_| TcpStream::connect(&capped.http).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut extra = TcpStream::connect(&capped.http).unwrap();
+    assert!(
+        closed_by_server(&mut extra, Duration::from_secs(2)),
+        "past the cap a client is closed at once"
+    );
+    // Once the idle ones are dropped (the head timeout), clients are served again.
+    for c in &mut held {
+        assert!(closed_by_server(c, Duration::from_secs(5)));
+    }
+    wait_until("served again", Duration::from_secs(10), || {
+        http_get(&capped.http, "/healthz").is_some_and(|(c, _)| c == 200)
+    });
+    let refused = "castwork_http_connections_refused_total ";
+    assert!(metric(&capped.http, refused) >= 1.0);
+}

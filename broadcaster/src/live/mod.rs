@@ -13,7 +13,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use castwork_cluster::Storage;
 use castwork_protocol::{validate_stream_name, Profile, RenditionRef};
 use tokio::sync::{mpsc, oneshot};
@@ -100,16 +99,14 @@ struct Entry {
     push_token: Option<String>,
 }
 
-/// What an HTTP push did.
-#[derive(Debug)]
-pub struct Pushed {
-    /// The stream the segment went to.
+/// An HTTP push let in, before its body is read.
+pub struct Admitted {
+    /// The stream the segment goes to.
     pub stream: String,
+    tx: mpsc::Sender<Cmd>,
     /// The stream's push token, when this push started the stream: later segments must
     /// carry it.
     pub new_token: Option<String>,
-    /// The segment's renditions, or why it has none.
-    pub renditions: Result<Vec<RenditionRef>, PushError>,
 }
 
 /// The header that carries a pushed stream's token.
@@ -303,50 +300,41 @@ impl Live {
         Ok((grant.stream, tx, token))
     }
 
-    /// Takes one HTTP-pushed segment and waits until its renditions are done.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn push_segment(
+    /// Admits an HTTP push to `path` (`/live/PATH/SEQ.ts`) before its body is read: the
+    /// running stream it continues (with its token, or with stream keys the key as
+    /// `path`) or a new one the ingest check allows.
+    pub async fn admit_push(
         self: &Arc<Self>,
         path: &str,
-        seq: u64,
-        body: Bytes,
-        duration_us: Option<i64>,
-        wait: Duration,
         token: Option<&str>,
         peer: Option<std::net::SocketAddr>,
-    ) -> Result<Pushed, PushError> {
+    ) -> Result<Admitted, PushError> {
         if path.is_empty() || path.len() > 256 || path.chars().any(|c| c.is_control()) {
             return Err(PushError::BadRequest(
                 "push to /live/STREAM/SEQ.ts (or /live/STREAM_KEY/SEQ.ts)".into(),
             ));
         }
-        let arrived = SystemTime::now();
         let (stream, tx, new_token) = self.http_stream(path, token, peer).await?;
-        let renditions = self
-            .send_pushed(&tx, seq, body, duration_us, wait, arrived)
-            .await;
-        Ok(Pushed {
+        Ok(Admitted {
             stream,
+            tx,
             new_token,
-            renditions,
         })
     }
 
-    /// Hands a pushed segment to its stream's task and waits for its renditions.
-    async fn send_pushed(
+    /// Hands a pushed segment (its file in `dir`, which this removes) to its stream's
+    /// task and waits up to `wait` for its renditions.
+    pub async fn send_pushed(
         &self,
-        tx: &mpsc::Sender<Cmd>,
+        to: &Admitted,
         seq: u64,
-        body: Bytes,
+        file: (tempfile::TempDir, std::path::PathBuf),
         duration_us: Option<i64>,
         wait: Duration,
-        arrived: SystemTime,
     ) -> Result<Vec<RenditionRef>, PushError> {
-        let dir = tempfile::tempdir().map_err(|e| PushError::Unavailable(e.to_string()))?;
-        let path = dir.path().join("pushed.ts");
-        tokio::fs::write(&path, &body)
-            .await
-            .map_err(|e| PushError::Unavailable(e.to_string()))?;
+        let (dir, path) = file;
+        let arrived = SystemTime::now();
+        let tx = &to.tx;
         let (reply, answer) = oneshot::channel();
         let piece = Piece {
             path,
@@ -494,6 +482,9 @@ pub enum PushError {
     /// Not allowed to publish (no or a wrong key or token, or the webhook said no).
     #[error("{0}")]
     Forbidden(String),
+    /// The body is over this many bytes.
+    #[error("a pushed segment may be at most {0} bytes")]
+    TooLarge(usize),
     #[error("{0}")]
     Conflict(String),
     /// The segment or stream was refused or failed.
