@@ -110,6 +110,7 @@ pub fn measure(
             },
             broadcaster: None,
             target_duration_secs: None,
+            secret: "bench-publisher-secret".into(),
         }))
         .await?;
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -137,6 +138,7 @@ pub fn measure(
                     arrived_unix_ms: None,
                     discontinuity: false,
                     payment: None,
+                    secret: "bench-publisher-secret".into(),
                 }))
             }))
             .await?;
@@ -145,6 +147,7 @@ pub fn measure(
             stream: stream.clone(),
             session,
             segments,
+            secret: "bench-publisher-secret".into(),
         }))
         .await?;
         broker.close().await;

@@ -23,6 +23,8 @@ const EVENT_QUEUE_EXPIRES_MS: i64 = 3_600_000;
 
 pub struct Link {
     url: String,
+    /// The push's publisher secret, put on every ingest message it sends.
+    secret: String,
     stream: String,
     queue: String,
     broker: Option<Broker>,
@@ -36,6 +38,8 @@ impl Link {
     pub async fn open(url: &str, stream: &str, session: Uuid) -> anyhow::Result<Link> {
         let mut link = Link {
             url: url.to_string(),
+            secret: crate::live::auth::random_hex(16)
+                .context("making the stream's publisher secret")?,
             stream: stream.to_string(),
             queue: format!("castwork.push.{session}"),
             broker: None,
@@ -125,7 +129,7 @@ impl Link {
 
     /// [`Link::publish`] within a trace: the message carries `span`'s context.
     pub async fn publish_in(&mut self, msg: &IngestMessage, span: &Span) -> anyhow::Result<()> {
-        let body = encode(msg);
+        let body = encode(&msg.clone().with_secret(&self.secret));
         loop {
             let r = match &self.broker {
                 Some(b) => b

@@ -120,6 +120,7 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
             .map(|p| p.address().to_string())
             .or(req.broadcaster.clone()),
         target_duration_secs: None,
+        secret: String::new(),
     }))
     .await?;
     let admitted = tokio::time::timeout(req.admit_timeout, async {
@@ -274,6 +275,7 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
         stream: req.stream.clone(),
         session,
         segments: summary.segments,
+        secret: String::new(),
     }))
     .await?;
     if !req.wait {
@@ -331,6 +333,7 @@ async fn end_early(link: &mut Link, stream: &str, session: Uuid, segments: u64) 
         stream: stream.to_string(),
         session,
         segments,
+        secret: String::new(),
     });
     if let Err(e) = link.publish(&msg).await {
         tracing::warn!(error = %e, "could not close the stream after the failure");
@@ -428,6 +431,7 @@ async fn upload_segment(
         arrived_unix_ms: None,
         discontinuity: false,
         payment: pay.payment,
+        secret: String::new(),
     });
     link.publish_in(&msg, &publish).await?;
     if pay.twice {

@@ -198,6 +198,7 @@ fn corrupt_and_malicious_input_is_refused_and_the_rest_completes() {
         source,
         broadcaster: None,
         target_duration_secs: None,
+        secret: "faults-publisher-secret".into(),
     }));
     // Garbage at the orchestrator's door: not JSON, a future version, an oversized message.
     inj.publish(INGEST_EXCHANGE, "ingest", b"{not json");
@@ -267,12 +268,14 @@ fn corrupt_and_malicious_input_is_refused_and_the_rest_completes() {
             arrived_unix_ms: None,
             discontinuity: false,
             payment: None,
+            secret: "faults-publisher-secret".into(),
         }));
     }
     inj.ingest(&IngestMessage::StreamEnded(StreamEnded {
         stream: stream.clone(),
         session,
         segments: total,
+        secret: "faults-publisher-secret".into(),
     }));
 
     let s = cluster.wait_complete(&stream, Duration::from_secs(120));

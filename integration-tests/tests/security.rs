@@ -96,43 +96,90 @@ fn far_future_sequence_numbers_are_refused_and_make_no_work() {
     );
     assert!(t.elapsed() < Duration::from_secs(10), "refused at once");
 
-    // Over AMQP, as a broadcaster with broker access (or a forged message) would send it.
+    // Over AMQP, by someone who can publish ingest messages: to the HTTP stream, knowing
+    // its name and session (GET /streams/NAME shows the session) but not its publisher's
+    // secret, an early end and a far segment are refused as not the publisher's.
     let url = cluster.redis_url().to_string();
     let session = redis_cli(&url, &["HGET", &format!("cw:stream:{stream}"), "session"]);
     let session: uuid::Uuid = session.parse().expect("the stream is registered");
+    let stored = redis_cli(&url, &["HGET", &format!("cw:stream:{stream}"), "secret"]);
+    assert_eq!(
+        stored.len(),
+        64,
+        "only the secret's SHA-256 is kept: {stored}"
+    );
+    let status = cluster.status(stream).to_string();
+    assert!(
+        !status.contains(&stored) && !status.contains("secret"),
+        "{status}"
+    );
     let huge = 1u64 << 60;
     let injector = Injector::new(&cluster.amqp_url);
-    let ready = IngestMessage::SegmentReady(SegmentReady {
-        stream: stream.into(),
-        session,
-        seq: huge,
-        start_us: 1_000_000,
-        duration_us: 2_000_000,
-        last_pts_us: 2_966_666,
-        frames: 60,
-        has_audio: true,
-        object: ObjectRef {
-            key: format!("streams/{stream}/source/{huge}.ts"),
-            size: 1,
-            sha256: "00".repeat(32),
-        },
-        arrived_unix_ms: Some(castwork_protocol::time::now_unix_ms()),
-        discontinuity: false,
-        payment: None,
-    });
-    injector.publish(INGEST_EXCHANGE, "ingest", &encode(&ready));
-    let ended = IngestMessage::StreamEnded(StreamEnded {
-        stream: stream.into(),
-        session,
-        segments: huge,
-    });
-    injector.publish(INGEST_EXCHANGE, "ingest", &encode(&ended));
-    let rejected = "castwork_orchestrator_rejected_messages_total{queue=\"castwork.ingest\",reason=\"seq_window\"}";
+    let far = |stream: &str, session| {
+        encode(&IngestMessage::SegmentReady(SegmentReady {
+            stream: stream.into(),
+            session,
+            seq: huge,
+            start_us: 1_000_000,
+            duration_us: 2_000_000,
+            last_pts_us: 2_966_666,
+            frames: 60,
+            has_audio: true,
+            object: ObjectRef {
+                key: format!("streams/{stream}/source/{huge}.ts"),
+                size: 1,
+                sha256: "00".repeat(32),
+            },
+            arrived_unix_ms: Some(castwork_protocol::time::now_unix_ms()),
+            discontinuity: false,
+            payment: None,
+            secret: "attacker-own-secret".into(),
+        }))
+    };
+    let end = |stream: &str, session, segments| {
+        encode(&IngestMessage::StreamEnded(StreamEnded {
+            stream: stream.into(),
+            session,
+            segments,
+            secret: "attacker-own-secret".into(),
+        }))
+    };
+    injector.publish(INGEST_EXCHANGE, "ingest", &far(stream, session));
+    injector.publish(INGEST_EXCHANGE, "ingest", &end(stream, session, 1));
+    let not_publisher = "castwork_orchestrator_rejected_messages_total{queue=\"castwork.ingest\",reason=\"not_publisher\"}";
     wait_until(
         "both forged messages refused",
         Duration::from_secs(20),
-        || metric(&cluster.orchestrator_addr, rejected) >= 2.0,
+        || metric(&cluster.orchestrator_addr, not_publisher) >= 2.0,
     );
+
+    // The attacker's own stream, with its own secret: the far segment and an end claiming
+    // 2^60 segments are refused by the window.
+    let own = uuid::Uuid::now_v7();
+    injector.publish(
+        INGEST_EXCHANGE,
+        "ingest",
+        &started(
+            "own-stream",
+            own,
+            parse_profiles("P240p30fps16x9").unwrap(),
+            source(640, 360),
+        ),
+    );
+    wait_until(
+        "the attacker's stream admitted",
+        Duration::from_secs(20),
+        || {
+            http_get(&cluster.orchestrator_addr, "/streams/own-stream")
+                .is_some_and(|(c, _)| c == 200)
+        },
+    );
+    injector.publish(INGEST_EXCHANGE, "ingest", &far("own-stream", own));
+    injector.publish(INGEST_EXCHANGE, "ingest", &end("own-stream", own, huge));
+    let rejected = "castwork_orchestrator_rejected_messages_total{queue=\"castwork.ingest\",reason=\"seq_window\"}";
+    wait_until("both far messages refused", Duration::from_secs(20), || {
+        metric(&cluster.orchestrator_addr, rejected) >= 2.0
+    });
 
     // A real gap (segments 1-4 never arrive) within the window.
     let fifth = push(5, &std::fs::read(&segs[1]).unwrap());
@@ -368,6 +415,7 @@ fn started(
         source: src,
         broadcaster: None,
         target_duration_secs: None,
+        secret: "attacker-own-secret".into(),
     }))
 }
 
@@ -447,12 +495,14 @@ fn hostile_ladders_and_source_claims_are_refused() {
         arrived_unix_ms: None,
         discontinuity: false,
         payment: None,
+        secret: "attacker-own-secret".into(),
     });
     injector.publish(INGEST_EXCHANGE, "ingest", &encode(&ready));
     let ended = IngestMessage::StreamEnded(StreamEnded {
         stream: "liar".into(),
         session,
         segments: 1,
+        secret: "attacker-own-secret".into(),
     });
     injector.publish(INGEST_EXCHANGE, "ingest", &encode(&ended));
     let done = cluster.wait_complete("liar", Duration::from_secs(60));

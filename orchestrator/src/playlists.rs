@@ -160,6 +160,7 @@ mod tests {
             broadcaster: None,
             pixels: 0,
             fee: 0,
+            secret_hash: String::new(),
         }
     }
 

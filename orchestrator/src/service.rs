@@ -207,6 +207,28 @@ impl Orchestrator {
     }
 }
 
+/// Whether a message about `rec` carries its publisher's secret; a message that does not
+/// is refused (logged and counted), whoever sent it.
+fn is_from_publisher(rec: &StreamRecord, secret: &str, stream: &str) -> bool {
+    if !rec.secret_hash.is_empty() && secret_hash(secret) == rec.secret_hash {
+        return true;
+    }
+    warn!(
+        stream,
+        "message refused: it does not carry the stream's publisher secret"
+    );
+    metrics::REJECTED_MESSAGES
+        .with_label_values(&[castwork_protocol::INGEST_QUEUE, "not_publisher"])
+        .inc();
+    false
+}
+
+/// What the orchestrator keeps of a publisher's secret.
+fn secret_hash(secret: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(secret.as_bytes()))
+}
+
 /// A failure of a segment's attempt that no retry can help (the orchestrator's own
 /// refusal, such as an account that cannot pay).
 fn permanent(stream: &str, seq: u64, attempt: u32, message: String) -> SegmentFailed {
@@ -299,6 +321,7 @@ impl Orchestrator {
                 s.target_duration_secs
                     .filter(|_| s.mode == StreamMode::Live),
                 s.broadcaster.as_deref().filter(|_| !self.price.is_free()),
+                &secret_hash(&s.secret),
             )
             .await?)
     }
@@ -306,6 +329,16 @@ impl Orchestrator {
     async fn stream_started(&self, s: StreamStarted) -> Result<(), HandleError> {
         if let Err(m) = validate_stream_name(&s.stream) {
             return self.reject(&s, m).await;
+        }
+        if s.secret.len() < 16 || s.secret.len() > 256 {
+            return self
+                .reject(
+                    &s,
+                    "the stream has no publisher secret (16-256 characters): update the \
+                     broadcaster"
+                        .into(),
+                )
+                .await;
         }
         let ladder = match profile::validate(s.ladder.clone()) {
             Ok(l) => l,
@@ -401,6 +434,9 @@ impl Orchestrator {
             );
             return Ok(());
         };
+        if !is_from_publisher(&rec, &s.secret, &s.stream) {
+            return Ok(());
+        }
         let prefix = format!("streams/{}/source/", s.stream);
         if rec.state != "active"
             || rec.session != s.session.to_string()
@@ -535,7 +571,11 @@ impl Orchestrator {
 
     async fn stream_ended(&self, s: StreamEnded) -> Result<(), HandleError> {
         match self.state.stream(&s.stream).await? {
-            Some(rec) if rec.session == s.session.to_string() => {}
+            Some(rec) if rec.session == s.session.to_string() => {
+                if !is_from_publisher(&rec, &s.secret, &s.stream) {
+                    return Ok(());
+                }
+            }
             _ => {
                 warn!(
                     stream = s.stream,

@@ -109,6 +109,19 @@ pub enum IngestMessage {
     StreamEnded(StreamEnded),
 }
 
+impl IngestMessage {
+    /// The message with its stream's publisher secret (see [`StreamStarted::secret`]).
+    pub fn with_secret(mut self, secret: &str) -> Self {
+        let field = match &mut self {
+            IngestMessage::StreamStarted(m) => &mut m.secret,
+            IngestMessage::SegmentReady(m) => &mut m.secret,
+            IngestMessage::StreamEnded(m) => &mut m.secret,
+        };
+        *field = secret.to_string();
+        self
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StreamStarted {
     pub stream: String,
@@ -125,6 +138,12 @@ pub struct StreamStarted {
     /// longest segment the broadcaster lets through).
     #[serde(default)]
     pub target_duration_secs: Option<u32>,
+    /// The publisher's secret for this stream, chosen at random by the broadcaster: its
+    /// `SegmentReady` and `StreamEnded` must carry it. The orchestrator keeps only its hash
+    /// and never shows it, so knowing a stream's name and session is not enough to add to
+    /// it or end it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub secret: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -153,6 +172,9 @@ pub struct SegmentReady {
     /// On-chain mode: the tickets paying for this segment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payment: Option<crate::payment::Payment>,
+    /// The stream's publisher secret (see [`StreamStarted::secret`]).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub secret: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -161,6 +183,9 @@ pub struct StreamEnded {
     pub session: Uuid,
     /// Number of segments the stream has in all (sequence numbers 0..segments).
     pub segments: u64,
+    /// The stream's publisher secret (see [`StreamStarted::secret`]).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub secret: String,
 }
 
 /// Orchestrator -> worker: transcode one source segment into every rung.
@@ -428,6 +453,7 @@ mod tests {
             stream: "s".into(),
             session: Uuid::nil(),
             segments: 3,
+            secret: String::new(),
         });
         let bytes = encode(&m);
         let text = String::from_utf8(bytes.clone()).unwrap();

@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use crate::rtmp::{Accepted, PublishRequest, Publishers, RtmpEvent};
 
-mod auth;
+pub mod auth;
 mod stream;
 
 pub use auth::{authorize, Grant, IngestAuth, KeyStore, Publish};

@@ -151,6 +151,7 @@ impl StreamTask {
                 stream: self.name.clone(),
                 session: self.session,
                 segments: self.segments,
+                secret: String::new(),
             }))
             .await?;
         }
@@ -328,6 +329,7 @@ impl StreamTask {
             arrived_unix_ms: Some(unix_ms(arrived)),
             discontinuity: std::mem::take(&mut self.discontinuity),
             payment,
+            secret: String::new(),
         });
         if let Some(link) = self.link.as_mut() {
             let publish = span.child("publish segment", &[]);
@@ -353,6 +355,7 @@ impl StreamTask {
                 None => cfg.broadcaster.clone(),
             },
             target_duration_secs: Some(cfg.target_duration_secs),
+            secret: String::new(),
         }))
         .await?;
         let session = self.session;

@@ -139,6 +139,10 @@ pub struct StreamRecord {
     /// Output pixels of the accepted segments, and what they were charged (wei).
     pub pixels: u64,
     pub fee: i64,
+    /// SHA-256 (hex) of the publisher's secret: its segments and end must carry the
+    /// secret. Never shown.
+    #[serde(skip)]
+    pub secret_hash: String,
 }
 
 /// The balance of a paying account, in wei.
@@ -309,6 +313,7 @@ impl State {
         source: &SourceMetadata,
         target_duration_secs: Option<u32>,
         broadcaster: Option<&str>,
+        secret_hash: &str,
     ) -> redis::RedisResult<i64> {
         REGISTER_STREAM
             .get()
@@ -322,6 +327,7 @@ impl State {
             .arg(stream)
             .arg(target_duration_secs.map_or(String::new(), |t| t.to_string()))
             .arg(broadcaster.unwrap_or_default())
+            .arg(secret_hash)
             .invoke_async(&mut self.redis.clone())
             .await
     }
@@ -944,6 +950,7 @@ fn parse_stream(
         broadcaster: h.get("broadcaster").cloned(),
         pixels: num("pixels").unwrap_or(0),
         fee: h.get("fee").and_then(|v| v.parse().ok()).unwrap_or(0),
+        secret_hash: h.get("secret").cloned().unwrap_or_default(),
     }))
 }
 

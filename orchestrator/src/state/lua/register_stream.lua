@@ -1,6 +1,6 @@
 local cur = redis.call('HGET', KEYS[1], 'session')
 if cur then
-  if cur == ARGV[1] then return 2 end
+  if cur == ARGV[1] and redis.call('HGET', KEYS[1], 'secret') == ARGV[8] then return 2 end
   local old = redis.call('HMGET', KEYS[1], 'mode', 'state')
   if old[1] == 'live' and old[2] == 'complete' and ARGV[2] == 'live' then return 3 end
   return 0
@@ -10,6 +10,7 @@ redis.call('HSET', KEYS[1], 'session', ARGV[1], 'mode', ARGV[2], 'plan', ARGV[3]
   'skipped', 0)
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'target_duration', ARGV[6]) end
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'broadcaster', ARGV[7]) end
+redis.call('HSET', KEYS[1], 'secret', ARGV[8])
 redis.call('SADD', KEYS[2], ARGV[5])
 if ARGV[2] == 'live' then redis.call('SADD', KEYS[3], ARGV[5]) end
 return 1
