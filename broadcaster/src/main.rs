@@ -136,9 +136,19 @@ enum Command {
     /// publishes to rtmp://HOST:1935/live/STREAM_KEY and segments pushed over HTTP to
     /// PUT /live/STREAM/SEQ.ts.
     Serve {
-        /// Address of the HTTP server (playback and HTTP push).
+        /// Address of the HTTP server: playback, and HTTP push unless --push-addr is set.
         #[arg(long, env = "BROADCASTER_HTTP_ADDR", default_value = "127.0.0.1:8935")]
         http_addr: SocketAddr,
+
+        /// Take HTTP push on this address instead of --http-addr, so playback can be
+        /// public while ingest stays on a private network.
+        #[arg(long, env = "PUSH_ADDR")]
+        push_addr: Option<SocketAddr>,
+
+        /// Viewers must show this token (?token=T, which also sets a cookie for the
+        /// player's next requests, or Authorization: Bearer T). Unset: playback is public.
+        #[arg(long, env = "PLAYBACK_TOKEN", hide_env_values = true)]
+        playback_token: Option<String>,
 
         #[command(flatten)]
         live: LiveArgs,
@@ -457,7 +467,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let storage = Storage::from_url(&cli.service.storage_url)?;
     match cli.command {
         Command::Chain { .. } | Command::Keys { .. } => unreachable!("handled above"),
-        Command::Serve { http_addr, live } => {
+        Command::Serve {
+            http_addr,
+            push_addr,
+            playback_token,
+            live,
+        } => {
             let shutdown = shutdown_token();
             let push = if live.no_live {
                 None
@@ -478,9 +493,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 max_connections: live.http_max_connections.max(1),
                 header_timeout: Duration::from_secs(live.http_header_secs.max(1)),
             };
+            // With --push-addr, HTTP push gets a listener of its own.
+            let push = match (push_addr, push) {
+                (Some(addr), Some(push)) => {
+                    let bound = http::serve_with(
+                        addr,
+                        serve::push_router(storage.clone(), push),
+                        limits,
+                        shutdown.clone(),
+                    )
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot listen for HTTP push on {addr}: {e}"))?;
+                    tracing::info!(%bound, "HTTP push at http://{bound}/live/STREAM/SEQ.ts");
+                    None
+                }
+                (_, push) => push,
+            };
             let addr = http::serve_with(
                 http_addr,
-                serve::router(storage.clone(), push),
+                serve::router(storage.clone(), push, playback_token),
                 limits,
                 shutdown.clone(),
             )

@@ -124,6 +124,25 @@ impl Storage {
         }
     }
 
+    /// Deletes every object whose key starts with `prefix` (a folder: `streams/NAME/`);
+    /// returns how many.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<u64, StorageError> {
+        use futures_util::StreamExt as _;
+        // Listing a path lists whole segments under it: `streams/a` never lists `streams/ab`.
+        let mut listing = self
+            .store
+            .list(Some(&Self::path(prefix.trim_end_matches('/'))?));
+        let mut n = 0;
+        while let Some(meta) = listing.next().await {
+            let meta = meta.map_err(|e| Self::err(prefix, e))?;
+            match self.store.delete(&meta.location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => n += 1,
+                Err(e) => return Err(Self::err(meta.location.as_ref(), e)),
+            }
+        }
+        Ok(n)
+    }
+
     /// Checks the store answers: a missing object is a healthy answer.
     pub async fn healthcheck(&self) -> Result<(), StorageError> {
         self.size("castwork-healthcheck").await.map(|_| ())
@@ -160,6 +179,15 @@ mod tests {
         ));
         s.delete("streams/a/source/0.ts").await.unwrap();
         s.delete("streams/a/source/0.ts").await.unwrap();
+        for k in [
+            "streams/a/x/1.ts",
+            "streams/a/index.m3u8",
+            "streams/ab/keep.ts",
+        ] {
+            s.put(k, Bytes::from_static(b"x")).await.unwrap();
+        }
+        assert_eq!(s.delete_prefix("streams/a/").await.unwrap(), 2);
+        assert_eq!(s.size("streams/ab/keep.ts").await.unwrap(), Some(1));
         assert!(Storage::from_url("ftp://x").is_err());
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -670,3 +670,203 @@ fn idle_and_slow_clients_do_not_stop_real_publishers() {
     let refused = "castwork_http_connections_refused_total ";
     assert!(metric(&capped.http, refused) >= 1.0);
 }
+
+/// Files under `dir`, recursively (a local store may leave empty folders behind).
+fn files_under(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |d| {
+        d.flatten()
+            .map(|e| {
+                let p = e.path();
+                if p.is_dir() {
+                    files_under(&p)
+                } else {
+                    1
+                }
+            })
+            .sum()
+    })
+}
+
+/// Requests that change state need the orchestrator's API token; an ended stream's state
+/// is forgotten after the retention (its playback stays); `streams delete` removes state
+/// and objects; `/status` reads a page of streams, not all of them. The broadcaster can
+/// take pushes on a private address and lock playback with a token.
+#[test]
+fn state_changes_need_the_token_and_nothing_grows_forever() {
+    let _serial = serial();
+    let token = "operator-token-0123456789";
+    // A retention of 0.0005 days is about 43 s.
+    let mut cluster = Cluster::start_with(
+        1,
+        &["--api-token", token, "--retain-days", "0.0005"],
+        Vec::new(),
+    );
+    let input = clip(cluster.dir.path(), 2);
+    let rung = ["--profiles", "P240p30fps16x9"];
+    for name in ["doomed", "retained", "by-cli"] {
+        let out = cluster.push(&input, name, &rung);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let orch = cluster.orchestrator_addr.clone();
+    let delete = |name: &str, auth: Option<&str>| {
+        let bearer = auth.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = bearer
+            .iter()
+            .map(|b| ("Authorization", b.as_str()))
+            .collect();
+        http_request(
+            &orch,
+            "DELETE",
+            &format!("/streams/{name}"),
+            &headers,
+            b"",
+            Duration::from_secs(20),
+        )
+        .unwrap()
+    };
+    for auth in [None, Some("guessed-token-0000000000")] {
+        let a = delete("doomed", auth);
+        assert_eq!(a.status, 401, "{}", a.text());
+    }
+    assert_eq!(cluster.status("doomed")["state"], "complete", "still there");
+    let a = delete("doomed", Some(token));
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(http_get(&orch, "/streams/doomed").map(|r| r.0), Some(404));
+    assert_eq!(
+        files_under(&cluster.storage_dir().join("streams/doomed")),
+        0,
+        "objects deleted"
+    );
+    assert!(
+        files_under(&cluster.storage_dir().join("streams/retained")) > 0,
+        "others kept"
+    );
+
+    let out = std::process::Command::new(bin("orchestrator"))
+        .env("REDIS_URL", cluster.redis_url())
+        .env(
+            "STORAGE_URL",
+            format!("file://{}", cluster.storage_dir().display()),
+        )
+        .args(["streams", "delete", "by-cli"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("deleted stream by-cli"));
+    assert_eq!(http_get(&orch, "/streams/by-cli").map(|r| r.0), Some(404));
+
+    // A page of one stream, with the counts of all.
+    let (_, body) = http_get(&orch, "/status?per_page=1").unwrap();
+    let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(page["streams"].as_array().unwrap().len(), 1, "{page}");
+    assert_eq!(page["streams_ended"], 1, "{page}");
+
+    // Retention: the ended stream's state goes, its playback stays.
+    wait_until(
+        "the retention forgets the stream",
+        Duration::from_secs(90),
+        || http_get(&orch, "/streams/retained").is_some_and(|(c, _)| c == 404),
+    );
+    let left = redis_cli(cluster.redis_url(), &["KEYS", "cw:stream:retained*"]);
+    assert!(left.is_empty(), "{left}");
+    let master = cluster.storage_dir().join("streams/retained/index.m3u8");
+    assert!(master.exists(), "playback stays");
+
+    // The broadcaster: push on a private address, playback behind a token.
+    let push_addr = format!("127.0.0.1:{}", free_port());
+    let live = cluster.serve_live(&[
+        "--push-addr",
+        &push_addr,
+        "--playback-token",
+        "viewer-token-42",
+    ]);
+    let segs = pre_cut_segments(cluster.dir.path(), 2);
+    let mut on_playback = Pusher::new(&live, "locked");
+    let a = on_playback.put(0, &segs[0]);
+    assert_eq!(
+        a.status,
+        404,
+        "no push on the playback address: {}",
+        a.text()
+    );
+    let mut pusher = Pusher {
+        addr: push_addr,
+        path: "locked".into(),
+        token: None,
+    };
+    let a = pusher.put(0, &segs[0]);
+    assert_eq!(a.status, 200, "{}\n{}", a.text(), cluster.logs());
+    let path = "/streams/retained/index.m3u8";
+    let get = |path: &str, headers: &[(&str, &str)]| {
+        http_request(
+            &live.http,
+            "GET",
+            path,
+            headers,
+            b"",
+            Duration::from_secs(10),
+        )
+        .unwrap()
+    };
+    assert_eq!(get(path, &[]).status, 401);
+    assert_eq!(get(&format!("{path}?token=wrong"), &[]).status, 401);
+    let a = get(&format!("{path}?token=viewer-token-42"), &[]);
+    assert_eq!(a.status, 200, "{}", a.text());
+    let cookie = a
+        .header("set-cookie")
+        .expect("a cookie for the player")
+        .to_string();
+    let cookie = cookie.split(';').next().unwrap().to_string();
+    assert_eq!(get(path, &[("Cookie", &cookie)]).status, 200);
+    assert_eq!(
+        get(path, &[("Authorization", "Bearer viewer-token-42")]).status,
+        200
+    );
+}
+
+/// A retry that only excluded workers can see (the one worker's output failed its check)
+/// no longer goes round the queue forever: after --excluded-retry-secs the segment fails
+/// with a reason the pusher reads.
+#[test]
+fn a_retry_no_allowed_worker_takes_fails_with_a_reason() {
+    let _serial = serial();
+    let mut cluster = Cluster::start_with(
+        0,
+        &["--quality-sample-rate", "1", "--max-bad-results", "100"],
+        Vec::new(),
+    );
+    cluster.add(
+        "worker",
+        &[
+            "--worker-id",
+            "cheat",
+            "--test-only-cheat-black",
+            "--excluded-retry-secs",
+            "3",
+        ],
+    );
+    let t = Instant::now();
+    let out = cluster.push(
+        &clip(cluster.dir.path(), 2),
+        "orphaned",
+        &["--profiles", "P240p30fps16x9"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("took the retry within 3 s: add a worker"),
+        "{err}\n{}",
+        cluster.logs()
+    );
+    assert!(t.elapsed() < Duration::from_secs(60), "{:?}", t.elapsed());
+    let done = cluster.wait_complete("orphaned", Duration::from_secs(10));
+    assert_eq!(done["segments"]["failed"], 1, "{done}");
+}

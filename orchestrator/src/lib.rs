@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod chain_cli;
+pub mod cleanup;
 pub mod live;
 pub mod metrics;
 pub mod payments;
@@ -67,6 +68,10 @@ pub struct Config {
     pub orchestrator_id: String,
     /// How far ahead of a stream's highest received segment a sequence number may be.
     pub max_seq_ahead: u64,
+    /// What HTTP requests that change state must carry (none: they are refused).
+    pub api_token: Option<String>,
+    /// How long an ended stream's state stays in Redis.
+    pub retain: Duration,
 }
 
 /// On-chain mode's settings.
@@ -138,6 +143,7 @@ pub async fn run(
         price: cfg.price,
         payments: payments.clone(),
         orchestrator_id: cfg.orchestrator_id.clone(),
+        api_token: cfg.api_token.clone(),
     });
     let addr = http::serve(cfg.http_addr, router, shutdown.clone())
         .await
@@ -146,6 +152,23 @@ pub async fn run(
     if let Some(tx) = bound {
         let _ = tx.send(addr);
     }
+    let (retained, retain, token) = (state.clone(), cfg.retain, shutdown.clone());
+    tokio::spawn(async move {
+        // Often enough that a stream is forgotten within a few percent of its retention.
+        let every = (retain / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = token.cancelled() => break,
+                _ = tick.tick() => {
+                    if let Err(e) = cleanup::forget_expired(&retained, retain).await {
+                        warn!(error = %e, "retention pass failed");
+                    }
+                }
+            }
+        }
+    });
     let pool = (cfg.transcode_slots > 0).then(|| {
         let pool = WorkerPool {
             amqp_url: cfg.amqp_url.clone(),
@@ -204,6 +227,7 @@ async fn session(
         quality: cfg.quality,
         payments: payments.clone(),
         max_seq_ahead: cfg.max_seq_ahead,
+        retain: cfg.retain,
     });
     let (_ingest_ch, mut ingest) = broker
         .consume(INGEST_QUEUE, "orchestrator-ingest", 32)

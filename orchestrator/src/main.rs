@@ -58,6 +58,17 @@ struct Cli {
     #[arg(long, env = "MAX_SEQ_AHEAD", default_value_t = castwork_protocol::DEFAULT_MAX_SEQ_AHEAD)]
     max_seq_ahead: u64,
 
+    /// Token that HTTP requests changing state (DELETE /streams/NAME) must carry as
+    /// `Authorization: Bearer TOKEN`; unset, they are refused. The read-only API stays
+    /// open to whoever reaches --http-addr (127.0.0.1 by default).
+    #[arg(long, env = "API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
+
+    /// Days an ended stream's state (segments, failures, listing) stays in Redis; its
+    /// playlists and renditions stay in the object store. Fractions are allowed.
+    #[arg(long, env = "RETAIN_DAYS", default_value_t = 7.0)]
+    retain_days: f64,
+
     /// Price in wei for every --pixels-per-unit output pixels (width x height x frames of
     /// every rendition); 0 is free. A priced orchestrator admits only streams that name an
     /// account (`broadcaster push --broadcaster-id`) whose balance covers a segment.
@@ -145,10 +156,27 @@ enum Command {
         #[command(subcommand)]
         action: castwork_orchestrator::chain_cli::ChainCommand,
     },
+    /// Streams in Redis (--redis-url) and the object store (--storage-url).
+    Streams {
+        #[command(subcommand)]
+        action: StreamsAction,
+    },
     /// The off-chain ledger of broadcaster accounts in Redis (--redis-url), in wei.
     Ledger {
         #[command(subcommand)]
         action: LedgerAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum StreamsAction {
+    /// Deletes stream NAME: its state in Redis and every object under streams/NAME/
+    /// (source segments, renditions, playlists).
+    Delete {
+        name: String,
+        /// Delete it even while it is active (its publisher is cut off).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -219,6 +247,21 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Status { url }) => return castwork_orchestrator::status::print(&url).await,
         Some(Command::Ledger { action }) => return ledger(&cli.redis_url, action).await,
+        Some(Command::Streams {
+            action: StreamsAction::Delete { name, force },
+        }) => {
+            use anyhow::Context as _;
+            let redis = castwork_cluster::redis_connect(&cli.redis_url)
+                .await
+                .with_context(|| format!("cannot reach Redis at {}", redact_url(&cli.redis_url)))?;
+            let state = castwork_orchestrator::state::State::new(redis);
+            let storage = castwork_cluster::Storage::from_url(&cli.service.storage_url)?;
+            let done =
+                castwork_orchestrator::cleanup::delete_stream(&state, &storage, &name, force)
+                    .await?;
+            println!("{done}");
+            return Ok(());
+        }
         Some(Command::Chain { action }) => {
             let price = castwork_protocol::Price {
                 price_per_unit: cli.price_per_unit,
@@ -245,6 +288,12 @@ async fn main() -> anyhow::Result<()> {
     }
     if !(1..=1_000_000).contains(&cli.max_seq_ahead) {
         problems.push("--max-seq-ahead must be 1-1000000".to_string());
+    }
+    if !(cli.retain_days > 0.0 && cli.retain_days <= 36_500.0) {
+        problems.push("--retain-days must be above 0 and at most 36500".to_string());
+    }
+    if cli.api_token.as_ref().is_some_and(|t| t.len() < 16) {
+        problems.push("--api-token must be at least 16 characters".to_string());
     }
     if cli.live_deadline_secs == 0 {
         problems.push("--live-deadline-secs must be at least 1".to_string());
@@ -290,6 +339,8 @@ async fn main() -> anyhow::Result<()> {
         chain,
         orchestrator_id: cli.orchestrator_id,
         max_seq_ahead: cli.max_seq_ahead,
+        api_token: cli.api_token.clone(),
+        retain: Duration::from_secs_f64(cli.retain_days.clamp(0.0, 36_500.0) * 86_400.0),
         amqp_url: cli.service.amqp_url,
         redis_url: cli.redis_url,
         storage_url: cli.service.storage_url,

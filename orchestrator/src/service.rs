@@ -81,6 +81,9 @@ pub struct Orchestrator {
     /// may be: anything further is refused, so no sequence number a client sends makes
     /// work.
     pub max_seq_ahead: u64,
+    /// How long records are kept after their last change (ended streams, workers' counts
+    /// of bad results).
+    pub retain: Duration,
 }
 
 /// The picture check of worker results and the ban of workers that fail checks.
@@ -225,8 +228,7 @@ fn is_from_publisher(rec: &StreamRecord, secret: &str, stream: &str) -> bool {
 
 /// What the orchestrator keeps of a publisher's secret.
 fn secret_hash(secret: &str) -> String {
-    use sha2::Digest as _;
-    hex::encode(sha2::Sha256::digest(secret.as_bytes()))
+    castwork_protocol::secret::sha256_hex(secret)
 }
 
 /// A failure of a segment's attempt that no retry can help (the orchestrator's own
@@ -861,6 +863,7 @@ impl Orchestrator {
                         &r.worker_id,
                         &m,
                         self.quality.max_bad_results,
+                        self.retain,
                     )
                     .await?;
                 if banned {

@@ -28,15 +28,26 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 /// The status as three tables: streams, workers, queues. `now_unix` ages the heartbeats.
 pub fn render(status: &ClusterStatus, now_unix: u64) -> String {
     let mut out = String::new();
-    let active = status
-        .streams
-        .iter()
-        .filter(|s| s.state == "active")
-        .count();
-    out += &format!(
-        "STREAMS ({} in all, {active} active)\n",
-        status.streams.len()
-    );
+    let listed = status.streams.len() as u64;
+    let (all, active) = if status.streams_active + status.streams_ended > 0 {
+        (
+            status.streams_active + status.streams_ended,
+            status.streams_active,
+        )
+    } else {
+        let active = status
+            .streams
+            .iter()
+            .filter(|s| s.state == "active")
+            .count();
+        (listed, active as u64)
+    };
+    let shown = if listed < all {
+        format!(", the latest {listed} shown")
+    } else {
+        String::new()
+    };
+    out += &format!("STREAMS ({all} in all, {active} active{shown})\n");
     let rows: Vec<Vec<String>> = status
         .streams
         .iter()
@@ -163,6 +174,8 @@ mod tests {
                 failed: 1,
                 skipped: 0,
             }],
+            streams_active: 1,
+            streams_ended: 0,
             workers: vec![serde_json::json!({
                 "id": "w1", "host": "box", "class": "cpu", "slots": 2, "busy_slots": 1,
                 "version": "0.1.0", "last_seen_unix": 995,
@@ -198,6 +211,8 @@ mod tests {
     fn says_when_queue_depths_are_not_known_yet() {
         let status = ClusterStatus {
             streams: vec![],
+            streams_active: 0,
+            streams_ended: 0,
             workers: vec![],
             queues: vec![],
             queues_as_of_unix_ms: None,

@@ -10,6 +10,7 @@ pub mod playlist;
 pub mod price;
 pub mod profile;
 pub mod sample;
+pub mod secret;
 pub mod time;
 
 pub use ladder::{plan_ladder, LadderPlan, Rung, SkippedRung};

@@ -47,6 +47,12 @@ pub struct WorkerArgs {
     #[arg(long, env = "START_NOTICE_MS", default_value_t = 1000)]
     pub start_notice_ms: u64,
 
+    /// Seconds a retry this worker must not do (its output for that segment failed the
+    /// orchestrator's check) goes back to the queue for another worker; when no other
+    /// takes it in that time, the segment fails saying so.
+    #[arg(long, env = "EXCLUDED_RETRY_SECS", default_value_t = 60)]
+    pub excluded_retry_secs: u64,
+
     /// BENCHMARK ONLY (never in production): skip decoding and encoding and upload a copy of
     /// the source segment as every rendition, to measure the control plane alone. Pair it
     /// with the orchestrator's --trust-worker-output, or every result fails its check.

@@ -29,6 +29,8 @@ pub struct JobContext {
     pub job_timeout_secs: u64,
     /// How long a job runs before its start notice goes out (see `--start-notice-ms`).
     pub start_notice_after: Duration,
+    /// How long a retry this worker is excluded from is put back for others.
+    pub excluded_retry: Duration,
     /// Woken when a slot is taken or freed, so the heartbeat reports it at once.
     pub slots_changed: Arc<tokio::sync::Notify>,
     /// Benchmark only: renditions are copies of the source (see `--noop-transcode`).

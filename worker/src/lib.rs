@@ -21,6 +21,7 @@ use castwork_protocol::{
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicRejectOptions};
+use lapin::types::AMQPValue;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
@@ -66,6 +67,7 @@ impl WorkerPool {
             slots: Slots::new(slots + live_slots),
             job_timeout_secs: self.args.job_timeout_secs,
             start_notice_after: Duration::from_millis(self.args.start_notice_ms),
+            excluded_retry: Duration::from_secs(self.args.excluded_retry_secs),
             slots_changed: Arc::new(tokio::sync::Notify::new()),
             noop_transcode: self.args.noop_transcode,
         });
@@ -188,6 +190,27 @@ async fn consume(
     result
 }
 
+/// The header counting how often a job was put back by workers excluded from it.
+const BOUNCES_HEADER: &str = "x-castwork-bounces";
+/// How long an excluded worker waits before putting a job back.
+const BOUNCE_DELAY: Duration = Duration::from_millis(250);
+
+/// How often the job was put back by excluded workers.
+fn bounces(delivery: &Delivery) -> u32 {
+    delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(BOUNCES_HEADER))
+        .and_then(|v| match v {
+            AMQPValue::LongUInt(n) => Some(*n),
+            AMQPValue::LongLongInt(n) => u32::try_from(*n).ok(),
+            AMQPValue::LongInt(n) => u32::try_from(*n).ok(),
+            _ => None,
+        })
+        .unwrap_or(0)
+}
+
 async fn handle_delivery(ctx: Arc<JobContext>, broker: Arc<Broker>, delivery: Delivery) {
     if delivery.redelivered {
         metrics::REDELIVERIES.inc();
@@ -210,17 +233,57 @@ async fn handle_delivery(ctx: Arc<JobContext>, broker: Arc<Broker>, delivery: De
         // Our output for this segment failed its check: leave the retry to another worker.
         // A copy goes back to the queue, not the delivery itself: every requeue counts
         // toward the queue's delivery limit, and the job would be dead-lettered while the
-        // other workers are busy.
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        // other workers are busy. The copies are counted, so a retry that only excluded
+        // workers can see ends as a failure with its reason instead of going round forever.
+        let bounces = bounces(&delivery) + 1;
+        let max_bounces = (ctx.excluded_retry.as_millis() / BOUNCE_DELAY.as_millis()).max(1);
+        if u128::from(bounces) > max_bounces {
+            let report = WorkerReport::SegmentFailed(castwork_protocol::SegmentFailed {
+                job_id: job.job_id,
+                stream: job.stream.clone(),
+                seq: job.seq,
+                attempt: job.attempt,
+                worker_id: ctx.worker_id.clone(),
+                disposition: castwork_protocol::Disposition::Permanent,
+                message: format!(
+                    "no worker but those whose output for this segment failed its check took \
+                     the retry within {} s: add a worker",
+                    ctx.excluded_retry.as_secs()
+                ),
+            });
+            warn!(
+                stream = job.stream,
+                seq = job.seq,
+                "retry bounced too long between excluded workers: failing it"
+            );
+            let published = broker
+                .publish(
+                    RESULTS_EXCHANGE,
+                    castwork_cluster::broker::RESULTS_KEY,
+                    &encode(&report),
+                    None,
+                )
+                .await;
+            match published {
+                Ok(()) => {
+                    let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                }
+                Err(_) => castwork_cluster::broker::requeue(&delivery).await,
+            }
+            return;
+        }
+        tokio::time::sleep(BOUNCE_DELAY).await;
         let ttl = job
             .deadline_unix_ms
             .map(|d| d.saturating_sub(job::now_unix_ms()).max(1));
+        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        headers.insert(BOUNCES_HEADER.into(), AMQPValue::LongUInt(bounces));
         let copied = match broker
             .send(
                 castwork_protocol::JOBS_EXCHANGE,
                 delivery.routing_key.as_str(),
                 &delivery.data,
-                delivery.properties.headers().clone(),
+                Some(headers),
                 ttl,
             )
             .await

@@ -31,10 +31,6 @@ static ADVANCE_LIVE: LuaScript = LuaScript::new(concat!(
     include_str!("lua/advance_live.lua")
 ));
 
-/// Forgets an ended live stream's state (its recording stays in the object store), if it is
-/// still the session ARGV[2] and complete. Returns 1 when forgotten.
-static FORGET_STREAM: LuaScript = LuaScript::new(include_str!("lua/forget_stream.lua"));
-
 /// Steps of one call of the live listing script.
 pub const ADVANCE_STEPS: u32 = 500;
 
@@ -42,19 +38,10 @@ pub const ADVANCE_STEPS: u32 = 500;
 static UNLOCK: LuaScript = LuaScript::new(include_str!("lua/unlock.lua"));
 
 impl State {
-    /// Forgets the state of an ended live stream of session `session`; true when done.
+    /// Forgets the state of an ended live stream of session `session` (its recording
+    /// stays in the object store); true when done.
     pub async fn forget_stream(&self, stream: &str, session: &str) -> redis::RedisResult<bool> {
-        let r: i64 = FORGET_STREAM
-            .get()
-            .key(stream_key(stream))
-            .key(super::seqs_key(stream))
-            .key(listed_key(stream))
-            .key(super::failures_key(stream))
-            .arg(format!("{}:seg:", stream_key(stream)))
-            .arg(session)
-            .invoke_async(&mut self.redis.clone())
-            .await?;
-        Ok(r == 1)
+        Ok(self.delete_stream(stream, false, session).await? == super::Deleted::Yes)
     }
 
     /// Skips a pending segment; true when this call skipped it.

@@ -8,8 +8,10 @@ use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
 mod live;
+mod streams;
 
 pub use live::{listed_key, LIVE_SET};
+pub use streams::{Deleted, StreamPage, StreamSummary, ACTIVE_STREAMS, DONE_STREAMS};
 
 pub fn stream_key(stream: &str) -> String {
     format!("cw:stream:{stream}")
@@ -87,7 +89,6 @@ impl LuaScript {
     }
 }
 
-pub const STREAMS_SET: &str = "cw:streams";
 /// The latest accepted segments, newest first (for the dashboard's chart).
 pub const RECENT_LIST: &str = "cw:recent";
 /// The latest failed attempts with their messages, newest first.
@@ -162,19 +163,6 @@ pub struct Charge<'a> {
     pub account: Option<&'a str>,
     pub pixels: u64,
     pub fee: i64,
-}
-
-/// A stream's counts, for listings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StreamSummary {
-    pub stream: String,
-    pub mode: String,
-    pub state: String,
-    pub total: Option<u64>,
-    pub received: u64,
-    pub done: u64,
-    pub failed: u64,
-    pub skipped: u64,
 }
 
 /// An accepted segment, as the dashboard charts it.
@@ -318,7 +306,7 @@ impl State {
         REGISTER_STREAM
             .get()
             .key(stream_key(stream))
-            .key(STREAMS_SET)
+            .key(ACTIVE_STREAMS)
             .key(LIVE_SET)
             .arg(session)
             .arg(mode.as_str())
@@ -328,6 +316,7 @@ impl State {
             .arg(target_duration_secs.map_or(String::new(), |t| t.to_string()))
             .arg(broadcaster.unwrap_or_default())
             .arg(secret_hash)
+            .arg(now_unix_ms())
             .invoke_async(&mut self.redis.clone())
             .await
     }
@@ -479,7 +468,11 @@ impl State {
         let r: i64 = COMPLETE_STREAM
             .get()
             .key(stream_key(stream))
+            .key(ACTIVE_STREAMS)
+            .key(DONE_STREAMS)
             .arg(master)
+            .arg(now_unix_ms())
+            .arg(stream)
             .invoke_async(&mut self.redis.clone())
             .await?;
         Ok(r == 1)
@@ -668,43 +661,6 @@ impl State {
         Ok(v)
     }
 
-    /// Every stream's counts in one round trip after the names, active streams first.
-    pub async fn stream_summaries(&self) -> redis::RedisResult<Vec<StreamSummary>> {
-        let names = self.stream_names().await?;
-        if names.is_empty() {
-            return Ok(Vec::new());
-        }
-        const FIELDS: [&str; 7] = [
-            "mode", "state", "total", "received", "done", "failed", "skipped",
-        ];
-        let mut pipe = redis::pipe();
-        for name in &names {
-            pipe.cmd("HMGET").arg(stream_key(name)).arg(&FIELDS[..]);
-        }
-        let rows: Vec<Vec<Option<String>>> = pipe.query_async(&mut self.redis.clone()).await?;
-        let mut out: Vec<StreamSummary> = names
-            .into_iter()
-            .zip(rows)
-            .filter(|(_, row)| row.first().is_some_and(Option::is_some))
-            .map(|(stream, row)| {
-                let text = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
-                let num = |i: usize| text(i).parse::<u64>().ok();
-                StreamSummary {
-                    stream,
-                    mode: text(0),
-                    state: text(1),
-                    total: num(2),
-                    received: num(3).unwrap_or(0),
-                    done: num(4).unwrap_or(0),
-                    failed: num(5).unwrap_or(0),
-                    skipped: num(6).unwrap_or(0),
-                }
-            })
-            .collect();
-        out.sort_by(|a, b| (a.state != "active", &a.stream).cmp(&(b.state != "active", &b.stream)));
-        Ok(out)
-    }
-
     /// Reserves `estimate` wei of `account` for a segment being admitted: `Ok(())`, or
     /// `Err((balance, reserved))` when what is not yet reserved does not cover it.
     pub async fn reserve(
@@ -737,6 +693,7 @@ impl State {
         worker: &str,
         reason: &str,
         max_bad: u32,
+        retain: std::time::Duration,
     ) -> redis::RedisResult<(i64, bool)> {
         let (n, banned): (i64, i64) = FLAG_WORKER
             .get()
@@ -746,6 +703,7 @@ impl State {
             .arg(worker)
             .arg(reason)
             .arg(max_bad.max(1))
+            .arg(retain.as_secs().max(1))
             .invoke_async(&mut self.redis.clone())
             .await?;
         Ok((n, banned == 1))
@@ -780,13 +738,36 @@ impl State {
             .await
     }
 
+    /// Every key matching `pattern`, by SCAN (never KEYS, which stops Redis for everyone
+    /// while it walks the whole key space), sorted.
+    async fn scan(&self, pattern: &str) -> redis::RedisResult<Vec<String>> {
+        let mut con = self.redis.clone();
+        let mut keys: Vec<String> = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut con)
+                .await?;
+            keys.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        keys.sort();
+        keys.dedup();
+        Ok(keys)
+    }
+
     /// Every orchestrator's off-chain stake, with the pieces of evidence against it.
     pub async fn stakes(&self) -> redis::RedisResult<Vec<(String, i64, usize)>> {
         let mut con = self.redis.clone();
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg("cw:stake:*")
-            .query_async(&mut con)
-            .await?;
+        let keys = self.scan("cw:stake:*").await?;
         let evidence: Vec<String> = redis::cmd("LRANGE")
             .arg("cw:evidence")
             .arg(0)
@@ -811,24 +792,7 @@ impl State {
     /// Every account with a balance, sorted: (account, balance, reserved).
     pub async fn balances(&self) -> redis::RedisResult<Vec<(String, i64, i64)>> {
         let mut con = self.redis.clone();
-        let mut keys: Vec<String> = Vec::new();
-        let mut cursor = 0u64;
-        loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(balance_key("*"))
-                .arg("COUNT")
-                .arg(500)
-                .query_async(&mut con)
-                .await?;
-            keys.extend(batch);
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-        keys.sort();
+        let keys = self.scan(&balance_key("*")).await?;
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -865,15 +829,6 @@ impl State {
             .query_async(&mut self.redis.clone())
             .await?;
         Ok((parse_all(&done), parse_all(&failed)))
-    }
-
-    pub async fn stream_names(&self) -> redis::RedisResult<Vec<String>> {
-        let mut v: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(STREAMS_SET)
-            .query_async(&mut self.redis.clone())
-            .await?;
-        v.sort();
-        Ok(v)
     }
 }
 

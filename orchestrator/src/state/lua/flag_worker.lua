@@ -6,6 +6,8 @@ if string.find(',' .. list .. ',', ',' .. ARGV[1] .. ',', 1, true) then
 else
   redis.call('HSET', KEYS[1], 'bad_workers', list == '' and ARGV[1] or (list .. ',' .. ARGV[1]))
   n = redis.call('INCR', KEYS[2])
+  -- A worker's count of bad results is kept for the retention after its latest one.
+  redis.call('EXPIRE', KEYS[2], ARGV[4])
 end
 if n >= tonumber(ARGV[3]) then
   redis.call('SET', KEYS[3], ARGV[2])

@@ -1,3 +1,4 @@
+-- KEYS: stream, the active streams (sorted by start), the live set.
 local cur = redis.call('HGET', KEYS[1], 'session')
 if cur then
   if cur == ARGV[1] and redis.call('HGET', KEYS[1], 'secret') == ARGV[8] then return 2 end
@@ -11,6 +12,6 @@ redis.call('HSET', KEYS[1], 'session', ARGV[1], 'mode', ARGV[2], 'plan', ARGV[3]
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'target_duration', ARGV[6]) end
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'broadcaster', ARGV[7]) end
 redis.call('HSET', KEYS[1], 'secret', ARGV[8])
-redis.call('SADD', KEYS[2], ARGV[5])
+redis.call('ZADD', KEYS[2], ARGV[9], ARGV[5])
 if ARGV[2] == 'live' then redis.call('SADD', KEYS[3], ARGV[5]) end
 return 1

@@ -1,70 +1,20 @@
-//! HLS playback over HTTP from the object store, with the content types and CORS headers a
-//! web player on any origin needs; and live ingest of segments pushed over HTTP, as
-//! go-livepeer's broadcaster takes them (`PUT`/`POST /live/STREAM/SEQ.ts`).
+//! Live ingest of segments pushed over HTTP, as go-livepeer's broadcaster takes them
+//! (`PUT`/`POST /live/STREAM/SEQ.ts`): admitted before the body is read, the body streamed
+//! to disk under limits, answered with the renditions once transcoded.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::{
-    extract::{ConnectInfo, DefaultBodyLimit, Path, State},
-    http::{header, HeaderMap, HeaderValue, Method, StatusCode},
+    extract::{ConnectInfo, Path, State},
+    http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
-    routing::{get, put},
-    Json, Router,
+    Json,
 };
-use castwork_cluster::{Storage, StorageError};
+use castwork_cluster::Storage;
 use castwork_protocol::RenditionRef;
 
-use crate::live::{Live, PushError, PUSH_TOKEN_HEADER};
-
-/// HTTP push settings.
-#[derive(Clone)]
-pub struct HttpPush {
-    pub live: Arc<Live>,
-    /// Largest pushed segment, in bytes.
-    pub max_bytes: usize,
-    /// How long a push waits for its renditions.
-    pub wait: Duration,
-    /// How long a pushed body may take to arrive.
-    pub body_timeout: Duration,
-}
-
-#[derive(Clone)]
-struct Served {
-    storage: Storage,
-    push: Option<HttpPush>,
-}
-
-/// Content type of an object, from its extension.
-pub fn content_type(key: &str) -> &'static str {
-    match key.rsplit('.').next() {
-        Some("m3u8") => "application/vnd.apple.mpegurl",
-        Some("ts") => "video/mp2t",
-        Some("mkv") => "video/x-matroska",
-        _ => "application/octet-stream",
-    }
-}
-
-/// Playback routes, plus the HTTP push route when `push` is given.
-pub fn router(storage: Storage, push: Option<HttpPush>) -> Router {
-    crate::metrics::register();
-    Router::new()
-        .route("/streams/{*path}", get(get_object).options(preflight))
-        .route(
-            "/live/{stream}/{file}",
-            // The handler streams the body to disk under its own limit.
-            put(push_segment)
-                .post(push_segment)
-                .layer(DefaultBodyLimit::disable()),
-        )
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(castwork_cluster::http::metrics_handler))
-        .with_state(Served { storage, push })
-}
-
-fn error(code: StatusCode, message: impl Into<String>) -> Response {
-    (code, Json(serde_json::json!({ "error": message.into() }))).into_response()
-}
+use super::{error, Served};
+use crate::live::{PushError, PUSH_TOKEN_HEADER};
 
 /// The push token a request carries: `Castwork-Push-Token: T` or `Authorization: Bearer T`.
 fn push_token(headers: &HeaderMap) -> Option<&str> {
@@ -95,7 +45,7 @@ fn push_error(e: &PushError) -> Response {
 /// (`Accept: multipart/mixed`) or their URLs (JSON). The answer to a stream's first segment
 /// carries its push token (header `Castwork-Push-Token`), which every later segment must
 /// send back; with stream keys, STREAM is the key and authenticates each segment.
-async fn push_segment(
+pub(super) async fn push_segment(
     State(st): State<Served>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     Path((path, file)): Path<(String, String)>,
@@ -295,85 +245,4 @@ async fn multipart_response(storage: &Storage, seq: u64, renditions: &[Rendition
         body,
     )
         .into_response()
-}
-
-fn cors(mut r: Response) -> Response {
-    let h = r.headers_mut();
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("GET, HEAD, OPTIONS"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("Range, Content-Type"),
-    );
-    r
-}
-
-async fn preflight() -> Response {
-    cors(StatusCode::NO_CONTENT.into_response())
-}
-
-async fn get_object(
-    State(Served { storage, .. }): State<Served>,
-    method: Method,
-    Path(path): Path<String>,
-) -> Response {
-    let key = format!("streams/{path}");
-    // Playlists and renditions only: a stream's source segments are not for viewers.
-    let allowed =
-        matches!(key.rsplit('.').next(), Some("m3u8" | "ts")) && !key.contains("/source/");
-    if !allowed || path.split('/').any(|p| p.is_empty() || p == "..") {
-        return cors((StatusCode::NOT_FOUND, "not found\n").into_response());
-    }
-    let r = match storage.get(&key).await {
-        Ok(data) => {
-            let cache = if key.ends_with(".m3u8") {
-                "no-cache"
-            } else {
-                "public, max-age=31536000, immutable"
-            };
-            let body = if method == Method::HEAD {
-                Default::default()
-            } else {
-                crate::metrics::BYTES
-                    .with_label_values(&["out"])
-                    .inc_by(data.len() as u64);
-                data
-            };
-            (
-                [
-                    (header::CONTENT_TYPE, content_type(&key)),
-                    (header::CACHE_CONTROL, cache),
-                ],
-                body,
-            )
-                .into_response()
-        }
-        Err(StorageError::NotFound(_)) => (StatusCode::NOT_FOUND, "not found\n").into_response(),
-        Err(e) => {
-            tracing::warn!(key, error = %e, "object store error");
-            (StatusCode::SERVICE_UNAVAILABLE, "storage unavailable\n").into_response()
-        }
-    };
-    cors(r)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn content_types() {
-        assert_eq!(
-            content_type("a/index.m3u8"),
-            "application/vnd.apple.mpegurl"
-        );
-        assert_eq!(content_type("a/r/0.1.ts"), "video/mp2t");
-        assert_eq!(content_type("x"), "application/octet-stream");
-    }
 }

@@ -1,11 +1,14 @@
-//! The orchestrator's HTTP API: health, metrics and stream status.
+//! The orchestrator's HTTP API: health, metrics, cluster and stream status, the dashboard;
+//! requests that change state need the API token.
+
+mod streams;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use axum::{
-    extract::{Path, State as AxumState},
-    http::{header, StatusCode},
+    extract::{Path, Query, State as AxumState},
+    http::{header, HeaderMap, StatusCode},
     response::{Html, IntoResponse, Response},
     routing::get,
     Json, Router,
@@ -33,6 +36,33 @@ pub struct ApiState {
     pub payments: Option<Arc<crate::payments::Payments>>,
     /// Off-chain: this orchestrator's name (its stake's name in the ledger).
     pub orchestrator_id: String,
+    /// What requests that change state must carry (`Authorization: Bearer TOKEN`); none:
+    /// such requests are refused.
+    pub api_token: Option<String>,
+}
+
+/// The refusal of a request that changes state and does not carry the API token; `None`
+/// when it does.
+fn unauthorized(api: &ApiState, headers: &HeaderMap) -> Option<Response> {
+    let refuse =
+        |code: StatusCode, m: &str| Some((code, Json(json!({ "error": m }))).into_response());
+    let Some(want) = &api.api_token else {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "requests that change state are off: start the orchestrator with --api-token",
+        );
+    };
+    let got = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match got {
+        Some(t) if castwork_protocol::secret::same_secret(want, t) => None,
+        _ => refuse(
+            StatusCode::UNAUTHORIZED,
+            "send the orchestrator's API token as Authorization: Bearer TOKEN",
+        ),
+    }
 }
 
 /// Queue depths as read from the broker at one moment.
@@ -45,7 +75,13 @@ pub struct QueueSnapshot {
 /// The whole cluster at a glance: what `orchestrator status` prints.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClusterStatus {
+    /// One page of the streams (`/status?page=N`), active first.
     pub streams: Vec<StreamSummary>,
+    /// Active and ended streams in all.
+    #[serde(default)]
+    pub streams_active: u64,
+    #[serde(default)]
+    pub streams_ended: u64,
     pub workers: Vec<serde_json::Value>,
     /// Empty until the orchestrator has read them from the broker.
     pub queues: Vec<QueueDepth>,
@@ -89,7 +125,7 @@ pub fn router(api: ApiState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_handler))
-        .route("/streams", get(list_streams))
+        .route("/streams", get(streams::list_streams))
         .route("/workers", get(list_workers))
         .route("/queues", get(list_queues))
         .route(
@@ -105,7 +141,10 @@ pub fn router(api: ApiState) -> Router {
         .route("/player", get(|| async { Html(PLAYER) }))
         .route("/assets/hls.light.min.js", get(hls_js))
         .route("/hls/{*key}", get(hls_object))
-        .route("/streams/{name}", get(stream_status))
+        .route(
+            "/streams/{name}",
+            get(streams::stream_status).delete(streams::delete_stream),
+        )
         .with_state(api)
 }
 
@@ -135,9 +174,9 @@ async fn list_workers(AxumState(api): AxumState<ApiState>) -> Response {
     }
 }
 
-const DASHBOARD: &str = include_str!("../assets/dashboard.html");
-const PLAYER: &str = include_str!("../assets/player.html");
-const HLS_JS: &[u8] = include_bytes!("../assets/hls.light.min.js");
+const DASHBOARD: &str = include_str!("../../assets/dashboard.html");
+const PLAYER: &str = include_str!("../../assets/player.html");
+const HLS_JS: &[u8] = include_bytes!("../../assets/hls.light.min.js");
 
 async fn hls_js() -> Response {
     (
@@ -209,9 +248,13 @@ async fn list_queues(AxumState(api): AxumState<ApiState>) -> Response {
     }
 }
 
-async fn cluster_status(AxumState(api): AxumState<ApiState>) -> Response {
-    let (streams, workers, (recent, failures)) = match (
-        api.state.stream_summaries().await,
+async fn cluster_status(
+    AxumState(api): AxumState<ApiState>,
+    Query(q): Query<streams::PageQuery>,
+) -> Response {
+    let (offset, limit) = q.window();
+    let (page, workers, (recent, failures)) = match (
+        api.state.stream_page(offset, limit).await,
         api.state.workers().await,
         api.state.recent().await,
     ) {
@@ -220,7 +263,9 @@ async fn cluster_status(AxumState(api): AxumState<ApiState>) -> Response {
     };
     let q = queue_snapshot(&api);
     Json(ClusterStatus {
-        streams,
+        streams: page.streams,
+        streams_active: page.active,
+        streams_ended: page.ended,
         workers,
         queues_as_of_unix_ms: q.as_ref().map(|q| q.as_of_unix_ms),
         queues: q.map(|q| q.queues).unwrap_or_default(),
@@ -228,146 +273,4 @@ async fn cluster_status(AxumState(api): AxumState<ApiState>) -> Response {
         failures,
     })
     .into_response()
-}
-
-async fn list_streams(AxumState(api): AxumState<ApiState>) -> Response {
-    match api.state.stream_names().await {
-        Ok(names) => Json(json!({ "streams": names })).into_response(),
-        Err(e) => unavailable(e),
-    }
-}
-
-async fn stream_status(AxumState(api): AxumState<ApiState>, Path(name): Path<String>) -> Response {
-    let rec = match api.state.stream(&name).await {
-        Ok(Some(r)) => r,
-        Ok(None) => {
-            return (
-                StatusCode::NOT_FOUND,
-                Json(json!({ "error": format!("no stream {name}") })),
-            )
-                .into_response()
-        }
-        Err(e) => return unavailable(e),
-    };
-    let failures = match api.state.failures(&name).await {
-        Ok(f) => f,
-        Err(e) => return unavailable(e),
-    };
-    let latency = if rec.mode == castwork_protocol::StreamMode::Live {
-        match live_latency(&api.state, &rec).await {
-            Ok(l) => l,
-            Err(e) => return unavailable(e),
-        }
-    } else {
-        serde_json::Value::Null
-    };
-    let renditions: Vec<_> = rec
-        .plan
-        .rungs
-        .iter()
-        .map(|r| {
-            json!({
-                "name": r.name, "width": r.width, "height": r.height, "bitrate": r.bitrate,
-                "max_fps": r.max_fps.as_f64(), "segments_done": rec.done,
-                "segments_failed": rec.failed,
-            })
-        })
-        .collect();
-    Json(json!({
-        "stream": rec.stream,
-        "session": rec.session,
-        "state": rec.state,
-        "mode": rec.mode,
-        "segments": {
-            "total": rec.total,
-            "received": rec.received,
-            "done": rec.done,
-            "failed": rec.failed,
-            "skipped": rec.skipped,
-            "pending": rec.received.saturating_sub(rec.done + rec.failed + rec.skipped),
-        },
-        "target_duration_secs": rec.target_duration_secs,
-        "latency": latency,
-        "renditions": renditions,
-        "skipped": rec.plan.skipped,
-        "failures": failures.into_iter().map(|(seq, message)| json!({"seq": seq, "message": message})).collect::<Vec<_>>(),
-        "source": rec.source,
-        "master_playlist": rec.master_playlist,
-        "playback": playback(&rec),
-        "billing": {
-            "broadcaster": rec.broadcaster,
-            "pixels": rec.pixels,
-            "fee_wei": rec.fee,
-        },
-    }))
-    .into_response()
-}
-
-/// Where a player finds the stream on this API: the master playlist of a complete stream
-/// (a live one's recording), or the live playlist while a live stream runs.
-fn playback(rec: &crate::state::StreamRecord) -> Option<String> {
-    let key = match (&rec.master_playlist, rec.mode) {
-        (Some(master), _) if rec.state == "complete" => master.clone(),
-        (_, castwork_protocol::StreamMode::Live) if rec.state == "active" => {
-            format!("streams/{}/index.m3u8", rec.stream)
-        }
-        _ => return None,
-    };
-    Some(format!("/hls/{key}"))
-}
-
-/// Live latency of a stream's listed segments: from the last byte reaching the broadcaster
-/// to the playlists listing every rendition, split into the worker's transcode and the rest;
-/// queue wait is from arrival to a worker starting it.
-async fn live_latency(
-    state: &State,
-    rec: &crate::state::StreamRecord,
-) -> redis::RedisResult<serde_json::Value> {
-    let segments = state.segments(&rec.stream).await?;
-    let (mut all, mut transcode, mut overhead, mut wait) = (vec![], vec![], vec![], vec![]);
-    // Where the overhead goes: broadcaster to orchestrator (remux, store, publish), the
-    // orchestrator to a worker starting (record, job publish, queue), the worker's own
-    // non-transcode work (fetch, upload, report), and checking, accepting and listing.
-    let (mut ingest, mut dispatch, mut worker, mut listing) = (vec![], vec![], vec![], vec![]);
-    for s in segments.iter().flatten() {
-        if let (Some(a), Some(r), Some(st), Some(res), Some(l), Some(t)) = (
-            s.arrived_ms,
-            s.ready_ms,
-            s.started_ms,
-            s.result_ms,
-            s.listed_ms,
-            s.transcode_ms,
-        ) {
-            ingest.push(r.saturating_sub(a));
-            dispatch.push(st.saturating_sub(r));
-            worker.push(res.saturating_sub(st).saturating_sub(t));
-            listing.push(l.saturating_sub(res));
-        }
-        if let (Some(a), Some(l)) = (s.arrived_ms, s.listed_ms) {
-            let t = l.saturating_sub(a);
-            let tr = s.transcode_ms.unwrap_or(0).min(t);
-            all.push(t);
-            transcode.push(tr);
-            overhead.push(t - tr);
-        }
-        if let (Some(a), Some(st)) = (s.arrived_ms, s.started_ms) {
-            wait.push(st.saturating_sub(a));
-        }
-    }
-    let p = |v: Vec<u64>| {
-        crate::live::percentiles(v).map(|(m, p95)| json!({"median_ms": m, "p95_ms": p95}))
-    };
-    Ok(json!({
-        "segments": all.len(),
-        "total": p(all),
-        "transcode": p(transcode),
-        "overhead": p(overhead),
-        "queue_wait": p(wait),
-        "overhead_stages": {
-            "ingest": p(ingest),
-            "dispatch": p(dispatch),
-            "worker_io": p(worker),
-            "check_and_list": p(listing),
-        },
-    }))
 }

@@ -1,0 +1,242 @@
+//! HLS playback over HTTP from the object store, with the content types and CORS headers a
+//! web player on any origin needs; and live ingest of segments pushed over HTTP, as
+//! go-livepeer's broadcaster takes them (`PUT`/`POST /live/STREAM/SEQ.ts`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::{
+    extract::{DefaultBodyLimit, Path, Query, State},
+    http::{header, HeaderMap, HeaderValue, Method, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{get, put},
+    Json, Router,
+};
+use castwork_cluster::{Storage, StorageError};
+
+use crate::live::Live;
+
+mod push;
+
+/// HTTP push settings.
+#[derive(Clone)]
+pub struct HttpPush {
+    pub live: Arc<Live>,
+    /// Largest pushed segment, in bytes.
+    pub max_bytes: usize,
+    /// How long a push waits for its renditions.
+    pub wait: Duration,
+    /// How long a pushed body may take to arrive.
+    pub body_timeout: Duration,
+}
+
+#[derive(Clone)]
+struct Served {
+    storage: Storage,
+    push: Option<HttpPush>,
+    /// What a viewer must show (none: playback is public).
+    playback_token: Option<String>,
+}
+
+/// Content type of an object, from its extension.
+pub fn content_type(key: &str) -> &'static str {
+    match key.rsplit('.').next() {
+        Some("m3u8") => "application/vnd.apple.mpegurl",
+        Some("ts") => "video/mp2t",
+        Some("mkv") => "video/x-matroska",
+        _ => "application/octet-stream",
+    }
+}
+
+/// Playback (`GET /streams/...`, public unless `playback_token` is given) plus health
+/// and metrics.
+pub fn playback_router(storage: Storage, playback_token: Option<String>) -> Router {
+    crate::metrics::register();
+    Router::new()
+        .route("/streams/{*path}", get(get_object).options(preflight))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(castwork_cluster::http::metrics_handler))
+        .with_state(Served {
+            storage,
+            push: None,
+            playback_token,
+        })
+}
+
+/// HTTP push (`PUT`/`POST /live/STREAM/SEQ.ts`) plus health, for a listener of its own.
+pub fn push_router(storage: Storage, push: HttpPush) -> Router {
+    crate::metrics::register();
+    Router::new()
+        .route(
+            "/live/{stream}/{file}",
+            // The handler streams the body to disk under its own limit.
+            put(push::push_segment)
+                .post(push::push_segment)
+                .layer(DefaultBodyLimit::disable()),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(Served {
+            storage,
+            push: Some(push),
+            playback_token: None,
+        })
+}
+
+/// Playback routes, plus the HTTP push route when `push` is given, on one listener.
+pub fn router(storage: Storage, push: Option<HttpPush>, playback_token: Option<String>) -> Router {
+    let playback = playback_router(storage.clone(), playback_token);
+    match push {
+        Some(p) => {
+            let push = Router::new()
+                .route(
+                    "/live/{stream}/{file}",
+                    put(push::push_segment)
+                        .post(push::push_segment)
+                        .layer(DefaultBodyLimit::disable()),
+                )
+                .with_state(Served {
+                    storage,
+                    push: Some(p),
+                    playback_token: None,
+                });
+            playback.merge(push)
+        }
+        None => playback,
+    }
+}
+
+fn error(code: StatusCode, message: impl Into<String>) -> Response {
+    (code, Json(serde_json::json!({ "error": message.into() }))).into_response()
+}
+
+/// The cookie that carries the playback token after a request with `?token=`.
+const PLAYBACK_COOKIE: &str = "castwork_playback";
+
+#[derive(Debug, serde::Deserialize, Default)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+/// Whether a viewer shows the playback token: `Authorization: Bearer T`, `?token=T`, or
+/// the cookie a `?token=` request set (so a player's relative requests carry it).
+fn shows_token(want: &str, headers: &HeaderMap, query: &TokenQuery) -> bool {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let cookie = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().strip_prefix(PLAYBACK_COOKIE)?.strip_prefix('='))
+        .next();
+    [bearer, query.token.as_deref(), cookie]
+        .into_iter()
+        .flatten()
+        .any(|t| crate::live::auth::same_secret(want, t))
+}
+
+fn cors(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, HEAD, OPTIONS"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("Range, Content-Type, Authorization"),
+    );
+    r
+}
+
+async fn preflight() -> Response {
+    cors(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn get_object(
+    State(Served {
+        storage,
+        playback_token,
+        ..
+    }): State<Served>,
+    method: Method,
+    Path(path): Path<String>,
+    Query(query): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(want) = &playback_token {
+        if !shows_token(want, &headers, &query) {
+            return cors(error(
+                StatusCode::UNAUTHORIZED,
+                "playback needs the token: ?token=T or Authorization: Bearer T",
+            ));
+        }
+    }
+    let key = format!("streams/{path}");
+    // Playlists and renditions only: a stream's source segments are not for viewers.
+    let allowed =
+        matches!(key.rsplit('.').next(), Some("m3u8" | "ts")) && !key.contains("/source/");
+    if !allowed || path.split('/').any(|p| p.is_empty() || p == "..") {
+        return cors((StatusCode::NOT_FOUND, "not found\n").into_response());
+    }
+    let r = match storage.get(&key).await {
+        Ok(data) => {
+            let cache = if key.ends_with(".m3u8") {
+                "no-cache"
+            } else {
+                "public, max-age=31536000, immutable"
+            };
+            let body = if method == Method::HEAD {
+                Default::default()
+            } else {
+                crate::metrics::BYTES
+                    .with_label_values(&["out"])
+                    .inc_by(data.len() as u64);
+                data
+            };
+            (
+                [
+                    (header::CONTENT_TYPE, content_type(&key)),
+                    (header::CACHE_CONTROL, cache),
+                ],
+                body,
+            )
+                .into_response()
+        }
+        Err(StorageError::NotFound(_)) => (StatusCode::NOT_FOUND, "not found\n").into_response(),
+        Err(e) => {
+            tracing::warn!(key, error = %e, "object store error");
+            (StatusCode::SERVICE_UNAVAILABLE, "storage unavailable\n").into_response()
+        }
+    };
+    let mut r = cors(r);
+    if let (Some(t), Some(_)) = (&query.token, &playback_token) {
+        // The player's next (relative) requests carry the token as a cookie.
+        if let Ok(v) = HeaderValue::from_str(&format!(
+            "{PLAYBACK_COOKIE}={t}; Path=/streams/; HttpOnly; SameSite=Lax"
+        )) {
+            r.headers_mut().insert(header::SET_COOKIE, v);
+        }
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_types() {
+        assert_eq!(
+            content_type("a/index.m3u8"),
+            "application/vnd.apple.mpegurl"
+        );
+        assert_eq!(content_type("a/r/0.1.ts"), "video/mp2t");
+        assert_eq!(content_type("x"), "application/octet-stream");
+    }
+}
