@@ -30,3 +30,5 @@ git diff --exit-code --stat -- contracts/build || { echo "test: contracts/build 
 python3 scripts/check-infra.py
 cargo build --workspace --bins
 cargo test --workspace
+# Fuzzing: every cargo-fuzz target for FUZZ_SECS (45) on top of its committed corpus.
+bash scripts/fuzz.sh "${FUZZ_SECS:-45}"

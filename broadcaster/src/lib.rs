@@ -2,7 +2,6 @@
 //! segments without re-encoding video, stores and enqueues them, and serves HLS playback.
 
 pub mod chain_cli;
-pub mod flv;
 pub mod link;
 pub mod live;
 pub mod metrics;
@@ -13,4 +12,5 @@ pub mod rtmp;
 pub mod serve;
 pub mod verify;
 
+pub use castwork_bitstream::flv;
 pub use push::{push, PushOutcome, PushRequest};

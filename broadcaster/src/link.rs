@@ -11,7 +11,7 @@ use castwork_protocol::{
     decode, encode, event_routing_key, IngestMessage, StreamEvent, EVENTS_EXCHANGE, INGEST_EXCHANGE,
 };
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::Consumer;
 use uuid::Uuid;
@@ -89,8 +89,10 @@ impl Link {
             .basic_consume(
                 self.queue.as_str().into(),
                 "".into(),
+                // Acked once taken: an event in flight when the broker goes away is delivered
+                // again after the reconnect, never lost.
                 BasicConsumeOptions {
-                    no_ack: true,
+                    no_ack: false,
                     ..Default::default()
                 },
                 FieldTable::default(),
@@ -153,10 +155,14 @@ impl Link {
                 None => None,
             };
             match next {
-                Some(Ok(d)) => match decode::<StreamEvent>(&d.data) {
-                    Ok(e) => return Ok(e),
-                    Err(e) => tracing::warn!(error = %e, "unreadable event ignored"),
-                },
+                Some(Ok(d)) => {
+                    // A failed ack leaves the event to come again, which every handler takes.
+                    let _ = d.acker.ack(BasicAckOptions::default()).await;
+                    match decode::<StreamEvent>(&d.data) {
+                        Ok(e) => return Ok(e),
+                        Err(e) => tracing::warn!(error = %e, "unreadable event ignored"),
+                    }
+                }
                 Some(Err(e)) => self.reconnect(&anyhow::Error::new(e)).await?,
                 None => {
                     self.reconnect(&anyhow::anyhow!("event consumer closed"))
@@ -170,7 +176,10 @@ impl Link {
     pub async fn try_event(&mut self) -> Option<StreamEvent> {
         let c = self.events.as_mut()?;
         match tokio::time::timeout(Duration::ZERO, c.next()).await {
-            Ok(Some(Ok(d))) => decode::<StreamEvent>(&d.data).ok(),
+            Ok(Some(Ok(d))) => {
+                let _ = d.acker.ack(BasicAckOptions::default()).await;
+                decode::<StreamEvent>(&d.data).ok()
+            }
             _ => None,
         }
     }

@@ -63,6 +63,11 @@ enum Command {
         #[arg(long, env = "PUSH_WAIT")]
         wait: bool,
 
+        /// With --wait: give up waiting after this many seconds and exit non-zero (the
+        /// cluster goes on transcoding). Unset: wait as long as it takes.
+        #[arg(long = "timeout", env = "PUSH_TIMEOUT_SECS", requires = "wait")]
+        timeout_secs: Option<u64>,
+
         /// Target segment duration in seconds; segments start at the first keyframe after it.
         #[arg(long, env = "SEGMENT_SECS", default_value_t = 2.0)]
         segment_secs: f64,
@@ -526,6 +531,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             profiles,
             transcoding_options,
             wait,
+            timeout_secs,
             segment_secs,
             playback_url,
             admit_timeout_secs,
@@ -623,6 +629,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     broadcaster: broadcaster_id,
                     payer,
                     verify,
+                    wait_timeout: timeout_secs.map(Duration::from_secs),
+                    orchestrator_url: orchestrator_url.clone(),
                 },
                 shutdown_token(),
             )

@@ -46,6 +46,11 @@ pub struct PushRequest {
     /// With `wait`: the broadcaster's own check of a sample of segments, and the penalty
     /// of a failure.
     pub verify: Option<(crate::verify::VerifyPolicy, crate::verify::Penalty, String)>,
+    /// With `wait`: give up waiting after this long (the cluster goes on).
+    pub wait_timeout: Option<Duration>,
+    /// With `wait`: the orchestrator's HTTP address, whose `GET /streams/NAME` is read now
+    /// and then, so a completion whose event was lost is still seen.
+    pub orchestrator_url: Option<String>,
 }
 
 /// Refuses an orchestrator whose advertised price (`GET URL/price`) is above `max`;
@@ -289,12 +294,32 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
             evidence: Vec::new(),
         });
     }
+    let give_up = req.wait_timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut poll = tokio::time::interval(STATUS_POLL);
+    poll.tick().await;
     while completed.is_none() {
         let e = tokio::select! {
             e = link.next_event() => e?,
             _ = shutdown.cancelled() => {
                 progress.finish();
                 bail!("interrupted while waiting: the cluster goes on transcoding stream {}", req.stream);
+            }
+            () = sleep_until(give_up) => {
+                progress.finish();
+                bail!(
+                    "gave up waiting after {} s (--timeout): the cluster goes on transcoding \
+                     stream {}; `orchestrator status` shows how far it is",
+                    req.wait_timeout.unwrap_or_default().as_secs(),
+                    req.stream
+                );
+            }
+            _ = poll.tick(), if req.orchestrator_url.is_some() => {
+                let url = req.orchestrator_url.as_deref().unwrap_or_default();
+                if let Some((master, lost)) = completed_at(url, &req.stream, session).await {
+                    completed = Some(master);
+                    failed = lost;
+                }
+                continue;
             }
         };
         note_event(&e, &mut progress, &mut failed, &mut completed, &mut outputs);
@@ -324,6 +349,45 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
         verified,
         evidence,
     })
+}
+
+/// How often `--wait` reads the stream's state from the orchestrator, when it knows where.
+const STATUS_POLL: Duration = Duration::from_secs(10);
+
+/// Sleeps until `at`; never wakes without one.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The master playlist and failed segments of this push's stream, if the orchestrator at
+/// `url` says it is complete.
+async fn completed_at(
+    url: &str,
+    stream: &str,
+    session: Uuid,
+) -> Option<(String, Vec<(u64, String)>)> {
+    let resp = reqwest::Client::new()
+        .get(format!("{}/streams/{stream}", url.trim_end_matches('/')))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_str(&resp.text().await.ok()?).ok()?;
+    if v["state"] != "complete" || v["session"] != session.to_string() {
+        return None;
+    }
+    let failed = v["failures"]
+        .as_array()
+        .map(|f| {
+            f.iter()
+                .filter_map(|x| Some((x["seq"].as_u64()?, x["message"].as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default();
+    Some((v["master_playlist"].as_str()?.to_string(), failed))
 }
 
 /// Closes a stream whose push failed half-way with the segments already sent, so the

@@ -225,7 +225,8 @@ struct Client {
 }
 
 impl Client {
-    async fn publish(port: u16, app: &str, key: &str) -> Client {
+    /// Connects and completes the handshake: the stream and the bytes after it.
+    async fn handshake(port: u16) -> (TcpStream, Vec<u8>) {
         let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
         let mut handshake = Handshake::new(PeerType::Client);
         let p0_p1 = handshake.generate_outbound_p0_and_p1().unwrap();
@@ -247,6 +248,11 @@ impl Client {
                 }
             }
         };
+        (stream, leftover)
+    }
+
+    async fn publish(port: u16, app: &str, key: &str) -> Client {
+        let (stream, leftover) = Client::handshake(port).await;
         let (session, results) = ClientSession::new(ClientSessionConfig::new()).unwrap();
         let mut client = Client { stream, session };
         client.send(results).await;
@@ -404,6 +410,34 @@ async fn a_panic_in_rml_rtmp_ends_only_that_connection() {
         events.last(),
         Some(RtmpEvent::Ended { error: None, .. })
     ));
+    server.stop().await;
+}
+
+/// The inputs `scripts/fuzz.sh` found making rml_rtmp panic (fuzz target `rtmp_session`),
+/// each sent right after the handshake: an overflow in its chunk deserializer (debug
+/// builds) and a slice index on an empty AMF command (every build). Each connection is
+/// closed, and the server goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fuzzers_rml_rtmp_crash_inputs_end_only_their_connection() {
+    let mut server = Server::start(Duration::from_secs(5)).await;
+    let inputs: [&[u8]; 2] = [
+        include_bytes!("data/rml_rtmp_overflow.bin"),
+        include_bytes!("data/rml_rtmp_amf_slice.bin"),
+    ];
+    for input in inputs {
+        let (mut stream, _) = Client::handshake(server.port).await;
+        stream.write_all(input).await.unwrap();
+        let mut buf = vec![0u8; 8192];
+        let closed = timeout(Duration::from_secs(15), async {
+            while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+        });
+        closed.await.expect("the server closes the connection");
+    }
+    let mut other = Client::publish(server.port, "live", "good-after-fuzz").await;
+    other.video(0, b"\x17\x01\x00\x00\x00\x65").await;
+    drop(other);
+    let (key, _) = server.next_stream().await;
+    assert_eq!(key, "good-after-fuzz");
     server.stop().await;
 }
 

@@ -870,3 +870,29 @@ fn a_retry_no_allowed_worker_takes_fails_with_a_reason() {
     let done = cluster.wait_complete("orphaned", Duration::from_secs(10));
     assert_eq!(done["segments"]["failed"], 1, "{done}");
 }
+
+/// `push --wait --timeout N` gives up after N s with a message when nothing transcodes (no
+/// worker), instead of waiting forever; the stream goes on.
+#[test]
+fn push_wait_gives_up_after_its_timeout() {
+    let _serial = serial();
+    let cluster = Cluster::start(0);
+    let t = Instant::now();
+    let out = cluster.push(
+        &clip(cluster.dir.path(), 2),
+        "unserved",
+        &["--timeout", "3"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("gave up waiting after 3 s (--timeout)"),
+        "{err}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+    assert_eq!(
+        cluster.status("unserved")["state"],
+        "active",
+        "the stream goes on"
+    );
+}

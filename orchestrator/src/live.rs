@@ -105,12 +105,21 @@ impl Orchestrator {
                 rec.stream
             )));
         };
-        let outcome = self.advance_and_write(rec, ended).await;
+        let outcome = self.advance_and_write(rec, ended, (&name, &token)).await;
         self.state.unlock(&name, &token).await?;
         outcome
     }
 
-    async fn advance_and_write(&self, rec: &StreamRecord, ended: bool) -> Result<(), HandleError> {
+    /// Lists and writes under the Redis lock `lock` (name, token), which is checked and
+    /// renewed right before the playlists are put: a writer paused past the lock's TTL
+    /// (another took over and wrote newer playlists) stops instead of putting back an older
+    /// one.
+    async fn advance_and_write(
+        &self,
+        rec: &StreamRecord,
+        ended: bool,
+        lock: (&str, &str),
+    ) -> Result<(), HandleError> {
         let stream = rec.stream.as_str();
         let hold_ms = self.live_deadline.as_millis() as u64;
         let (listed, skipped) = self
@@ -157,6 +166,16 @@ impl Orchestrator {
                     segments: Vec::new(),
                 },
             };
+            if !self
+                .state
+                .renew_lock(lock.0, lock.1, PLAYLIST_LOCK_TTL_MS)
+                .await?
+            {
+                return Err(HandleError::Retry(format!(
+                    "lost the playlist lock of {stream} (this writer was held up past its \
+                     {PLAYLIST_LOCK_TTL_MS} ms): not writing a playlist that may be older"
+                )));
+            }
             playlists::write(&self.storage, rec, &records, &spec).await?;
         }
         let now = now_unix_ms();

@@ -272,3 +272,35 @@ fn the_live_state_machine_holds_on_any_run() {
         })
         .unwrap();
 }
+
+/// The playlist writer's fence: a holder whose lock expired (and went to another) is told
+/// so before it writes, and cannot release the new holder's lock.
+#[test]
+fn a_writer_held_up_past_its_lock_is_fenced_off() {
+    let redis_server = Redis::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let redis = castwork_cluster::redis_connect(&redis_server.url)
+            .await
+            .unwrap();
+        let state = State::new(redis);
+        let wait = Duration::from_secs(1);
+        let a = state.lock("playlists:s", 100, wait).await.unwrap().unwrap();
+        assert!(state.renew_lock("playlists:s", &a, 100).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let b = state
+            .lock("playlists:s", 10_000, wait)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            !state.renew_lock("playlists:s", &a, 100).await.unwrap(),
+            "a is fenced off"
+        );
+        state.unlock("playlists:s", &a).await.unwrap();
+        assert!(
+            state.renew_lock("playlists:s", &b, 10_000).await.unwrap(),
+            "b still holds it"
+        );
+    });
+}

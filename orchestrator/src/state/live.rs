@@ -31,6 +31,9 @@ static ADVANCE_LIVE: LuaScript = LuaScript::new(concat!(
     include_str!("lua/advance_live.lua")
 ));
 
+/// Renews a lock only if this holder still has it.
+static RENEW: LuaScript = LuaScript::new(include_str!("lua/renew_lock.lua"));
+
 /// Steps of one call of the live listing script.
 pub const ADVANCE_STEPS: u32 = 500;
 
@@ -125,6 +128,25 @@ impl State {
             }
             tokio::time::sleep(std::time::Duration::from_millis(25)).await;
         }
+    }
+
+    /// Renews a lock for `ttl_ms` if this holder (`token`) still has it: false when it
+    /// expired and maybe went to another holder (the fence a writer checks before it
+    /// writes).
+    pub async fn renew_lock(
+        &self,
+        name: &str,
+        token: &str,
+        ttl_ms: u64,
+    ) -> redis::RedisResult<bool> {
+        let r: i64 = RENEW
+            .get()
+            .key(format!("cw:lock:{name}"))
+            .arg(token)
+            .arg(ttl_ms)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok(r == 1)
     }
 
     pub async fn unlock(&self, name: &str, token: &str) -> redis::RedisResult<()> {

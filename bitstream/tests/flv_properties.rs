@@ -3,7 +3,7 @@
 //! well-formed FLV file (each tag's sizes agree, the file ends on a tag boundary) within the
 //! size limit, numbered in order, on a timeline that never goes back.
 
-use castwork_broadcaster::flv::{FlvSegmenter, MAX_SEGMENT_BYTES};
+use castwork_bitstream::flv::{FlvSegmenter, MAX_SEGMENT_BYTES};
 use proptest::prelude::*;
 
 /// One RTMP message: video or audio, a timestamp step, a body.
