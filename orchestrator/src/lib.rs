@@ -6,11 +6,13 @@
 pub mod api;
 pub mod chain_cli;
 pub mod cleanup;
+pub mod ingest;
 pub mod live;
 pub mod metrics;
 pub mod payments;
 pub mod playlists;
 pub mod recovery;
+pub mod results;
 pub mod service;
 pub mod state;
 pub mod status;

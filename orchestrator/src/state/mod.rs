@@ -3,14 +3,19 @@
 
 use std::collections::HashMap;
 
-use castwork_protocol::{LadderPlan, ObjectRef, SegmentReady, SourceMetadata, StreamMode};
+use castwork_protocol::{LadderPlan, SegmentReady, SourceMetadata, StreamMode};
 use redis::aio::ConnectionManager;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
+mod ledger;
 mod live;
+mod records;
 mod streams;
 
+pub use ledger::{balance_key, reserved_key};
 pub use live::{listed_key, LIVE_SET};
+use records::{parse_all, parse_segment, parse_stream, with_gaps};
+pub use records::{AcceptedRendition, RecentFailure, RecentSegment, SegmentRecord, StreamRecord};
 pub use streams::{Deleted, StreamPage, StreamSummary, ACTIVE_STREAMS, DONE_STREAMS};
 
 pub fn stream_key(stream: &str) -> String {
@@ -65,11 +70,6 @@ pub(crate) use release_lua;
 /// jobs when it sees `cw:worker_banned:ID`). Returns {bad results, banned (0/1)}.
 static FLAG_WORKER: LuaScript = LuaScript::new(include_str!("lua/flag_worker.lua"));
 
-/// Reserves a segment's estimated fee from its account if the balance, less what is
-/// already reserved, covers it. Returns {1} when reserved (or already was), else
-/// {0, balance, reserved}.
-static RESERVE: LuaScript = LuaScript::new(include_str!("lua/reserve.lua"));
-
 /// A Lua script whose SHA-1 is computed once, on first use, not on every call.
 pub(crate) struct LuaScript {
     source: &'static str,
@@ -102,60 +102,6 @@ pub const INFLIGHT_ZSET: &str = "cw:inflight";
 /// Takes the started jobs whose result is overdue.
 static TAKE_OVERDUE: LuaScript = LuaScript::new(include_str!("lua/take_overdue.lua"));
 
-/// One rendition of an accepted segment, as checked by the orchestrator.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AcceptedRendition {
-    pub rung: String,
-    pub key: String,
-    pub size: u64,
-    pub width: u32,
-    pub height: u32,
-    pub frames: u64,
-    /// RFC 6381 codecs read from the bitstream.
-    pub codecs: String,
-}
-
-/// A registered stream.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StreamRecord {
-    pub stream: String,
-    pub session: String,
-    pub mode: StreamMode,
-    pub plan: LadderPlan,
-    pub source: SourceMetadata,
-    pub state: String,
-    pub total: Option<u64>,
-    pub received: u64,
-    pub done: u64,
-    pub failed: u64,
-    pub master_playlist: Option<String>,
-    /// Whether `StreamCompleted` went out after the stream completed.
-    pub announced: bool,
-    /// Live: segments skipped for missing their deadline.
-    pub skipped: u64,
-    /// Live: the fixed target duration of the live playlists.
-    pub target_duration_secs: Option<u64>,
-    /// The account that pays for the stream (priced orchestrators only).
-    pub broadcaster: Option<String>,
-    /// Output pixels of the accepted segments, and what they were charged (wei).
-    pub pixels: u64,
-    pub fee: i64,
-    /// SHA-256 (hex) of the publisher's secret: its segments and end must carry the
-    /// secret. Never shown.
-    #[serde(skip)]
-    pub secret_hash: String,
-}
-
-/// The balance of a paying account, in wei.
-pub fn balance_key(account: &str) -> String {
-    format!("cw:balance:{account}")
-}
-
-/// Wei of an account reserved by admitted segments (see `release_lua`).
-pub fn reserved_key(account: &str) -> String {
-    format!("cw:reserved:{account}")
-}
-
 /// What accepting a result charges, and to whom (the debit happens with the acceptance,
 /// so a redelivered result is never charged twice).
 #[derive(Debug, Clone, Copy, Default)]
@@ -163,63 +109,6 @@ pub struct Charge<'a> {
     pub account: Option<&'a str>,
     pub pixels: u64,
     pub fee: i64,
-}
-
-/// An accepted segment, as the dashboard charts it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RecentSegment {
-    pub unix_ms: u64,
-    pub stream: String,
-    pub seq: u64,
-    /// From being recorded to being accepted.
-    pub latency_ms: i64,
-    pub transcode_ms: u64,
-}
-
-/// A failed attempt and its message.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RecentFailure {
-    pub unix_ms: u64,
-    pub stream: String,
-    pub seq: u64,
-    pub attempt: u32,
-    pub message: String,
-    /// The segment failed for good (no retry follows).
-    #[serde(rename = "final")]
-    pub is_final: bool,
-}
-
-/// A registered segment.
-#[derive(Debug, Clone)]
-pub struct SegmentRecord {
-    pub seq: u64,
-    pub start_us: i64,
-    pub duration_us: i64,
-    pub frames: u64,
-    pub has_audio: bool,
-    pub last_pts_us: i64,
-    pub source: ObjectRef,
-    pub attempt: u32,
-    pub state: String,
-    pub accepted: Option<Vec<AcceptedRendition>>,
-    /// Live: first segment after a publisher reconnect.
-    pub discontinuity: bool,
-    /// Live: when the segment's last byte reached the broadcaster (Unix ms).
-    pub arrived_ms: Option<u64>,
-    /// When a worker first started it (Unix ms).
-    pub started_ms: Option<u64>,
-    /// Live: when it was listed in the playlists (Unix ms).
-    pub listed_ms: Option<u64>,
-    /// Transcode time the accepted attempt's worker reported.
-    pub transcode_ms: Option<u64>,
-    /// Live: after this (Unix ms) the segment is skipped rather than waited for.
-    pub deadline_ms: Option<u64>,
-    /// When the orchestrator recorded it (Unix ms).
-    pub ready_ms: Option<u64>,
-    /// When the accepted result reached the orchestrator (Unix ms).
-    pub result_ms: Option<u64>,
-    /// Workers whose output for this segment failed the check.
-    pub bad_workers: Vec<String>,
 }
 
 /// Registers a stream unless one with that name exists. Returns 1 when new, 2 when it is
@@ -661,29 +550,6 @@ impl State {
         Ok(v)
     }
 
-    /// Reserves `estimate` wei of `account` for a segment being admitted: `Ok(())`, or
-    /// `Err((balance, reserved))` when what is not yet reserved does not cover it.
-    pub async fn reserve(
-        &self,
-        account: &str,
-        stream: &str,
-        seq: u64,
-        estimate: i64,
-    ) -> redis::RedisResult<Result<(), (i64, i64)>> {
-        let r: Vec<i64> = RESERVE
-            .get()
-            .key(segment_key(stream, seq))
-            .key(balance_key(account))
-            .key(reserved_key(account))
-            .arg(estimate)
-            .invoke_async(&mut self.redis.clone())
-            .await?;
-        Ok(match r.as_slice() {
-            [0, balance, reserved] => Err((*balance, *reserved)),
-            _ => Ok(()),
-        })
-    }
-
     /// Records a bad result of `worker` for a segment (see `FLAG_WORKER`): its count of
     /// bad results, and whether it is now banned.
     pub async fn flag_worker(
@@ -709,112 +575,6 @@ impl State {
         Ok((n, banned == 1))
     }
 
-    /// An account's balance and the part of it reserved by segments admitted but not yet
-    /// resolved, in wei (0 for an account never credited).
-    pub async fn account(&self, account: &str) -> redis::RedisResult<(i64, i64)> {
-        let (balance, reserved): (Option<i64>, Option<i64>) = redis::cmd("MGET")
-            .arg(balance_key(account))
-            .arg(reserved_key(account))
-            .query_async(&mut self.redis.clone())
-            .await?;
-        Ok((balance.unwrap_or(0), reserved.unwrap_or(0)))
-    }
-
-    /// Adds `amount` wei to an account (negative to take some back); the new balance.
-    pub async fn credit(&self, account: &str, amount: i64) -> redis::RedisResult<i64> {
-        redis::cmd("INCRBY")
-            .arg(balance_key(account))
-            .arg(amount)
-            .query_async(&mut self.redis.clone())
-            .await
-    }
-
-    /// Sets an orchestrator's off-chain stake.
-    pub async fn set_stake(&self, orchestrator: &str, amount: i64) -> redis::RedisResult<()> {
-        redis::cmd("SET")
-            .arg(format!("cw:stake:{orchestrator}"))
-            .arg(amount)
-            .query_async(&mut self.redis.clone())
-            .await
-    }
-
-    /// Every key matching `pattern`, by SCAN (never KEYS, which stops Redis for everyone
-    /// while it walks the whole key space), sorted.
-    async fn scan(&self, pattern: &str) -> redis::RedisResult<Vec<String>> {
-        let mut con = self.redis.clone();
-        let mut keys: Vec<String> = Vec::new();
-        let mut cursor = 0u64;
-        loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(500)
-                .query_async(&mut con)
-                .await?;
-            keys.extend(batch);
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-        keys.sort();
-        keys.dedup();
-        Ok(keys)
-    }
-
-    /// Every orchestrator's off-chain stake, with the pieces of evidence against it.
-    pub async fn stakes(&self) -> redis::RedisResult<Vec<(String, i64, usize)>> {
-        let mut con = self.redis.clone();
-        let keys = self.scan("cw:stake:*").await?;
-        let evidence: Vec<String> = redis::cmd("LRANGE")
-            .arg("cw:evidence")
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut con)
-            .await?;
-        let mut out = Vec::new();
-        for k in keys {
-            let stake: Option<i64> = redis::cmd("GET").arg(&k).query_async(&mut con).await?;
-            let who = k.trim_start_matches("cw:stake:").to_string();
-            let n = evidence
-                .iter()
-                .filter_map(|e| serde_json::from_str::<serde_json::Value>(e).ok())
-                .filter(|e| e["orchestrator"].as_str() == Some(who.as_str()))
-                .count();
-            out.push((who, stake.unwrap_or(0), n));
-        }
-        out.sort();
-        Ok(out)
-    }
-
-    /// Every account with a balance, sorted: (account, balance, reserved).
-    pub async fn balances(&self) -> redis::RedisResult<Vec<(String, i64, i64)>> {
-        let mut con = self.redis.clone();
-        let keys = self.scan(&balance_key("*")).await?;
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        let accounts: Vec<String> = keys
-            .iter()
-            .filter_map(|k| k.strip_prefix("cw:balance:").map(str::to_string))
-            .collect();
-        let reserved: Vec<String> = accounts.iter().map(|a| reserved_key(a)).collect();
-        let (balances, reserved): (Vec<Option<i64>>, Vec<Option<i64>>) = redis::pipe()
-            .cmd("MGET")
-            .arg(&keys)
-            .cmd("MGET")
-            .arg(&reserved)
-            .query_async(&mut con)
-            .await?;
-        Ok(accounts
-            .into_iter()
-            .zip(balances.into_iter().zip(reserved))
-            .filter_map(|(a, (b, r))| Some((a, b?, r.unwrap_or(0))))
-            .collect())
-    }
-
     /// The latest accepted segments and failed attempts, newest first.
     pub async fn recent(&self) -> redis::RedisResult<(Vec<RecentSegment>, Vec<RecentFailure>)> {
         let (done, failed): (Vec<String>, Vec<String>) = redis::pipe()
@@ -832,21 +592,6 @@ impl State {
     }
 }
 
-/// Segments of sorted sequence numbers `seqs`, with one `None` before each run of missing
-/// numbers (including one before a first segment that is not 0).
-fn with_gaps(seqs: &[u64], found: Vec<Option<SegmentRecord>>) -> Vec<Option<SegmentRecord>> {
-    let mut out = Vec::with_capacity(found.len());
-    let mut next = 0;
-    for (seq, rec) in seqs.iter().zip(found) {
-        if *seq != next {
-            out.push(None);
-        }
-        out.push(rec);
-        next = seq + 1;
-    }
-    out
-}
-
 /// Reads a stream's and one of its segments' hashes (more commands may follow).
 fn stream_and_segment_pipe(stream: &str, seq: u64) -> redis::Pipeline {
     let mut pipe = redis::pipe();
@@ -855,93 +600,4 @@ fn stream_and_segment_pipe(stream: &str, seq: u64) -> redis::Pipeline {
         .cmd("HGETALL")
         .arg(segment_key(stream, seq));
     pipe
-}
-
-/// The entries of a JSON list that parse; a stray one is skipped.
-fn parse_all<T: serde::de::DeserializeOwned>(items: &[String]) -> Vec<T> {
-    items
-        .iter()
-        .filter_map(|j| serde_json::from_str(j).ok())
-        .collect()
-}
-
-fn parse_stream(
-    stream: &str,
-    h: &HashMap<String, String>,
-) -> redis::RedisResult<Option<StreamRecord>> {
-    if h.is_empty() {
-        return Ok(None);
-    }
-    let num = |k: &str| h.get(k).and_then(|v| v.parse::<u64>().ok());
-    let parse = |k: &str| h.get(k).map(String::as_str).unwrap_or("null");
-    Ok(Some(StreamRecord {
-        stream: stream.to_string(),
-        session: h.get("session").cloned().unwrap_or_default(),
-        mode: if h.get("mode").map(String::as_str) == Some("live") {
-            StreamMode::Live
-        } else {
-            StreamMode::Vod
-        },
-        plan: serde_json::from_str(parse("plan")).unwrap_or_default(),
-        source: match serde_json::from_str(parse("source")) {
-            Ok(s) => s,
-            Err(e) => {
-                return Err(redis::RedisError::from((
-                    redis::ErrorKind::Parse,
-                    "corrupt stream source metadata",
-                    e.to_string(),
-                )))
-            }
-        },
-        state: h.get("state").cloned().unwrap_or_default(),
-        total: num("total"),
-        received: num("received").unwrap_or(0),
-        done: num("done").unwrap_or(0),
-        failed: num("failed").unwrap_or(0),
-        master_playlist: h.get("master").cloned(),
-        announced: h.contains_key("announced"),
-        skipped: num("skipped").unwrap_or(0),
-        target_duration_secs: num("target_duration"),
-        broadcaster: h.get("broadcaster").cloned(),
-        pixels: num("pixels").unwrap_or(0),
-        fee: h.get("fee").and_then(|v| v.parse().ok()).unwrap_or(0),
-        secret_hash: h.get("secret").cloned().unwrap_or_default(),
-    }))
-}
-
-fn parse_segment(seq: u64, h: &HashMap<String, String>) -> Option<SegmentRecord> {
-    if h.is_empty() {
-        return None;
-    }
-    let num = |k: &str| h.get(k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
-    let opt = |k: &str| h.get(k).and_then(|v| v.parse::<u64>().ok());
-    Some(SegmentRecord {
-        seq,
-        start_us: num("start_us"),
-        duration_us: num("duration_us"),
-        frames: num("frames") as u64,
-        has_audio: h.get("has_audio").map(String::as_str) == Some("1"),
-        last_pts_us: num("last_pts_us"),
-        source: serde_json::from_str(h.get("source")?).ok()?,
-        attempt: num("attempt") as u32,
-        state: h.get("state").cloned().unwrap_or_default(),
-        accepted: h.get("accepted").and_then(|a| serde_json::from_str(a).ok()),
-        discontinuity: h.get("disc").map(String::as_str) == Some("1"),
-        arrived_ms: opt("arrived_ms"),
-        started_ms: opt("started_ms"),
-        listed_ms: opt("listed_ms"),
-        transcode_ms: opt("transcode_ms"),
-        deadline_ms: opt("deadline_ms"),
-        ready_ms: opt("ready_ms"),
-        result_ms: opt("result_ms"),
-        bad_workers: h
-            .get("bad_workers")
-            .map(|w| {
-                w.split(',')
-                    .filter(|x| !x.is_empty())
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default(),
-    })
 }

@@ -11,7 +11,11 @@ if not state then
   redis.call('ZREM', KEYS[6], ARGV[2])
   return 0
 end
-if state == 'active' and ARGV[3] ~= '1' then return -1 end
+if state == 'active' and ARGV[3] ~= '1' then
+  -- An active stream is never in the ended index (which the retention walks).
+  redis.call('ZREM', KEYS[6], ARGV[2])
+  return -1
+end
 local seqs = redis.call('ZRANGE', KEYS[2], 0, -1)
 for i = 1, #seqs, 500 do
   local batch = {}

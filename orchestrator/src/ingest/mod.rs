@@ -1,0 +1,473 @@
+//! Admitting streams and segments: a stream's ladder, source and publisher are checked, its
+//! account (priced mode) must cover a segment, every segment is recorded once within the
+//! sequence window and published as one job.
+
+use castwork_cluster::broker::CLASSES;
+use castwork_cluster::telemetry::Span;
+use castwork_protocol::price::estimated_pixels;
+use castwork_protocol::{
+    encode, job_queue, plan_ladder, profile, validate_stream_name, IngestMessage, SegmentJob,
+    SegmentReady, StreamEnded, StreamEvent, StreamMode, StreamStarted, JOBS_EXCHANGE,
+};
+use lapin::types::FieldTable;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use crate::metrics;
+use crate::service::{permanent, rendition_refs, seg_attrs, HandleError, Orchestrator};
+use crate::state::{now_unix_ms, Recorded, Refusal, SegmentRecord, StreamRecord};
+
+/// Account names a ledger accepts: letters, digits and `_.:-`, at most 100 (an Ethereum
+/// address fits).
+pub fn validate_account(account: &str) -> Result<(), String> {
+    if account.is_empty()
+        || account.len() > 100
+        || !account
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.:-".contains(c))
+    {
+        return Err(format!(
+            "account {account:?} must be 1-100 letters, digits or _.:-"
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a message about `rec` carries its publisher's secret; a message that does not
+/// is refused (logged and counted), whoever sent it.
+fn is_from_publisher(rec: &StreamRecord, secret: &str, stream: &str) -> bool {
+    if !rec.secret_hash.is_empty() && secret_hash(secret) == rec.secret_hash {
+        return true;
+    }
+    warn!(
+        stream,
+        "message refused: it does not carry the stream's publisher secret"
+    );
+    metrics::REJECTED_MESSAGES
+        .with_label_values(&[castwork_protocol::INGEST_QUEUE, "not_publisher"])
+        .inc();
+    false
+}
+
+/// What the orchestrator keeps of a publisher's secret.
+fn secret_hash(secret: &str) -> String {
+    castwork_protocol::secret::sha256_hex(secret)
+}
+
+impl Orchestrator {
+    /// Whether `account` can pay for `frames` source frames through `rungs`: `Ok(Err(why))`
+    /// when it cannot, with a message for the broadcaster's user. With `segment`, the
+    /// estimated fee is reserved for that segment until it is resolved (so segments
+    /// admitted at once cannot overdraw the account together).
+    async fn affordable(
+        &self,
+        account: Option<&str>,
+        rungs: &[castwork_protocol::Rung],
+        frames: u64,
+        fps: f64,
+        segment: Option<(&str, u64)>,
+    ) -> Result<Result<(), String>, HandleError> {
+        let price = self.price;
+        let Some(account) = account else {
+            return Ok(Err(format!(
+                "this orchestrator charges {} wei per {} pixels: push with --broadcaster-id \
+                 ACCOUNT, an account credited with `orchestrator ledger credit ACCOUNT AMOUNT`",
+                price.price_per_unit, price.pixels_per_unit
+            )));
+        };
+        if let Err(m) = validate_account(account) {
+            return Ok(Err(m));
+        }
+        let pixels = estimated_pixels(rungs, frames, fps);
+        let needed = match price.fee(pixels) {
+            Ok(f) => f,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        let short = match segment {
+            Some((stream, seq)) => self.state.reserve(account, stream, seq, needed).await?,
+            None => {
+                let (balance, reserved) = self.state.account(account).await?;
+                if balance - reserved < needed {
+                    Err((balance, reserved))
+                } else {
+                    Ok(())
+                }
+            }
+        };
+        let remedy = if self.payments.is_some() {
+            "attach tickets whose expected value covers the segment (the broadcaster's \
+             --eth-* flags do)"
+                .to_string()
+        } else {
+            format!("credit it with `orchestrator ledger credit {account} AMOUNT`")
+        };
+        Ok(short.map_err(|(balance, reserved)| {
+            format!(
+                "insufficient balance: account {account} has {balance} wei ({reserved} of it \
+                 reserved for segments in progress), a segment needs about {needed} wei \
+                 ({pixels} output pixels at {} wei per {} pixels); {remedy}",
+                price.price_per_unit, price.pixels_per_unit
+            )
+        }))
+    }
+
+    pub async fn handle_ingest(
+        &self,
+        msg: IngestMessage,
+        headers: Option<&FieldTable>,
+    ) -> Result<(), HandleError> {
+        match msg {
+            IngestMessage::StreamStarted(s) => self.stream_started(s).await,
+            IngestMessage::SegmentReady(s) => {
+                let span = Span::continued("admit segment", headers, &seg_attrs(&s.stream, s.seq));
+                let r = self.segment_ready(s, &span).await;
+                if let Err(e) = &r {
+                    span.fail(format!("{e:?}"));
+                }
+                r
+            }
+            IngestMessage::StreamEnded(s) => self.stream_ended(s).await,
+        }
+    }
+
+    async fn reject(&self, s: &StreamStarted, message: String) -> Result<(), HandleError> {
+        warn!(stream = s.stream, message, "stream rejected");
+        metrics::STREAMS.with_label_values(&["rejected"]).inc();
+        self.event(
+            &s.stream,
+            &StreamEvent::StreamRejected {
+                stream: s.stream.clone(),
+                session: s.session,
+                message,
+            },
+        )
+        .await
+    }
+
+    async fn register(
+        &self,
+        s: &StreamStarted,
+        plan: &castwork_protocol::LadderPlan,
+    ) -> Result<i64, HandleError> {
+        Ok(self
+            .state
+            .register_stream(
+                &s.stream,
+                &s.session.to_string(),
+                s.mode,
+                plan,
+                &s.source,
+                s.target_duration_secs
+                    .filter(|_| s.mode == StreamMode::Live),
+                s.broadcaster.as_deref().filter(|_| !self.price.is_free()),
+                &secret_hash(&s.secret),
+            )
+            .await?)
+    }
+
+    async fn stream_started(&self, s: StreamStarted) -> Result<(), HandleError> {
+        if let Err(m) = validate_stream_name(&s.stream) {
+            return self.reject(&s, m).await;
+        }
+        if s.secret.len() < 16 || s.secret.len() > 256 {
+            return self
+                .reject(
+                    &s,
+                    "the stream has no publisher secret (16-256 characters): update the \
+                     broadcaster"
+                        .into(),
+                )
+                .await;
+        }
+        let ladder = match profile::validate(s.ladder.clone()) {
+            Ok(l) => l,
+            Err(e) => return self.reject(&s, e.to_string()).await,
+        };
+        if s.target_duration_secs
+            .is_some_and(|t| !(1..=60).contains(&t))
+        {
+            return self
+                .reject(&s, "the live target duration must be 1-60 s".into())
+                .await;
+        }
+        if s.source.width == 0 || s.source.height == 0 {
+            return self
+                .reject(&s, "the source has no picture size".into())
+                .await;
+        }
+        if let Err(m) = castwork_protocol::ladder::validate_source(&s.source) {
+            return self.reject(&s, m).await;
+        }
+        let plan = plan_ladder(&ladder, &s.source);
+        // A priced orchestrator admits a stream whose account covers its first segment (a
+        // redelivered start of a stream already admitted is not checked again).
+        let admitted = !self.price.is_free()
+            && self
+                .state
+                .stream(&s.stream)
+                .await?
+                .is_some_and(|r| r.session == s.session.to_string());
+        if !self.price.is_free() && !admitted {
+            let secs = s.target_duration_secs.unwrap_or(2).max(1);
+            let fps = s.source.frame_rate.as_f64();
+            let frames = (fps.max(1.0) * f64::from(secs)).ceil() as u64;
+            // On-chain, the ledger is credited by the tickets each segment carries: a stream
+            // needs an active orchestrator and a funded sender.
+            let admissible = match &self.payments {
+                Some(p) => p.admit_stream(s.broadcaster.as_deref()).await?,
+                None => {
+                    self.affordable(s.broadcaster.as_deref(), &plan.rungs, frames, fps, None)
+                        .await?
+                }
+            };
+            if let Err(m) = admissible {
+                return self.reject(&s, m).await;
+            }
+        }
+        let mut registered = self.register(&s, &plan).await?;
+        if registered == 3 {
+            // The same key broadcasting again after its last broadcast ended.
+            if let Some(old) = self.state.stream(&s.stream).await? {
+                self.archive_live(&old).await?;
+            }
+            registered = self.register(&s, &plan).await?;
+        }
+        if registered != 1 && registered != 2 {
+            return self
+                .reject(
+                    &s,
+                    format!(
+                        "stream {} already exists; push under another name",
+                        s.stream
+                    ),
+                )
+                .await;
+        }
+        if registered == 1 {
+            metrics::STREAMS.with_label_values(&["admitted"]).inc();
+            info!(
+                stream = s.stream,
+                rungs = plan.rungs.len(),
+                skipped = plan.skipped.len(),
+                "stream admitted"
+            );
+        }
+        self.event(
+            &s.stream,
+            &StreamEvent::StreamAdmitted {
+                stream: s.stream.clone(),
+                session: s.session,
+                rungs: plan.rungs,
+                skipped: plan.skipped,
+            },
+        )
+        .await
+    }
+
+    async fn segment_ready(&self, s: SegmentReady, span: &Span) -> Result<(), HandleError> {
+        let Some(rec) = self.state.stream(&s.stream).await? else {
+            warn!(
+                stream = s.stream,
+                seq = s.seq,
+                "segment of an unknown stream dropped"
+            );
+            return Ok(());
+        };
+        if !is_from_publisher(&rec, &s.secret, &s.stream) {
+            return Ok(());
+        }
+        let prefix = format!("streams/{}/source/", s.stream);
+        if rec.state != "active"
+            || rec.session != s.session.to_string()
+            || !s.object.key.starts_with(&prefix)
+            || s.duration_us <= 0
+            || s.frames == 0
+        {
+            warn!(
+                stream = s.stream,
+                seq = s.seq,
+                key = s.object.key,
+                "invalid segment dropped"
+            );
+            return Ok(());
+        }
+        let deadline = (rec.mode == StreamMode::Live).then(|| {
+            s.arrived_unix_ms.unwrap_or_else(now_unix_ms) + self.live_deadline.as_millis() as u64
+        });
+        let (attempt, seg) = match self
+            .state
+            .record_segment(&s, deadline, self.max_seq_ahead)
+            .await?
+        {
+            Recorded::Publish(attempt, seg) => (attempt, Some(seg)),
+            Recorded::Resolved(seg) => (0, seg),
+            Recorded::Refused(why) => return self.refuse_segment(&s, why).await,
+        };
+        if attempt == 0 {
+            // Already resolved: tell a live sender again how it went, for one that retried
+            // because it missed the answer (an HTTP push whose client timed out).
+            if let (StreamMode::Live, Some(accepted)) = (rec.mode, seg.and_then(|seg| seg.accepted))
+            {
+                self.event(
+                    &s.stream,
+                    &StreamEvent::SegmentTranscoded {
+                        stream: s.stream.clone(),
+                        seq: s.seq,
+                        renditions: rendition_refs(&accepted),
+                    },
+                )
+                .await?;
+            }
+            return Ok(());
+        }
+        metrics::SEGMENTS.with_label_values(&["received"]).inc();
+        let Some(seg) = seg else {
+            return Err(HandleError::Retry("segment vanished from redis".into()));
+        };
+        if let Some(p) = self.payments.as_ref().filter(|_| !self.price.is_free()) {
+            if let Err(m) = p
+                .accept(
+                    rec.broadcaster.as_deref(),
+                    s.payment.as_ref(),
+                    &s.stream,
+                    s.seq,
+                )
+                .await?
+            {
+                let f = permanent(&s.stream, s.seq, attempt, m);
+                return self.segment_failed_in(f, span).await;
+            }
+        }
+        if !self.price.is_free() {
+            let fps = rec.source.frame_rate.as_f64();
+            if let Err(m) = self
+                .affordable(
+                    rec.broadcaster.as_deref(),
+                    &rec.plan.rungs,
+                    seg.frames,
+                    fps,
+                    Some((&s.stream, s.seq)),
+                )
+                .await?
+            {
+                let f = permanent(&s.stream, s.seq, attempt, m);
+                return self.segment_failed_in(f, span).await;
+            }
+        }
+        self.publish_job(&rec, &seg, attempt, span).await
+    }
+
+    pub(crate) async fn publish_job(
+        &self,
+        rec: &StreamRecord,
+        seg: &SegmentRecord,
+        attempt: u32,
+        parent: &Span,
+    ) -> Result<(), HandleError> {
+        // A live job carries its deadline as a message TTL: the broker drops it unstarted
+        // once it is useless, and newer segments go first.
+        let ttl = match (rec.mode, seg.deadline_ms) {
+            (StreamMode::Live, Some(deadline)) => {
+                let now = now_unix_ms();
+                if deadline <= now {
+                    return self
+                        .skip_segment(
+                            &rec.stream,
+                            seg.seq,
+                            "missed its deadline before a worker took it",
+                        )
+                        .await;
+                }
+                Some(deadline - now)
+            }
+            _ => None,
+        };
+        let job = SegmentJob {
+            job_id: Uuid::now_v7(),
+            stream: rec.stream.clone(),
+            seq: seg.seq,
+            attempt,
+            mode: rec.mode,
+            source: seg.source.clone(),
+            start_us: seg.start_us,
+            duration_us: seg.duration_us,
+            frames: seg.frames,
+            rungs: rec.plan.rungs.clone(),
+            metadata: rec.source.clone(),
+            deadline_unix_ms: seg.deadline_ms,
+            exclude_workers: seg.bad_workers.clone(),
+        };
+        let queue = job_queue(rec.mode, CLASSES[0]);
+        let span = parent.child("publish job", &[("attempt", attempt.to_string())]);
+        self.broker
+            .send(JOBS_EXCHANGE, &queue, &encode(&job), span.headers(), ttl)
+            .await?
+            .wait()
+            .await?;
+        metrics::JOBS_PUBLISHED.inc();
+        Ok(())
+    }
+
+    async fn stream_ended(&self, s: StreamEnded) -> Result<(), HandleError> {
+        match self.state.stream(&s.stream).await? {
+            Some(rec) if rec.session == s.session.to_string() => {
+                if !is_from_publisher(&rec, &s.secret, &s.stream) {
+                    return Ok(());
+                }
+            }
+            _ => {
+                warn!(
+                    stream = s.stream,
+                    "end of an unknown stream or push dropped"
+                );
+                return Ok(());
+            }
+        }
+        if let Err(max_seq) = self
+            .state
+            .set_total(&s.stream, s.segments, self.max_seq_ahead)
+            .await?
+        {
+            warn!(
+                stream = s.stream,
+                segments = s.segments,
+                highest_received = max_seq,
+                window = self.max_seq_ahead,
+                "end of stream refused: its segment count is below the segments received or \
+                 too far beyond them"
+            );
+            metrics::REJECTED_MESSAGES
+                .with_label_values(&[castwork_protocol::INGEST_QUEUE, "seq_window"])
+                .inc();
+            return Ok(());
+        }
+        self.after_change(&s.stream).await
+    }
+
+    /// Refuses a segment that was not recorded, telling its sender why.
+    async fn refuse_segment(&self, s: &SegmentReady, why: Refusal) -> Result<(), HandleError> {
+        let message = match why {
+            Refusal::TooFarAhead => format!(
+                "segment {} refused: more than {} ahead of the highest segment received; \
+                 send segments in order",
+                s.seq, self.max_seq_ahead
+            ),
+            Refusal::PastTheEnd => {
+                format!("segment {} refused: the stream has ended before it", s.seq)
+            }
+        };
+        warn!(stream = s.stream, seq = s.seq, message, "segment refused");
+        metrics::REJECTED_MESSAGES
+            .with_label_values(&[castwork_protocol::INGEST_QUEUE, "seq_window"])
+            .inc();
+        self.event(
+            &s.stream,
+            &StreamEvent::SegmentFailed {
+                stream: s.stream.clone(),
+                seq: s.seq,
+                message,
+            },
+        )
+        .await
+    }
+}

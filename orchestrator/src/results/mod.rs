@@ -1,0 +1,317 @@
+//! Checking and accepting results: a worker's result is checked (hashes, sizes, timing,
+//! sampled pictures), at most one attempt per segment is accepted and charged, a bad one is
+//! retried elsewhere with its worker flagged, and failures retry or fail the segment.
+
+use castwork_cluster::telemetry::Span;
+use castwork_protocol::price::rendition_pixels;
+use castwork_protocol::{Disposition, SegmentFailed, SegmentResult, StreamEvent, WorkerReport};
+use lapin::types::FieldTable;
+use tracing::{info, warn};
+
+use crate::metrics;
+use crate::service::{
+    permanent, rendition_refs, seg_attrs, HandleError, Orchestrator, STUCK_GRACE_SECS,
+};
+use crate::state::{now_unix_ms, AcceptedRendition, Charge, FailOutcome};
+use crate::verify::{check_result, CheckError};
+
+/// Benchmark only: a result's renditions as the worker reported them, unchecked.
+fn unchecked(r: &SegmentResult) -> Vec<AcceptedRendition> {
+    r.renditions
+        .iter()
+        .map(|o| AcceptedRendition {
+            rung: o.rung.clone(),
+            key: o.object.key.clone(),
+            size: o.object.size,
+            width: o.width,
+            height: o.height,
+            frames: o.frames,
+            codecs: "avc1.640028".into(),
+        })
+        .collect()
+}
+
+impl Orchestrator {
+    pub async fn handle_report(
+        &self,
+        report: WorkerReport,
+        headers: Option<&FieldTable>,
+    ) -> Result<(), HandleError> {
+        match report {
+            WorkerReport::SegmentStarted(s) => {
+                // A hung worker stops itself after `timeout_secs`; the grace covers its
+                // redelivered job finishing elsewhere before we give the attempt up.
+                metrics::SEGMENTS.with_label_values(&["started"]).inc();
+                let due = now_unix_ms() + (s.timeout_secs.min(86_400) + STUCK_GRACE_SECS) * 1000;
+                self.state
+                    .track_started(&s.stream, s.seq, s.attempt, &s.worker_id, due)
+                    .await?;
+                Ok(())
+            }
+            WorkerReport::SegmentResult(r) => {
+                let span = Span::continued("handle result", headers, &seg_attrs(&r.stream, r.seq));
+                self.segment_result(r, &span).await
+            }
+            WorkerReport::SegmentFailed(f) => {
+                let span = Span::continued("handle failure", headers, &seg_attrs(&f.stream, f.seq));
+                span.fail(f.message.clone());
+                self.segment_failed_in(f, &span).await
+            }
+        }
+    }
+
+    /// Deletes the objects of a result that was not accepted, sparing any key the accepted
+    /// result uses (two runs of one attempt can produce the same bytes, hence the same key).
+    async fn collect_garbage(&self, r: &SegmentResult) -> Result<(), HandleError> {
+        let kept: Vec<String> = self
+            .state
+            .segment(&r.stream, r.seq)
+            .await?
+            .and_then(|s| s.accepted)
+            .map(|a| a.into_iter().map(|x| x.key).collect())
+            .unwrap_or_default();
+        for out in &r.renditions {
+            let key = &out.object.key;
+            if kept.contains(key) || !key.starts_with(&format!("streams/{}/", r.stream)) {
+                continue;
+            }
+            if let Err(e) = self.storage.delete(key).await {
+                warn!(key, error = %e, "could not delete a lost result's rendition");
+            }
+        }
+        Ok(())
+    }
+
+    async fn segment_result(&self, r: SegmentResult, span: &Span) -> Result<(), HandleError> {
+        let received_ms = now_unix_ms();
+        let (rec, seg, banned) = self
+            .state
+            .result_context(&r.stream, r.seq, &r.worker_id)
+            .await?;
+        let (Some(rec), Some(seg)) = (rec, seg) else {
+            warn!(
+                stream = r.stream,
+                seq = r.seq,
+                "result for an unknown segment dropped"
+            );
+            return Ok(());
+        };
+        if seg.state != "pending" || seg.attempt != r.attempt {
+            info!(
+                stream = r.stream,
+                seq = r.seq,
+                attempt = r.attempt,
+                current = seg.attempt,
+                "duplicate or late result ignored"
+            );
+            metrics::SEGMENTS.with_label_values(&["duplicate"]).inc();
+            self.collect_garbage(&r).await?;
+            // A redelivery may be the retry of a handler that stopped half-way.
+            return self.after_change(&r.stream).await;
+        }
+        let check = span.child("check output", &[]);
+        let checked = if let Some(why) = banned {
+            // A banned worker's late results are refused whatever they hold.
+            Err(CheckError::Bad(format!(
+                "worker {} is banned: {why}",
+                r.worker_id
+            )))
+        } else if self.trust_worker_output {
+            Ok(unchecked(&r))
+        } else {
+            let quality = self.quality.sampled(&r).then_some(self.quality.min_psnr_db);
+            check_result(&self.storage, &seg, &rec.plan, &rec.source, &r, quality).await
+        };
+        if let Err(e) = &checked {
+            check.fail(e.to_string());
+        }
+        drop(check);
+        match checked {
+            Ok(accepted) => {
+                let pixels = accepted
+                    .iter()
+                    .map(|a| rendition_pixels(a.width, a.height, a.frames))
+                    .fold(0u64, u64::saturating_add);
+                let fee = match self.price.fee(pixels) {
+                    Ok(fee) => fee,
+                    Err(e) => {
+                        let f = permanent(&r.stream, r.seq, r.attempt, e.to_string());
+                        return self.segment_failed_in(f, span).await;
+                    }
+                };
+                let charge = Charge {
+                    account: rec.broadcaster.as_deref(),
+                    pixels,
+                    fee,
+                };
+                let accept = span.child("accept", &[]);
+                let (fresh, after) = self
+                    .state
+                    .accept(
+                        &r.stream,
+                        r.seq,
+                        r.attempt,
+                        &accepted,
+                        r.transcode_ms,
+                        received_ms,
+                        r.started_unix_ms,
+                        charge,
+                    )
+                    .await?;
+                drop(accept);
+                let mut confirm = None;
+                if fresh {
+                    metrics::SEGMENTS.with_label_values(&["done"]).inc();
+                    metrics::TRANSCODE_SECONDS.observe(r.transcode_ms as f64 / 1000.0);
+                    if let Some(ready) = seg.ready_ms {
+                        let secs = |ms: u64| ms.saturating_sub(ready) as f64 / 1000.0;
+                        if let Some(started) = r.started_unix_ms.or(seg.started_ms) {
+                            metrics::SEGMENT_SECONDS
+                                .with_label_values(&["queue_wait"])
+                                .observe(secs(started));
+                        }
+                        metrics::SEGMENT_SECONDS
+                            .with_label_values(&["end_to_end"])
+                            .observe(secs(received_ms));
+                    }
+                    info!(
+                        stream = r.stream,
+                        seq = r.seq,
+                        attempt = r.attempt,
+                        worker = r.worker_id,
+                        "segment accepted"
+                    );
+                    let event = StreamEvent::SegmentTranscoded {
+                        stream: r.stream.clone(),
+                        seq: r.seq,
+                        renditions: rendition_refs(&accepted),
+                    };
+                    // Listed while the broker confirms the event; the result is acked
+                    // only once both are done.
+                    confirm = Some(self.send_event(&r.stream, &event).await?);
+                } else {
+                    self.collect_garbage(&r).await?;
+                }
+                if let Some(rec) = after {
+                    let _list = span.child("list", &[]);
+                    self.after_change_of(rec).await?;
+                }
+                if let Some(confirm) = confirm {
+                    confirm.wait().await?;
+                }
+                Ok(())
+            }
+            Err(CheckError::Unavailable(m)) => Err(HandleError::Retry(m)),
+            Err(CheckError::Bad(m)) => {
+                warn!(
+                    stream = r.stream,
+                    seq = r.seq,
+                    attempt = r.attempt,
+                    worker = r.worker_id,
+                    problem = m,
+                    "worker produced bad output"
+                );
+                metrics::SEGMENTS.with_label_values(&["bad_output"]).inc();
+                let (bad, banned) = self
+                    .state
+                    .flag_worker(
+                        &r.stream,
+                        r.seq,
+                        &r.worker_id,
+                        &m,
+                        self.quality.max_bad_results,
+                        self.retain,
+                    )
+                    .await?;
+                if banned {
+                    warn!(
+                        worker = r.worker_id,
+                        bad_results = bad,
+                        "worker banned for bad output: it stops taking jobs"
+                    );
+                }
+                self.collect_garbage(&r).await?;
+                self.segment_failed_in(
+                    SegmentFailed {
+                        job_id: r.job_id,
+                        stream: r.stream.clone(),
+                        seq: r.seq,
+                        attempt: r.attempt,
+                        worker_id: r.worker_id.clone(),
+                        disposition: Disposition::Transient,
+                        message: format!("output check failed: {m}"),
+                    },
+                    span,
+                )
+                .await
+            }
+        }
+    }
+
+    pub(crate) async fn segment_failed(&self, f: SegmentFailed) -> Result<(), HandleError> {
+        self.segment_failed_in(f, &Span::none()).await
+    }
+
+    /// [`Orchestrator::segment_failed`] within a trace: a retry's job continues it.
+    pub(crate) async fn segment_failed_in(
+        &self,
+        f: SegmentFailed,
+        span: &Span,
+    ) -> Result<(), HandleError> {
+        if f.disposition == Disposition::Expired {
+            return self.skip_segment(&f.stream, f.seq, &f.message).await;
+        }
+        let permanent = f.disposition == Disposition::Permanent;
+        let outcome = self
+            .state
+            .fail_attempt(
+                &f.stream,
+                f.seq,
+                f.attempt,
+                &f.message,
+                permanent,
+                self.max_attempts,
+            )
+            .await?;
+        match outcome {
+            FailOutcome::Retry(attempt) => {
+                info!(
+                    stream = f.stream,
+                    seq = f.seq,
+                    attempt,
+                    error = f.message,
+                    "retrying segment"
+                );
+                metrics::SEGMENTS.with_label_values(&["retried"]).inc();
+                let (Some(rec), Some(seg)) =
+                    self.state.stream_and_segment(&f.stream, f.seq).await?
+                else {
+                    return Ok(());
+                };
+                self.publish_job(&rec, &seg, attempt, span).await
+            }
+            FailOutcome::Failed => {
+                warn!(
+                    stream = f.stream,
+                    seq = f.seq,
+                    error = f.message,
+                    "segment failed"
+                );
+                metrics::SEGMENTS.with_label_values(&["failed"]).inc();
+                self.event(
+                    &f.stream,
+                    &StreamEvent::SegmentFailed {
+                        stream: f.stream.clone(),
+                        seq: f.seq,
+                        message: f.message.clone(),
+                    },
+                )
+                .await?;
+                self.after_change(&f.stream).await
+            }
+            FailOutcome::Stale => Ok(()),
+            // A redelivery may be the retry of a handler that stopped half-way.
+            FailOutcome::AlreadyResolved => self.after_change(&f.stream).await,
+        }
+    }
+}
