@@ -344,6 +344,33 @@ fn write_tag(out: &mut Vec<u8>, tag_type: u8, ts_ms: i64, body: &[u8]) {
     out.extend_from_slice(&(11 + len).to_be_bytes());
 }
 
+/// Walks a whole FLV file (what [`FlvSegmenter`] hands out): the 9-byte header and the
+/// first previous-tag-size, then tags whose 11-byte headers, bodies and trailing
+/// previous-tag-sizes agree, to the last byte. Returns the number of tags, or where the
+/// file goes wrong.
+pub fn check_file(bytes: &[u8]) -> Result<usize, String> {
+    if bytes.len() < 13 || &bytes[..3] != b"FLV" {
+        return Err("no FLV header".into());
+    }
+    let (mut at, mut tags) = (13, 0);
+    while at < bytes.len() {
+        let head = bytes
+            .get(at..at + 11)
+            .ok_or_else(|| format!("truncated tag header at {at}"))?;
+        let size = u32::from_be_bytes([0, head[1], head[2], head[3]]) as usize;
+        let end = at + 11 + size;
+        let prev = bytes
+            .get(end..end + 4)
+            .ok_or_else(|| format!("truncated tag at {at}"))?;
+        if u32::from_be_bytes([prev[0], prev[1], prev[2], prev[3]]) as usize != size + 11 {
+            return Err(format!("tag at {at}: its previous-tag-size disagrees"));
+        }
+        at = end + 4;
+        tags += 1;
+    }
+    Ok(tags)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,7 @@
 //! well-formed FLV file (each tag's sizes agree, the file ends on a tag boundary) within the
 //! size limit, numbered in order, on a timeline that never goes back.
 
-use castwork_bitstream::flv::{FlvSegmenter, MAX_SEGMENT_BYTES};
+use castwork_bitstream::flv::{check_file, FlvSegmenter, MAX_SEGMENT_BYTES};
 use proptest::prelude::*;
 
 /// One RTMP message: video or audio, a timestamp step, a body.
@@ -49,28 +49,6 @@ fn msg() -> impl Strategy<Value = Msg> {
     })
 }
 
-/// Walks an FLV file: its 9-byte header and first previous-tag-size, then tags whose
-/// 11-byte headers, bodies and trailing previous-tag-sizes agree, to the last byte.
-fn check_flv(bytes: &[u8]) -> Result<usize, String> {
-    if bytes.len() < 13 || &bytes[..3] != b"FLV" {
-        return Err("no FLV header".into());
-    }
-    let mut at = 13;
-    let mut tags = 0;
-    while at < bytes.len() {
-        let head = bytes.get(at..at + 11).ok_or("truncated tag header")?;
-        let size = u32::from_be_bytes([0, head[1], head[2], head[3]]) as usize;
-        let end = at + 11 + size;
-        let prev = bytes.get(end..end + 4).ok_or("truncated tag")?;
-        if u32::from_be_bytes([prev[0], prev[1], prev[2], prev[3]]) as usize != size + 11 {
-            return Err(format!("tag at {at}: previous-tag-size disagrees"));
-        }
-        at = end + 4;
-        tags += 1;
-    }
-    Ok(tags)
-}
-
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: 400,
@@ -103,7 +81,7 @@ proptest! {
         for (i, s) in out.iter().enumerate() {
             prop_assert_eq!(s.seq, i as u64);
             prop_assert!(s.bytes.len() <= MAX_SEGMENT_BYTES + 64 * 1024);
-            check_flv(&s.bytes).map_err(TestCaseError::fail)?;
+            check_file(&s.bytes).map_err(TestCaseError::fail)?;
             if let Some(next) = out.get(i + 1) {
                 prop_assert!(next.start_ms >= s.start_ms, "{} then {}", s.start_ms, next.start_ms);
                 prop_assert_eq!(s.duration_ms, Some(next.start_ms - s.start_ms));

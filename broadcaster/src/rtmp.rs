@@ -111,25 +111,14 @@ pub async fn serve<P: Publishers>(
 ) {
     let opts = Arc::new(opts);
     let tracker = TaskTracker::new();
-    let slots = Arc::new(tokio::sync::Semaphore::new(opts.max_connections.max(1)));
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    warn!(error = %e, "rtmp accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            debug!(%peer, "rtmp connection refused: at the connection limit");
-            crate::metrics::RTMP_REFUSED.inc();
-            drop(stream);
-            continue;
+    let gate = castwork_cluster::net::Gate::new(listener, opts.max_connections, "rtmp");
+    while let Some(arrival) = gate.next(&shutdown).await {
+        let (stream, peer, permit) = match arrival {
+            castwork_cluster::net::Arrival::Admitted(s, p, permit) => (s, p, permit),
+            castwork_cluster::net::Arrival::Refused(_) => {
+                crate::metrics::RTMP_REFUSED.inc();
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         let conn = Connection {

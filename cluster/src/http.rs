@@ -3,7 +3,6 @@
 //! `/metrics` handler.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::{extract::ConnectInfo, http::header, response::IntoResponse, Router};
@@ -53,26 +52,15 @@ pub async fn serve_with(
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     std::sync::LazyLock::force(&crate::metrics::HTTP_REFUSED);
-    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let gate = crate::net::Gate::new(listener, limits.max_connections, "http");
     tokio::spawn(async move {
-        loop {
-            let (stream, peer) = tokio::select! {
-                () = shutdown.cancelled() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %e, "http accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-            };
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                crate::metrics::HTTP_REFUSED.inc();
-                tracing::debug!(%peer, "http connection refused: at the connection limit");
-                drop(stream);
-                continue;
+        while let Some(arrival) = gate.next(&shutdown).await {
+            let (stream, peer, permit) = match arrival {
+                crate::net::Arrival::Admitted(s, p, permit) => (s, p, permit),
+                crate::net::Arrival::Refused(_) => {
+                    crate::metrics::HTTP_REFUSED.inc();
+                    continue;
+                }
             };
             let router = router.clone();
             let shutdown = shutdown.clone();
@@ -104,6 +92,14 @@ pub async fn serve_with(
         }
     });
     Ok(bound)
+}
+
+/// The token of an `Authorization: Bearer TOKEN` header.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
 }
 
 /// `GET /metrics` in the Prometheus text format.

@@ -3,25 +3,8 @@
 //! FLV file within the size limit, numbered in order on a timeline that never goes back.
 #![no_main]
 
-use castwork_bitstream::flv::{FlvSegmenter, MAX_SEGMENT_BYTES};
+use castwork_bitstream::flv::{check_file, FlvSegmenter, MAX_SEGMENT_BYTES};
 use libfuzzer_sys::fuzz_target;
-
-/// Walks an FLV file's header and tags; panics where sizes disagree.
-fn check_flv(bytes: &[u8]) {
-    assert!(bytes.len() >= 13 && &bytes[..3] == b"FLV", "no FLV header");
-    let mut at = 13;
-    while at < bytes.len() {
-        let head = &bytes[at..at + 11];
-        let size = u32::from_be_bytes([0, head[1], head[2], head[3]]) as usize;
-        let end = at + 11 + size;
-        let prev = &bytes[end..end + 4];
-        assert_eq!(
-            u32::from_be_bytes([prev[0], prev[1], prev[2], prev[3]]) as usize,
-            size + 11
-        );
-        at = end + 4;
-    }
-}
 
 fuzz_target!(|data: &[u8]| {
     let mut seg = FlvSegmenter::new(2000, 6499, 1000);
@@ -52,7 +35,7 @@ fuzz_target!(|data: &[u8]| {
     for (i, s) in out.iter().enumerate() {
         assert_eq!(s.seq, i as u64);
         assert!(s.bytes.len() <= MAX_SEGMENT_BYTES + 64 * 1024);
-        check_flv(&s.bytes);
+        check_file(&s.bytes).unwrap();
         if let Some(next) = out.get(i + 1) {
             assert!(next.start_ms >= s.start_ms);
             assert_eq!(s.duration_ms, Some(next.start_ms - s.start_ms));

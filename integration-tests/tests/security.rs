@@ -14,8 +14,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use castwork_protocol::{
-    encode, parse_profiles, IngestMessage, ObjectRef, Profile, Rational, SegmentReady,
-    SourceMetadata, StreamEnded, StreamMode, StreamStarted, INGEST_EXCHANGE,
+    encode, parse_profiles, IngestMessage, ObjectRef, Profile, SegmentReady, SourceMetadata,
+    StreamEnded, StreamMode, StreamStarted, INGEST_EXCHANGE,
 };
 use common::*;
 use sha2::Digest;
@@ -387,18 +387,7 @@ fn a_pushed_stream_takes_segments_only_from_its_publisher() {
 }
 
 fn source(width: u32, height: u32) -> SourceMetadata {
-    SourceMetadata {
-        width,
-        height,
-        sample_aspect_ratio: Rational::ONE,
-        rotation: 0,
-        frame_rate: Rational::new(30, 1),
-        video_codec: "h264".into(),
-        pixel_format: "yuv420p".into(),
-        color: Default::default(),
-        has_audio: true,
-        duration_us: None,
-    }
+    SourceMetadata::upright(width, height, 30)
 }
 
 fn started(

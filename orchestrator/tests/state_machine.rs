@@ -10,9 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use castwork_orchestrator::state::{listed_key, Charge, Recorded, State};
-use castwork_protocol::{
-    LadderPlan, ObjectRef, Rational, SegmentReady, SourceMetadata, StreamMode,
-};
+use castwork_protocol::{LadderPlan, ObjectRef, SegmentReady, SourceMetadata, StreamMode};
 use proptest::prelude::*;
 
 const WINDOW: u64 = 20;
@@ -116,18 +114,7 @@ async fn run(
 ) -> Result<(), TestCaseError> {
     let stream = format!("prop-{n}");
     let session = uuid::Uuid::now_v7();
-    let source = SourceMetadata {
-        width: 640,
-        height: 360,
-        sample_aspect_ratio: Rational::ONE,
-        rotation: 0,
-        frame_rate: Rational::new(30, 1),
-        video_codec: "h264".into(),
-        pixel_format: "yuv420p".into(),
-        color: Default::default(),
-        has_audio: false,
-        duration_us: None,
-    };
+    let source = SourceMetadata::upright(640, 360, 30);
     let plan = LadderPlan::default();
     let r = state
         .register_stream(

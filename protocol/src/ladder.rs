@@ -225,16 +225,8 @@ mod tests {
 
     fn source(width: u32, height: u32) -> SourceMetadata {
         SourceMetadata {
-            width,
-            height,
-            sample_aspect_ratio: Rational::ONE,
-            rotation: 0,
-            frame_rate: Rational::new(25, 1),
-            video_codec: "h264".into(),
-            pixel_format: "yuv420p".into(),
-            color: Default::default(),
             has_audio: false,
-            duration_us: None,
+            ..SourceMetadata::upright(width, height, 25)
         }
     }
 

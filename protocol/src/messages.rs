@@ -92,6 +92,26 @@ pub struct SourceMetadata {
     pub duration_us: Option<i64>,
 }
 
+impl SourceMetadata {
+    /// An upright source of `width` x `height` square pixels at `fps` frames per second,
+    /// H.264 4:2:0 with AAC audio, length unknown: the common case, which tools and tests
+    /// start from.
+    pub fn upright(width: u32, height: u32, fps: i32) -> Self {
+        SourceMetadata {
+            width,
+            height,
+            sample_aspect_ratio: Rational::ONE,
+            rotation: 0,
+            frame_rate: Rational::new(fps, 1),
+            video_codec: "h264".into(),
+            pixel_format: "yuv420p".into(),
+            color: ColorInfo::default(),
+            has_audio: true,
+            duration_us: None,
+        }
+    }
+}
+
 /// A reference to an object in the object store, with what its reader must check.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObjectRef {

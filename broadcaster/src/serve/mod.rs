@@ -120,10 +120,7 @@ struct TokenQuery {
 /// Whether a viewer shows the playback token: `Authorization: Bearer T`, `?token=T`, or
 /// the cookie a `?token=` request set (so a player's relative requests carry it).
 fn shows_token(want: &str, headers: &HeaderMap, query: &TokenQuery) -> bool {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+    let bearer = castwork_cluster::http::bearer(headers);
     let cookie = headers
         .get_all(header::COOKIE)
         .iter()

@@ -21,10 +21,7 @@ fn push_token(headers: &HeaderMap) -> Option<&str> {
     if let Some(t) = headers.get(PUSH_TOKEN_HEADER) {
         return t.to_str().ok();
     }
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+    castwork_cluster::http::bearer(headers)
 }
 
 fn push_error(e: &PushError) -> Response {

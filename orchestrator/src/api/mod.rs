@@ -52,11 +52,7 @@ fn unauthorized(api: &ApiState, headers: &HeaderMap) -> Option<Response> {
             "requests that change state are off: start the orchestrator with --api-token",
         );
     };
-    let got = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match got {
+    match castwork_cluster::http::bearer(headers) {
         Some(t) if castwork_protocol::secret::same_secret(want, t) => None,
         _ => refuse(
             StatusCode::UNAUTHORIZED,
