@@ -344,6 +344,22 @@ fn a_pushed_stream_takes_segments_only_from_its_publisher() {
         "segment 0 is still the owner's"
     );
 
+    // A client may choose its stream's token with the first segment (and pipeline).
+    let mut chooser = Pusher::new(&live, "chosen-1");
+    chooser.token = Some("short".into());
+    let a = chooser.put(0, &segs[0]);
+    assert_eq!(a.status, 400, "{}", a.text());
+    chooser.token = Some("my-own-token-0123456789".into());
+    let a = chooser.put(0, &segs[0]);
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(
+        a.header("castwork-push-token"),
+        Some("my-own-token-0123456789")
+    );
+    let mut late = Pusher::new(&live, "chosen-1");
+    late.token = Some("another-token-0123456789".into());
+    assert_eq!(late.put(1, &segs[1]).status, 403);
+
     // The auth webhook decides on HTTP push too, and names stream, ladder and token.
     let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();

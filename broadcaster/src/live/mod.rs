@@ -111,6 +111,8 @@ pub struct Admitted {
 
 /// The header that carries a pushed stream's token.
 pub const PUSH_TOKEN_HEADER: &str = "castwork-push-token";
+/// Shortest push token a client may choose for its stream.
+const MIN_PUSH_TOKEN: usize = 16;
 
 /// The live streams of this broadcaster.
 pub struct Live {
@@ -268,10 +270,20 @@ impl Live {
         if let Some(tx) = self.joined(&grant.stream, if keyed { None } else { token })? {
             return Ok((grant.stream, tx, None));
         }
-        let token = match (keyed, grant.push_token) {
-            (true, _) => None,
-            (false, Some(t)) => Some(t),
-            (false, None) => {
+        // The webhook's token, else the one the client chose for its stream (so it can push
+        // its next segments before the first one's answer), else a new one.
+        let token = match (keyed, grant.push_token, token) {
+            (true, _, _) => None,
+            (false, Some(t), _) => Some(t),
+            (false, None, Some(t)) if (MIN_PUSH_TOKEN..=256).contains(&t.len()) => {
+                Some(t.to_string())
+            }
+            (false, None, Some(_)) => {
+                return Err(PushError::BadRequest(format!(
+                    "a push token the client chooses must be {MIN_PUSH_TOKEN}-256 characters"
+                )))
+            }
+            (false, None, None) => {
                 Some(auth::random_hex(16).map_err(|e| PushError::Unavailable(e.to_string()))?)
             }
         };
