@@ -57,7 +57,7 @@ pub struct JobError {
 }
 
 impl JobError {
-    fn permanent(message: impl Into<String>) -> Self {
+    pub(crate) fn permanent(message: impl Into<String>) -> Self {
         JobError {
             disposition: Disposition::Permanent,
             message: message.into(),
@@ -114,16 +114,21 @@ pub fn sha256_hex(data: &[u8]) -> String {
 pub async fn run_job(ctx: &JobContext, job: &SegmentJob, span: &Span) -> WorkerReport {
     match transcode_job(ctx, job, span).await {
         Ok(r) => WorkerReport::SegmentResult(r),
-        Err(e) => WorkerReport::SegmentFailed(SegmentFailed {
-            job_id: job.job_id,
-            stream: job.stream.clone(),
-            seq: job.seq,
-            attempt: job.attempt,
-            worker_id: ctx.worker_id.clone(),
-            disposition: e.disposition,
-            message: e.message,
-        }),
+        Err(e) => failure(ctx, job, e),
     }
+}
+
+/// This worker's report that `job` failed with `e`.
+pub fn failure(ctx: &JobContext, job: &SegmentJob, e: JobError) -> WorkerReport {
+    WorkerReport::SegmentFailed(SegmentFailed {
+        job_id: job.job_id,
+        stream: job.stream.clone(),
+        seq: job.seq,
+        attempt: job.attempt,
+        worker_id: ctx.worker_id.clone(),
+        disposition: e.disposition,
+        message: e.message,
+    })
 }
 
 async fn fetch_source(ctx: &JobContext, src: &ObjectRef) -> Result<Bytes, JobError> {

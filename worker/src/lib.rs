@@ -238,38 +238,24 @@ async fn handle_delivery(ctx: Arc<JobContext>, broker: Arc<Broker>, delivery: De
         let bounces = bounces(&delivery) + 1;
         let max_bounces = (ctx.excluded_retry.as_millis() / BOUNCE_DELAY.as_millis()).max(1);
         if u128::from(bounces) > max_bounces {
-            let report = WorkerReport::SegmentFailed(castwork_protocol::SegmentFailed {
-                job_id: job.job_id,
-                stream: job.stream.clone(),
-                seq: job.seq,
-                attempt: job.attempt,
-                worker_id: ctx.worker_id.clone(),
-                disposition: castwork_protocol::Disposition::Permanent,
-                message: format!(
-                    "no worker but those whose output for this segment failed its check took \
-                     the retry within {} s: add a worker",
-                    ctx.excluded_retry.as_secs()
-                ),
-            });
+            let why = job::JobError::permanent(format!(
+                "no worker but those whose output for this segment failed its check took the \
+                 retry within {} s: add a worker",
+                ctx.excluded_retry.as_secs()
+            ));
             warn!(
                 stream = job.stream,
                 seq = job.seq,
                 "retry bounced too long between excluded workers: failing it"
             );
-            let published = broker
-                .publish(
-                    RESULTS_EXCHANGE,
-                    castwork_cluster::broker::RESULTS_KEY,
-                    &encode(&report),
-                    None,
-                )
-                .await;
-            match published {
-                Ok(()) => {
-                    let _ = delivery.acker.ack(BasicAckOptions::default()).await;
-                }
-                Err(_) => castwork_cluster::broker::requeue(&delivery).await,
-            }
+            report_then_ack(
+                &broker,
+                delivery,
+                &job,
+                &job::failure(&ctx, &job, why),
+                None,
+            )
+            .await;
             return;
         }
         tokio::time::sleep(BOUNCE_DELAY).await;
@@ -365,12 +351,24 @@ async fn handle_delivery(ctx: Arc<JobContext>, broker: Arc<Broker>, delivery: De
         }
     };
     metrics::SEGMENTS.with_label_values(&[outcome]).inc();
+    report_then_ack(&broker, delivery, &job, &report, span.headers()).await;
+}
+
+/// Publishes a job's report and only then acks its delivery; a report that cannot be
+/// published puts the job back.
+async fn report_then_ack(
+    broker: &Broker,
+    delivery: Delivery,
+    job: &SegmentJob,
+    report: &WorkerReport,
+    headers: Option<lapin::types::FieldTable>,
+) {
     let published = broker
         .publish(
             RESULTS_EXCHANGE,
             castwork_cluster::broker::RESULTS_KEY,
-            &encode(&report),
-            span.headers(),
+            &encode(report),
+            headers,
         )
         .await;
     match published {

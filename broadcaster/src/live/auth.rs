@@ -196,8 +196,6 @@ impl KeyStore {
     }
 }
 
-pub use castwork_protocol::secret::same_secret;
-
 /// Asks the webhook at `url` about a publish, as go-livepeer's `-authWebhookUrl` does: it
 /// POSTs `{"url": "rtmp://castwork/live/KEY" (or http://castwork/live/STREAM), "app",
 /// "stream_key", "via", "peer"}`. A 2xx answer allows the publish; its JSON body may name

@@ -227,7 +227,9 @@ impl Live {
         }
         match (&e.push_token, token) {
             (None, _) => Ok(Some(e.tx.clone())),
-            (Some(want), Some(got)) if auth::same_secret(want, got) => Ok(Some(e.tx.clone())),
+            (Some(want), Some(got)) if castwork_protocol::secret::same_secret(want, got) => {
+                Ok(Some(e.tx.clone()))
+            }
             _ => Err(PushError::Forbidden(format!(
                 "stream {name} is being pushed by another publisher: send the \
                  {PUSH_TOKEN_HEADER} header that the answer to its first segment carried"
@@ -235,22 +237,31 @@ impl Live {
         }
     }
 
-    /// Finds or starts the HTTP-pushed stream that `path` (`/live/PATH/SEQ.ts`) names:
-    /// a running stream needs its push token (or, with stream keys, the key as `path`); a
-    /// new one needs the ingest check. Returns the stream, its channel and, for a new
-    /// stream, its push token.
-    async fn http_stream(
+    /// Admits an HTTP push to `path` (`/live/PATH/SEQ.ts`) before its body is read: the
+    /// running stream it continues needs its push token (or, with stream keys, the key as
+    /// `path`); a new one needs the ingest check, and gets its push token.
+    pub async fn admit_push(
         self: &Arc<Self>,
         path: &str,
         token: Option<&str>,
         peer: Option<std::net::SocketAddr>,
-    ) -> Result<(String, mpsc::Sender<Cmd>, Option<String>), PushError> {
+    ) -> Result<Admitted, PushError> {
+        if path.is_empty() || path.len() > 256 || path.chars().any(|c| c.is_control()) {
+            return Err(PushError::BadRequest(
+                "push to /live/STREAM/SEQ.ts (or /live/STREAM_KEY/SEQ.ts)".into(),
+            ));
+        }
+        let admitted = |stream, tx, new_token| Admitted {
+            stream,
+            tx,
+            new_token,
+        };
         let keyed = self.cfg.auth.keyed();
         if !keyed {
             let running = self.http_paths().get(path).cloned();
             if let Some(name) = running {
                 if let Some(tx) = self.joined(&name, token)? {
-                    return Ok((name, tx, None));
+                    return Ok(admitted(name, tx, None));
                 }
             }
         }
@@ -268,7 +279,7 @@ impl Live {
         validate_stream_name(&grant.stream)
             .map_err(|e| PushError::BadRequest(format!("bad stream name: {e}")))?;
         if let Some(tx) = self.joined(&grant.stream, if keyed { None } else { token })? {
-            return Ok((grant.stream, tx, None));
+            return Ok(admitted(grant.stream, tx, None));
         }
         // The webhook's token, else the one the client chose for its stream (so it can push
         // its next segments before the first one's answer), else a new one.
@@ -293,7 +304,7 @@ impl Live {
                 // Another publisher started it meanwhile.
                 drop(streams);
                 return match self.joined(&grant.stream, None)? {
-                    Some(tx) => Ok((grant.stream, tx, None)),
+                    Some(tx) => Ok(admitted(grant.stream, tx, None)),
                     None => Err(PushError::Unavailable("the stream has just ended".into())),
                 };
             }
@@ -309,29 +320,7 @@ impl Live {
             self.http_paths()
                 .insert(path.to_string(), grant.stream.clone());
         }
-        Ok((grant.stream, tx, token))
-    }
-
-    /// Admits an HTTP push to `path` (`/live/PATH/SEQ.ts`) before its body is read: the
-    /// running stream it continues (with its token, or with stream keys the key as
-    /// `path`) or a new one the ingest check allows.
-    pub async fn admit_push(
-        self: &Arc<Self>,
-        path: &str,
-        token: Option<&str>,
-        peer: Option<std::net::SocketAddr>,
-    ) -> Result<Admitted, PushError> {
-        if path.is_empty() || path.len() > 256 || path.chars().any(|c| c.is_control()) {
-            return Err(PushError::BadRequest(
-                "push to /live/STREAM/SEQ.ts (or /live/STREAM_KEY/SEQ.ts)".into(),
-            ));
-        }
-        let (stream, tx, new_token) = self.http_stream(path, token, peer).await?;
-        Ok(Admitted {
-            stream,
-            tx,
-            new_token,
-        })
+        Ok(admitted(grant.stream, tx, token))
     }
 
     /// Hands a pushed segment (its file in `dir`, which this removes) to its stream's
@@ -495,7 +484,7 @@ pub enum PushError {
     #[error("{0}")]
     Forbidden(String),
     /// The body is over this many bytes.
-    #[error("a pushed segment may be at most {0} bytes")]
+    #[error("a pushed segment may be at most {} MiB", .0 >> 20)]
     TooLarge(usize),
     #[error("{0}")]
     Conflict(String),

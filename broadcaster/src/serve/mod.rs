@@ -33,9 +33,15 @@ pub struct HttpPush {
 #[derive(Clone)]
 struct Served {
     storage: Storage,
-    push: Option<HttpPush>,
     /// What a viewer must show (none: playback is public).
     playback_token: Option<String>,
+}
+
+/// What the HTTP push route works with.
+#[derive(Clone)]
+struct Pushing {
+    storage: Storage,
+    push: HttpPush,
 }
 
 /// Content type of an object, from its extension.
@@ -58,14 +64,12 @@ pub fn playback_router(storage: Storage, playback_token: Option<String>) -> Rout
         .route("/metrics", get(castwork_cluster::http::metrics_handler))
         .with_state(Served {
             storage,
-            push: None,
             playback_token,
         })
 }
 
-/// HTTP push (`PUT`/`POST /live/STREAM/SEQ.ts`) plus health, for a listener of its own.
-pub fn push_router(storage: Storage, push: HttpPush) -> Router {
-    crate::metrics::register();
+/// The HTTP push route (`PUT`/`POST /live/STREAM/SEQ.ts`).
+fn push_route(storage: Storage, push: HttpPush) -> Router {
     Router::new()
         .route(
             "/live/{stream}/{file}",
@@ -74,34 +78,29 @@ pub fn push_router(storage: Storage, push: HttpPush) -> Router {
                 .post(push::push_segment)
                 .layer(DefaultBodyLimit::disable()),
         )
-        .route("/healthz", get(|| async { "ok" }))
-        .with_state(Served {
-            storage,
-            push: Some(push),
-            playback_token: None,
-        })
+        .with_state(Pushing { storage, push })
+}
+
+/// HTTP push plus health, for a listener of its own.
+pub fn push_router(storage: Storage, push: HttpPush) -> Router {
+    crate::metrics::register();
+    push_route(storage, push).route("/healthz", get(|| async { "ok" }))
 }
 
 /// Playback routes, plus the HTTP push route when `push` is given, on one listener.
 pub fn router(storage: Storage, push: Option<HttpPush>, playback_token: Option<String>) -> Router {
     let playback = playback_router(storage.clone(), playback_token);
     match push {
-        Some(p) => {
-            let push = Router::new()
-                .route(
-                    "/live/{stream}/{file}",
-                    put(push::push_segment)
-                        .post(push::push_segment)
-                        .layer(DefaultBodyLimit::disable()),
+        Some(p) => playback.merge(push_route(storage, p)),
+        None => {
+            let off = || async {
+                error(
+                    StatusCode::NOT_FOUND,
+                    "HTTP push is not taken on this address (see --push-addr and --no-live)",
                 )
-                .with_state(Served {
-                    storage,
-                    push: Some(p),
-                    playback_token: None,
-                });
-            playback.merge(push)
+            };
+            playback.route("/live/{stream}/{file}", put(off).post(off))
         }
-        None => playback,
     }
 }
 
@@ -131,7 +130,7 @@ fn shows_token(want: &str, headers: &HeaderMap, query: &TokenQuery) -> bool {
     [bearer, query.token.as_deref(), cookie]
         .into_iter()
         .flatten()
-        .any(|t| crate::live::auth::same_secret(want, t))
+        .any(|t| castwork_protocol::secret::same_secret(want, t))
 }
 
 fn cors(mut r: Response) -> Response {

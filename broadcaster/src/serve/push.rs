@@ -13,7 +13,7 @@ use axum::{
 use castwork_cluster::Storage;
 use castwork_protocol::RenditionRef;
 
-use super::{error, Served};
+use super::{error, Pushing};
 use crate::live::{PushError, PUSH_TOKEN_HEADER};
 
 /// The push token a request carries: `Castwork-Push-Token: T` or `Authorization: Bearer T`.
@@ -43,18 +43,12 @@ fn push_error(e: &PushError) -> Response {
 /// carries its push token (header `Castwork-Push-Token`), which every later segment must
 /// send back; with stream keys, STREAM is the key and authenticates each segment.
 pub(super) async fn push_segment(
-    State(st): State<Served>,
+    State(Pushing { storage, push }): State<Pushing>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     Path((path, file)): Path<(String, String)>,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
-    let Some(push) = st.push else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "HTTP push is off on this broadcaster",
-        );
-    };
     let Some(seq) = file
         .strip_suffix(".ts")
         .and_then(|s| s.parse::<u64>().ok())
@@ -70,7 +64,7 @@ pub(super) async fn push_segment(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > push.max_bytes as u64) {
-        return too_large(push.max_bytes);
+        return push_error(&PushError::TooLarge(push.max_bytes));
     }
     let duration_us = match headers.get("content-duration") {
         None => None,
@@ -93,7 +87,6 @@ pub(super) async fn push_segment(
         Ok(a) => a,
         Err(e) => return push_error(&e),
     };
-    let stream = admitted.stream.clone();
     let outcome = match receive(body, push.max_bytes, push.body_timeout).await {
         Ok(file) => {
             push.live
@@ -103,7 +96,6 @@ pub(super) async fn push_segment(
         Err(e) => Err(e),
     };
     let mut answer = match outcome {
-        Err(PushError::TooLarge(_)) => too_large(push.max_bytes),
         Err(e) => push_error(&e),
         Ok(renditions) => {
             let multipart = headers
@@ -111,9 +103,9 @@ pub(super) async fn push_segment(
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.contains("multipart/mixed"));
             if multipart {
-                multipart_response(&st.storage, seq, &renditions).await
+                multipart_response(&storage, seq, &renditions).await
             } else {
-                json_response(&headers, &stream, seq, &renditions)
+                json_response(&headers, &admitted.stream, seq, &renditions)
             }
         }
     };
@@ -125,13 +117,6 @@ pub(super) async fn push_segment(
         answer.headers_mut().insert(PUSH_TOKEN_HEADER, t);
     }
     answer
-}
-
-fn too_large(max: usize) -> Response {
-    error(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        format!("a pushed segment may be at most {} MiB", max >> 20),
-    )
 }
 
 /// Longest wait for the next piece of a pushed body.
