@@ -65,7 +65,7 @@ FORBIDDEN = {
     "worker": {
         "configure": ["castwork.ingest", PUSH],
         "write": ["castwork.ingest", "castwork.events"],
-        "read": ["castwork.ingest", "castwork.jobs.dead", PUSH],
+        "read": ["castwork.ingest", "castwork.jobs.dead", "castwork.parked", PUSH],
     },
     "broadcaster": {
         "configure": JOBS + ["castwork.jobs.dead"],

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs what Castwork needs on a Debian machine (FFmpeg libraries, clang, RabbitMQ, Redis)
-# and starts RabbitMQ and Redis if they are not running. Safe to run again.
+# Installs what Castwork needs on a Debian machine (FFmpeg libraries, clang, RabbitMQ, Redis),
+# starts RabbitMQ and Redis if they are not running and enables RabbitMQ's management
+# plugin. Safe to run again.
 set -euo pipefail
 
 SUDO=""
@@ -39,9 +40,25 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
   echo "setup: starting RabbitMQ"
   $SUDO rabbitmq-server -detached >/dev/null 2>&1 || true
 fi
+up=""
 for _ in $(seq 1 60); do
-  (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null && redis-cli -h 127.0.0.1 ping >/dev/null 2>&1 && exit 0
+  (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null && redis-cli -h 127.0.0.1 ping >/dev/null 2>&1 && { up=1; break; }
   sleep 1
 done
-echo "setup: RabbitMQ (127.0.0.1:5672) or Redis (127.0.0.1:6379) did not come up" >&2
+if [ -z "$up" ]; then
+  echo "setup: RabbitMQ (127.0.0.1:5672) or Redis (127.0.0.1:6379) did not come up" >&2
+  exit 1
+fi
+
+# The management API (:15672) is where the orchestrator reads each queue's unacknowledged
+# messages (AMQP only tells the ready ones). Enabling it on a running node needs no restart.
+if ! $SUDO rabbitmq-plugins list -e -m 2>/dev/null | grep -qx rabbitmq_management; then
+  echo "setup: enabling RabbitMQ's management plugin"
+  $SUDO rabbitmq-plugins enable rabbitmq_management >/dev/null
+fi
+for _ in $(seq 1 30); do
+  (exec 3<>/dev/tcp/127.0.0.1/15672) 2>/dev/null && exit 0
+  sleep 1
+done
+echo "setup: RabbitMQ's management API (127.0.0.1:15672) did not come up" >&2
 exit 1

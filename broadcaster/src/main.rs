@@ -58,8 +58,9 @@ enum Command {
         #[arg(long, env = "TRANSCODING_OPTIONS")]
         transcoding_options: Option<PathBuf>,
 
-        /// Wait until every rendition of every segment is done; exit non-zero naming the
-        /// segments that failed.
+        /// Wait until the stream ends. Exit 0 when every rendition of every segment is
+        /// done; 3 when it ended incomplete (segments failed: each is named with why, and
+        /// the playlists list the others); 1 on any other failure.
         #[arg(long, env = "PUSH_WAIT")]
         wait: bool,
 
@@ -72,9 +73,11 @@ enum Command {
         #[arg(long, env = "SEGMENT_SECS", default_value_t = 2.0)]
         segment_secs: f64,
 
-        /// Base URL of `broadcaster serve`, used to print the playback URL.
-        #[arg(long, env = "PLAYBACK_URL", default_value = "http://127.0.0.1:8935")]
-        playback_url: String,
+        /// Base URL of the playback server (e.g. a `broadcaster serve`'s
+        /// http://HOST:8935), for the playback URL printed at the end. Unset: the one the
+        /// orchestrator names (its --playback-url, by default its own /hls).
+        #[arg(long, env = "PLAYBACK_URL")]
+        playback_url: Option<String>,
 
         /// Seconds to wait for an orchestrator to admit the stream.
         #[arg(long, env = "ADMIT_TIMEOUT_SECS", default_value_t = 30)]
@@ -470,6 +473,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let storage = Storage::from_url(&cli.service.storage_url)?;
+    // The store as resolved (a relative file:// path made absolute), so a push from
+    // another directory shows where its segments go.
+    tracing::info!(storage = %storage, "object store");
+    if matches!(cli.command, Command::Push { .. }) {
+        eprintln!("object store: {storage}");
+    }
     match cli.command {
         Command::Chain { .. } | Command::Keys { .. } => unreachable!("handled above"),
         Command::Serve {
@@ -609,9 +618,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if !(0.5..=60.0).contains(&segment_secs) {
                 anyhow::bail!("--segment-secs must be between 0.5 and 60");
             }
-            let local_dir = cli
-                .service
-                .storage_url
+            // Absolute, as resolved.
+            let local_dir = storage
+                .to_string()
                 .strip_prefix("file://")
                 .map(PathBuf::from);
             let outcome = push(
@@ -623,7 +632,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     wait,
                     amqp_url: cli.service.amqp_url,
                     storage,
-                    playback_url: playback_url.clone(),
+                    playback_url,
                     local_dir: local_dir.clone(),
                     admit_timeout: Duration::from_secs(admit_timeout_secs),
                     broadcaster: broadcaster_id,
@@ -637,10 +646,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .await?;
             if !wait {
                 println!("queued {} segments of stream {stream}", outcome.segments);
+                if let Some(url) = &outcome.playback_url {
+                    println!("playback once transcoded: {url}");
+                }
                 return Ok(ExitCode::SUCCESS);
             }
             if let Some(master) = &outcome.master_playlist {
-                println!("playback: {}/{master}", playback_url.trim_end_matches('/'));
+                if let Some(url) = &outcome.playback_url {
+                    println!("playback: {url}");
+                }
                 if let Some(dir) = &local_dir {
                     println!("output: {}", dir.join(master).display());
                 }
@@ -658,23 +672,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
                 return Ok(ExitCode::FAILURE);
             }
-            if outcome.failed.is_empty() {
-                println!(
-                    "done: {} segments, every rendition transcoded",
-                    outcome.segments
-                );
-                Ok(ExitCode::SUCCESS)
-            } else {
-                eprintln!(
-                    "{} of {} segments failed:",
-                    outcome.failed.len(),
-                    outcome.segments
-                );
-                for (seq, message) in &outcome.failed {
-                    eprintln!("  segment {seq}: {message}");
-                }
-                Ok(ExitCode::FAILURE)
+            if outcome.is_incomplete() {
+                eprintln!("{}", outcome.incomplete_report(&stream));
+                return Ok(ExitCode::from(castwork_broadcaster::push::EXIT_INCOMPLETE));
             }
+            println!(
+                "done: {} segments, every rendition transcoded",
+                outcome.segments
+            );
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -32,9 +32,18 @@ pub static RTMP_REFUSED: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-/// Registers every metric, so `/metrics` shows each from the start (at zero).
+/// The label values each labelled metric starts with, at zero.
+pub const SEGMENT_EVENTS: &[&str] = &["sent", "refused"];
+pub const DIRECTIONS: &[&str] = &["in", "out"];
+
+/// Registers every metric with every label set it is known to take, so `/metrics` shows
+/// each from the start (at zero).
 pub fn register() {
     LazyLock::force(&RTMP_REFUSED);
-    LazyLock::force(&SEGMENTS);
-    LazyLock::force(&BYTES);
+    for e in SEGMENT_EVENTS {
+        SEGMENTS.with_label_values(&[e]);
+    }
+    for d in DIRECTIONS {
+        BYTES.with_label_values(&[d]);
+    }
 }

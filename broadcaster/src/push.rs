@@ -13,7 +13,7 @@ use castwork_cluster::Storage;
 use castwork_media::{CutSegment, MediaError, SegmentOptions};
 use castwork_protocol::{
     source_key, validate_stream_name, IngestMessage, ObjectRef, Profile, RenditionRef,
-    SegmentReady, StreamEnded, StreamEvent, StreamMode, StreamStarted,
+    SegmentReady, StreamAborted, StreamEnded, StreamEvent, StreamMode, StreamStarted,
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -33,8 +33,9 @@ pub struct PushRequest {
     pub wait: bool,
     pub amqp_url: String,
     pub storage: Storage,
-    /// Base URL of `broadcaster serve`, for the playback URL printed at the end.
-    pub playback_url: String,
+    /// Base URL of the playback server, in place of the one the orchestrator names (its
+    /// `--playback-url`), for the playback URL printed at the end.
+    pub playback_url: Option<String>,
     /// Local directory of a `file://` object store, for the output path printed at the end.
     pub local_dir: Option<PathBuf>,
     /// How long to wait for an orchestrator to admit the stream.
@@ -73,15 +74,51 @@ pub struct PushOutcome {
     /// Failed segments with their messages (only known with `wait`).
     pub failed: Vec<(u64, String)>,
     pub master_playlist: Option<String>,
+    /// Where viewers play the stream (once complete), when known.
+    pub playback_url: Option<String>,
     /// With verification: segments checked, and the renditions that failed.
     pub verified: usize,
     pub evidence: Vec<crate::verify::Evidence>,
+}
+
+/// `push --wait`'s exit status when the stream ended incomplete: some of its segments
+/// failed (the playlists list the others). Any other failure exits 1, and a bad command
+/// line 2.
+pub const EXIT_INCOMPLETE: u8 = 3;
+
+impl PushOutcome {
+    /// Whether the stream ended with segments missing from its output. An on-demand
+    /// stream's segments are never skipped (only a live segment that misses its deadline
+    /// is), so its failed segments are all that can be missing.
+    pub fn is_incomplete(&self) -> bool {
+        !self.failed.is_empty()
+    }
+
+    /// What `push --wait` prints when `stream` ended incomplete: how many segments failed,
+    /// and why each did.
+    pub fn incomplete_report(&self, stream: &str) -> String {
+        let failed = self.failed.len() as u64;
+        let mut report = format!(
+            "stream {stream} is incomplete: {failed} of {} segments failed, so its playlists \
+             list only the other {}:",
+            self.segments,
+            self.segments.saturating_sub(failed)
+        );
+        for (seq, message) in &self.failed {
+            report.push_str(&format!("\n  segment {seq}: {message}"));
+        }
+        report
+    }
 }
 
 /// Pushes one file as an on-demand stream.
 ///
 /// On `shutdown` (SIGTERM, Ctrl-C) while uploading, it closes the stream with the segments
 /// already sent and fails; while waiting, it leaves the cluster to finish and fails.
+///
+/// Any other failure after admission (the file cannot be cut, a segment cannot be stored
+/// or paid for) aborts the stream: the orchestrator marks it failed with the reason and
+/// deletes what it had stored (`streams/NAME/`), so nothing is left active or half-made.
 pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Result<PushOutcome> {
     validate_stream_name(&req.stream).map_err(anyhow::Error::msg)?;
     let input = req.input.clone();
@@ -136,8 +173,10 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
                     rungs,
                     skipped,
                     session: s,
+                    playback_url,
+                    store,
                     ..
-                } if s == session => return Ok((rungs, skipped)),
+                } if s == session => return Ok((rungs, skipped, playback_url, store)),
                 StreamEvent::StreamRejected {
                     message,
                     session: s,
@@ -156,7 +195,13 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
             req.admit_timeout.as_secs()
         )
     })??;
-    let (rungs, skipped) = admitted;
+    let (rungs, skipped, cluster_playback, store) = admitted;
+    if let Err(e) = check_store(&req.storage, store.as_ref()).await {
+        abort(&mut link, &req.stream, session, &format!("{e:#}")).await;
+        link.close().await;
+        return Err(e);
+    }
+    let playback_url = playback_url(req.playback_url.as_deref(), cluster_playback, &req.stream);
     for r in &rungs {
         eprintln!(
             "rendition {}: {}x{} at {} kbit/s, up to {:.3} fps",
@@ -192,6 +237,8 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
     });
     let ext = probed.container.extension();
     let mut uploaded = 0u64;
+    // How much of the source the segments sent so far cover.
+    let mut read_us = 0i64;
     let mut failed = Vec::new();
     let mut completed: Option<String> = None;
     // What was sent and received per segment, for the broadcaster's own check.
@@ -205,8 +252,12 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
                 None => break,
             },
             _ = shutdown.cancelled() => {
-                end_early(&mut link, &req.stream, session, uploaded).await;
                 progress.finish();
+                if uploaded == 0 {
+                    abort(&mut link, &req.stream, session, "interrupted before any segment was sent").await;
+                    bail!("interrupted: stream {} was closed before any segment was sent", req.stream);
+                }
+                end_early(&mut link, &req.stream, session, uploaded).await;
                 bail!("interrupted: stream {} was closed with the {uploaded} segments already sent", req.stream);
             }
         };
@@ -214,8 +265,9 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
             Some(p) => match p.pay(&rungs, seg.frames, fps).await {
                 Ok(t) => t,
                 Err(e) => {
-                    end_early(&mut link, &req.stream, session, uploaded).await;
-                    return Err(e.context("signing the segment's tickets"));
+                    let e = e.context("signing the segment's tickets");
+                    progress.finish();
+                    return Err(aborted(link, &req.stream, session, uploaded, e).await);
                 }
             },
             None => None,
@@ -240,11 +292,12 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
                 outputs.insert(seg.seq, (object, Vec::new()));
             }
             Err(e) => {
-                end_early(&mut link, &req.stream, session, uploaded).await;
-                return Err(e);
+                progress.finish();
+                return Err(aborted(link, &req.stream, session, uploaded, e).await);
             }
         }
         uploaded += 1;
+        read_us += seg.duration_us;
         progress.uploaded(seg.seq, seg.duration_us as f64 / 1e6);
         // Keep up with events so the transcoded bar moves while we upload.
         while let Some(e) = link.try_event().await {
@@ -254,11 +307,14 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
     let summary = match cutter.await? {
         Ok(s) => s,
         Err(e) => {
-            end_early(&mut link, &req.stream, session, uploaded).await;
-            bail!(
-                "cannot cut {}: {e} ({uploaded} segments were sent before the error)",
-                req.input.display()
-            );
+            progress.finish();
+            let e = anyhow::anyhow!(cut_failure(
+                &req.input.display().to_string(),
+                &e.to_string(),
+                read_us,
+                meta.duration_us
+            ));
+            return Err(aborted(link, &req.stream, session, uploaded, e).await);
         }
     };
     progress.set_total(summary.segments);
@@ -290,6 +346,7 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
             segments: uploaded,
             failed,
             master_playlist: None,
+            playback_url,
             verified: 0,
             evidence: Vec::new(),
         });
@@ -322,6 +379,14 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
                 continue;
             }
         };
+        if let StreamEvent::StreamFailed { reason, .. } = &e {
+            progress.finish();
+            link.close().await;
+            bail!(
+                "stream {} failed: {reason}; the cluster deleted its segments and renditions",
+                req.stream
+            );
+        }
         note_event(&e, &mut progress, &mut failed, &mut completed, &mut outputs);
     }
     progress.finish();
@@ -346,9 +411,56 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
         segments: summary.segments,
         failed,
         master_playlist: completed,
+        playback_url,
         verified,
         evidence,
     })
+}
+
+/// Refuses to push into an object store that is not the orchestrator's (`theirs`, from its
+/// admission): it would find none of the segments. An orchestrator that names no store
+/// (an older one) is not checked.
+async fn check_store(
+    ours: &Storage,
+    theirs: Option<&castwork_protocol::StoreIdentity>,
+) -> anyhow::Result<()> {
+    let Some(theirs) = theirs else {
+        return Ok(());
+    };
+    let id = ours
+        .id()
+        .await
+        .with_context(|| format!("reading this push's object store {ours}"))?;
+    if id.as_deref() == Some(theirs.id.as_str()) {
+        return Ok(());
+    }
+    let what = match id {
+        Some(id) => format!(
+            "a different store (id {id}, the orchestrator's is {})",
+            theirs.id
+        ),
+        None => "a store no orchestrator has used".to_string(),
+    };
+    bail!(
+        "this push writes to object store {ours}, which is {what}; the orchestrator reads \
+         from {theirs_url}, so it would find none of the segments. Push into the \
+         orchestrator's store: `broadcaster --storage-url {theirs_url} push ...` (or env \
+         STORAGE_URL={theirs_url}); nothing was sent",
+        theirs_url = theirs.url,
+    )
+}
+
+/// The URL to print for the stream's master playlist: under `base` when given
+/// (`--playback-url`), else the one the orchestrator named.
+fn playback_url(base: Option<&str>, cluster: Option<String>, stream: &str) -> Option<String> {
+    match base {
+        Some(b) => Some(format!(
+            "{}/{}",
+            b.trim_end_matches('/'),
+            castwork_protocol::master_playlist_key(stream)
+        )),
+        None => cluster,
+    }
 }
 
 /// How often `--wait` reads the stream's state from the orchestrator, when it knows where.
@@ -363,7 +475,7 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 }
 
 /// The master playlist and failed segments of this push's stream, if the orchestrator at
-/// `url` says it is complete.
+/// `url` says it ended (complete, or incomplete with segments failed).
 async fn completed_at(
     url: &str,
     stream: &str,
@@ -376,7 +488,8 @@ async fn completed_at(
         .await
         .ok()?;
     let v: serde_json::Value = serde_json::from_str(&resp.text().await.ok()?).ok()?;
-    if v["state"] != "complete" || v["session"] != session.to_string() {
+    let ended = v["state"] == "complete" || v["state"] == "incomplete";
+    if !ended || v["session"] != session.to_string() {
         return None;
     }
     let failed = v["failures"]
@@ -401,6 +514,52 @@ async fn end_early(link: &mut Link, stream: &str, session: Uuid, segments: u64) 
     });
     if let Err(e) = link.publish(&msg).await {
         tracing::warn!(error = %e, "could not close the stream after the failure");
+    }
+}
+
+/// Aborts a stream whose push failed, so the orchestrator marks it failed with `reason`
+/// and deletes its objects. A broker that cannot be reached leaves it to the
+/// orchestrator's overdue sweep.
+async fn abort(link: &mut Link, stream: &str, session: Uuid, reason: &str) {
+    let msg = IngestMessage::StreamAborted(StreamAborted {
+        stream: stream.to_string(),
+        session,
+        reason: reason.to_string(),
+        secret: String::new(),
+    });
+    if let Err(e) = link.publish(&msg).await {
+        tracing::warn!(error = %e, "could not abort the stream after the failure");
+    }
+}
+
+/// Aborts the stream after `e`, closes the link (its event queue goes) and says what
+/// became of the stream.
+async fn aborted(
+    mut link: Link,
+    stream: &str,
+    session: Uuid,
+    uploaded: u64,
+    e: anyhow::Error,
+) -> anyhow::Error {
+    abort(&mut link, stream, session, &format!("{e:#}")).await;
+    link.close().await;
+    e.context(format!(
+        "push failed: stream {stream} was marked failed, and the {uploaded} segments already \
+         sent are being deleted"
+    ))
+}
+
+/// Why cutting stopped, in the user's words: a file whose readable part is well short of
+/// the duration its header gives was cut off (an interrupted download, a full disk).
+fn cut_failure(input: &str, error: &str, read_us: i64, duration_us: Option<i64>) -> String {
+    match duration_us {
+        Some(total) if total > 0 && read_us < total - total / 20 => format!(
+            "the file ends early: {:.1} s of its {:.1} s could be read (truncated download?); \
+             cutting {input} stopped with: {error}",
+            read_us as f64 / 1e6,
+            total as f64 / 1e6
+        ),
+        _ => format!("cannot cut {input}: {error}"),
     }
 }
 
@@ -503,4 +662,54 @@ async fn upload_segment(
         link.publish_in(&msg, &publish).await?;
     }
     Ok(object)
+}
+
+#[cfg(test)]
+mod completion_tests {
+    use super::*;
+
+    fn outcome(failed: Vec<(u64, String)>) -> PushOutcome {
+        PushOutcome {
+            segments: 3,
+            failed,
+            master_playlist: Some("streams/s/index.m3u8".into()),
+            playback_url: None,
+            verified: 0,
+            evidence: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_stream_with_a_failed_segment_is_reported_incomplete() {
+        assert!(!outcome(Vec::new()).is_incomplete());
+        let o = outcome(vec![(1, "source segment cannot be decoded".into())]);
+        assert!(o.is_incomplete());
+        assert_eq!(
+            o.incomplete_report("s"),
+            "stream s is incomplete: 1 of 3 segments failed, so its playlists list only the \
+             other 2:\n  segment 1: source segment cannot be decoded"
+        );
+        assert_ne!(EXIT_INCOMPLETE, 1);
+        assert_ne!(EXIT_INCOMPLETE, 2);
+    }
+
+    #[test]
+    fn a_file_cut_off_early_is_called_truncated() {
+        let m = cut_failure("t.mp4", "Invalid data", 1_200_000, Some(8_300_000));
+        assert!(
+            m.starts_with(
+                "the file ends early: 1.2 s of its 8.3 s could be read (truncated download?)"
+            ),
+            "{m}"
+        );
+        // Read to (near) the end, or no duration to compare with: the plain error.
+        assert_eq!(
+            cut_failure("t.mp4", "Invalid data", 8_200_000, Some(8_300_000)),
+            "cannot cut t.mp4: Invalid data"
+        );
+        assert_eq!(
+            cut_failure("t.mp4", "Invalid data", 0, None),
+            "cannot cut t.mp4: Invalid data"
+        );
+    }
 }

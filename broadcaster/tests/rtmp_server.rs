@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use castwork_broadcaster::rtmp::{
-    serve, Accepted, PublishRequest, Publishers, RtmpEvent, RtmpOptions,
+    serve, Accepted, PublishRequest, Publishers, Refusal, RtmpEvent, RtmpOptions,
 };
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use rml_rtmp::sessions::{
@@ -17,22 +17,32 @@ use rml_rtmp::sessions::{
 use rml_rtmp::time::RtmpTimestamp;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
 mod common;
 use common::{codecs, decode};
 
-/// Accepts keys starting with "good" and hands each stream's events to the test once it ends.
+/// Accepts keys starting with "good" (and "cut", which it cuts off with a reason after a
+/// second) and hands each stream's events to the test once it ends.
 struct TestPublishers {
     done: mpsc::UnboundedSender<(String, Vec<RtmpEvent>)>,
 }
 
 impl Publishers for TestPublishers {
-    async fn publish(&self, req: PublishRequest) -> Result<Accepted, String> {
-        if !req.key.starts_with("good") {
-            return Err(format!("stream key {} is not known", req.key));
+    async fn publish(&self, req: PublishRequest) -> Result<Accepted, Refusal> {
+        let (cut_tx, cut_off) = oneshot::channel();
+        if req.key.starts_with("cut") {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let _ = cut_tx.send("the account cannot pay: top it up".to_string());
+            });
+        } else if !req.key.starts_with("good") {
+            return Err(Refusal::bad_name(format!(
+                "stream key {} is not known",
+                req.key
+            )));
         }
         let (sink, mut events_rx) = mpsc::channel(4);
         let done = self.done.clone();
@@ -47,7 +57,11 @@ impl Publishers for TestPublishers {
             }
             let _ = done.send((req.key, events));
         });
-        Ok(Accepted { sink, base_ms: 0 })
+        Ok(Accepted {
+            sink,
+            base_ms: 0,
+            cut_off,
+        })
     }
 }
 
@@ -60,16 +74,20 @@ struct Server {
 
 impl Server {
     async fn start(idle_timeout: Duration) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (done_tx, done) = mpsc::unbounded_channel();
-        let publishers = Arc::new(TestPublishers { done: done_tx });
-        let opts = RtmpOptions {
+        Server::start_with(RtmpOptions {
             target_ms: 2000,
             max_ms: 10_000,
             idle_timeout,
             ..Default::default()
-        };
+        })
+        .await
+    }
+
+    async fn start_with(opts: RtmpOptions) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (done_tx, done) = mpsc::unbounded_channel();
+        let publishers = Arc::new(TestPublishers { done: done_tx });
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(serve(listener, publishers, opts, shutdown.clone()));
         Server {
@@ -99,8 +117,14 @@ impl Server {
 
 /// Publishes `secs` seconds of 30 fps test video with audio, in real time, to `key`.
 async fn ffmpeg_publish(port: u16, key: &str, secs: u32) -> Output {
+    ffmpeg_publish_gop(port, key, secs, 30).await
+}
+
+/// [`ffmpeg_publish`] with a keyframe every `gop` frames.
+async fn ffmpeg_publish_gop(port: u16, key: &str, secs: u32, gop: u32) -> Output {
     let url = format!("rtmp://127.0.0.1:{port}/live/{key}");
     let secs = secs.to_string();
+    let gop = gop.to_string();
     tokio::task::spawn_blocking(move || {
         Command::new("ffmpeg")
             .args(["-v", "error", "-re", "-f", "lavfi"])
@@ -113,7 +137,7 @@ async fn ffmpeg_publish(port: u16, key: &str, secs: u32) -> Output {
                 "sine",
             ])
             .args([
-                "-t", &secs, "-c:v", "libx264", "-preset", "veryfast", "-g", "30",
+                "-t", &secs, "-c:v", "libx264", "-preset", "veryfast", "-g", &gop,
             ])
             .args(["-c:a", "aac", "-f", "flv", &url])
             .output()
@@ -172,8 +196,108 @@ async fn unknown_key_is_refused_with_the_message() {
     let out = ffmpeg_publish(server.port, "bad", 2).await;
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("stream key bad is not known"), "{stderr}");
+    eprintln!("STDERR<<{stderr}>>");
+    assert!(
+        stderr.contains("Server error: stream key bad is not known"),
+        "{stderr}"
+    );
     assert!(server.done.try_recv().is_err());
+    server.stop().await;
+}
+
+/// A publisher whose keyframes are further apart than a segment may last reads why it was
+/// cut off, not a broken pipe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyframes_too_far_apart_are_told_to_the_publisher() {
+    let mut server = Server::start_with(RtmpOptions {
+        target_ms: 1000,
+        max_ms: 2000,
+        ..Default::default()
+    })
+    .await;
+    // A keyframe every 10 s.
+    let started = Instant::now();
+    let out = ffmpeg_publish_gop(server.port, "good-sparse", 8, 300).await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("STDERR<<{stderr}>>");
+    assert!(
+        stderr.contains("Server error: keyframe interval too long"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Keyframe Interval = 2"), "{stderr}");
+    assert!(!stderr.contains("Broken pipe"), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(7),
+        "{:?}",
+        started.elapsed()
+    );
+    let (_, events) = server.next_stream().await;
+    assert!(
+        matches!(events.last(), Some(RtmpEvent::Ended { error: Some(e), .. }) if e.contains("keyframe")),
+        "{events:?}"
+    );
+    server.stop().await;
+}
+
+/// A stream refused after it started (the orchestrator said no) tells its publisher why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_cut_off_tells_the_publisher_why() {
+    let mut server = Server::start(Duration::from_secs(5)).await;
+    let started = Instant::now();
+    let out = ffmpeg_publish(server.port, "cut1", 8).await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("STDERR<<{stderr}>>");
+    assert!(
+        stderr.contains("Server error: the account cannot pay: top it up"),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    let (key, events) = server.next_stream().await;
+    assert_eq!(key, "cut1");
+    assert!(
+        matches!(events.last(), Some(RtmpEvent::Ended { error: Some(e), .. }) if e.contains("cannot pay")),
+        "{events:?}"
+    );
+    server.stop().await;
+}
+
+/// Past the connection cap a publisher is told the server is at capacity; once a slot is
+/// free it publishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_cap_a_publisher_is_told_the_server_is_at_capacity() {
+    let mut server = Server::start_with(RtmpOptions {
+        max_connections: 1,
+        ..Default::default()
+    })
+    .await;
+    let held = TcpStream::connect(("127.0.0.1", server.port))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let out = ffmpeg_publish(server.port, "good-late", 2).await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("STDERR<<{stderr}>>");
+    assert!(
+        stderr.contains("Server error: the server is at capacity (1 RTMP connections"),
+        "{stderr}"
+    );
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let out = ffmpeg_publish(server.port, "good-now", 3).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (key, _) = server.next_stream().await;
+    assert_eq!(key, "good-now");
     server.stop().await;
 }
 

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use alloy::primitives::utils::{format_ether, parse_ether};
+use alloy::primitives::utils::{format_ether, ParseUnits, Unit};
 use alloy::primitives::U256;
 use alloy::signers::local::PrivateKeySigner;
 use anyhow::{bail, Context as _};
@@ -71,14 +71,41 @@ impl EthArgs {
     }
 }
 
-/// An amount in wei (or token base units): an integer, or a decimal with an `eth` suffix
-/// (`1.5eth` is 1.5 x 10^18).
+/// An amount in wei (or token base units): an integer, or a decimal with a unit: `eth`
+/// (`1.5eth` is 1.5 x 10^18), `gwei` (`2.5gwei` is 2.5 x 10^9) or `wei`. A negative amount,
+/// or one finer than a wei (`0.5wei`), is refused rather than rounded.
 pub fn parse_amount(s: &str) -> Result<U256, String> {
     let t = s.trim();
-    if let Some(d) = t.strip_suffix("eth") {
-        return parse_ether(d.trim()).map_err(|e| format!("amount {s:?}: {e}"));
+    let refuse = |why: String| format!("amount {s:?}: {why}");
+    if t.starts_with('-') {
+        return Err(refuse("cannot be negative".into()));
     }
-    crate::ticket::parse_u256(t).map_err(|e| format!("amount {s:?}: {e}"))
+    // `gwei` before `wei`, which it ends with.
+    for (suffix, unit) in [
+        ("gwei", Unit::GWEI),
+        ("wei", Unit::WEI),
+        ("eth", Unit::ETHER),
+    ] {
+        let Some(d) = t.strip_suffix(suffix) else {
+            continue;
+        };
+        let d = d.trim();
+        if d.is_empty() {
+            return Err(refuse(format!("no number before {suffix}")));
+        }
+        if d.split_once('.')
+            .is_some_and(|(_, f)| f.len() > usize::from(unit.get()))
+        {
+            return Err(refuse(format!(
+                "more than {} decimals of {suffix} is finer than a wei",
+                unit.get()
+            )));
+        }
+        return ParseUnits::parse_units(d, unit)
+            .map(|v| v.get_absolute())
+            .map_err(|e| refuse(e.to_string()));
+    }
+    crate::ticket::parse_u256(t).map_err(|e| refuse(e.to_string()))
 }
 
 /// `1500000000000000000 (1.5 eth)`.
@@ -133,6 +160,30 @@ mod tests {
         );
         assert!(parse_amount("x").is_err());
         assert!(parse_amount("1.5").is_err());
+        assert_eq!(
+            parse_amount("2.5gwei").unwrap(),
+            U256::from(2_500_000_000u64)
+        );
+        assert_eq!(
+            parse_amount("3 gwei").unwrap(),
+            U256::from(3_000_000_000u64)
+        );
+        assert_eq!(parse_amount("7wei").unwrap(), U256::from(7u64));
+        assert_eq!(parse_amount("0eth").unwrap(), U256::ZERO);
+        for bad in [
+            "-5",
+            "-1eth",
+            "0.5wei",
+            "1.0000000001gwei",
+            "gwei",
+            "eth",
+            "1.2.3eth",
+        ] {
+            assert!(parse_amount(bad).is_err(), "{bad}");
+        }
+        assert!(parse_amount("-5")
+            .unwrap_err()
+            .contains("cannot be negative"));
         assert_eq!(
             show_amount(U256::from(1_500_000_000_000_000_000u64)),
             "1500000000000000000 (1.5 eth)"

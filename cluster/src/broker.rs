@@ -3,7 +3,7 @@
 
 use castwork_protocol::{
     job_queue, StreamMode, DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, EVENTS_EXCHANGE,
-    INGEST_EXCHANGE, INGEST_QUEUE, JOBS_EXCHANGE, RESULTS_EXCHANGE, RESULTS_QUEUE,
+    INGEST_EXCHANGE, INGEST_QUEUE, JOBS_EXCHANGE, PARKED_QUEUE, RESULTS_EXCHANGE, RESULTS_QUEUE,
 };
 use lapin::{
     options::{
@@ -22,8 +22,12 @@ pub const RESULTS_KEY: &str = "result";
 pub const CLASSES: &[&str] = &["cpu"];
 
 /// The broker's own redelivery backstop. The orchestrator decides when a segment is poison
-/// from worker reports long before this; crashes and requeues also count here.
+/// from worker reports, and consumers dead-letter a message after
+/// [`crate::consume::MAX_DELIVERIES`], long before this; crashes also count here.
 pub const DELIVERY_LIMIT: i64 = 50;
+
+/// Dead letters nobody could record that the parked queue keeps (the oldest go first).
+pub const PARKED_MAX: i64 = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -36,11 +40,17 @@ pub enum BrokerError {
     },
 }
 
-/// How many messages wait in one queue, and how many consumers it has.
+/// How many messages wait in one queue, how many are out with consumers, and how many
+/// consumers it has.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct QueueDepth {
     pub queue: String,
+    /// Messages ready for a consumer (what the broker counts in a passive declare).
     pub messages: u32,
+    /// Messages delivered to a consumer and not yet acknowledged, from RabbitMQ's management
+    /// API (AMQP itself does not tell); `None` when that could not be read.
+    #[serde(default)]
+    pub unacked: Option<u32>,
     pub consumers: u32,
 }
 
@@ -54,6 +64,7 @@ pub fn known_queues() -> Vec<String> {
     }
     queues.push(RESULTS_QUEUE.to_string());
     queues.push(DEAD_LETTER_QUEUE.to_string());
+    queues.push(PARKED_QUEUE.to_string());
     queues
 }
 
@@ -63,20 +74,45 @@ pub struct Broker {
     publisher: Channel,
 }
 
-fn quorum_args(dead_letter: bool) -> FieldTable {
+/// Where a queue's messages go once past the broker's delivery limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Overflow {
+    /// Nowhere: the queue has no limit (the dead letters' last stop).
+    Keep,
+    /// To this dead-letter exchange.
+    DeadLetter(&'static str),
+}
+
+/// The queue arguments of every queue in the topology.
+fn queue_args(queue: &str) -> FieldTable {
+    if queue == PARKED_QUEUE {
+        let mut args = quorum_args(Overflow::Keep);
+        args.insert(
+            ShortString::from("x-max-length"),
+            AMQPValue::LongLongInt(PARKED_MAX),
+        );
+        args
+    } else if queue == DEAD_LETTER_QUEUE {
+        quorum_args(Overflow::DeadLetter(PARKED_QUEUE))
+    } else {
+        quorum_args(Overflow::DeadLetter(DEAD_LETTER_EXCHANGE))
+    }
+}
+
+fn quorum_args(overflow: Overflow) -> FieldTable {
     let mut args = FieldTable::default();
     args.insert(
         ShortString::from("x-queue-type"),
         AMQPValue::LongString(LongString::from("quorum")),
     );
-    if dead_letter {
+    if let Overflow::DeadLetter(exchange) = overflow {
         args.insert(
             ShortString::from("x-delivery-limit"),
             AMQPValue::LongLongInt(DELIVERY_LIMIT),
         );
         args.insert(
             ShortString::from("x-dead-letter-exchange"),
-            AMQPValue::LongString(LongString::from(DEAD_LETTER_EXCHANGE)),
+            AMQPValue::LongString(LongString::from(exchange)),
         );
         args.insert(
             ShortString::from("x-dead-letter-strategy"),
@@ -90,22 +126,53 @@ fn quorum_args(dead_letter: bool) -> FieldTable {
     args
 }
 
+/// Declares and binds `queue`. A queue that an older Castwork declared with other
+/// arguments is kept as it is (the broker refuses to change them; the consumers' own
+/// delivery bound still holds), with a warning that says how to get the new ones.
 async fn declare_queue(
-    ch: &Channel,
+    connection: &Connection,
+    ch: &mut Channel,
     queue: &str,
     exchange: &str,
     key: &str,
-    dead_letter: bool,
 ) -> Result<(), lapin::Error> {
-    ch.queue_declare(
-        queue.into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        quorum_args(dead_letter),
-    )
-    .await?;
+    let declared = ch
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            queue_args(queue),
+        )
+        .await;
+    if let Err(e) = declared {
+        let precondition = matches!(
+            e.kind(),
+            lapin::ErrorKind::ProtocolError(p) if p.get_id() == 406
+        );
+        if !precondition {
+            return Err(e);
+        }
+        // The refusal closed the channel: go on with a new one.
+        *ch = connection.create_channel().await?;
+        ch.queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+        tracing::warn!(
+            queue,
+            "the queue exists with the arguments of an older Castwork, kept as they are; to \
+             get the broker's delivery limit on it, delete it while it is empty \
+             (rabbitmqctl delete_queue {queue}) and restart"
+        );
+    }
     ch.queue_bind(
         queue.into(),
         exchange.into(),
@@ -140,8 +207,10 @@ impl Role {
 /// or binds to and the queues it consumes or publishes into (so a message published
 /// before its consumer ever ran still has a queue), and nothing else: a role's user needs
 /// no permission on the rest. A re-declare after a reconnect never fails.
-pub async fn declare_topology(ch: &Channel, role: Role) -> Result<(), lapin::Error> {
+pub async fn declare_topology(connection: &Connection, role: Role) -> Result<(), lapin::Error> {
     use Role::{Broadcaster, Orchestrator, Worker};
+    let mut ch = connection.create_channel().await?;
+    let c = connection;
     let durable = ExchangeDeclareOptions {
         durable: true,
         ..Default::default()
@@ -172,6 +241,7 @@ pub async fn declare_topology(ch: &Channel, role: Role) -> Result<(), lapin::Err
             ExchangeKind::Fanout,
             &[Orchestrator, Worker][..],
         ),
+        (PARKED_QUEUE, ExchangeKind::Fanout, &[Orchestrator][..]),
     ] {
         if role.any(users) {
             ch.exchange_declare(name.into(), kind, durable, FieldTable::default())
@@ -179,24 +249,29 @@ pub async fn declare_topology(ch: &Channel, role: Role) -> Result<(), lapin::Err
         }
     }
     if role.any(&[Orchestrator, Broadcaster]) {
-        declare_queue(ch, INGEST_QUEUE, INGEST_EXCHANGE, INGEST_KEY, false).await?;
+        declare_queue(c, &mut ch, INGEST_QUEUE, INGEST_EXCHANGE, INGEST_KEY).await?;
     }
     if role.any(&[Orchestrator, Worker]) {
-        declare_queue(ch, RESULTS_QUEUE, RESULTS_EXCHANGE, RESULTS_KEY, false).await?;
+        declare_queue(c, &mut ch, RESULTS_QUEUE, RESULTS_EXCHANGE, RESULTS_KEY).await?;
     }
     // Workers declare the job queues, so they make sure their dead letters have somewhere to
     // go even before an orchestrator ran (they cannot read them).
     if role.any(&[Orchestrator, Worker]) {
-        declare_queue(ch, DEAD_LETTER_QUEUE, DEAD_LETTER_EXCHANGE, "", false).await?;
+        declare_queue(c, &mut ch, DEAD_LETTER_QUEUE, DEAD_LETTER_EXCHANGE, "").await?;
+    }
+    // Only the orchestrator reads dead letters, and parks those it cannot record.
+    if role.any(&[Orchestrator]) {
+        declare_queue(c, &mut ch, PARKED_QUEUE, PARKED_QUEUE, "").await?;
     }
     if role.any(&[Orchestrator, Worker]) {
         for class in CLASSES {
             for mode in [StreamMode::Vod, StreamMode::Live] {
                 let q = job_queue(mode, class);
-                declare_queue(ch, &q, JOBS_EXCHANGE, &q, true).await?;
+                declare_queue(c, &mut ch, &q, JOBS_EXCHANGE, &q).await?;
             }
         }
     }
+    let _ = ch.close(200, "declared".into()).await;
     Ok(())
 }
 
@@ -209,7 +284,7 @@ impl Broker {
         publisher
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        declare_topology(&publisher, role).await?;
+        declare_topology(&connection, role).await?;
         Ok(Broker {
             connection,
             publisher,
@@ -292,8 +367,9 @@ impl Broker {
         Ok((ch, consumer))
     }
 
-    /// The depth of every queue of the topology (a passive declare of each, on a channel
-    /// of its own).
+    /// The ready messages and consumers of every queue of the topology (a passive declare
+    /// of each, on a channel of its own); `unacked` is left unknown (see
+    /// `castwork_orchestrator::queues` for where it comes from).
     pub async fn queue_depths(&self) -> Result<Vec<QueueDepth>, BrokerError> {
         let ch = self.connection.create_channel().await?;
         let mut depths = Vec::new();
@@ -312,6 +388,7 @@ impl Broker {
             depths.push(QueueDepth {
                 queue,
                 messages: q.message_count(),
+                unacked: None,
                 consumers: q.consumer_count(),
             });
         }
@@ -402,11 +479,10 @@ mod tests {
         assert_eq!(names, known);
         for q in queues {
             let name = q["name"].as_str().unwrap();
-            let dead_letter = name.starts_with("jobs.");
             assert_eq!(q["durable"], true, "{name}");
             assert_eq!(
                 q["arguments"].as_object().unwrap(),
-                &json_args(&quorum_args(dead_letter)),
+                &json_args(&queue_args(name)),
                 "{name}"
             );
         }

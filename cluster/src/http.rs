@@ -1,11 +1,16 @@
 //! Serving an axum router with bounded cost per client (a connection cap, a deadline for
 //! each request's head, a deadline for each handler) and graceful shutdown, plus the
-//! `/metrics` handler.
+//! `/metrics` handler and JSON error answers (`{"error": "..."}`) for every router.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::{extract::ConnectInfo, http::header, response::IntoResponse, Router};
+use axum::{
+    extract::ConnectInfo,
+    http::{header, Method, StatusCode, Uri},
+    response::{IntoResponse, Response},
+    Json, Router,
+};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio_util::sync::CancellationToken;
 use tower_service::Service as _;
@@ -108,4 +113,130 @@ pub async fn metrics_handler() -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         crate::metrics::render(),
     )
+}
+
+/// An error answer: `{"error": message}` with `content-type: application/json`.
+pub fn error(code: StatusCode, message: impl Into<String>) -> Response {
+    (code, Json(serde_json::json!({ "error": message.into() }))).into_response()
+}
+
+/// Most bytes of a plain-text error body carried over into its JSON form.
+const MAX_ERROR_TEXT: usize = 4096;
+
+/// `router` with every error answered in JSON, as [`error`] answers: a request no route
+/// takes gets a 404 naming it, and the plain or empty error answers of handlers and of
+/// axum itself (method not allowed, a bad path or query, a body over its limit) are
+/// rewritten, their text kept as the message. Apply it to the whole router, last.
+pub fn json_errors(router: Router) -> Router {
+    router
+        .fallback(no_route)
+        .layer(axum::middleware::map_response(to_json_error))
+}
+
+async fn no_route(method: Method, uri: Uri) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        format!("no such resource: {method} {}", uri.path()),
+    )
+}
+
+/// An error answer that is not JSON yet, as JSON; any other answer as it is.
+pub async fn to_json_error(response: Response) -> Response {
+    let code = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(code.is_client_error() || code.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, MAX_ERROR_TEXT)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let mut message = if text.is_empty() {
+        code.canonical_reason()
+            .unwrap_or("error")
+            .to_ascii_lowercase()
+    } else {
+        text
+    };
+    if let Some(allow) = parts
+        .headers
+        .get(header::ALLOW)
+        .and_then(|v| v.to_str().ok())
+    {
+        message.push_str(&format!(" (allowed: {allow})"));
+    }
+    let mut answer = error(code, message);
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            answer.headers_mut().append(name, value.clone());
+        }
+    }
+    answer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    async fn body_of(r: Response) -> serde_json::Value {
+        let bytes = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    fn content_type(r: &Response) -> Option<HeaderValue> {
+        r.headers().get(header::CONTENT_TYPE).cloned()
+    }
+
+    #[tokio::test]
+    async fn plain_errors_become_json_with_their_text_and_headers() {
+        let plain = (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            [("access-control-allow-origin", "*")],
+            "Failed to buffer the request body: length limit exceeded",
+        )
+            .into_response();
+        let r = to_json_error(plain).await;
+        assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(
+            content_type(&r),
+            Some(HeaderValue::from_static("application/json"))
+        );
+        assert_eq!(r.headers()["access-control-allow-origin"], "*");
+        assert_eq!(
+            body_of(r).await["error"],
+            "Failed to buffer the request body: length limit exceeded"
+        );
+    }
+
+    #[tokio::test]
+    async fn empty_errors_get_their_reason_and_the_allowed_methods() {
+        let empty = (
+            StatusCode::METHOD_NOT_ALLOWED,
+            [(header::ALLOW, "GET,HEAD")],
+        )
+            .into_response();
+        let r = to_json_error(empty).await;
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(r.headers()[header::ALLOW], "GET,HEAD");
+        assert_eq!(
+            body_of(r).await["error"],
+            "method not allowed (allowed: GET,HEAD)"
+        );
+    }
+
+    #[tokio::test]
+    async fn successes_and_json_errors_pass_unchanged() {
+        let ok = to_json_error("fine".into_response()).await;
+        assert_eq!(ok.status(), StatusCode::OK);
+        let bytes = axum::body::to_bytes(ok.into_body(), 100).await.unwrap();
+        assert_eq!(&bytes[..], b"fine");
+        let json = to_json_error(error(StatusCode::CONFLICT, "busy")).await;
+        assert_eq!(body_of(json).await, serde_json::json!({ "error": "busy" }));
+    }
 }

@@ -3,6 +3,7 @@
 
 pub mod broker;
 pub mod config;
+pub mod consume;
 pub mod http;
 pub mod metrics;
 pub mod net;

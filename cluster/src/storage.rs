@@ -6,8 +6,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use object_store::{
     aws::AmazonS3Builder, local::LocalFileSystem, path::Path, prefix::PrefixStore, ObjectStore,
-    ObjectStoreExt, PutPayload,
+    ObjectStoreExt, PutMode, PutOptions, PutPayload,
 };
+
+/// The object naming a store: a random id the first orchestrator to use the store writes,
+/// so a process can tell whether another one's store is its own.
+pub const STORE_ID_KEY: &str = ".castwork/store-id";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -147,6 +151,61 @@ impl Storage {
     pub async fn healthcheck(&self) -> Result<(), StorageError> {
         self.size("castwork-healthcheck").await.map(|_| ())
     }
+
+    /// This store's id ([`STORE_ID_KEY`]), or `None` when no orchestrator has used it.
+    pub async fn id(&self) -> Result<Option<String>, StorageError> {
+        match self.get(STORE_ID_KEY).await {
+            Ok(b) => Ok(Some(String::from_utf8_lossy(&b).trim().to_string())),
+            Err(StorageError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// This store's id, written first if it has none. Of processes racing to write it, one
+    /// wins (a create-only put) and every one returns the winner's.
+    pub async fn ensure_id(&self) -> Result<String, StorageError> {
+        if let Some(id) = self.id().await? {
+            return Ok(id);
+        }
+        let path = Self::path(STORE_ID_KEY)?;
+        let create = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        let fresh = new_store_id();
+        let payload = PutPayload::from(Bytes::from(fresh.clone()));
+        match self.store.put_opts(&path, payload.clone(), create).await {
+            Ok(_) => return Ok(fresh),
+            Err(object_store::Error::AlreadyExists { .. }) => {}
+            // A store without create-only puts: last writer wins, and every one reads it.
+            Err(object_store::Error::NotImplemented { .. }) => self
+                .store
+                .put(&path, payload)
+                .await
+                .map(|_| ())
+                .map_err(|e| Self::err(STORE_ID_KEY, e))?,
+            Err(e) => return Err(Self::err(STORE_ID_KEY, e)),
+        }
+        self.id()
+            .await?
+            .ok_or_else(|| StorageError::NotFound(STORE_ID_KEY.to_string()))
+    }
+}
+
+/// 128 random bits in hex: the standard library's randomly keyed hasher, twice.
+fn new_store_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let half = || {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        h.write_u32(std::process::id());
+        h.finish()
+    };
+    format!("{:016x}{:016x}", half(), half())
 }
 
 impl std::fmt::Display for Storage {
@@ -189,6 +248,28 @@ mod tests {
         assert_eq!(s.delete_prefix("streams/a/").await.unwrap(), 2);
         assert_eq!(s.size("streams/ab/keep.ts").await.unwrap(), Some(1));
         assert!(Storage::from_url("ftp://x").is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_store_keeps_the_first_id_written_and_another_store_differs() {
+        // Not under tempfile_dir(): the other test removes that when it is done.
+        let dir = std::env::temp_dir().join(format!("castwork-store-ids-{}", std::process::id()));
+        let a = Storage::from_url(&format!("file://{}/a", dir.display())).unwrap();
+        let b = Storage::from_url(&format!("file://{}/b", dir.display())).unwrap();
+        assert_eq!(a.id().await.unwrap(), None);
+        // Racing writers all end up with one id.
+        let ids = futures_util::future::join_all((0..8).map(|_| a.ensure_id())).await;
+        let first = ids[0].as_ref().unwrap().clone();
+        assert_eq!(first.len(), 32);
+        assert!(ids.iter().all(|id| id.as_ref().unwrap() == &first));
+        assert_eq!(a.id().await.unwrap(), Some(first.clone()));
+        // The same directory opened again (a relative path resolves to it too) is the
+        // same store; another directory is not.
+        let again = Storage::from_url(&format!("file://{}/a/../a", dir.display())).unwrap();
+        assert_eq!(again.ensure_id().await.unwrap(), first);
+        assert_eq!(again.to_string(), a.to_string());
+        assert_ne!(b.ensure_id().await.unwrap(), first);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

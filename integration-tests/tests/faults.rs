@@ -7,7 +7,9 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{clip, ffmpeg, ffprobe, http_get, stream_name, wait_until, Cluster, Injector};
+use common::{
+    clip, ffmpeg, ffprobe, http_get, metric_total, stream_name, wait_until, Cluster, Injector,
+};
 
 const RUNG: &str = "P240p30fps16x9";
 
@@ -302,12 +304,20 @@ fn corrupt_and_malicious_input_is_refused_and_the_rest_completes() {
     for reason in ["malformed", "version", "oversized"] {
         assert!(metrics.contains(&format!("castwork_orchestrator_rejected_messages_total{{queue=\"castwork.ingest\",reason=\"{reason}\"}} 1")), "{reason}: {metrics}");
     }
+    // Each unreadable message is dead-lettered with its reason: three refused by the
+    // orchestrator, one job refused by its worker.
     wait_until(
-        "the dead letter to be recorded",
+        "the dead letters to be recorded",
         Duration::from_secs(20),
         || {
-            http_get(&cluster.orchestrator_addr, "/metrics")
-                .is_some_and(|(_, m)| m.contains("castwork_orchestrator_dead_letters_total 1"))
+            http_get(&cluster.orchestrator_addr, "/metrics").is_some_and(|(_, m)| {
+                metric_total(&m, "castwork_orchestrator_dead_letters_total", &[]) == 4
+                    && metric_total(
+                        &m,
+                        "castwork_orchestrator_dead_letters_total",
+                        &["queue=\"castwork.ingest\"", "cause=\"refused\""],
+                    ) == 3
+            })
         },
     );
     wait_until("empty queues", Duration::from_secs(20), || {
@@ -391,17 +401,8 @@ fn chaos_soak_300_segments_while_workers_are_killed() {
         .map(|a| http_get(a, "/metrics").unwrap().1)
         .collect::<Vec<_>>()
         .join("\n");
-    let total = |series: &str| -> u64 {
-        m.lines()
-            .filter_map(|l| {
-                l.strip_prefix(series)
-                    .and_then(|v| v.trim().parse::<f64>().ok())
-            })
-            .map(|v| v as u64)
-            .sum()
-    };
     assert_eq!(
-        total("castwork_orchestrator_dead_letters_total"),
+        metric_total(&m, "castwork_orchestrator_dead_letters_total", &[]),
         0,
         "nothing dead-lettered"
     );
@@ -411,7 +412,11 @@ fn chaos_soak_300_segments_while_workers_are_killed() {
         .find(|(q, _)| q == "castwork.jobs.dead")
         .map_or(0, |d| d.1);
     assert_eq!(dead, 0);
-    let duplicates = total("castwork_orchestrator_segments_total{event=\"duplicate\"}");
+    let duplicates = metric_total(
+        &m,
+        "castwork_orchestrator_segments_total",
+        &["event=\"duplicate\""],
+    );
     println!(
         "soak: 300 segments, {kills} workers SIGKILLed, {duplicates} duplicate results ignored, 0 lost, 0 duplicated, 0 dead-lettered, {:.0} s",
         started.elapsed().as_secs_f64()

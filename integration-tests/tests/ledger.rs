@@ -1,6 +1,7 @@
 //! Money and trust without a chain: a priced orchestrator with the off-chain ledger (the
-//! price it advertises, accounts it charges per output pixel, admission that stops at an
-//! empty balance, debits that a redelivered result never repeats), and the orchestrator's
+//! price it advertises, accounts it charges per output pixel, admission of an on-demand
+//! stream only when its account covers all of it, debits that a redelivered result never
+//! repeats), and the orchestrator's
 //! check of its workers' pictures, which catches and bans a cheating worker.
 
 mod common;
@@ -10,7 +11,7 @@ use std::process::Command;
 use castwork_protocol::{
     encode, ObjectRef, RenditionOutput, SegmentResult, WorkerReport, RESULTS_EXCHANGE,
 };
-use common::{bin, clip, http_get, stream_name, Cluster};
+use common::{bin, clip, http_get, metric_total, stream_name, Cluster};
 use serde_json::Value;
 use sha2::Digest as _;
 
@@ -35,7 +36,7 @@ fn ledger(cluster: &Cluster, args: &[&str]) -> String {
 }
 
 #[test]
-fn a_priced_orchestrator_charges_output_pixels_and_stops_at_an_empty_balance() {
+fn a_priced_orchestrator_admits_what_an_account_can_pay_and_charges_output_pixels_once() {
     let dir = tempfile::tempdir().unwrap();
     let input = clip(dir.path(), 6);
     let cluster = Cluster::start_with(2, &PRICE, Vec::new());
@@ -55,7 +56,8 @@ fn a_priced_orchestrator_charges_output_pixels_and_stops_at_an_empty_balance() {
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("push with --broadcaster-id"), "{err}");
 
-    // An account that covers two segments of three.
+    // An account that covers two segments of three: an on-demand stream is refused before
+    // anything is sent, with what it needs and what the account has, and nothing is charged.
     assert_eq!(
         ledger(&cluster, &["credit", "alice", "13000"]),
         "alice: 13000 wei"
@@ -68,17 +70,53 @@ fn a_priced_orchestrator_charges_output_pixels_and_stops_at_an_empty_balance() {
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
-    assert!(err.contains("1 of 3 segments failed"), "{err}");
     assert!(
-        err.contains("insufficient balance: account alice has 13000 wei")
-            && err.contains(&format!("needs about {SEGMENT_FEE} wei")),
+        err.contains(
+            "the orchestrator refused the stream: insufficient balance for the whole stream"
+        ) && err.contains("account alice has 13000 wei available (13000 wei, 0 of it reserved"),
         "{err}"
     );
+    let needed = common::number_after(&err, "it needs about ");
+    // Three 2 s segments, each charged on its own, and a few wei for their rounding.
+    assert!(
+        (3 * SEGMENT_FEE..3 * SEGMENT_FEE + 20).contains(&needed),
+        "{needed}: {err}"
+    );
+    let missing = needed - 13000;
+    assert!(
+        err.contains(&format!("`orchestrator ledger credit alice {missing}`")),
+        "{err}"
+    );
+    let (code, _) = http_get(&cluster.orchestrator_addr, &format!("/streams/{stream}")).unwrap();
+    assert_eq!(code, 404, "never admitted");
+    assert!(!cluster
+        .storage_dir()
+        .join(format!("streams/{stream}"))
+        .exists());
+    assert_eq!(
+        ledger(&cluster, &["show", "alice"]),
+        "alice: 13000 wei, 0 reserved"
+    );
+
+    // Credited what it was missing, the same push goes through and is charged what its
+    // segments produced.
+    assert_eq!(
+        ledger(&cluster, &["credit", "alice", &missing.to_string()]),
+        format!("alice: {needed} wei")
+    );
+    let out = cluster.push(
+        &input,
+        &stream,
+        &["--profiles", RUNG, "--broadcaster-id", "alice"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
     let status = cluster.status(&stream);
-    assert_eq!(status["segments"]["done"], 2, "{status}");
-    assert_eq!(status["billing"]["pixels"], 2 * 426 * 240 * 60, "{status}");
-    assert_eq!(status["billing"]["fee_wei"], 2 * SEGMENT_FEE, "{status}");
-    let left = 13000 - 2 * SEGMENT_FEE;
+    assert_eq!(status["state"], "complete", "{status}");
+    assert_eq!(status["segments"]["done"], 3, "{status}");
+    assert_eq!(status["billing"]["pixels"], 3 * 426 * 240 * 60, "{status}");
+    assert_eq!(status["billing"]["fee_wei"], 3 * SEGMENT_FEE, "{status}");
+    let left = needed - 3 * SEGMENT_FEE;
     assert_eq!(
         ledger(&cluster, &["show", "alice"]),
         format!("alice: {left} wei, 0 reserved")
@@ -144,7 +182,7 @@ fn a_priced_orchestrator_charges_output_pixels_and_stops_at_an_empty_balance() {
     );
     assert_eq!(
         cluster.status(&stream)["billing"]["fee_wei"],
-        2 * SEGMENT_FEE
+        3 * SEGMENT_FEE
     );
     assert_eq!(
         ledger(&cluster, &["show"]),
@@ -270,8 +308,9 @@ fn a_retry_waits_for_another_worker_and_is_never_dead_lettered() {
     cluster.add("worker", &["--worker-id", "honest"]);
     assert!(push.wait().unwrap().success(), "{}", cluster.logs());
     let (_, m) = http_get(&cluster.orchestrator_addr, "/metrics").unwrap();
-    assert!(
-        m.contains("castwork_orchestrator_dead_letters_total 0"),
+    assert_eq!(
+        metric_total(&m, "castwork_orchestrator_dead_letters_total", &[]),
+        0,
         "{m}"
     );
     assert_eq!(cluster.status(&stream)["segments"]["done"], 1);

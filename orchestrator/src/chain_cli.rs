@@ -8,6 +8,34 @@ fn amount(s: &str) -> Result<U256, String> {
     parse_amount(s)
 }
 
+/// An amount of the off-chain ledger (`ledger stake`), as the chain commands take amounts
+/// (wei, or a decimal with `eth`, `gwei` or `wei`): at least 0, and within the ledger's
+/// 64-bit signed wei.
+pub fn ledger_amount(s: &str) -> Result<i64, String> {
+    let v = parse_amount(s)?;
+    i64::try_from(v).map_err(|_| {
+        format!(
+            "amount {s:?} does not fit the ledger: at most {} wei ({})",
+            i64::MAX,
+            show_amount(U256::from(i64::MAX))
+        )
+    })
+}
+
+/// What `ledger credit` adds and `ledger debit` takes back: a [`ledger_amount`] above 0.
+pub fn positive_ledger_amount(s: &str) -> Result<i64, String> {
+    if s.trim().starts_with('-') {
+        return Err(format!(
+            "amount {s:?} is negative: `ledger credit` adds wei, `ledger debit` takes wei back, \
+             each by a positive amount"
+        ));
+    }
+    match ledger_amount(s)? {
+        0 => Err(format!("amount {s:?} is zero: nothing to add or take back")),
+        v => Ok(v),
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum ChainCommand {
     /// Deploys the stake token, staking contract and ticket broker from this account (which
@@ -260,4 +288,36 @@ async fn status(
         Err(e) => println!("tickets        (Redis unreachable: {e})"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ledger_amounts_take_the_chain_commands_units_and_refuse_nothing_or_less() {
+        assert_eq!(positive_ledger_amount("1000000"), Ok(1_000_000));
+        assert_eq!(positive_ledger_amount("3gwei"), Ok(3_000_000_000));
+        assert_eq!(positive_ledger_amount("2.5gwei"), Ok(2_500_000_000));
+        assert_eq!(
+            positive_ledger_amount("1eth"),
+            Ok(1_000_000_000_000_000_000)
+        );
+        assert_eq!(positive_ledger_amount("5wei"), Ok(5));
+        for (bad, why) in [
+            ("0", "is zero"),
+            ("0eth", "is zero"),
+            ("-5", "is negative"),
+            ("-1eth", "is negative"),
+            ("10eth", "does not fit the ledger"),
+            ("0.5wei", "finer than a wei"),
+            ("five", "amount \"five\""),
+        ] {
+            let e = positive_ledger_amount(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        // A stake may be zero, never negative.
+        assert_eq!(ledger_amount("0"), Ok(0));
+        assert!(ledger_amount("-1").is_err());
+    }
 }

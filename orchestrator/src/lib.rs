@@ -6,11 +6,14 @@
 pub mod api;
 pub mod chain_cli;
 pub mod cleanup;
+pub mod error;
 pub mod ingest;
 pub mod live;
 pub mod metrics;
+pub mod outputs;
 pub mod payments;
 pub mod playlists;
+pub mod queues;
 pub mod recovery;
 pub mod results;
 pub mod service;
@@ -32,7 +35,6 @@ use castwork_protocol::{
 use castwork_worker::{WorkerArgs, WorkerPool};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -74,6 +76,12 @@ pub struct Config {
     pub api_token: Option<String>,
     /// How long an ended stream's state stays in Redis.
     pub retain: Duration,
+    /// Base URL where viewers play the outputs (`BASE/streams/NAME/index.m3u8`), told to
+    /// publishers; `None`: this orchestrator's own `/hls` on its bound address.
+    pub playback_url: Option<String>,
+    /// RabbitMQ's management API (`http://[USER:PASSWORD@]HOST:PORT`, or `off`), for the
+    /// unacknowledged messages of `/queues`; `None`: derived from `amqp_url`.
+    pub rabbitmq_management_url: Option<String>,
 }
 
 /// On-chain mode's settings.
@@ -102,6 +110,10 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     metrics::register();
     let storage = Storage::from_url(&cfg.storage_url)?;
+    match storage.ensure_id().await {
+        Ok(id) => info!(storage = %storage, store_id = id, "object store"),
+        Err(e) => warn!(storage = %storage, error = %e, "object store: cannot read its id yet"),
+    }
     let mut backoff = Backoff::default();
     let redis = loop {
         match redis_connect(&cfg.redis_url).await {
@@ -150,7 +162,15 @@ pub async fn run(
     let addr = http::serve(cfg.http_addr, router, shutdown.clone())
         .await
         .with_context(|| format!("binding {}", cfg.http_addr))?;
-    info!(%addr, "serving /healthz, /metrics and /streams");
+    let playback = cfg
+        .playback_url
+        .clone()
+        .unwrap_or_else(|| outputs::default_playback_base(addr));
+    info!(%addr, %playback, "serving /healthz, /metrics and /streams");
+    let cfg = Config {
+        playback_url: Some(playback),
+        ..cfg
+    };
     if let Some(tx) = bound {
         let _ = tx.send(addr);
     }
@@ -230,7 +250,12 @@ async fn session(
         payments: payments.clone(),
         max_seq_ahead: cfg.max_seq_ahead,
         retain: cfg.retain,
+        playback_base: cfg.playback_url.clone().unwrap_or_default(),
     });
+    // Checked at start (main), so only a bad configuration fails here.
+    let management = queues::Management::new(&cfg.amqp_url, cfg.rabbitmq_management_url.as_deref())
+        .map_err(anyhow::Error::msg)?
+        .map(Arc::new);
     let (_ingest_ch, mut ingest) = broker
         .consume(INGEST_QUEUE, "orchestrator-ingest", 32)
         .await?;
@@ -256,8 +281,9 @@ async fn session(
             _ = depths.tick() => {
                 if !reading.swap(true, Ordering::AcqRel) {
                     let (b, q, flag) = (broker.clone(), queues.clone(), reading.clone());
+                    let m = management.clone();
                     tracker.spawn(async move {
-                        read_queue_depths(&b, &q).await;
+                        queues::read(&b, m.as_deref(), &q).await;
                         flag.store(false, Ordering::Release);
                     });
                 }
@@ -278,9 +304,9 @@ async fn session(
                 // A stream's start is handled before anything after it; its segments and its
                 // end are handled concurrently (up to the prefetch), each idempotent.
                 Some(Ok(d)) => {
-                    let o = orch.clone();
+                    let (o, b) = (orch.clone(), broker.clone());
                     let starts = matches!(decode::<IngestMessage>(&d.data), Ok(IngestMessage::StreamStarted(_)));
-                    let task = process::<IngestMessage, _, _>(INGEST_QUEUE, d, move |m, h| async move { o.handle_ingest(m, h.as_ref()).await });
+                    let task = process::<IngestMessage, _, _>(b, INGEST_QUEUE, d, move |m, h| async move { o.handle_ingest(m, h.as_ref()).await });
                     if starts {
                         task.await;
                     } else {
@@ -292,19 +318,18 @@ async fn session(
             },
             d = results.next() => match d {
                 Some(Ok(d)) => {
-                    let o = orch.clone();
-                    tracker.spawn(process::<WorkerReport, _, _>(RESULTS_QUEUE, d, move |m, h| async move { o.handle_report(m, h.as_ref()).await }));
+                    let (o, b) = (orch.clone(), broker.clone());
+                    tracker.spawn(process::<WorkerReport, _, _>(b, RESULTS_QUEUE, d, move |m, h| async move { o.handle_report(m, h.as_ref()).await }));
                 }
                 Some(Err(e)) => break Err(anyhow::Error::new(e).context("results consumer failed")),
                 None => break Err(anyhow::anyhow!("the broker closed the results consumer")),
             },
             d = dead.next() => match d {
                 Some(Ok(d)) => {
-                    let o = orch.clone();
+                    let (o, b) = (orch.clone(), broker.clone());
                     tracker.spawn(async move {
-                        let (count, reason) = death(&d);
-                        let r = o.dead_letter(&d.data, count, reason.as_deref() == Some("expired")).await;
-                        settle(d, r).await;
+                        let r = o.dead_letter(&recovery::DeadLetter::of(&d)).await;
+                        settle(&b, DEAD_LETTER_QUEUE, d, r).await;
                     });
                 }
                 Some(Err(e)) => break Err(anyhow::Error::new(e).context("dead-letter consumer failed")),
@@ -327,63 +352,11 @@ type Queues = Arc<std::sync::RwLock<Option<api::QueueSnapshot>>>;
 /// How often the orchestrator reads the queue depths from the broker.
 const QUEUE_DEPTHS_EVERY: Duration = Duration::from_secs(2);
 
-/// Reads every queue's depth into the API's snapshot and the queue gauges.
-async fn read_queue_depths(broker: &Broker, queues: &Queues) {
-    match broker.queue_depths().await {
-        Ok(depths) => {
-            for d in &depths {
-                metrics::QUEUE_MESSAGES
-                    .with_label_values(&[d.queue.as_str()])
-                    .set(i64::from(d.messages));
-                metrics::QUEUE_CONSUMERS
-                    .with_label_values(&[d.queue.as_str()])
-                    .set(i64::from(d.consumers));
-            }
-            if let Ok(mut q) = queues.write() {
-                *q = Some(api::QueueSnapshot {
-                    as_of_unix_ms: state::now_unix_ms(),
-                    queues: depths,
-                });
-            }
-        }
-        Err(e) => warn!(error = %e, "could not read the queue depths"),
-    }
-}
-
-/// How many times the broker delivered a dead-lettered message and why it was
-/// dead-lettered (`expired`, `delivery_limit`, `rejected`), from its latest `x-death` entry.
-fn death(d: &Delivery) -> (Option<i64>, Option<String>) {
-    use lapin::types::AMQPValue;
-    let first = d
-        .properties
-        .headers()
-        .as_ref()
-        .and_then(|h| match h.inner().get("x-death") {
-            Some(AMQPValue::FieldArray(deaths)) => match deaths.as_slice().first() {
-                Some(AMQPValue::FieldTable(t)) => Some(t.clone()),
-                _ => None,
-            },
-            _ => None,
-        });
-    let Some(first) = first else {
-        return (None, None);
-    };
-    let count = match first.inner().get("count") {
-        Some(AMQPValue::LongLongInt(n)) => Some(*n),
-        Some(AMQPValue::LongInt(n)) => Some(i64::from(*n)),
-        _ => None,
-    };
-    let reason = match first.inner().get("reason") {
-        Some(AMQPValue::LongString(s)) => Some(s.to_string()),
-        _ => None,
-    };
-    (count, reason)
-}
-
 /// Decodes a delivery, handles it (with its headers, which may carry a trace context), and
-/// settles it; an unreadable message is dropped with an error and counted, a handler that
-/// hit an unavailable service gets it redelivered.
-async fn process<T, F, Fut>(queue: &'static str, delivery: Delivery, handle: F)
+/// settles it: acked once handled, dead-lettered with its reason when it is unreadable or
+/// refused, retried with backoff when a service was unavailable (see
+/// [`castwork_cluster::consume`]).
+async fn process<T, F, Fut>(broker: Arc<Broker>, queue: &'static str, delivery: Delivery, handle: F)
 where
     T: DeserializeOwned,
     F: FnOnce(T, Option<lapin::types::FieldTable>) -> Fut,
@@ -392,14 +365,11 @@ where
     let msg = match decode::<T>(&delivery.data) {
         Ok(m) => m,
         Err(e) => {
-            warn!(queue, error = %e, "unreadable message dropped");
             metrics::REJECTED_MESSAGES
                 .with_label_values(&[queue, e.reason()])
                 .inc();
-            let _ = delivery
-                .acker
-                .reject(BasicRejectOptions { requeue: false })
-                .await;
+            let reason = format!("unreadable message: {e}");
+            castwork_cluster::consume::dead_letter(&broker, queue, delivery, &reason).await;
             return;
         }
     };
@@ -407,19 +377,19 @@ where
         metrics::REDELIVERIES.with_label_values(&[queue]).inc();
     }
     let outcome = handle(msg, delivery.properties.headers().clone()).await;
-    settle(delivery, outcome).await;
+    settle(&broker, queue, delivery, outcome).await;
 }
 
-/// Acks a handled delivery, or requeues it after a pause when a service was unavailable.
-async fn settle(delivery: Delivery, outcome: Result<(), HandleError>) {
-    match outcome {
-        Ok(()) => {
-            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
-        }
-        Err(HandleError::Retry(m)) => {
-            warn!(error = m, "handling failed, message requeued");
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            castwork_cluster::broker::requeue(&delivery).await;
-        }
-    }
+/// Settles a handled delivery by how handling it went.
+async fn settle(
+    broker: &Broker,
+    queue: &str,
+    delivery: Delivery,
+    outcome: Result<(), HandleError>,
+) {
+    let outcome = match outcome {
+        Ok(()) => castwork_cluster::consume::Outcome::Done,
+        Err(e) => e.outcome(),
+    };
+    castwork_cluster::consume::settle(broker, queue, delivery, outcome).await;
 }

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use castwork_cluster::{redact_url, shutdown_token, telemetry, ServiceArgs};
+use castwork_orchestrator::chain_cli::{ledger_amount, positive_ledger_amount};
 use castwork_orchestrator::{run, Config};
 use castwork_worker::WorkerArgs;
 use clap::{Parser, Subcommand};
@@ -20,8 +21,14 @@ struct Cli {
     #[command(flatten)]
     service: ServiceArgs,
 
-    /// Redis URL for stream, segment and job state.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
+    /// Redis URL for stream, segment and job state (also after a command: `ledger show
+    /// --redis-url URL`).
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379/",
+        global = true
+    )]
     redis_url: String,
 
     /// Address of the HTTP API (/healthz, /metrics, /status, /streams/NAME, /workers,
@@ -29,13 +36,27 @@ struct Cli {
     #[arg(long, env = "ORCHESTRATOR_HTTP_ADDR", default_value = "127.0.0.1:7935")]
     http_addr: SocketAddr,
 
+    /// Base URL where viewers play the stream outputs: a stream's master playlist is at
+    /// BASE/streams/NAME/index.m3u8, and `broadcaster push` prints that URL. E.g. a
+    /// `broadcaster serve`'s http://HOST:8935. Unset: this orchestrator's own /hls on the
+    /// address it is bound to (127.0.0.1 in place of 0.0.0.0).
+    #[arg(long, env = "PLAYBACK_URL")]
+    playback_url: Option<String>,
+
+    /// RabbitMQ's management API, http://[USER:PASSWORD@]HOST:PORT, where /queues reads
+    /// each queue's unacknowledged messages (AMQP only tells the ready ones); `off` turns
+    /// that off. Unset: port 15672 of the --amqp-url host, with its credentials (the user
+    /// needs the `monitoring` or `management` tag).
+    #[arg(long, env = "RABBITMQ_MANAGEMENT_URL", hide_env_values = true)]
+    rabbitmq_management_url: Option<String>,
+
     /// Attempts before a segment that keeps failing transiently is marked failed (a
     /// permanent failure, such as corrupt input, fails it at once).
     #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 3)]
     max_attempts: u32,
 
     /// In-process transcode slots (combined mode); 0 leaves transcoding to `worker`s.
-    #[arg(long, env = "TRANSCODE_SLOTS", default_value_t = 0)]
+    #[arg(long, env = "TRANSCODE_SLOTS", default_value_t = 0, help_heading = COMBINED_MODE)]
     transcode_slots: usize,
 
     /// Seconds in-flight work gets to finish after SIGTERM.
@@ -132,9 +153,12 @@ struct Cli {
     #[arg(long, env = "CHAIN_REFRESH_SECS", default_value_t = 30)]
     chain_refresh_secs: u64,
 
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = COMBINED_MODE)]
     worker: WorkerArgs,
 }
+
+/// The `--help` heading of the in-process worker's flags.
+const COMBINED_MODE: &str = "Combined mode (an in-process worker, with --transcode-slots N)";
 
 /// Without a command, the orchestrator runs; a command talks to a running one.
 #[derive(Subcommand, Debug)]
@@ -182,18 +206,29 @@ enum StreamsAction {
 
 #[derive(Subcommand, Debug)]
 enum LedgerAction {
-    /// Adds AMOUNT wei to ACCOUNT (a negative amount takes some back) and prints the
-    /// new balance.
+    /// Adds AMOUNT to ACCOUNT and prints the new balance. AMOUNT is positive, in wei or
+    /// with a unit as the chain commands take it (1eth, 2.5gwei, 700wei).
     Credit {
         account: String,
-        #[arg(allow_hyphen_values = true)]
+        #[arg(allow_hyphen_values = true, value_parser = positive_ledger_amount)]
+        amount: i64,
+    },
+    /// Takes AMOUNT back from ACCOUNT (positive, units as for credit) and prints the new
+    /// balance; refused when the balance less what segments in progress reserved is lower.
+    Debit {
+        account: String,
+        #[arg(allow_hyphen_values = true, value_parser = positive_ledger_amount)]
         amount: i64,
     },
     /// Prints ACCOUNT's balance, or every account's, and every orchestrator's stake.
     Show { account: Option<String> },
-    /// Sets ORCHESTRATOR's off-chain stake to AMOUNT (what broadcasters' failed checks
-    /// slash), and prints it.
-    Stake { orchestrator: String, amount: i64 },
+    /// Sets ORCHESTRATOR's off-chain stake to AMOUNT (0 or more, units as for credit; what
+    /// broadcasters' failed checks slash), and prints it.
+    Stake {
+        orchestrator: String,
+        #[arg(allow_hyphen_values = true, value_parser = ledger_amount)]
+        amount: i64,
+    },
 }
 
 async fn ledger(redis_url: &str, action: LedgerAction) -> anyhow::Result<()> {
@@ -208,6 +243,19 @@ async fn ledger(redis_url: &str, action: LedgerAction) -> anyhow::Result<()> {
                 .map_err(anyhow::Error::msg)?;
             let balance = state.credit(&account, amount).await?;
             println!("{account}: {balance} wei");
+        }
+        LedgerAction::Debit { account, amount } => {
+            castwork_orchestrator::service::validate_account(&account)
+                .map_err(anyhow::Error::msg)?;
+            match state.debit(&account, amount).await? {
+                Ok(balance) => println!("{account}: {balance} wei"),
+                Err((balance, reserved)) => anyhow::bail!(
+                    "cannot take {amount} wei from {account}: it has {} wei available \
+                     ({balance} wei, {reserved} reserved by segments in progress); nothing \
+                     was taken",
+                    balance - reserved
+                ),
+            }
         }
         LedgerAction::Show { account: Some(a) } => {
             let (balance, reserved) = state.account(&a).await?;
@@ -231,9 +279,6 @@ async fn ledger(redis_url: &str, action: LedgerAction) -> anyhow::Result<()> {
         } => {
             castwork_orchestrator::service::validate_account(&orchestrator)
                 .map_err(anyhow::Error::msg)?;
-            if amount < 0 {
-                anyhow::bail!("a stake cannot be negative");
-            }
             state.set_stake(&orchestrator, amount).await?;
             println!("stake of orchestrator {orchestrator}: {amount}");
         }
@@ -307,14 +352,38 @@ async fn main() -> anyhow::Result<()> {
     if cli.chain_refresh_secs == 0 {
         problems.push("--chain-refresh-secs must be at least 1".to_string());
     }
+    if let Err(e) = castwork_orchestrator::queues::Management::new(
+        &cli.service.amqp_url,
+        cli.rabbitmq_management_url.as_deref(),
+    ) {
+        problems.push(e);
+    }
+    if let Some(u) = &cli.playback_url {
+        if !(u.starts_with("http://") || u.starts_with("https://")) {
+            problems.push(format!("--playback-url {u:?} must be an http(s) URL"));
+        }
+    }
+    // The object store as resolved (a relative file:// path made absolute).
+    let storage = match castwork_cluster::Storage::from_url(&cli.service.storage_url) {
+        Ok(s) => s.to_string(),
+        Err(e) => {
+            problems.push(e.to_string());
+            cli.service.storage_url.clone()
+        }
+    };
     if !problems.is_empty() {
         anyhow::bail!("invalid configuration: {}", problems.join("; "));
     }
     tracing::info!(
         amqp = redact_url(&cli.service.amqp_url),
         redis = redact_url(&cli.redis_url),
-        storage = cli.service.storage_url,
+        storage,
         http = %cli.http_addr,
+        playback = cli.playback_url.as_deref().unwrap_or("this orchestrator's /hls"),
+        rabbitmq_management = cli
+            .rabbitmq_management_url
+            .as_deref()
+            .map_or("from --amqp-url".to_string(), redact_url),
         transcode_slots = cli.transcode_slots,
         max_attempts = cli.max_attempts,
         "effective config"
@@ -341,6 +410,8 @@ async fn main() -> anyhow::Result<()> {
         max_seq_ahead: cli.max_seq_ahead,
         api_token: cli.api_token.clone(),
         retain: Duration::from_secs_f64(cli.retain_days.clamp(0.0, 36_500.0) * 86_400.0),
+        playback_url: cli.playback_url,
+        rabbitmq_management_url: cli.rabbitmq_management_url,
         amqp_url: cli.service.amqp_url,
         redis_url: cli.redis_url,
         storage_url: cli.service.storage_url,

@@ -10,7 +10,7 @@ use prometheus::{
 pub static STREAMS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "castwork_orchestrator_streams_total",
-        "Streams by event (admitted, rejected, completed)",
+        "Streams by event (admitted, rejected, completed, failed)",
         &["event"]
     )
     .expect("metric registers once")
@@ -19,7 +19,8 @@ pub static STREAMS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub static SEGMENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "castwork_orchestrator_segments_total",
-        "Segments by event (received, done, failed, retried, skipped, duplicate, bad_output)",
+        "Segments by event (received, started, done, failed, retried, skipped, duplicate, \
+         bad_output, overdue)",
         &["event"]
     )
     .expect("metric registers once")
@@ -51,13 +52,45 @@ pub static REJECTED_MESSAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-pub static DEAD_LETTERS: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!(
+pub static DEAD_LETTERS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
         "castwork_orchestrator_dead_letters_total",
-        "Jobs the broker dead-lettered (past its delivery limit, or refused by a worker)"
+        "Messages dead-lettered, by the queue they died in (jobs.* as `jobs`) and cause \
+         (refused, retries_exhausted, expired, delivery_limit, rejected, other); each one's \
+         reason is in /status",
+        &["queue", "cause"]
     )
     .expect("metric registers once")
 });
+
+/// The queues dead letters are counted under.
+pub const DEAD_LETTER_QUEUES: &[&str] = &[
+    castwork_protocol::INGEST_QUEUE,
+    castwork_protocol::RESULTS_QUEUE,
+    "jobs",
+    "other",
+];
+pub const DEAD_LETTER_CAUSES: &[&str] = &[
+    "refused",
+    "retries_exhausted",
+    "expired",
+    "delivery_limit",
+    "rejected",
+    "other",
+];
+
+/// The `queue` label of a dead letter from `queue`: every job queue counts as `jobs`, so
+/// a forged queue name cannot add label sets.
+pub fn dead_letter_queue(queue: &str) -> &'static str {
+    if queue.starts_with("jobs.") {
+        return "jobs";
+    }
+    DEAD_LETTER_QUEUES
+        .iter()
+        .find(|q| **q == queue)
+        .copied()
+        .unwrap_or("other")
+}
 
 pub static LIVE_LATENCY: LazyLock<prometheus::HistogramVec> = LazyLock::new(|| {
     prometheus::register_histogram_vec!(
@@ -84,6 +117,16 @@ pub static QUEUE_CONSUMERS: LazyLock<prometheus::IntGaugeVec> = LazyLock::new(||
     prometheus::register_int_gauge_vec!(
         "castwork_orchestrator_queue_consumers",
         "Consumers of each queue, as last read from the broker",
+        &["queue"]
+    )
+    .expect("metric registers once")
+});
+
+pub static QUEUE_UNACKED: LazyLock<prometheus::IntGaugeVec> = LazyLock::new(|| {
+    prometheus::register_int_gauge_vec!(
+        "castwork_orchestrator_queue_unacked",
+        "Messages delivered and not yet acknowledged in each queue, as last read from \
+         RabbitMQ's management API (absent while it cannot be read)",
         &["queue"]
     )
     .expect("metric registers once")
@@ -144,21 +187,100 @@ pub static CHAIN_ACTIVE: LazyLock<prometheus::IntGauge> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-/// Registers every metric, so `/metrics` shows each from the start (at zero).
+/// The label values each labelled metric starts with, at zero.
+pub const STREAM_EVENTS: &[&str] = &["admitted", "rejected", "completed", "incomplete", "failed"];
+pub const SEGMENT_EVENTS: &[&str] = &[
+    "received",
+    "started",
+    "done",
+    "failed",
+    "retried",
+    "skipped",
+    "duplicate",
+    "bad_output",
+    "overdue",
+];
+pub const SEGMENT_STAGES: &[&str] = &["queue_wait", "end_to_end"];
+pub const LIVE_LATENCY_PARTS: &[&str] = &["total", "transcode", "overhead"];
+/// The queues the orchestrator consumes and settles through its message handler.
+pub const CONSUMED_QUEUES: &[&str] = &[
+    castwork_protocol::INGEST_QUEUE,
+    castwork_protocol::RESULTS_QUEUE,
+];
+/// Why a message is dropped as unreadable (any consumed queue).
+pub const UNREADABLE_REASONS: &[&str] = &["malformed", "version", "oversized"];
+/// Why an ingest message is refused before it is handled.
+pub const INGEST_REFUSALS: &[&str] = &["not_publisher", "seq_window"];
+pub const TICKET_OUTCOMES: &[&str] = &["accepted", "won", "refused", "replayed"];
+pub const REDEMPTION_OUTCOMES: &[&str] = &["redeemed", "already_redeemed", "expired", "failed"];
+
+/// Registers every metric with every label set it is known to take, so `/metrics` shows
+/// each from the start (at zero) and a dashboard's query never finds nothing.
 pub fn register() {
-    LazyLock::force(&STREAMS);
-    LazyLock::force(&SEGMENTS);
     LazyLock::force(&JOBS_PUBLISHED);
     LazyLock::force(&TRANSCODE_SECONDS);
-    LazyLock::force(&REJECTED_MESSAGES);
-    LazyLock::force(&DEAD_LETTERS);
-    LazyLock::force(&LIVE_LATENCY);
-    LazyLock::force(&QUEUE_MESSAGES);
-    LazyLock::force(&QUEUE_CONSUMERS);
-    LazyLock::force(&REDELIVERIES);
-    LazyLock::force(&SEGMENT_SECONDS);
-    LazyLock::force(&TICKETS);
-    LazyLock::force(&REDEMPTIONS);
+    for q in DEAD_LETTER_QUEUES {
+        for c in DEAD_LETTER_CAUSES {
+            DEAD_LETTERS.with_label_values(&[q, c]);
+        }
+    }
     LazyLock::force(&REDEMPTION_GAS);
     LazyLock::force(&CHAIN_ACTIVE);
+    for e in STREAM_EVENTS {
+        STREAMS.with_label_values(&[e]);
+    }
+    for e in SEGMENT_EVENTS {
+        SEGMENTS.with_label_values(&[e]);
+    }
+    for s in SEGMENT_STAGES {
+        SEGMENT_SECONDS.with_label_values(&[s]);
+    }
+    for p in LIVE_LATENCY_PARTS {
+        LIVE_LATENCY.with_label_values(&[p]);
+    }
+    for q in castwork_cluster::broker::known_queues() {
+        QUEUE_MESSAGES.with_label_values(&[&q]);
+        QUEUE_CONSUMERS.with_label_values(&[&q]);
+        QUEUE_UNACKED.with_label_values(&[&q]);
+    }
+    for q in CONSUMED_QUEUES {
+        REDELIVERIES.with_label_values(&[q]);
+        for r in UNREADABLE_REASONS {
+            REJECTED_MESSAGES.with_label_values(&[q, r]);
+        }
+    }
+    for r in INGEST_REFUSALS {
+        REJECTED_MESSAGES.with_label_values(&[castwork_protocol::INGEST_QUEUE, r]);
+    }
+    for o in TICKET_OUTCOMES {
+        TICKETS.with_label_values(&[o]);
+    }
+    for o in REDEMPTION_OUTCOMES {
+        REDEMPTIONS.with_label_values(&[o]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_label_set_shows_at_zero_after_register() {
+        register();
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&prometheus::gather())
+            .unwrap();
+        for line in [
+            "castwork_orchestrator_streams_total{event=\"failed\"} 0",
+            "castwork_orchestrator_segments_total{event=\"overdue\"} 0",
+            "castwork_orchestrator_segment_seconds_count{stage=\"end_to_end\"} 0",
+            "castwork_orchestrator_live_latency_seconds_count{part=\"overhead\"} 0",
+            "castwork_orchestrator_queue_unacked{queue=\"jobs.vod.cpu\"} 0",
+            "castwork_orchestrator_redeliveries_total{queue=\"castwork.results\"} 0",
+            "castwork_orchestrator_rejected_messages_total{queue=\"castwork.ingest\",reason=\"seq_window\"} 0",
+            "castwork_orchestrator_ticket_redemptions_total{outcome=\"expired\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+    }
 }

@@ -161,6 +161,7 @@ mod tests {
             pixels: 0,
             fee: 0,
             secret_hash: String::new(),
+            reason: None,
         }
     }
 

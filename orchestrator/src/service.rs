@@ -16,36 +16,12 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::metrics;
-use crate::state::{AcceptedRendition, State, StreamRecord};
+use crate::state::{AcceptedRendition, Completion, State, StreamRecord};
 
 /// Seconds past a worker's own timeout before the orchestrator gives its attempt up.
 pub(crate) const STUCK_GRACE_SECS: u64 = 30;
 
-/// Why a message could not be handled.
-#[derive(Debug, thiserror::Error)]
-pub enum HandleError {
-    /// A service is unavailable: requeue the message and try again.
-    #[error("{0}")]
-    Retry(String),
-}
-
-impl From<redis::RedisError> for HandleError {
-    fn from(e: redis::RedisError) -> Self {
-        HandleError::Retry(format!("redis: {e}"))
-    }
-}
-
-impl From<castwork_cluster::BrokerError> for HandleError {
-    fn from(e: castwork_cluster::BrokerError) -> Self {
-        HandleError::Retry(e.to_string())
-    }
-}
-
-impl From<castwork_cluster::StorageError> for HandleError {
-    fn from(e: castwork_cluster::StorageError) -> Self {
-        HandleError::Retry(e.to_string())
-    }
-}
+pub use crate::error::HandleError;
 
 /// Everything a handler needs; cheap to share.
 pub struct Orchestrator {
@@ -76,6 +52,9 @@ pub struct Orchestrator {
     /// How long records are kept after their last change (ended streams, workers' counts
     /// of bad results).
     pub retain: Duration,
+    /// Where viewers play the outputs: a stream's master playlist is at
+    /// `BASE/streams/NAME/index.m3u8` (see [`crate::outputs`]).
+    pub playback_base: String,
 }
 
 /// The picture check of worker results and the ban of workers that fail checks.
@@ -214,10 +193,10 @@ impl Orchestrator {
         let Some(total) = rec.total else {
             return Ok(());
         };
-        if rec.state == "complete" {
+        if let Some(ended) = Completion::of(&rec.state) {
             if !rec.announced {
-                self.announce(stream, total, rec.master_playlist.unwrap_or_default())
-                    .await?;
+                let master = rec.master_playlist.clone().unwrap_or_default();
+                self.announce(&rec, ended, total, master).await?;
             }
             return Ok(());
         }
@@ -231,9 +210,15 @@ impl Orchestrator {
             let spec = crate::playlists::Spec::vod("index");
             crate::playlists::write(&self.storage, &rec, &segments, &spec).await?
         };
-        if self.state.complete(stream, &master).await? {
-            metrics::STREAMS.with_label_values(&["completed"]).inc();
-            self.announce(stream, total, master).await?;
+        // Playlists list what was done; a stream with segments failed or skipped ends
+        // `incomplete`, never `complete`.
+        if let Some(ended) = self.state.complete(stream, &master).await? {
+            let event = match ended {
+                Completion::Complete => "completed",
+                Completion::Incomplete => "incomplete",
+            };
+            metrics::STREAMS.with_label_values(&[event]).inc();
+            self.announce(&rec, ended, total, master).await?;
         }
         if rec.mode == StreamMode::Live {
             self.state.forget_live(stream).await?;
@@ -242,7 +227,16 @@ impl Orchestrator {
         Ok(())
     }
 
-    async fn announce(&self, stream: &str, total: u64, master: String) -> Result<(), HandleError> {
+    /// Tells the stream's publisher that it ended, with each failed segment and why (a
+    /// push's `--wait` reports an incomplete stream from them).
+    async fn announce(
+        &self,
+        rec: &StreamRecord,
+        ended: Completion,
+        total: u64,
+        master: String,
+    ) -> Result<(), HandleError> {
+        let stream = rec.stream.as_str();
         let failed: Vec<FailedSegment> = self
             .state
             .failures(stream)
@@ -250,13 +244,17 @@ impl Orchestrator {
             .into_iter()
             .map(|(seq, message)| FailedSegment { seq, message })
             .collect();
-        info!(
-            stream,
-            segments = total,
-            failed = failed.len(),
-            master,
-            "stream complete"
-        );
+        match ended {
+            Completion::Complete => info!(stream, segments = total, master, "stream complete"),
+            Completion::Incomplete => warn!(
+                stream,
+                segments = total,
+                failed = failed.len(),
+                skipped = rec.skipped,
+                master,
+                "stream incomplete"
+            ),
+        }
         self.event(
             stream,
             &StreamEvent::StreamCompleted {

@@ -76,6 +76,11 @@ pub fn render(status: &ClusterStatus, now_unix: u64) -> String {
         ],
         &rows,
     );
+    for s in status.streams.iter() {
+        if let Some(reason) = s.reason.as_deref().filter(|r| !r.is_empty()) {
+            out += &format!("{} {}: {reason}\n", s.stream, s.state);
+        }
+    }
     let (slots, busy) = status.workers.iter().fold((0, 0), |(s, b), w| {
         (
             s + w["slots"].as_u64().unwrap_or(0),
@@ -124,12 +129,42 @@ pub fn render(status: &ClusterStatus, now_unix: u64) -> String {
                         q.queue.clone(),
                         q.messages.to_string(),
                         q.consumers.to_string(),
+                        q.unacked.map_or("-".into(), |n| n.to_string()),
                     ]
                 })
                 .collect();
-            out += &table(&["QUEUE", "MESSAGES", "CONSUMERS"], &rows);
+            out += &table(&["QUEUE", "READY", "CONSUMERS", "UNACKED"], &rows);
+            if status.queues.iter().any(|q| q.unacked.is_none()) {
+                out += "(UNACKED -: not known, from RabbitMQ's management API, which samples a \
+                        new queue within 5 s; if it lasts, see the orchestrator's log and \
+                        --rabbitmq-management-url)\n";
+            }
         }
         None => out += "\n(not read from the broker yet: is the orchestrator connected?)\n",
+    }
+    if !status.dead_letters.is_empty() {
+        out += &format!(
+            "\nDEAD LETTERS (the latest {}, newest first)\n",
+            status.dead_letters.len()
+        );
+        let rows: Vec<Vec<String>> = status
+            .dead_letters
+            .iter()
+            .map(|d| {
+                vec![
+                    format!("{}s ago", now_unix.saturating_sub(d.at_unix_ms / 1000)),
+                    d.queue.clone(),
+                    d.kind.clone(),
+                    d.stream.clone().unwrap_or_else(|| "-".into()),
+                    d.deliveries.map_or("-".into(), |n| n.to_string()),
+                    d.reason.clone(),
+                ]
+            })
+            .collect();
+        out += &table(
+            &["WHEN", "QUEUE", "KIND", "STREAM", "DELIVERIES", "REASON"],
+            &rows,
+        );
     }
     out
 }
@@ -158,37 +193,32 @@ pub async fn print(url: &str) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::StreamSummary;
-    use castwork_cluster::broker::QueueDepth;
+    use serde_json::json;
+
+    /// A status as `/status` sends it (fields added later take their defaults).
+    fn status(v: serde_json::Value) -> ClusterStatus {
+        serde_json::from_value(v).unwrap()
+    }
 
     #[test]
     fn renders_streams_workers_and_queues_in_aligned_tables() {
-        let status = ClusterStatus {
-            streams: vec![StreamSummary {
-                stream: "camera-1".into(),
-                mode: "vod".into(),
-                state: "active".into(),
-                total: Some(8),
-                received: 8,
-                done: 3,
-                failed: 1,
-                skipped: 0,
+        let status = status(json!({
+            "streams": [{
+                "stream": "camera-1", "mode": "vod", "state": "active", "total": 8,
+                "received": 8, "done": 3, "failed": 1, "skipped": 0,
             }],
-            streams_active: 1,
-            streams_ended: 0,
-            workers: vec![serde_json::json!({
+            "streams_active": 1,
+            "streams_ended": 0,
+            "workers": [{
                 "id": "w1", "host": "box", "class": "cpu", "slots": 2, "busy_slots": 1,
                 "version": "0.1.0", "last_seen_unix": 995,
-            })],
-            queues: vec![QueueDepth {
-                queue: "jobs.vod.cpu".into(),
-                messages: 12,
-                consumers: 1,
             }],
-            queues_as_of_unix_ms: Some(999_000),
-            recent: vec![],
-            failures: vec![],
-        };
+            "queues": [
+                {"queue": "jobs.vod.cpu", "messages": 12, "unacked": 2, "consumers": 1},
+                {"queue": "castwork.ingest", "messages": 0, "consumers": 1},
+            ],
+            "queues_as_of_unix_ms": 999_000,
+        }));
         let out = render(&status, 1000);
         assert!(out.contains("STREAMS (1 in all, 1 active)"), "{out}");
         assert!(
@@ -204,21 +234,57 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("QUEUES (read 1s ago)"), "{out}");
-        assert!(out.contains("jobs.vod.cpu  12        1"), "{out}");
+        assert!(
+            out.contains("QUEUE            READY  CONSUMERS  UNACKED"),
+            "{out}"
+        );
+        assert!(
+            out.contains("jobs.vod.cpu     12     1          2"),
+            "{out}"
+        );
+        // Unknown is not zero.
+        assert!(
+            out.contains("castwork.ingest  0      1          -"),
+            "{out}"
+        );
+        assert!(out.contains("UNACKED -: not known"), "{out}");
+    }
+
+    #[test]
+    fn shows_why_a_stream_failed_and_the_dead_letters() {
+        let status = status(json!({
+            "streams": [{
+                "stream": "trunc", "mode": "vod", "state": "failed", "total": null,
+                "received": 0, "done": 0, "failed": 0, "skipped": 0,
+                "reason": "the publisher gave up: the file ends early",
+            }],
+            "workers": [], "queues": [], "queues_as_of_unix_ms": null,
+            "dead_letters": [{
+                "at_unix_ms": 990_000, "queue": "castwork.ingest", "kind": "stream_ended",
+                "reason": "stream trunc ended with 0 segments", "stream": "trunc",
+                "deliveries": 1, "stream_failed": true,
+            }],
+        }));
+        let out = render(&status, 1000);
+        assert!(
+            out.contains("trunc failed: the publisher gave up: the file ends early"),
+            "{out}"
+        );
+        assert!(
+            out.contains("DEAD LETTERS (the latest 1, newest first)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("10s ago  castwork.ingest  stream_ended  trunc   1           stream trunc ended with 0 segments"),
+            "{out}"
+        );
     }
 
     #[test]
     fn says_when_queue_depths_are_not_known_yet() {
-        let status = ClusterStatus {
-            streams: vec![],
-            streams_active: 0,
-            streams_ended: 0,
-            workers: vec![],
-            queues: vec![],
-            queues_as_of_unix_ms: None,
-            recent: vec![],
-            failures: vec![],
-        };
+        let status = status(json!({
+            "streams": [], "workers": [], "queues": [], "queues_as_of_unix_ms": null,
+        }));
         let out = render(&status, 0);
         assert!(out.contains("not read from the broker yet"), "{out}");
         assert!(out.contains("STREAMS (0 in all, 0 active)"), "{out}");

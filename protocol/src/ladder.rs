@@ -218,112 +218,200 @@ pub fn plan_ladder(profiles: &[Profile], src: &SourceMetadata) -> LadderPlan {
     plan
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::profile::parse_profiles;
+/// One field of a `transcodingOptions` profile as [`explain_json_ladder`] checks it.
+struct JsonField {
+    name: &'static str,
+    required: bool,
+    /// Largest whole number it takes; `None`: a string (or null).
+    max: Option<u64>,
+    /// What it takes, in words, with an example.
+    expected: &'static str,
+}
 
-    fn source(width: u32, height: u32) -> SourceMetadata {
-        SourceMetadata {
-            has_audio: false,
-            ..SourceMetadata::upright(width, height, 25)
-        }
-    }
+/// The fields of Livepeer's `transcodingOptions` profile, as `profile::JsonProfile` reads
+/// them (a test checks the two agree).
+const JSON_FIELDS: &[JsonField] = &[
+    JsonField {
+        name: "name",
+        required: false,
+        max: None,
+        expected: "a string like \"720p\"",
+    },
+    JsonField {
+        name: "width",
+        required: true,
+        max: Some(u32::MAX as u64),
+        expected: "a whole number of pixels like 1280",
+    },
+    JsonField {
+        name: "height",
+        required: true,
+        max: Some(u32::MAX as u64),
+        expected: "a whole number of pixels like 720",
+    },
+    JsonField {
+        name: "bitrate",
+        required: true,
+        max: Some(u64::MAX),
+        expected: "a whole number of bits per second like 3000000",
+    },
+    JsonField {
+        name: "fps",
+        required: false,
+        max: Some(u32::MAX as u64),
+        expected: "a whole number like 30 (0 keeps the source's rate)",
+    },
+    JsonField {
+        name: "fpsDen",
+        required: false,
+        max: Some(u32::MAX as u64),
+        expected: "a whole number like 1 or 1001",
+    },
+    JsonField {
+        name: "profile",
+        required: false,
+        max: None,
+        expected: "a string like \"H264High\"",
+    },
+    JsonField {
+        name: "gop",
+        required: false,
+        max: None,
+        expected: "a string of seconds like \"2\", or \"intra\"",
+    },
+    JsonField {
+        name: "encoder",
+        required: false,
+        max: None,
+        expected: "a string like \"H.264\"",
+    },
+    JsonField {
+        name: "quality",
+        required: false,
+        max: Some(u32::MAX as u64),
+        expected: "a whole number",
+    },
+    JsonField {
+        name: "colorDepth",
+        required: false,
+        max: Some(u32::MAX as u64),
+        expected: "a whole number like 8",
+    },
+    JsonField {
+        name: "chromaFormat",
+        required: false,
+        max: Some(u32::MAX as u64),
+        expected: "a whole number like 0 (4:2:0)",
+    },
+];
 
-    fn ladder() -> Vec<Profile> {
-        parse_profiles("P240p30fps16x9,P360p30fps16x9,P720p30fps16x9").unwrap()
-    }
-
-    #[test]
-    fn wide_source_keeps_its_aspect_and_skips_upscale() {
-        let plan = plan_ladder(&ladder(), &source(640, 272));
-        let sizes: Vec<_> = plan.rungs.iter().map(|r| (r.width, r.height)).collect();
-        assert_eq!(sizes, vec![(426, 182), (640, 272)]);
-        assert_eq!(plan.skipped.len(), 1);
-        assert_eq!(plan.skipped[0].name, "P720p30fps16x9");
-        assert!(plan.skipped[0].reason.contains("upscale"));
-        assert_eq!(
-            plan.rungs[0].max_fps,
-            Rational::new(25, 1),
-            "fps never raised"
-        );
-    }
-
-    #[test]
-    fn hd_source_fills_livepeer_boxes() {
-        let plan = plan_ladder(&ladder(), &source(1280, 720));
-        let sizes: Vec<_> = plan.rungs.iter().map(|r| (r.width, r.height)).collect();
-        assert_eq!(sizes, vec![(426, 240), (640, 360), (1280, 720)]);
-        assert!(plan.skipped.is_empty());
-    }
-
-    #[test]
-    fn sample_aspect_ratio_is_honoured() {
-        // PAL DV widescreen: 720x576 stored, 64:45 pixels, shown at 1024x576.
-        let mut src = source(720, 576);
-        src.sample_aspect_ratio = Rational::new(64, 45);
-        assert_eq!(fit(&src, 640, 360), Some((640, 360)));
-        assert_eq!(fit(&src, 1280, 720), None);
-    }
-
-    #[test]
-    fn rotation_turns_the_box() {
-        let mut src = source(1920, 1080);
-        src.rotation = 90;
-        assert_eq!(display_size(&src), (1080.0, 1920.0));
-        assert_eq!(fit(&src, 1280, 720), Some((720, 1280)));
-        assert_eq!(fit(&src, 426, 240), Some((240, 426)));
-    }
-
-    #[test]
-    fn same_size_rungs_merge() {
-        let p = parse_profiles("P360p30fps16x9,P360p25fps16x9,P240p30fps16x9").unwrap();
-        let plan = plan_ladder(&p, &source(640, 272));
-        assert_eq!(plan.rungs.len(), 2);
-        assert_eq!(plan.rungs[0].name, "P360p30fps16x9");
-        assert_eq!(plan.rungs[0].bitrate, 1_200_000, "the better rung is kept");
-        assert_eq!(plan.skipped[0].name, "P360p25fps16x9");
-        assert!(plan.skipped[0].reason.contains("merged"));
-    }
-
-    #[test]
-    fn fps_bound_is_the_lower_one() {
-        let p = &parse_profiles("P720p30fps16x9").unwrap()[0];
-        assert_eq!(max_fps(p, Rational::new(60, 1)), Rational::new(30, 1));
-        assert_eq!(
-            max_fps(p, Rational::new(24000, 1001)),
-            Rational::new(24000, 1001)
-        );
-        assert_eq!(max_fps(p, Rational::new(0, 1)), Rational::new(30, 1));
-        assert_eq!(
-            drop_to_fps(p, Rational::new(60, 1)),
-            Some(Rational::new(30, 1))
-        );
-        assert_eq!(drop_to_fps(p, Rational::new(30, 1)), None);
-        assert_eq!(drop_to_fps(p, Rational::new(30000, 1001)), None);
-        assert_eq!(
-            drop_to_fps(p, Rational::new(0, 1)),
-            Some(Rational::new(30, 1))
-        );
-        let mut keep = p.clone();
-        keep.fps = 0;
-        assert_eq!(max_fps(&keep, Rational::new(50, 1)), Rational::new(50, 1));
-    }
-
-    #[test]
-    fn tiny_source_gets_one_rung_at_its_own_size() {
-        let plan = plan_ladder(&ladder(), &source(160, 120));
-        assert_eq!(plan.rungs.len(), 1);
-        assert_eq!(plan.rungs[0].name, "P240p30fps16x9");
-        assert_eq!((plan.rungs[0].width, plan.rungs[0].height), (160, 120));
-        assert_eq!(plan.skipped.len(), 2);
-    }
-
-    #[test]
-    fn odd_sizes_round_to_even() {
-        let plan = plan_ladder(&ladder(), &source(853, 480));
-        for r in &plan.rungs {
-            assert_eq!((r.width % 2, r.height % 2), (0, 0), "{r:?}");
+impl JsonField {
+    fn takes(&self, v: &serde_json::Value) -> bool {
+        match self.max {
+            // An optional field may be null; a number field with a default may not.
+            None => v.is_string() || v.is_null(),
+            Some(max) => v.as_u64().is_some_and(|n| n <= max),
         }
     }
 }
+
+/// A JSON value in words, for error messages.
+fn describe(v: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match v {
+        Value::Null => "null".into(),
+        Value::Bool(b) => format!("{b}"),
+        Value::Number(n) => format!("the number {n}"),
+        Value::String(s) if s.chars().count() > 40 => {
+            format!("the string {:?}…", s.chars().take(40).collect::<String>())
+        }
+        Value::String(s) => format!("the string {s:?}"),
+        Value::Array(_) => "a list".into(),
+        Value::Object(_) => "an object".into(),
+    }
+}
+
+/// What is wrong with one profile, if the field checks find it.
+fn explain_profile(p: &serde_json::Value) -> Option<String> {
+    let Some(fields) = p.as_object() else {
+        return Some(format!(
+            "expected an object like {{\"name\": \"720p\", \"width\": 1280, \"height\": 720, \
+             \"bitrate\": 3000000}}, found {}",
+            describe(p)
+        ));
+    };
+    for (key, value) in fields {
+        let Some(field) = JSON_FIELDS.iter().find(|f| f.name == key) else {
+            let names: Vec<_> = JSON_FIELDS.iter().map(|f| f.name).collect();
+            let simple = |s: &str| s.replace('_', "").to_ascii_lowercase();
+            let hint = JSON_FIELDS
+                .iter()
+                .find(|f| simple(f.name) == simple(key))
+                .map(|f| format!(" (did you mean `{}`?)", f.name))
+                .unwrap_or_default();
+            return Some(format!(
+                "unknown field `{}`{hint}; a profile's fields are {}",
+                key.chars().take(40).collect::<String>(),
+                names.join(", ")
+            ));
+        };
+        if !field.takes(value) {
+            return Some(format!(
+                "field `{key}`: expected {}, found {}",
+                field.expected,
+                describe(value)
+            ));
+        }
+    }
+    JSON_FIELDS
+        .iter()
+        .find(|f| f.required && !fields.contains_key(f.name))
+        .map(|f| format!("missing field `{}` ({})", f.name, f.expected))
+}
+
+/// Says, in words, why `json` is not a `transcodingOptions` ladder (a list of profiles, or
+/// `{"profiles": [...]}`): which shape it resembles and, in that shape, which profile and
+/// field is wrong; `serde_error` (the parser's own message) when nothing more precise is
+/// found.
+pub fn explain_json_ladder(json: &str, serde_error: &str) -> String {
+    use serde_json::Value;
+    let value: Value = match serde_json::from_str(json) {
+        Ok(v) => v,
+        Err(e) => return format!("not valid JSON: {e}"),
+    };
+    let shape = "a list of profiles, [{...}, ...], or {\"profiles\": [...]}";
+    let list = match &value {
+        Value::Array(list) => list,
+        Value::Object(o) => match o.get("profiles") {
+            Some(Value::Array(list)) => list,
+            Some(other) => {
+                return format!(
+                    "field `profiles`: expected a list of profiles, found {}",
+                    describe(other)
+                )
+            }
+            None if JSON_FIELDS
+                .iter()
+                .any(|f| f.required && o.contains_key(f.name)) =>
+            {
+                return format!("one profile on its own: expected {shape}")
+            }
+            None => return format!("expected {shape}, found an object without `profiles`"),
+        },
+        other => return format!("expected {shape}, found {}", describe(other)),
+    };
+    for (i, p) in list.iter().enumerate() {
+        if let Some(problem) = explain_profile(p) {
+            let name = p
+                .get("name")
+                .and_then(Value::as_str)
+                .map(|n| format!(" ({:?})", n.chars().take(40).collect::<String>()))
+                .unwrap_or_default();
+            return format!("profile {}{name}: {problem}", i + 1);
+        }
+    }
+    serde_error.to_string()
+}
+
+#[cfg(test)]
+mod tests;

@@ -22,9 +22,18 @@ pub const RESULTS_EXCHANGE: &str = "castwork.results";
 pub const RESULTS_QUEUE: &str = "castwork.results";
 /// Topic exchange of per-stream events (`stream.<name>`), for broadcasters and dashboards.
 pub const EVENTS_EXCHANGE: &str = "castwork.events";
-/// Dead-letter exchange and queue for jobs past the broker's delivery limit.
+/// Dead-letter exchange and queue: jobs past the broker's delivery limit or deadline, and
+/// any message a consumer could not handle (with its reason in [`DEAD_REASON_HEADER`]).
 pub const DEAD_LETTER_EXCHANGE: &str = "castwork.dlx";
 pub const DEAD_LETTER_QUEUE: &str = "castwork.jobs.dead";
+/// Where a dead letter goes that could not be recorded either (Redis stayed away): kept,
+/// bounded, for an operator to read with its reason.
+pub const PARKED_QUEUE: &str = "castwork.parked";
+/// Headers a consumer puts on a message it dead-letters: why, from which queue, and after
+/// how many deliveries.
+pub const DEAD_REASON_HEADER: &str = "castwork-reason";
+pub const DEAD_QUEUE_HEADER: &str = "castwork-queue";
+pub const DEAD_DELIVERIES_HEADER: &str = "castwork-deliveries";
 
 /// How far ahead of a stream's highest received segment number a new one may be, unless
 /// configured otherwise (`--max-seq-ahead`): 1000 segments is over half an hour of 2 s
@@ -127,6 +136,9 @@ pub enum IngestMessage {
     StreamStarted(StreamStarted),
     SegmentReady(SegmentReady),
     StreamEnded(StreamEnded),
+    /// The publisher gave up on the stream (its source could not be read to the end): the
+    /// orchestrator fails it with the reason and removes what it stored.
+    StreamAborted(StreamAborted),
 }
 
 impl IngestMessage {
@@ -136,6 +148,7 @@ impl IngestMessage {
             IngestMessage::StreamStarted(m) => &mut m.secret,
             IngestMessage::SegmentReady(m) => &mut m.secret,
             IngestMessage::StreamEnded(m) => &mut m.secret,
+            IngestMessage::StreamAborted(m) => &mut m.secret,
         };
         *field = secret.to_string();
         self
@@ -203,6 +216,17 @@ pub struct StreamEnded {
     pub session: Uuid,
     /// Number of segments the stream has in all (sequence numbers 0..segments).
     pub segments: u64,
+    /// The stream's publisher secret (see [`StreamStarted::secret`]).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub secret: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamAborted {
+    pub stream: String,
+    pub session: Uuid,
+    /// Why, in the publisher's user's words.
+    pub reason: String,
     /// The stream's publisher secret (see [`StreamStarted::secret`]).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub secret: String,
@@ -360,6 +384,14 @@ pub struct FailedSegment {
     pub message: String,
 }
 
+/// The object store an orchestrator works in: the id written in it (`.castwork/store-id`)
+/// and its URL, absolute, as that orchestrator resolved it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreIdentity {
+    pub id: String,
+    pub url: String,
+}
+
 /// Orchestrator -> anyone interested (the events exchange, `stream.<name>`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -370,6 +402,14 @@ pub enum StreamEvent {
         session: Uuid,
         rungs: Vec<Rung>,
         skipped: Vec<SkippedRung>,
+        /// Where viewers will play the stream's master playlist (the orchestrator's
+        /// `--playback-url`); absent from older orchestrators.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        playback_url: Option<String>,
+        /// The object store the orchestrator reads the sources from, so a publisher can
+        /// check it writes them there; absent from older orchestrators.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        store: Option<StoreIdentity>,
     },
     /// The orchestrator refused the stream.
     StreamRejected {
@@ -395,6 +435,9 @@ pub enum StreamEvent {
         seq: u64,
         message: String,
     },
+    /// The stream failed for good (its publisher gave up, or one of its messages could not
+    /// be handled), with the reason; nothing more of it is transcoded.
+    StreamFailed { stream: String, reason: String },
     /// Every segment is resolved and the playlists are written.
     StreamCompleted {
         stream: String,
@@ -493,6 +536,34 @@ mod tests {
             Err(DecodeError::TooLarge(_))
         ));
         assert!(decode::<IngestMessage>(br#"{"version":1,"type":"nope"}"#).is_err());
+    }
+
+    #[test]
+    fn stream_admitted_without_playback_or_store_still_reads() {
+        // As an older orchestrator sends it.
+        let old = br#"{"version":1,"type":"stream_admitted","stream":"s",
+            "session":"00000000-0000-0000-0000-000000000000","rungs":[],"skipped":[]}"#;
+        let StreamEvent::StreamAdmitted {
+            playback_url,
+            store,
+            ..
+        } = decode::<StreamEvent>(old).unwrap()
+        else {
+            panic!("not an admission");
+        };
+        assert_eq!((playback_url, store), (None, None));
+        let new = StreamEvent::StreamAdmitted {
+            stream: "s".into(),
+            session: Uuid::nil(),
+            rungs: vec![],
+            skipped: vec![],
+            playback_url: Some("http://h/streams/s/index.m3u8".into()),
+            store: Some(StoreIdentity {
+                id: "abc".into(),
+                url: "file:///srv/data".into(),
+            }),
+        };
+        assert_eq!(decode::<StreamEvent>(&encode(&new)).unwrap(), new);
     }
 
     #[test]

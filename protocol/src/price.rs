@@ -80,6 +80,66 @@ pub fn estimated_pixels(rungs: &[Rung], frames: u64, source_fps: f64) -> u64 {
         .fold(0u64, u64::saturating_add)
 }
 
+/// What a whole on-demand source will cost at most, for admitting it before any of it is
+/// sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamEstimate {
+    /// Source frames over the whole duration.
+    pub frames: u64,
+    /// Output pixels of every rung over those frames, with the rounding allowance below.
+    pub pixels: u64,
+    /// The segments the allowance is for: one per started second of the source.
+    pub segments: u64,
+    /// The fee of `pixels`, plus one wei per segment (each segment's fee is rounded up on
+    /// its own), in wei.
+    pub fee: i64,
+}
+
+impl Price {
+    /// The most a source of `duration_us` at `source_fps` costs through `rungs`, segment by
+    /// segment: each segment is charged [`Price::fee`] of its own pixels, rounded up, and a
+    /// rung with a lower frame rate keeps its share of each segment's frames rounded up. So
+    /// the estimate allows, per segment, one wei and one frame of each such rung, counting
+    /// a segment per started second (segments are cut at keyframes at or after
+    /// `--segment-secs`, 2 s by default: shorter ones can exceed the allowance).
+    pub fn stream_estimate(
+        &self,
+        rungs: &[Rung],
+        duration_us: i64,
+        source_fps: f64,
+    ) -> Result<StreamEstimate, FeeOverflow> {
+        let secs = duration_us.max(0) as f64 / 1e6;
+        let frames = (secs * source_fps.max(0.0)).ceil() as u64;
+        let segments = (secs.ceil() as u64).max(1);
+        let dropped_frame: u64 = rungs
+            .iter()
+            .filter(|r| {
+                let fps = r.max_fps.as_f64();
+                source_fps > 0.0 && fps > 0.0 && fps < source_fps
+            })
+            .map(|r| rendition_pixels(r.width, r.height, 1))
+            .fold(0u64, u64::saturating_add);
+        let pixels = estimated_pixels(rungs, frames, source_fps)
+            .saturating_add(dropped_frame.saturating_mul(segments));
+        let rounding = if self.is_free() {
+            0
+        } else {
+            i64::try_from(segments).unwrap_or(i64::MAX)
+        };
+        let fee = self.fee(pixels)?.checked_add(rounding).ok_or(FeeOverflow {
+            pixels,
+            price_per_unit: self.price_per_unit,
+            pixels_per_unit: self.pixels_per_unit,
+        })?;
+        Ok(StreamEstimate {
+            frames,
+            pixels,
+            segments,
+            fee,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,9 +205,8 @@ mod tests {
         assert!(!max(u64::MAX, 1).within(&max(u64::MAX - 1, 1)));
     }
 
-    #[test]
-    fn estimates_follow_each_rungs_frame_rate() {
-        let rung = |w, h, fps: u32| Rung {
+    fn rung(w: u32, h: u32, fps: u32) -> Rung {
+        Rung {
             name: format!("{h}p"),
             width: w,
             height: h,
@@ -156,7 +215,45 @@ mod tests {
             drop_to_fps: None,
             gop_secs: None,
             profile: crate::H264Profile::High,
+        }
+    }
+
+    #[test]
+    fn a_whole_stream_costs_at_least_its_segments() {
+        let p = Price {
+            price_per_unit: 1,
+            pixels_per_unit: 1000,
         };
+        let rungs = [rung(426, 240, 30)];
+        // 6 s at 30 fps: 180 frames, 6 segments' rounding allowed.
+        let e = p.stream_estimate(&rungs, 6_000_000, 30.0).unwrap();
+        assert_eq!((e.frames, e.segments), (180, 6));
+        assert_eq!(e.pixels, 426 * 240 * 180);
+        assert_eq!(e.fee, 18_404 + 6);
+        // Three 2 s segments, each charged on its own: 3 x 6,135 = 18,405 wei.
+        let charged = 3 * p.fee(rendition_pixels(426, 240, 60)).unwrap();
+        assert!(charged <= e.fee, "{charged} > {}", e.fee);
+        // Half the frame rate: a frame per started second is allowed for its rounding.
+        let half = [rung(426, 240, 15)];
+        let e = p.stream_estimate(&half, 2_500_000, 30.0).unwrap();
+        assert_eq!((e.frames, e.segments), (75, 3));
+        assert_eq!(e.pixels, 426 * 240 * (38 + 3));
+        // Free costs nothing; an unknown frame rate counts no frames.
+        let e = Price::default()
+            .stream_estimate(&rungs, 6_000_000, 30.0)
+            .unwrap();
+        assert_eq!(e.fee, 0);
+        assert_eq!(p.stream_estimate(&rungs, 1, 0.0).unwrap().fee, 1);
+        // Too dear for the ledger: refused, never wrapped.
+        let dear = Price {
+            price_per_unit: u64::MAX,
+            pixels_per_unit: 1,
+        };
+        assert!(dear.stream_estimate(&rungs, 6_000_000, 30.0).is_err());
+    }
+
+    #[test]
+    fn estimates_follow_each_rungs_frame_rate() {
         let rungs = [rung(426, 240, 30), rung(640, 360, 15)];
         // 60 frames at 30 fps: all of them at 240p, half at 360p.
         assert_eq!(

@@ -74,7 +74,7 @@ pub enum ProfileError {
     UnknownPreset(String),
     #[error("the ladder is empty")]
     Empty,
-    #[error("transcoding options are not valid JSON: {0}")]
+    #[error("transcoding options: {0}")]
     Json(String),
     #[error("invalid profiles: {}", .0.join("; "))]
     Invalid(Vec<String>),
@@ -165,8 +165,9 @@ enum JsonLadder {
 
 /// Parses Livepeer's `transcodingOptions` JSON: a list of profiles, or `{"profiles": [...]}`.
 pub fn parse_transcoding_options(json: &str) -> Result<Vec<Profile>, ProfileError> {
-    let ladder: JsonLadder =
-        serde_json::from_str(json).map_err(|e| ProfileError::Json(e.to_string()))?;
+    let ladder: JsonLadder = serde_json::from_str(json).map_err(|e| {
+        ProfileError::Json(crate::ladder::explain_json_ladder(json, &e.to_string()))
+    })?;
     let list = match ladder {
         JsonLadder::List(l) | JsonLadder::Wrapped { profiles: l } => l,
     };

@@ -10,7 +10,7 @@ use prometheus::{
 pub static SEGMENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "castwork_worker_segments_total",
-        "Segment jobs handled, by outcome (done, failed_transient, failed_permanent)",
+        "Segment jobs handled, by outcome (done, failed_transient, failed_permanent, expired)",
         &["outcome"]
     )
     .expect("metric registers once")
@@ -84,15 +84,30 @@ pub static REDELIVERIES: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-/// Registers every metric, so `/metrics` shows each from the start (at zero).
+/// The label values each labelled metric starts with, at zero.
+pub const OUTCOMES: &[&str] = &["done", "failed_transient", "failed_permanent", "expired"];
+pub const STAGES: &[&str] = &["fetch", "transcode", "upload"];
+pub const DIRECTIONS: &[&str] = &["in", "out"];
+pub const REJECT_REASONS: &[&str] = &["malformed", "version", "oversized"];
+
+/// Registers every metric with every label set it is known to take, so `/metrics` shows
+/// each from the start (at zero).
 pub fn register() {
-    LazyLock::force(&SEGMENTS);
     LazyLock::force(&TRANSCODE_SECONDS);
     LazyLock::force(&BUSY_SLOTS);
-    LazyLock::force(&REJECTED_JOBS);
     LazyLock::force(&SLOTS);
-    LazyLock::force(&STAGE_SECONDS);
     LazyLock::force(&REALTIME_RATIO);
-    LazyLock::force(&BYTES);
     LazyLock::force(&REDELIVERIES);
+    for o in OUTCOMES {
+        SEGMENTS.with_label_values(&[o]);
+    }
+    for s in STAGES {
+        STAGE_SECONDS.with_label_values(&[s]);
+    }
+    for d in DIRECTIONS {
+        BYTES.with_label_values(&[d]);
+    }
+    for r in REJECT_REASONS {
+        REJECTED_JOBS.with_label_values(&[r]);
+    }
 }

@@ -61,6 +61,20 @@ pub struct Grant {
     pub push_token: Option<String>,
 }
 
+/// Why a publish is not allowed, in words for the publisher.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    /// The key is no stream key of `broadcaster keys`.
+    #[error(
+        "unknown stream key: publish with a key from `broadcaster keys add NAME` (the stream \
+         NAME is played back under)"
+    )]
+    UnknownKey,
+    /// The webhook said no or could not be asked, or the keys could not be read.
+    #[error("{0}")]
+    Refused(String),
+}
+
 impl IngestAuth {
     /// Decides on a publish: the grant, or why not (for the publisher).
     pub async fn check(
@@ -68,26 +82,26 @@ impl IngestAuth {
         http: &reqwest::Client,
         req: &Publish<'_>,
         default_ladder: &[Profile],
-    ) -> Result<Grant, String> {
+    ) -> Result<Grant, Denied> {
         match self {
             IngestAuth::Open => Ok(Grant {
                 stream: req.key.to_string(),
                 ladder: default_ladder.to_vec(),
                 push_token: None,
             }),
-            IngestAuth::Webhook(url) => authorize(http, url, req, default_ladder).await,
+            IngestAuth::Webhook(url) => authorize(http, url, req, default_ladder)
+                .await
+                .map_err(Denied::Refused),
             IngestAuth::Keys(store) => match store.lookup(req.key).await {
                 Ok(Some(stream)) => Ok(Grant {
                     stream,
                     ladder: default_ladder.to_vec(),
                     push_token: None,
                 }),
-                Ok(None) => Err(
-                    "unknown stream key: publish with a key from `broadcaster keys \
-                     add NAME` (the stream NAME is played back under)"
-                        .into(),
-                ),
-                Err(e) => Err(format!("cannot check the stream key now: {e}")),
+                Ok(None) => Err(Denied::UnknownKey),
+                Err(e) => Err(Denied::Refused(format!(
+                    "cannot check the stream key now: {e}"
+                ))),
             },
         }
     }

@@ -19,12 +19,12 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 use uuid::Uuid;
 
-use crate::rtmp::{Accepted, PublishRequest, Publishers, RtmpEvent};
+use crate::rtmp::{Accepted, PublishRequest, Publishers, Refusal, RtmpEvent};
 
 pub mod auth;
 mod stream;
 
-pub use auth::{authorize, Grant, IngestAuth, KeyStore, Publish};
+pub use auth::{authorize, Denied, Grant, IngestAuth, KeyStore, Publish};
 use stream::StreamTask;
 
 /// How live ingest behaves.
@@ -97,6 +97,8 @@ struct Entry {
     /// HTTP push: what every segment after the first must carry (none when the push path
     /// is a stream key, which authenticates each segment itself).
     push_token: Option<String>,
+    /// RTMP: tells the connected publisher why the stream was refused, cutting it off.
+    cut_off: Option<oneshot::Sender<String>>,
 }
 
 /// An HTTP push let in, before its body is read.
@@ -160,15 +162,15 @@ impl Live {
         }
     }
 
-    /// Starts the task of a new stream and registers it.
-    fn start_stream(
-        self: &Arc<Self>,
-        name: &str,
-        ladder: Vec<Profile>,
-        feed: Feed,
-    ) -> mpsc::Sender<Cmd> {
+    /// Tells the RTMP publisher of stream `name` (unless a newer stream took the name) why
+    /// the stream stops, which cuts it off.
+    fn cut_off(&self, name: &str, session: Uuid, why: &str) {
         let mut streams = self.streams();
-        self.start_locked(&mut streams, name, ladder, feed, None)
+        if let Some(e) = streams.get_mut(name).filter(|e| e.session == session) {
+            if let Some(tx) = e.cut_off.take() {
+                let _ = tx.send(why.to_string());
+            }
+        }
     }
 
     /// Starts a stream's task with the streams' lock held, so two publishers cannot both
@@ -193,17 +195,16 @@ impl Live {
                 connected: feed == Feed::Rtmp,
                 end_ms: TIMELINE_START_MS,
                 push_token,
+                cut_off: None,
             },
         );
         let live = self.clone();
         let name = name.to_string();
         tokio::spawn(async move {
             if let Err(e) = task.run(rx).await {
-                warn!(
-                    stream = name,
-                    error = format!("{e:#}"),
-                    "live stream stopped"
-                );
+                let error = format!("{e:#}");
+                warn!(stream = name, error, "live stream stopped");
+                live.cut_off(&name, session, &format!("the live stream stopped: {error}"));
             }
             live.forget(&name, session);
         });
@@ -275,7 +276,7 @@ impl Live {
             .auth
             .check(&self.http, &req, &self.cfg.ladder)
             .await
-            .map_err(PushError::Forbidden)?;
+            .map_err(|e| PushError::Forbidden(e.to_string()))?;
         validate_stream_name(&grant.stream)
             .map_err(|e| PushError::BadRequest(format!("bad stream name: {e}")))?;
         if let Some(tx) = self.joined(&grant.stream, if keyed { None } else { token })? {
@@ -369,7 +370,7 @@ impl Live {
 pub struct RtmpIngest(pub Arc<Live>);
 
 impl Publishers for RtmpIngest {
-    async fn publish(&self, req: PublishRequest) -> Result<Accepted, String> {
+    async fn publish(&self, req: PublishRequest) -> Result<Accepted, Refusal> {
         self.0.publish_rtmp(req).await
     }
 }
@@ -377,18 +378,20 @@ impl Publishers for RtmpIngest {
 impl Live {
     /// Decides on an RTMP publish: a new stream, or the same stream continued by a
     /// publisher that reconnected within the window.
-    async fn publish_rtmp(self: &Arc<Self>, req: PublishRequest) -> Result<Accepted, String> {
+    async fn publish_rtmp(self: &Arc<Self>, req: PublishRequest) -> Result<Accepted, Refusal> {
         if req.app != "live" {
-            return Err(format!(
+            return Err(Refusal::bad_name(format!(
                 "unknown application {:?}: publish to rtmp://HOST/live/STREAM_KEY",
                 req.app
-            ));
+            )));
         }
         if req.key.is_empty()
             || req.key.len() > 256
             || req.key.chars().any(|c| c.is_control() || c == '/')
         {
-            return Err("bad stream key: publish to rtmp://HOST/live/STREAM_KEY".into());
+            return Err(Refusal::bad_name(
+                "bad stream key: publish to rtmp://HOST/live/STREAM_KEY",
+            ));
         }
         let publish = Publish {
             via: "rtmp",
@@ -403,35 +406,46 @@ impl Live {
             .cfg
             .auth
             .check(&self.http, &publish, &self.cfg.ladder)
-            .await?;
-        validate_stream_name(&name).map_err(|e| format!("bad stream name: {e}"))?;
+            .await
+            .map_err(|e| match e {
+                Denied::UnknownKey => Refusal::bad_name(e.to_string()),
+                Denied::Refused(why) => Refusal::rejected(why),
+            })?;
+        validate_stream_name(&name)
+            .map_err(|e| Refusal::bad_name(format!("bad stream name: {e}")))?;
         let (sink, mut events) = mpsc::channel::<RtmpEvent>(8);
-        let (tx, base_ms) = {
+        let (cut_off, cut_off_rx) = oneshot::channel();
+        let (tx, base_ms, reconnected) = {
             let mut streams = self.streams();
             match streams.get_mut(&name) {
                 Some(e) if e.feed == Feed::Http || e.connected => {
-                    return Err(format!("stream {name} is already publishing"));
+                    return Err(Refusal::bad_name(format!(
+                        "stream {name} is already publishing"
+                    )));
                 }
                 Some(e) => {
                     e.connected = true;
-                    (Some(e.tx.clone()), e.end_ms)
+                    e.cut_off = Some(cut_off);
+                    (e.tx.clone(), e.end_ms, true)
                 }
-                None => (None, TIMELINE_START_MS),
+                None => {
+                    info!(stream = name, peer = %req.peer, "live stream starting");
+                    let tx = self.start_locked(&mut streams, &name, ladder, Feed::Rtmp, None);
+                    if let Some(e) = streams.get_mut(&name) {
+                        e.cut_off = Some(cut_off);
+                    }
+                    (tx, TIMELINE_START_MS, false)
+                }
             }
         };
-        let tx = match tx {
-            Some(tx) => {
-                info!(stream = name, peer = %req.peer, "publisher reconnected: the stream continues");
-                if tx.send(Cmd::Reconnected).await.is_err() {
-                    return Err(format!("stream {name} has just ended: publish again"));
-                }
-                tx
+        if reconnected {
+            info!(stream = name, peer = %req.peer, "publisher reconnected: the stream continues");
+            if tx.send(Cmd::Reconnected).await.is_err() {
+                return Err(Refusal::rejected(format!(
+                    "stream {name} has just ended: publish again"
+                )));
             }
-            None => {
-                info!(stream = name, peer = %req.peer, "live stream starting");
-                self.start_stream(&name, ladder, Feed::Rtmp)
-            }
-        };
+        }
         // Forward the connection's segments to the stream's task.
         tokio::spawn(async move {
             while let Some(ev) = events.recv().await {
@@ -471,7 +485,11 @@ impl Live {
                 }
             }
         });
-        Ok(Accepted { sink, base_ms })
+        Ok(Accepted {
+            sink,
+            base_ms,
+            cut_off: cut_off_rx,
+        })
     }
 }
 

@@ -11,8 +11,8 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use castwork_media::{MediaError, RemuxedPiece};
 use castwork_protocol::{
-    source_key, IngestMessage, ObjectRef, Profile, Rung, SegmentReady, StreamEnded, StreamEvent,
-    StreamMode, StreamStarted,
+    source_key, IngestMessage, ObjectRef, Profile, Rung, SegmentReady, StreamAborted, StreamEnded,
+    StreamEvent, StreamMode, StreamStarted,
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
@@ -38,7 +38,8 @@ pub(super) struct StreamTask {
     segments: u64,
     discontinuity: bool,
     waiters: HashMap<u64, Vec<oneshot::Sender<SegmentOutcome>>>,
-    /// Why the orchestrator refused the stream, once it did.
+    /// Why the stream was refused (the orchestrator said no, or nobody answered), in words
+    /// for the publisher, once it was.
     refused: Option<String>,
     /// The admitted rungs and the source frame rate (what a segment's tickets pay for).
     rungs: Vec<Rung>,
@@ -80,6 +81,9 @@ impl StreamTask {
                 cmd = rx.recv() => cmd,
                 ev = next_event(&mut self.link) => {
                     self.on_event(ev?);
+                    if let Some(why) = &self.refused {
+                        self.live.cut_off(&self.name, self.session, why);
+                    }
                     continue;
                 }
                 _ = tokio::time::sleep_until(sleep_until) => {
@@ -101,8 +105,10 @@ impl StreamTask {
                         idle_deadline = Some(tokio::time::Instant::now() + cfg.http_idle);
                     }
                     self.piece(p).await;
-                    if self.refused.is_some() {
-                        // Refuse whatever is queued, then stop: the publisher is cut off.
+                    if let Some(why) = &self.refused {
+                        // Tell the RTMP publisher and refuse whatever is queued, then stop:
+                        // the publisher is cut off.
+                        self.live.cut_off(&self.name, self.session, why);
                         rx.close();
                         while let Some(cmd) = rx.recv().await {
                             let Cmd::Piece(p) = cmd else { continue };
@@ -120,6 +126,7 @@ impl StreamTask {
                     if let Some(e) = self.live.streams().get_mut(&self.name) {
                         e.connected = false;
                         e.end_ms = end_ms;
+                        e.cut_off = None;
                     }
                     idle_deadline = Some(tokio::time::Instant::now() + cfg.reconnect_window);
                 }
@@ -141,7 +148,20 @@ impl StreamTask {
         let Some(mut link) = self.link.take() else {
             return Ok(());
         };
-        if self.refused.is_none() {
+        if self.refused.is_none() && self.segments == 0 {
+            // Opened, but no segment could be stored or sent: nothing to finish.
+            warn!(
+                stream = self.name,
+                "live stream ended before any segment was sent"
+            );
+            link.publish(&IngestMessage::StreamAborted(StreamAborted {
+                stream: self.name.clone(),
+                session: self.session,
+                reason: "the live stream ended before any segment could be sent".into(),
+                secret: String::new(),
+            }))
+            .await?;
+        } else if self.refused.is_none() {
             info!(
                 stream = self.name,
                 segments = self.segments,
@@ -191,7 +211,7 @@ impl StreamTask {
                     stream = self.name,
                     message, "orchestrator refused the live stream"
                 );
-                self.refused = Some(message);
+                self.refused = Some(refusal_text(&message));
             }
             _ => {}
         }
@@ -247,7 +267,7 @@ impl StreamTask {
         duration_us: Option<i64>,
     ) -> anyhow::Result<()> {
         if let Some(why) = &self.refused {
-            anyhow::bail!("the orchestrator refused the stream: {why}");
+            anyhow::bail!("{why}");
         }
         let window = self.live.cfg.max_seq_ahead;
         if seq >= self.segments.saturating_add(window) {
@@ -389,19 +409,32 @@ impl StreamTask {
             }
             Ok(Err(e)) => {
                 link.close().await;
-                self.refused = Some(format!("{e:#}"));
-                anyhow::bail!("the orchestrator refused the stream: {e:#}")
+                let why = refusal_text(&format!("{e:#}"));
+                self.refused = Some(why.clone());
+                anyhow::bail!(why)
             }
             Err(_) => {
                 link.close().await;
-                self.refused = Some("no orchestrator answered".into());
-                anyhow::bail!(
-                    "no orchestrator answered within {} s",
+                let why = format!(
+                    "no orchestrator answered within {} s: is one running on this broker?",
                     cfg.admit_timeout.as_secs()
-                )
+                );
+                self.refused = Some(why.clone());
+                anyhow::bail!(why)
             }
         }
     }
+}
+
+/// The orchestrator's refusal of a live stream, in words for its publisher. Its advice for
+/// an account names `broadcaster push`'s flag; a live stream's account is
+/// `serve --live-broadcaster-id`'s.
+fn refusal_text(message: &str) -> String {
+    let message = message.replace(
+        "push with --broadcaster-id ACCOUNT",
+        "start `broadcaster serve` with --live-broadcaster-id ACCOUNT",
+    );
+    format!("the orchestrator refused the stream: {message}")
 }
 
 /// The next event of an open link; pending forever without one.
@@ -409,5 +442,29 @@ async fn next_event(link: &mut Option<Link>) -> anyhow::Result<StreamEvent> {
     match link.as_mut() {
         Some(l) => l.next_event().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pricing_refusal_names_the_live_flag() {
+        let m = refusal_text(
+            "this orchestrator charges 1 wei per 1 pixels: push with --broadcaster-id \
+             ACCOUNT, an account credited with `orchestrator ledger credit ACCOUNT AMOUNT`",
+        );
+        assert!(
+            m.contains("start `broadcaster serve` with --live-broadcaster-id ACCOUNT"),
+            "{m}"
+        );
+        assert!(!m.contains("push with"), "{m}");
+        assert!(m.starts_with("the orchestrator refused the stream: this orchestrator"));
+        let other = refusal_text("insufficient balance: account a has 0 wei");
+        assert_eq!(
+            other,
+            "the orchestrator refused the stream: insufficient balance: account a has 0 wei"
+        );
     }
 }

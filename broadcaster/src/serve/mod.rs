@@ -1,6 +1,7 @@
 //! HLS playback over HTTP from the object store, with the content types and CORS headers a
 //! web player on any origin needs; and live ingest of segments pushed over HTTP, as
-//! go-livepeer's broadcaster takes them (`PUT`/`POST /live/STREAM/SEQ.ts`).
+//! go-livepeer's broadcaster takes them (`PUT`/`POST /live/STREAM/SEQ.ts`). Every error is
+//! answered in JSON, `{"error": "..."}`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,9 +10,10 @@ use axum::{
     extract::{DefaultBodyLimit, Path, Query, State},
     http::{header, HeaderMap, HeaderValue, Method, StatusCode},
     response::{IntoResponse, Response},
-    routing::{get, put},
-    Json, Router,
+    routing::{any, get, put},
+    Router,
 };
+use castwork_cluster::http::{error, json_errors};
 use castwork_cluster::{Storage, StorageError};
 
 use crate::live::Live;
@@ -84,28 +86,24 @@ fn push_route(storage: Storage, push: HttpPush) -> Router {
 /// HTTP push plus health, for a listener of its own.
 pub fn push_router(storage: Storage, push: HttpPush) -> Router {
     crate::metrics::register();
-    push_route(storage, push).route("/healthz", get(|| async { "ok" }))
+    json_errors(push_route(storage, push).route("/healthz", get(|| async { "ok" })))
 }
+
+/// What a push to an address without HTTP push is told.
+pub const LIVE_INPUT_OFF: &str = "live input is off on this address: `broadcaster serve` \
+     runs with --no-live, or takes HTTP push on its --push-addr";
 
 /// Playback routes, plus the HTTP push route when `push` is given, on one listener.
 pub fn router(storage: Storage, push: Option<HttpPush>, playback_token: Option<String>) -> Router {
     let playback = playback_router(storage.clone(), playback_token);
-    match push {
+    json_errors(match push {
         Some(p) => playback.merge(push_route(storage, p)),
         None => {
-            let off = || async {
-                error(
-                    StatusCode::NOT_FOUND,
-                    "HTTP push is not taken on this address (see --push-addr and --no-live)",
-                )
-            };
-            playback.route("/live/{stream}/{file}", put(off).post(off))
+            // Any request under /live/, whatever its method, size or path.
+            let off = || async { error(StatusCode::NOT_FOUND, LIVE_INPUT_OFF) };
+            playback.route("/live/{*path}", any(off))
         }
-    }
-}
-
-fn error(code: StatusCode, message: impl Into<String>) -> Response {
-    (code, Json(serde_json::json!({ "error": message.into() }))).into_response()
+    })
 }
 
 /// The cookie that carries the playback token after a request with `?token=`.
@@ -178,7 +176,10 @@ async fn get_object(
     let allowed =
         matches!(key.rsplit('.').next(), Some("m3u8" | "ts")) && !key.contains("/source/");
     if !allowed || path.split('/').any(|p| p.is_empty() || p == "..") {
-        return cors((StatusCode::NOT_FOUND, "not found\n").into_response());
+        return cors(error(
+            StatusCode::NOT_FOUND,
+            "not found: playback serves playlists (.m3u8) and renditions (.ts) only",
+        ));
     }
     let r = match storage.get(&key).await {
         Ok(data) => {
@@ -204,10 +205,12 @@ async fn get_object(
             )
                 .into_response()
         }
-        Err(StorageError::NotFound(_)) => (StatusCode::NOT_FOUND, "not found\n").into_response(),
+        Err(StorageError::NotFound(_)) => {
+            error(StatusCode::NOT_FOUND, format!("not found: /{key}"))
+        }
         Err(e) => {
             tracing::warn!(key, error = %e, "object store error");
-            (StatusCode::SERVICE_UNAVAILABLE, "storage unavailable\n").into_response()
+            error(StatusCode::SERVICE_UNAVAILABLE, "storage unavailable")
         }
     };
     let mut r = cors(r);

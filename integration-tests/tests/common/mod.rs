@@ -380,7 +380,9 @@ impl Cluster {
         v["workers"].as_array().cloned().unwrap_or_default()
     }
 
-    /// Polls `GET /streams/NAME` until the stream is complete.
+    /// Polls `GET /streams/NAME` until every segment of the stream is resolved: its state
+    /// is `complete`, or `incomplete` when segments failed or were skipped (a test that
+    /// needs one of them asserts it).
     pub fn wait_complete(&self, stream: &str, timeout: Duration) -> Value {
         let deadline = Instant::now() + timeout;
         loop {
@@ -388,7 +390,7 @@ impl Cluster {
                 http_get(&self.orchestrator_addr, &format!("/streams/{stream}"))
             {
                 let v: Value = serde_json::from_str(&body).unwrap();
-                if v["state"] == "complete" {
+                if v["state"] == "complete" || v["state"] == "incomplete" {
                     return v;
                 }
             }
@@ -1097,4 +1099,92 @@ pub fn webhook(respond: impl Fn(&str) -> (u16, String) + Send + 'static) -> Stri
         }
     });
     format!("http://{addr}/auth")
+}
+
+impl Cluster {
+    /// `broadcaster push FILE --stream NAME ARGS...` without `--wait`, run in `dir` (the
+    /// current directory, which a relative `file://` store resolves against) with
+    /// `env` on top of the cluster's.
+    pub fn push_from(
+        &self,
+        dir: &Path,
+        file: &Path,
+        stream: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Output {
+        let mut cmd = Command::new(bin("broadcaster"));
+        self.envs(&mut cmd);
+        cmd.env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .current_dir(dir)
+            .arg("push")
+            .arg(file)
+            .args(["--stream", stream, "--admit-timeout-secs", "60"])
+            .args(args);
+        cmd.output().expect("broadcaster runs")
+    }
+
+    /// The logs of every process of one binary (`orchestrator`, `worker`, `broadcaster`).
+    pub fn logs_of(&self, name: &str) -> String {
+        let mut out = String::new();
+        if let Ok(d) = std::fs::read_dir(self.dir.path()) {
+            for e in d.flatten() {
+                let file = e.file_name().to_string_lossy().to_string();
+                if file.starts_with(&format!("{name}-")) && file.ends_with(".log") {
+                    out.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The sum of a metric's series in a Prometheus text page whose labels contain every one
+/// of `labels` (e.g. `cause="refused"`); a series without labels counts when none are
+/// asked for.
+pub fn metric_total(page: &str, name: &str, labels: &[&str]) -> u64 {
+    page.lines()
+        .filter(|l| {
+            let rest = l.strip_prefix(name).unwrap_or("");
+            (rest.starts_with('{') || (rest.starts_with(' ') && labels.is_empty()))
+                && labels.iter().all(|x| rest.contains(x))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+/// The whole number that follows the first `needle` in `text` (a figure in a message).
+pub fn number_after(text: &str, needle: &str) -> i64 {
+    let at = text
+        .find(needle)
+        .unwrap_or_else(|| panic!("no {needle:?} in {text}"))
+        + needle.len();
+    let digits: String = text[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '-')
+        .collect();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("no number after {needle:?} in {text}"))
+}
+
+/// `orchestrator --redis-url URL ledger ARGS...`: whether it succeeded, and its stdout
+/// (when it did) or stderr, trimmed.
+pub fn ledger_command(redis_url: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(bin("orchestrator"))
+        .args(["--redis-url", redis_url, "ledger"])
+        .args(args)
+        .output()
+        .expect("orchestrator runs");
+    let text = if out.status.success() {
+        &out.stdout
+    } else {
+        &out.stderr
+    };
+    (
+        out.status.success(),
+        String::from_utf8_lossy(text).trim().to_string(),
+    )
 }

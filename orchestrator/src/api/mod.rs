@@ -1,5 +1,6 @@
 //! The orchestrator's HTTP API: health, metrics, cluster and stream status, the dashboard;
-//! requests that change state need the API token.
+//! requests that change state need the API token. Every error is answered in JSON,
+//! `{"error": "..."}`.
 
 mod streams;
 
@@ -14,7 +15,7 @@ use axum::{
     Json, Router,
 };
 use castwork_cluster::broker::QueueDepth;
-use castwork_cluster::http::metrics_handler;
+use castwork_cluster::http::{error, json_errors, metrics_handler};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -88,7 +89,14 @@ pub struct ClusterStatus {
     /// The latest failed attempts with their messages, newest first.
     #[serde(default)]
     pub failures: Vec<RecentFailure>,
+    /// The latest dead letters (messages no handler could take) with their reasons,
+    /// newest first.
+    #[serde(default)]
+    pub dead_letters: Vec<crate::state::DeadLetterRecord>,
 }
+
+/// Dead letters shown by `/status`.
+const STATUS_DEAD_LETTERS: usize = 20;
 
 /// `GET /price`: the price, and on-chain the ticket parameters to sign under.
 async fn price(api: ApiState) -> Response {
@@ -106,11 +114,10 @@ async fn price(api: ApiState) -> Response {
         match p.check_active().await {
             Ok(a) => offer.active = Some(a.is_ok()),
             Err(e) => {
-                return (
+                return error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("cannot read the active set: {e}"),
                 )
-                    .into_response()
             }
         }
     }
@@ -118,7 +125,7 @@ async fn price(api: ApiState) -> Response {
 }
 
 pub fn router(api: ApiState) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_handler))
         .route("/streams", get(streams::list_streams))
@@ -141,7 +148,8 @@ pub fn router(api: ApiState) -> Router {
             "/streams/{name}",
             get(streams::stream_status).delete(streams::delete_stream),
         )
-        .with_state(api)
+        .with_state(api);
+    json_errors(routes)
 }
 
 async fn healthz(AxumState(api): AxumState<ApiState>) -> Response {
@@ -193,11 +201,10 @@ async fn hls_object(AxumState(api): AxumState<ApiState>, Path(key): Path<String>
     } else if key.ends_with(".ts") {
         "video/mp2t"
     } else {
-        return (
+        return error(
             StatusCode::NOT_FOUND,
-            "only playlists and segments are served",
-        )
-            .into_response();
+            "only playlists (.m3u8) and segments (.ts) are served",
+        );
     };
     let allowed = key.starts_with("streams/")
         && !key.contains("/source/")
@@ -205,7 +212,7 @@ async fn hls_object(AxumState(api): AxumState<ApiState>, Path(key): Path<String>
             .split('/')
             .all(|part| !part.is_empty() && part != "." && part != "..");
     if !allowed {
-        return (StatusCode::NOT_FOUND, "not a stream output").into_response();
+        return error(StatusCode::NOT_FOUND, "not a stream output");
     }
     match api.storage.get(&key).await {
         Ok(bytes) => (
@@ -224,8 +231,8 @@ async fn hls_object(AxumState(api): AxumState<ApiState>, Path(key): Path<String>
             bytes,
         )
             .into_response(),
-        Err(StorageError::NotFound(_)) => (StatusCode::NOT_FOUND, "no such object").into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+        Err(StorageError::NotFound(_)) => error(StatusCode::NOT_FOUND, "no such object"),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }
 
@@ -249,13 +256,16 @@ async fn cluster_status(
     Query(q): Query<streams::PageQuery>,
 ) -> Response {
     let (offset, limit) = q.window();
-    let (page, workers, (recent, failures)) = match (
+    let (page, workers, (recent, failures), dead_letters) = match (
         api.state.stream_page(offset, limit).await,
         api.state.workers().await,
         api.state.recent().await,
+        api.state.dead_letters(STATUS_DEAD_LETTERS).await,
     ) {
-        (Ok(s), Ok(w), Ok(r)) => (s, w, r),
-        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return unavailable(e),
+        (Ok(s), Ok(w), Ok(r), Ok(d)) => (s, w, r, d),
+        (Err(e), _, _, _) | (_, Err(e), _, _) | (_, _, Err(e), _) | (_, _, _, Err(e)) => {
+            return unavailable(e)
+        }
     };
     let q = queue_snapshot(&api);
     Json(ClusterStatus {
@@ -267,6 +277,7 @@ async fn cluster_status(
         queues: q.map(|q| q.queues).unwrap_or_default(),
         recent,
         failures,
+        dead_letters,
     })
     .into_response()
 }

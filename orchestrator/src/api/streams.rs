@@ -122,6 +122,8 @@ pub(super) async fn stream_status(
         "stream": rec.stream,
         "session": rec.session,
         "state": rec.state,
+        // Why it failed, or why it is incomplete.
+        "reason": rec.reason,
         "mode": rec.mode,
         "segments": {
             "total": rec.total,
@@ -148,11 +150,12 @@ pub(super) async fn stream_status(
     .into_response()
 }
 
-/// Where a player finds the stream on this API: the master playlist of a complete stream
-/// (a live one's recording), or the live playlist while a live stream runs.
+/// Where a player finds the stream on this API: the master playlist of an ended stream
+/// (complete, or incomplete with the segments that were done; a live one's recording), or
+/// the live playlist while a live stream runs.
 fn playback(rec: &crate::state::StreamRecord) -> Option<String> {
     let key = match (&rec.master_playlist, rec.mode) {
-        (Some(master), _) if rec.state == "complete" => master.clone(),
+        (Some(master), _) if rec.state == "complete" || rec.state == "incomplete" => master.clone(),
         (_, castwork_protocol::StreamMode::Live) if rec.state == "active" => {
             format!("streams/{}/index.m3u8", rec.stream)
         }

@@ -1,13 +1,13 @@
 //! Admitting streams and segments: a stream's ladder, source and publisher are checked, its
-//! account (priced mode) must cover a segment, every segment is recorded once within the
+//! account (priced mode) must cover it (`fees`), every segment is recorded once within the
 //! sequence window and published as one job.
 
 use castwork_cluster::broker::CLASSES;
 use castwork_cluster::telemetry::Span;
-use castwork_protocol::price::estimated_pixels;
 use castwork_protocol::{
     encode, job_queue, plan_ladder, profile, validate_stream_name, IngestMessage, SegmentJob,
-    SegmentReady, StreamEnded, StreamEvent, StreamMode, StreamStarted, JOBS_EXCHANGE,
+    SegmentReady, StreamAborted, StreamEnded, StreamEvent, StreamMode, StreamStarted,
+    JOBS_EXCHANGE,
 };
 use lapin::types::FieldTable;
 use tracing::{info, warn};
@@ -17,36 +17,28 @@ use crate::metrics;
 use crate::service::{permanent, rendition_refs, seg_attrs, HandleError, Orchestrator};
 use crate::state::{now_unix_ms, Recorded, Refusal, SegmentRecord, StreamRecord};
 
-/// Account names a ledger accepts: letters, digits and `_.:-`, at most 100 (an Ethereum
-/// address fits).
-pub fn validate_account(account: &str) -> Result<(), String> {
-    if account.is_empty()
-        || account.len() > 100
-        || !account
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.:-".contains(c))
-    {
-        return Err(format!(
-            "account {account:?} must be 1-100 letters, digits or _.:-"
-        ));
-    }
-    Ok(())
+mod fees;
+
+pub use fees::validate_account;
+
+/// Whether a message about `rec` carries its publisher's secret.
+pub(crate) fn carries_secret(rec: &StreamRecord, secret: &str) -> bool {
+    !rec.secret_hash.is_empty() && secret_hash(secret) == rec.secret_hash
 }
 
-/// Whether a message about `rec` carries its publisher's secret; a message that does not
-/// is refused (logged and counted), whoever sent it.
-fn is_from_publisher(rec: &StreamRecord, secret: &str, stream: &str) -> bool {
-    if !rec.secret_hash.is_empty() && secret_hash(secret) == rec.secret_hash {
-        return true;
+/// Refuses (counted, and dead-lettered with the reason) a message about `rec` that does
+/// not carry its publisher's secret, whoever sent it.
+fn from_publisher(rec: &StreamRecord, secret: &str) -> Result<(), HandleError> {
+    if carries_secret(rec, secret) {
+        return Ok(());
     }
-    warn!(
-        stream,
-        "message refused: it does not carry the stream's publisher secret"
-    );
     metrics::REJECTED_MESSAGES
         .with_label_values(&[castwork_protocol::INGEST_QUEUE, "not_publisher"])
         .inc();
-    false
+    Err(HandleError::Refused(format!(
+        "the message about stream {} does not carry the stream's publisher secret",
+        rec.stream
+    )))
 }
 
 /// What the orchestrator keeps of a publisher's secret.
@@ -54,63 +46,12 @@ fn secret_hash(secret: &str) -> String {
     castwork_protocol::secret::sha256_hex(secret)
 }
 
-impl Orchestrator {
-    /// Whether `account` can pay for `frames` source frames through `rungs`: `Ok(Err(why))`
-    /// when it cannot, with a message for the broadcaster's user. With `segment`, the
-    /// estimated fee is reserved for that segment until it is resolved (so segments
-    /// admitted at once cannot overdraw the account together).
-    async fn affordable(
-        &self,
-        account: Option<&str>,
-        rungs: &[castwork_protocol::Rung],
-        frames: u64,
-        fps: f64,
-        segment: Option<(&str, u64)>,
-    ) -> Result<Result<(), String>, HandleError> {
-        let price = self.price;
-        let Some(account) = account else {
-            return Ok(Err(format!(
-                "this orchestrator charges {} wei per {} pixels: push with --broadcaster-id \
-                 ACCOUNT, an account credited with `orchestrator ledger credit ACCOUNT AMOUNT`",
-                price.price_per_unit, price.pixels_per_unit
-            )));
-        };
-        if let Err(m) = validate_account(account) {
-            return Ok(Err(m));
-        }
-        let pixels = estimated_pixels(rungs, frames, fps);
-        let needed = match price.fee(pixels) {
-            Ok(f) => f,
-            Err(e) => return Ok(Err(e.to_string())),
-        };
-        let short = match segment {
-            Some((stream, seq)) => self.state.reserve(account, stream, seq, needed).await?,
-            None => {
-                let (balance, reserved) = self.state.account(account).await?;
-                if balance - reserved < needed {
-                    Err((balance, reserved))
-                } else {
-                    Ok(())
-                }
-            }
-        };
-        let remedy = if self.payments.is_some() {
-            "attach tickets whose expected value covers the segment (the broadcaster's \
-             --eth-* flags do)"
-                .to_string()
-        } else {
-            format!("credit it with `orchestrator ledger credit {account} AMOUNT`")
-        };
-        Ok(short.map_err(|(balance, reserved)| {
-            format!(
-                "insufficient balance: account {account} has {balance} wei ({reserved} of it \
-                 reserved for segments in progress), a segment needs about {needed} wei \
-                 ({pixels} output pixels at {} wei per {} pixels); {remedy}",
-                price.price_per_unit, price.pixels_per_unit
-            )
-        }))
-    }
+/// A refusal of the message: it is dead-lettered with `why`.
+fn refused(why: String) -> Result<(), HandleError> {
+    Err(HandleError::Refused(why))
+}
 
+impl Orchestrator {
     pub async fn handle_ingest(
         &self,
         msg: IngestMessage,
@@ -127,6 +68,7 @@ impl Orchestrator {
                 r
             }
             IngestMessage::StreamEnded(s) => self.stream_ended(s).await,
+            IngestMessage::StreamAborted(s) => self.stream_aborted(s).await,
         }
     }
 
@@ -199,8 +141,9 @@ impl Orchestrator {
             return self.reject(&s, m).await;
         }
         let plan = plan_ladder(&ladder, &s.source);
-        // A priced orchestrator admits a stream whose account covers its first segment (a
-        // redelivered start of a stream already admitted is not checked again).
+        // A priced orchestrator admits an on-demand stream whose account covers all of it,
+        // a live one whose account covers its first segment (a redelivered start of a
+        // stream already admitted is not checked again).
         let admitted = !self.price.is_free()
             && self
                 .state
@@ -215,6 +158,10 @@ impl Orchestrator {
             // needs an active orchestrator and a funded sender.
             let admissible = match &self.payments {
                 Some(p) => p.admit_stream(s.broadcaster.as_deref()).await?,
+                None if s.mode == StreamMode::Vod => {
+                    self.covers_stream(s.broadcaster.as_deref(), &plan.rungs, &s.source)
+                        .await?
+                }
                 None => {
                     self.affordable(s.broadcaster.as_deref(), &plan.rungs, frames, fps, None)
                         .await?
@@ -230,6 +177,15 @@ impl Orchestrator {
             if let Some(old) = self.state.stream(&s.stream).await? {
                 self.archive_live(&old).await?;
             }
+            registered = self.register(&s, &plan).await?;
+        } else if registered == 4 {
+            // A push again under the name of one that failed: its record goes.
+            crate::cleanup::delete_stream(&self.state, &self.storage, &s.stream, false)
+                .await
+                .map_err(|e| {
+                    HandleError::Retry(format!("forgetting failed stream {}: {e}", s.stream))
+                })?;
+            info!(stream = s.stream, "a failed stream's name used again");
             registered = self.register(&s, &plan).await?;
         }
         if registered != 1 && registered != 2 {
@@ -255,6 +211,8 @@ impl Orchestrator {
         self.event(
             &s.stream,
             &StreamEvent::StreamAdmitted {
+                playback_url: Some(self.playback_url(&s.stream)),
+                store: self.store_identity().await,
                 stream: s.stream.clone(),
                 session: s.session,
                 rungs: plan.rungs,
@@ -266,30 +224,30 @@ impl Orchestrator {
 
     async fn segment_ready(&self, s: SegmentReady, span: &Span) -> Result<(), HandleError> {
         let Some(rec) = self.state.stream(&s.stream).await? else {
-            warn!(
-                stream = s.stream,
-                seq = s.seq,
-                "segment of an unknown stream dropped"
-            );
-            return Ok(());
+            return refused(format!(
+                "segment {} of stream {}, which does not exist (it was never started, or \
+                 was deleted)",
+                s.seq, s.stream
+            ));
         };
-        if !is_from_publisher(&rec, &s.secret, &s.stream) {
-            return Ok(());
-        }
+        from_publisher(&rec, &s.secret)?;
         let prefix = format!("streams/{}/source/", s.stream);
-        if rec.state != "active"
-            || rec.session != s.session.to_string()
-            || !s.object.key.starts_with(&prefix)
-            || s.duration_us <= 0
-            || s.frames == 0
-        {
-            warn!(
-                stream = s.stream,
-                seq = s.seq,
-                key = s.object.key,
-                "invalid segment dropped"
-            );
-            return Ok(());
+        let invalid = if rec.state != "active" {
+            Some(format!("the stream is {}", rec.state))
+        } else if rec.session != s.session.to_string() {
+            Some("it belongs to another push of that name".to_string())
+        } else if !s.object.key.starts_with(&prefix) {
+            Some(format!("its object is not under {prefix}"))
+        } else if s.duration_us <= 0 || s.frames == 0 {
+            Some("it has no frames or no duration".to_string())
+        } else {
+            None
+        };
+        if let Some(why) = invalid {
+            return refused(format!(
+                "segment {} of stream {} refused: {why}",
+                s.seq, s.stream
+            ));
         }
         let deadline = (rec.mode == StreamMode::Live).then(|| {
             s.arrived_unix_ms.unwrap_or_else(now_unix_ms) + self.live_deadline.as_millis() as u64
@@ -410,18 +368,19 @@ impl Orchestrator {
 
     async fn stream_ended(&self, s: StreamEnded) -> Result<(), HandleError> {
         match self.state.stream(&s.stream).await? {
-            Some(rec) if rec.session == s.session.to_string() => {
-                if !is_from_publisher(&rec, &s.secret, &s.stream) {
-                    return Ok(());
-                }
-            }
+            Some(rec) if rec.session == s.session.to_string() => from_publisher(&rec, &s.secret)?,
             _ => {
-                warn!(
-                    stream = s.stream,
-                    "end of an unknown stream or push dropped"
-                );
-                return Ok(());
+                return refused(format!(
+                    "end of stream {}, which does not exist (or not for this push)",
+                    s.stream
+                ))
             }
+        }
+        if s.segments == 0 {
+            return refused(format!(
+                "stream {} ended with no segments: nothing of its source could be sent",
+                s.stream
+            ));
         }
         if let Err(max_seq) = self
             .state
@@ -439,9 +398,70 @@ impl Orchestrator {
             metrics::REJECTED_MESSAGES
                 .with_label_values(&[castwork_protocol::INGEST_QUEUE, "seq_window"])
                 .inc();
-            return Ok(());
+            return refused(format!(
+                "end of stream {} with {} segments refused: {max_seq} is the highest segment \
+                 received, and the count may be at most {} beyond it",
+                s.stream, s.segments, self.max_seq_ahead
+            ));
         }
         self.after_change(&s.stream).await
+    }
+
+    /// The publisher gave up: the stream fails with its reason and what it stored goes.
+    async fn stream_aborted(&self, s: StreamAborted) -> Result<(), HandleError> {
+        match self.state.stream(&s.stream).await? {
+            Some(rec) if rec.session == s.session.to_string() => from_publisher(&rec, &s.secret)?,
+            _ => {
+                return refused(format!(
+                    "abort of stream {}, which does not exist (or not for this push)",
+                    s.stream
+                ))
+            }
+        }
+        let reason = format!("the publisher gave up: {}", s.reason);
+        self.fail_stream(&s.stream, &s.session.to_string(), &reason)
+            .await
+    }
+
+    /// Fails an active stream of `session` for good: its state says why, its objects
+    /// (source segments, renditions so far) are deleted, and its publisher is told. A
+    /// result that comes later is dropped with its objects.
+    pub(crate) async fn fail_stream(
+        &self,
+        stream: &str,
+        session: &str,
+        reason: &str,
+    ) -> Result<(), HandleError> {
+        if self.state.fail_stream(stream, session, reason).await? {
+            warn!(stream, reason, "stream failed");
+            metrics::STREAMS.with_label_values(&["failed"]).inc();
+        } else {
+            // A redelivery finishes what the first delivery began; any other stream is
+            // left alone.
+            match self.state.stream(stream).await? {
+                Some(r) if r.state == "failed" && r.session == session => {}
+                Some(r) => {
+                    return refused(format!(
+                        "stream {stream} cannot fail now: it is {}",
+                        r.state
+                    ))
+                }
+                None => return refused(format!("stream {stream} does not exist")),
+            }
+        }
+        let objects = self
+            .storage
+            .delete_prefix(&format!("streams/{stream}/"))
+            .await?;
+        info!(stream, objects, "a failed stream's objects deleted");
+        self.event(
+            stream,
+            &StreamEvent::StreamFailed {
+                stream: stream.to_string(),
+                reason: reason.to_string(),
+            },
+        )
+        .await
     }
 
     /// Refuses a segment that was not recorded, telling its sender why.

@@ -89,13 +89,17 @@ impl Orchestrator {
             .result_context(&r.stream, r.seq, &r.worker_id)
             .await?;
         let (Some(rec), Some(seg)) = (rec, seg) else {
-            warn!(
-                stream = r.stream,
-                seq = r.seq,
-                "result for an unknown segment dropped"
-            );
-            return Ok(());
+            return Err(HandleError::Refused(format!(
+                "result from worker {} for segment {} of stream {}, which was never published \
+                 (no such stream or segment)",
+                r.worker_id, r.seq, r.stream
+            )));
         };
+        if rec.state == "failed" {
+            // The stream failed while this attempt ran: its output goes with the rest.
+            self.collect_garbage(&r).await?;
+            return Ok(());
+        }
         if seg.state != "pending" || seg.attempt != r.attempt {
             info!(
                 stream = r.stream,
@@ -309,6 +313,11 @@ impl Orchestrator {
                 .await?;
                 self.after_change(&f.stream).await
             }
+            FailOutcome::Unknown => Err(HandleError::Refused(format!(
+                "failure report from {} for segment {} of stream {}, which was never published \
+                 (no such stream or segment)",
+                f.worker_id, f.seq, f.stream
+            ))),
             FailOutcome::Stale => Ok(()),
             // A redelivery may be the retry of a handler that stopped half-way.
             FailOutcome::AlreadyResolved => self.after_change(&f.stream).await,

@@ -8,6 +8,9 @@ use super::{segment_key, LuaScript, State};
 /// {0, balance, reserved}.
 static RESERVE: LuaScript = LuaScript::new(include_str!("lua/reserve.lua"));
 
+/// Takes wei from an account if what is not reserved covers it (see [`State::debit`]).
+static DEBIT: LuaScript = LuaScript::new(include_str!("lua/debit.lua"));
+
 /// The balance of a paying account, in wei.
 pub fn balance_key(account: &str) -> String {
     format!("cw:balance:{account}")
@@ -53,13 +56,46 @@ impl State {
         Ok((balance.unwrap_or(0), reserved.unwrap_or(0)))
     }
 
-    /// Adds `amount` wei to an account (negative to take some back); the new balance.
+    /// Adds `amount` wei (more than 0: [`State::debit`] takes some back) to an account;
+    /// the new balance.
     pub async fn credit(&self, account: &str, amount: i64) -> redis::RedisResult<i64> {
+        if amount <= 0 {
+            return Err(refused(format!(
+                "a credit of {amount} wei: only a positive amount can be added"
+            )));
+        }
         redis::cmd("INCRBY")
             .arg(balance_key(account))
             .arg(amount)
             .query_async(&mut self.redis.clone())
             .await
+    }
+
+    /// Takes `amount` wei (more than 0) from an account, never more than what segments in
+    /// progress have not reserved: `Ok(new balance)`, or `Err((balance, reserved))` when
+    /// that does not cover it (nothing is taken).
+    pub async fn debit(
+        &self,
+        account: &str,
+        amount: i64,
+    ) -> redis::RedisResult<Result<i64, (i64, i64)>> {
+        if amount <= 0 {
+            return Err(refused(format!(
+                "a debit of {amount} wei: only a positive amount can be taken back"
+            )));
+        }
+        let r: Vec<i64> = DEBIT
+            .get()
+            .key(balance_key(account))
+            .key(reserved_key(account))
+            .arg(amount)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok(match r.as_slice() {
+            [1, balance] => Ok(*balance),
+            [_, balance, reserved] => Err((*balance, *reserved)),
+            _ => Err((0, 0)),
+        })
     }
 
     /// Sets an orchestrator's off-chain stake.
@@ -147,4 +183,9 @@ impl State {
             .filter_map(|(a, (b, r))| Some((a, b?, r.unwrap_or(0))))
             .collect())
     }
+}
+
+/// A request the ledger refuses before it reaches Redis.
+fn refused(why: String) -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::Client, "ledger", why))
 }

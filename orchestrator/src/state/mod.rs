@@ -7,11 +7,13 @@ use castwork_protocol::{LadderPlan, SegmentReady, SourceMetadata, StreamMode};
 use redis::aio::ConnectionManager;
 use serde::Serialize;
 
+mod failures;
 mod ledger;
 mod live;
 mod records;
 mod streams;
 
+pub use failures::{DeadLetterRecord, DEAD_LETTERS_LIST};
 pub use ledger::{balance_key, reserved_key};
 pub use live::{listed_key, LIVE_SET};
 use records::{parse_all, parse_segment, parse_stream, with_gaps};
@@ -35,6 +37,34 @@ pub fn failures_key(stream: &str) -> String {
 /// exist, never by a number a client sent.
 pub fn seqs_key(stream: &str) -> String {
     format!("cw:stream:{stream}:seqs")
+}
+
+/// How a stream whose segments were all resolved ended (its `state`; playlists are written
+/// for what was done either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completion {
+    /// Every segment was transcoded: `complete`.
+    Complete,
+    /// Some segments failed or were skipped: `incomplete`.
+    Incomplete,
+}
+
+impl Completion {
+    /// The completion a stream's `state` records, if it is one.
+    pub fn of(state: &str) -> Option<Completion> {
+        match state {
+            "complete" => Some(Completion::Complete),
+            "incomplete" => Some(Completion::Incomplete),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Completion::Complete => "complete",
+            Completion::Incomplete => "incomplete",
+        }
+    }
 }
 
 /// Why a segment was not recorded.
@@ -95,7 +125,6 @@ pub const RECENT_LIST: &str = "cw:recent";
 pub const RECENT_FAILURES_LIST: &str = "cw:recent_failures";
 const RECENT_KEEP: i64 = 500;
 const RECENT_FAILURES_KEEP: i64 = 100;
-pub const DEAD_LETTERS_LIST: &str = "cw:dead_letters";
 /// Jobs a worker has started, scored by the time by which their result is due.
 pub const INFLIGHT_ZSET: &str = "cw:inflight";
 
@@ -114,7 +143,8 @@ pub struct Charge<'a> {
 /// Registers a stream unless one with that name exists. Returns 1 when new, 2 when it is
 /// the same push again (a redelivery), 3 when the name belongs to a live stream that has
 /// ended and the new one is live too (the same key broadcasting again: the old one can be
-/// archived), 0 when the name is taken by another push.
+/// archived), 4 when the name belongs to a stream that failed (it can be forgotten), 0
+/// when the name is taken by another push.
 static REGISTER_STREAM: LuaScript = LuaScript::new(include_str!("lua/register_stream.lua"));
 
 /// Records a segment. Returns the attempt to publish, or 0 when the segment is already
@@ -141,8 +171,8 @@ static FAIL_ATTEMPT: LuaScript = LuaScript::new(concat!(
     include_str!("lua/fail_attempt.lua")
 ));
 
-/// Marks a stream complete once, when every one of its segments is resolved. Returns 1 to
-/// the single caller that completed it.
+/// Ends a stream once, when every one of its segments is resolved: 1 (complete) or 2
+/// (incomplete) to the single caller that ended it, else 0.
 static COMPLETE_STREAM: LuaScript = LuaScript::new(include_str!("lua/complete_stream.lua"));
 
 static SET_TOTAL: LuaScript = LuaScript::new(include_str!("lua/set_total.lua"));
@@ -150,6 +180,8 @@ static SET_TOTAL: LuaScript = LuaScript::new(include_str!("lua/set_total.lua"));
 /// What applying a failure did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum FailOutcome {
+    /// No such segment.
+    Unknown,
     Stale,
     AlreadyResolved,
     Failed,
@@ -308,6 +340,7 @@ impl State {
             .invoke_async(&mut self.redis.clone())
             .await?;
         Ok(match r {
+            -2 => FailOutcome::Unknown,
             -1 => FailOutcome::Stale,
             0 => FailOutcome::AlreadyResolved,
             1 => FailOutcome::Failed,
@@ -351,9 +384,14 @@ impl State {
         Ok(if ok == 1 { Ok(()) } else { Err(max_seq) })
     }
 
-    /// Marks the stream complete if every segment is resolved; true for the one caller that
-    /// did it.
-    pub async fn complete(&self, stream: &str, master: &str) -> redis::RedisResult<bool> {
+    /// Ends the stream if every segment is resolved, as [`Completion::Complete`] or, with
+    /// segments failed or skipped, [`Completion::Incomplete`]; `Some` for the one caller
+    /// that did it.
+    pub async fn complete(
+        &self,
+        stream: &str,
+        master: &str,
+    ) -> redis::RedisResult<Option<Completion>> {
         let r: i64 = COMPLETE_STREAM
             .get()
             .key(stream_key(stream))
@@ -364,7 +402,11 @@ impl State {
             .arg(stream)
             .invoke_async(&mut self.redis.clone())
             .await?;
-        Ok(r == 1)
+        Ok(match r {
+            1 => Some(Completion::Complete),
+            2 => Some(Completion::Incomplete),
+            _ => None,
+        })
     }
 
     /// Notes that a worker started a job whose result is due by `due_unix_ms`.
@@ -407,22 +449,6 @@ impl State {
             .iter()
             .filter_map(|m| serde_json::from_str(m).ok())
             .collect())
-    }
-
-    /// Keeps the last 1000 dead letters for operators.
-    pub async fn record_dead_letter(&self, body: &str) -> redis::RedisResult<()> {
-        redis::pipe()
-            .cmd("LPUSH")
-            .arg(DEAD_LETTERS_LIST)
-            .arg(body)
-            .ignore()
-            .cmd("LTRIM")
-            .arg(DEAD_LETTERS_LIST)
-            .arg(0)
-            .arg(999)
-            .ignore()
-            .query_async::<()>(&mut self.redis.clone())
-            .await
     }
 
     /// Live workers from their heartbeats; workers whose heartbeat expired are forgotten.

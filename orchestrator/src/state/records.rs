@@ -47,6 +47,8 @@ pub struct StreamRecord {
     /// secret. Never shown.
     #[serde(skip)]
     pub secret_hash: String,
+    /// Why the stream failed or ended incomplete.
+    pub reason: Option<String>,
 }
 
 /// An accepted segment, as the dashboard charts it.
@@ -173,6 +175,7 @@ pub(super) fn parse_stream(
         pixels: num("pixels").unwrap_or(0),
         fee: h.get("fee").and_then(|v| v.parse().ok()).unwrap_or(0),
         secret_hash: h.get("secret").cloned().unwrap_or_default(),
+        reason: h.get("reason").cloned(),
     }))
 }
 

@@ -24,6 +24,9 @@ pub struct StreamSummary {
     pub done: u64,
     pub failed: u64,
     pub skipped: u64,
+    /// Why a failed (or incomplete) stream ended as it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// One page of the streams, active first (newest first), then ended (latest first).
@@ -98,8 +101,8 @@ impl State {
                 ended,
             });
         }
-        const FIELDS: [&str; 7] = [
-            "mode", "state", "total", "received", "done", "failed", "skipped",
+        const FIELDS: [&str; 8] = [
+            "mode", "state", "total", "received", "done", "failed", "skipped", "reason",
         ];
         let mut pipe = redis::pipe();
         for name in &names {
@@ -122,6 +125,7 @@ impl State {
                     done: num(4).unwrap_or(0),
                     failed: num(5).unwrap_or(0),
                     skipped: num(6).unwrap_or(0),
+                    reason: row.get(7).cloned().flatten(),
                 }
             })
             .collect();

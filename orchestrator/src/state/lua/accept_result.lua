@@ -1,3 +1,4 @@
+if redis.call('HGET', KEYS[2], 'state') == 'failed' then return {0, redis.call('HGETALL', KEYS[2])} end
 if redis.call('HGET', KEYS[1], 'state') ~= 'pending' then return {0, redis.call('HGETALL', KEYS[2])} end
 if tonumber(ARGV[2]) ~= tonumber(redis.call('HGET', KEYS[1], 'attempt')) then
   return {-1, redis.call('HGETALL', KEYS[2])}

@@ -1,4 +1,6 @@
-if redis.call('HGET', KEYS[1], 'state') ~= 'pending' then return 0 end
+local st = redis.call('HGET', KEYS[1], 'state')
+if not st then return -2 end
+if st ~= 'pending' then return 0 end
 local cur = tonumber(redis.call('HGET', KEYS[1], 'attempt'))
 local a = tonumber(ARGV[1])
 if a ~= cur then

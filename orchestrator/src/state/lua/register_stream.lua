@@ -3,7 +3,11 @@ local cur = redis.call('HGET', KEYS[1], 'session')
 if cur then
   if cur == ARGV[1] and redis.call('HGET', KEYS[1], 'secret') == ARGV[8] then return 2 end
   local old = redis.call('HMGET', KEYS[1], 'mode', 'state')
-  if old[1] == 'live' and old[2] == 'complete' and ARGV[2] == 'live' then return 3 end
+  -- A live stream key may broadcast again once its last broadcast ended, however it went.
+  local ended = old[2] == 'complete' or old[2] == 'incomplete'
+  if old[1] == 'live' and ended and ARGV[2] == 'live' then return 3 end
+  -- A failed stream's name may be used again (its objects are gone already).
+  if old[2] == 'failed' then return 4 end
   return 0
 end
 redis.call('HSET', KEYS[1], 'session', ARGV[1], 'mode', ARGV[2], 'plan', ARGV[3],

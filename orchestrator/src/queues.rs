@@ -1,0 +1,279 @@
+//! Queue depths for `/queues` and the queue gauges: ready messages and consumers from the
+//! broker itself (a passive declare), unacknowledged messages from RabbitMQ's management
+//! HTTP API, since AMQP has no way to ask for them.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use castwork_cluster::broker::QueueDepth;
+use castwork_cluster::Broker;
+use tracing::{info, warn};
+
+use crate::{api, metrics, state};
+
+/// The management API's default port for a plain-HTTP listener.
+const MANAGEMENT_PORT: u16 = 15672;
+
+/// The value of `--rabbitmq-management-url` that turns the management API off.
+pub const OFF: &str = "off";
+
+/// A client of RabbitMQ's management API, for one vhost's queues.
+#[derive(Debug)]
+pub struct Management {
+    /// `http://HOST:PORT/api/queues/VHOST`, without credentials.
+    queues_url: String,
+    user: String,
+    password: String,
+    client: reqwest::Client,
+    /// Whether the last read failed (so a failure is logged once, not every 2 s).
+    failing: AtomicBool,
+}
+
+impl Management {
+    /// The client for the vhost of `amqp_url`. `management_url` is the API's base URL,
+    /// `http://[USER:PASSWORD@]HOST:PORT`; unset, it is `http://HOST:15672` of the AMQP
+    /// URL's host, and missing credentials are the AMQP URL's. `off` turns it off (`None`).
+    pub fn new(amqp_url: &str, management_url: Option<&str>) -> Result<Option<Self>, String> {
+        if management_url == Some(OFF) {
+            return Ok(None);
+        }
+        let amqp: lapin::uri::AMQPUri = amqp_url
+            .parse()
+            .map_err(|e| format!("cannot read the AMQP URL: {e}"))?;
+        let base = match management_url {
+            Some(u) => u.to_string(),
+            None => format!("http://{}:{MANAGEMENT_PORT}", amqp.authority.host),
+        };
+        let mut url = reqwest::Url::parse(&base)
+            .map_err(|e| format!("--rabbitmq-management-url {base:?}: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(format!(
+                "--rabbitmq-management-url {base:?}: expected http://[USER:PASSWORD@]HOST:PORT"
+            ));
+        }
+        let (user, password) = if url.username().is_empty() {
+            (
+                amqp.authority.userinfo.username.clone(),
+                amqp.authority.userinfo.password.clone(),
+            )
+        } else {
+            (
+                decode(url.username()),
+                decode(url.password().unwrap_or_default()),
+            )
+        };
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+        let vhost = encode_segment(&amqp.vhost);
+        let queues_url = format!(
+            "{}/api/queues/{vhost}?columns=name,messages_unacknowledged",
+            url.as_str().trim_end_matches('/')
+        );
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(Some(Management {
+            queues_url,
+            user,
+            password,
+            client,
+            failing: AtomicBool::new(false),
+        }))
+    }
+
+    /// Where it reads from (no credentials), for logs.
+    pub fn url(&self) -> &str {
+        &self.queues_url
+    }
+
+    /// Unacknowledged messages of every queue in the vhost whose statistics the broker has
+    /// (they are sampled every 5 s by default: `collect_statistics_interval`).
+    pub async fn unacked(&self) -> Result<HashMap<String, u32>, String> {
+        let resp = self
+            .client
+            .get(&self.queues_url)
+            .basic_auth(&self.user, Some(&self.password))
+            .send()
+            .await
+            .map_err(|e| format!("cannot reach the management API: {e}"))?;
+        let code = resp.status();
+        let body = resp.text().await.map_err(|e| e.to_string())?;
+        if !code.is_success() {
+            let hint = if code.as_u16() == 401 {
+                ": the user needs the `monitoring` (or `management`) tag, or give \
+                 --rabbitmq-management-url with a user that has it"
+            } else {
+                ""
+            };
+            return Err(format!("the management API answered {code}{hint}"));
+        }
+        parse_unacked(&body)
+    }
+}
+
+/// `{name: messages_unacknowledged}` from the management API's queue list; a queue
+/// without statistics yet is left out.
+fn parse_unacked(body: &str) -> Result<HashMap<String, u32>, String> {
+    let v: serde_json::Value = serde_json::from_str(body)
+        .map_err(|e| format!("the management API's answer is not JSON: {e}"))?;
+    let queues = v
+        .as_array()
+        .ok_or("the management API's answer is not a list of queues")?;
+    Ok(queues
+        .iter()
+        .filter_map(|q| {
+            let n = q["messages_unacknowledged"].as_u64()?;
+            Some((q["name"].as_str()?.to_string(), u32::try_from(n).ok()?))
+        })
+        .collect())
+}
+
+fn decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).to_string()
+}
+
+/// A vhost as one URL path segment (`/` is `%2F`).
+fn encode_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Reads every queue's depth into the API's snapshot and the queue gauges.
+pub async fn read(
+    broker: &Broker,
+    management: Option<&Management>,
+    queues: &std::sync::RwLock<Option<api::QueueSnapshot>>,
+) {
+    let mut depths = match broker.queue_depths().await {
+        Ok(d) => d,
+        Err(e) => {
+            warn!(error = %e, "could not read the queue depths");
+            return;
+        }
+    };
+    let mut read_unacked = false;
+    if let Some(m) = management {
+        match m.unacked().await {
+            Ok(unacked) => {
+                read_unacked = true;
+                if m.failing.swap(false, Ordering::Relaxed) {
+                    info!(url = m.url(), "reading unacknowledged messages again");
+                }
+                for d in &mut depths {
+                    d.unacked = unacked.get(&d.queue).copied();
+                }
+            }
+            Err(e) => {
+                if !m.failing.swap(true, Ordering::Relaxed) {
+                    warn!(
+                        url = m.url(),
+                        error = e,
+                        "cannot read unacknowledged messages: /queues shows them as unknown"
+                    );
+                }
+            }
+        }
+    }
+    set_gauges(&depths, read_unacked);
+    if let Ok(mut q) = queues.write() {
+        *q = Some(api::QueueSnapshot {
+            as_of_unix_ms: state::now_unix_ms(),
+            queues: depths,
+        });
+    }
+}
+
+/// Sets the queue gauges; `read_unacked` tells whether the management API answered (a
+/// queue it has no statistics for yet, just declared, keeps its gauge).
+fn set_gauges(depths: &[QueueDepth], read_unacked: bool) {
+    for d in depths {
+        let q = [d.queue.as_str()];
+        metrics::QUEUE_MESSAGES
+            .with_label_values(&q)
+            .set(i64::from(d.messages));
+        metrics::QUEUE_CONSUMERS
+            .with_label_values(&q)
+            .set(i64::from(d.consumers));
+        // While the management API cannot be read the count is left out, never a
+        // made-up 0.
+        match d.unacked {
+            Some(n) => metrics::QUEUE_UNACKED
+                .with_label_values(&q)
+                .set(i64::from(n)),
+            None if !read_unacked => {
+                let _ = metrics::QUEUE_UNACKED.remove_label_values(&q);
+            }
+            None => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_url_is_the_amqp_host_with_its_credentials_and_vhost() {
+        let m = Management::new("amqp://guest:p%40ss@rabbit:5672/%2f", None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            m.url(),
+            "http://rabbit:15672/api/queues/%2F?columns=name,messages_unacknowledged"
+        );
+        assert_eq!((m.user.as_str(), m.password.as_str()), ("guest", "p@ss"));
+        let m = Management::new(
+            "amqp://a:b@rabbit/castwork-test-1",
+            Some("https://mon:s%3Acret@admin.example:443/"),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            m.url(),
+            "https://admin.example/api/queues/castwork-test-1?columns=name,messages_unacknowledged"
+        );
+        assert_eq!((m.user.as_str(), m.password.as_str()), ("mon", "s:cret"));
+        assert!(Management::new("amqp://x/", Some(OFF)).unwrap().is_none());
+        assert!(Management::new("amqp://x/", Some("ftp://x")).is_err());
+    }
+
+    #[test]
+    fn reads_unacked_counts_and_leaves_out_queues_without_statistics() {
+        let got = parse_unacked(
+            r#"[{"name":"jobs.vod.cpu","messages_unacknowledged":3},
+                {"name":"castwork.ingest"}]"#,
+        )
+        .unwrap();
+        assert_eq!(got.get("jobs.vod.cpu"), Some(&3));
+        assert_eq!(got.get("castwork.ingest"), None);
+        assert!(parse_unacked("{\"error\":\"x\"}").is_err());
+    }
+}

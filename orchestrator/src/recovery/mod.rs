@@ -1,0 +1,52 @@
+//! Recovering from what workers and the broker cannot report: jobs whose result is overdue
+//! (a hung or vanished worker), live deadlines, and dead letters (`dead_letters`).
+
+mod dead_letters;
+
+pub use dead_letters::DeadLetter;
+
+use castwork_protocol::{Disposition, SegmentFailed};
+use tracing::warn;
+use uuid::Uuid;
+
+use crate::metrics;
+use crate::service::{HandleError, Orchestrator};
+use crate::state::now_unix_ms;
+
+impl Orchestrator {
+    /// Gives up started jobs whose result is overdue (a hung or vanished worker) and retries
+    /// them as new attempts; a late result of a given-up attempt is ignored.
+    pub async fn sweep_overdue(&self) -> Result<(), HandleError> {
+        for (stream, seq, attempt, worker) in self.state.take_overdue(now_unix_ms()).await? {
+            let Some(seg) = self.state.segment(&stream, seq).await? else {
+                continue;
+            };
+            if seg.state != "pending" || seg.attempt != attempt {
+                continue;
+            }
+            warn!(
+                stream,
+                seq, attempt, worker, "worker gave no result in time: retrying elsewhere"
+            );
+            metrics::SEGMENTS.with_label_values(&["overdue"]).inc();
+            self.segment_failed(SegmentFailed {
+                job_id: Uuid::nil(),
+                stream,
+                seq,
+                attempt,
+                worker_id: worker.clone(),
+                disposition: Disposition::Transient,
+                message: format!("worker {worker} gave no result in time (hung or lost)"),
+            })
+            .await?;
+        }
+        // Live deadlines and segments that never arrived; one stream's trouble does not
+        // hold up the others.
+        for stream in self.state.live_streams().await? {
+            if let Err(e) = self.after_change(&stream).await {
+                warn!(stream, error = %e, "live stream sweep failed");
+            }
+        }
+        Ok(())
+    }
+}
