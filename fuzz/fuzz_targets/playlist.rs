@@ -18,6 +18,10 @@ fuzz_target!(|data: &[u8]| {
             duration_secs: (f64::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])) + 1.0)
                 / 1000.0,
             discontinuity: i > 0 && c.get(2).is_some_and(|b| b & 1 == 1),
+            program_date_time_ms: c
+                .get(2)
+                .is_some_and(|b| b & 2 == 2)
+                .then_some(u64::from(c[0]) << 32),
         })
         .collect();
     let playlist = MediaPlaylist {

@@ -55,8 +55,9 @@ fn rtmp_stream_grows_live_ends_and_plays_back() {
         .storage_dir()
         .join(format!("streams/{stream}/P240p30fps16x9/index.m3u8"));
 
-    // Read the live playlist while the publisher runs: it grows, only ever appends, keeps
-    // a window of 4 with a consistent media sequence, and never changes its target.
+    // Read the live playlist while the publisher runs: every version of it keeps RFC 8216
+    // (see `check_live_playlist`), it grows, only ever appends, and keeps a window of 4
+    // (three target durations of 2 s need only 3) with a consistent media sequence.
     let mut snapshots: Vec<(u64, Vec<String>)> = Vec::new();
     let mut publisher = Some(publisher);
     let started = Instant::now();
@@ -72,7 +73,7 @@ fn rtmp_stream_grows_live_ends_and_plays_back() {
         );
         if let Some(m) = media_playlist(&playlist) {
             assert!(!m.end_list, "ENDLIST while the publisher is live");
-            assert_eq!(m.target_duration, 6, "fixed target duration");
+            check_live_playlist(&m, 2);
             assert!(m.segments.len() <= 4, "window of 4: {}", m.segments.len());
             let uris: Vec<String> = m.segments.iter().map(|s| s.uri.clone()).collect();
             for (i, u) in uris.iter().enumerate() {
@@ -115,7 +116,7 @@ fn rtmp_stream_grows_live_ends_and_plays_back() {
             .join(format!("streams/{stream}/{rung}"));
         let live_end = media_playlist(&dir.join("index.m3u8")).unwrap();
         assert!(live_end.end_list, "the live playlist ends with ENDLIST");
-        assert_eq!(live_end.target_duration, 6);
+        check_live_playlist(&live_end, 2);
         let recording = media_playlist(&dir.join("recording.m3u8")).unwrap();
         assert!(recording.end_list);
         let seqs: Vec<u64> = recording.segments.iter().map(|s| seq_of(&s.uri)).collect();
@@ -125,6 +126,18 @@ fn rtmp_stream_grows_live_ends_and_plays_back() {
             "{rung}: every segment"
         );
     }
+    // Players start on the first variant: a middle rung (of two, the lower).
+    let live_master = std::fs::read(
+        cluster
+            .storage_dir()
+            .join(format!("streams/{stream}/index.m3u8")),
+    )
+    .unwrap();
+    let live_master = m3u8_rs::parse_master_playlist_res(&live_master).unwrap();
+    assert_eq!(
+        live_master.variants[0].uri, "P240p30fps16x9/index.m3u8",
+        "{live_master:?}"
+    );
     let master = cluster
         .storage_dir()
         .join(format!("streams/{stream}/recording.m3u8"));
@@ -163,6 +176,35 @@ fn rtmp_stream_grows_live_ends_and_plays_back() {
         })
         .sum();
     assert_eq!(observed, total, "latency observations");
+}
+
+/// RFC 8216's rules for a live media playlist, as players rely on them: the target
+/// duration is `target` (a 2 s GOP gives 2), no segment rounds above it, a window that has
+/// dropped segments still holds three target durations (players start that far behind the
+/// live edge), and every segment says when it was live, in order.
+fn check_live_playlist(m: &m3u8_rs::MediaPlaylist, target: u64) {
+    assert_eq!(m.target_duration, target, "target duration: {m:?}");
+    let mut total = 0.0;
+    let mut last_pdt = None;
+    for s in &m.segments {
+        assert!(
+            (s.duration as f64).round() as u64 <= target,
+            "EXTINF {} above the target duration {target}",
+            s.duration
+        );
+        total += s.duration as f64;
+        let pdt = s
+            .program_date_time
+            .unwrap_or_else(|| panic!("{} has no EXT-X-PROGRAM-DATE-TIME: {m:?}", s.uri));
+        assert!(last_pdt.is_none_or(|l| l < pdt), "dates go back: {m:?}");
+        last_pdt = Some(pdt);
+    }
+    if m.media_sequence > 0 {
+        assert!(
+            total >= 3.0 * target as f64 - 0.1,
+            "a window of {total:.3} s is under three target durations of {target} s: {m:?}"
+        );
+    }
 }
 
 /// A tiny auth webhook: denies keys starting with `denied`, gives the rest a one-rung ladder.

@@ -2,7 +2,11 @@
 //! holds back later ones until its deadline (or, if it never arrived, for the hold bound)
 //! and is then left out with a discontinuity. Media playlists only ever grow at the end and
 //! lose lines at the front (a sliding window with `EXT-X-MEDIA-SEQUENCE` and
-//! `EXT-X-DISCONTINUITY-SEQUENCE`); their target duration is fixed when the stream starts.
+//! `EXT-X-DISCONTINUITY-SEQUENCE`). As RFC 8216 asks, the target duration is the longest
+//! listed segment rounded to the nearest second (a 2 s GOP gives 2; it only ever grows, so
+//! no listed `EXTINF` exceeds it), the window holds at least three target durations (players
+//! hold back three from the live edge), and every segment carries
+//! `EXT-X-PROGRAM-DATE-TIME`.
 //! When the stream ends they get `EXT-X-ENDLIST`, and the whole recording is written as an
 //! on-demand playlist set beside them.
 
@@ -20,8 +24,11 @@ use crate::state::{now_unix_ms, SegmentRecord, StreamRecord};
 /// How long a playlist writer may hold a stream's lock if it dies holding it.
 const PLAYLIST_LOCK_TTL_MS: u64 = 20_000;
 
-/// Target duration of a live stream whose broadcaster did not say.
-pub const DEFAULT_TARGET_DURATION_SECS: u64 = 6;
+/// Listed segments read to fit a window of three target durations, beyond `--live-window`.
+const WINDOW_REACH: usize = 30;
+
+/// Target durations a live window holds at least (RFC 8216 6.2.2).
+pub const WINDOW_TARGETS: u64 = 3;
 
 /// The part of a live listing a media playlist shows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +65,27 @@ pub fn window(entries: &[String], size: usize) -> Window {
         discontinuity_sequence: listed[..start].iter().filter(|(_, d)| *d).count() as u64,
         segments: listed[start..].to_vec(),
     }
+}
+
+/// Where a live window starts among `durations` (seconds, oldest first): the shortest
+/// suffix with at least `min_count` segments and `min_secs` seconds (all of them when there
+/// are not that many yet), never before `floor` (a window only moves on).
+pub fn fit_window(durations: &[f64], min_count: usize, min_secs: f64, floor: usize) -> usize {
+    let (mut start, mut secs) = (durations.len(), 0.0);
+    while start > floor && (durations.len() - start < min_count || secs < min_secs) {
+        start -= 1;
+        secs += durations[start];
+    }
+    start
+}
+
+/// `EXT-X-TARGETDURATION` for segments of these durations: the longest rounded to the
+/// nearest second (RFC 8216 4.3.3.1), at least `floor` (a live one never shrinks) and 1.
+pub fn target_duration(durations: &[f64], floor: u64) -> u64 {
+    durations
+        .iter()
+        .map(|d| d.round() as u64)
+        .fold(floor.max(1), u64::max)
 }
 
 /// Median and 95th percentile of a sample, in its unit.
@@ -143,28 +171,46 @@ impl Orchestrator {
             return Ok(());
         }
         let entries = self.state.listed(stream).await?;
-        let win = window(&entries, self.live_window);
-        let seqs: Vec<u64> = win.segments.iter().map(|(s, _)| *s).collect();
+        // Candidates: the newest listed segments, more than the window needs.
+        let reach = window(&entries, self.live_window.max(WINDOW_REACH));
+        let seqs: Vec<u64> = reach.segments.iter().map(|(s, _)| *s).collect();
         let mut records = self.state.segments_by_seq(stream, &seqs).await?;
-        for (r, (_, disc)) in records.iter_mut().zip(&win.segments) {
+        for (r, (_, disc)) in records.iter_mut().zip(&reach.segments) {
             if let Some(r) = r.as_mut() {
                 r.discontinuity = *disc;
             }
         }
+        let durations: Vec<f64> = records
+            .iter()
+            .map(|r| r.as_ref().map_or(0.0, |r| r.duration_us as f64 / 1e6))
+            .collect();
+        let (old_target, old_first) = self.state.live_playlist_marks(stream).await?;
+        let target = target_duration(&durations, old_target.unwrap_or(0));
+        let floor = usize::try_from(old_first.unwrap_or(0).saturating_sub(reach.media_sequence))
+            .unwrap_or(usize::MAX)
+            .min(durations.len());
+        let start = fit_window(
+            &durations,
+            self.live_window,
+            (WINDOW_TARGETS * target) as f64,
+            floor,
+        );
+        let records = records.split_off(start);
+        let first = reach.media_sequence + start as u64;
+        let discontinuity_sequence = reach.discontinuity_sequence
+            + reach.segments[..start].iter().filter(|(_, d)| *d).count() as u64;
         if !records.is_empty() {
             let spec = Spec {
                 name: "index",
                 header: MediaPlaylist {
                     vod: false,
                     ended,
-                    media_sequence: win.media_sequence,
-                    discontinuity_sequence: win.discontinuity_sequence,
-                    fixed_target_duration: Some(
-                        rec.target_duration_secs
-                            .unwrap_or(DEFAULT_TARGET_DURATION_SECS),
-                    ),
+                    media_sequence: first,
+                    discontinuity_sequence,
+                    fixed_target_duration: Some(target),
                     segments: Vec::new(),
                 },
+                dated: true,
             };
             if !self
                 .state
@@ -177,6 +223,9 @@ impl Orchestrator {
                 )));
             }
             playlists::write(&self.storage, rec, &records, &spec).await?;
+            self.state
+                .set_live_playlist_marks(stream, target, first)
+                .await?;
         }
         let now = now_unix_ms();
         for s in records.iter().flatten().filter(|s| listed.contains(&s.seq)) {
@@ -326,6 +375,30 @@ mod tests {
             assert_eq!(&shown[..kept.len()], &kept[..], "{i}");
             last = shown.clone();
         }
+    }
+
+    #[test]
+    fn a_window_holds_three_target_durations_and_only_moves_on() {
+        let twos = [2.0; 10];
+        // Six 2 s segments cover 3 x 2 s; the window keeps --live-window of them anyway.
+        assert_eq!(fit_window(&twos, 6, 6.0, 0), 4);
+        assert_eq!(fit_window(&twos, 3, 6.0, 0), 7);
+        // A 6 s target needs nine 2 s segments, whatever the count asks.
+        assert_eq!(fit_window(&twos, 3, 18.0, 0), 1);
+        // Not that many yet: all of them.
+        assert_eq!(fit_window(&twos[..2], 3, 6.0, 0), 0);
+        // Never back before what was already dropped.
+        assert_eq!(fit_window(&twos, 3, 18.0, 5), 5);
+        assert_eq!(fit_window(&[], 3, 6.0, 0), 0);
+    }
+
+    #[test]
+    fn target_duration_is_the_longest_segment_rounded_and_never_shrinks() {
+        // A 2 s GOP with millisecond jitter stays at 2.
+        assert_eq!(target_duration(&[2.0, 2.001, 1.999, 2.033], 0), 2);
+        assert_eq!(target_duration(&[2.0, 3.6], 0), 4);
+        assert_eq!(target_duration(&[2.0], 4), 4);
+        assert_eq!(target_duration(&[], 0), 1);
     }
 
     #[test]

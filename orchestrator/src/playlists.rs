@@ -2,7 +2,9 @@
 //! orchestrator writes the same bytes.
 
 use castwork_cluster::Storage;
-use castwork_protocol::playlist::{render_master, MediaPlaylist, PlaylistSegment, Variant};
+use castwork_protocol::playlist::{
+    render_master, start_on_middle, MediaPlaylist, PlaylistSegment, Variant,
+};
 
 use crate::state::{SegmentRecord, StreamRecord};
 
@@ -17,6 +19,9 @@ pub const RECORDING: &str = "recording";
 pub struct Spec {
     pub name: &'static str,
     pub header: MediaPlaylist,
+    /// Whether each segment gets `EXT-X-PROGRAM-DATE-TIME` (live playlists), from the
+    /// time it reached the broadcaster.
+    pub dated: bool,
 }
 
 impl Spec {
@@ -29,6 +34,7 @@ impl Spec {
                 ended: true,
                 ..Default::default()
             },
+            dated: false,
         }
     }
 
@@ -71,6 +77,11 @@ pub fn render(
                 uri,
                 duration_secs: d,
                 discontinuity: gap || s.discontinuity,
+                program_date_time_ms: if spec.dated {
+                    first_picture_at(s)
+                } else {
+                    None
+                },
             });
             gap = false;
             bits += r.size as f64 * 8.0;
@@ -96,10 +107,16 @@ pub fn render(
             frame_rate: rung.max_fps.as_f64(),
         });
     }
-    // Highest quality first is what most players expect to see first.
-    variants.sort_by_key(|v| std::cmp::Reverse(v.bandwidth));
+    start_on_middle(&mut variants);
     files.push((spec.master_key(&rec.stream), render_master(&variants)));
     files
+}
+
+/// When a segment's first picture was live: the time its last byte reached the
+/// broadcaster, less its duration.
+fn first_picture_at(s: &SegmentRecord) -> Option<u64> {
+    let arrived = s.arrived_ms?;
+    Some(arrived.saturating_sub(u64::try_from(s.duration_us / 1000).unwrap_or(0)))
 }
 
 /// Writes the playlists (media playlists first, master last); returns the master's key.
@@ -234,8 +251,8 @@ mod tests {
             "BANDWIDTH=1000000,AVERAGE-BANDWIDTH=873016,RESOLUTION=640x272,CODECS=\"avc1.64001e\",FRAME-RATE=25.000\nP360p30fps16x9/index.m3u8"
         ), "{master}");
         assert!(
-            master.find("P360p").unwrap() < master.find("P240p").unwrap(),
-            "highest bandwidth first"
+            master.find("P240p").unwrap() < master.find("P360p").unwrap(),
+            "a middle rung first (of two, the lower)"
         );
     }
 }

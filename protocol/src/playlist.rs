@@ -10,6 +10,9 @@ pub struct PlaylistSegment {
     pub duration_secs: f64,
     /// A gap (a failed segment) precedes this one.
     pub discontinuity: bool,
+    /// Wall-clock time of the segment's first picture (Unix ms), for
+    /// `EXT-X-PROGRAM-DATE-TIME` (live playlists).
+    pub program_date_time_ms: Option<u64>,
 }
 
 /// A media playlist.
@@ -62,12 +65,49 @@ impl MediaPlaylist {
             if s.discontinuity {
                 out.push_str("#EXT-X-DISCONTINUITY\n");
             }
+            if let Some(ms) = s.program_date_time_ms {
+                let _ = writeln!(out, "#EXT-X-PROGRAM-DATE-TIME:{}", rfc3339_ms(ms));
+            }
             let _ = writeln!(out, "#EXTINF:{:.6},\n{}", s.duration_secs, s.uri);
         }
         if self.ended {
             out.push_str("#EXT-X-ENDLIST\n");
         }
         out
+    }
+}
+
+/// A Unix time in ms as RFC 3339 UTC with milliseconds (`2026-12-06T20:30:00.123Z`).
+pub fn rfc3339_ms(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+/// Orders the variants for a master playlist: players start on the first one listed, so a
+/// middle rung comes first (neither the sharpest, slow to start, nor the softest), then the
+/// others from the highest bandwidth down.
+pub fn start_on_middle(variants: &mut Vec<Variant>) {
+    variants.sort_by_key(|v| std::cmp::Reverse(v.bandwidth));
+    if variants.len() > 1 {
+        let middle = variants.remove(variants.len() / 2);
+        variants.insert(0, middle);
     }
 }
 
@@ -113,7 +153,47 @@ mod tests {
             uri: uri.into(),
             duration_secs: d,
             discontinuity: disc,
+            program_date_time_ms: None,
         }
+    }
+
+    #[test]
+    fn program_date_time_is_rfc3339_utc() {
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(rfc3339_ms(1_796_588_999_007), "2026-12-06T20:29:59.007Z");
+        let mut s = seg("7.1.ts", 2.0, true);
+        s.program_date_time_ms = Some(1_796_588_999_007);
+        let p = MediaPlaylist {
+            segments: vec![s],
+            fixed_target_duration: Some(2),
+            ..Default::default()
+        };
+        assert!(p.render().contains(
+            "#EXT-X-DISCONTINUITY\n#EXT-X-PROGRAM-DATE-TIME:2026-12-06T20:29:59.007Z\n#EXTINF:2.000000,\n7.1.ts\n"
+        ));
+    }
+
+    #[test]
+    fn players_start_on_a_middle_rung() {
+        let v = |bandwidth| Variant {
+            uri: format!("{bandwidth}.m3u8"),
+            bandwidth,
+            average_bandwidth: bandwidth,
+            width: 1,
+            height: 1,
+            codecs: String::new(),
+            frame_rate: 30.0,
+        };
+        let order = |bws: &[u64]| {
+            let mut vs: Vec<Variant> = bws.iter().map(|b| v(*b)).collect();
+            start_on_middle(&mut vs);
+            vs.iter().map(|x| x.bandwidth).collect::<Vec<_>>()
+        };
+        assert_eq!(order(&[400, 6000, 1200]), vec![1200, 6000, 400]);
+        assert_eq!(order(&[400, 6000, 1200, 3000]), vec![1200, 6000, 3000, 400]);
+        assert_eq!(order(&[400, 6000]), vec![400, 6000]);
+        assert_eq!(order(&[400]), vec![400]);
     }
 
     #[test]

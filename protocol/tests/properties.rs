@@ -197,6 +197,7 @@ proptest! {
                     uri: format!("{i}.1.abc.ts"),
                     duration_secs: *d,
                     discontinuity: *disc && i > 0,
+                    program_date_time_ms: (!vod).then_some(1_700_000_000_000 + i as u64 * 2000),
                 })
                 .collect(),
             vod,
@@ -212,6 +213,7 @@ proptest! {
             prop_assert_eq!(&s.uri, &format!("{i}.1.abc.ts"));
             // RFC 8216: no segment is longer than the target duration (rounded).
             prop_assert!((s.duration as f64).round() as u64 <= parsed.target_duration);
+            prop_assert_eq!(s.program_date_time.is_some(), !vod);
         }
         prop_assert_eq!(parsed.end_list, ended);
         let master = render_master(&[Variant {

@@ -89,6 +89,37 @@ impl State {
         }
     }
 
+    /// What a live stream's playlists have committed to: their target duration (which
+    /// may only grow) and the first media sequence number shown (which may only move on).
+    pub async fn live_playlist_marks(
+        &self,
+        stream: &str,
+    ) -> redis::RedisResult<(Option<u64>, Option<u64>)> {
+        redis::cmd("HMGET")
+            .arg(stream_key(stream))
+            .arg("live_target")
+            .arg("live_first")
+            .query_async(&mut self.redis.clone())
+            .await
+    }
+
+    /// Records [`State::live_playlist_marks`] (written under the stream's playlist lock).
+    pub async fn set_live_playlist_marks(
+        &self,
+        stream: &str,
+        target: u64,
+        first: u64,
+    ) -> redis::RedisResult<()> {
+        redis::cmd("HSET")
+            .arg(stream_key(stream))
+            .arg("live_target")
+            .arg(target)
+            .arg("live_first")
+            .arg(first)
+            .query_async(&mut self.redis.clone())
+            .await
+    }
+
     /// The whole listing of a live stream (see [`listed_key`]).
     pub async fn listed(&self, stream: &str) -> redis::RedisResult<Vec<String>> {
         redis::cmd("LRANGE")
