@@ -662,6 +662,30 @@ fn a_push_of_a_truncated_file_fails_its_stream_with_the_reason_and_removes_its_o
         text.contains(&format!("{stream} failed: the publisher gave up: ")),
         "{text}"
     );
+    // An MP4 with its index at the end, cut off: nothing can be read, and it says why.
+    let plain = dir.path().join("plain.mp4");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=320x180:rate=30",
+        "-t",
+        "4",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        plain.to_str().unwrap(),
+    ]);
+    let cut = dir.path().join("cut.mp4");
+    truncated(&plain, &cut, 0.5);
+    let out = cluster.push(&cut, &stream_name("cut"), &["--profiles", RUNG]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("the file ends early: ") && stderr.contains("(truncated download?)"),
+        "{stderr}"
+    );
     // A later honest push of the same name completes.
     let out = cluster.push(
         &dir.path().join("whole.mp4"),

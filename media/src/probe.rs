@@ -71,11 +71,63 @@ pub(crate) fn open_source(path: &Path) -> Result<format::context::Input, MediaEr
         )));
     }
     format::input_with_dictionary(path, input_options()).map_err(|e| {
+        if let Some(why) = std::fs::File::open(path)
+            .ok()
+            .and_then(|f| cut_off_mp4(std::io::BufReader::new(f)))
+        {
+            return MediaError::BadInput(format!(
+                "{}: the file ends early: {why} (truncated download?)",
+                path.display()
+            ));
+        }
         bad(
             &format!("{}: not a media file FFmpeg can read", path.display()),
             e,
         )
     })
+}
+
+/// Why an MP4/MOV file (ISO BMFF: top-level boxes, the first `ftyp`) was cut off, if it
+/// was: a box that runs past the end of the file, with no index (`moov`) before it.
+fn cut_off_mp4(mut r: impl std::io::Read + std::io::Seek) -> Option<String> {
+    use std::io::SeekFrom;
+    let len = r.seek(SeekFrom::End(0)).ok()?;
+    let mut at = 0u64;
+    let mut first = true;
+    while at + 8 <= len {
+        r.seek(SeekFrom::Start(at)).ok()?;
+        let mut head = [0u8; 16];
+        r.read_exact(&mut head[..8]).ok()?;
+        let kind: [u8; 4] = [head[4], head[5], head[6], head[7]];
+        if first && &kind != b"ftyp" {
+            return None;
+        }
+        first = false;
+        if &kind == b"moov" {
+            return None;
+        }
+        let size = match u32::from_be_bytes([head[0], head[1], head[2], head[3]]) {
+            0 => return None,
+            1 => {
+                r.read_exact(&mut head[8..16]).ok()?;
+                u64::from_be_bytes(head[8..16].try_into().ok()?)
+            }
+            n => u64::from(n),
+        };
+        if size < 8 {
+            return None;
+        }
+        let end = at.checked_add(size)?;
+        if end > len {
+            return Some(format!(
+                "its '{}' box needs {end} bytes, the file has {len}, and the index (moov) \
+                 that would come after it is missing",
+                String::from_utf8_lossy(&kind)
+            ));
+        }
+        at = end;
+    }
+    (!first).then(|| format!("it has {len} bytes and no index (moov)"))
 }
 
 /// Reads the display rotation (clockwise degrees, a multiple of 90) of a video stream.
@@ -215,6 +267,40 @@ pub(crate) fn probe_input(
 
 #[cfg(test)]
 mod tests {
+    use super::cut_off_mp4;
+
+    fn boxed(size: u32, kind: &[u8; 4], body: usize) -> Vec<u8> {
+        let mut b = size.to_be_bytes().to_vec();
+        b.extend_from_slice(kind);
+        b.extend(std::iter::repeat_n(0u8, body));
+        b
+    }
+
+    #[test]
+    fn an_mp4_cut_off_before_its_index_is_told_apart() {
+        let cut = |bytes: Vec<u8>| cut_off_mp4(std::io::Cursor::new(bytes));
+        // ftyp, then an mdat of 1000 bytes of which 100 arrived: no moov.
+        let mut f = boxed(16, b"ftyp", 8);
+        f.extend(boxed(1000, b"mdat", 92));
+        let why = cut(f).unwrap();
+        assert!(
+            why.contains("'mdat' box needs 1016 bytes, the file has 116"),
+            "{why}"
+        );
+        // The index first (faststart): whatever follows, FFmpeg's own error stands.
+        let mut f = boxed(16, b"ftyp", 8);
+        f.extend(boxed(20, b"moov", 12));
+        f.extend(boxed(1000, b"mdat", 10));
+        assert_eq!(cut(f), None);
+        // Whole boxes but no index at all.
+        let mut f = boxed(16, b"ftyp", 8);
+        f.extend(boxed(16, b"free", 8));
+        assert!(cut(f).unwrap().contains("no index"));
+        // Not an MP4.
+        assert_eq!(cut(b"\x47garbage".to_vec()), None);
+        assert_eq!(cut(Vec::new()), None);
+    }
+
     use super::*;
 
     #[test]
