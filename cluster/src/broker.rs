@@ -156,16 +156,7 @@ async fn declare_queue(
         }
         // The refusal closed the channel: go on with a new one.
         *ch = connection.create_channel().await?;
-        ch.queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+        passive_declare(ch, queue).await?;
         tracing::warn!(
             queue,
             "the queue exists with the arguments of an older Castwork, kept as they are; to \
@@ -374,17 +365,7 @@ impl Broker {
         let ch = self.connection.create_channel().await?;
         let mut depths = Vec::new();
         for queue in known_queues() {
-            let q = ch
-                .queue_declare(
-                    queue.as_str().into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        durable: true,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await?;
+            let q = passive_declare(&ch, &queue).await?;
             depths.push(QueueDepth {
                 queue,
                 messages: q.message_count(),
@@ -437,6 +418,21 @@ impl Confirm {
         }
         Ok(())
     }
+}
+
+/// Declares `queue` passively: its state, without changing (or needing to match) its
+/// arguments; an error when it does not exist.
+async fn passive_declare(ch: &Channel, queue: &str) -> Result<lapin::Queue, lapin::Error> {
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions {
+            passive: true,
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -8,7 +8,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{
-    clip, ffmpeg, ffprobe, http_get, metric_total, stream_name, wait_until, Cluster, Injector,
+    clip, ffmpeg, ffprobe, http_get, metric_total, output_check::assert_output_ok, stream_name,
+    wait_until, Cluster, Injector,
 };
 
 const RUNG: &str = "P240p30fps16x9";
@@ -77,6 +78,7 @@ fn killed_and_drained_workers_lose_nothing() {
     assert_eq!(total, 12);
     assert_eq!(s["segments"]["done"], total);
     assert_exactly_once(&cluster, &stream, RUNG, total);
+    assert_output_ok(&cluster.storage_dir(), &stream, &input);
     // The killed worker's heartbeat expires and it is forgotten.
     wait_until(
         "the dead worker to be forgotten",
@@ -116,6 +118,7 @@ fn orchestrator_killed_and_restarted_mid_stream() {
     let s = cluster.wait_complete(&stream, Duration::from_secs(30));
     assert_eq!(s["segments"]["done"], 8);
     assert_exactly_once(&cluster, &stream, RUNG, 8);
+    assert_output_ok(&cluster.storage_dir(), &stream, &input);
 }
 
 /// First and last video pts (us) and frame count of a segment file.
@@ -180,18 +183,7 @@ fn corrupt_and_malicious_input_is_refused_and_the_rest_completes() {
     let inj = Injector::new(&cluster.amqp_url);
     let stream = stream_name("evil");
     let session = uuid::Uuid::now_v7();
-    let source = SourceMetadata {
-        width: 640,
-        height: 360,
-        sample_aspect_ratio: Rational::ONE,
-        rotation: 0,
-        frame_rate: Rational::new(30, 1),
-        video_codec: "h264".into(),
-        pixel_format: "yuv420p".into(),
-        color: Default::default(),
-        has_audio: true,
-        duration_us: None,
-    };
+    let source = SourceMetadata::upright(640, 360, 30);
     inj.ingest(&IngestMessage::StreamStarted(StreamStarted {
         stream: stream.clone(),
         session,
@@ -395,6 +387,7 @@ fn chaos_soak_300_segments_while_workers_are_killed() {
     assert_eq!(s["segments"]["done"], 300, "{s}");
     assert_eq!(s["segments"]["failed"], 0, "{s}");
     assert_exactly_once(&cluster, &stream, "P144p30fps16x9", 300);
+    assert_output_ok(&cluster.storage_dir(), &stream, &input);
     // Metrics of both orchestrators together.
     let m: String = [cluster.orchestrator_addr.as_str(), second.as_str()]
         .iter()
@@ -479,6 +472,7 @@ fn a_hung_worker_stops_itself_and_its_segment_is_done_elsewhere() {
         cluster.logs()
     );
     assert_exactly_once(&cluster, &stream, "P1080p30fps16x9", 3);
+    assert_output_ok(&cluster.storage_dir(), &stream, &input);
 }
 
 #[test]
@@ -588,4 +582,5 @@ fn a_frozen_worker_is_given_up_and_its_late_result_ignored() {
     std::thread::sleep(Duration::from_secs(3));
     assert_exactly_once(&cluster, &stream, RUNG, 3);
     assert_exactly_once(&cluster, &stream, "P360p30fps16x9", 3);
+    assert_output_ok(&cluster.storage_dir(), &stream, &input);
 }

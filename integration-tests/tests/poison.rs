@@ -29,21 +29,6 @@ impl Injector {
     }
 }
 
-fn source() -> SourceMetadata {
-    SourceMetadata {
-        width: 640,
-        height: 360,
-        sample_aspect_ratio: Rational::ONE,
-        rotation: 0,
-        frame_rate: Rational::new(30, 1),
-        video_codec: "h264".into(),
-        pixel_format: "yuv420p".into(),
-        color: Default::default(),
-        has_audio: true,
-        duration_us: None,
-    }
-}
-
 /// Starts a stream as its publisher would, and waits for its admission.
 fn admitted(cluster: &Cluster, inj: &Injector, stream: &str) -> Uuid {
     let session = Uuid::now_v7();
@@ -52,7 +37,7 @@ fn admitted(cluster: &Cluster, inj: &Injector, stream: &str) -> Uuid {
         session,
         mode: StreamMode::Vod,
         ladder: profile::parse_profiles(RUNG).unwrap(),
-        source: source(),
+        source: SourceMetadata::upright(640, 360, 30),
         broadcaster: None,
         target_duration_secs: None,
         secret: SECRET.into(),
@@ -361,13 +346,15 @@ fn each_kind_of_poison_ends_dead_lettered_with_its_reason_and_the_cluster_goes_o
     );
 
     // The next honest push completes.
-    let out = cluster.push(&input, &stream_name("honest"), &["--profiles", RUNG]);
+    let honest = stream_name("honest");
+    let out = cluster.push(&input, &honest, &["--profiles", RUNG]);
     assert!(
         out.status.success(),
         "{}\n{}",
         String::from_utf8_lossy(&out.stderr),
         cluster.logs()
     );
+    common::output_check::assert_output_ok(&cluster.storage_dir(), &honest, &input);
 
     eprintln!("poison | deliveries | dead-lettered after | reason");
     for f in &fates {
@@ -570,13 +557,15 @@ fn random_well_formed_messages_never_wedge_a_queue() {
             other => panic!("stream {s} is {other}: {st}"),
         }
     }
-    let out = cluster.push(&input, &stream_name("prop-honest"), &["--profiles", RUNG]);
+    let honest = stream_name("prop-honest");
+    let out = cluster.push(&input, &honest, &["--profiles", RUNG]);
     assert!(
         out.status.success(),
         "seed {seed}: {}\n{}",
         String::from_utf8_lossy(&out.stderr),
         cluster.logs()
     );
+    common::output_check::assert_output_ok(&cluster.storage_dir(), &honest, &input);
 }
 
 /// The first `keep` of a file's bytes, as an interrupted download leaves it.
