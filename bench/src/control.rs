@@ -154,7 +154,14 @@ pub fn measure(
         anyhow::Ok(t0)
     })?;
     let deadline = Instant::now() + Duration::from_secs(600);
-    while state(&cluster.http, &stream).as_deref() != Some("complete") {
+    loop {
+        match state(&cluster.http, &stream).as_deref() {
+            Some("complete") => break,
+            Some(s @ ("incomplete" | "failed")) => {
+                bail!("stream {stream} ended {s}: see the orchestrator's /streams/{stream}")
+            }
+            _ => {}
+        }
         if Instant::now() > deadline {
             bail!("{segments} segments did not complete in 10 minutes");
         }
