@@ -3,6 +3,7 @@
 //! renditions.
 
 mod audio;
+pub mod clean_start;
 mod ffi;
 pub mod inspect;
 pub mod nal;
@@ -14,6 +15,7 @@ mod video_graph;
 
 use std::sync::Once;
 
+pub use clean_start::{check_clean_start, CleanStart};
 pub use ffmpeg_next as ffmpeg;
 pub use inspect::{inspect, MediaInfo};
 pub use probe::{probe, probe_restricted, ProbedInput};
@@ -34,11 +36,18 @@ pub enum MediaError {
     /// Something on this machine failed (disk, encoder setup): another attempt may succeed.
     #[error("{0}")]
     Internal(String),
+    /// The segment's video does not decode cleanly: the decoder reported errors (a cut
+    /// where no decoder can start, or damage), which a transcode would have concealed.
+    #[error("the segment does not decode cleanly: {errors} decoder errors (first: {first})")]
+    Undecodable { errors: u64, first: String },
 }
 
 impl MediaError {
     pub fn is_permanent(&self) -> bool {
-        matches!(self, MediaError::BadInput(_))
+        matches!(
+            self,
+            MediaError::BadInput(_) | MediaError::Undecodable { .. }
+        )
     }
 }
 
@@ -50,13 +59,15 @@ pub(crate) fn bad(what: &str, e: impl std::fmt::Display) -> MediaError {
     MediaError::BadInput(format!("{what}: {e}"))
 }
 
-/// Initialises FFmpeg once per process and keeps its own logging to errors only.
+/// Initialises FFmpeg once per process: its own logging prints fatal errors only, and
+/// decoders' error lines are collected for the decoders that ask (see [`clean_start`]).
 pub fn init() {
     static INIT: Once = Once::new();
     INIT.call_once(|| {
         // Registration cannot fail on FFmpeg >= 4; an error here would surface on first use.
         let _ = ffmpeg::init();
         ffmpeg::log::set_level(ffmpeg::log::Level::Fatal);
+        ffi::install_log_callback();
     });
 }
 

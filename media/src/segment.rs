@@ -6,6 +6,7 @@ use castwork_protocol::cut::{CutDecision, CutPlanner};
 use ffmpeg_next::{codec, encoder, format, Packet, Rational};
 
 use crate::audio::AacEncoder;
+use crate::clean_start::StartCheck;
 use crate::probe::{open_source, ProbedInput, SegmentContainer};
 use crate::{bad, ffi, internal, nal, ts_to_us, us_to_ts, MediaError};
 
@@ -64,8 +65,12 @@ pub struct SegmentSummary {
     /// Constant shift added to every timestamp so the stream starts at or after
     /// [`MIN_START_US`] (0 for most sources that do not start at zero).
     pub offset_us: i64,
-    /// Video frames before the first keyframe, which cannot be decoded and were dropped.
+    /// Video frames before the first clean random access point (a keyframe where a
+    /// decoder can start: see [`crate::check_clean_start`]), which were dropped.
     pub dropped_frames: u64,
+    /// Keyframes refused as cut points because a segment starting there does not decode
+    /// cleanly on its own; each one's pictures stayed in the segment before it.
+    pub refused_cuts: u64,
 }
 
 enum AudioPlan {
@@ -177,6 +182,23 @@ fn closed_gop(id: codec::Id, packet: &Packet) -> Option<bool> {
     }
 }
 
+/// A packet read after a cut whose trial decode has no verdict yet.
+enum Held {
+    Video { pkt: Packet, cut_point: bool },
+    Audio { pkt: Packet, tb: Rational },
+}
+
+/// A cut on trial: a segment may start here only if a decoder can start here
+/// ([`StartCheck`]). Packets read meanwhile wait for the verdict.
+struct PendingCut {
+    check: StartCheck,
+    /// The planner as it was before this cut, to go back to when the cut is refused.
+    planner: CutPlanner,
+    /// Source presentation time of the cut's frame.
+    pts_us: i64,
+    held: Vec<Held>,
+}
+
 /// The state of one cut in progress.
 struct Cutter<'a, F> {
     opts: &'a SegmentOptions,
@@ -188,9 +210,11 @@ struct Cutter<'a, F> {
     planner: CutPlanner,
     offset_us: i64,
     current: Option<OpenSegment>,
+    pending: Option<PendingCut>,
     next_seq: u64,
     end_us: i64,
     dropped: u64,
+    refused: u64,
     on_segment: F,
 }
 
@@ -221,6 +245,15 @@ where
             return Ok(());
         };
         let pts_us = ts_to_us(ts, self.vtb);
+        // A cut point while another cut is on trial ends that trial first (dense keyframes,
+        // or a short target): the verdict comes from the pictures decoded so far.
+        if cut_point
+            && self.pending.is_some()
+            && self.planner.clone().on_video_frame(pts_us, true) != CutDecision::Continue
+        {
+            self.resolve()?;
+        }
+        let before = self.planner.clone();
         match self.planner.on_video_frame(pts_us, cut_point) {
             CutDecision::Drop => {
                 self.dropped += 1;
@@ -230,12 +263,46 @@ where
                 self.offset_us = self
                     .opts
                     .offset_us
-                    .unwrap_or((MIN_START_US - pts_us).max(0))
+                    .unwrap_or((MIN_START_US - pts_us).max(0));
+                self.begin_trial(before, pts_us)?;
             }
-            CutDecision::Cut => self.finish(pts_us + self.offset_us)?,
+            CutDecision::Cut => self.begin_trial(before, pts_us)?,
             CutDecision::Continue => {}
         }
-        if self.current.is_none() {
+        if let Some(p) = self.pending.as_mut() {
+            let verdict_known = p.check.push(&pkt);
+            p.held.push(Held::Video { pkt, cut_point });
+            if verdict_known {
+                self.resolve()?;
+            }
+            return Ok(());
+        }
+        self.write_video(pkt, pts_us)
+    }
+
+    fn begin_trial(&mut self, planner: CutPlanner, pts_us: i64) -> Result<(), MediaError> {
+        self.pending = Some(PendingCut {
+            check: StartCheck::new(self.vparams.clone())?,
+            planner,
+            pts_us,
+            held: Vec::new(),
+        });
+        Ok(())
+    }
+
+    /// Gives the cut on trial its verdict. A clean start closes the current segment and
+    /// starts the next one there; otherwise the held pictures stay in the current segment
+    /// (before the first segment: are dropped) and are read again, so a later keyframe
+    /// among them can still be a cut.
+    fn resolve(&mut self) -> Result<(), MediaError> {
+        let Some(p) = self.pending.take() else {
+            return Ok(());
+        };
+        let verdict = p.check.finish();
+        if verdict.is_clean() {
+            if self.current.is_some() {
+                self.finish(p.pts_us + self.offset_us)?;
+            }
             let mut seg = open_segment(
                 &self.opts.dir,
                 self.next_seq,
@@ -243,18 +310,54 @@ where
                 &self.vparams,
                 self.audio_params.as_ref(),
             )?;
-            seg.start_us = pts_us + self.offset_us;
+            seg.start_us = p.pts_us + self.offset_us;
             self.next_seq += 1;
             self.current = Some(seg);
+            for h in p.held {
+                match h {
+                    Held::Video { pkt, .. } => {
+                        let ts = pkt.pts().or(pkt.dts()).unwrap_or(0);
+                        self.write_video(pkt, ts_to_us(ts, self.vtb))?;
+                    }
+                    Held::Audio { pkt, tb } => self.audio(pkt, tb)?,
+                }
+            }
+            return Ok(());
         }
+        self.refused += 1;
+        tracing::warn!(
+            at_s = p.pts_us as f64 / 1e6,
+            packets = verdict.packets,
+            pictures = verdict.pictures,
+            errors = verdict.errors,
+            first_error = verdict.first_error.as_deref().unwrap_or(""),
+            merged = self.current.is_some(),
+            "a keyframe is not a clean random access point: not cutting there"
+        );
+        self.planner = p.planner;
+        let mut first = true;
+        for h in p.held {
+            match h {
+                Held::Video { pkt, cut_point } => {
+                    self.video(pkt, cut_point && !first)?;
+                    first = false;
+                }
+                Held::Audio { pkt, tb } => self.audio(pkt, tb)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a video packet into the open segment.
+    fn write_video(&mut self, pkt: Packet, pts_us: i64) -> Result<(), MediaError> {
         let dur_us = if pkt.duration() > 0 {
             ts_to_us(pkt.duration(), self.vtb)
         } else {
             self.frame_us
         };
-        self.end_us = self.end_us.max(pts_us + self.offset_us + dur_us);
         let (vtb, offset) = (self.vtb, self.offset_us);
         if let Some(seg) = self.current.as_mut() {
+            self.end_us = self.end_us.max(pts_us + offset + dur_us);
             seg.frames += 1;
             seg.last_pts_us = seg.last_pts_us.max(pts_us + offset);
             write_packet(seg, pkt, vtb, offset, 0)?;
@@ -262,15 +365,24 @@ where
         Ok(())
     }
 
-    /// Writes an (AAC) audio packet into the open segment; audio before the first video
-    /// keyframe has no segment and is dropped.
+    /// Writes an (AAC) audio packet into the open segment, or holds it while a cut is on
+    /// trial; audio before the first segment has no segment and is dropped.
     fn audio(&mut self, pkt: Packet, tb: Rational) -> Result<(), MediaError> {
+        if let Some(p) = self.pending.as_mut() {
+            p.held.push(Held::Audio { pkt, tb });
+            return Ok(());
+        }
         let offset = self.offset_us;
         if let Some(seg) = self.current.as_mut() {
             seg.audio_packets += 1;
             write_packet(seg, pkt, tb, offset, 1)?;
         }
         Ok(())
+    }
+
+    /// Whether audio read now can end up in a segment.
+    fn takes_audio(&self) -> bool {
+        self.current.is_some() || self.pending.is_some()
     }
 }
 
@@ -345,9 +457,11 @@ where
         planner: CutPlanner::new(opts.target_us),
         offset_us: 0,
         current: None,
+        pending: None,
         next_seq: 0,
         end_us: i64::MIN,
         dropped: 0,
+        refused: 0,
         on_segment,
     };
     // A keyframe waiting for the next video frame to tell whether its GOP is closed, with
@@ -384,11 +498,22 @@ where
             route_audio(&mut cut, audio.as_mut(), a, &mut encoded)?;
         }
     }
+    // Refusing a cut reads its packets again and may put a later cut on trial.
+    while cut.pending.is_some() {
+        cut.resolve()?;
+    }
     if cut.current.is_none() {
-        return Err(MediaError::BadInput(format!(
-            "{}: no decodable video frame (no keyframe found)",
-            input.display()
-        )));
+        return Err(MediaError::BadInput(if cut.refused > 0 {
+            format!(
+                "{}: no decodable video frame (no keyframe where a decoder can start cleanly)",
+                input.display()
+            )
+        } else {
+            format!(
+                "{}: no decodable video frame (no keyframe found)",
+                input.display()
+            )
+        }));
     }
     if let Some(AudioPlan::Encode { enc, .. }) = audio.as_mut() {
         enc.push(None, &mut encoded)?;
@@ -406,6 +531,7 @@ where
         sparse_keyframes: cut.planner.keyframes_sparse(),
         offset_us: cut.offset_us,
         dropped_frames: cut.dropped,
+        refused_cuts: cut.refused,
     })
 }
 
@@ -423,7 +549,7 @@ where
     match plan {
         Some(AudioPlan::Copy { index, tb, .. }) if *index == pkt.stream() => cut.audio(pkt, *tb),
         Some(AudioPlan::Encode { index, enc }) if *index == pkt.stream() => {
-            if cut.current.is_none() {
+            if !cut.takes_audio() {
                 return Ok(());
             }
             enc.push(Some(&pkt), encoded)?;

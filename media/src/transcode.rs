@@ -7,6 +7,7 @@ use ffmpeg_next::{
     codec, encoder, format, frame, media, picture, Dictionary, Packet, Rational, Rescale,
 };
 
+use crate::clean_start::strict_decoder;
 use crate::inspect::open_restricted;
 use crate::video_graph::LadderGraph;
 use crate::{bad, ffi, internal, ts_to_us, MediaError, SEGMENT_FORMATS};
@@ -334,15 +335,8 @@ pub fn transcode_segment(
         .best(media::Type::Video)
         .ok_or_else(|| MediaError::BadInput("the segment has no video stream".into()))?;
     let (vi, video_tb) = (vstream.index(), vstream.time_base());
-    let mut ctx = codec::context::Context::from_parameters(vstream.parameters())
-        .map_err(|e| bad("unreadable video stream", e))?;
-    if opts.threads > 0 {
-        ctx.set_threading(codec::threading::Config::count(opts.threads));
-    }
-    let mut decoder = ctx
-        .decoder()
-        .video()
-        .map_err(|e| bad("the segment's video cannot be decoded", e))?;
+    // Errors are counted, not concealed: a segment that does not decode cleanly fails.
+    let (mut decoder, mut errors) = strict_decoder(vstream.parameters(), opts.threads)?;
     let pixels = u64::from(decoder.width()) * u64::from(decoder.height());
     if pixels > opts.max_pixels {
         return Err(MediaError::BadInput(format!(
@@ -392,12 +386,16 @@ pub fn transcode_segment(
     };
     let mut decoded = frame::Video::empty();
     let mut packet = Packet::empty();
+    let (mut packets, mut pictures) = (0, 0);
     while crate::read_packet(&mut ictx, &mut packet, "reading the segment")? {
         if packet.stream() == vi {
-            // A corrupt packet is concealed by the decoder, as a player would.
-            let _ = decoder.send_packet(&packet);
-            while decoder.receive_frame(&mut decoded).is_ok() {
-                ladder.feed(Some(&mut decoded))?;
+            packets += 1;
+            errors.sent(decoder.send_packet(&packet), packets);
+            while errors.receive(&mut decoder, &mut decoded, &mut pictures) {
+                // After the first error the job fails: decode on only to count the errors.
+                if !errors.any() {
+                    ladder.feed(Some(&mut decoded))?;
+                }
             }
             if let (Some(a), true) = (ladder.anchor_us, ladder.end_us > i64::MIN) {
                 if ladder.end_us.saturating_sub(a) > opts.max_duration_us {
@@ -415,9 +413,17 @@ pub fn transcode_segment(
             }
         }
     }
-    let _ = decoder.send_eof();
-    while decoder.receive_frame(&mut decoded).is_ok() {
-        ladder.feed(Some(&mut decoded))?;
+    errors.sent(decoder.send_eof(), packets);
+    while errors.receive(&mut decoder, &mut decoded, &mut pictures) {
+        if !errors.any() {
+            ladder.feed(Some(&mut decoded))?;
+        }
+    }
+    if let (n @ 1.., first) = errors.total() {
+        return Err(MediaError::Undecodable {
+            errors: n,
+            first: first.unwrap_or_default(),
+        });
     }
     ladder.feed(None)?;
     let Some(anchor) = ladder.anchor_us else {

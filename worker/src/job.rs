@@ -98,6 +98,18 @@ impl From<MediaError> for JobError {
     }
 }
 
+/// A transcode's failure as this job's: a source segment that does not decode cleanly is a
+/// permanent failure that names the segment, never a concealed result.
+pub fn media_failure(job: &SegmentJob, e: MediaError) -> JobError {
+    match e {
+        MediaError::Undecodable { errors, first } => JobError::permanent(format!(
+            "source segment {} does not decode cleanly: decoder errors: {errors} (first: {first})",
+            job.seq
+        )),
+        e => e.into(),
+    }
+}
+
 pub use castwork_protocol::time::now_unix_ms;
 
 /// Whether a live job's result would come too late to be used.
@@ -248,8 +260,9 @@ async fn transcode_job(
     crate::metrics::BUSY_SLOTS.dec();
     drop(permit);
     ctx.slots_changed.notify_one();
-    let files =
-        outcome.map_err(|e| JobError::transient(format!("transcode task failed: {e}")))??;
+    let files = outcome
+        .map_err(|e| JobError::transient(format!("transcode task failed: {e}")))?
+        .map_err(|e| media_failure(job, e))?;
     let transcode = started.elapsed();
     crate::metrics::TRANSCODE_SECONDS.observe(transcode.as_secs_f64());
     crate::metrics::STAGE_SECONDS
