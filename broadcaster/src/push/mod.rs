@@ -334,8 +334,16 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
     }
     if summary.dropped_frames > 0 {
         progress.println(&format!(
-            "note: dropped {} frames before the first keyframe (they cannot be decoded)",
+            "note: dropped {} frames before the first point a decoder can start from (they \
+             cannot be decoded)",
             summary.dropped_frames
+        ));
+    }
+    if summary.refused_cuts > 0 {
+        progress.println(&format!(
+            "note: {} keyframes are not clean starting points (a decoder starting there \
+             reports errors), so the segments before them run longer",
+            summary.refused_cuts
         ));
     }
     link.publish(&IngestMessage::StreamEnded(StreamEnded {
