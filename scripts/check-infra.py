@@ -159,9 +159,10 @@ for role in ["orchestrator", "worker", "broadcaster"]:
     (c,) = pod["containers"]
     check(c["args"][0] == role, f"{role} runs the wrong binary")
     ports = {p["name"] for p in c.get("ports", [])}
-    for probe in ["readinessProbe", "livenessProbe"]:
+    # Liveness must not follow the broker or Redis, or an outage restarts every pod.
+    for probe, path in [("readinessProbe", "/readyz"), ("livenessProbe", "/livez")]:
         get = c.get(probe, {}).get("httpGet", {})
-        check(get.get("path") == "/healthz" and get.get("port") in ports, f"{role}: bad {probe}")
+        check(get.get("path") == path and get.get("port") in ports, f"{role}: bad {probe}")
     for e in c.get("env", []):
         ref = e.get("valueFrom", {}).get("secretKeyRef")
         if ref:

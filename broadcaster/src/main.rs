@@ -239,9 +239,9 @@ struct LiveArgs {
     #[arg(long, env = "LIVE_SEGMENT_SECS", default_value_t = 2)]
     live_segment_secs: u32,
 
-    /// Longest live segment in seconds, and the live playlists' fixed
-    /// EXT-X-TARGETDURATION: a publisher whose keyframes are further apart is cut off
-    /// with a message saying which encoder setting to change.
+    /// Longest live segment in seconds: a publisher whose keyframes are further apart is
+    /// cut off with a message saying which encoder setting to change. (The live playlists'
+    /// EXT-X-TARGETDURATION is the longest segment listed, rounded: 2 for a 2 s GOP.)
     #[arg(long, env = "LIVE_MAX_SEGMENT_SECS", default_value_t = 6)]
     live_max_segment_secs: u32,
 
@@ -453,7 +453,7 @@ async fn priced(
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let _telemetry = telemetry::init(&cli.service.log, "castwork-broadcaster");
+    let _telemetry = telemetry::init(&cli.service, "castwork-broadcaster");
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {
@@ -507,12 +507,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 max_connections: live.http_max_connections.max(1),
                 header_timeout: Duration::from_secs(live.http_header_secs.max(1)),
             };
+            // Live ingest needs RabbitMQ: /readyz follows the link to it.
+            let link = push
+                .is_some()
+                .then(|| serve::AmqpLink::watch(&cli.service.amqp_url, shutdown.clone()));
             // With --push-addr, HTTP push gets a listener of its own.
             let push = match (push_addr, push) {
                 (Some(addr), Some(push)) => {
                     let bound = http::serve_with(
                         addr,
-                        serve::push_router(storage.clone(), push),
+                        serve::push_router(storage.clone(), push, link.clone()),
                         limits,
                         shutdown.clone(),
                     )
@@ -525,7 +529,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let addr = http::serve_with(
                 http_addr,
-                serve::router(storage.clone(), push, playback_token),
+                serve::router(storage.clone(), push, playback_token, link),
                 limits,
                 shutdown.clone(),
             )

@@ -14,14 +14,32 @@ pub struct ServiceArgs {
     pub amqp_url: String,
 
     /// Object store for segments and playlists: `file://DIR` (a local directory, created if
-    /// missing) or `s3://BUCKET[/PREFIX]` configured by the usual AWS_* variables
-    /// (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT, AWS_ALLOW_HTTP).
+    /// missing), `s3://BUCKET[/PREFIX]` configured by the usual AWS_* variables
+    /// (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT, AWS_ALLOW_HTTP),
+    /// `gs://BUCKET[/PREFIX]` (GOOGLE_SERVICE_ACCOUNT, ...) or `az://CONTAINER[/PREFIX]`
+    /// (AZURE_STORAGE_ACCOUNT_NAME, AZURE_STORAGE_ACCOUNT_KEY, ...).
     #[arg(long, env = "STORAGE_URL", default_value = "file://./data")]
     pub storage_url: String,
 
     /// Log filter, in tracing's EnvFilter syntax (e.g. `info,castwork_worker=debug`).
     #[arg(long = "log", env = "RUST_LOG", default_value = "info")]
     pub log: String,
+
+    /// Log lines as `text` (for people; coloured only on a terminal) or `json` (one object
+    /// a line, for log collectors; a line logged inside a segment's span carries its
+    /// `trace_id` under `span`).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written to stderr.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable lines, with ANSI colours only when stderr is a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// A URL with its password replaced by `***`, for logs.

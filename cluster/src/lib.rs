@@ -7,6 +7,7 @@ pub mod consume;
 pub mod http;
 pub mod metrics;
 pub mod net;
+pub mod ranges;
 pub mod shutdown;
 pub mod storage;
 pub mod supervise;
@@ -22,4 +23,15 @@ pub use supervise::{supervise, Backoff};
 pub async fn redis_connect(url: &str) -> redis::RedisResult<redis::aio::ConnectionManager> {
     let client = redis::Client::open(url)?;
     redis::aio::ConnectionManager::new(client).await
+}
+
+/// A Redis connection manager that connects on first use and reconnects on its own, so a
+/// process can start (and say what it waits for) before Redis is up. Only a malformed URL
+/// fails here.
+pub fn redis_lazy(url: &str) -> redis::RedisResult<redis::aio::ConnectionManager> {
+    let client = redis::Client::open(url)?;
+    redis::aio::ConnectionManager::new_lazy_with_config(
+        client,
+        redis::aio::ConnectionManagerConfig::new(),
+    )
 }

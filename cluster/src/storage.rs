@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use object_store::{
-    aws::AmazonS3Builder, local::LocalFileSystem, path::Path, prefix::PrefixStore, ObjectStore,
+    aws::AmazonS3Builder, azure::MicrosoftAzureBuilder, gcp::GoogleCloudStorageBuilder,
+    local::LocalFileSystem, path::Path, prefix::PrefixStore, Attribute, Attributes, ObjectStore,
     ObjectStoreExt, PutMode, PutOptions, PutPayload,
 };
 
@@ -32,6 +33,40 @@ pub enum StorageError {
 pub struct Storage {
     store: Arc<dyn ObjectStore>,
     description: String,
+    /// Whether puts carry [`object_headers`] as object attributes (a bucket serves them;
+    /// a local directory cannot keep them, and the playback servers set them instead).
+    attributes: bool,
+}
+
+/// The `Content-Type` and `Cache-Control` an object is served with, by its key: media
+/// segments are immutable (a rendition's key names its attempt and content hash), and
+/// playlists and anything else may change (a source segment's key is reused when a failed
+/// stream's name is pushed again).
+pub fn object_headers(key: &str) -> (&'static str, &'static str) {
+    const IMMUTABLE: &str = "public, max-age=31536000, immutable";
+    const CHANGES: &str = "no-cache";
+    let ext = key
+        .rsplit('/')
+        .next()
+        .and_then(|f| f.rsplit_once('.'))
+        .map(|(_, e)| e);
+    let content_type = match ext {
+        Some("m3u8") => "application/vnd.apple.mpegurl",
+        Some("ts") => "video/mp2t",
+        Some("mp4" | "m4s") => "video/mp4",
+        Some("mkv") => "video/x-matroska",
+        Some("aac") => "audio/aac",
+        Some("json") => "application/json",
+        Some("html") => "text/html; charset=utf-8",
+        _ => "application/octet-stream",
+    };
+    let segment = matches!(ext, Some("ts" | "mp4" | "m4s" | "mkv" | "aac"));
+    let cache = if segment && !key.contains("/source/") {
+        IMMUTABLE
+    } else {
+        CHANGES
+    };
+    (content_type, cache)
 }
 
 impl std::fmt::Debug for Storage {
@@ -41,7 +76,10 @@ impl std::fmt::Debug for Storage {
 }
 
 impl Storage {
-    /// Opens `file://DIR` (created if missing) or `s3://BUCKET[/PREFIX]`.
+    /// Opens `file://DIR` (created if missing), `s3://BUCKET[/PREFIX]`,
+    /// `gs://BUCKET[/PREFIX]` or `az://CONTAINER[/PREFIX]`; a bucket's credentials and
+    /// endpoint come from the environment as `object_store` reads them (`AWS_*`,
+    /// `GOOGLE_*`, `AZURE_*`).
     pub fn from_url(url: &str) -> Result<Self, StorageError> {
         let bad = |reason: String| StorageError::BadUrl {
             url: url.to_string(),
@@ -54,28 +92,48 @@ impl Storage {
             return Ok(Storage {
                 store: Arc::new(store),
                 description: format!("file://{}", abs.display()),
+                attributes: false,
             });
         }
-        if let Some(rest) = url.strip_prefix("s3://") {
-            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            if bucket.is_empty() {
-                return Err(bad("no bucket name".into()));
-            }
-            let s3 = AmazonS3Builder::from_env()
-                .with_bucket_name(bucket)
-                .build()
-                .map_err(|e| bad(e.to_string()))?;
-            let store: Arc<dyn ObjectStore> = if prefix.trim_matches('/').is_empty() {
-                Arc::new(s3)
-            } else {
-                Arc::new(PrefixStore::new(s3, prefix.trim_matches('/')))
-            };
-            return Ok(Storage {
-                store,
-                description: url.to_string(),
-            });
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return Err(bad(SCHEMES.into()));
+        };
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(bad("no bucket name".into()));
         }
-        Err(bad("expected file://DIR or s3://BUCKET[/PREFIX]".into()))
+        let root = format!("{scheme}://{bucket}");
+        let store: Arc<dyn ObjectStore> = match scheme {
+            "s3" => Arc::new(
+                AmazonS3Builder::from_env()
+                    .with_url(root)
+                    .build()
+                    .map_err(|e| bad(e.to_string()))?,
+            ),
+            "gs" => Arc::new(
+                GoogleCloudStorageBuilder::from_env()
+                    .with_url(root)
+                    .build()
+                    .map_err(|e| bad(e.to_string()))?,
+            ),
+            "az" => Arc::new(
+                MicrosoftAzureBuilder::from_env()
+                    .with_url(root)
+                    .build()
+                    .map_err(|e| bad(e.to_string()))?,
+            ),
+            _ => return Err(bad(SCHEMES.into())),
+        };
+        let store: Arc<dyn ObjectStore> = if prefix.trim_matches('/').is_empty() {
+            store
+        } else {
+            Arc::new(PrefixStore::new(store, prefix.trim_matches('/')))
+        };
+        Ok(Storage {
+            store,
+            description: url.to_string(),
+            attributes: true,
+        })
     }
 
     fn path(key: &str) -> Result<Path, StorageError> {
@@ -95,12 +153,40 @@ impl Storage {
         }
     }
 
+    /// Stores an object; in a bucket, with its [`object_headers`].
     pub async fn put(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
+        let mut opts = PutOptions::default();
+        if self.attributes {
+            let (content_type, cache) = object_headers(key);
+            let mut attributes = Attributes::new();
+            attributes.insert(Attribute::ContentType, content_type.into());
+            attributes.insert(Attribute::CacheControl, cache.into());
+            opts.attributes = attributes;
+        }
         self.store
-            .put(&Self::path(key)?, PutPayload::from(data))
+            .put_opts(&Self::path(key)?, PutPayload::from(data), opts)
             .await
             .map(|_| ())
             .map_err(|e| Self::err(key, e))
+    }
+
+    /// An object's `Content-Type` and `Cache-Control` as its store keeps them (none in a
+    /// local directory).
+    pub async fn headers(
+        &self,
+        key: &str,
+    ) -> Result<(Option<String>, Option<String>), StorageError> {
+        let opts = object_store::GetOptions {
+            head: true,
+            ..Default::default()
+        };
+        let r = self
+            .store
+            .get_opts(&Self::path(key)?, opts)
+            .await
+            .map_err(|e| Self::err(key, e))?;
+        let get = |a: &Attribute| r.attributes.get(a).map(|v| v.to_string());
+        Ok((get(&Attribute::ContentType), get(&Attribute::CacheControl)))
     }
 
     pub async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
@@ -192,6 +278,9 @@ impl Storage {
     }
 }
 
+const SCHEMES: &str = "expected file://DIR, s3://BUCKET[/PREFIX], gs://BUCKET[/PREFIX] or \
+                       az://CONTAINER[/PREFIX]";
+
 /// 128 random bits in hex: the standard library's randomly keyed hasher, twice.
 fn new_store_id() -> String {
     use std::hash::{BuildHasher, Hasher};
@@ -211,6 +300,70 @@ fn new_store_id() -> String {
 impl std::fmt::Display for Storage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.description)
+    }
+}
+
+/// A byte range of an object, as an HTTP `Range: bytes=` header names one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ByteRange {
+    /// `start-`: from `start` to the end.
+    From(u64),
+    /// `start-end`, both included.
+    Within(u64, u64),
+    /// `-n`: the last `n` bytes.
+    Last(u64),
+}
+
+/// What a ranged read found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ranged {
+    /// The bytes from `start` (fewer than asked where the object ends first), of an
+    /// object of `total` bytes.
+    Part { data: Bytes, start: u64, total: u64 },
+    /// The range lies wholly past the end of the object of `total` bytes (or is empty).
+    Unsatisfiable { total: u64 },
+}
+
+impl Storage {
+    /// Reads only `range` of an object: one ranged GET (plus a HEAD when the store refuses
+    /// the range), never the whole object.
+    pub async fn get_range(&self, key: &str, range: ByteRange) -> Result<Ranged, StorageError> {
+        let path = Self::path(key)?;
+        let (wanted, first) = match range {
+            ByteRange::From(s) => (object_store::GetRange::Offset(s), s),
+            ByteRange::Within(s, e) if e >= s => {
+                (object_store::GetRange::Bounded(s..e.saturating_add(1)), s)
+            }
+            ByteRange::Last(n) if n > 0 => (object_store::GetRange::Suffix(n), 0),
+            // An empty range.
+            ByteRange::Within(..) | ByteRange::Last(_) => {
+                let total = self
+                    .size(key)
+                    .await?
+                    .ok_or_else(|| StorageError::NotFound(key.to_string()))?;
+                return Ok(Ranged::Unsatisfiable { total });
+            }
+        };
+        let options = object_store::GetOptions {
+            range: Some(wanted),
+            ..Default::default()
+        };
+        match self.store.get_opts(&path, options).await {
+            Ok(r) => {
+                let (start, total) = (r.range.start, r.meta.size);
+                let data = r.bytes().await.map_err(|e| Self::err(key, e))?;
+                Ok(Ranged::Part { data, start, total })
+            }
+            Err(object_store::Error::NotFound { .. }) => {
+                Err(StorageError::NotFound(key.to_string()))
+            }
+            // Stores word a range past the end differently: tell it by the size.
+            Err(e) => match self.size(key).await? {
+                None => Err(StorageError::NotFound(key.to_string())),
+                Some(total) if first >= total => Ok(Ranged::Unsatisfiable { total }),
+                Some(_) => Err(Self::err(key, e)),
+            },
+        }
     }
 }
 
@@ -249,6 +402,51 @@ mod tests {
         assert_eq!(s.size("streams/ab/keep.ts").await.unwrap(), Some(1));
         assert!(Storage::from_url("ftp://x").is_err());
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn objects_are_served_with_their_type_and_caching() {
+        let immutable = "public, max-age=31536000, immutable";
+        assert_eq!(
+            object_headers("streams/a/P240p30fps16x9/3.1.abc.ts"),
+            ("video/mp2t", immutable)
+        );
+        assert_eq!(
+            object_headers("streams/a/P240p30fps16x9/index.m3u8"),
+            ("application/vnd.apple.mpegurl", "no-cache")
+        );
+        assert_eq!(object_headers("streams/a/index.m3u8").1, "no-cache");
+        // A source segment's key comes back when a failed stream's name is used again.
+        assert_eq!(
+            object_headers("streams/a/source/0.ts"),
+            ("video/mp2t", "no-cache")
+        );
+        assert_eq!(
+            object_headers("streams/a/source/0.mkv"),
+            ("video/x-matroska", "no-cache")
+        );
+        assert_eq!(
+            object_headers(".castwork/store-id"),
+            ("application/octet-stream", "no-cache")
+        );
+    }
+
+    #[test]
+    fn bucket_urls_of_each_cloud_open() {
+        for url in [
+            "s3://bucket",
+            "s3://bucket/some/prefix",
+            "gs://bucket/prefix",
+        ] {
+            let s = Storage::from_url(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(s.to_string(), url);
+        }
+        for bad in ["s3://", "gs:///x", "ftp://x", "bucket"] {
+            assert!(
+                matches!(Storage::from_url(bad), Err(StorageError::BadUrl { .. })),
+                "{bad}"
+            );
+        }
     }
 
     #[tokio::test]

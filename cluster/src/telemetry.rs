@@ -1,17 +1,22 @@
 //! Logging and tracing.
 //!
-//! Logs are structured lines on stderr, filtered by `RUST_LOG`. Traces are OpenTelemetry
-//! spans exported over OTLP/gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
-//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set; `OTEL_SERVICE_NAME` names the process and
-//! `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` choose the sampling. Spans go out in
-//! batches from a background task with a bounded queue: a slow or absent collector drops
-//! spans, it never holds up a segment. Without an endpoint nothing is exported.
+//! Logs are structured lines on stderr, filtered by `RUST_LOG`, as text (coloured only on a
+//! terminal) or JSON (`--log-format json`). Traces are OpenTelemetry spans exported over
+//! OTLP/gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is
+//! set; `OTEL_SERVICE_NAME` names the process and `OTEL_TRACES_SAMPLER` /
+//! `OTEL_TRACES_SAMPLER_ARG` choose the sampling; every span carries the `service.version`
+//! resource attribute. Spans go out in batches from a background task with a bounded
+//! queue: a slow or absent collector drops spans, it never holds up a segment. Without an
+//! endpoint nothing is exported, but spans are still made (ids only, a few microseconds a
+//! segment), so log lines of one segment share its `trace_id` across processes.
 //!
 //! A segment is one trace across processes: the W3C `traceparent` of the span that
 //! publishes a message travels in the message's AMQP headers, and the consumer's span
-//! continues that trace (see [`Span`]).
+//! continues that trace (see [`Span`]). [`Span::in_logs`] is the `tracing` span that puts
+//! the trace id on the log lines written inside it.
 
 use std::collections::HashMap;
+use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
@@ -23,8 +28,13 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::EnvFilter;
 
+use crate::config::{LogFormat, ServiceArgs};
+
+/// This build's version: the workspace's, the same for every binary.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 /// The tracing environment, for every binary's `--help`.
-pub const ENV_HELP: &str = "Tracing (OpenTelemetry, off unless an endpoint is set):
+pub const ENV_HELP: &str = "Tracing (OpenTelemetry, exported only when an endpoint is set):
   OTEL_EXPORTER_OTLP_ENDPOINT  OTLP/gRPC collector, e.g. http://jaeger:4317 (or
                                OTEL_EXPORTER_OTLP_TRACES_ENDPOINT)
   OTEL_SERVICE_NAME            service name on the spans (castwork-<role> by default)
@@ -32,7 +42,8 @@ pub const ENV_HELP: &str = "Tracing (OpenTelemetry, off unless an endpoint is se
                                (parentbased_always_on by default), with
                                OTEL_TRACES_SAMPLER_ARG for the ratios";
 
-/// Whether spans are exported (an OTLP endpoint was configured and the exporter built).
+/// Whether spans are made (telemetry was initialised; they are exported only when an OTLP
+/// endpoint is configured).
 static TRACING: AtomicBool = AtomicBool::new(false);
 static TRACER: std::sync::OnceLock<opentelemetry_sdk::trace::SdkTracer> =
     std::sync::OnceLock::new();
@@ -52,18 +63,51 @@ impl Drop for Telemetry {
 }
 
 /// Installs the log subscriber; an invalid filter falls back to `info` with a warning.
-fn init_logging(filter: &str) {
+fn init_logging(filter: &str, format: LogFormat) {
     let (env, bad) = match EnvFilter::try_new(filter) {
         Ok(f) => (f, None),
         Err(e) => (EnvFilter::new("info"), Some(e)),
     };
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(env)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Text => builder.with_ansi(colours()).try_init(),
+        // The innermost span's fields (a segment's `trace_id`) under "span".
+        LogFormat::Json => builder
+            .with_ansi(false)
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+    };
     if let Some(e) = bad {
         tracing::warn!(filter, error = %e, "invalid log filter, using info");
+    }
+}
+
+/// ANSI colours only for a person at a terminal: never into a file or a pipe, nor with
+/// `NO_COLOR` set.
+fn colours() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// `castwork_build_info{service, version} 1`, as Prometheus' own `*_build_info` gauges.
+fn register_build_info(service: &str) {
+    static BUILD_INFO: std::sync::OnceLock<Option<prometheus::IntGaugeVec>> =
+        std::sync::OnceLock::new();
+    let gauge = BUILD_INFO.get_or_init(|| {
+        prometheus::register_int_gauge_vec!(
+            "castwork_build_info",
+            "Always 1: the version of this process (labels)",
+            &["service", "version"]
+        )
+        .ok()
+    });
+    if let Some(g) = gauge {
+        g.with_label_values(&[service, VERSION]).set(1);
     }
 }
 
@@ -71,43 +115,45 @@ fn configured(var: &str) -> bool {
     std::env::var(var).is_ok_and(|v| !v.trim().is_empty())
 }
 
-/// Installs logging, and span export when an OTLP endpoint is configured. `service` names
-/// the process unless `OTEL_SERVICE_NAME` does. Call it inside the tokio runtime.
-pub fn init(filter: &str, service: &str) -> Telemetry {
-    init_logging(filter);
-    if !configured("OTEL_EXPORTER_OTLP_ENDPOINT")
-        && !configured("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-    {
-        return Telemetry { provider: None };
-    }
-    let exporter = match opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .build()
-    {
-        Ok(e) => e,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot export traces: OTLP exporter not built");
-            return Telemetry { provider: None };
-        }
-    };
-    let mut resource = opentelemetry_sdk::Resource::builder();
+/// Installs logging (`--log`, `--log-format`), the `castwork_build_info` metric, and spans,
+/// exported when an OTLP endpoint is configured. `service` names the process unless
+/// `OTEL_SERVICE_NAME` does. Call it inside the tokio runtime.
+pub fn init(args: &ServiceArgs, service: &str) -> Telemetry {
+    init_logging(&args.log, args.log_format);
+    register_build_info(service);
+    let mut resource = opentelemetry_sdk::Resource::builder()
+        .with_attribute(KeyValue::new("service.version", VERSION));
     if !configured("OTEL_SERVICE_NAME") {
         resource = resource.with_service_name(service.to_string());
     }
-    let provider = SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
-        .with_resource(resource.build())
-        .build();
+    let mut builder = SdkTracerProvider::builder().with_resource(resource.build());
+    let exporting = configured("OTEL_EXPORTER_OTLP_ENDPOINT")
+        || configured("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+    if exporting {
+        match opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build()
+        {
+            Ok(e) => builder = builder.with_batch_exporter(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot export traces: OTLP exporter not built");
+            }
+        }
+    }
+    // Without an exporter the spans only give ids to the logs and the messages.
+    let provider = builder.build();
     let _ = TRACER.set(provider.tracer("castwork"));
     TRACING.store(true, Ordering::Relaxed);
-    tracing::info!(service, "exporting traces over OTLP");
+    if exporting {
+        tracing::info!(service, version = VERSION, "exporting traces over OTLP");
+    }
     Telemetry {
         provider: Some(provider),
     }
 }
 
-/// One span of a segment's trace; it ends when dropped. Without span export it is inert
-/// and costs nothing.
+/// One span of a segment's trace; it ends when dropped. Before [`init`] (in tests) it is
+/// inert and costs nothing.
 pub struct Span(Option<Context>);
 
 fn attributes(attrs: &[(&'static str, String)]) -> Vec<KeyValue> {
@@ -215,6 +261,23 @@ impl Span {
     pub fn set(&self, key: &'static str, value: String) {
         if let Some(cx) = &self.0 {
             cx.span().set_attribute(KeyValue::new(key, value));
+        }
+    }
+
+    /// The trace's id (32 hex digits), when the span is real.
+    pub fn trace_id(&self) -> Option<String> {
+        let cx = self.0.as_ref()?;
+        let sc = cx.span().span_context().clone();
+        sc.is_valid().then(|| sc.trace_id().to_string())
+    }
+
+    /// A `tracing` span named `segment` with this trace's `trace_id`, to run the segment's
+    /// work in (`.instrument(span.in_logs())`): every log line written inside carries the
+    /// id. Disabled when the span is inert.
+    pub fn in_logs(&self) -> tracing::Span {
+        match self.trace_id() {
+            Some(trace_id) => tracing::info_span!("segment", trace_id),
+            None => tracing::Span::none(),
         }
     }
 

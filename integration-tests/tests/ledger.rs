@@ -253,6 +253,8 @@ fn a_cheating_worker_is_caught_banned_and_its_segment_redone_elsewhere() {
         },
     );
     let logs = cluster.logs();
+    // A banned worker's own exit status (README's exit-code table).
+    assert_eq!(status.and_then(|s| s.code()), Some(4), "{logs}");
     assert!(
         logs.contains("quality check failed: luma PSNR") && logs.contains("under 20 dB"),
         "{logs}"
@@ -280,6 +282,8 @@ fn a_cheating_worker_is_caught_banned_and_its_segment_redone_elsewhere() {
         .collect();
     assert_eq!(accepted.len(), 3, "{logs}");
     assert!(accepted.iter().all(|l| l.contains("\"honest\"")), "{logs}");
+    // No black picture of the cheater's is in the output.
+    common::output_check::assert_output_ok(&cluster.storage_dir(), &stream, &input);
 }
 
 #[test]
@@ -314,6 +318,7 @@ fn a_retry_waits_for_another_worker_and_is_never_dead_lettered() {
         "{m}"
     );
     assert_eq!(cluster.status(&stream)["segments"]["done"], 1);
+    common::output_check::assert_output_ok(&cluster.storage_dir(), &stream, &input);
 }
 
 #[test]

@@ -30,6 +30,7 @@ fn status_prints_streams_workers_and_queue_depths() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    common::output_check::assert_output_ok(&cluster.storage_dir(), &stream, &input);
     // Queue depths are read from the broker every 2 s.
     wait_until("queue depths", Duration::from_secs(20), || {
         http_get(&cluster.orchestrator_addr, "/queues").is_some_and(|(code, _)| code == 200)
@@ -221,6 +222,25 @@ mod collector {
     #[derive(Clone, Default)]
     pub struct Collector(pub Arc<Mutex<Vec<(String, Span)>>>);
 
+    /// Every (service.name, service.version) pair the resources of the exports named.
+    pub static VERSIONS: Mutex<std::collections::BTreeSet<(String, String)>> =
+        Mutex::new(std::collections::BTreeSet::new());
+
+    fn resource_attr(
+        resource: Option<&opentelemetry_proto::tonic::resource::v1::Resource>,
+        key: &str,
+    ) -> String {
+        resource
+            .iter()
+            .flat_map(|r| r.attributes.iter())
+            .find(|a| a.key == key)
+            .and_then(|a| match a.value.as_ref()?.value.as_ref()? {
+                Any::StringValue(s) => Some(s.clone()),
+                _ => None,
+            })
+            .unwrap_or_default()
+    }
+
     pub fn attr(span: &Span, key: &str) -> Option<String> {
         span.attributes.iter().find(|a| a.key == key).and_then(|a| {
             match a.value.as_ref()?.value.as_ref()? {
@@ -239,16 +259,9 @@ mod collector {
         ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
             let mut got = self.0.lock().unwrap();
             for rs in request.into_inner().resource_spans {
-                let service = rs
-                    .resource
-                    .iter()
-                    .flat_map(|r| r.attributes.iter())
-                    .find(|a| a.key == "service.name")
-                    .and_then(|a| match a.value.as_ref()?.value.as_ref()? {
-                        Any::StringValue(s) => Some(s.clone()),
-                        _ => None,
-                    })
-                    .unwrap_or_default();
+                let service = resource_attr(rs.resource.as_ref(), "service.name");
+                let version = resource_attr(rs.resource.as_ref(), "service.version");
+                VERSIONS.lock().unwrap().insert((service.clone(), version));
                 for ss in rs.scope_spans {
                     for span in ss.spans {
                         got.push((service.clone(), span));
@@ -357,6 +370,19 @@ fn one_trace_per_segment_across_broadcaster_orchestrator_and_worker() {
     );
     let traces: HashSet<&Vec<u8>> = roots.values().collect();
     assert_eq!(traces.len(), 3, "each segment is its own trace");
+    // Every process names its build on its spans (the `service.version` resource attribute).
+    let versions = collector::VERSIONS.lock().unwrap().clone();
+    let version = env!("CARGO_PKG_VERSION").to_string();
+    for service in [
+        "castwork-broadcaster",
+        "castwork-orchestrator",
+        "castwork-worker",
+    ] {
+        assert!(
+            versions.contains(&(service.to_string(), version.clone())),
+            "{service} without service.version {version}: {versions:?}"
+        );
+    }
     let spans = collector.0.lock().unwrap();
     for (seq, trace) in &roots {
         let mine: Vec<&(String, opentelemetry_proto::tonic::trace::v1::Span)> =

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use castwork_cluster::{http, redis_connect, supervise, Backoff, Broker, Storage};
+use castwork_cluster::{http, redact_url, supervise, Backoff, Broker, Storage};
 use castwork_protocol::{
     decode, IngestMessage, WorkerReport, DEAD_LETTER_QUEUE, INGEST_QUEUE, RESULTS_QUEUE,
 };
@@ -114,20 +114,71 @@ pub async fn run(
         Ok(id) => info!(storage = %storage, store_id = id, "object store"),
         Err(e) => warn!(storage = %storage, error = %e, "object store: cannot read its id yet"),
     }
+    // The HTTP API comes up first, so /livez answers and /readyz says what is awaited.
+    let redis = castwork_cluster::redis_lazy(&cfg.redis_url)
+        .with_context(|| format!("bad --redis-url {}", redact_url(&cfg.redis_url)))?;
+    let state = State::new(redis.clone());
+    let consuming = Arc::new(AtomicBool::new(false));
+    let queues: Queues = Default::default();
+    let payments_slot: Arc<std::sync::OnceLock<Arc<payments::Payments>>> = Default::default();
+    let readiness = api::Readiness::new(&cfg.redis_url, &cfg.amqp_url);
+    let router = api::router(api::ApiState {
+        state: state.clone(),
+        consuming: consuming.clone(),
+        queues: queues.clone(),
+        storage: storage.clone(),
+        price: cfg.price,
+        payments: payments_slot.clone(),
+        on_chain: cfg.chain.is_some(),
+        orchestrator_id: cfg.orchestrator_id.clone(),
+        api_token: cfg.api_token.clone(),
+        readiness: readiness.clone(),
+    });
+    let addr = http::serve(cfg.http_addr, router, shutdown.clone())
+        .await
+        .with_context(|| format!("binding {}", cfg.http_addr))?;
+    let playback = cfg
+        .playback_url
+        .clone()
+        .unwrap_or_else(|| outputs::default_playback_base(addr));
+    info!(
+        %addr,
+        %playback,
+        "serving /livez, /readyz, /healthz, /metrics and /streams"
+    );
+    let cfg = Config {
+        playback_url: Some(playback),
+        ..cfg
+    };
+    if let Some(tx) = bound {
+        let _ = tx.send(addr);
+    }
     let mut backoff = Backoff::default();
-    let redis = loop {
-        match redis_connect(&cfg.redis_url).await {
-            Ok(r) => break r,
-            Err(e) => {
+    loop {
+        match tokio::time::timeout(api::READY_PING, state.ping()).await {
+            Ok(Ok(())) => break,
+            failed => {
+                let error = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no answer within {} ms", api::READY_PING.as_millis()),
+                };
                 let d = backoff.next_delay();
-                warn!(error = %e, retry_in_ms = d.as_millis() as u64, "redis unavailable");
+                warn!(
+                    redis = redact_url(&cfg.redis_url),
+                    error,
+                    retry_in_ms = d.as_millis() as u64,
+                    "waiting for Redis: not consuming until it answers (/readyz answers 503)"
+                );
+                readiness.set_broker_error("not connected: waiting for Redis first");
                 tokio::select! {
                     _ = tokio::time::sleep(d) => {}
                     _ = shutdown.cancelled() => return Ok(()),
                 }
             }
         }
-    };
+    }
+    info!(redis = redact_url(&cfg.redis_url), "redis answers");
+    readiness.set_broker_error("connecting");
     let payments = match &cfg.chain {
         Some(c) => {
             let p =
@@ -142,38 +193,11 @@ pub async fn run(
             let p = Arc::new(p);
             let (redeemer, token) = (p.clone(), shutdown.clone());
             tokio::spawn(async move { redeemer.run_redeemer(token).await });
+            let _ = payments_slot.set(p.clone());
             Some(p)
         }
         None => None,
     };
-    let state = State::new(redis);
-    let consuming = Arc::new(AtomicBool::new(false));
-    let queues: Queues = Default::default();
-    let router = api::router(api::ApiState {
-        state: state.clone(),
-        consuming: consuming.clone(),
-        queues: queues.clone(),
-        storage: storage.clone(),
-        price: cfg.price,
-        payments: payments.clone(),
-        orchestrator_id: cfg.orchestrator_id.clone(),
-        api_token: cfg.api_token.clone(),
-    });
-    let addr = http::serve(cfg.http_addr, router, shutdown.clone())
-        .await
-        .with_context(|| format!("binding {}", cfg.http_addr))?;
-    let playback = cfg
-        .playback_url
-        .clone()
-        .unwrap_or_else(|| outputs::default_playback_base(addr));
-    info!(%addr, %playback, "serving /healthz, /metrics and /streams");
-    let cfg = Config {
-        playback_url: Some(playback),
-        ..cfg
-    };
-    if let Some(tx) = bound {
-        let _ = tx.send(addr);
-    }
     let (retained, retain, token) = (state.clone(), cfg.retain, shutdown.clone());
     tokio::spawn(async move {
         // Often enough that a stream is forgotten within a few percent of its retention.
@@ -204,10 +228,15 @@ pub async fn run(
         let token = shutdown.clone();
         tokio::spawn(async move { pool.run(token).await })
     });
-    supervise("orchestrator", &shutdown, || {
-        session(
+    supervise("orchestrator", &shutdown, || async {
+        let r = session(
             &cfg, &state, &storage, &consuming, &queues, &payments, &shutdown,
         )
+        .await;
+        if let Err(e) = &r {
+            readiness.set_broker_error(&format!("{e:#}"));
+        }
+        r
     })
     .await;
     consuming.store(false, Ordering::Relaxed);

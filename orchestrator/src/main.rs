@@ -63,7 +63,8 @@ struct Cli {
     #[arg(long, env = "DRAIN_SECS", default_value_t = 120)]
     drain_secs: u64,
 
-    /// Segments listed in a live media playlist (its sliding window).
+    /// Segments listed in a live media playlist (its sliding window), at least 3; it grows
+    /// past this when needed to hold three target durations, as RFC 8216 asks.
     #[arg(long, env = "LIVE_WINDOW", default_value_t = 6)]
     live_window: usize,
 
@@ -317,7 +318,7 @@ async fn main() -> anyhow::Result<()> {
         }
         None => {}
     }
-    let _telemetry = telemetry::init(&cli.service.log, "castwork-orchestrator");
+    let _telemetry = telemetry::init(&cli.service, "castwork-orchestrator");
     let mut problems = Vec::new();
     if cli.max_attempts == 0 {
         problems.push("--max-attempts must be at least 1".to_string());
@@ -328,8 +329,14 @@ async fn main() -> anyhow::Result<()> {
     if cli.max_bad_results == 0 {
         problems.push("--max-bad-results must be at least 1".to_string());
     }
-    if cli.live_window == 0 {
-        problems.push("--live-window must be at least 1".to_string());
+    if (cli.live_window as u64) < castwork_orchestrator::live::WINDOW_TARGETS {
+        problems.push(format!(
+            "--live-window {} is too small: a live playlist must hold at least {} segments \
+             (RFC 8216 6.2.2: three target durations, which players hold back from the live \
+             edge)",
+            cli.live_window,
+            castwork_orchestrator::live::WINDOW_TARGETS
+        ));
     }
     if !(1..=1_000_000).contains(&cli.max_seq_ahead) {
         problems.push("--max-seq-ahead must be 1-1000000".to_string());

@@ -48,15 +48,17 @@ pub fn banned_key(id: &str) -> String {
     format!("cw:worker_banned:{id}")
 }
 
-/// Beats until `shutdown`, then removes the key. Redis being away only delays beats.
+/// Beats until `shutdown`, then removes the key. Redis being away only delays beats. A ban
+/// cancels `shutdown` and is returned with its reason.
 pub async fn run(
     redis_url: String,
     mut beat: Beat,
     slots: Slots,
     changed: Arc<Notify>,
     shutdown: CancellationToken,
-) {
+) -> Option<String> {
     let mut con = None;
+    let mut banned = None;
     let key = worker_key(&beat.id);
     loop {
         if con.is_none() {
@@ -90,6 +92,7 @@ pub async fn run(
                          jobs (fix it, then delete the Redis key {} to let it back)",
                         banned_key(&beat.id)
                     );
+                    banned = Some(reason);
                     shutdown.cancel();
                 }
                 Ok((None,)) => {}
@@ -105,6 +108,7 @@ pub async fn run(
     if let Some(c) = con.as_mut() {
         let _ = redis::cmd("DEL").arg(&key).query_async::<()>(c).await;
     }
+    banned
 }
 
 /// A new heartbeat body for this process.

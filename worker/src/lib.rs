@@ -24,11 +24,24 @@ use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicRejectOptions};
 use lapin::types::AMQPValue;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn};
+use tracing::{error, info, warn, Instrument as _};
 
 pub use config::WorkerArgs;
 pub use job::{run_job, JobContext};
 pub use slots::{Priority, Slots};
+
+/// The `worker` process's exit status when the orchestrator banned it for bad output (a
+/// hung transcode exits 3, any other error 1, a second signal 130).
+pub const EXIT_BANNED: u8 = 4;
+
+/// Why a pool stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stopped {
+    /// Shutdown was asked for (a signal, or the process that runs the pool is stopping).
+    Shutdown,
+    /// The orchestrator banned this worker for bad output; the reason it gave.
+    Banned(String),
+}
 
 /// A pool of transcode slots consuming one broker's job queue.
 pub struct WorkerPool {
@@ -45,8 +58,9 @@ pub struct WorkerPool {
 }
 
 impl WorkerPool {
-    /// Consumes until `shutdown`, reconnecting with backoff; then drains in-flight jobs.
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    /// Consumes until `shutdown`, or until the orchestrator bans this worker, reconnecting
+    /// with backoff; then drains in-flight jobs.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<Stopped> {
         // Its own token: a ban stops this pool, not a process it shares (combined mode).
         let shutdown = shutdown.child_token();
         self.args.validate().map_err(anyhow::Error::msg)?;
@@ -114,11 +128,12 @@ impl WorkerPool {
         {
             warn!("drain timeout: unfinished segments go back to the queue");
         }
-        if let Some(b) = beats {
-            let _ = b.await;
-        }
-        info!(worker_id, "worker stopped");
-        Ok(())
+        let banned = match beats {
+            Some(b) => b.await.ok().flatten(),
+            None => None,
+        };
+        info!(worker_id, banned = banned.is_some(), "worker stopped");
+        Ok(banned.map_or(Stopped::Shutdown, Stopped::Banned))
     }
 }
 
@@ -297,6 +312,22 @@ async fn handle_delivery(ctx: Arc<JobContext>, broker: Arc<Broker>, delivery: De
             ("worker", ctx.worker_id.clone()),
         ],
     );
+    // Every log line of the job carries the segment's trace id.
+    let logs = span.in_logs();
+    transcode_and_report(ctx, broker, delivery, job, span, received_ms)
+        .instrument(logs)
+        .await;
+}
+
+/// Runs a job in its trace's span, then publishes its report and acks.
+async fn transcode_and_report(
+    ctx: Arc<JobContext>,
+    broker: Arc<Broker>,
+    delivery: Delivery,
+    job: SegmentJob,
+    span: castwork_cluster::telemetry::Span,
+    received_ms: u64,
+) {
     let started = WorkerReport::SegmentStarted(castwork_protocol::SegmentStarted {
         job_id: job.job_id,
         stream: job.stream.clone(),

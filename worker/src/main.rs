@@ -1,13 +1,14 @@
 //! `worker`: a Castwork transcoder process.
 
 use std::net::SocketAddr;
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::{http::StatusCode, routing::get, Router};
+use axum::{http::StatusCode, response::IntoResponse, routing::get, Json, Router};
 use castwork_cluster::{http, redact_url, shutdown_token, telemetry, ServiceArgs, Storage};
-use castwork_worker::{WorkerArgs, WorkerPool};
+use castwork_worker::{Stopped, WorkerArgs, WorkerPool, EXIT_BANNED};
 use clap::Parser;
 
 /// Castwork worker: consumes segment jobs from RabbitMQ and transcodes each segment into
@@ -33,27 +34,54 @@ struct Cli {
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
     redis_url: String,
 
-    /// Address for /healthz and /metrics (port 0 picks a free port).
+    /// Address for /livez, /readyz, /healthz and /metrics (port 0 picks a free port).
     #[arg(long, env = "WORKER_HTTP_ADDR", default_value = "127.0.0.1:0")]
     http_addr: SocketAddr,
 }
 
+/// `/readyz`: 200 while consuming jobs, else 503 naming what it waits for.
+async fn readyz(consuming: bool) -> axum::response::Response {
+    if consuming {
+        (
+            StatusCode::OK,
+            Json(serde_json::json!({ "ready": true, "broker": true })),
+        )
+            .into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({
+                "ready": false,
+                "broker": false,
+                "waiting_for": ["broker"],
+            })),
+        )
+            .into_response()
+    }
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
-    let _telemetry = telemetry::init(&cli.service.log, "castwork-worker");
+    let _telemetry = telemetry::init(&cli.service, "castwork-worker");
     cli.worker.validate().map_err(anyhow::Error::msg)?;
     let storage = Storage::from_url(&cli.service.storage_url)?;
     tracing::info!(
         amqp = redact_url(&cli.service.amqp_url),
         storage = %storage,
         slots = cli.slots,
+        version = telemetry::VERSION,
         "effective config"
     );
     let shutdown = shutdown_token();
     let consuming = Arc::new(AtomicBool::new(false));
-    let health = consuming.clone();
+    let (health, ready) = (consuming.clone(), consuming.clone());
     let router = Router::new()
+        .route("/livez", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || readyz(ready.load(Ordering::Relaxed))),
+        )
         .route(
             "/healthz",
             get(move || {
@@ -69,8 +97,8 @@ async fn main() -> anyhow::Result<()> {
         )
         .route("/metrics", get(http::metrics_handler));
     let addr = http::serve(cli.http_addr, router, shutdown.clone()).await?;
-    tracing::info!(%addr, "serving /healthz and /metrics");
-    WorkerPool {
+    tracing::info!(%addr, "serving /livez, /readyz, /healthz and /metrics");
+    let stopped = WorkerPool {
         amqp_url: cli.service.amqp_url,
         storage,
         args: cli.worker,
@@ -80,5 +108,9 @@ async fn main() -> anyhow::Result<()> {
         redis_url: Some(cli.redis_url),
     }
     .run(shutdown)
-    .await
+    .await?;
+    Ok(match stopped {
+        Stopped::Shutdown => ExitCode::SUCCESS,
+        Stopped::Banned(_) => ExitCode::from(EXIT_BANNED),
+    })
 }

@@ -19,6 +19,9 @@ use castwork_cluster::{Storage, StorageError};
 use crate::live::Live;
 
 mod push;
+pub mod ready;
+
+pub use ready::AmqpLink;
 
 /// HTTP push settings.
 #[derive(Clone)]
@@ -46,23 +49,28 @@ struct Pushing {
     push: HttpPush,
 }
 
-/// Content type of an object, from its extension.
-pub fn content_type(key: &str) -> &'static str {
-    match key.rsplit('.').next() {
-        Some("m3u8") => "application/vnd.apple.mpegurl",
-        Some("ts") => "video/mp2t",
-        Some("mkv") => "video/x-matroska",
-        _ => "application/octet-stream",
-    }
+/// `/livez`, `/readyz` (the AMQP link when live ingest is on: `link`) and `/healthz`
+/// (alive, kept for probes set up before).
+fn health_routes<S: Clone + Send + Sync + 'static>(
+    router: Router<S>,
+    link: Option<Arc<AmqpLink>>,
+) -> Router<S> {
+    router
+        .route("/livez", get(ready::livez))
+        .route("/readyz", get(move || ready::readyz(link.clone())))
+        .route("/healthz", get(|| async { "ok" }))
 }
 
 /// Playback (`GET /streams/...`, public unless `playback_token` is given) plus health
 /// and metrics.
-pub fn playback_router(storage: Storage, playback_token: Option<String>) -> Router {
+pub fn playback_router(
+    storage: Storage,
+    playback_token: Option<String>,
+    link: Option<Arc<AmqpLink>>,
+) -> Router {
     crate::metrics::register();
-    Router::new()
+    health_routes(Router::new(), link)
         .route("/streams/{*path}", get(get_object).options(preflight))
-        .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(castwork_cluster::http::metrics_handler))
         .with_state(Served {
             storage,
@@ -84,9 +92,9 @@ fn push_route(storage: Storage, push: HttpPush) -> Router {
 }
 
 /// HTTP push plus health, for a listener of its own.
-pub fn push_router(storage: Storage, push: HttpPush) -> Router {
+pub fn push_router(storage: Storage, push: HttpPush, link: Option<Arc<AmqpLink>>) -> Router {
     crate::metrics::register();
-    json_errors(push_route(storage, push).route("/healthz", get(|| async { "ok" })))
+    json_errors(health_routes(push_route(storage, push), link))
 }
 
 /// What a push to an address without HTTP push is told.
@@ -94,8 +102,13 @@ pub const LIVE_INPUT_OFF: &str = "live input is off on this address: `broadcaste
      runs with --no-live, or takes HTTP push on its --push-addr";
 
 /// Playback routes, plus the HTTP push route when `push` is given, on one listener.
-pub fn router(storage: Storage, push: Option<HttpPush>, playback_token: Option<String>) -> Router {
-    let playback = playback_router(storage.clone(), playback_token);
+pub fn router(
+    storage: Storage,
+    push: Option<HttpPush>,
+    playback_token: Option<String>,
+    link: Option<Arc<AmqpLink>>,
+) -> Router {
+    let playback = playback_router(storage.clone(), playback_token, link);
     json_errors(match push {
         Some(p) => playback.merge(push_route(storage, p)),
         None => {
@@ -145,6 +158,11 @@ fn cors(mut r: Response) -> Response {
         header::ACCESS_CONTROL_ALLOW_HEADERS,
         HeaderValue::from_static("Range, Content-Type, Authorization"),
     );
+    // A player on another origin reads partial answers' sizes.
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("Content-Range, Content-Length, Accept-Ranges"),
+    );
     r
 }
 
@@ -181,29 +199,26 @@ async fn get_object(
             "not found: playback serves playlists (.m3u8) and renditions (.ts) only",
         ));
     }
-    let r = match storage.get(&key).await {
-        Ok(data) => {
-            let cache = if key.ends_with(".m3u8") {
-                "no-cache"
-            } else {
-                "public, max-age=31536000, immutable"
-            };
-            let body = if method == Method::HEAD {
-                Default::default()
-            } else {
+    // As a bucket serves it: playlists change, renditions never do.
+    let (content_type, cache) = castwork_cluster::storage::object_headers(&key);
+    // The whole object, or the one byte range a `Range` header asks for.
+    let r = match castwork_cluster::ranges::read(&storage, &key, &headers).await {
+        Ok(object) => {
+            if method != Method::HEAD {
                 crate::metrics::BYTES
                     .with_label_values(&["out"])
-                    .inc_by(data.len() as u64);
-                data
-            };
-            (
-                [
-                    (header::CONTENT_TYPE, content_type(&key)),
-                    (header::CACHE_CONTROL, cache),
-                ],
-                body,
-            )
-                .into_response()
+                    .inc_by(object.body_len());
+            }
+            let r = object.into_response(&[
+                (header::CONTENT_TYPE, content_type),
+                (header::CACHE_CONTROL, cache),
+            ]);
+            if method == Method::HEAD {
+                let (parts, _) = r.into_parts();
+                Response::from_parts(parts, Default::default())
+            } else {
+                r
+            }
         }
         Err(StorageError::NotFound(_)) => {
             error(StatusCode::NOT_FOUND, format!("not found: /{key}"))
@@ -223,19 +238,4 @@ async fn get_object(
         }
     }
     r
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn content_types() {
-        assert_eq!(
-            content_type("a/index.m3u8"),
-            "application/vnd.apple.mpegurl"
-        );
-        assert_eq!(content_type("a/r/0.1.ts"), "video/mp2t");
-        assert_eq!(content_type("x"), "application/octet-stream");
-    }
 }

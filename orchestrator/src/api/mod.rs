@@ -2,9 +2,12 @@
 //! requests that change state need the API token. Every error is answered in JSON,
 //! `{"error": "..."}`.
 
+mod health;
 mod streams;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+pub use health::{Readiness, READY_PING};
+
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
 
 use axum::{
@@ -33,13 +36,18 @@ pub struct ApiState {
     pub storage: Storage,
     /// What this orchestrator charges, advertised at `/price`.
     pub price: castwork_protocol::Price,
-    /// On-chain mode: ticket parameters and the active set, advertised at `/price` too.
-    pub payments: Option<Arc<crate::payments::Payments>>,
+    /// On-chain mode: ticket parameters and the active set, advertised at `/price` too
+    /// (set once Redis answers and the chain client has started).
+    pub payments: Arc<std::sync::OnceLock<Arc<crate::payments::Payments>>>,
+    /// Whether this orchestrator is paid on-chain (then `/price` waits for `payments`).
+    pub on_chain: bool,
     /// Off-chain: this orchestrator's name (its stake's name in the ledger).
     pub orchestrator_id: String,
     /// What requests that change state must carry (`Authorization: Bearer TOKEN`); none:
     /// such requests are refused.
     pub api_token: Option<String>,
+    /// What `/readyz` names when a service is not reachable.
+    pub readiness: Readiness,
 }
 
 /// The refusal of a request that changes state and does not carry the API token; `None`
@@ -100,16 +108,23 @@ const STATUS_DEAD_LETTERS: usize = 20;
 
 /// `GET /price`: the price, and on-chain the ticket parameters to sign under.
 async fn price(api: ApiState) -> Response {
+    let payments = api.payments.get();
+    if api.on_chain && payments.is_none() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "starting: the ticket parameters come once Redis answers (see /readyz)",
+        );
+    }
     let mut offer = castwork_protocol::payment::PriceOffer {
         price: api.price,
-        orchestrator: Some(match &api.payments {
+        orchestrator: Some(match payments {
             Some(p) => p.recipient().to_string(),
             None => api.orchestrator_id.clone(),
         }),
         ticket_params: None,
         active: None,
     };
-    if let Some(p) = &api.payments {
+    if let Some(p) = payments {
         offer.ticket_params = Some(p.params());
         match p.check_active().await {
             Ok(a) => offer.active = Some(a.is_ok()),
@@ -126,7 +141,9 @@ async fn price(api: ApiState) -> Response {
 
 pub fn router(api: ApiState) -> Router {
     let routes = Router::new()
-        .route("/healthz", get(healthz))
+        .route("/livez", get(health::livez))
+        .route("/readyz", get(health::readyz))
+        .route("/healthz", get(health::healthz))
         .route("/metrics", get(metrics_handler))
         .route("/streams", get(streams::list_streams))
         .route("/workers", get(list_workers))
@@ -150,17 +167,6 @@ pub fn router(api: ApiState) -> Router {
         )
         .with_state(api);
     json_errors(routes)
-}
-
-async fn healthz(AxumState(api): AxumState<ApiState>) -> Response {
-    let redis = api.state.ping().await.is_ok();
-    let broker = api.consuming.load(Ordering::Relaxed);
-    let code = if redis && broker {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (code, Json(json!({ "redis": redis, "broker": broker }))).into_response()
 }
 
 fn unavailable(e: redis::RedisError) -> Response {
@@ -193,19 +199,20 @@ async fn hls_js() -> Response {
         .into_response()
 }
 
-/// A playlist or rendition from the object store, for the player page. Only stream
-/// outputs are served: no source segments, nothing outside `streams/`.
-async fn hls_object(AxumState(api): AxumState<ApiState>, Path(key): Path<String>) -> Response {
-    let content_type = if key.ends_with(".m3u8") {
-        "application/vnd.apple.mpegurl"
-    } else if key.ends_with(".ts") {
-        "video/mp2t"
-    } else {
+/// A playlist or rendition from the object store, for the player page, or the one byte
+/// range a `Range` header asks for (206, or 416 past the end). Only stream outputs are
+/// served: no source segments, nothing outside `streams/`.
+async fn hls_object(
+    AxumState(api): AxumState<ApiState>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if !(key.ends_with(".m3u8") || key.ends_with(".ts")) {
         return error(
             StatusCode::NOT_FOUND,
             "only playlists (.m3u8) and segments (.ts) are served",
         );
-    };
+    }
     let allowed = key.starts_with("streams/")
         && !key.contains("/source/")
         && key
@@ -214,23 +221,13 @@ async fn hls_object(AxumState(api): AxumState<ApiState>, Path(key): Path<String>
     if !allowed {
         return error(StatusCode::NOT_FOUND, "not a stream output");
     }
-    match api.storage.get(&key).await {
-        Ok(bytes) => (
-            [
-                (header::CONTENT_TYPE, content_type),
-                // Live playlists change every segment; renditions never change.
-                (
-                    header::CACHE_CONTROL,
-                    if content_type == "video/mp2t" {
-                        "max-age=86400"
-                    } else {
-                        "no-cache"
-                    },
-                ),
-            ],
-            bytes,
-        )
-            .into_response(),
+    // As a bucket serves it: playlists change, renditions never do.
+    let (content_type, cache) = castwork_cluster::storage::object_headers(&key);
+    match castwork_cluster::ranges::read(&api.storage, &key, &headers).await {
+        Ok(object) => object.into_response(&[
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, cache),
+        ]),
         Err(StorageError::NotFound(_)) => error(StatusCode::NOT_FOUND, "no such object"),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }

@@ -106,14 +106,21 @@ pub(super) async fn stream_status(
     } else {
         serde_json::Value::Null
     };
+    let rungs: Vec<&str> = rec.plan.rungs.iter().map(|r| r.name.as_str()).collect();
+    let done = match api.state.rendition_done(&name, &rungs).await {
+        // A stream recorded before per-rendition counts: every rung has the stream's.
+        Ok(d) => d.unwrap_or_else(|| vec![rec.done; rungs.len()]),
+        Err(e) => return unavailable(e),
+    };
     let renditions: Vec<_> = rec
         .plan
         .rungs
         .iter()
-        .map(|r| {
+        .zip(done)
+        .map(|(r, done)| {
             json!({
                 "name": r.name, "width": r.width, "height": r.height, "bitrate": r.bitrate,
-                "max_fps": r.max_fps.as_f64(), "segments_done": rec.done,
+                "max_fps": r.max_fps.as_f64(), "segments_done": done,
                 "segments_failed": rec.failed,
             })
         })

@@ -10,7 +10,7 @@ use castwork_protocol::{
     JOBS_EXCHANGE,
 };
 use lapin::types::FieldTable;
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument as _};
 use uuid::Uuid;
 
 use crate::metrics;
@@ -61,7 +61,8 @@ impl Orchestrator {
             IngestMessage::StreamStarted(s) => self.stream_started(s).await,
             IngestMessage::SegmentReady(s) => {
                 let span = Span::continued("admit segment", headers, &seg_attrs(&s.stream, s.seq));
-                let r = self.segment_ready(s, &span).await;
+                let logs = span.in_logs();
+                let r = self.segment_ready(s, &span).instrument(logs).await;
                 if let Err(e) = &r {
                     span.fail(format!("{e:?}"));
                 }

@@ -6,7 +6,7 @@ use castwork_cluster::telemetry::Span;
 use castwork_protocol::price::rendition_pixels;
 use castwork_protocol::{Disposition, SegmentFailed, SegmentResult, StreamEvent, WorkerReport};
 use lapin::types::FieldTable;
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument as _};
 
 use crate::metrics;
 use crate::service::{
@@ -50,12 +50,14 @@ impl Orchestrator {
             }
             WorkerReport::SegmentResult(r) => {
                 let span = Span::continued("handle result", headers, &seg_attrs(&r.stream, r.seq));
-                self.segment_result(r, &span).await
+                let logs = span.in_logs();
+                self.segment_result(r, &span).instrument(logs).await
             }
             WorkerReport::SegmentFailed(f) => {
                 let span = Span::continued("handle failure", headers, &seg_attrs(&f.stream, f.seq));
                 span.fail(f.message.clone());
-                self.segment_failed_in(f, &span).await
+                let logs = span.in_logs();
+                self.segment_failed_in(f, &span).instrument(logs).await
             }
         }
     }

@@ -167,6 +167,25 @@ impl State {
         })
     }
 
+    /// Segments accepted for each of `rungs` (in that order), counted as results are
+    /// accepted; `None` for a stream recorded before these counts were kept.
+    pub async fn rendition_done(
+        &self,
+        stream: &str,
+        rungs: &[&str],
+    ) -> redis::RedisResult<Option<Vec<u64>>> {
+        if rungs.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        let fields: Vec<String> = rungs.iter().map(|r| format!("done:{r}")).collect();
+        let counts: Vec<Option<u64>> = redis::cmd("HMGET")
+            .arg(stream_key(stream))
+            .arg(&fields)
+            .query_async(&mut self.redis.clone())
+            .await?;
+        Ok(per_rendition(&counts))
+    }
+
     /// Up to `limit` streams that ended before `before_unix_ms`, oldest first.
     pub async fn ended_before(
         &self,
@@ -182,5 +201,29 @@ impl State {
             .arg(limit)
             .query_async(&mut self.redis.clone())
             .await
+    }
+}
+
+/// Counts of `done:RUNG` fields: a missing one is 0, unless all are missing (a stream from
+/// before these counts were kept: `None`).
+fn per_rendition(counts: &[Option<u64>]) -> Option<Vec<u64>> {
+    if counts.iter().all(Option::is_none) {
+        return None;
+    }
+    Some(counts.iter().map(|c| c.unwrap_or(0)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::per_rendition;
+
+    #[test]
+    fn each_rendition_has_its_own_count_and_old_streams_have_none() {
+        assert_eq!(
+            per_rendition(&[Some(3), None, Some(1)]),
+            Some(vec![3, 0, 1])
+        );
+        assert_eq!(per_rendition(&[None, None]), None);
+        assert_eq!(per_rendition(&[]), None);
     }
 }

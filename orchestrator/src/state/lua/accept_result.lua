@@ -12,6 +12,10 @@ redis.call('LPUSH', KEYS[3], cjson.encode({unix_ms = tonumber(ARGV[4]), stream =
   transcode_ms = tonumber(ARGV[3])}))
 redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[8]) - 1)
 redis.call('HINCRBY', KEYS[2], 'done', 1)
+-- Per rendition too ('done:RUNG'), for each rung's own progress.
+for _, r in ipairs(cjson.decode(ARGV[1])) do
+  redis.call('HINCRBY', KEYS[2], 'done:' .. r.rung, 1)
+end
 redis.call('HINCRBY', KEYS[2], 'resolved', 1)
 release(KEYS[1], KEYS[2])
 redis.call('HINCRBY', KEYS[2], 'pixels', ARGV[9])
