@@ -212,7 +212,10 @@ struct Cutter<'a, F> {
     current: Option<OpenSegment>,
     pending: Option<PendingCut>,
     next_seq: u64,
+    /// End of the latest video frame written (shifted), the end of the last segment.
     end_us: i64,
+    /// End of the latest audio packet written (shifted): see [`last_segment_end`].
+    audio_end_us: i64,
     dropped: u64,
     refused: u64,
     on_segment: F,
@@ -374,6 +377,10 @@ where
         }
         let offset = self.offset_us;
         if let Some(seg) = self.current.as_mut() {
+            if let Some(pts) = pkt.pts() {
+                let end = ts_to_us(pts.saturating_add(pkt.duration().max(0)), tb) + offset;
+                self.audio_end_us = self.audio_end_us.max(end);
+            }
             seg.audio_packets += 1;
             write_packet(seg, pkt, tb, offset, 1)?;
         }
@@ -406,15 +413,34 @@ where
         Some(f) => crate::inspect::open_restricted(input, f)?,
         None => open_source(input)?,
     };
-    segment_input(ictx, input, probed, opts, on_segment)
+    segment_input(ictx, input, probed, opts, true, on_segment)
 }
 
-/// [`segment_file`] on an input already opened (and probed into `probed`).
+/// Where the last segment of a whole file ends: where its video ends, or where its audio
+/// ends when that is more than one frame (`frame_us`) and the rounding margin
+/// ([`crate::transcode::HOLD_MARGIN_US`]) later. Audio that outlasts the video is kept and
+/// counted in the segment's duration (the worker holds the last picture to its end, see
+/// [`crate::transcode::held_pictures`]); a few milliseconds of trailing audio (an AAC
+/// frame's padding, interleaving) do not lengthen it.
+pub fn last_segment_end(video_end_us: i64, audio_end_us: i64, frame_us: i64) -> i64 {
+    let margin = crate::transcode::HOLD_MARGIN_US;
+    if audio_end_us > video_end_us.saturating_add(frame_us + margin) {
+        audio_end_us
+    } else {
+        video_end_us
+    }
+}
+
+/// [`segment_file`] on an input already opened (and probed into `probed`). `whole_file`:
+/// the input is a whole source, whose last segment keeps audio that outlasts the video
+/// ([`last_segment_end`]); a piece of a live stream ends with its video, as the next piece
+/// starts there.
 fn segment_input<F>(
     mut ictx: format::context::Input,
     input: &Path,
     probed: &ProbedInput,
     opts: &SegmentOptions,
+    whole_file: bool,
     on_segment: F,
 ) -> Result<SegmentSummary, MediaError>
 where
@@ -460,6 +486,7 @@ where
         pending: None,
         next_seq: 0,
         end_us: i64::MIN,
+        audio_end_us: i64::MIN,
         dropped: 0,
         refused: 0,
         on_segment,
@@ -522,7 +549,11 @@ where
             cut.audio(p, tb)?;
         }
     }
-    let end_us = cut.end_us;
+    let end_us = if whole_file {
+        last_segment_end(cut.end_us, cut.audio_end_us, cut.frame_us)
+    } else {
+        cut.end_us
+    };
     cut.planner.finish(end_us - cut.offset_us);
     cut.finish(end_us)?;
     Ok(SegmentSummary {
@@ -592,7 +623,7 @@ pub fn remux_piece(
         formats: Some(formats),
     };
     let mut out = None;
-    let summary = segment_input(ictx, input, &probed, &opts, |seg| {
+    let summary = segment_input(ictx, input, &probed, &opts, false, |seg| {
         out = Some(seg);
         Ok(())
     })?;

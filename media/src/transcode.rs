@@ -10,7 +10,7 @@ use ffmpeg_next::{
 use crate::clean_start::strict_decoder;
 use crate::inspect::open_restricted;
 use crate::video_graph::LadderGraph;
-use crate::{bad, ffi, internal, ts_to_us, MediaError, SEGMENT_FORMATS};
+use crate::{bad, ffi, internal, ts_to_us, us_to_ts, MediaError, SEGMENT_FORMATS};
 
 /// Encoder settings and input bounds of a worker.
 #[derive(Debug, Clone)]
@@ -239,28 +239,59 @@ struct Ladder {
 }
 
 impl Ladder {
+    /// Feeds a decoded frame; `None` flushes.
     fn feed(&mut self, decoded: Option<&mut frame::Video>) -> Result<(), MediaError> {
-        if let Some(f) = decoded {
-            let ts = f.timestamp().or(f.pts());
-            let Some(ts) = ts else { return Ok(()) };
-            f.set_pts(Some(ts));
-            f.set_kind(picture::Type::None);
-            let pts_us = ts_to_us(ts, self.video_tb);
-            self.anchor_us.get_or_insert(pts_us);
-            self.end_us = self.end_us.max(pts_us.saturating_add(self.frame_us));
-            if self.graph.is_none() {
-                let sizes: Vec<_> = self
-                    .outputs
-                    .iter()
-                    .map(|o| (o.rung.width, o.rung.height))
-                    .collect();
-                self.graph = Some(LadderGraph::new(f, self.video_tb, self.rotation, &sizes)?);
+        match decoded {
+            Some(f) => match f.timestamp().or(f.pts()) {
+                Some(ts) => self.push(f, ts),
+                None => Ok(()),
+            },
+            None => {
+                if let Some(g) = self.graph.as_mut() {
+                    g.push(None)?;
+                }
+                self.drain()
             }
-            if let Some(g) = self.graph.as_mut() {
-                g.push(Some(f))?;
-            }
-        } else if let Some(g) = self.graph.as_mut() {
-            g.push(None)?;
+        }
+    }
+
+    /// Feeds the picture in `pending` and makes the one just decoded pending in its place
+    /// (swapping buffers, not copying pictures).
+    fn feed_late(
+        &mut self,
+        decoded: &mut frame::Video,
+        pending: &mut Option<frame::Video>,
+    ) -> Result<(), MediaError> {
+        let latest = std::mem::replace(decoded, frame::Video::empty());
+        if let Some(mut previous) = pending.replace(latest) {
+            self.feed(Some(&mut previous))?;
+            *decoded = previous;
+        }
+        Ok(())
+    }
+
+    /// Feeds a copy of the last picture, shown at `pts_us`: a held picture.
+    fn hold(&mut self, f: &mut frame::Video, pts_us: i64) -> Result<(), MediaError> {
+        self.push(f, us_to_ts(pts_us, self.video_tb))
+    }
+
+    /// Sends a frame shown at `ts` (in the segment's video time base) through the graph.
+    fn push(&mut self, f: &mut frame::Video, ts: i64) -> Result<(), MediaError> {
+        f.set_pts(Some(ts));
+        f.set_kind(picture::Type::None);
+        let pts_us = ts_to_us(ts, self.video_tb);
+        self.anchor_us.get_or_insert(pts_us);
+        self.end_us = self.end_us.max(pts_us.saturating_add(self.frame_us));
+        if self.graph.is_none() {
+            let sizes: Vec<_> = self
+                .outputs
+                .iter()
+                .map(|o| (o.rung.width, o.rung.height))
+                .collect();
+            self.graph = Some(LadderGraph::new(f, self.video_tb, self.rotation, &sizes)?);
+        }
+        if let Some(g) = self.graph.as_mut() {
+            g.push(Some(f))?;
         }
         self.drain()
     }
@@ -306,14 +337,53 @@ fn blacken(f: &mut frame::Video) {
     }
 }
 
-/// Transcodes the segment at `src` into every rung, writing `<rung>.ts` files in `out_dir`.
+/// Timestamps round on their way through containers: what [`held_pictures`] allows for.
+pub const HOLD_MARGIN_US: i64 = 1_000;
+
+/// How many times the last picture (shown at `last_pts_us`, in a source whose frames are
+/// `frame_us` apart) is repeated so that the video runs on to `end_us`: one picture every
+/// `frame_us` from the video's end (`last_pts_us + frame_us`), each shown before `end_us`.
 ///
-/// The segment is opened with only the demuxers the broadcaster writes and local file access;
-/// sizes and durations are bounded. Errors in the input are [`MediaError::BadInput`].
+/// The rule: pictures are held only when `end_us` lies more than one frame (and
+/// [`HOLD_MARGIN_US`]) past the video's end, so an ordinary segment whose audio ends a few
+/// milliseconds after its last picture gets none, nor does one whose variable-rate last
+/// picture lasts two nominal frames. Under a rung's frame-rate cap the rung keeps one held
+/// picture per interval of its own, as it does with source pictures.
+pub fn held_pictures(last_pts_us: i64, frame_us: i64, end_us: i64) -> u64 {
+    let video_end = last_pts_us.saturating_add(frame_us);
+    if frame_us <= 0 || end_us <= video_end.saturating_add(frame_us + HOLD_MARGIN_US) {
+        return 0;
+    }
+    u64::try_from((end_us - video_end + frame_us - 1) / frame_us).unwrap_or(0)
+}
+
+/// Transcodes the segment at `src` into every rung, writing `<rung>.ts` files in `out_dir`,
+/// holding no picture: [`transcode_segment_until`] without an end.
 pub fn transcode_segment(
     src: &Path,
     rungs: &[Rung],
     meta: &SourceMetadata,
+    out_dir: &Path,
+    opts: &TranscodeOptions,
+) -> Result<Vec<RenditionFile>, MediaError> {
+    transcode_segment_until(src, rungs, meta, None, out_dir, opts)
+}
+
+/// Transcodes the segment at `src` into every rung, writing `<rung>.ts` files in `out_dir`.
+///
+/// `end_us` is where the source segment ends (its start plus its duration, as the job
+/// gives them). Where the segment's audio runs on past its last picture, the last picture
+/// is held (repeated at the source's frame rate, see [`held_pictures`]) up to the earlier
+/// of `end_us` and the audio's end, so the video and the audio end together and nothing of
+/// the source is lost.
+///
+/// The segment is opened with only the demuxers the broadcaster writes and local file access;
+/// sizes and durations are bounded. Errors in the input are [`MediaError::BadInput`].
+pub fn transcode_segment_until(
+    src: &Path,
+    rungs: &[Rung],
+    meta: &SourceMetadata,
+    end_us: Option<i64>,
     out_dir: &Path,
     opts: &TranscodeOptions,
 ) -> Result<Vec<RenditionFile>, MediaError> {
@@ -385,6 +455,10 @@ pub fn transcode_segment(
         black: opts.test_only_black,
     };
     let mut decoded = frame::Video::empty();
+    // Pictures go to the ladder one picture late, so the last one is still at hand to be
+    // held (the filter graph takes the data of each frame it is given).
+    let mut pending = None;
+    let mut audio_end_us = i64::MIN;
     let mut packet = Packet::empty();
     let (mut packets, mut pictures) = (0, 0);
     while crate::read_packet(&mut ictx, &mut packet, "reading the segment")? {
@@ -394,7 +468,7 @@ pub fn transcode_segment(
             while errors.receive(&mut decoder, &mut decoded, &mut pictures) {
                 // After the first error the job fails: decode on only to count the errors.
                 if !errors.any() {
-                    ladder.feed(Some(&mut decoded))?;
+                    ladder.feed_late(&mut decoded, &mut pending)?;
                 }
             }
             if let (Some(a), true) = (ladder.anchor_us, ladder.end_us > i64::MIN) {
@@ -407,6 +481,10 @@ pub fn transcode_segment(
             }
         } else if let Some((ai, atb, _)) = &audio {
             if packet.stream() == *ai {
+                if let Some(pts) = packet.pts() {
+                    let end = ts_to_us(pts.saturating_add(packet.duration().max(0)), *atb);
+                    audio_end_us = audio_end_us.max(end);
+                }
                 for out in &mut ladder.outputs {
                     out.write_audio(&packet, *atb)?;
                 }
@@ -416,7 +494,7 @@ pub fn transcode_segment(
     errors.sent(decoder.send_eof(), packets);
     while errors.receive(&mut decoder, &mut decoded, &mut pictures) {
         if !errors.any() {
-            ladder.feed(Some(&mut decoded))?;
+            ladder.feed_late(&mut decoded, &mut pending)?;
         }
     }
     if let (n @ 1.., first) = errors.total() {
@@ -424,6 +502,31 @@ pub fn transcode_segment(
             errors: n,
             first: first.unwrap_or_default(),
         });
+    }
+    if let Some(mut last) = pending.take() {
+        // Audio that outlasts the pictures (up to the segment's end) gets the last picture.
+        let last_us = last
+            .timestamp()
+            .or(last.pts())
+            .map(|t| ts_to_us(t, video_tb));
+        let (hold_to, frame_us) = (
+            end_us.unwrap_or(i64::MIN).min(audio_end_us),
+            ladder.frame_us,
+        );
+        let held = last_us.map_or(0, |l| held_pictures(l, frame_us, hold_to));
+        let copy = (held > 0).then(|| last.clone());
+        ladder.feed(Some(&mut last))?;
+        if let (Some(copy), Some(last_us), Some(anchor)) = (copy, last_us, ladder.anchor_us) {
+            if hold_to.saturating_sub(anchor) > opts.max_duration_us {
+                return Err(MediaError::BadInput(format!(
+                    "the segment is longer than {} s",
+                    opts.max_duration_us / 1_000_000
+                )));
+            }
+            for k in 1..=held as i64 {
+                ladder.hold(&mut copy.clone(), last_us + k * frame_us)?;
+            }
+        }
     }
     ladder.feed(None)?;
     let Some(anchor) = ladder.anchor_us else {

@@ -1,10 +1,12 @@
 //! Checking a worker's result before it is accepted: the objects exist with the reported
 //! size and hash, and each rendition has the rung's size, starts with a keyframe at the
-//! source segment's time, has no more frames than the source, covers the whole segment, and
+//! source segment's time, has no more frames than the source (and the last picture held up
+//! to the segment's end, where its audio outlasts its video), covers the whole segment, and
 //! carries audio exactly when the source does.
 
 use castwork_cluster::Storage;
-use castwork_protocol::{rendition_key, LadderPlan, SegmentResult, SourceMetadata};
+use castwork_media::MediaInfo;
+use castwork_protocol::{rendition_key, LadderPlan, Rung, SegmentResult, SourceMetadata};
 use sha2::{Digest, Sha256};
 
 use crate::state::{AcceptedRendition, SegmentRecord};
@@ -157,12 +159,47 @@ async fn check_rendition(
         // A panic while reading the rendition is the rendition's fault.
         .map_err(|e| CheckError::Bad(format!("{key}: inspecting it failed: {e}")))?
         .map_err(|e| CheckError::Bad(format!("{key}: {e}")))?;
+    let problems = rendition_problems(seg, rung, &info, frame_us);
+    if !problems.is_empty() {
+        return bad(format!("{key}: {}", problems.join(", ")));
+    }
+    Ok(AcceptedRendition {
+        rung: out.rung.clone(),
+        key,
+        size: out.object.size,
+        width: info.width,
+        height: info.height,
+        frames: info.frames,
+        codecs: info.codecs(),
+    })
+}
+
+/// Everything wrong with a rendition (`info`, read from it) of `seg` on `rung`, in a source
+/// whose frames are `frame_us` apart; empty when it passes.
+///
+/// Pictures past the source's last are accepted only as the last picture held to the
+/// segment's end, the way the worker holds it where the audio outlasts the video
+/// ([`castwork_media::transcode::held_pictures`]): at most that many more frames than the
+/// source, the last one shown before the segment's end.
+fn rendition_problems(
+    seg: &SegmentRecord,
+    rung: &Rung,
+    info: &MediaInfo,
+    frame_us: i64,
+) -> Vec<String> {
     // Frames are dropped only under a frame-rate cap: without one the rendition ends on
     // the source's last frame, with one within a frame interval of the cap before it.
     let (slack_us, min_frames) = match rung.drop_to_fps.map(|r| r.as_f64()) {
         Some(f) if f > 0.0 => ((1e6 / f) as u64 + 1_000, 1),
         _ => (1_000, (seg.frames * 9).div_ceil(10).max(1)),
     };
+    // Timestamps round on the way through the transport stream: 1 ms either way.
+    let seg_end = seg.start_us.saturating_add(seg.duration_us);
+    let held = castwork_media::transcode::held_pictures(seg.last_pts_us, frame_us, seg_end + 1_000);
+    let held_i64 = i64::try_from(held).unwrap_or(i64::MAX);
+    let last_allowed = seg
+        .last_pts_us
+        .saturating_add(held_i64.saturating_mul(frame_us));
     let end_gap = seg.last_pts_us.saturating_sub(info.last_pts_us);
     let problems = [
         ((info.width, info.height) != (rung.width, rung.height)).then(|| {
@@ -180,18 +217,34 @@ async fn check_rendition(
                 info.start_us, seg.start_us
             )
         }),
-        (info.frames > seg.frames || info.frames < min_frames).then(|| {
+        (info.frames > seg.frames.saturating_add(held) || info.frames < min_frames).then(|| {
             format!(
-                "{} frames from a {}-frame source segment",
-                info.frames, seg.frames
+                "{} frames from a {}-frame source segment{}",
+                info.frames,
+                seg.frames,
+                if held > 0 {
+                    format!(" with {held} held to its end")
+                } else {
+                    String::new()
+                }
             )
         }),
-        (end_gap < -1_000 || end_gap.unsigned_abs() > slack_us).then(|| {
-            format!(
-                "last frame at {} us, the source's at {} us",
-                info.last_pts_us, seg.last_pts_us
-            )
-        }),
+        (info.last_pts_us > last_allowed.saturating_add(1_000) || end_gap > slack_us as i64).then(
+            || {
+                format!(
+                    "last frame at {} us, the source's at {} us{}",
+                    info.last_pts_us,
+                    seg.last_pts_us,
+                    if held > 0 {
+                        format!(
+                            " held to at most {last_allowed} us (the segment ends at {seg_end} us)"
+                        )
+                    } else {
+                        String::new()
+                    }
+                )
+            },
+        ),
         (seg.has_audio != info.audio_codec.is_some()).then(|| {
             format!(
                 "audio {:?} but the source segment has audio: {}",
@@ -199,17 +252,126 @@ async fn check_rendition(
             )
         }),
     ];
-    let problems: Vec<String> = problems.into_iter().flatten().collect();
-    if !problems.is_empty() {
-        return bad(format!("{key}: {}", problems.join(", ")));
+    problems.into_iter().flatten().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use castwork_protocol::{H264Profile, ObjectRef, Rational};
+
+    use super::*;
+
+    const FRAME_US: i64 = 33_333;
+
+    /// The last segment of a 30 fps clip whose audio outlasts its video: 60 pictures from
+    /// 3 s (the last at 4.967 s), and audio to 8.019 s.
+    fn last_segment() -> SegmentRecord {
+        SegmentRecord {
+            seq: 1,
+            start_us: 3_000_000,
+            duration_us: 5_019_000,
+            frames: 60,
+            has_audio: true,
+            last_pts_us: 3_000_000 + 59 * FRAME_US,
+            source: ObjectRef {
+                key: "streams/s/source/1.ts".into(),
+                size: 1,
+                sha256: String::new(),
+            },
+            attempt: 1,
+            state: "transcoding".into(),
+            accepted: None,
+            discontinuity: false,
+            arrived_ms: None,
+            started_ms: None,
+            listed_ms: None,
+            transcode_ms: None,
+            deadline_ms: None,
+            ready_ms: None,
+            result_ms: None,
+            bad_workers: Vec::new(),
+        }
     }
-    Ok(AcceptedRendition {
-        rung: out.rung.clone(),
-        key,
-        size: out.object.size,
-        width: info.width,
-        height: info.height,
-        frames: info.frames,
-        codecs: info.codecs(),
-    })
+
+    fn rung() -> Rung {
+        Rung {
+            name: "P144p30fps16x9".into(),
+            width: 256,
+            height: 144,
+            bitrate: 400_000,
+            max_fps: Rational::new(30, 1),
+            drop_to_fps: None,
+            gop_secs: None,
+            profile: H264Profile::High,
+        }
+    }
+
+    /// A rendition of `seg` with `frames` pictures, the last at `last_pts_us`.
+    fn rendition(seg: &SegmentRecord, frames: u64, last_pts_us: i64) -> MediaInfo {
+        MediaInfo {
+            format_name: "mpegts".into(),
+            video_codec: "h264".into(),
+            width: 256,
+            height: 144,
+            pixel_format: "yuv420p".into(),
+            frames,
+            start_us: seg.start_us,
+            last_pts_us,
+            starts_with_keyframe: true,
+            keyframes_us: vec![seg.start_us],
+            video_codecs: Some("avc1.64000c".into()),
+            audio_codec: Some("aac".into()),
+            audio_packets: 235,
+        }
+    }
+
+    #[test]
+    fn the_last_picture_held_to_the_segments_end_is_accepted() {
+        let seg = last_segment();
+        // 91 pictures from 5.000 s to 8.000 s: the last one before the end (8.019 s).
+        let held = rendition(&seg, 60 + 91, seg.last_pts_us + 91 * FRAME_US);
+        assert_eq!(
+            rendition_problems(&seg, &rung(), &held, FRAME_US),
+            Vec::<String>::new()
+        );
+        // A worker that holds nothing is not wrong either.
+        let plain = rendition(&seg, 60, seg.last_pts_us);
+        assert!(rendition_problems(&seg, &rung(), &plain, FRAME_US).is_empty());
+    }
+
+    #[test]
+    fn pictures_past_the_segments_end_are_refused() {
+        let seg = last_segment();
+        // One more picture: at 8.033 s, past the segment's end.
+        let late = rendition(&seg, 60 + 92, seg.last_pts_us + 92 * FRAME_US);
+        let p = rendition_problems(&seg, &rung(), &late, FRAME_US);
+        assert!(
+            p.iter()
+                .any(|x| x.contains("152 frames from a 60-frame source segment"))
+                && p.iter().any(|x| x.contains("last frame at")),
+            "{p:?}"
+        );
+        // Extra pictures that stay within the time are refused by their count.
+        let crowded = rendition(&seg, 200, seg.last_pts_us + 91 * FRAME_US);
+        let p = rendition_problems(&seg, &rung(), &crowded, FRAME_US);
+        assert!(p.iter().any(|x| x.contains("200 frames")), "{p:?}");
+    }
+
+    #[test]
+    fn without_audio_past_the_video_no_picture_may_be_added() {
+        // The segment ends one frame after its last picture: nothing is held.
+        let seg = SegmentRecord {
+            duration_us: 60 * FRAME_US,
+            ..last_segment()
+        };
+        let ok = rendition(&seg, 60, seg.last_pts_us);
+        assert!(rendition_problems(&seg, &rung(), &ok, FRAME_US).is_empty());
+        let extra = rendition(&seg, 61, seg.last_pts_us + FRAME_US);
+        let p = rendition_problems(&seg, &rung(), &extra, FRAME_US);
+        assert_eq!(p.len(), 2, "{p:?}");
+        // A rendition that stops early is refused as before.
+        let early = rendition(&seg, 59, seg.last_pts_us - FRAME_US);
+        let p = rendition_problems(&seg, &rung(), &early, FRAME_US);
+        assert!(p.iter().any(|x| x.contains("last frame at")), "{p:?}");
+    }
 }

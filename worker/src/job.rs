@@ -239,8 +239,13 @@ async fn transcode_job(
         tmp.path().to_path_buf(),
     );
     let timeout = Duration::from_secs(ctx.timeout_secs(job));
+    // Where the source segment ends: audio that outlasts its pictures gets the last picture
+    // held up to there.
+    let end_us = (job.duration_us > 0).then(|| job.start_us.saturating_add(job.duration_us));
     let task = tokio::task::spawn_blocking(move || {
-        castwork_media::transcode_segment(&src_path, &rungs, &meta, &out_dir, &opts)
+        castwork_media::transcode::transcode_segment_until(
+            &src_path, &rungs, &meta, end_us, &out_dir, &opts,
+        )
     });
     // A blocking transcode cannot be cancelled: a hung one takes the process down, so the
     // broker returns this worker's deliveries to other workers.
