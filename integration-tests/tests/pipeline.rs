@@ -6,7 +6,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use common::{decode_errors, ffmpeg, ffprobe, stream_name, testdata, tone_clip, Cluster};
+use common::{
+    decode_errors, ffmpeg, ffprobe, output_check, stream_name, testdata, tone_clip, Cluster,
+};
 use serde_json::Value;
 
 /// Video packets of a file: (pts seconds, keyframe) in decode order.
@@ -214,6 +216,9 @@ fn push_and_check(cluster: &Cluster, input: &Path, prefix: &str, expect: &Expect
             "{name} does not decode cleanly: {errors}"
         );
     }
+
+    // The independent check: contiguity, durations and SSIM against the source.
+    output_check::assert_output_ok(&cluster.storage_dir(), &stream, input);
 }
 
 /// A 10 s 720p30 clip in `file` with `audio_codec` audio, through the default ladder.
@@ -326,6 +331,7 @@ fn bad_inputs_get_clear_errors_and_leave_the_cluster_healthy() {
     );
     let status: Value = cluster.status(&stream);
     assert_eq!(status["segments"]["done"], 2);
+    output_check::assert_output_ok(&cluster.storage_dir(), &stream, &clip);
 
     // A second push under the same name is refused with a clear message.
     let out = cluster.push(&clip, &stream, &["--profiles", "P240p30fps16x9"]);

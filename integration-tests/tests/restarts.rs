@@ -3,9 +3,13 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{clip, http_get, stream_name, wait_until, Cluster, RabbitNode, RedisNode};
+use common::{
+    clip, http_get, output_check::assert_output_ok, stream_name, wait_until, Cluster, RabbitNode,
+    RedisNode,
+};
 
 const RUNG: &str = "P240p30fps16x9";
 
@@ -16,7 +20,7 @@ fn done(cluster: &Cluster, stream: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn finish(cluster: &Cluster, mut push: std::process::Child, stream: &str) {
+fn finish(cluster: &Cluster, mut push: std::process::Child, stream: &str, input: &Path) {
     let status = push.wait().unwrap();
     let out = std::fs::read_to_string(cluster.dir.path().join(format!("push-{stream}.out")))
         .unwrap_or_default();
@@ -29,6 +33,7 @@ fn finish(cluster: &Cluster, mut push: std::process::Child, stream: &str) {
         (0..10).collect::<Vec<u64>>(),
         "exactly once"
     );
+    assert_output_ok(&cluster.storage_dir(), stream, input);
 }
 
 #[test]
@@ -56,7 +61,7 @@ fn rabbitmq_stopped_and_started_mid_stream() {
         "broker restart: first segment accepted {:.1} s after RabbitMQ came back",
         back.elapsed().as_secs_f64()
     );
-    finish(&cluster, push, &stream);
+    finish(&cluster, push, &stream, &input);
 }
 
 #[test]
@@ -73,5 +78,5 @@ fn redis_killed_and_restarted_mid_stream() {
     redis.kill();
     std::thread::sleep(Duration::from_secs(2));
     redis.restart();
-    finish(&cluster, push, &stream);
+    finish(&cluster, push, &stream, &input);
 }

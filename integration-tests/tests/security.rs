@@ -215,13 +215,15 @@ fn far_future_sequence_numbers_are_refused_and_make_no_work() {
     );
 
     // Another stream completes.
-    let out = cluster.push(&clip(cluster.dir.path(), 4), "bystander", &[]);
+    let input = clip(cluster.dir.path(), 4);
+    let out = cluster.push(&input, "bystander", &[]);
     assert!(
         out.status.success(),
         "{}{}",
         String::from_utf8_lossy(&out.stderr),
         cluster.logs()
     );
+    common::output_check::assert_output_ok(&cluster.storage_dir(), "bystander", &input);
 }
 
 /// `broadcaster keys ARGS...` on the cluster's Redis: (success, stdout, stderr).

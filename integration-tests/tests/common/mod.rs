@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod output_check;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
