@@ -139,11 +139,7 @@ async fn a_segment_with_decoder_errors_fails_permanently_with_its_reason() {
         "{}",
         f.message
     );
-    assert!(
-        f.message.contains("decoder errors: "),
-        "{}",
-        f.message
-    );
+    assert!(f.message.contains("decoder errors: "), "{}", f.message);
     // Nothing but the two source segments and the first one's rendition was stored.
     let stored = walk(&store);
     assert_eq!(stored.len(), 3, "{stored:?}");
