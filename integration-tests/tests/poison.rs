@@ -702,3 +702,63 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// A result is about the objects its attempt made: one that names others (a playlist, a
+/// source segment, a rendition it did not make, a path out of the stream) never gets them
+/// deleted when it is refused.
+#[test]
+fn a_lying_result_cannot_get_other_objects_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = clip(dir.path(), 4);
+    let cluster = Cluster::start(1);
+    let stream = stream_name("victim");
+    let out = cluster.push(&input, &stream, &["--profiles", RUNG]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let root = cluster.storage_dir().join(format!("streams/{stream}"));
+    let before = walk(&root);
+    assert!(before.len() > 4, "{before:?}");
+    let keys: Vec<String> = before
+        .iter()
+        .map(|p| {
+            p.strip_prefix(cluster.storage_dir())
+                .unwrap()
+                .display()
+                .to_string()
+        })
+        .collect();
+    let inj = Injector::new(&cluster.amqp_url);
+    let t = Instant::now();
+    // A late result for segment 0 (already accepted) naming every object of the stream.
+    inj.report(&WorkerReport::SegmentResult(SegmentResult {
+        job_id: Uuid::now_v7(),
+        stream: stream.clone(),
+        seq: 0,
+        attempt: 1,
+        worker_id: "liar".into(),
+        renditions: keys
+            .iter()
+            .map(|k| RenditionOutput {
+                rung: RUNG.into(),
+                object: ObjectRef {
+                    key: k.clone(),
+                    size: 1,
+                    sha256: "0".repeat(64),
+                },
+                width: 256,
+                height: 144,
+                frames: 1,
+                start_us: 0,
+                duration_us: 1,
+            })
+            .collect(),
+        transcode_ms: 1,
+        started_unix_ms: None,
+    }));
+    drained(&cluster, t);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(walk(&root), before, "{}", cluster.logs());
+}

@@ -393,6 +393,12 @@ pub fn transcode_segment_until(
             "the job has no rungs to encode".into(),
         ));
     }
+    // A rung's name becomes a file name in `out_dir`: never a path out of it, whoever
+    // wrote the job.
+    for r in rungs {
+        castwork_protocol::profile::validate_name(&r.name)
+            .map_err(|e| MediaError::BadInput(format!("the job's rung {e}")))?;
+    }
     // Only the demuxer of the container the broadcaster declared (by the file's extension).
     let formats = match src.extension().and_then(|e| e.to_str()) {
         Some("ts") => "mpegts",

@@ -111,6 +111,16 @@ async fn check_quality(
     Ok(())
 }
 
+/// The most bytes a rendition of a segment may have: eight times the rung's bitrate over
+/// the segment (x264's VBV keeps it near 1.2 times), and at least 1 MiB for short ones.
+pub fn rendition_cap(bitrate: u64, duration_us: i64) -> u64 {
+    let secs = duration_us.max(0) as u64 / 1_000_000 + 1;
+    (bitrate / 8)
+        .saturating_mul(secs)
+        .saturating_mul(8)
+        .max(1 << 20)
+}
+
 /// Checks one rendition of a result.
 async fn check_rendition(
     storage: &Storage,
@@ -137,6 +147,26 @@ async fn check_rendition(
             "{} is not this attempt's key {key}",
             out.object.key
         ));
+    }
+    // Bounded before anything is read: the reported size under the rung's cap, and the
+    // stored object's size the reported one.
+    let cap = rendition_cap(rung.bitrate, seg.duration_us);
+    if out.object.size > cap {
+        return bad(format!(
+            "{key}: {} bytes is over this rung's cap of {cap} bytes",
+            out.object.size
+        ));
+    }
+    match storage.size(&key).await {
+        Ok(Some(n)) if n == out.object.size => {}
+        Ok(Some(n)) => {
+            return bad(format!(
+                "{key} holds {n} bytes, not the {} reported",
+                out.object.size
+            ))
+        }
+        Ok(None) => return bad(format!("rendition {key} was not uploaded")),
+        Err(e) => return Err(CheckError::Unavailable(e.to_string())),
     }
     let data = match storage.get(&key).await {
         Ok(d) => d,
@@ -262,6 +292,17 @@ mod tests {
     use super::*;
 
     const FRAME_US: i64 = 33_333;
+
+    #[test]
+    fn a_renditions_size_is_capped_by_its_rung_and_segment() {
+        // 1 Mbit/s over 2 s: eight times the nominal 250 kB (over 3 s, rounding up).
+        assert_eq!(rendition_cap(1_000_000, 2_000_000), 3_000_000);
+        // Short or low-rate ones get at least 1 MiB.
+        assert_eq!(rendition_cap(100_000, 500_000), 1 << 20);
+        // Absurd inputs do not overflow.
+        assert_eq!(rendition_cap(u64::MAX, i64::MAX), u64::MAX);
+        assert_eq!(rendition_cap(1_000_000, -5), 1 << 20);
+    }
 
     /// The last segment of a 30 fps clip whose audio outlasts its video: 60 pictures from
     /// 3 s (the last at 4.967 s), and audio to 8.019 s.

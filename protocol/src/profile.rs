@@ -229,6 +229,22 @@ pub fn parse_transcoding_options(json: &str) -> Result<Vec<Profile>, ProfileErro
 }
 
 /// Checks bounds and names of a ladder, reporting every problem at once.
+/// A rung's name, which names its files and playlists: 1-64 letters, digits, `_` or `-`
+/// (never a path).
+pub fn validate_name(n: &str) -> Result<(), String> {
+    let ok = !n.is_empty()
+        && n.len() <= 64
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "name {n:?} must be 1-64 characters of letters, digits, '_' or '-'"
+        ))
+    }
+}
+
 pub fn validate(profiles: Vec<Profile>) -> Result<Vec<Profile>, ProfileError> {
     if profiles.is_empty() {
         return Err(ProfileError::Empty);
@@ -244,15 +260,8 @@ pub fn validate(profiles: Vec<Profile>) -> Result<Vec<Profile>, ProfileError> {
     let mut pixel_rate = 0u64;
     for (i, p) in profiles.iter().enumerate() {
         let n = &p.name;
-        if n.is_empty()
-            || n.len() > 64
-            || !n
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        {
-            problems.push(format!(
-                "name {n:?} must be 1-64 characters of letters, digits, '_' or '-'"
-            ));
+        if let Err(e) = validate_name(n) {
+            problems.push(e);
         }
         if profiles[..i].iter().any(|q| q.name == *n) {
             problems.push(format!("name {n:?} is used twice"));

@@ -74,7 +74,17 @@ impl Orchestrator {
             .unwrap_or_default();
         for out in &r.renditions {
             let key = &out.object.key;
-            if kept.contains(key) || !key.starts_with(&format!("streams/{}/", r.stream)) {
+            // Only this attempt's own key for the rendition, never one a worker names.
+            let own = castwork_protocol::rendition_key(
+                &r.stream,
+                &out.rung,
+                r.seq,
+                r.attempt,
+                &out.object.sha256,
+            );
+            let named_right = castwork_protocol::profile::validate_name(&out.rung).is_ok()
+                && out.object.sha256.bytes().all(|b| b.is_ascii_hexdigit());
+            if kept.contains(key) || *key != own || !named_right {
                 continue;
             }
             if let Err(e) = self.storage.delete(key).await {
