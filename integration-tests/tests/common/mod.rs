@@ -477,6 +477,10 @@ impl Cluster {
     }
 
     /// `broadcaster push FILE --stream NAME --wait ARGS...`
+    ///
+    /// A push that completes into a local object store gets the independent output check
+    /// ([`output_check::assert_output_ok`]) against its file: every clip a test pushes to
+    /// the end is checked, whatever the test is about.
     pub fn push(&self, file: &Path, stream: &str, args: &[&str]) -> Output {
         let mut cmd = Command::new(bin("broadcaster"));
         self.envs(&mut cmd);
@@ -485,7 +489,27 @@ impl Cluster {
             .arg(file)
             .args(["--stream", stream, "--wait", "--admit-timeout-secs", "60"])
             .args(args);
-        cmd.output().expect("broadcaster runs")
+        let out = cmd.output().expect("broadcaster runs");
+        if out.status.success() {
+            self.check_output(file, stream);
+        }
+        out
+    }
+
+    /// The output check of a stream that completed into this cluster's local store (an
+    /// incomplete one, or one in a bucket, is the test's own business).
+    fn check_output(&self, file: &Path, stream: &str) {
+        let complete = http_get(&self.orchestrator_addr, &format!("/streams/{stream}"))
+            .and_then(|(code, body)| (code == 200).then_some(body))
+            .and_then(|body| serde_json::from_str::<Value>(&body).ok())
+            .is_some_and(|v| v["state"] == "complete");
+        let stored = self
+            .storage_dir()
+            .join(format!("streams/{stream}"))
+            .is_dir();
+        if complete && stored && file.is_file() {
+            output_check::assert_output_ok(&self.storage_dir(), stream, file);
+        }
     }
 
     /// The orchestrator's `GET /streams/NAME`.
