@@ -6,10 +6,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{
-    decode_errors, free_port, http_get, output_check::assert_output_ok, stream_name, testdata,
-    Cluster,
-};
+use common::{decode_errors, free_port, http_get, stream_name, testdata, Cluster};
 
 #[test]
 fn combined_mode_transcodes_in_process_and_accepts_workers() {
@@ -23,7 +20,6 @@ fn combined_mode_transcodes_in_process_and_accepts_workers() {
         cluster.logs()
     );
     assert_eq!(cluster.status(&stream)["segments"]["done"], 5);
-    assert_output_ok(&cluster.storage_dir(), &stream, &testdata("bikes.mp4"));
 
     // A separate worker joins the same queues; the next stream still completes.
     cluster.add("worker", &["--worker-id", "joined"]);
@@ -43,7 +39,6 @@ fn combined_mode_transcodes_in_process_and_accepts_workers() {
         .storage_dir()
         .join(format!("streams/{stream}/P240p30fps16x9/index.m3u8"));
     assert_eq!(decode_errors(&playlist).trim(), "");
-    assert_output_ok(&cluster.storage_dir(), &stream, &testdata("bikes.mp4"));
 }
 
 /// The S3 server, stopped on drop; its data directory goes with it.

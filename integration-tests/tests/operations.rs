@@ -30,7 +30,6 @@ fn status_prints_streams_workers_and_queue_depths() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    common::output_check::assert_output_ok(&cluster.storage_dir(), &stream, &input);
     // Queue depths are read from the broker every 2 s.
     wait_until("queue depths", Duration::from_secs(20), || {
         http_get(&cluster.orchestrator_addr, "/queues").is_some_and(|(code, _)| code == 200)

@@ -3,10 +3,29 @@
 
 use std::fmt::Write as _;
 
-use super::{StreamReport, Thresholds};
+use super::{Contiguity, StreamReport, Thresholds};
 
 /// One millisecond: timestamps round to it in Matroska.
 const MS: f64 = 0.001;
+
+/// A gap beyond one `frame` (seconds) or an overlap in one stream (`kind`) of rung `n`.
+fn contiguity_problems(p: &mut Vec<String>, n: &str, kind: &str, c: &Contiguity, frame: f64) {
+    if c.max_gap > frame + MS {
+        p.push(format!(
+            "{n}: {kind} gap of {:.1} ms before segment {:?} (one frame is {:.1} ms)",
+            c.max_gap * 1e3,
+            c.gap_at,
+            frame * 1e3
+        ));
+    }
+    if c.max_overlap > MS {
+        p.push(format!(
+            "{n}: {kind} overlap of {:.1} ms at segment {:?}",
+            c.max_overlap * 1e3,
+            c.overlap_at
+        ));
+    }
+}
 
 impl StreamReport {
     /// Every way the stream misses `t` or the rules, one line each (empty when it passes).
@@ -47,36 +66,8 @@ impl StreamReport {
                     p.push(format!("{n}: segment {} has no audio", s.seq));
                 }
             }
-            if r.video.max_gap > r.video_frame + MS {
-                p.push(format!(
-                    "{n}: video gap of {:.1} ms before segment {:?} (one frame is {:.1} ms)",
-                    r.video.max_gap * 1e3,
-                    r.video.gap_at,
-                    r.video_frame * 1e3
-                ));
-            }
-            if r.video.max_overlap > MS {
-                p.push(format!(
-                    "{n}: video overlap of {:.1} ms at segment {:?}",
-                    r.video.max_overlap * 1e3,
-                    r.video.overlap_at
-                ));
-            }
-            if r.audio.max_gap > r.audio_frame + MS {
-                p.push(format!(
-                    "{n}: audio gap of {:.1} ms before segment {:?} (one frame is {:.1} ms)",
-                    r.audio.max_gap * 1e3,
-                    r.audio.gap_at,
-                    r.audio_frame * 1e3
-                ));
-            }
-            if r.audio.max_overlap > MS {
-                p.push(format!(
-                    "{n}: audio overlap of {:.1} ms at segment {:?}",
-                    r.audio.max_overlap * 1e3,
-                    r.audio.overlap_at
-                ));
-            }
+            contiguity_problems(&mut p, n, "video", &r.video, r.video_frame);
+            contiguity_problems(&mut p, n, "audio", &r.audio, r.audio_frame);
             for s in &r.segments {
                 let (Some(v), Some(sv)) = (s.spans.video, s.source_video) else {
                     continue;
