@@ -157,19 +157,26 @@ async fn check_rendition(
             out.object.size
         ));
     }
-    match storage.size(&key).await {
-        Ok(Some(n)) if n == out.object.size => {}
-        Ok(Some(n)) => {
+    if out.object.size == 0 {
+        return bad(format!("{key} is reported empty"));
+    }
+    // One read of at most the reported size, which also tells the stored object's size.
+    let whole = castwork_cluster::storage::ByteRange::Within(0, out.object.size - 1);
+    let data = match storage.get_range(&key, whole).await {
+        Ok(castwork_cluster::storage::Ranged::Part { data, total, .. })
+            if total == out.object.size =>
+        {
+            data
+        }
+        Ok(
+            castwork_cluster::storage::Ranged::Part { total, .. }
+            | castwork_cluster::storage::Ranged::Unsatisfiable { total },
+        ) => {
             return bad(format!(
-                "{key} holds {n} bytes, not the {} reported",
+                "{key} holds {total} bytes, not the {} reported",
                 out.object.size
             ))
         }
-        Ok(None) => return bad(format!("rendition {key} was not uploaded")),
-        Err(e) => return Err(CheckError::Unavailable(e.to_string())),
-    }
-    let data = match storage.get(&key).await {
-        Ok(d) => d,
         Err(castwork_cluster::StorageError::NotFound(k)) => {
             return bad(format!("rendition {k} was not uploaded"))
         }
