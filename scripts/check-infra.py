@@ -47,12 +47,12 @@ NEEDS = {
         "configure": topology, "write": topology, "read": topology,
     },
     "worker": {
-        "configure": ["castwork.jobs", "castwork.results", "castwork.dlx", "castwork.jobs.dead"]
-        + JOBS,
+        "configure": ["castwork.jobs", "castwork.results", "castwork.dlx", "castwork.jobs.dead",
+                      "castwork.workers", "castwork.beats"] + JOBS,
         # castwork.jobs: a job it must not do goes back as a copy (see worker/src/lib.rs).
-        "write": ["castwork.jobs", "castwork.results", "castwork.dlx", "castwork.jobs.dead"]
-        + JOBS,
-        "read": ["castwork.jobs", "castwork.results", "castwork.dlx"] + JOBS,
+        "write": ["castwork.jobs", "castwork.results", "castwork.dlx", "castwork.jobs.dead",
+                  "castwork.workers", "castwork.beats"] + JOBS,
+        "read": ["castwork.jobs", "castwork.results", "castwork.dlx", "castwork.workers"] + JOBS,
     },
     "broadcaster": {
         "configure": ["castwork.ingest", "castwork.events", PUSH],
@@ -65,7 +65,8 @@ FORBIDDEN = {
     "worker": {
         "configure": ["castwork.ingest", PUSH],
         "write": ["castwork.ingest", "castwork.events"],
-        "read": ["castwork.ingest", "castwork.jobs.dead", "castwork.parked", PUSH],
+        "read": ["castwork.ingest", "castwork.jobs.dead", "castwork.parked", "castwork.beats",
+                 PUSH],
     },
     "broadcaster": {
         "configure": JOBS + ["castwork.jobs.dead"],
@@ -128,10 +129,19 @@ for name in ["orchestrator", "worker", "broadcaster"]:
     url = env.get("AMQP_URL", "")
     m = re.match(r"amqp://([^:]+):[^@]+@rabbitmq:5672/castwork$", url)
     check(m and m.group(1) == f"castwork-{name}", f"{name} must connect as castwork-{name}")
-    check(env.get("STORAGE_URL", "").startswith("s3://"), f"{name} must use the S3 store")
+    if name == "worker":
+        # Its jobs carry signed object URLs: a worker holds no other service's credentials.
+        held = sorted(k for k in env if k.startswith(("STORAGE", "AWS_", "REDIS")))
+        check(not held, f"the worker holds credentials it must not: {held}")
+    else:
+        check(env.get("STORAGE_URL", "").startswith("s3://"), f"{name} must use the S3 store")
     check(env.get("OTEL_EXPORTER_OTLP_ENDPOINT") == "http://jaeger:4317", f"{name}: no tracing")
     check(services[name]["command"][0] == name, f"{name} runs the wrong binary")
 check("redis" in services["orchestrator"]["depends_on"], "the orchestrator needs Redis")
+check(
+    services["orchestrator"]["environment"].get("WORK_URL") == "http://orchestrator:7935",
+    "the orchestrator must tell workers where their jobs' objects are (WORK_URL)",
+)
 
 # Kubernetes manifests.
 docs = []
@@ -174,6 +184,14 @@ for role in ["orchestrator", "worker", "broadcaster"]:
             f"{role}: terminationGracePeriodSeconds must exceed --drain-secs",
         )
 worker_pod = kinds[("Deployment", "worker")]["spec"]["template"]["spec"]
+(wc,) = worker_pod["containers"]
+check("envFrom" not in wc, "worker: envFrom would hand it every role's secrets")
+worker_secrets = {
+    e["valueFrom"]["secretKeyRef"]["key"]
+    for e in wc.get("env", [])
+    if "secretKeyRef" in e.get("valueFrom", {})
+}
+check(worker_secrets == {"WORKER_AMQP_URL"}, f"worker: secrets beyond its broker URL: {worker_secrets}")
 check(
     worker_pod.get("terminationGracePeriodSeconds", 30) > 120,
     "worker: terminationGracePeriodSeconds must exceed the drain timeout",

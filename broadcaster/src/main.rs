@@ -450,10 +450,20 @@ async fn priced(
     Ok((Some(offer), payer))
 }
 
+fn main() -> ExitCode {
+    // Before the runtime's threads start: the config file sets environment variables.
+    if let Err(e) = castwork_cluster::config_file::apply(&<Cli as clap::CommandFactory>::command())
+    {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    start()
+}
+
 #[tokio::main]
-async fn main() -> ExitCode {
+async fn start() -> ExitCode {
     let cli = Cli::parse();
-    let _telemetry = telemetry::init(&cli.service, "castwork-broadcaster");
+    let _telemetry = telemetry::init(&cli.service.link, "castwork-broadcaster");
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {
@@ -496,7 +506,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         &live,
                         &cli.eth,
                         &cli.redis_url,
-                        &cli.service.amqp_url,
+                        &cli.service.link.amqp_url,
                         &storage,
                         &shutdown,
                     )
@@ -510,7 +520,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // Live ingest needs RabbitMQ: /readyz follows the link to it.
             let link = push
                 .is_some()
-                .then(|| serve::AmqpLink::watch(&cli.service.amqp_url, shutdown.clone()));
+                .then(|| serve::AmqpLink::watch(&cli.service.link.amqp_url, shutdown.clone()));
             // With --push-addr, HTTP push gets a listener of its own.
             let push = match (push_addr, push) {
                 (Some(addr), Some(push)) => {
@@ -634,7 +644,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     ladder,
                     segment_secs,
                     wait,
-                    amqp_url: cli.service.amqp_url,
+                    amqp_url: cli.service.link.amqp_url,
                     storage,
                     playback_url,
                     local_dir: local_dir.clone(),

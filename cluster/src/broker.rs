@@ -2,8 +2,9 @@
 //! publishing with publisher confirms.
 
 use castwork_protocol::{
-    job_queue, StreamMode, DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, EVENTS_EXCHANGE,
-    INGEST_EXCHANGE, INGEST_QUEUE, JOBS_EXCHANGE, PARKED_QUEUE, RESULTS_EXCHANGE, RESULTS_QUEUE,
+    job_queue, StreamMode, BEATS_QUEUE, BEAT_KEY, BEAT_TTL_MS, DEAD_LETTER_EXCHANGE,
+    DEAD_LETTER_QUEUE, EVENTS_EXCHANGE, INGEST_EXCHANGE, INGEST_QUEUE, JOBS_EXCHANGE, PARKED_QUEUE,
+    RESULTS_EXCHANGE, RESULTS_QUEUE, WORKERS_EXCHANGE,
 };
 use lapin::{
     options::{
@@ -29,12 +30,23 @@ pub const DELIVERY_LIMIT: i64 = 50;
 /// Dead letters nobody could record that the parked queue keeps (the oldest go first).
 pub const PARKED_MAX: i64 = 10_000;
 
+/// Heartbeats the beats queue keeps while no orchestrator reads it (the oldest go first).
+pub const BEATS_MAX: i64 = 10_000;
+
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     #[error("broker error: {0}")]
     Amqp(#[from] lapin::Error),
     #[error("the broker refused the message (nack) on {exchange}/{routing_key}")]
     Nacked {
+        exchange: String,
+        routing_key: String,
+    },
+    #[error(
+        "no queue takes messages sent to {exchange}/{routing_key} (the broker returned it): \
+         the topology is missing a queue or binding"
+    )]
+    Unroutable {
         exchange: String,
         routing_key: String,
     },
@@ -63,6 +75,7 @@ pub fn known_queues() -> Vec<String> {
         }
     }
     queues.push(RESULTS_QUEUE.to_string());
+    queues.push(BEATS_QUEUE.to_string());
     queues.push(DEAD_LETTER_QUEUE.to_string());
     queues.push(PARKED_QUEUE.to_string());
     queues
@@ -72,6 +85,16 @@ pub fn known_queues() -> Vec<String> {
 pub struct Broker {
     connection: Connection,
     publisher: Channel,
+    /// The user this connection authenticated as: every message it publishes carries it
+    /// in `user-id`, which the broker checks, so a consumer knows who sent it.
+    user: String,
+}
+
+/// The user an AMQP URL logs in as (`guest` when it names none).
+pub fn url_user(url: &str) -> Result<String, String> {
+    url.parse::<lapin::uri::AMQPUri>()
+        .map(|u| u.authority.userinfo.username)
+        .map_err(|e| format!("not an AMQP URL: {e}"))
 }
 
 /// Where a queue's messages go once past the broker's delivery limit.
@@ -85,7 +108,20 @@ enum Overflow {
 
 /// The queue arguments of every queue in the topology.
 fn queue_args(queue: &str) -> FieldTable {
-    if queue == PARKED_QUEUE {
+    if queue == BEATS_QUEUE {
+        // Beats are worth nothing once stale: they expire unread, and are never
+        // dead-lettered.
+        let mut args = quorum_args(Overflow::Keep);
+        args.insert(
+            ShortString::from("x-message-ttl"),
+            AMQPValue::LongLongInt(BEAT_TTL_MS as i64),
+        );
+        args.insert(
+            ShortString::from("x-max-length"),
+            AMQPValue::LongLongInt(BEATS_MAX),
+        );
+        args
+    } else if queue == PARKED_QUEUE {
         let mut args = quorum_args(Overflow::Keep);
         args.insert(
             ShortString::from("x-max-length"),
@@ -223,6 +259,11 @@ pub async fn declare_topology(connection: &Connection, role: Role) -> Result<(),
             &[Orchestrator, Worker][..],
         ),
         (
+            WORKERS_EXCHANGE,
+            ExchangeKind::Direct,
+            &[Orchestrator, Worker][..],
+        ),
+        (
             EVENTS_EXCHANGE,
             ExchangeKind::Topic,
             &[Orchestrator, Broadcaster][..],
@@ -244,6 +285,7 @@ pub async fn declare_topology(connection: &Connection, role: Role) -> Result<(),
     }
     if role.any(&[Orchestrator, Worker]) {
         declare_queue(c, &mut ch, RESULTS_QUEUE, RESULTS_EXCHANGE, RESULTS_KEY).await?;
+        declare_queue(c, &mut ch, BEATS_QUEUE, WORKERS_EXCHANGE, BEAT_KEY).await?;
     }
     // Workers declare the job queues, so they make sure their dead letters have somewhere to
     // go even before an orchestrator ran (they cannot read them).
@@ -269,6 +311,7 @@ pub async fn declare_topology(connection: &Connection, role: Role) -> Result<(),
 impl Broker {
     /// Connects, opens a confirming publisher channel and declares the role's topology.
     pub async fn connect(url: &str, name: &str, role: Role) -> Result<Self, BrokerError> {
+        let user = url_user(url).unwrap_or_else(|_| "guest".into());
         let props = ConnectionProperties::default().with_connection_name(name.into());
         let connection = Connection::connect(url, props).await?;
         let publisher = connection.create_channel().await?;
@@ -279,14 +322,21 @@ impl Broker {
         Ok(Broker {
             connection,
             publisher,
+            user,
         })
+    }
+
+    /// The user this connection logged in as (what consumers see in `user-id`).
+    pub fn user(&self) -> &str {
+        &self.user
     }
 
     pub fn is_connected(&self) -> bool {
         self.connection.status().connected() && self.publisher.status().connected()
     }
 
-    /// Publishes a persistent JSON message and waits for the broker's confirm.
+    /// Publishes a persistent JSON message and waits for the broker's confirm (an error
+    /// when no queue takes it).
     pub async fn publish(
         &self,
         exchange: &str,
@@ -303,7 +353,8 @@ impl Broker {
     /// Sends a persistent JSON message without waiting for its confirm, so the caller can
     /// do other work meanwhile; messages sent on this broker keep their order. With
     /// `ttl_ms`, the broker dead-letters the message (reason `expired`) if no consumer took
-    /// it in time.
+    /// it in time. Every message but an event is mandatory, and every one carries this
+    /// connection's user in `user-id` (see [`sender`]).
     pub async fn send(
         &self,
         exchange: &str,
@@ -314,7 +365,8 @@ impl Broker {
     ) -> Result<Confirm, BrokerError> {
         let mut props = BasicProperties::default()
             .with_delivery_mode(2)
-            .with_content_type("application/json".into());
+            .with_content_type("application/json".into())
+            .with_user_id(self.user.as_str().into());
         if let Some(h) = headers {
             props = props.with_headers(h);
         }
@@ -326,7 +378,14 @@ impl Broker {
             .basic_publish(
                 exchange.into(),
                 routing_key.into(),
-                BasicPublishOptions::default(),
+                BasicPublishOptions {
+                    // Events are news for whoever listens: none listening is no error. An
+                    // answer to a direct reply-to is never routed to a queue, so the broker
+                    // would return a mandatory one even as it delivers it.
+                    mandatory: exchange != EVENTS_EXCHANGE
+                        && !routing_key.starts_with("amq.rabbitmq.reply-to"),
+                    ..Default::default()
+                },
                 body,
                 props,
             )
@@ -408,16 +467,32 @@ pub struct Confirm {
 }
 
 impl Confirm {
-    /// Waits until the broker has the message; a nack is an error.
+    /// Waits until the broker has the message; a nack, or a message no queue took (the
+    /// broker returns a mandatory one), is an error.
     pub async fn wait(self) -> Result<(), BrokerError> {
-        if self.confirm.await?.is_nack() {
-            return Err(BrokerError::Nacked {
+        match self.confirm.await? {
+            lapin::Confirmation::Nack(_) => Err(BrokerError::Nacked {
                 exchange: self.exchange,
                 routing_key: self.routing_key,
-            });
+            }),
+            lapin::Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable {
+                exchange: self.exchange,
+                routing_key: self.routing_key,
+            }),
+            _ => Ok(()),
         }
-        Ok(())
     }
+}
+
+/// Who published a delivery: the `user-id` the broker checked against the publisher's
+/// login (RabbitMQ refuses a message whose `user-id` is not its sender's), or `None` when
+/// the publisher set none.
+pub fn sender(properties: &BasicProperties) -> Option<String> {
+    properties
+        .user_id()
+        .as_ref()
+        .map(|u| u.as_str().to_string())
+        .filter(|u| !u.is_empty())
 }
 
 /// Declares `queue` passively: its state, without changing (or needing to match) its

@@ -2,9 +2,9 @@
 
 use clap::Args;
 
-/// Connection settings every role needs.
+/// The broker link and the logs: what every process needs, a worker nothing more.
 #[derive(Args, Debug, Clone)]
-pub struct ServiceArgs {
+pub struct LinkArgs {
     /// RabbitMQ URL (`amqp://` or `amqps://` for TLS).
     #[arg(
         long,
@@ -12,14 +12,6 @@ pub struct ServiceArgs {
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
     pub amqp_url: String,
-
-    /// Object store for segments and playlists: `file://DIR` (a local directory, created if
-    /// missing), `s3://BUCKET[/PREFIX]` configured by the usual AWS_* variables
-    /// (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT, AWS_ALLOW_HTTP),
-    /// `gs://BUCKET[/PREFIX]` (GOOGLE_SERVICE_ACCOUNT, ...) or `az://CONTAINER[/PREFIX]`
-    /// (AZURE_STORAGE_ACCOUNT_NAME, AZURE_STORAGE_ACCOUNT_KEY, ...).
-    #[arg(long, env = "STORAGE_URL", default_value = "file://./data")]
-    pub storage_url: String,
 
     /// Log filter, in tracing's EnvFilter syntax (e.g. `info,castwork_worker=debug`).
     #[arg(long = "log", env = "RUST_LOG", default_value = "info")]
@@ -30,6 +22,27 @@ pub struct ServiceArgs {
     /// `trace_id` under `span`).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// A TOML file of settings: every flag's long name as a key (`amqp-url = "..."`,
+    /// `slots = 2`), a table per subcommand (`[serve]`); flags and environment variables
+    /// override it, and a key that is no flag is an error.
+    #[arg(long, env = "CASTWORK_CONFIG", value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+}
+
+/// Connection settings of the roles that use the object store.
+#[derive(Args, Debug, Clone)]
+pub struct ServiceArgs {
+    #[command(flatten)]
+    pub link: LinkArgs,
+
+    /// Object store for segments and playlists: `file://DIR` (a local directory, created if
+    /// missing), `s3://BUCKET[/PREFIX]` configured by the usual AWS_* variables
+    /// (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT, AWS_ALLOW_HTTP),
+    /// `gs://BUCKET[/PREFIX]` (GOOGLE_SERVICE_ACCOUNT, ...) or `az://CONTAINER[/PREFIX]`
+    /// (AZURE_STORAGE_ACCOUNT_NAME, AZURE_STORAGE_ACCOUNT_KEY, ...).
+    #[arg(long, env = "STORAGE_URL", default_value = "file://./data")]
+    pub storage_url: String,
 }
 
 /// How log lines are written to stderr.

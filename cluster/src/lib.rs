@@ -14,7 +14,8 @@ pub mod supervise;
 pub mod telemetry;
 
 pub use broker::{Broker, BrokerError};
-pub use config::{redact_url, ServiceArgs};
+pub mod config_file;
+pub use config::{redact_url, LinkArgs, ServiceArgs};
 pub use shutdown::shutdown_token;
 pub use storage::{Storage, StorageError};
 pub use supervise::{supervise, Backoff};

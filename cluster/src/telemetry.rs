@@ -28,7 +28,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{LogFormat, ServiceArgs};
+use crate::config::{LinkArgs, LogFormat};
 
 /// This build's version: the workspace's, the same for every binary.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -118,7 +118,7 @@ fn configured(var: &str) -> bool {
 /// Installs logging (`--log`, `--log-format`), the `castwork_build_info` metric, and spans,
 /// exported when an OTLP endpoint is configured. `service` names the process unless
 /// `OTEL_SERVICE_NAME` does. Call it inside the tokio runtime.
-pub fn init(args: &ServiceArgs, service: &str) -> Telemetry {
+pub fn init(args: &LinkArgs, service: &str) -> Telemetry {
     init_logging(&args.log, args.log_format);
     register_build_info(service);
     let mut resource = opentelemetry_sdk::Resource::builder()

@@ -141,16 +141,6 @@ fn segment_facts(path: &Path) -> (i64, i64, u64) {
     )
 }
 
-impl Injector {
-    fn ingest(&self, msg: &castwork_protocol::IngestMessage) {
-        self.publish(
-            castwork_protocol::INGEST_EXCHANGE,
-            "ingest",
-            &castwork_protocol::encode(msg),
-        );
-    }
-}
-
 fn sha256(data: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(data))

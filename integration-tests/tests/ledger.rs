@@ -143,7 +143,7 @@ fn a_priced_orchestrator_admits_what_an_account_can_pay_and_charges_output_pixel
         .unwrap();
     let data = std::fs::read(file.path()).unwrap();
     let result = WorkerReport::SegmentResult(SegmentResult {
-        job_id: uuid::Uuid::now_v7(),
+        job_id: cluster.job_id(&stream, done, 1),
         stream: stream.clone(),
         seq: done,
         attempt: 1,

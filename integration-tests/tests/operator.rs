@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::browser::Browser;
 use common::{
-    clip, free_port, http_get, http_request, stream_name, wait_until, Cluster, HttpAnswer,
+    bin, clip, free_port, http_get, http_request, stream_name, wait_until, Cluster, HttpAnswer,
     RabbitNode,
 };
 use serde_json::Value;
@@ -369,31 +369,24 @@ fn both_playback_servers_answer_range_requests_and_every_process_its_build() {
 #[test]
 fn a_banned_worker_exits_with_its_own_status() {
     let mut cluster = Cluster::start(0);
-    // What the orchestrator writes when it bans a worker (see ledger.rs for a real ban).
-    let out = Command::new("redis-cli")
+    // An operator's ban (see ledger.rs for one the quality check makes): the worker learns
+    // of it from the answer to its heartbeat, over the broker (it has no Redis).
+    let out = Command::new(bin("orchestrator"))
         .args([
-            "-u",
+            "--redis-url",
             cluster.redis_url(),
-            "SET",
-            "cw:worker_banned:w-banned",
+            "workers",
+            "ban",
+            "w-banned",
         ])
-        .arg("3 results failed their check")
+        .args(["--reason", "3 results failed their check"])
         .output()
-        .expect("redis-cli runs");
+        .expect("orchestrator runs");
     assert!(out.status.success(), "{out:?}");
     cluster.add("worker", &["--worker-id", "w-banned"]);
     let pid = cluster.pids("worker")[0];
-    let mut status = None;
-    wait_until("the banned worker to exit", Duration::from_secs(30), || {
-        status = cluster.exit_status(pid);
-        status.is_some()
-    });
-    assert_eq!(
-        status.unwrap().code(),
-        Some(EXIT_BANNED),
-        "{}",
-        cluster.logs()
-    );
+    let status = cluster.wait_exit(pid, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(EXIT_BANNED), "{}", cluster.logs());
     assert!(
         cluster
             .logs_of("worker")
@@ -483,5 +476,57 @@ fn the_dashboard_shows_each_renditions_own_count_and_workers_busy_slots() {
     assert!(
         legend.as_str().unwrap().contains("fake-w") && legend.as_str().unwrap().contains("w0"),
         "{legend}"
+    );
+}
+
+/// `--config FILE`: every flag's long name as a key; flags override it; a key that is no
+/// flag stops the process with a message naming the keys there are.
+#[test]
+fn a_config_file_sets_flags_and_the_command_line_overrides_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(0);
+    let url = cluster.add_broker_user("from-file", "worker");
+    let file = dir.path().join("worker.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "amqp-url = \"{url}\"\nworker-id = \"configured\"\nslots = 2\npreset = \"ultrafast\"\n"
+        ),
+    )
+    .unwrap();
+    let file = file.display().to_string();
+    cluster.add_without(
+        "worker",
+        &["--config", &file, "--slots", "3"],
+        &["AMQP_URL"],
+    );
+    let identity = format!("{}-from-file", cluster.vhost);
+    let mut rec = None;
+    wait_until(
+        "the configured worker to beat",
+        Duration::from_secs(30),
+        || {
+            rec = cluster
+                .workers()
+                .into_iter()
+                .find(|w| w["identity"] == identity.as_str());
+            rec.is_some()
+        },
+    );
+    let rec = rec.unwrap();
+    assert_eq!(rec["process"], "configured", "{rec}");
+    assert_eq!(rec["slots"], 3, "the flag wins over the file: {rec}");
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "amqp_url = \"amqp://x\"\n").unwrap();
+    let out = Command::new(bin("worker"))
+        .args(["--config", &bad.display().to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("\"amqp_url\" is not a flag here") && err.contains("amqp-url"),
+        "{err}"
     );
 }

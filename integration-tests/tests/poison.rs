@@ -20,10 +20,6 @@ const SECRET: &str = "poison-test-publisher-secret";
 const BOUND: Duration = Duration::from_secs(30);
 
 impl Injector {
-    fn ingest(&self, msg: &IngestMessage) {
-        self.publish(INGEST_EXCHANGE, "ingest", &encode(msg));
-    }
-
     fn report(&self, msg: &WorkerReport) {
         self.publish(RESULTS_EXCHANGE, "result", &encode(msg));
     }
@@ -49,14 +45,6 @@ fn admitted(cluster: &Cluster, inj: &Injector, stream: &str) -> Uuid {
     session
 }
 
-/// `/status`'s dead letters, newest first.
-fn dead_letters(cluster: &Cluster) -> Vec<Value> {
-    let (code, body) = http_get(&cluster.orchestrator_addr, "/status").expect("status answers");
-    assert_eq!(code, 200, "{body}");
-    let v: Value = serde_json::from_str(&body).unwrap();
-    v["dead_letters"].as_array().cloned().unwrap_or_default()
-}
-
 /// Waits for the dead letter naming `stream` (of `queue`), and returns it with the time it
 /// took from `since`.
 fn dead_letter_of(
@@ -67,7 +55,8 @@ fn dead_letter_of(
 ) -> (Value, Duration) {
     let deadline = since + BOUND;
     loop {
-        if let Some(d) = dead_letters(cluster)
+        if let Some(d) = cluster
+            .dead_letters()
             .into_iter()
             .find(|d| d["queue"] == queue && d["stream"] == stream)
         {
@@ -540,7 +529,7 @@ fn random_well_formed_messages_never_wedge_a_queue() {
         "nothing here is transient: {}",
         cluster.logs()
     );
-    for d in dead_letters(&cluster) {
+    for d in cluster.dead_letters() {
         assert!(!d["reason"].as_str().unwrap_or_default().is_empty(), "{d}");
     }
     // No stream is wedged half-way: each is still active (waiting for its publisher),
@@ -731,8 +720,9 @@ fn a_lying_result_cannot_get_other_objects_deleted() {
     let inj = Injector::new(&cluster.amqp_url);
     let t = Instant::now();
     // A late result for segment 0 (already accepted) naming every object of the stream.
+    // Its job id is right: what is tested is what becomes of the keys it names.
     inj.report(&WorkerReport::SegmentResult(SegmentResult {
-        job_id: Uuid::now_v7(),
+        job_id: cluster.job_id(&stream, 0, 1),
         stream: stream.clone(),
         seq: 0,
         attempt: 1,

@@ -618,16 +618,18 @@ fn a_push_into_another_object_store_is_refused_naming_both_and_the_flag() {
     let input = clip(dir.path(), 2);
     let cluster = Cluster::start(1);
     let theirs = format!("file://{}", cluster.storage_dir().display());
-    // Every process says where its store is, absolute, at start.
+    // Every process with a store says where it is, absolute, at start.
     assert!(
         cluster.logs_of("orchestrator").contains(&theirs)
             && cluster.logs_of("orchestrator").contains("store_id"),
         "{}",
         cluster.logs_of("orchestrator")
     );
+    // A worker has no store: its jobs carry signed URLs for their objects.
     wait_until("the worker's log", Duration::from_secs(10), || {
-        cluster.logs_of("worker").contains(&theirs)
+        cluster.logs_of("worker").contains("consuming jobs")
     });
+    assert!(!cluster.logs_of("worker").contains(&theirs));
     let id = std::fs::read_to_string(cluster.storage_dir().join(".castwork/store-id")).unwrap();
     assert_eq!(id.trim().len(), 32, "{id}");
 

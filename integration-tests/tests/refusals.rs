@@ -235,3 +235,51 @@ fn http_errors_are_json() {
         assert!(m.contains("--no-live"), "{m}");
     }
 }
+
+/// `--max-sessions` (by default the transcode slots the live workers advertise): a live
+/// stream past it is refused "at capacity" with the reason, and nothing of it is kept;
+/// on-demand streams are never refused for capacity.
+#[test]
+fn live_streams_past_the_orchestrators_capacity_are_refused_at_capacity() {
+    use castwork_protocol::*;
+    let _one = serial();
+    let cluster = Cluster::start(1);
+    wait_until("the worker's heartbeat", Duration::from_secs(30), || {
+        cluster.workers().len() == 1
+    });
+    let inj = Injector::new(&cluster.amqp_url);
+    let start = |stream: &str, mode: StreamMode| {
+        inj.ingest(&IngestMessage::StreamStarted(StreamStarted {
+            stream: stream.to_string(),
+            session: uuid::Uuid::now_v7(),
+            mode,
+            ladder: profile::parse_profiles("P144p30fps16x9").unwrap(),
+            source: SourceMetadata::upright(640, 360, 30),
+            broadcaster: None,
+            target_duration_secs: None,
+            secret: "capacity-test-publisher-secret".into(),
+        }));
+    };
+    let known = |stream: &str| {
+        http_get(&cluster.orchestrator_addr, &format!("/streams/{stream}"))
+            .is_some_and(|(c, _)| c == 200)
+    };
+    let first = stream_name("live-one");
+    start(&first, StreamMode::Live);
+    wait_until("the first live stream", Duration::from_secs(20), || {
+        known(&first)
+    });
+    let second = stream_name("live-two");
+    start(&second, StreamMode::Live);
+    wait_until("the refusal", Duration::from_secs(20), || {
+        cluster
+            .logs_of("orchestrator")
+            .contains("at capacity: this orchestrator admits 1 live stream(s) at once")
+    });
+    assert!(!known(&second));
+    let vod = stream_name("vod");
+    start(&vod, StreamMode::Vod);
+    wait_until("the on-demand stream", Duration::from_secs(20), || {
+        known(&vod)
+    });
+}

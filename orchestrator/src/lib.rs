@@ -20,6 +20,7 @@ pub mod service;
 pub mod state;
 pub mod status;
 pub mod verify;
+pub mod workers;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -72,6 +73,8 @@ pub struct Config {
     pub orchestrator_id: String,
     /// How far ahead of a stream's highest received segment a sequence number may be.
     pub max_seq_ahead: u64,
+    /// Live streams admitted at once.
+    pub max_sessions: ingest::MaxSessions,
     /// What HTTP requests that change state must carry (none: they are refused).
     pub api_token: Option<String>,
     /// How long an ended stream's state stays in Redis.
@@ -82,6 +85,12 @@ pub struct Config {
     /// RabbitMQ's management API (`http://[USER:PASSWORD@]HOST:PORT`, or `off`), for the
     /// unacknowledged messages of `/queues`; `None`: derived from `amqp_url`.
     pub rabbitmq_management_url: Option<String>,
+    /// A listener of its own for the job-object routes (`/work/...`), which workers must
+    /// reach; `None`: they are on `http_addr` only.
+    pub work_addr: Option<SocketAddr>,
+    /// The base URL workers reach the `/work/` routes at; `None`: the work listener's (or
+    /// the HTTP listener's) bound address.
+    pub work_url: Option<String>,
 }
 
 /// On-chain mode's settings.
@@ -122,7 +131,8 @@ pub async fn run(
     let queues: Queues = Default::default();
     let payments_slot: Arc<std::sync::OnceLock<Arc<payments::Payments>>> = Default::default();
     let readiness = api::Readiness::new(&cfg.redis_url, &cfg.amqp_url);
-    let router = api::router(api::ApiState {
+    let tokens_slot: Arc<std::sync::OnceLock<workers::tokens::Tokens>> = Default::default();
+    let api_state = api::ApiState {
         state: state.clone(),
         consuming: consuming.clone(),
         queues: queues.clone(),
@@ -133,10 +143,27 @@ pub async fn run(
         orchestrator_id: cfg.orchestrator_id.clone(),
         api_token: cfg.api_token.clone(),
         readiness: readiness.clone(),
-    });
-    let addr = http::serve(cfg.http_addr, router, shutdown.clone())
+        tokens: tokens_slot.clone(),
+    };
+    let work_bound = match cfg.work_addr {
+        Some(a) => Some(
+            http::serve(a, api::work_router(api_state.clone()), shutdown.clone())
+                .await
+                .with_context(|| format!("binding --work-addr {a}"))?,
+        ),
+        None => None,
+    };
+    let addr = http::serve(cfg.http_addr, api::router(api_state), shutdown.clone())
         .await
         .with_context(|| format!("binding {}", cfg.http_addr))?;
+    let work_url = cfg.work_url.clone().unwrap_or_else(|| {
+        let base = outputs::default_playback_base(work_bound.unwrap_or(addr));
+        base.trim_end_matches("/hls").to_string()
+    });
+    info!(
+        work_url,
+        "workers read and write their jobs' objects under WORK_URL/work/"
+    );
     let playback = cfg
         .playback_url
         .clone()
@@ -178,6 +205,15 @@ pub async fn run(
         }
     }
     info!(redis = redact_url(&cfg.redis_url), "redis answers");
+    let job_key = state
+        .job_key()
+        .await
+        .context("reading the job key from Redis")?;
+    let _ = tokens_slot.set(workers::tokens::Tokens::new(job_key.clone()));
+    let work = workers::tokens::WorkUrls {
+        tokens: workers::tokens::Tokens::new(job_key.clone()),
+        base: work_url,
+    };
     readiness.set_broker_error("connecting");
     let payments = match &cfg.chain {
         Some(c) => {
@@ -218,21 +254,25 @@ pub async fn run(
     let pool = (cfg.transcode_slots > 0).then(|| {
         let pool = WorkerPool {
             amqp_url: cfg.amqp_url.clone(),
-            storage: storage.clone(),
+            // The same protocol as any worker: objects through the jobs' signed URLs.
+            storage: None,
             args: cfg.worker.clone(),
             slots: cfg.transcode_slots,
             drain_timeout: cfg.drain_timeout,
             consuming: Arc::new(AtomicBool::new(false)),
-            redis_url: Some(cfg.redis_url.clone()),
         };
         let token = shutdown.clone();
         tokio::spawn(async move { pool.run(token).await })
     });
+    let parts = Parts {
+        state: state.clone(),
+        storage: storage.clone(),
+        payments,
+        job_ids: workers::JobIds::new(job_key.clone()),
+        work,
+    };
     supervise("orchestrator", &shutdown, || async {
-        let r = session(
-            &cfg, &state, &storage, &consuming, &queues, &payments, &shutdown,
-        )
-        .await;
+        let r = session(&cfg, &parts, &consuming, &queues, &shutdown).await;
         if let Err(e) = &r {
             readiness.set_broker_error(&format!("{e:#}"));
         }
@@ -247,13 +287,20 @@ pub async fn run(
     Ok(())
 }
 
+/// What each broker session's [`Orchestrator`] is made of, besides its broker.
+struct Parts {
+    state: State,
+    storage: Storage,
+    payments: Option<Arc<payments::Payments>>,
+    job_ids: workers::JobIds,
+    work: workers::tokens::WorkUrls,
+}
+
 async fn session(
     cfg: &Config,
-    state: &State,
-    storage: &Storage,
+    parts: &Parts,
     consuming: &AtomicBool,
     queues: &Queues,
-    payments: &Option<Arc<payments::Payments>>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let broker = Arc::new(
@@ -266,8 +313,8 @@ async fn session(
         .context("connecting to RabbitMQ")?,
     );
     let orch = Arc::new(Orchestrator {
-        state: state.clone(),
-        storage: storage.clone(),
+        state: parts.state.clone(),
+        storage: parts.storage.clone(),
         broker: broker.clone(),
         max_attempts: cfg.max_attempts,
         live_window: cfg.live_window,
@@ -276,10 +323,13 @@ async fn session(
         trust_worker_output: cfg.trust_worker_output,
         price: cfg.price,
         quality: cfg.quality,
-        payments: payments.clone(),
+        payments: parts.payments.clone(),
         max_seq_ahead: cfg.max_seq_ahead,
+        max_sessions: cfg.max_sessions,
         retain: cfg.retain,
         playback_base: cfg.playback_url.clone().unwrap_or_default(),
+        job_ids: parts.job_ids.clone(),
+        work: parts.work.clone(),
     });
     // Checked at start (main), so only a bad configuration fails here.
     let management = queues::Management::new(&cfg.amqp_url, cfg.rabbitmq_management_url.as_deref())
@@ -293,6 +343,9 @@ async fn session(
         .await?;
     let (_dead_ch, mut dead) = broker
         .consume(DEAD_LETTER_QUEUE, "orchestrator-dead-letters", 8)
+        .await?;
+    let (_beats_ch, mut beats) = broker
+        .consume(castwork_protocol::BEATS_QUEUE, "orchestrator-beats", 64)
         .await?;
     consuming.store(true, Ordering::Relaxed);
     info!("consuming ingest and results");
@@ -348,10 +401,18 @@ async fn session(
             d = results.next() => match d {
                 Some(Ok(d)) => {
                     let (o, b) = (orch.clone(), broker.clone());
-                    tracker.spawn(process::<WorkerReport, _, _>(b, RESULTS_QUEUE, d, move |m, h| async move { o.handle_report(m, h.as_ref()).await }));
+                    let sender = castwork_cluster::broker::sender(&d.properties);
+                    tracker.spawn(process::<WorkerReport, _, _>(b, RESULTS_QUEUE, d, move |m, h| async move { o.handle_report(m, h.as_ref(), sender.as_deref()).await }));
                 }
                 Some(Err(e)) => break Err(anyhow::Error::new(e).context("results consumer failed")),
                 None => break Err(anyhow::anyhow!("the broker closed the results consumer")),
+            },
+            d = beats.next() => match d {
+                Some(Ok(d)) => {
+                    tracker.spawn(workers::answer_beat(orch.clone(), broker.clone(), d));
+                }
+                Some(Err(e)) => break Err(anyhow::Error::new(e).context("heartbeat consumer failed")),
+                None => break Err(anyhow::anyhow!("the broker closed the heartbeat consumer")),
             },
             d = dead.next() => match d {
                 Some(Ok(d)) => {

@@ -43,6 +43,19 @@ struct Cli {
     #[arg(long, env = "PLAYBACK_URL")]
     playback_url: Option<String>,
 
+    /// Base URL at which workers reach this orchestrator's /work/ routes, where each job's
+    /// signed URLs read its source segment and write its renditions (workers hold no
+    /// object-store credentials). Unset: http:// and the --work-addr listener's address, or
+    /// --http-addr's (127.0.0.1 in place of 0.0.0.0). Set it when workers run elsewhere.
+    #[arg(long, env = "WORK_URL")]
+    work_url: Option<String>,
+
+    /// A listener that serves only the /work/ routes (signed job objects), so workers on
+    /// other machines can reach them while --http-addr (status, dashboard) stays private.
+    /// Unset: /work/ is on --http-addr only.
+    #[arg(long, env = "WORK_ADDR")]
+    work_addr: Option<SocketAddr>,
+
     /// RabbitMQ's management API, http://[USER:PASSWORD@]HOST:PORT, where /queues reads
     /// each queue's unacknowledged messages (AMQP only tells the ready ones); `off` turns
     /// that off. Unset: port 15672 of the --amqp-url host, with its credentials (the user
@@ -79,6 +92,13 @@ struct Cli {
     /// number a client sends makes the cluster loop.
     #[arg(long, env = "MAX_SEQ_AHEAD", default_value_t = castwork_protocol::DEFAULT_MAX_SEQ_AHEAD)]
     max_seq_ahead: u64,
+
+    /// Live streams admitted at once (as go-livepeer's -maxSessions): a new one past that is
+    /// refused "at capacity", and the broadcaster says so. `auto`: the transcode slots the
+    /// live workers advertise in their heartbeats (no limit while none has beaten); 0: no
+    /// limit. On-demand streams are never refused for capacity: their jobs wait.
+    #[arg(long, env = "MAX_SESSIONS", default_value = "auto", value_parser = castwork_orchestrator::ingest::parse_max_sessions)]
+    max_sessions: castwork_orchestrator::ingest::MaxSessions,
 
     /// Token that HTTP requests changing state (DELETE /streams/NAME) must carry as
     /// `Authorization: Bearer TOKEN`; unset, they are refused. The read-only API stays
@@ -186,6 +206,12 @@ enum Command {
         #[command(subcommand)]
         action: StreamsAction,
     },
+    /// Worker bans in Redis (--redis-url). A worker is banned by its identity: its own
+    /// broker user, or its --worker-id where it shares the orchestrator's user.
+    Workers {
+        #[command(subcommand)]
+        action: WorkersAction,
+    },
     /// The off-chain ledger of broadcaster accounts in Redis (--redis-url), in wei.
     Ledger {
         #[command(subcommand)]
@@ -203,6 +229,47 @@ enum StreamsAction {
         #[arg(long)]
         force: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum WorkersAction {
+    /// Bans IDENTITY: its results are refused and it stops taking jobs at its next
+    /// heartbeat (and each time it starts again).
+    Ban {
+        identity: String,
+        /// Why, as the worker's log will say it.
+        #[arg(long, default_value = "banned by the operator")]
+        reason: String,
+    },
+    /// Lifts IDENTITY's ban and forgets its bad results.
+    Unban { identity: String },
+}
+
+/// The cluster's state in the Redis at `redis_url`, for the commands that change it.
+async fn state_at(redis_url: &str) -> anyhow::Result<castwork_orchestrator::state::State> {
+    use anyhow::Context as _;
+    let redis = castwork_cluster::redis_connect(redis_url)
+        .await
+        .with_context(|| format!("cannot reach Redis at {}", redact_url(redis_url)))?;
+    Ok(castwork_orchestrator::state::State::new(redis))
+}
+
+async fn workers(redis_url: &str, action: WorkersAction) -> anyhow::Result<()> {
+    let state = state_at(redis_url).await?;
+    match action {
+        WorkersAction::Ban { identity, reason } => {
+            state.ban(&identity, &reason).await?;
+            println!("worker {identity} banned: {reason}");
+        }
+        WorkersAction::Unban { identity } => {
+            if state.unban(&identity).await? {
+                println!("worker {identity} may take jobs again");
+            } else {
+                println!("worker {identity} was not banned");
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(Subcommand, Debug)]
@@ -233,11 +300,7 @@ enum LedgerAction {
 }
 
 async fn ledger(redis_url: &str, action: LedgerAction) -> anyhow::Result<()> {
-    use anyhow::Context as _;
-    let redis = castwork_cluster::redis_connect(redis_url)
-        .await
-        .with_context(|| format!("cannot reach Redis at {}", redact_url(redis_url)))?;
-    let state = castwork_orchestrator::state::State::new(redis);
+    let state = state_at(redis_url).await?;
     match action {
         LedgerAction::Credit { account, amount } => {
             castwork_orchestrator::service::validate_account(&account)
@@ -287,20 +350,27 @@ async fn ledger(redis_url: &str, action: LedgerAction) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn main() -> anyhow::Result<()> {
+    // Before the runtime's threads start: the config file sets environment variables.
+    if let Err(e) = castwork_cluster::config_file::apply(&<Cli as clap::CommandFactory>::command())
+    {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
+    start()
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn start() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Status { url }) => return castwork_orchestrator::status::print(&url).await,
         Some(Command::Ledger { action }) => return ledger(&cli.redis_url, action).await,
+        Some(Command::Workers { action }) => return workers(&cli.redis_url, action).await,
         Some(Command::Streams {
             action: StreamsAction::Delete { name, force },
         }) => {
-            use anyhow::Context as _;
-            let redis = castwork_cluster::redis_connect(&cli.redis_url)
-                .await
-                .with_context(|| format!("cannot reach Redis at {}", redact_url(&cli.redis_url)))?;
-            let state = castwork_orchestrator::state::State::new(redis);
+            let state = state_at(&cli.redis_url).await?;
             let storage = castwork_cluster::Storage::from_url(&cli.service.storage_url)?;
             let done =
                 castwork_orchestrator::cleanup::delete_stream(&state, &storage, &name, force)
@@ -318,7 +388,7 @@ async fn main() -> anyhow::Result<()> {
         }
         None => {}
     }
-    let _telemetry = telemetry::init(&cli.service, "castwork-orchestrator");
+    let _telemetry = telemetry::init(&cli.service.link, "castwork-orchestrator");
     let mut problems = Vec::new();
     if cli.max_attempts == 0 {
         problems.push("--max-attempts must be at least 1".to_string());
@@ -360,14 +430,19 @@ async fn main() -> anyhow::Result<()> {
         problems.push("--chain-refresh-secs must be at least 1".to_string());
     }
     if let Err(e) = castwork_orchestrator::queues::Management::new(
-        &cli.service.amqp_url,
+        &cli.service.link.amqp_url,
         cli.rabbitmq_management_url.as_deref(),
     ) {
         problems.push(e);
     }
-    if let Some(u) = &cli.playback_url {
-        if !(u.starts_with("http://") || u.starts_with("https://")) {
-            problems.push(format!("--playback-url {u:?} must be an http(s) URL"));
+    for (flag, url) in [
+        ("--playback-url", &cli.playback_url),
+        ("--work-url", &cli.work_url),
+    ] {
+        if let Some(u) = url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                problems.push(format!("{flag} {u:?} must be an http(s) URL"));
+            }
         }
     }
     // The object store as resolved (a relative file:// path made absolute).
@@ -382,7 +457,7 @@ async fn main() -> anyhow::Result<()> {
         anyhow::bail!("invalid configuration: {}", problems.join("; "));
     }
     tracing::info!(
-        amqp = redact_url(&cli.service.amqp_url),
+        amqp = redact_url(&cli.service.link.amqp_url),
         redis = redact_url(&cli.redis_url),
         storage,
         http = %cli.http_addr,
@@ -415,11 +490,14 @@ async fn main() -> anyhow::Result<()> {
         chain,
         orchestrator_id: cli.orchestrator_id,
         max_seq_ahead: cli.max_seq_ahead,
+        max_sessions: cli.max_sessions,
         api_token: cli.api_token.clone(),
         retain: Duration::from_secs_f64(cli.retain_days.clamp(0.0, 36_500.0) * 86_400.0),
         playback_url: cli.playback_url,
+        work_url: cli.work_url,
+        work_addr: cli.work_addr,
         rabbitmq_management_url: cli.rabbitmq_management_url,
-        amqp_url: cli.service.amqp_url,
+        amqp_url: cli.service.link.amqp_url,
         redis_url: cli.redis_url,
         storage_url: cli.service.storage_url,
         http_addr: cli.http_addr,

@@ -49,12 +49,18 @@ pub struct Orchestrator {
     /// may be: anything further is refused, so no sequence number a client sends makes
     /// work.
     pub max_seq_ahead: u64,
+    /// Live streams admitted at once.
+    pub max_sessions: crate::ingest::MaxSessions,
     /// How long records are kept after their last change (ended streams, workers' counts
     /// of bad results).
     pub retain: Duration,
     /// Where viewers play the outputs: a stream's master playlist is at
     /// `BASE/streams/NAME/index.m3u8` (see [`crate::outputs`]).
     pub playback_base: String,
+    /// Issues and checks job ids.
+    pub job_ids: crate::workers::JobIds,
+    /// Signs the object URLs jobs carry.
+    pub work: crate::workers::tokens::WorkUrls,
 }
 
 /// The picture check of worker results and the ban of workers that fail checks.

@@ -126,6 +126,7 @@ async fn run(
             Some(6),
             None,
             "h",
+            0,
         )
         .await
         .unwrap();

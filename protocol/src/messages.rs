@@ -29,6 +29,14 @@ pub const DEAD_LETTER_QUEUE: &str = "castwork.jobs.dead";
 /// Where a dead letter goes that could not be recorded either (Redis stayed away): kept,
 /// bounded, for an operator to read with its reason.
 pub const PARKED_QUEUE: &str = "castwork.parked";
+/// Exchange workers publish heartbeats to (`beat`), and the queue the orchestrators read
+/// them from; each beat expires unread after [`BEAT_TTL_MS`].
+pub const WORKERS_EXCHANGE: &str = "castwork.workers";
+pub const BEATS_QUEUE: &str = "castwork.beats";
+pub const BEAT_KEY: &str = "beat";
+/// Seconds between a worker's heartbeats; one silent for three of them is gone.
+pub const BEAT_INTERVAL_SECS: u64 = 5;
+pub const BEAT_TTL_MS: u64 = 3 * BEAT_INTERVAL_SECS * 1000;
 /// Headers a consumer puts on a message it dead-letters: why, from which queue, and after
 /// how many deliveries.
 pub const DEAD_REASON_HEADER: &str = "castwork-reason";
@@ -253,6 +261,20 @@ pub struct SegmentJob {
     /// for another worker, and one of these hands the job back.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclude_workers: Vec<String>,
+    /// Where the worker reads the source and writes the renditions, signed by the
+    /// orchestrator for this attempt alone: a worker needs no object-store credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objects: Option<JobObjects>,
+}
+
+/// The signed, expiring URLs of one job's objects (on the orchestrator's HTTP).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobObjects {
+    /// `GET` returns the source segment.
+    pub source_url: String,
+    /// `PUT` with `&rung=NAME` and a rendition as the body stores it under this attempt's
+    /// key for that rung and those bytes, and answers the [`ObjectRef`] stored.
+    pub upload_url: String,
 }
 
 impl SegmentJob {
@@ -366,6 +388,32 @@ pub struct SegmentFailed {
     pub worker_id: String,
     pub disposition: Disposition,
     pub message: String,
+}
+
+/// Worker -> orchestrator (the workers exchange), every [`BEAT_INTERVAL_SECS`] and at once
+/// when a job starts or ends. Who sent it is the broker user the message carries, not
+/// anything in it: `worker_id` only names the process within that user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerBeat {
+    pub worker_id: String,
+    pub host: String,
+    pub pid: u32,
+    pub class: String,
+    pub slots: usize,
+    pub busy_slots: usize,
+    pub capabilities: Vec<String>,
+    pub software: String,
+    pub started_unix: u64,
+}
+
+/// Orchestrator -> worker, the answer to a beat (sent to its `reply-to`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BeatReply {
+    /// The identity the orchestrator knows the worker by (what bans and metrics key on).
+    pub identity: String,
+    /// Set when the orchestrator banned this identity for bad output: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub banned: Option<String>,
 }
 
 /// Where one accepted rendition of a segment is.

@@ -1,39 +1,128 @@
-//! Worker heartbeats in Redis: `cw:worker:<id>` with a TTL, so the orchestrator can list
-//! live workers and forget dead ones.
+//! Heartbeats over the broker: every [`BEAT_INTERVAL_SECS`] (and at once when a job starts
+//! or ends) the worker publishes a [`WorkerBeat`] to the workers exchange, on a channel
+//! that also reads the orchestrator's answers through RabbitMQ's direct reply-to. The
+//! worker needs no Redis: the orchestrator records the beats, and its answer says who it
+//! knows the worker as and whether that identity is banned.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Serialize;
+use castwork_cluster::broker::BrokerError;
+use castwork_cluster::Broker;
+use castwork_protocol::{
+    decode, encode, BeatReply, WorkerBeat, BEAT_INTERVAL_SECS, BEAT_KEY, WORKERS_EXCHANGE,
+};
+use futures_util::StreamExt;
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
+use lapin::types::FieldTable;
+use lapin::BasicProperties;
 use tokio::sync::Notify;
-
-use crate::slots::Slots;
 use tokio_util::sync::CancellationToken;
 
-/// Seconds between heartbeats; a worker silent for three of them is dead.
-pub const INTERVAL_SECS: u64 = 5;
-pub const TTL_SECS: u64 = 3 * INTERVAL_SECS;
+use crate::slots::Slots;
 
-/// Set of worker ids that have ever beaten (entries without a live key are dead).
-pub const WORKERS_SET: &str = "cw:workers";
+/// RabbitMQ's pseudo-queue for answers to the channel that asks.
+const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
-pub fn worker_key(id: &str) -> String {
-    format!("cw:worker:{id}")
+/// What the orchestrator told this worker.
+#[derive(Debug, Default)]
+pub struct Standing {
+    /// The identity the orchestrator knows this worker by (its broker user, or its
+    /// `--worker-id` where it shares the orchestrator's own user).
+    pub identity: Option<String>,
+    /// Why the orchestrator banned that identity, once it has.
+    pub banned: Option<String>,
 }
 
-/// What a heartbeat says.
-#[derive(Debug, Clone, Serialize)]
-pub struct Beat {
-    pub id: String,
-    pub host: String,
-    pub pid: u32,
-    pub class: String,
-    pub slots: usize,
-    pub busy_slots: usize,
-    pub capabilities: Vec<String>,
-    pub version: String,
-    pub started_unix: u64,
-    pub last_seen_unix: u64,
+/// Beats until `shutdown` or a ban (which cancels `shutdown`). Returns when the channel
+/// fails, for the caller to beat again on its next connection.
+pub async fn run(
+    broker: Arc<Broker>,
+    mut beat: WorkerBeat,
+    slots: Slots,
+    changed: Arc<Notify>,
+    standing: Arc<Mutex<Standing>>,
+    shutdown: CancellationToken,
+) -> Result<(), BrokerError> {
+    let ch = broker.channel().await?;
+    let mut replies = ch
+        .basic_consume(
+            DIRECT_REPLY_TO.into(),
+            "beat-replies".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    loop {
+        beat.busy_slots = beat.slots.saturating_sub(slots.available());
+        let props = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_user_id(broker.user().into())
+            .with_reply_to(DIRECT_REPLY_TO.into());
+        ch.basic_publish(
+            WORKERS_EXCHANGE.into(),
+            BEAT_KEY.into(),
+            BasicPublishOptions::default(),
+            &encode(&beat),
+            props,
+        )
+        .await?;
+        let deadline = tokio::time::sleep(Duration::from_secs(BEAT_INTERVAL_SECS));
+        tokio::pin!(deadline);
+        // Answers until it is time for the next beat.
+        loop {
+            tokio::select! {
+                _ = &mut deadline => break,
+                // A job started or ended: say so at once.
+                _ = changed.notified() => break,
+                _ = shutdown.cancelled() => return Ok(()),
+                reply = replies.next() => match reply {
+                    Some(Ok(d)) => {
+                        if answered(&d.data, &standing) {
+                            shutdown.cancel();
+                            return Ok(());
+                        }
+                    }
+                    Some(Err(e)) => return Err(e.into()),
+                    None => return Ok(()),
+                },
+            }
+        }
+    }
+}
+
+/// Takes in an answer; true when it bans this worker.
+fn answered(body: &[u8], standing: &Mutex<Standing>) -> bool {
+    let reply: BeatReply = match decode(body) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "unreadable answer to a heartbeat");
+            return false;
+        }
+    };
+    let mut standing = standing.lock().unwrap_or_else(|e| e.into_inner());
+    if standing.identity.as_deref() != Some(reply.identity.as_str()) {
+        tracing::info!(
+            identity = reply.identity,
+            "the orchestrator knows this worker by its identity"
+        );
+        standing.identity = Some(reply.identity.clone());
+    }
+    let Some(reason) = reply.banned else {
+        return false;
+    };
+    tracing::error!(
+        reason,
+        identity = reply.identity,
+        "the orchestrator banned this worker for bad output: it stops taking jobs (fix it, \
+         then lift the ban with `orchestrator workers unban {}`)",
+        reply.identity
+    );
+    standing.banned = Some(reason);
+    true
 }
 
 fn now_unix() -> u64 {
@@ -42,90 +131,20 @@ fn now_unix() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Set by the orchestrator, with its reason, when this worker's output failed its checks
-/// too often: the worker stops taking jobs.
-pub fn banned_key(id: &str) -> String {
-    format!("cw:worker_banned:{id}")
-}
-
-/// Beats until `shutdown`, then removes the key. Redis being away only delays beats. A ban
-/// cancels `shutdown` and is returned with its reason.
-pub async fn run(
-    redis_url: String,
-    mut beat: Beat,
-    slots: Slots,
-    changed: Arc<Notify>,
-    shutdown: CancellationToken,
-) -> Option<String> {
-    let mut con = None;
-    let mut banned = None;
-    let key = worker_key(&beat.id);
-    loop {
-        if con.is_none() {
-            con = castwork_cluster::redis_connect(&redis_url).await.ok();
-        }
-        if let Some(c) = con.as_mut() {
-            beat.busy_slots = beat.slots.saturating_sub(slots.available());
-            beat.last_seen_unix = now_unix();
-            let body = serde_json::to_string(&beat).unwrap_or_default();
-            let r = redis::pipe()
-                .cmd("SET")
-                .arg(&key)
-                .arg(body)
-                .arg("EX")
-                .arg(TTL_SECS)
-                .ignore()
-                .cmd("SADD")
-                .arg(WORKERS_SET)
-                .arg(&beat.id)
-                .ignore()
-                .cmd("GET")
-                .arg(banned_key(&beat.id))
-                .query_async::<(Option<String>,)>(c)
-                .await;
-            match r {
-                Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
-                Ok((Some(reason),)) => {
-                    tracing::error!(
-                        reason,
-                        "the orchestrator banned this worker for bad output: it stops taking \
-                         jobs (fix it, then delete the Redis key {} to let it back)",
-                        banned_key(&beat.id)
-                    );
-                    banned = Some(reason);
-                    shutdown.cancel();
-                }
-                Ok((None,)) => {}
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(INTERVAL_SECS)) => {}
-            // A job started or ended: say so at once.
-            _ = changed.notified() => {}
-            _ = shutdown.cancelled() => break,
-        }
-    }
-    if let Some(c) = con.as_mut() {
-        let _ = redis::cmd("DEL").arg(&key).query_async::<()>(c).await;
-    }
-    banned
-}
-
 /// A new heartbeat body for this process.
-pub fn beat(id: &str, class: &str, slots: usize) -> Beat {
+pub fn beat(id: &str, class: &str, slots: usize) -> WorkerBeat {
     let host = std::fs::read_to_string("/etc/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "unknown".into());
-    Beat {
-        id: id.to_string(),
+    WorkerBeat {
+        worker_id: id.to_string(),
         host,
         pid: std::process::id(),
         class: class.to_string(),
         slots,
         busy_slots: 0,
         capabilities: vec!["libx264".into(), "h264".into()],
-        version: env!("CARGO_PKG_VERSION").to_string(),
+        software: env!("CARGO_PKG_VERSION").to_string(),
         started_unix: now_unix(),
-        last_seen_unix: now_unix(),
     }
 }

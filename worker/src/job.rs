@@ -8,8 +8,8 @@ use bytes::Bytes;
 use castwork_cluster::{Storage, StorageError};
 use castwork_media::{MediaError, TranscodeOptions};
 use castwork_protocol::{
-    validate_stream_name, Disposition, ObjectRef, RenditionOutput, SegmentFailed, SegmentJob,
-    SegmentResult, WorkerReport,
+    validate_stream_name, Disposition, RenditionOutput, SegmentFailed, SegmentJob, SegmentResult,
+    WorkerReport,
 };
 use sha2::{Digest, Sha256};
 
@@ -18,7 +18,11 @@ use castwork_cluster::telemetry::Span;
 
 /// What a worker needs to run jobs.
 pub struct JobContext {
-    pub storage: Storage,
+    /// An object store of its own, only for jobs that carry no object URLs (from an older
+    /// orchestrator); workers get none.
+    pub storage: Option<Storage>,
+    /// Reads and writes jobs' objects through their signed URLs.
+    pub http: reqwest::Client,
     pub worker_id: String,
     pub options: TranscodeOptions,
     pub max_segment_bytes: u64,
@@ -35,9 +39,21 @@ pub struct JobContext {
     pub slots_changed: Arc<tokio::sync::Notify>,
     /// Benchmark only: renditions are copies of the source (see `--noop-transcode`).
     pub noop_transcode: bool,
+    /// Who the orchestrator knows this worker as, and whether it banned it (from the
+    /// answers to heartbeats).
+    pub standing: Arc<std::sync::Mutex<crate::heartbeat::Standing>>,
 }
 
 impl JobContext {
+    /// Whether `names` (a job's excluded workers) names this worker: by the identity the
+    /// orchestrator gave it, or by its own id.
+    pub fn named_in(&self, names: &[String]) -> bool {
+        let standing = self.standing.lock().unwrap_or_else(|e| e.into_inner());
+        names
+            .iter()
+            .any(|n| *n == self.worker_id || standing.identity.as_deref() == Some(n.as_str()))
+    }
+
     /// How long a job's transcode may take before this worker counts as hung.
     pub fn timeout_secs(&self, job: &SegmentJob) -> u64 {
         if self.job_timeout_secs > 0 {
@@ -64,7 +80,7 @@ impl JobError {
         }
     }
 
-    fn transient(message: impl Into<String>) -> Self {
+    pub(crate) fn transient(message: impl Into<String>) -> Self {
         JobError {
             disposition: Disposition::Transient,
             message: message.into(),
@@ -143,31 +159,6 @@ pub fn failure(ctx: &JobContext, job: &SegmentJob, e: JobError) -> WorkerReport 
     })
 }
 
-async fn fetch_source(ctx: &JobContext, src: &ObjectRef) -> Result<Bytes, JobError> {
-    if src.size > ctx.max_segment_bytes {
-        return Err(JobError::permanent(format!(
-            "source segment is {} bytes, over this worker's limit of {}",
-            src.size, ctx.max_segment_bytes
-        )));
-    }
-    let data = match ctx.storage.get(&src.key).await {
-        Ok(d) => d,
-        Err(StorageError::NotFound(k)) => {
-            return Err(JobError::permanent(format!(
-                "source segment {k} does not exist"
-            )))
-        }
-        Err(e) => return Err(e.into()),
-    };
-    if data.len() as u64 != src.size || sha256_hex(&data) != src.sha256 {
-        return Err(JobError::permanent(format!(
-            "source segment {} does not match its size and sha256",
-            src.key
-        )));
-    }
-    Ok(data)
-}
-
 async fn transcode_job(
     ctx: &JobContext,
     job: &SegmentJob,
@@ -192,7 +183,7 @@ async fn transcode_job(
     }
     let fetch = span.child("fetch", &[("bytes", job.source.size.to_string())]);
     let fetch_started = Instant::now();
-    let data = fetch_source(ctx, &job.source).await?;
+    let data = crate::objects::fetch_source(ctx, job).await?;
     crate::metrics::STAGE_SECONDS
         .with_label_values(&["fetch"])
         .observe(fetch_started.elapsed().as_secs_f64());
@@ -323,18 +314,10 @@ async fn upload_all(
                     JobError::transient(format!("reading {}: {e}", f.path.display()))
                 })?),
             };
-            let sha256 = sha256_hex(&bytes);
-            let key = job.output_key(&f.rung, &sha256);
-            let object = ObjectRef {
-                key: key.clone(),
-                size: bytes.len() as u64,
-                sha256,
-            };
-            let size = bytes.len() as u64;
-            ctx.storage.put(&key, bytes).await?;
+            let object = crate::objects::put_rendition(ctx, job, &f.rung, bytes).await?;
             crate::metrics::BYTES
                 .with_label_values(&["out"])
-                .inc_by(size);
+                .inc_by(object.size);
             Ok::<_, JobError>(RenditionOutput {
                 rung: f.rung,
                 object,

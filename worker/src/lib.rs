@@ -6,6 +6,7 @@ pub mod config;
 pub mod heartbeat;
 pub mod job;
 pub mod metrics;
+pub mod objects;
 pub mod slots;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,15 +47,14 @@ pub enum Stopped {
 /// A pool of transcode slots consuming one broker's job queue.
 pub struct WorkerPool {
     pub amqp_url: String,
-    pub storage: Storage,
+    /// An object store for jobs that carry no object URLs (none: such jobs fail, transient).
+    pub storage: Option<Storage>,
     pub args: WorkerArgs,
     pub slots: usize,
     /// How long in-flight segments may take to finish after a shutdown signal.
     pub drain_timeout: Duration,
     /// Whether the pool is connected and consuming (for health checks).
     pub consuming: Arc<AtomicBool>,
-    /// Redis for heartbeats (`None`: no heartbeats).
-    pub redis_url: Option<String>,
 }
 
 impl WorkerPool {
@@ -69,6 +69,7 @@ impl WorkerPool {
         let worker_id = self.args.id();
         let ctx = Arc::new(JobContext {
             storage: self.storage.clone(),
+            http: objects::client(),
             worker_id: worker_id.clone(),
             options: TranscodeOptions {
                 preset: self.args.preset.clone(),
@@ -84,6 +85,7 @@ impl WorkerPool {
             excluded_retry: Duration::from_secs(self.args.excluded_retry_secs),
             slots_changed: Arc::new(tokio::sync::Notify::new()),
             noop_transcode: self.args.noop_transcode,
+            standing: Arc::default(),
         });
         if self.args.test_only_cheat_black {
             warn!("--test-only-cheat-black: TEST ONLY, this worker encodes black pictures");
@@ -105,16 +107,6 @@ impl WorkerPool {
             "worker starting"
         );
         let tracker = TaskTracker::new();
-        let beats = self.redis_url.clone().map(|url| {
-            let beat = heartbeat::beat(&worker_id, &self.args.class, slots + live_slots);
-            tokio::spawn(heartbeat::run(
-                url,
-                beat,
-                ctx.slots.clone(),
-                ctx.slots_changed.clone(),
-                shutdown.clone(),
-            ))
-        });
         supervise("worker", &shutdown, || {
             consume(&self, ctx.clone(), &queues, slots, &tracker, &shutdown)
         })
@@ -128,10 +120,12 @@ impl WorkerPool {
         {
             warn!("drain timeout: unfinished segments go back to the queue");
         }
-        let banned = match beats {
-            Some(b) => b.await.ok().flatten(),
-            None => None,
-        };
+        let banned = ctx
+            .standing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .banned
+            .clone();
         info!(worker_id, banned = banned.is_some(), "worker stopped");
         Ok(banned.map_or(Stopped::Shutdown, Stopped::Banned))
     }
@@ -170,6 +164,25 @@ async fn consume(
         .await?;
     pool.consuming.store(true, Ordering::Relaxed);
     info!(live = queues[0], vod = queues[1], "consuming jobs");
+    // Heartbeats on this connection; a ban they hear of cancels `shutdown`.
+    let beats = {
+        let beat = heartbeat::beat(&ctx.worker_id, &pool.args.class, ctx.slots.total());
+        let (b, c, s) = (broker.clone(), ctx.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = heartbeat::run(
+                b,
+                beat,
+                c.slots.clone(),
+                c.slots_changed.clone(),
+                c.standing.clone(),
+                s,
+            )
+            .await
+            {
+                warn!(error = %e, "heartbeats stopped until the next connection");
+            }
+        })
+    };
     let result = loop {
         // `biased`: when both queues have a delivery ready, the live one starts first.
         let next = tokio::select! {
@@ -191,6 +204,7 @@ async fn consume(
         }
     };
     pool.consuming.store(false, Ordering::Relaxed);
+    beats.abort();
     if result.is_ok() {
         // Let in-flight jobs report and ack on this connection before it closes.
         tracker.close();
@@ -244,7 +258,7 @@ async fn handle_delivery(ctx: Arc<JobContext>, broker: Arc<Broker>, delivery: De
             return;
         }
     };
-    if job.exclude_workers.contains(&ctx.worker_id) {
+    if ctx.named_in(&job.exclude_workers) {
         // Our output for this segment failed its check: leave the retry to another worker.
         // A copy goes back to the queue, not the delivery itself: every requeue counts
         // toward the queue's delivery limit, and the job would be dead-lettered while the

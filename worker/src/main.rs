@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::{http::StatusCode, response::IntoResponse, routing::get, Json, Router};
-use castwork_cluster::{http, redact_url, shutdown_token, telemetry, ServiceArgs, Storage};
+use castwork_cluster::{http, redact_url, shutdown_token, telemetry, LinkArgs};
 use castwork_worker::{Stopped, WorkerArgs, WorkerPool, EXIT_BANNED};
 use clap::Parser;
 
@@ -17,7 +17,7 @@ use clap::Parser;
 #[command(version, about, after_help = castwork_cluster::telemetry::ENV_HELP)]
 struct Cli {
     #[command(flatten)]
-    service: ServiceArgs,
+    service: LinkArgs,
 
     #[command(flatten)]
     worker: WorkerArgs,
@@ -29,10 +29,6 @@ struct Cli {
     /// Seconds in-flight segments get to finish after SIGTERM before they are requeued.
     #[arg(long, env = "WORKER_DRAIN_SECS", default_value_t = 120)]
     drain_secs: u64,
-
-    /// Redis URL for heartbeats (the orchestrator lists live workers from them).
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
-    redis_url: String,
 
     /// Address for /livez, /readyz, /healthz and /metrics (port 0 picks a free port).
     #[arg(long, env = "WORKER_HTTP_ADDR", default_value = "127.0.0.1:0")]
@@ -60,15 +56,23 @@ async fn readyz(consuming: bool) -> axum::response::Response {
     }
 }
 
+fn main() -> anyhow::Result<ExitCode> {
+    // Before the runtime's threads start: the config file sets environment variables.
+    if let Err(e) = castwork_cluster::config_file::apply(&<Cli as clap::CommandFactory>::command())
+    {
+        eprintln!("error: {e}");
+        return Ok(ExitCode::from(2));
+    }
+    start()
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<ExitCode> {
+async fn start() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     let _telemetry = telemetry::init(&cli.service, "castwork-worker");
     cli.worker.validate().map_err(anyhow::Error::msg)?;
-    let storage = Storage::from_url(&cli.service.storage_url)?;
     tracing::info!(
         amqp = redact_url(&cli.service.amqp_url),
-        storage = %storage,
         slots = cli.slots,
         version = telemetry::VERSION,
         "effective config"
@@ -100,12 +104,11 @@ async fn main() -> anyhow::Result<ExitCode> {
     tracing::info!(%addr, "serving /livez, /readyz, /healthz and /metrics");
     let stopped = WorkerPool {
         amqp_url: cli.service.amqp_url,
-        storage,
+        storage: None,
         args: cli.worker,
         slots: cli.slots,
         drain_timeout: Duration::from_secs(cli.drain_secs),
         consuming,
-        redis_url: Some(cli.redis_url),
     }
     .run(shutdown)
     .await?;

@@ -71,6 +71,8 @@ async fn run_segment(ctx: &JobContext, seg: &Path, seq: u64) -> WorkerReport {
     let plan = plan_ladder(&parse_profiles("P240p30fps16x9").unwrap(), &probed.metadata);
     let key = source_key(stream, seq, "ts");
     ctx.storage
+        .as_ref()
+        .unwrap()
         .put(&key, Bytes::from(data.clone()))
         .await
         .unwrap();
@@ -92,6 +94,8 @@ async fn run_segment(ctx: &JobContext, seg: &Path, seq: u64) -> WorkerReport {
         metadata: probed.metadata,
         deadline_unix_ms: None,
         exclude_workers: Vec::new(),
+        // The worker reads and writes this test's directory store directly.
+        objects: None,
     };
     run_job(ctx, &job, &Span::none()).await
 }
@@ -103,7 +107,8 @@ async fn a_segment_with_decoder_errors_fails_permanently_with_its_reason() {
     let store = dir.path().join("store");
     std::fs::create_dir(&store).unwrap();
     let ctx = JobContext {
-        storage: Storage::from_url(&format!("file://{}", store.display())).unwrap(),
+        storage: Some(Storage::from_url(&format!("file://{}", store.display())).unwrap()),
+        http: castwork_worker::objects::client(),
         worker_id: "w-test".into(),
         options: TranscodeOptions {
             preset: "ultrafast".into(),
@@ -117,6 +122,7 @@ async fn a_segment_with_decoder_errors_fails_permanently_with_its_reason() {
         excluded_retry: Duration::from_secs(1),
         slots_changed: Arc::new(tokio::sync::Notify::new()),
         noop_transcode: false,
+        standing: Arc::default(),
     };
 
     match run_segment(&ctx, &clean, 0).await {

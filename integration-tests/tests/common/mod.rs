@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod netns;
 pub mod output_check;
 
 use std::io::{Read, Write};
@@ -143,6 +144,8 @@ pub struct Cluster {
     /// With per-role RabbitMQ users: the AMQP URL of each binary (orchestrator, worker,
     /// broadcaster), and the users to delete at the end.
     role_urls: Vec<(String, String)>,
+    /// RabbitMQ users made for this cluster, deleted with it.
+    users: Vec<String>,
     /// The cluster's own Redis (dropped after the processes): clusters of parallel tests
     /// must not share one, or each would see the others' workers and overdue jobs.
     _redis: Option<RedisNode>,
@@ -173,34 +176,40 @@ impl Cluster {
 
     /// Creates a user per role on this cluster's vhost, with the deployment's permissions.
     fn add_role_users(&mut self) {
+        for role in ["orchestrator", "worker", "broadcaster"] {
+            let url = self.add_broker_user(role, role);
+            self.role_urls.push((role.to_string(), url));
+        }
+    }
+
+    /// Creates RabbitMQ user `VHOST-NAME` on this cluster's vhost with the permissions
+    /// `infra/rabbitmq/definitions.json` gives `role`, and returns its AMQP URL (the user
+    /// goes with the cluster).
+    pub fn add_broker_user(&mut self, name: &str, role: &str) -> String {
         let defs: Value = serde_json::from_str(
             &std::fs::read_to_string(workspace().join("infra/rabbitmq/definitions.json")).unwrap(),
         )
         .unwrap();
-        for role in ["orchestrator", "worker", "broadcaster"] {
-            let p = defs["permissions"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|p| p["user"] == format!("castwork-{role}"))
-                .unwrap();
-            let user = format!("{}-{role}", self.vhost);
-            rabbitmqctl(&["add_user", &user, "role-secret"]);
-            let perm = |k: &str| p[k].as_str().unwrap().to_string();
-            rabbitmqctl(&[
-                "set_permissions",
-                "-p",
-                &self.vhost,
-                &user,
-                &perm("configure"),
-                &perm("write"),
-                &perm("read"),
-            ]);
-            self.role_urls.push((
-                role.to_string(),
-                format!("amqp://{user}:role-secret@127.0.0.1:5672/{}", self.vhost),
-            ));
-        }
+        let p = defs["permissions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["user"] == format!("castwork-{role}"))
+            .unwrap();
+        let user = format!("{}-{name}", self.vhost);
+        rabbitmqctl(&["add_user", &user, "role-secret"]);
+        let perm = |k: &str| p[k].as_str().unwrap().to_string();
+        rabbitmqctl(&[
+            "set_permissions",
+            "-p",
+            &self.vhost,
+            &user,
+            &perm("configure"),
+            &perm("write"),
+            &perm("read"),
+        ]);
+        self.users.push(user.clone());
+        format!("amqp://{user}:role-secret@127.0.0.1:5672/{}", self.vhost)
     }
 
     /// The AMQP URL a binary connects with.
@@ -252,6 +261,7 @@ impl Cluster {
             env: all_env,
             children: Vec::new(),
             role_urls: Vec::new(),
+            users: Vec::new(),
             _redis: redis,
         };
         if roles {
@@ -297,6 +307,29 @@ impl Cluster {
             .expect("every cluster has a Redis")
     }
 
+    /// The id the orchestrator issued for a segment's attempt (keyed with the secret it
+    /// keeps in Redis, as `castwork_orchestrator::workers::JobIds` does): what a worker
+    /// that was really given the job reports.
+    pub fn job_id(&self, stream: &str, seq: u64, attempt: u32) -> uuid::Uuid {
+        use hmac::Mac as _;
+        let out = Command::new("redis-cli")
+            .args(["-u", self.redis_url(), "GET", "cw:job_key"])
+            .output()
+            .expect("redis-cli runs");
+        let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(!key.is_empty(), "no job key in Redis yet");
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).unwrap();
+        mac.update(b"castwork job id\0");
+        mac.update(stream.as_bytes());
+        mac.update(&[0]);
+        mac.update(&seq.to_be_bytes());
+        mac.update(&attempt.to_be_bytes());
+        let digest = mac.finalize().into_bytes();
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        uuid::Builder::from_custom_bytes(bytes).into_uuid()
+    }
+
     pub fn storage_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
@@ -317,17 +350,21 @@ impl Cluster {
     }
 
     fn spawn(&self, name: &str, args: &[&str]) -> Child {
+        self.command(name).args(args).spawn().expect("spawn")
+    }
+
+    /// A command for one of the cluster's binaries, with its environment and a log file.
+    fn command(&self, name: &str) -> Command {
         let n = std::fs::read_dir(self.dir.path())
             .map(|d| d.count())
             .unwrap_or(0);
         let log = std::fs::File::create(self.dir.path().join(format!("{name}-{n}.log"))).unwrap();
         let mut cmd = Command::new(bin(name));
         self.envs(&mut cmd);
-        cmd.args(args)
-            .stdin(Stdio::null())
+        cmd.stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
-        cmd.spawn().expect("spawn")
+        cmd
     }
 
     /// Sends a signal to one of the cluster's processes by pid and, but for STOP and CONT,
@@ -354,6 +391,16 @@ impl Cluster {
         }
     }
 
+    /// Waits up to `timeout` for one of the cluster's processes to exit; its status.
+    pub fn wait_exit(&mut self, pid: u32, timeout: Duration) -> std::process::ExitStatus {
+        let mut status = None;
+        wait_until("the process to exit", timeout, || {
+            status = self.exit_status(pid);
+            status.is_some()
+        });
+        status.unwrap()
+    }
+
     /// The exit status of one of the cluster's processes, once it has exited.
     pub fn exit_status(&mut self, pid: u32) -> Option<std::process::ExitStatus> {
         let child = self.children.iter_mut().find(|c| c.id() == pid)?;
@@ -371,6 +418,54 @@ impl Cluster {
                     .is_ok_and(|p| std::fs::canonicalize(&exe).is_ok_and(|e| e == p))
             })
             .collect()
+    }
+
+    /// `/status`'s dead letters, newest first.
+    pub fn dead_letters(&self) -> Vec<Value> {
+        let (code, body) = http_get(&self.orchestrator_addr, "/status").expect("status answers");
+        assert_eq!(code, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        v["dead_letters"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Starts one more process like [`Cluster::add`], without the variables `removed` in
+    /// its environment.
+    pub fn add_without(&mut self, name: &str, args: &[&str], removed: &[&str]) {
+        let mut cmd = self.command(name);
+        for var in removed {
+            cmd.env_remove(var);
+        }
+        let child = cmd.args(args).spawn().expect("spawn");
+        self.children.push(child);
+    }
+
+    /// Starts one more process on `host` (a network namespace), with only `env` in its
+    /// environment besides PATH: what a process on another machine would have. Returns
+    /// its pid.
+    pub fn add_on_host(
+        &mut self,
+        host: &netns::Host,
+        name: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> u32 {
+        let n = std::fs::read_dir(self.dir.path())
+            .map(|d| d.count())
+            .unwrap_or(0);
+        let log = std::fs::File::create(self.dir.path().join(format!("{name}-{n}.log"))).unwrap();
+        let mut cmd = host.command(&bin(name));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let child = cmd.spawn().expect("spawn");
+        let pid = child.id();
+        self.children.push(child);
+        pid
     }
 
     /// The orchestrator's `GET /workers`.
@@ -498,7 +593,7 @@ impl Cluster {
 
     /// The output check of a stream that completed into this cluster's local store (an
     /// incomplete one, or one in a bucket, is the test's own business).
-    fn check_output(&self, file: &Path, stream: &str) {
+    pub fn check_output(&self, file: &Path, stream: &str) {
         let complete = http_get(&self.orchestrator_addr, &format!("/streams/{stream}"))
             .and_then(|(code, body)| (code == 200).then_some(body))
             .and_then(|body| serde_json::from_str::<Value>(&body).ok())
@@ -532,9 +627,9 @@ impl Drop for Cluster {
                 .args(["delete_vhost", &self.vhost])
                 .output();
         }
-        for (role, _) in &self.role_urls {
+        for user in &self.users {
             let _ = Command::new("rabbitmqctl")
-                .args(["delete_user", &format!("{}-{role}", self.vhost)])
+                .args(["delete_user", user])
                 .output();
         }
     }
@@ -1000,6 +1095,9 @@ pub fn rtmp_publisher(url: &str, secs: u32) -> Child {
 pub struct Injector {
     rt: tokio::runtime::Runtime,
     channel: lapin::Channel,
+    /// The user it logs in as, which it names in each message's `user-id` (as every
+    /// Castwork process does; the broker refuses any other).
+    user: String,
 }
 
 impl Injector {
@@ -1014,7 +1112,22 @@ impl Injector {
             std::mem::forget(c);
             ch
         });
-        Injector { rt, channel }
+        let user = amqp_url
+            .parse::<lapin::uri::AMQPUri>()
+            .unwrap()
+            .authority
+            .userinfo
+            .username;
+        Injector { rt, channel, user }
+    }
+
+    /// Publishes an ingest message, as a broadcaster does.
+    pub fn ingest(&self, msg: &castwork_protocol::IngestMessage) {
+        self.publish(
+            castwork_protocol::INGEST_EXCHANGE,
+            "ingest",
+            &castwork_protocol::encode(msg),
+        );
     }
 
     pub fn publish(&self, exchange: &str, key: &str, body: &[u8]) {
@@ -1026,7 +1139,9 @@ impl Injector {
                     key.into(),
                     Default::default(),
                     body,
-                    lapin::BasicProperties::default().with_delivery_mode(2),
+                    lapin::BasicProperties::default()
+                        .with_delivery_mode(2)
+                        .with_user_id(self.user.as_str().into()),
                 )
                 .await
                 .unwrap()

@@ -4,6 +4,7 @@
 
 mod health;
 mod streams;
+mod work;
 
 pub use health::{Readiness, READY_PING};
 
@@ -48,6 +49,8 @@ pub struct ApiState {
     pub api_token: Option<String>,
     /// What `/readyz` names when a service is not reachable.
     pub readiness: Readiness,
+    /// Checks the signed object URLs of jobs (set once Redis has given the key).
+    pub tokens: Arc<std::sync::OnceLock<crate::workers::tokens::Tokens>>,
 }
 
 /// The refusal of a request that changes state and does not carry the API token; `None`
@@ -161,10 +164,22 @@ pub fn router(api: ApiState) -> Router {
         .route("/player", get(|| async { Html(PLAYER) }))
         .route("/assets/hls.light.min.js", get(hls_js))
         .route("/hls/{*key}", get(hls_object))
+        .route("/work/source", get(work::source))
+        .route("/work/rendition", axum::routing::put(work::rendition))
         .route(
             "/streams/{name}",
             get(streams::stream_status).delete(streams::delete_stream),
         )
+        .with_state(api);
+    json_errors(routes)
+}
+
+/// Only the job-object routes (`/work/...`), for a listener of their own (`--work-addr`)
+/// that workers can reach while the rest of the API stays private.
+pub fn work_router(api: ApiState) -> Router {
+    let routes = Router::new()
+        .route("/work/source", get(work::source))
+        .route("/work/rendition", axum::routing::put(work::rendition))
         .with_state(api);
     json_errors(routes)
 }

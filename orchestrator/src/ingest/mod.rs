@@ -11,11 +11,11 @@ use castwork_protocol::{
 };
 use lapin::types::FieldTable;
 use tracing::{info, warn, Instrument as _};
-use uuid::Uuid;
 
 use crate::metrics;
 use crate::service::{permanent, rendition_refs, seg_attrs, HandleError, Orchestrator};
 use crate::state::{now_unix_ms, Recorded, Refusal, SegmentRecord, StreamRecord};
+use crate::workers::tokens;
 
 mod fees;
 
@@ -49,6 +49,25 @@ fn secret_hash(secret: &str) -> String {
 /// A refusal of the message: it is dead-lettered with `why`.
 fn refused(why: String) -> Result<(), HandleError> {
     Err(HandleError::Refused(why))
+}
+
+/// How many live streams an orchestrator admits at once (`--max-sessions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaxSessions {
+    /// As many as the live workers' transcode slots (no limit while none has beaten).
+    Auto,
+    /// This many; 0 is no limit.
+    Fixed(u64),
+}
+
+/// Reads `--max-sessions`: `auto` or a number.
+pub fn parse_max_sessions(s: &str) -> Result<MaxSessions, String> {
+    if s == "auto" {
+        return Ok(MaxSessions::Auto);
+    }
+    s.parse()
+        .map(MaxSessions::Fixed)
+        .map_err(|_| format!("{s:?} is neither `auto` nor a number of live streams"))
 }
 
 impl Orchestrator {
@@ -91,6 +110,7 @@ impl Orchestrator {
         &self,
         s: &StreamStarted,
         plan: &castwork_protocol::LadderPlan,
+        max_live: u64,
     ) -> Result<i64, HandleError> {
         Ok(self
             .state
@@ -104,8 +124,23 @@ impl Orchestrator {
                     .filter(|_| s.mode == StreamMode::Live),
                 s.broadcaster.as_deref().filter(|_| !self.price.is_free()),
                 &secret_hash(&s.secret),
+                max_live,
             )
             .await?)
+    }
+
+    /// The most live streams admitted at once now (0: no limit).
+    async fn max_live(&self) -> Result<u64, HandleError> {
+        Ok(match self.max_sessions {
+            MaxSessions::Fixed(n) => n,
+            MaxSessions::Auto => self
+                .state
+                .workers()
+                .await?
+                .iter()
+                .map(|w| w["slots"].as_u64().unwrap_or(0))
+                .sum(),
+        })
     }
 
     async fn stream_started(&self, s: StreamStarted) -> Result<(), HandleError> {
@@ -172,13 +207,18 @@ impl Orchestrator {
                 return self.reject(&s, m).await;
             }
         }
-        let mut registered = self.register(&s, &plan).await?;
+        let max_live = if s.mode == StreamMode::Live {
+            self.max_live().await?
+        } else {
+            0
+        };
+        let mut registered = self.register(&s, &plan, max_live).await?;
         if registered == 3 {
             // The same key broadcasting again after its last broadcast ended.
             if let Some(old) = self.state.stream(&s.stream).await? {
                 self.archive_live(&old).await?;
             }
-            registered = self.register(&s, &plan).await?;
+            registered = self.register(&s, &plan, max_live).await?;
         } else if registered == 4 {
             // A push again under the name of one that failed: its record goes.
             crate::cleanup::delete_stream(&self.state, &self.storage, &s.stream, false)
@@ -187,7 +227,18 @@ impl Orchestrator {
                     HandleError::Retry(format!("forgetting failed stream {}: {e}", s.stream))
                 })?;
             info!(stream = s.stream, "a failed stream's name used again");
-            registered = self.register(&s, &plan).await?;
+            registered = self.register(&s, &plan, max_live).await?;
+        }
+        if registered == 5 {
+            return self
+                .reject(
+                    &s,
+                    format!(
+                        "at capacity: this orchestrator admits {max_live} live stream(s) at once \
+                         (--max-sessions), all taken; try again later or another orchestrator"
+                    ),
+                )
+                .await;
         }
         if registered != 1 && registered != 2 {
             return self
@@ -342,7 +393,7 @@ impl Orchestrator {
             _ => None,
         };
         let job = SegmentJob {
-            job_id: Uuid::now_v7(),
+            job_id: self.job_ids.id(&rec.stream, seg.seq, attempt),
             stream: rec.stream.clone(),
             seq: seg.seq,
             attempt,
@@ -355,6 +406,16 @@ impl Orchestrator {
             metadata: rec.source.clone(),
             deadline_unix_ms: seg.deadline_ms,
             exclude_workers: seg.bad_workers.clone(),
+            objects: Some(self.work.job_objects(
+                &rec.stream,
+                seg.seq,
+                attempt,
+                &seg.source.key,
+                match seg.deadline_ms {
+                    Some(d) => d / 1000 + tokens::LIVE_URL_GRACE_SECS,
+                    None => now_unix_ms() / 1000 + tokens::VOD_URL_SECS,
+                },
+            )),
         };
         let queue = job_queue(rec.mode, CLASSES[0]);
         let span = parent.child("publish job", &[("attempt", attempt.to_string())]);

@@ -32,11 +32,31 @@ fn unchecked(r: &SegmentResult) -> Vec<AcceptedRendition> {
 }
 
 impl Orchestrator {
+    /// Handles a worker's report. `sender` is the broker user that published it: the
+    /// worker is who that says ([`crate::workers::identity`]), and the report must name a
+    /// job this orchestrator issued.
     pub async fn handle_report(
         &self,
-        report: WorkerReport,
+        mut report: WorkerReport,
         headers: Option<&FieldTable>,
+        sender: Option<&str>,
     ) -> Result<(), HandleError> {
+        let (job_id, stream, seq, attempt, claimed) = match &mut report {
+            WorkerReport::SegmentStarted(s) => {
+                (s.job_id, &s.stream, s.seq, s.attempt, &mut s.worker_id)
+            }
+            WorkerReport::SegmentResult(r) => {
+                (r.job_id, &r.stream, r.seq, r.attempt, &mut r.worker_id)
+            }
+            WorkerReport::SegmentFailed(f) => {
+                (f.job_id, &f.stream, f.seq, f.attempt, &mut f.worker_id)
+            }
+        };
+        let identity = crate::workers::identity(sender, claimed, self.broker.user())
+            .map_err(HandleError::Refused)?;
+        self.job_ids
+            .check(job_id, stream, seq, attempt, &identity)?;
+        *claimed = identity;
         match report {
             WorkerReport::SegmentStarted(s) => {
                 // A hung worker stops itself after `timeout_secs`; the grace covers its

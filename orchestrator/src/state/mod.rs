@@ -12,6 +12,7 @@ mod ledger;
 mod live;
 mod records;
 mod streams;
+mod workers;
 
 pub use failures::{DeadLetterRecord, DEAD_LETTERS_LIST};
 pub use ledger::{balance_key, reserved_key};
@@ -19,6 +20,7 @@ pub use live::{listed_key, LIVE_SET};
 use records::{parse_all, parse_segment, parse_stream, with_gaps};
 pub use records::{AcceptedRendition, RecentFailure, RecentSegment, SegmentRecord, StreamRecord};
 pub use streams::{Deleted, StreamPage, StreamSummary, ACTIVE_STREAMS, DONE_STREAMS};
+pub use workers::{banned_key, worker_key, WORKERS_SET};
 
 pub fn stream_key(stream: &str) -> String {
     format!("cw:stream:{stream}")
@@ -223,6 +225,7 @@ impl State {
         target_duration_secs: Option<u32>,
         broadcaster: Option<&str>,
         secret_hash: &str,
+        max_live: u64,
     ) -> redis::RedisResult<i64> {
         REGISTER_STREAM
             .get()
@@ -238,6 +241,7 @@ impl State {
             .arg(broadcaster.unwrap_or_default())
             .arg(secret_hash)
             .arg(now_unix_ms())
+            .arg(max_live)
             .invoke_async(&mut self.redis.clone())
             .await
     }
@@ -354,6 +358,10 @@ impl State {
         stream: &str,
         seqs: &[u64],
     ) -> redis::RedisResult<Vec<Option<SegmentRecord>>> {
+        // An empty pipeline is an error to the Redis client ("empty command").
+        if seqs.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut pipe = redis::pipe();
         for seq in seqs {
             pipe.cmd("HGETALL").arg(segment_key(stream, *seq));
@@ -451,37 +459,6 @@ impl State {
             .collect())
     }
 
-    /// Live workers from their heartbeats; workers whose heartbeat expired are forgotten.
-    pub async fn workers(&self) -> redis::RedisResult<Vec<serde_json::Value>> {
-        use castwork_worker::heartbeat::{worker_key, WORKERS_SET};
-        let mut con = self.redis.clone();
-        let mut ids: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(WORKERS_SET)
-            .query_async(&mut con)
-            .await?;
-        ids.sort();
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let keys: Vec<String> = ids.iter().map(|i| worker_key(i)).collect();
-        let beats: Vec<Option<String>> =
-            redis::cmd("MGET").arg(&keys).query_async(&mut con).await?;
-        let mut live = Vec::new();
-        for (id, beat) in ids.iter().zip(beats) {
-            match beat.and_then(|b| serde_json::from_str(&b).ok()) {
-                Some(v) => live.push(v),
-                None => {
-                    redis::cmd("SREM")
-                        .arg(WORKERS_SET)
-                        .arg(id)
-                        .query_async::<i64>(&mut con)
-                        .await?;
-                }
-            }
-        }
-        Ok(live)
-    }
-
     /// Notes that `StreamCompleted` was published.
     pub async fn set_announced(&self, stream: &str) -> redis::RedisResult<()> {
         redis::cmd("HSET")
@@ -528,7 +505,7 @@ impl State {
             Option<String>,
         ) = stream_and_segment_pipe(stream, seq)
             .cmd("GET")
-            .arg(castwork_worker::heartbeat::banned_key(worker))
+            .arg(banned_key(worker))
             .query_async(&mut self.redis.clone())
             .await?;
         Ok((
@@ -591,7 +568,7 @@ impl State {
             .get()
             .key(segment_key(stream, seq))
             .key(format!("cw:worker_bad:{worker}"))
-            .key(castwork_worker::heartbeat::banned_key(worker))
+            .key(banned_key(worker))
             .arg(worker)
             .arg(reason)
             .arg(max_bad.max(1))

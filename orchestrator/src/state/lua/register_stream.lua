@@ -10,6 +10,9 @@ if cur then
   if old[2] == 'failed' then return 4 end
   return 0
 end
+-- A new live stream past the most at once (ARGV[10], 0: no limit) is refused.
+local most = tonumber(ARGV[10])
+if ARGV[2] == 'live' and most > 0 and redis.call('SCARD', KEYS[3]) >= most then return 5 end
 redis.call('HSET', KEYS[1], 'session', ARGV[1], 'mode', ARGV[2], 'plan', ARGV[3],
   'source', ARGV[4], 'state', 'active', 'received', 0, 'done', 0, 'failed', 0, 'resolved', 0,
   'skipped', 0)

@@ -1,0 +1,183 @@
+//! Workers on other hosts (issue 15): each worker runs in a network namespace of its own,
+//! reaching the test machine only over its link to a bridge, with nothing in its
+//! environment but its broker URL (its own broker user). The broker is reached through
+//! that network, and so are the orchestrator's `/work/` routes (a listener of their own);
+//! Redis and the orchestrator's API are not reachable from the hosts at all. A push
+//! completes on those workers; then one host's link is cut while it holds a job, the
+//! segment is redone on the other host exactly once, and when the link comes back the late
+//! worker changes nothing.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::netns::{Forward, Network};
+use common::*;
+use serde_json::Value;
+
+const RUNGS: &str = "P144p30fps16x9,P360p30fps16x9";
+
+/// The `/workers` record of `identity`.
+fn worker(cluster: &Cluster, identity: &str) -> Option<Value> {
+    cluster
+        .workers()
+        .into_iter()
+        .find(|w| w["identity"] == identity)
+}
+
+/// The identities that had segments of `stream` accepted, from the orchestrator's log.
+fn accepted_by(cluster: &Cluster, stream: &str) -> Vec<String> {
+    cluster
+        .logs_of("orchestrator")
+        .lines()
+        .filter(|l| l.contains("segment accepted") && l.contains(stream))
+        .filter_map(|l| l.split("worker=").nth(1))
+        .map(|w| {
+            w.split_whitespace()
+                .next()
+                .unwrap_or("")
+                .trim_matches('"')
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn workers_on_other_hosts_need_only_a_broker_url_and_a_cut_link_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut net = Network::new();
+    let gateway = net.gateway();
+    let (h1, h2) = (net.host(), net.host());
+    // RabbitMQ listens on the machine's loopback: the network reaches it through a forward.
+    let broker = Forward::start(&gateway, "127.0.0.1:5672".parse().unwrap());
+    let work = format!("{gateway}:{}", free_port());
+    let mut cluster = Cluster::start_with(
+        0,
+        &[
+            "--work-addr",
+            &work,
+            "--work-url",
+            &format!("http://{work}"),
+        ],
+        Vec::new(),
+    );
+
+    // What a host reaches: the broker and the job objects, not Redis, not the API.
+    for h in [&h1, &h2] {
+        assert!(
+            h.reaches(&broker.addr.to_string()),
+            "{} cannot reach the broker",
+            h.ns
+        );
+        assert!(h.reaches(&work), "{} cannot reach /work/", h.ns);
+        let api_port = cluster.orchestrator_addr.rsplit(':').next().unwrap();
+        for closed in [
+            format!("{gateway}:6379"),
+            format!("{gateway}:{api_port}"),
+            cluster.orchestrator_addr.clone(),
+            cluster
+                .redis_url()
+                .trim_start_matches("redis://")
+                .trim_end_matches('/')
+                .to_string(),
+        ] {
+            assert!(!h.reaches(&closed), "{} reaches {closed}", h.ns);
+        }
+    }
+
+    // Each host's worker: its broker URL (with a 5 s AMQP heartbeat, so the broker notices
+    // a dead link within seconds) and nothing else.
+    let mut urls = Vec::new();
+    for name in ["h1", "h2"] {
+        let url = cluster
+            .add_broker_user(name, "worker")
+            .replace("127.0.0.1:5672", &broker.addr.to_string());
+        urls.push((
+            format!("{}-{name}", cluster.vhost),
+            format!("{url}?heartbeat=5"),
+        ));
+    }
+    // h1 encodes slowly, so it holds its job for seconds.
+    let slow = ["--preset", "veryslow", "--threads", "1"];
+    cluster.add_on_host(&h1, "worker", &slow, &[("AMQP_URL", &urls[0].1)]);
+    cluster.add_on_host(&h2, "worker", &[], &[("AMQP_URL", &urls[1].1)]);
+    for (identity, _) in &urls {
+        wait_until(
+            "both hosts' workers to beat",
+            Duration::from_secs(60),
+            || worker(&cluster, identity).is_some(),
+        );
+    }
+
+    // (a) A push completes on the two hosts' workers (checked by the independent output
+    // check, as every completed push is).
+    let input = clip(dir.path(), 6);
+    let stream = stream_name("hosts");
+    let out = cluster.push(&input, &stream, &["--profiles", RUNGS]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        cluster.logs()
+    );
+    let done_by = accepted_by(&cluster, &stream);
+    assert_eq!(done_by.len(), 3, "{done_by:?}");
+    assert!(
+        done_by.iter().all(|w| urls.iter().any(|(id, _)| id == w)),
+        "{done_by:?}"
+    );
+
+    // (b) h1's link is cut while it holds a job.
+    let input = {
+        let d = dir.path().join("long");
+        std::fs::create_dir(&d).unwrap();
+        clip(&d, 12)
+    };
+    let stream = stream_name("cut");
+    let push = cluster.push_in_background(&input, &stream, &["--profiles", RUNGS]);
+    wait_until("h1 to hold a job", Duration::from_secs(60), || {
+        worker(&cluster, &urls[0].0).is_some_and(|w| w["busy_slots"].as_u64() > Some(0))
+    });
+    let held = worker(&cluster, &urls[0].0).unwrap();
+    h1.link(false);
+    let cut = Instant::now();
+    eprintln!("cut h1's link while it held a job: {held}");
+    let out = push.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        cluster.logs()
+    );
+    let status = cluster.wait_complete(&stream, Duration::from_secs(180));
+    assert_eq!(status["state"], "complete", "{status}");
+    assert_eq!(status["segments"]["failed"], 0, "{status}");
+    let done_by = accepted_by(&cluster, &stream);
+    eprintln!(
+        "segments accepted, by worker: {done_by:?}, {:?} after the cut",
+        cut.elapsed()
+    );
+    assert!(
+        done_by.iter().any(|w| *w == urls[1].0),
+        "h2 took over: {done_by:?}"
+    );
+    cluster.check_output(&input, &stream);
+
+    // The link comes back: the late worker reconnects, and nothing changes.
+    h1.link(true);
+    wait_until("h1 to beat again", Duration::from_secs(90), || {
+        worker(&cluster, &urls[0].0).is_some_and(|w| {
+            w["last_seen_unix"].as_u64().unwrap_or(0)
+                > std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs()
+                    - 3
+        })
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    let after = cluster.status(&stream);
+    assert_eq!(after["segments"], status["segments"], "{after}");
+    assert_eq!(accepted_by(&cluster, &stream).len(), done_by.len());
+    cluster.check_output(&input, &stream);
+}

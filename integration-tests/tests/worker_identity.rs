@@ -1,0 +1,221 @@
+//! A worker is who its broker user says (issue 15): the orchestrator takes a worker's
+//! identity from the AMQP `user-id` the broker checked, never from the message; bans key on
+//! that identity, so a restart under another `--worker-id` does not escape one; a report
+//! must name a job the orchestrator issued; and a worker needs no Redis (its heartbeats and
+//! its ban travel over the broker).
+
+mod common;
+
+use std::time::Duration;
+
+use castwork_protocol::*;
+use common::*;
+use serde_json::Value;
+
+const RUNG: &str = "P144p30fps16x9";
+const PATIENCE: Duration = Duration::from_secs(30);
+/// The worker's exit status when the orchestrator banned it (`castwork_worker::EXIT_BANNED`).
+const EXIT_BANNED: i32 = 4;
+
+/// The worker record `/workers` shows for `identity`, if any.
+fn record_of(cluster: &Cluster, identity: &str) -> Option<Value> {
+    cluster
+        .workers()
+        .into_iter()
+        .find(|w| w["identity"] == identity)
+}
+
+/// Starts a worker on `url` claiming `claimed`, with no Redis or object-store settings
+/// but the local directory it shares with the orchestrator in this one-machine test.
+fn add_worker(cluster: &mut Cluster, url: &str, claimed: &str) -> u32 {
+    let before = cluster.pids("worker");
+    cluster.add_without(
+        "worker",
+        &["--amqp-url", url, "--worker-id", claimed],
+        &["REDIS_URL"],
+    );
+    cluster
+        .pids("worker")
+        .into_iter()
+        .find(|p| !before.contains(p))
+        .expect("the new worker runs")
+}
+
+fn orchestrator_cli(cluster: &Cluster, args: &[&str]) -> String {
+    let out = std::process::Command::new(bin("orchestrator"))
+        .args(["--redis-url", cluster.redis_url()])
+        .args(args)
+        .output()
+        .expect("orchestrator runs");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn exits_banned(cluster: &mut Cluster, pid: u32) {
+    let status = cluster.wait_exit(pid, PATIENCE);
+    assert_eq!(status.code(), Some(EXIT_BANNED), "{}", cluster.logs());
+}
+
+#[test]
+fn a_worker_is_its_broker_user_and_a_restart_under_another_name_keeps_its_ban() {
+    let help = std::process::Command::new(bin("worker"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout).to_lowercase();
+    assert!(!help.contains("redis"), "a worker takes no Redis: {help}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let input = clip(dir.path(), 4);
+    let mut cluster = Cluster::start(0);
+    let url = cluster.add_broker_user("w7", "worker");
+    let user = format!("{}-w7", cluster.vhost);
+    // It claims another worker's name: the orchestrator knows it by its user.
+    let pid = add_worker(&mut cluster, &url, "worker-3");
+    wait_until("its heartbeat to be recorded", PATIENCE, || {
+        record_of(&cluster, &user).is_some()
+    });
+    let rec = record_of(&cluster, &user).unwrap();
+    assert_eq!(rec["process"], "worker-3", "{rec}");
+    assert_eq!(rec["id"], format!("{user}/worker-3"), "{rec}");
+    assert!(
+        cluster
+            .workers()
+            .iter()
+            .all(|w| w["identity"] != "worker-3"),
+        "{:?}",
+        cluster.workers()
+    );
+    assert!(cluster
+        .logs_of("worker")
+        .contains(&format!("identity=\"{user}\"")));
+
+    let stream = stream_name("identity");
+    let out = cluster.push(&input, &stream, &["--profiles", RUNG]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Banning the name it claimed does nothing; banning its user stops it.
+    orchestrator_cli(&cluster, &["workers", "ban", "worker-3"]);
+    std::thread::sleep(Duration::from_secs(2 * BEAT_INTERVAL_SECS));
+    assert!(cluster.exit_status(pid).is_none(), "{}", cluster.logs());
+    orchestrator_cli(&cluster, &["workers", "unban", "worker-3"]);
+    orchestrator_cli(
+        &cluster,
+        &["workers", "ban", &user, "--reason", "bad output"],
+    );
+    exits_banned(&mut cluster, pid);
+    // Restarted under a new name, it is still its user, and still banned.
+    let pid = add_worker(&mut cluster, &url, "a-fresh-name");
+    exits_banned(&mut cluster, pid);
+    assert!(cluster.logs_of("worker").contains("bad output"));
+
+    // Lifted, it works again.
+    let out = orchestrator_cli(&cluster, &["workers", "unban", &user]);
+    assert!(out.contains("may take jobs again"), "{out}");
+    let pid = add_worker(&mut cluster, &url, "a-fresh-name");
+    let stream = stream_name("identity-back");
+    let out = cluster.push(&input, &stream, &["--profiles", RUNG]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(cluster.exit_status(pid).is_none());
+}
+
+/// Publishes `body` to the results exchange as `url`'s user, naming `user_id` as its
+/// sender; the broker's answer (an error when it closed the channel).
+fn publish_as(url: &str, user_id: &str, body: &[u8]) -> Result<(), String> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let ch = c.create_channel().await.map_err(|e| e.to_string())?;
+        ch.confirm_select(Default::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let confirm = ch
+            .basic_publish(
+                RESULTS_EXCHANGE.into(),
+                "result".into(),
+                Default::default(),
+                body,
+                lapin::BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_user_id(user_id.into()),
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = c.close(200, "bye".into()).await;
+        if confirm.is_ack() {
+            Ok(())
+        } else {
+            Err("nacked".into())
+        }
+    })
+}
+
+#[test]
+fn reports_for_jobs_it_was_not_given_or_in_another_users_name_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = clip(dir.path(), 4);
+    let mut cluster = Cluster::start(0);
+    let url = cluster.add_broker_user("w8", "worker");
+    let user = format!("{}-w8", cluster.vhost);
+    let stream = stream_name("not-given");
+    let push = cluster.push_in_background(&input, &stream, &["--profiles", RUNG]);
+    wait_until("a segment waiting for a worker", PATIENCE, || {
+        http_get(&cluster.orchestrator_addr, &format!("/streams/{stream}"))
+            .and_then(|(c, b)| (c == 200).then_some(b))
+            .and_then(|b| serde_json::from_str::<Value>(&b).ok())
+            .is_some_and(|v| v["segments"]["pending"].as_u64() > Some(0))
+    });
+
+    // A worker's user fails a segment it was never given: the job id is made up.
+    let forged = |job_id: uuid::Uuid, worker: &str| {
+        encode(&WorkerReport::SegmentFailed(SegmentFailed {
+            job_id,
+            stream: stream.clone(),
+            seq: 0,
+            attempt: 1,
+            worker_id: worker.into(),
+            disposition: Disposition::Permanent,
+            message: "forged".into(),
+        }))
+    };
+    publish_as(&url, &user, &forged(uuid::Uuid::now_v7(), "worker-1")).unwrap();
+    let mut letter = None;
+    wait_until("the forged report to be dead-lettered", PATIENCE, || {
+        letter = cluster
+            .dead_letters()
+            .into_iter()
+            .find(|d| d["stream"] == stream.as_str());
+        letter.is_some()
+    });
+    let letter = letter.unwrap();
+    let reason = letter["reason"].as_str().unwrap();
+    assert!(reason.contains("no such job was issued"), "{letter}");
+    assert!(reason.contains(&format!("worker {user}")), "{letter}");
+
+    // In another user's name (the orchestrator's own), the broker itself refuses it.
+    let err = publish_as(&url, "guest", &forged(cluster.job_id(&stream, 0, 1), "w"))
+        .expect_err("the broker refuses a user-id that is not the sender's");
+    assert!(
+        err.contains("PRECONDITION_FAILED") || err.contains("user_id"),
+        "{err}"
+    );
+
+    // Nothing of this changed the stream: a real worker completes it.
+    cluster.add("worker", &[]);
+    let out = push.wait_with_output();
+    let status = cluster.wait_complete(&stream, Duration::from_secs(120));
+    assert_eq!(status["state"], "complete", "{status} {out:?}");
+    assert_eq!(status["segments"]["failed"], 0, "{status}");
+}
