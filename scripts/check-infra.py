@@ -49,9 +49,8 @@ NEEDS = {
     "worker": {
         "configure": ["castwork.jobs", "castwork.results", "castwork.dlx", "castwork.jobs.dead",
                       "castwork.workers", "castwork.beats"] + JOBS,
-        # castwork.jobs: a job it must not do goes back as a copy (see worker/src/lib.rs).
-        "write": ["castwork.jobs", "castwork.results", "castwork.dlx", "castwork.jobs.dead",
-                  "castwork.workers", "castwork.beats"] + JOBS,
+        "write": ["castwork.results", "castwork.dlx", "castwork.jobs.dead", "castwork.workers",
+                  "castwork.beats"] + JOBS,
         "read": ["castwork.jobs", "castwork.results", "castwork.dlx", "castwork.workers"] + JOBS,
     },
     "broadcaster": {
@@ -64,7 +63,9 @@ FORBIDDEN = {
     "orchestrator": {"configure": [PUSH], "write": [PUSH], "read": [PUSH]},
     "worker": {
         "configure": ["castwork.ingest", PUSH],
-        "write": ["castwork.ingest", "castwork.events"],
+        # Jobs come from the orchestrator alone (a job a worker must not do goes back
+        # through it: see SegmentBounced).
+        "write": ["castwork.ingest", "castwork.events", "castwork.jobs"],
         "read": ["castwork.ingest", "castwork.jobs.dead", "castwork.parked", "castwork.beats",
                  PUSH],
     },

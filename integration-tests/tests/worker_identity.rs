@@ -127,9 +127,14 @@ fn a_worker_is_its_broker_user_and_a_restart_under_another_name_keeps_its_ban() 
     assert!(cluster.exit_status(pid).is_none());
 }
 
-/// Publishes `body` to the results exchange as `url`'s user, naming `user_id` as its
+/// Publishes `body` to `exchange` (with `key`) as `url`'s user, naming `user_id` as its
 /// sender; the broker's answer (an error when it closed the channel).
-fn publish_as(url: &str, user_id: &str, body: &[u8]) -> Result<(), String> {
+fn publish_to(
+    url: &str,
+    user_id: &str,
+    (exchange, key): (&str, &str),
+    body: &[u8],
+) -> Result<(), String> {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let c = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
@@ -141,8 +146,8 @@ fn publish_as(url: &str, user_id: &str, body: &[u8]) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         let confirm = ch
             .basic_publish(
-                RESULTS_EXCHANGE.into(),
-                "result".into(),
+                exchange.into(),
+                key.into(),
                 Default::default(),
                 body,
                 lapin::BasicProperties::default()
@@ -160,6 +165,11 @@ fn publish_as(url: &str, user_id: &str, body: &[u8]) -> Result<(), String> {
             Err("nacked".into())
         }
     })
+}
+
+/// A report to the results exchange.
+fn publish_as(url: &str, user_id: &str, body: &[u8]) -> Result<(), String> {
+    publish_to(url, user_id, (RESULTS_EXCHANGE, "result"), body)
 }
 
 #[test]
@@ -211,6 +221,12 @@ fn reports_for_jobs_it_was_not_given_or_in_another_users_name_are_refused() {
         err.contains("PRECONDITION_FAILED") || err.contains("user_id"),
         "{err}"
     );
+
+    // Nor may a worker publish a job: jobs come from the orchestrator alone.
+    let job_queue = job_queue(StreamMode::Vod, "cpu");
+    let err = publish_to(&url, &user, (JOBS_EXCHANGE, &job_queue), b"{}")
+        .expect_err("a worker's user may not publish jobs");
+    assert!(err.contains("ACCESS_REFUSED"), "{err}");
 
     // Nothing of this changed the stream: a real worker completes it.
     cluster.add("worker", &[]);

@@ -351,6 +351,24 @@ pub enum WorkerReport {
     SegmentStarted(SegmentStarted),
     SegmentResult(SegmentResult),
     SegmentFailed(SegmentFailed),
+    /// A worker whose output for this segment failed its check was given the retry: it
+    /// hands the job back, and the orchestrator publishes it again for another worker
+    /// (workers never publish jobs).
+    SegmentBounced(SegmentBounced),
+}
+
+/// Header on a job counting how often excluded workers handed it back.
+pub const BOUNCES_HEADER: &str = "x-castwork-bounces";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SegmentBounced {
+    pub job_id: Uuid,
+    pub stream: String,
+    pub seq: u64,
+    pub attempt: u32,
+    pub worker_id: String,
+    /// How often the job has now been handed back (its [`BOUNCES_HEADER`] plus one).
+    pub bounces: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -219,8 +219,7 @@ async fn consume(
     result
 }
 
-/// The header counting how often a job was put back by workers excluded from it.
-const BOUNCES_HEADER: &str = "x-castwork-bounces";
+use castwork_protocol::BOUNCES_HEADER;
 /// How long an excluded worker waits before putting a job back.
 const BOUNCE_DELAY: Duration = Duration::from_millis(250);
 
@@ -260,10 +259,11 @@ async fn handle_delivery(ctx: Arc<JobContext>, broker: Arc<Broker>, delivery: De
     };
     if ctx.named_in(&job.exclude_workers) {
         // Our output for this segment failed its check: leave the retry to another worker.
-        // A copy goes back to the queue, not the delivery itself: every requeue counts
-        // toward the queue's delivery limit, and the job would be dead-lettered while the
-        // other workers are busy. The copies are counted, so a retry that only excluded
-        // workers can see ends as a failure with its reason instead of going round forever.
+        // The job goes back through the orchestrator, which publishes a copy, not as a
+        // requeue: every requeue counts toward the queue's delivery limit, and the job
+        // would be dead-lettered while the other workers are busy. The copies are counted,
+        // so a retry that only excluded workers can see ends as a failure with its reason
+        // instead of going round forever.
         let bounces = bounces(&delivery) + 1;
         let max_bounces = (ctx.excluded_retry.as_millis() / BOUNCE_DELAY.as_millis()).max(1);
         if u128::from(bounces) > max_bounces {
@@ -288,30 +288,16 @@ async fn handle_delivery(ctx: Arc<JobContext>, broker: Arc<Broker>, delivery: De
             return;
         }
         tokio::time::sleep(BOUNCE_DELAY).await;
-        let ttl = job
-            .deadline_unix_ms
-            .map(|d| d.saturating_sub(job::now_unix_ms()).max(1));
-        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-        headers.insert(BOUNCES_HEADER.into(), AMQPValue::LongUInt(bounces));
-        let copied = match broker
-            .send(
-                castwork_protocol::JOBS_EXCHANGE,
-                delivery.routing_key.as_str(),
-                &delivery.data,
-                Some(headers),
-                ttl,
-            )
-            .await
-        {
-            Ok(confirm) => confirm.wait().await,
-            Err(e) => Err(e),
-        };
-        match copied {
-            Ok(()) => {
-                let _ = delivery.acker.ack(BasicAckOptions::default()).await;
-            }
-            Err(_) => castwork_cluster::broker::requeue(&delivery).await,
-        }
+        // The orchestrator publishes it again: workers never publish jobs.
+        let bounced = WorkerReport::SegmentBounced(castwork_protocol::SegmentBounced {
+            job_id: job.job_id,
+            stream: job.stream.clone(),
+            seq: job.seq,
+            attempt: job.attempt,
+            worker_id: ctx.worker_id.clone(),
+            bounces,
+        });
+        report_then_ack(&broker, delivery, &job, &bounced, None).await;
         return;
     }
     let received_ms = job::now_unix_ms();
@@ -385,6 +371,7 @@ async fn transcode_and_report(
             "done"
         }
         WorkerReport::SegmentStarted(_) => "started",
+        WorkerReport::SegmentBounced(_) => "bounced",
         WorkerReport::SegmentFailed(f) => {
             warn!(stream = job.stream, seq = job.seq, attempt = job.attempt, disposition = ?f.disposition, error = f.message, "segment failed");
             span.fail(f.message.clone());

@@ -364,15 +364,18 @@ impl Orchestrator {
                 return self.segment_failed_in(f, span).await;
             }
         }
-        self.publish_job(&rec, &seg, attempt, span).await
+        self.publish_job(&rec, &seg, attempt, span, 0).await
     }
 
+    /// Publishes the job of a segment's attempt; `bounces` counts how often excluded
+    /// workers handed it back (see [`castwork_protocol::BOUNCES_HEADER`]).
     pub(crate) async fn publish_job(
         &self,
         rec: &StreamRecord,
         seg: &SegmentRecord,
         attempt: u32,
         parent: &Span,
+        bounces: u32,
     ) -> Result<(), HandleError> {
         // A live job carries its deadline as a message TTL: the broker drops it unstarted
         // once it is useless, and newer segments go first.
@@ -419,8 +422,15 @@ impl Orchestrator {
         };
         let queue = job_queue(rec.mode, CLASSES[0]);
         let span = parent.child("publish job", &[("attempt", attempt.to_string())]);
+        let mut headers = span.headers();
+        if bounces > 0 {
+            headers.get_or_insert_with(Default::default).insert(
+                castwork_protocol::BOUNCES_HEADER.into(),
+                lapin::types::AMQPValue::LongUInt(bounces),
+            );
+        }
         self.broker
-            .send(JOBS_EXCHANGE, &queue, &encode(&job), span.headers(), ttl)
+            .send(JOBS_EXCHANGE, &queue, &encode(&job), headers, ttl)
             .await?
             .wait()
             .await?;

@@ -266,6 +266,7 @@ fn dead_report(d: &DeadLetter, record: &mut DeadLetterRecord) {
             WorkerReport::SegmentStarted(r) => ("segment_started", &r.worker_id),
             WorkerReport::SegmentResult(r) => ("segment_result", &r.worker_id),
             WorkerReport::SegmentFailed(r) => ("segment_failed", &r.worker_id),
+            WorkerReport::SegmentBounced(r) => ("segment_bounced", &r.worker_id),
         };
         record.kind = kind.into();
         if !record.reason.contains(&format!("worker {worker}")) {

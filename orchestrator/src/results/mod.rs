@@ -4,7 +4,9 @@
 
 use castwork_cluster::telemetry::Span;
 use castwork_protocol::price::rendition_pixels;
-use castwork_protocol::{Disposition, SegmentFailed, SegmentResult, StreamEvent, WorkerReport};
+use castwork_protocol::{
+    Disposition, SegmentBounced, SegmentFailed, SegmentResult, StreamEvent, WorkerReport,
+};
 use lapin::types::FieldTable;
 use tracing::{info, warn, Instrument as _};
 
@@ -51,6 +53,9 @@ impl Orchestrator {
             WorkerReport::SegmentFailed(f) => {
                 (f.job_id, &f.stream, f.seq, f.attempt, &mut f.worker_id)
             }
+            WorkerReport::SegmentBounced(b) => {
+                (b.job_id, &b.stream, b.seq, b.attempt, &mut b.worker_id)
+            }
         };
         let identity = crate::workers::identity(sender, claimed, self.broker.user())
             .map_err(HandleError::Refused)?;
@@ -72,6 +77,11 @@ impl Orchestrator {
                 let span = Span::continued("handle result", headers, &seg_attrs(&r.stream, r.seq));
                 let logs = span.in_logs();
                 self.segment_result(r, &span).instrument(logs).await
+            }
+            WorkerReport::SegmentBounced(b) => {
+                let span = Span::continued("handle bounce", headers, &seg_attrs(&b.stream, b.seq));
+                let logs = span.in_logs();
+                self.segment_bounced(b, &span).instrument(logs).await
             }
             WorkerReport::SegmentFailed(f) => {
                 let span = Span::continued("handle failure", headers, &seg_attrs(&f.stream, f.seq));
@@ -284,6 +294,19 @@ impl Orchestrator {
         }
     }
 
+    /// A job handed back by a worker excluded from it goes out again, for another worker,
+    /// while its attempt is still the segment's current one.
+    async fn segment_bounced(&self, b: SegmentBounced, span: &Span) -> Result<(), HandleError> {
+        let (Some(rec), Some(seg)) = self.state.stream_and_segment(&b.stream, b.seq).await? else {
+            return Ok(());
+        };
+        if seg.state != "pending" || seg.attempt != b.attempt || rec.state == "failed" {
+            return Ok(());
+        }
+        self.publish_job(&rec, &seg, b.attempt, span, b.bounces)
+            .await
+    }
+
     pub(crate) async fn segment_failed(&self, f: SegmentFailed) -> Result<(), HandleError> {
         self.segment_failed_in(f, &Span::none()).await
     }
@@ -324,7 +347,7 @@ impl Orchestrator {
                 else {
                     return Ok(());
                 };
-                self.publish_job(&rec, &seg, attempt, span).await
+                self.publish_job(&rec, &seg, attempt, span, 0).await
             }
             FailOutcome::Failed => {
                 warn!(
