@@ -463,6 +463,12 @@ fn main() -> ExitCode {
 #[tokio::main]
 async fn start() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(e) =
+        castwork_cluster::broker::trust_ca_file(cli.service.link.amqp_ca_file.as_deref())
+    {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     let _telemetry = telemetry::init(&cli.service.link, "castwork-broadcaster");
     match run(cli).await {
         Ok(code) => code,

@@ -90,6 +90,25 @@ pub struct Broker {
     user: String,
 }
 
+/// The certificate authority `amqps://` connections trust besides the system's roots
+/// (`--amqp-ca-file`), once [`trust_ca_file`] has read it.
+static CA_CHAIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Makes every later broker connection of this process trust the CA in `path` (PEM).
+pub fn trust_ca_file(path: Option<&std::path::Path>) -> Result<(), String> {
+    let Some(path) = path else { return Ok(()) };
+    let pem = std::fs::read_to_string(path)
+        .map_err(|e| format!("--amqp-ca-file {}: {e}", path.display()))?;
+    if !pem.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(format!(
+            "--amqp-ca-file {}: no PEM certificate in it",
+            path.display()
+        ));
+    }
+    let _ = CA_CHAIN.set(pem);
+    Ok(())
+}
+
 /// The user an AMQP URL logs in as (`guest` when it names none).
 pub fn url_user(url: &str) -> Result<String, String> {
     url.parse::<lapin::uri::AMQPUri>()
@@ -313,7 +332,20 @@ impl Broker {
     pub async fn connect(url: &str, name: &str, role: Role) -> Result<Self, BrokerError> {
         let user = url_user(url).unwrap_or_else(|_| "guest".into());
         let props = ConnectionProperties::default().with_connection_name(name.into());
-        let connection = Connection::connect(url, props).await?;
+        let connection = match CA_CHAIN.get() {
+            None => Connection::connect(url, props).await?,
+            Some(pem) => {
+                lapin::DefaultConnectionBuilder::new()?
+                    .with_uri_str(url.to_string())
+                    .with_properties(props)
+                    .with_tls_config(lapin::tcp::OwnedTLSConfig {
+                        identity: None,
+                        cert_chain: Some(pem.clone()),
+                    })
+                    .connect()
+                    .await?
+            }
+        };
         let publisher = connection.create_channel().await?;
         publisher
             .confirm_select(ConfirmSelectOptions::default())

@@ -13,6 +13,12 @@ pub struct LinkArgs {
     )]
     pub amqp_url: String,
 
+    /// PEM file of the certificate authority that signed the broker's certificate, for an
+    /// `amqps://` URL whose broker the system's roots do not vouch for (a private CA, as
+    /// scripts/dev-tls.sh makes).
+    #[arg(long, env = "AMQP_CA_FILE", value_name = "FILE")]
+    pub amqp_ca_file: Option<std::path::PathBuf>,
+
     /// Log filter, in tracing's EnvFilter syntax (e.g. `info,castwork_worker=debug`).
     #[arg(long = "log", env = "RUST_LOG", default_value = "info")]
     pub log: String,

@@ -69,6 +69,8 @@ fn main() -> anyhow::Result<ExitCode> {
 #[tokio::main]
 async fn start() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
+    castwork_cluster::broker::trust_ca_file(cli.service.amqp_ca_file.as_deref())
+        .map_err(anyhow::Error::msg)?;
     let _telemetry = telemetry::init(&cli.service, "castwork-worker");
     cli.worker.validate().map_err(anyhow::Error::msg)?;
     tracing::info!(

@@ -649,17 +649,46 @@ pub fn stream_name(prefix: &str) -> String {
 pub struct RabbitNode {
     pub name: String,
     pub port: u16,
+    /// The TLS listener's port, for a node started with [`RabbitNode::start_tls`].
+    pub tls_port: Option<u16>,
     _dir: tempfile::TempDir,
 }
 
 impl RabbitNode {
     pub fn start() -> RabbitNode {
+        RabbitNode::start_with(None)
+    }
+
+    /// A node with a TLS listener too, serving `certs`/server.pem and server.key (as
+    /// `scripts/dev-tls.sh` makes them).
+    pub fn start_tls(certs: &Path) -> RabbitNode {
+        RabbitNode::start_with(Some(certs))
+    }
+
+    fn start_with(certs: Option<&Path>) -> RabbitNode {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("enabled_plugins"), "[].\n").unwrap();
         let port = free_port();
         // Its own config file: the machine's may pin the listener to 5672.
         let conf = dir.path().join("rabbitmq.conf");
-        std::fs::write(&conf, format!("listeners.tcp.local = 127.0.0.1:{port}\n")).unwrap();
+        let mut config = format!("listeners.tcp.local = 127.0.0.1:{port}\n");
+        let tls_port = certs.map(|certs| {
+            let tls_port = free_port();
+            for f in ["ca.pem", "server.pem", "server.key"] {
+                std::fs::copy(certs.join(f), dir.path().join(f)).unwrap();
+            }
+            let d = dir.path().display();
+            config.push_str(&format!(
+                "listeners.ssl.default = 127.0.0.1:{tls_port}\n\
+                 ssl_options.cacertfile = {d}/ca.pem\n\
+                 ssl_options.certfile = {d}/server.pem\n\
+                 ssl_options.keyfile = {d}/server.key\n\
+                 ssl_options.verify = verify_none\n\
+                 ssl_options.fail_if_no_peer_cert = false\n"
+            ));
+            tls_port
+        });
+        std::fs::write(&conf, config).unwrap();
         let _ = Command::new("chown")
             .args(["-R", "rabbitmq:rabbitmq"])
             .arg(dir.path())
@@ -688,6 +717,7 @@ impl RabbitNode {
         let node = RabbitNode {
             name,
             port,
+            tls_port,
             _dir: dir,
         };
         // The node takes a few seconds to boot; `await_startup` needs it reachable first.

@@ -1,0 +1,57 @@
+//! TLS on the broker link: a cluster whose every process reaches RabbitMQ over `amqps://`,
+//! trusting a private certificate authority (made by `scripts/dev-tls.sh`) through
+//! `AMQP_CA_FILE`, completes a push; a worker that does not trust that CA is refused by
+//! its own TLS check and says why.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+const RUNG: &str = "P144p30fps16x9";
+
+#[test]
+fn every_process_reaches_the_broker_over_tls_trusting_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("tls");
+    let out = Command::new("bash")
+        .arg(workspace().join("scripts/dev-tls.sh"))
+        .arg(&certs)
+        .output()
+        .expect("bash runs");
+    assert!(out.status.success(), "{out:?}");
+    let node = RabbitNode::start_tls(&certs);
+    let url = format!(
+        "amqps://guest:guest@localhost:{}/%2f",
+        node.tls_port.unwrap()
+    );
+    let ca = certs.join("ca.pem").display().to_string();
+    let mut cluster = Cluster::start_with(
+        1,
+        &[],
+        vec![("AMQP_URL".into(), url), ("AMQP_CA_FILE".into(), ca)],
+    );
+    let input = clip(dir.path(), 4);
+    let out = cluster.push(&input, &stream_name("tls"), &["--profiles", RUNG]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        cluster.logs()
+    );
+
+    // Without the CA, the broker's certificate is not trusted.
+    assert!(!cluster.logs_of("worker").contains("certificate"));
+    cluster.add_without("worker", &["--worker-id", "untrusting"], &["AMQP_CA_FILE"]);
+    wait_until(
+        "the untrusting worker's refusal",
+        Duration::from_secs(30),
+        || {
+            cluster
+                .logs_of("worker")
+                .contains("invalid peer certificate")
+        },
+    );
+}
