@@ -652,6 +652,16 @@ mod tests {
 }
 
 /// Checks a stream name: it becomes part of object keys and URLs.
+/// Whether `name` can name a worker (an identity or a `--worker-id`): 1 to 128 letters,
+/// digits and `. _ - @ :`.
+pub fn valid_worker_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-@:".contains(&b))
+}
+
 pub fn validate_stream_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 128

@@ -105,6 +105,14 @@ impl WorkerArgs {
         if self.max_segment_mb == 0 {
             problems.push("--max-segment-mb must be at least 1".into());
         }
+        if let Some(id) = &self.worker_id {
+            // The orchestrator refuses reports under any other name.
+            if !castwork_protocol::valid_worker_name(id) {
+                problems.push(format!(
+                    "--worker-id {id:?} must be 1 to 128 letters, digits or . _ - @ :"
+                ));
+            }
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -123,10 +131,50 @@ impl WorkerArgs {
 
     pub fn id(&self) -> String {
         self.worker_id.clone().unwrap_or_else(|| {
-            let host = std::fs::read_to_string("/etc/hostname")
+            let host: String = std::fs::read_to_string("/etc/hostname")
                 .map(|h| h.trim().to_string())
-                .unwrap_or_else(|_| "worker".into());
+                .unwrap_or_default()
+                .chars()
+                .take(100)
+                .map(|c| {
+                    if castwork_protocol::valid_worker_name(&c.to_string()) {
+                        c
+                    } else {
+                        '-'
+                    }
+                })
+                .collect();
+            let host = if host.is_empty() {
+                "worker".into()
+            } else {
+                host
+            };
             format!("{host}-{}", std::process::id())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        worker: WorkerArgs,
+    }
+
+    #[test]
+    fn a_worker_id_the_orchestrator_would_refuse_is_refused_at_start() {
+        let args = |id: &str| Cli::parse_from(["worker", "--worker-id", id]).worker;
+        assert!(args("box-1:gpu0").validate().is_ok());
+        for bad in ["a,b", "w/1", "", &"x".repeat(129)] {
+            let e = args(bad).validate().unwrap_err();
+            assert!(e.contains("--worker-id"), "{bad}: {e}");
+        }
+        // The default is always one it takes.
+        let id = Cli::parse_from(["worker"]).worker.id();
+        assert!(castwork_protocol::valid_worker_name(&id), "{id}");
     }
 }

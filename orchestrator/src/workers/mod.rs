@@ -15,15 +15,6 @@ pub mod tokens;
 /// Longest identity or worker id accepted.
 const MAX_NAME: usize = 128;
 
-/// Whether `name` can name a worker: 1 to 128 letters, digits and `. _ - @ :`.
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_NAME
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-@:".contains(&b))
-}
-
 /// Who sent a worker's message. `sender` is the broker user RabbitMQ checked the message's
 /// `user-id` against; `own_user` is this orchestrator's. A worker with a user of its own is
 /// that user, whatever it claims. Processes sharing the orchestrator's own user (combined
@@ -37,7 +28,7 @@ pub fn identity(sender: Option<&str>, claimed: &str, own_user: &str) -> Result<S
         ));
     };
     let identity = if user == own_user { claimed } else { user };
-    if !valid_name(identity) {
+    if !castwork_protocol::valid_worker_name(identity) {
         return Err(format!(
             "worker identity {identity:?} must be 1 to {MAX_NAME} letters, digits or . _ - @ :"
         ));
@@ -117,7 +108,7 @@ impl Orchestrator {
                 return Ok(None);
             }
         };
-        if !valid_name(&beat.worker_id) {
+        if !castwork_protocol::valid_worker_name(&beat.worker_id) {
             tracing::warn!(
                 identity,
                 "heartbeat dropped: its worker id is not a valid name"
