@@ -200,6 +200,15 @@ fn reports_for_jobs_it_was_not_given_or_in_another_users_name_are_refused() {
             message: "forged".into(),
         }))
     };
+    let jobs = |cluster: &Cluster| {
+        let queue = job_queue(StreamMode::Vod, "cpu");
+        cluster
+            .queue_depths()
+            .into_iter()
+            .find(|(q, _)| *q == queue)
+            .map_or(0, |(_, n)| n)
+    };
+    wait_until("both jobs queued", PATIENCE, || jobs(&cluster) == 2);
     publish_as(&url, &user, &forged(uuid::Uuid::now_v7(), "worker-1")).unwrap();
     let mut letter = None;
     wait_until("the forged report to be dead-lettered", PATIENCE, || {
@@ -213,6 +222,14 @@ fn reports_for_jobs_it_was_not_given_or_in_another_users_name_are_refused() {
     let reason = letter["reason"].as_str().unwrap();
     assert!(reason.contains("no such job was issued"), "{letter}");
     assert!(reason.contains(&format!("worker {user}")), "{letter}");
+    // An id of the unkeyed kind older orchestrators issued (a UUIDv7) gets its attempt
+    // published once more, so an upgrade with jobs in flight loses nothing; once only.
+    wait_until("the attempt published again", PATIENCE, || {
+        jobs(&cluster) == 3
+    });
+    publish_as(&url, &user, &forged(uuid::Uuid::now_v7(), "worker-1")).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(jobs(&cluster), 3);
 
     // In another user's name (the orchestrator's own), the broker itself refuses it.
     let err = publish_as(&url, "guest", &forged(cluster.job_id(&stream, 0, 1), "w"))

@@ -59,8 +59,16 @@ impl Orchestrator {
         };
         let identity = crate::workers::identity(sender, claimed, self.broker.user())
             .map_err(HandleError::Refused)?;
-        self.job_ids
-            .check(job_id, stream, seq, attempt, &identity)?;
+        if let Err(refused) = self.job_ids.check(job_id, stream, seq, attempt, &identity) {
+            // A job an orchestrator issued before job ids were keyed (a random UUIDv7):
+            // its attempt goes out once more under a keyed id, so an upgrade with jobs in
+            // flight loses no segment. Once per attempt: a forger gains one job at most.
+            if job_id.get_version() == Some(uuid::Version::SortRand) {
+                let (stream, seq) = (stream.clone(), seq);
+                self.reissue(&stream, seq, attempt).await?;
+            }
+            return Err(refused);
+        }
         *claimed = identity;
         match report {
             WorkerReport::SegmentStarted(s) => {
@@ -292,6 +300,26 @@ impl Orchestrator {
                 .await
             }
         }
+    }
+
+    /// Publishes a segment's pending attempt again, once per attempt (see
+    /// `handle_report`).
+    async fn reissue(&self, stream: &str, seq: u64, attempt: u32) -> Result<(), HandleError> {
+        let (Some(rec), Some(seg)) = self.state.stream_and_segment(stream, seq).await? else {
+            return Ok(());
+        };
+        if seg.state != "pending" || seg.attempt != attempt || rec.state == "failed" {
+            return Ok(());
+        }
+        if self.state.mark_reissued(stream, seq, attempt).await? {
+            info!(
+                stream,
+                seq, attempt, "a job issued before job ids were keyed: its attempt goes out again"
+            );
+            self.publish_job(&rec, &seg, attempt, &Span::none(), 0)
+                .await?;
+        }
+        Ok(())
     }
 
     /// A job handed back by a worker excluded from it goes out again, for another worker,

@@ -119,6 +119,24 @@ impl State {
         Ok(n)
     }
 
+    /// Notes that a segment's attempt was published again for a report of an unkeyed job
+    /// id; false when it already was.
+    pub async fn mark_reissued(
+        &self,
+        stream: &str,
+        seq: u64,
+        attempt: u32,
+    ) -> redis::RedisResult<bool> {
+        self.redis
+            .clone()
+            .hset_nx(
+                super::segment_key(stream, seq),
+                format!("reissued:{attempt}"),
+                1,
+            )
+            .await
+    }
+
     /// The secret job ids are keyed with: made once, by whichever orchestrator comes
     /// first, then shared through Redis.
     pub async fn job_key(&self) -> redis::RedisResult<Vec<u8>> {
