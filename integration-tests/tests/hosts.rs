@@ -13,17 +13,8 @@ use std::time::{Duration, Instant};
 
 use common::netns::{Forward, Network};
 use common::*;
-use serde_json::Value;
 
 const RUNGS: &str = "P144p30fps16x9,P360p30fps16x9";
-
-/// The `/workers` record of `identity`.
-fn worker(cluster: &Cluster, identity: &str) -> Option<Value> {
-    cluster
-        .workers()
-        .into_iter()
-        .find(|w| w["identity"] == identity)
-}
 
 /// The identities that had segments of `stream` accepted, from the orchestrator's log.
 fn accepted_by(cluster: &Cluster, stream: &str) -> Vec<String> {
@@ -105,7 +96,7 @@ fn workers_on_other_hosts_need_only_a_broker_url_and_a_cut_link_loses_nothing() 
         wait_until(
             "both hosts' workers to beat",
             Duration::from_secs(60),
-            || worker(&cluster, identity).is_some(),
+            || cluster.worker_record(identity).is_some(),
         );
     }
 
@@ -136,9 +127,11 @@ fn workers_on_other_hosts_need_only_a_broker_url_and_a_cut_link_loses_nothing() 
     let stream = stream_name("cut");
     let push = cluster.push_in_background(&input, &stream, &["--profiles", RUNGS]);
     wait_until("h1 to hold a job", Duration::from_secs(60), || {
-        worker(&cluster, &urls[0].0).is_some_and(|w| w["busy_slots"].as_u64() > Some(0))
+        cluster
+            .worker_record(&urls[0].0)
+            .is_some_and(|w| w["busy_slots"].as_u64() > Some(0))
     });
-    let held = worker(&cluster, &urls[0].0).unwrap();
+    let held = cluster.worker_record(&urls[0].0).unwrap();
     h1.link(false);
     let cut = Instant::now();
     eprintln!("cut h1's link while it held a job: {held}");
@@ -166,7 +159,7 @@ fn workers_on_other_hosts_need_only_a_broker_url_and_a_cut_link_loses_nothing() 
     // The link comes back: the late worker reconnects, and nothing changes.
     h1.link(true);
     wait_until("h1 to beat again", Duration::from_secs(90), || {
-        worker(&cluster, &urls[0].0).is_some_and(|w| {
+        cluster.worker_record(&urls[0].0).is_some_and(|w| {
             w["last_seen_unix"].as_u64().unwrap_or(0)
                 > std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)

@@ -506,10 +506,7 @@ fn a_config_file_sets_flags_and_the_command_line_overrides_it() {
         "the configured worker to beat",
         Duration::from_secs(30),
         || {
-            rec = cluster
-                .workers()
-                .into_iter()
-                .find(|w| w["identity"] == identity.as_str());
+            rec = cluster.worker_record(&identity);
             rec.is_some()
         },
     );

@@ -17,14 +17,6 @@ const PATIENCE: Duration = Duration::from_secs(30);
 /// The worker's exit status when the orchestrator banned it (`castwork_worker::EXIT_BANNED`).
 const EXIT_BANNED: i32 = 4;
 
-/// The worker record `/workers` shows for `identity`, if any.
-fn record_of(cluster: &Cluster, identity: &str) -> Option<Value> {
-    cluster
-        .workers()
-        .into_iter()
-        .find(|w| w["identity"] == identity)
-}
-
 /// Starts a worker on `url` claiming `claimed`, with no Redis or object-store settings
 /// but the local directory it shares with the orchestrator in this one-machine test.
 fn add_worker(cluster: &mut Cluster, url: &str, claimed: &str) -> u32 {
@@ -73,9 +65,9 @@ fn a_worker_is_its_broker_user_and_a_restart_under_another_name_keeps_its_ban() 
     // It claims another worker's name: the orchestrator knows it by its user.
     let pid = add_worker(&mut cluster, &url, "worker-3");
     wait_until("its heartbeat to be recorded", PATIENCE, || {
-        record_of(&cluster, &user).is_some()
+        cluster.worker_record(&user).is_some()
     });
-    let rec = record_of(&cluster, &user).unwrap();
+    let rec = cluster.worker_record(&user).unwrap();
     assert_eq!(rec["process"], "worker-3", "{rec}");
     assert_eq!(rec["id"], format!("{user}/worker-3"), "{rec}");
     assert!(

@@ -209,9 +209,10 @@ pub async fn run(
         .job_key()
         .await
         .context("reading the job key from Redis")?;
-    let _ = tokens_slot.set(workers::tokens::Tokens::new(job_key.clone()));
+    let tokens = workers::tokens::Tokens::new(job_key.clone());
+    let _ = tokens_slot.set(tokens.clone());
     let work = workers::tokens::WorkUrls {
-        tokens: workers::tokens::Tokens::new(job_key.clone()),
+        tokens,
         base: work_url,
     };
     readiness.set_broker_error("connecting");

@@ -420,6 +420,13 @@ impl Cluster {
             .collect()
     }
 
+    /// The `/workers` record of the worker whose identity is `identity`, if any.
+    pub fn worker_record(&self, identity: &str) -> Option<Value> {
+        self.workers()
+            .into_iter()
+            .find(|w| w["identity"] == identity)
+    }
+
     /// `/status`'s dead letters, newest first.
     pub fn dead_letters(&self) -> Vec<Value> {
         let (code, body) = http_get(&self.orchestrator_addr, "/status").expect("status answers");

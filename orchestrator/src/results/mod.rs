@@ -14,7 +14,9 @@ use crate::metrics;
 use crate::service::{
     permanent, rendition_refs, seg_attrs, HandleError, Orchestrator, STUCK_GRACE_SECS,
 };
-use crate::state::{now_unix_ms, AcceptedRendition, Charge, FailOutcome};
+use crate::state::{
+    now_unix_ms, AcceptedRendition, Charge, FailOutcome, SegmentRecord, StreamRecord,
+};
 use crate::verify::{check_result, CheckError};
 
 /// Benchmark only: a result's renditions as the worker reported them, unchecked.
@@ -302,15 +304,30 @@ impl Orchestrator {
         }
     }
 
+    /// The stream and segment when `attempt` is still the segment's pending one in a stream
+    /// that has not failed: the attempt whose job may go out again.
+    async fn wanted_attempt(
+        &self,
+        stream: &str,
+        seq: u64,
+        attempt: u32,
+    ) -> Result<Option<(StreamRecord, SegmentRecord)>, HandleError> {
+        Ok(match self.state.stream_and_segment(stream, seq).await? {
+            (Some(rec), Some(seg))
+                if seg.state == "pending" && seg.attempt == attempt && rec.state != "failed" =>
+            {
+                Some((rec, seg))
+            }
+            _ => None,
+        })
+    }
+
     /// Publishes a segment's pending attempt again, once per attempt (see
     /// `handle_report`).
     async fn reissue(&self, stream: &str, seq: u64, attempt: u32) -> Result<(), HandleError> {
-        let (Some(rec), Some(seg)) = self.state.stream_and_segment(stream, seq).await? else {
+        let Some((rec, seg)) = self.wanted_attempt(stream, seq, attempt).await? else {
             return Ok(());
         };
-        if seg.state != "pending" || seg.attempt != attempt || rec.state == "failed" {
-            return Ok(());
-        }
         if self.state.mark_reissued(stream, seq, attempt).await? {
             info!(
                 stream,
@@ -325,12 +342,9 @@ impl Orchestrator {
     /// A job handed back by a worker excluded from it goes out again, for another worker,
     /// while its attempt is still the segment's current one.
     async fn segment_bounced(&self, b: SegmentBounced, span: &Span) -> Result<(), HandleError> {
-        let (Some(rec), Some(seg)) = self.state.stream_and_segment(&b.stream, b.seq).await? else {
+        let Some((rec, seg)) = self.wanted_attempt(&b.stream, b.seq, b.attempt).await? else {
             return Ok(());
         };
-        if seg.state != "pending" || seg.attempt != b.attempt || rec.state == "failed" {
-            return Ok(());
-        }
         self.publish_job(&rec, &seg, b.attempt, span, b.bounces)
             .await
     }
