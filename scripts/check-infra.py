@@ -46,33 +46,39 @@ NEEDS = {
     "orchestrator": {
         "configure": topology, "write": topology, "read": topology,
     },
+    # A worker declares nothing (passive checks need no permission): it publishes reports,
+    # heartbeats and its dead letters, and consumes its class's job queues.
     "worker": {
-        "configure": ["castwork.jobs", "castwork.results", "castwork.dlx", "castwork.jobs.dead",
-                      "castwork.workers", "castwork.beats"] + JOBS,
-        "write": ["castwork.results", "castwork.dlx", "castwork.jobs.dead", "castwork.workers",
-                  "castwork.beats"] + JOBS,
-        "read": ["castwork.jobs", "castwork.results", "castwork.dlx", "castwork.workers"] + JOBS,
+        "configure": [],
+        "write": ["castwork.results", "castwork.workers", "castwork.dlx"],
+        "read": JOBS,
     },
     "broadcaster": {
-        "configure": ["castwork.ingest", "castwork.events", PUSH],
+        "configure": [PUSH],
         "write": ["castwork.ingest", PUSH],
-        "read": ["castwork.ingest", "castwork.events", PUSH],
+        "read": ["castwork.events", PUSH],
     },
 }
+# Queues are named apart from exchanges, so one name pattern never grants both.
+check(not set(queues) & set(exchanges) - {"castwork.parked"}, "a queue is named like an exchange")
 FORBIDDEN = {
     "orchestrator": {"configure": [PUSH], "write": [PUSH], "read": [PUSH]},
     "worker": {
-        "configure": ["castwork.ingest", PUSH],
+        # configure would let it delete (or redeclare) the queues it reads.
+        "configure": topology + [PUSH],
         # Jobs come from the orchestrator alone (a job a worker must not do goes back
         # through it: see SegmentBounced).
-        "write": ["castwork.ingest", "castwork.events", "castwork.jobs"],
-        "read": ["castwork.ingest", "castwork.jobs.dead", "castwork.parked", "castwork.beats",
+        "write": ["castwork.ingest", "castwork.events", "castwork.jobs"] + JOBS,
+        "read": ["castwork.ingest", "orchestrator.ingest", "orchestrator.results",
+                 "castwork.results", "castwork.jobs.dead", "castwork.parked", "castwork.beats",
                  PUSH],
     },
     "broadcaster": {
-        "configure": JOBS + ["castwork.jobs.dead"],
-        "write": ["castwork.jobs", "castwork.results", "castwork.events"] + JOBS,
-        "read": JOBS + ["castwork.jobs.dead"],
+        "configure": JOBS + ["castwork.jobs.dead", "castwork.ingest", "orchestrator.ingest",
+                             "castwork.events"],
+        "write": ["castwork.jobs", "castwork.results", "castwork.events",
+                  "orchestrator.ingest"] + JOBS,
+        "read": JOBS + ["castwork.jobs.dead", "castwork.ingest", "orchestrator.ingest"],
     },
 }
 for role in ["orchestrator", "worker", "broadcaster"]:

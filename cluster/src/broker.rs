@@ -3,8 +3,8 @@
 
 use castwork_protocol::{
     job_queue, StreamMode, BEATS_QUEUE, BEAT_KEY, BEAT_TTL_MS, DEAD_LETTER_EXCHANGE,
-    DEAD_LETTER_QUEUE, EVENTS_EXCHANGE, INGEST_EXCHANGE, INGEST_QUEUE, JOBS_EXCHANGE, PARKED_QUEUE,
-    RESULTS_EXCHANGE, RESULTS_QUEUE, WORKERS_EXCHANGE,
+    DEAD_LETTER_QUEUE, EVENTS_EXCHANGE, INGEST_EXCHANGE, INGEST_QUEUE, JOBS_EXCHANGE,
+    LEGACY_QUEUES, PARKED_QUEUE, RESULTS_EXCHANGE, RESULTS_QUEUE, WORKERS_EXCHANGE,
 };
 use lapin::{
     options::{
@@ -243,88 +243,185 @@ pub enum Role {
     All,
 }
 
-impl Role {
-    fn any(self, roles: &[Role]) -> bool {
-        self == Role::All || roles.contains(&self)
+/// Makes sure the topology `role` uses is there. The orchestrator owns the topology: it
+/// declares every exchange and queue, with the same arguments from every replica, so a
+/// re-declare after a reconnect never fails. A worker or a broadcaster only checks (passive
+/// declares, which need no permission) that the exchanges it publishes to and the queues it
+/// consumes exist, so its user needs no `configure` permission at all, and so can neither
+/// delete a queue nor redeclare one. Where something is missing (no orchestrator ran yet) it
+/// declares the whole topology if its user may, as a single-user setup allows; otherwise it
+/// fails with an error that says to start the orchestrator first.
+pub async fn declare_topology(connection: &Connection, role: Role) -> Result<(), lapin::Error> {
+    if matches!(role, Role::Orchestrator | Role::All) {
+        return declare_all(connection).await;
+    }
+    let exchanges: &[&str] = match role {
+        Role::Worker => &[RESULTS_EXCHANGE, WORKERS_EXCHANGE, DEAD_LETTER_EXCHANGE],
+        _ => &[INGEST_EXCHANGE, EVENTS_EXCHANGE],
+    };
+    let queues: Vec<String> = match role {
+        Role::Worker => CLASSES
+            .iter()
+            .flat_map(|c| {
+                [
+                    job_queue(StreamMode::Live, c),
+                    job_queue(StreamMode::Vod, c),
+                ]
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let ch = connection.create_channel().await?;
+    let mut missing = None;
+    for name in exchanges {
+        if let Err(e) = passive_exchange(&ch, name).await {
+            missing = Some((format!("exchange {name}"), e));
+            break;
+        }
+    }
+    if missing.is_none() {
+        for name in &queues {
+            if let Err(e) = passive_declare(&ch, name).await {
+                missing = Some((format!("queue {name}"), e));
+                break;
+            }
+        }
+    }
+    let Some((what, e)) = missing else {
+        let _ = ch.close(200, "checked".into()).await;
+        return Ok(());
+    };
+    if reply_code(&e) != Some(404) {
+        return Err(e);
+    }
+    match declare_all(connection).await {
+        Ok(()) => Ok(()),
+        Err(declare) if reply_code(&declare) == Some(403) => {
+            tracing::error!(
+                missing = what,
+                "the broker has no {what} yet, and this user may not declare it (only the \
+                 orchestrator's may): start the orchestrator first"
+            );
+            Err(e)
+        }
+        Err(declare) => Err(declare),
     }
 }
 
-/// Declares, with the same arguments from every process, the exchanges a role publishes to
-/// or binds to and the queues it consumes or publishes into (so a message published
-/// before its consumer ever ran still has a queue), and nothing else: a role's user needs
-/// no permission on the rest. A re-declare after a reconnect never fails.
-pub async fn declare_topology(connection: &Connection, role: Role) -> Result<(), lapin::Error> {
-    use Role::{Broadcaster, Orchestrator, Worker};
+/// The AMQP reply code of a channel or connection closed by the broker (404 NOT_FOUND,
+/// 403 ACCESS_REFUSED, 406 PRECONDITION_FAILED), if that is what `e` is.
+fn reply_code(e: &lapin::Error) -> Option<u16> {
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(p) => Some(p.get_id()),
+        _ => None,
+    }
+}
+
+/// Checks that exchange `name` exists.
+async fn passive_exchange(ch: &Channel, name: &str) -> Result<(), lapin::Error> {
+    ch.exchange_declare(
+        name.into(),
+        ExchangeKind::Direct,
+        ExchangeDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+}
+
+/// Declares every exchange and queue of the topology, as the orchestrator does.
+async fn declare_all(connection: &Connection) -> Result<(), lapin::Error> {
     let mut ch = connection.create_channel().await?;
     let c = connection;
     let durable = ExchangeDeclareOptions {
         durable: true,
         ..Default::default()
     };
-    for (name, kind, users) in [
-        (
-            INGEST_EXCHANGE,
-            ExchangeKind::Direct,
-            &[Orchestrator, Broadcaster][..],
-        ),
-        (
-            JOBS_EXCHANGE,
-            ExchangeKind::Direct,
-            &[Orchestrator, Worker][..],
-        ),
-        (
-            RESULTS_EXCHANGE,
-            ExchangeKind::Direct,
-            &[Orchestrator, Worker][..],
-        ),
-        (
-            WORKERS_EXCHANGE,
-            ExchangeKind::Direct,
-            &[Orchestrator, Worker][..],
-        ),
-        (
-            EVENTS_EXCHANGE,
-            ExchangeKind::Topic,
-            &[Orchestrator, Broadcaster][..],
-        ),
-        (
-            DEAD_LETTER_EXCHANGE,
-            ExchangeKind::Fanout,
-            &[Orchestrator, Worker][..],
-        ),
-        (PARKED_QUEUE, ExchangeKind::Fanout, &[Orchestrator][..]),
+    for (name, kind) in [
+        (INGEST_EXCHANGE, ExchangeKind::Direct),
+        (JOBS_EXCHANGE, ExchangeKind::Direct),
+        (RESULTS_EXCHANGE, ExchangeKind::Direct),
+        (WORKERS_EXCHANGE, ExchangeKind::Direct),
+        (EVENTS_EXCHANGE, ExchangeKind::Topic),
+        (DEAD_LETTER_EXCHANGE, ExchangeKind::Fanout),
+        (PARKED_QUEUE, ExchangeKind::Fanout),
     ] {
-        if role.any(users) {
-            ch.exchange_declare(name.into(), kind, durable, FieldTable::default())
-                .await?;
-        }
+        ch.exchange_declare(name.into(), kind, durable, FieldTable::default())
+            .await?;
     }
-    if role.any(&[Orchestrator, Broadcaster]) {
-        declare_queue(c, &mut ch, INGEST_QUEUE, INGEST_EXCHANGE, INGEST_KEY).await?;
-    }
-    if role.any(&[Orchestrator, Worker]) {
-        declare_queue(c, &mut ch, RESULTS_QUEUE, RESULTS_EXCHANGE, RESULTS_KEY).await?;
-        declare_queue(c, &mut ch, BEATS_QUEUE, WORKERS_EXCHANGE, BEAT_KEY).await?;
-    }
-    // Workers declare the job queues, so they make sure their dead letters have somewhere to
-    // go even before an orchestrator ran (they cannot read them).
-    if role.any(&[Orchestrator, Worker]) {
-        declare_queue(c, &mut ch, DEAD_LETTER_QUEUE, DEAD_LETTER_EXCHANGE, "").await?;
-    }
-    // Only the orchestrator reads dead letters, and parks those it cannot record.
-    if role.any(&[Orchestrator]) {
-        declare_queue(c, &mut ch, PARKED_QUEUE, PARKED_QUEUE, "").await?;
-    }
-    if role.any(&[Orchestrator, Worker]) {
-        for class in CLASSES {
-            for mode in [StreamMode::Vod, StreamMode::Live] {
-                let q = job_queue(mode, class);
-                declare_queue(c, &mut ch, &q, JOBS_EXCHANGE, &q).await?;
-            }
+    declare_queue(c, &mut ch, INGEST_QUEUE, INGEST_EXCHANGE, INGEST_KEY).await?;
+    declare_queue(c, &mut ch, RESULTS_QUEUE, RESULTS_EXCHANGE, RESULTS_KEY).await?;
+    declare_queue(c, &mut ch, BEATS_QUEUE, WORKERS_EXCHANGE, BEAT_KEY).await?;
+    declare_queue(c, &mut ch, DEAD_LETTER_QUEUE, DEAD_LETTER_EXCHANGE, "").await?;
+    declare_queue(c, &mut ch, PARKED_QUEUE, PARKED_QUEUE, "").await?;
+    for class in CLASSES {
+        for mode in [StreamMode::Vod, StreamMode::Live] {
+            let q = job_queue(mode, class);
+            declare_queue(c, &mut ch, &q, JOBS_EXCHANGE, &q).await?;
         }
     }
     let _ = ch.close(200, "declared".into()).await;
     Ok(())
+}
+
+/// Retires the queues an older Castwork named like their exchanges ([`LEGACY_QUEUES`]):
+/// each is unbound, so nothing new reaches it, and deleted once empty and unused; one that
+/// still holds messages (or that an older orchestrator still reads) is returned, with the
+/// queue that replaces it, for the caller to drain with the same handler.
+pub async fn retire_legacy_queues(
+    connection: &Connection,
+) -> Result<Vec<(&'static str, &'static str)>, lapin::Error> {
+    let mut draining = Vec::new();
+    for (legacy, current) in LEGACY_QUEUES {
+        let ch = connection.create_channel().await?;
+        let q = match passive_declare(&ch, legacy).await {
+            Ok(q) => q,
+            Err(e) if reply_code(&e) == Some(404) => continue,
+            Err(e) => return Err(e),
+        };
+        let (exchange, key) = if current == INGEST_QUEUE {
+            (INGEST_EXCHANGE, INGEST_KEY)
+        } else {
+            (RESULTS_EXCHANGE, RESULTS_KEY)
+        };
+        ch.queue_unbind(
+            legacy.into(),
+            exchange.into(),
+            key.into(),
+            FieldTable::default(),
+        )
+        .await?;
+        if q.message_count() == 0 && q.consumer_count() == 0 {
+            ch.queue_delete(
+                legacy.into(),
+                lapin::options::QueueDeleteOptions {
+                    if_empty: true,
+                    if_unused: true,
+                    ..Default::default()
+                },
+            )
+            .await?;
+            tracing::info!(
+                legacy,
+                current,
+                "deleted the empty queue an older Castwork used"
+            );
+        } else {
+            tracing::warn!(
+                legacy,
+                current,
+                messages = q.message_count(),
+                consumers = q.consumer_count(),
+                "an older Castwork's queue still holds messages or has readers: unbound, \
+                 drained here, deleted at a later start once empty"
+            );
+            draining.push((legacy, current));
+        }
+        let _ = ch.close(200, "retired".into()).await;
+    }
+    Ok(draining)
 }
 
 impl Broker {
@@ -356,6 +453,13 @@ impl Broker {
             publisher,
             user,
         })
+    }
+
+    /// See [`retire_legacy_queues`].
+    pub async fn retire_legacy_queues(
+        &self,
+    ) -> Result<Vec<(&'static str, &'static str)>, BrokerError> {
+        Ok(retire_legacy_queues(&self.connection).await?)
     }
 
     /// The user this connection logged in as (what consumers see in `user-id`).

@@ -284,7 +284,7 @@ fn corrupt_and_malicious_input_is_refused_and_the_rest_completes() {
     // Counted, and nothing is stuck in a queue.
     let (_, metrics) = http_get(&cluster.orchestrator_addr, "/metrics").unwrap();
     for reason in ["malformed", "version", "oversized"] {
-        assert!(metrics.contains(&format!("castwork_orchestrator_rejected_messages_total{{queue=\"castwork.ingest\",reason=\"{reason}\"}} 1")), "{reason}: {metrics}");
+        assert!(metrics.contains(&format!("castwork_orchestrator_rejected_messages_total{{queue=\"orchestrator.ingest\",reason=\"{reason}\"}} 1")), "{reason}: {metrics}");
     }
     // Each unreadable message is dead-lettered with its reason: three refused by the
     // orchestrator, one job refused by its worker.
@@ -297,7 +297,7 @@ fn corrupt_and_malicious_input_is_refused_and_the_rest_completes() {
                     && metric_total(
                         &m,
                         "castwork_orchestrator_dead_letters_total",
-                        &["queue=\"castwork.ingest\"", "cause=\"refused\""],
+                        &["queue=\"orchestrator.ingest\"", "cause=\"refused\""],
                     ) == 3
             })
         },

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::browser::Browser;
-use common::{bin, clip, free_port, http_get, stream_name, wait_until, Cluster};
+use common::{bin, clip, free_port, http_get, stream_name, wait_until, Cluster, Injector};
 
 const RUNG: &str = "P240p30fps16x9";
 
@@ -78,10 +78,10 @@ fn status_prints_streams_workers_and_queue_depths() {
     // The one worker consumes both of its class's job queues; the orchestrator consumes
     // ingest, results and dead letters. Nothing is left waiting.
     for (queue, consumers) in [
-        ("castwork.ingest", 1),
+        ("orchestrator.ingest", 1),
         ("jobs.live.cpu", 1),
         ("jobs.vod.cpu", 1),
-        ("castwork.results", 1),
+        ("orchestrator.results", 1),
         ("castwork.jobs.dead", 1),
     ] {
         let line = text
@@ -718,6 +718,10 @@ fn refused(url: &str, op: &str, name: &str) -> bool {
                     )
                     .await
                     .map(|_| ()),
+                "delete" => ch
+                    .queue_delete(name.into(), Default::default())
+                    .await
+                    .map(|_| ()),
                 other => panic!("unknown op {other}"),
             }
         })
@@ -763,8 +767,20 @@ fn each_role_works_with_its_own_least_privilege_rabbitmq_user() {
         "a worker cannot ingest"
     );
     assert!(
-        refused(&worker, "consume", "castwork.ingest"),
+        refused(&worker, "consume", "orchestrator.ingest"),
         "a worker cannot read ingest"
+    );
+    assert!(
+        refused(&worker, "consume", "orchestrator.results"),
+        "nor other workers' reports"
+    );
+    assert!(
+        refused(&worker, "delete", "jobs.vod.cpu"),
+        "nor delete the queue it takes jobs from"
+    );
+    assert!(
+        refused(&worker, "declare", "jobs.vod.cpu"),
+        "nor declare one (which would let it delete it)"
     );
     assert!(
         refused(&worker, "declare", "castwork.push.1"),
@@ -786,7 +802,90 @@ fn each_role_works_with_its_own_least_privilege_rabbitmq_user() {
         refused(&broadcaster, "publish", "castwork.results"),
         "nor results"
     );
+    assert!(
+        refused(&broadcaster, "consume", "orchestrator.ingest"),
+        "nor read what other broadcasters ingest"
+    );
+    assert!(
+        refused(&broadcaster, "delete", "orchestrator.ingest"),
+        "nor delete the ingest queue"
+    );
     // And allowed what it does.
     assert!(!refused(&broadcaster, "publish", "castwork.ingest"));
     assert!(!refused(&worker, "publish", "castwork.results"));
+}
+
+/// Restarts the cluster's orchestrator (SIGKILL, then the same flags) and waits for it.
+fn restart_orchestrator(cluster: &mut Cluster) {
+    let pid = cluster.pids("orchestrator")[0];
+    cluster.signal(pid, "KILL");
+    let addr = cluster.orchestrator_addr.clone();
+    cluster.add("orchestrator", &["--http-addr", &addr]);
+    wait_until(
+        "the orchestrator is healthy",
+        Duration::from_secs(30),
+        || http_get(&cluster.orchestrator_addr, "/healthz").is_some_and(|(c, _)| c == 200),
+    );
+}
+
+#[test]
+fn the_queues_an_older_castwork_named_like_their_exchanges_are_drained_then_deleted() {
+    let mut cluster = Cluster::start(0);
+    let legacy = Injector::new(&cluster.amqp_url);
+    // An older topology: the ingest queue bore its exchange's name, and still holds a message.
+    legacy.declare_bound(
+        "castwork.ingest",
+        castwork_protocol::INGEST_EXCHANGE,
+        "ingest",
+    );
+    legacy.publish("", "castwork.ingest", br#"{"left":"by an older castwork"}"#);
+    let depth = |c: &Cluster, q: &str| c.queue_depths().into_iter().find(|(n, _)| n == q);
+    assert_eq!(
+        depth(&cluster, "castwork.ingest"),
+        Some(("castwork.ingest".into(), 1))
+    );
+    let before = cluster.dead_letters().len();
+    // The next orchestrator unbinds it and reads it with the ingest handler: the message is
+    // handled (here: dead-lettered as unreadable, under the queue that replaces it).
+    restart_orchestrator(&mut cluster);
+    wait_until(
+        "the legacy message handled",
+        Duration::from_secs(30),
+        || cluster.dead_letters().len() > before,
+    );
+    let letter = &cluster.dead_letters()[0];
+    assert_eq!(letter["queue"], "orchestrator.ingest", "{letter}");
+    assert!(
+        letter["reason"].as_str().unwrap().contains("unreadable"),
+        "{letter}"
+    );
+    assert_eq!(
+        depth(&cluster, "castwork.ingest"),
+        Some(("castwork.ingest".into(), 0))
+    );
+    // Unbound: what is published to the exchange now reaches the new queue alone.
+    let bindings = Command::new("rabbitmqctl")
+        .args([
+            "list_bindings",
+            "-q",
+            "-p",
+            &cluster.vhost,
+            "source_name",
+            "destination_name",
+        ])
+        .output()
+        .unwrap();
+    let bindings = String::from_utf8_lossy(&bindings.stdout).to_string();
+    let bound = |queue: &str| {
+        bindings
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["castwork.ingest", queue])
+    };
+    assert!(!bound("castwork.ingest"), "{bindings}");
+    assert!(bound("orchestrator.ingest"), "{bindings}");
+    // Empty and unused, it is deleted at the next start.
+    restart_orchestrator(&mut cluster);
+    wait_until("the legacy queue deleted", Duration::from_secs(30), || {
+        depth(&cluster, "castwork.ingest").is_none()
+    });
 }

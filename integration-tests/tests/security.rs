@@ -146,7 +146,7 @@ fn far_future_sequence_numbers_are_refused_and_make_no_work() {
     };
     injector.publish(INGEST_EXCHANGE, "ingest", &far(stream, session));
     injector.publish(INGEST_EXCHANGE, "ingest", &end(stream, session, 1));
-    let not_publisher = "castwork_orchestrator_rejected_messages_total{queue=\"castwork.ingest\",reason=\"not_publisher\"}";
+    let not_publisher = "castwork_orchestrator_rejected_messages_total{queue=\"orchestrator.ingest\",reason=\"not_publisher\"}";
     wait_until(
         "both forged messages refused",
         Duration::from_secs(20),
@@ -176,7 +176,7 @@ fn far_future_sequence_numbers_are_refused_and_make_no_work() {
     );
     injector.publish(INGEST_EXCHANGE, "ingest", &far("own-stream", own));
     injector.publish(INGEST_EXCHANGE, "ingest", &end("own-stream", own, huge));
-    let rejected = "castwork_orchestrator_rejected_messages_total{queue=\"castwork.ingest\",reason=\"seq_window\"}";
+    let rejected = "castwork_orchestrator_rejected_messages_total{queue=\"orchestrator.ingest\",reason=\"seq_window\"}";
     wait_until("both far messages refused", Duration::from_secs(20), || {
         metric(&cluster.orchestrator_addr, rejected) >= 2.0
     });

@@ -121,11 +121,17 @@ fn a_worker_is_its_broker_user_and_a_restart_under_another_name_keeps_its_ban() 
 
 /// Publishes `body` to `exchange` (with `key`) as `url`'s user, naming `user_id` as its
 /// sender; the broker's answer (an error when it closed the channel).
-fn publish_to(
+fn publish_to(url: &str, user_id: &str, target: (&str, &str), body: &[u8]) -> Result<(), String> {
+    publish_with(url, user_id, target, body, Default::default())
+}
+
+/// [`publish_to`] with headers.
+fn publish_with(
     url: &str,
     user_id: &str,
     (exchange, key): (&str, &str),
     body: &[u8],
+    headers: lapin::types::FieldTable,
 ) -> Result<(), String> {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -144,7 +150,8 @@ fn publish_to(
                 body,
                 lapin::BasicProperties::default()
                     .with_delivery_mode(2)
-                    .with_user_id(user_id.into()),
+                    .with_user_id(user_id.into())
+                    .with_headers(headers),
             )
             .await
             .map_err(|e| e.to_string())?
@@ -237,10 +244,89 @@ fn reports_for_jobs_it_was_not_given_or_in_another_users_name_are_refused() {
         .expect_err("a worker's user may not publish jobs");
     assert!(err.contains("ACCESS_REFUSED"), "{err}");
 
+    // Nor may it fake the broker: a real job it takes (and puts back), published to the
+    // dead-letter exchange as if the broker had given it up ("expired", which would skip
+    // the segment), but for another segment. The job id does not match: refused.
+    let real = take_and_return(&url, &job_queue);
+    let mut job: Value = serde_json::from_slice(&real).unwrap();
+    let other = 1 - job["seq"].as_u64().unwrap();
+    job["seq"] = other.into();
+    let headers = forged_death(&job_queue);
+    publish_with(
+        &url,
+        &user,
+        (DEAD_LETTER_EXCHANGE, ""),
+        &serde_json::to_vec(&job).unwrap(),
+        headers,
+    )
+    .unwrap();
+    let mut letter = None;
+    wait_until("the forged dead letter to be refused", PATIENCE, || {
+        letter = cluster
+            .dead_letters()
+            .into_iter()
+            .find(|d| d["kind"] == "job" && d["seq"] == other);
+        letter.is_some()
+    });
+    let letter = letter.unwrap();
+    assert!(
+        letter["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no such job was issued"),
+        "{letter}"
+    );
+
     // Nothing of this changed the stream: a real worker completes it.
     cluster.add("worker", &[]);
     let out = push.wait_with_output();
     let status = cluster.wait_complete(&stream, Duration::from_secs(120));
     assert_eq!(status["state"], "complete", "{status} {out:?}");
     assert_eq!(status["segments"]["failed"], 0, "{status}");
+    assert_eq!(status["segments"]["skipped"], 0, "{status}");
+}
+
+/// Takes one message from `queue` as `url`'s user and puts it back; its body.
+fn take_and_return(url: &str, queue: &str) -> Vec<u8> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
+            .await
+            .unwrap();
+        let ch = c.create_channel().await.unwrap();
+        let got = ch
+            .basic_get(queue.into(), Default::default())
+            .await
+            .unwrap()
+            .expect("a job waits");
+        let body = got.delivery.data.clone();
+        got.delivery
+            .acker
+            .reject(lapin::options::BasicRejectOptions { requeue: true })
+            .await
+            .unwrap();
+        let _ = c.close(200, "bye".into()).await;
+        body
+    })
+}
+
+/// Headers that say the broker dead-lettered a message from `queue` because it expired.
+fn forged_death(queue: &str) -> lapin::types::FieldTable {
+    use lapin::types::{AMQPValue, FieldTable, LongString};
+    let mut death = FieldTable::default();
+    death.insert(
+        "reason".into(),
+        AMQPValue::LongString(LongString::from("expired")),
+    );
+    death.insert(
+        "queue".into(),
+        AMQPValue::LongString(LongString::from(queue)),
+    );
+    death.insert("count".into(), AMQPValue::LongLongInt(1));
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "x-death".into(),
+        AMQPValue::FieldArray(vec![AMQPValue::FieldTable(death)].into()),
+    );
+    headers
 }

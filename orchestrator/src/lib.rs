@@ -336,12 +336,28 @@ async fn session(
     let management = queues::Management::new(&cfg.amqp_url, cfg.rabbitmq_management_url.as_deref())
         .map_err(anyhow::Error::msg)?
         .map(Arc::new);
-    let (_ingest_ch, mut ingest) = broker
+    let (_ingest_ch, ingest) = broker
         .consume(INGEST_QUEUE, "orchestrator-ingest", 32)
         .await?;
-    let (_results_ch, mut results) = broker
+    let (_results_ch, results) = broker
         .consume(RESULTS_QUEUE, "orchestrator-results", 16)
         .await?;
+    // What an older Castwork's queues still hold is read here too, by the same handlers.
+    let (mut ingest, mut results) = (ingest.boxed(), results.boxed());
+    let mut _legacy_chs = Vec::new();
+    for (legacy, current) in broker
+        .retire_legacy_queues()
+        .await
+        .context("retiring an older Castwork's queues")?
+    {
+        let (ch, consumer) = broker.consume(legacy, "orchestrator-legacy", 16).await?;
+        _legacy_chs.push(ch);
+        if current == INGEST_QUEUE {
+            ingest = futures_util::stream::select(ingest, consumer).boxed();
+        } else {
+            results = futures_util::stream::select(results, consumer).boxed();
+        }
+    }
     let (_dead_ch, mut dead) = broker
         .consume(DEAD_LETTER_QUEUE, "orchestrator-dead-letters", 8)
         .await?;

@@ -12,14 +12,24 @@ pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Exchange the broadcaster publishes streams and segments to.
 pub const INGEST_EXCHANGE: &str = "castwork.ingest";
-/// Queue the orchestrators consume ingest messages from.
-pub const INGEST_QUEUE: &str = "castwork.ingest";
+/// Queue the orchestrators consume ingest messages from. Named apart from its exchange, so
+/// a broker permission can let broadcasters publish into the exchange and never read the
+/// queue (RabbitMQ matches one name pattern against both).
+pub const INGEST_QUEUE: &str = "orchestrator.ingest";
 /// Exchange segment jobs are published to, routed by queue name.
 pub const JOBS_EXCHANGE: &str = "castwork.jobs";
 /// Exchange workers publish results and failures to.
 pub const RESULTS_EXCHANGE: &str = "castwork.results";
-/// Queue the orchestrators consume worker reports from.
-pub const RESULTS_QUEUE: &str = "castwork.results";
+/// Queue the orchestrators consume worker reports from (named apart from its exchange, as
+/// the ingest queue is).
+pub const RESULTS_QUEUE: &str = "orchestrator.results";
+/// The names the ingest and results queues had before they were named apart from their
+/// exchanges, each with the queue that replaces it: an orchestrator unbinds such a queue,
+/// drains what it still holds and deletes it once empty.
+pub const LEGACY_QUEUES: [(&str, &str); 2] = [
+    ("castwork.ingest", INGEST_QUEUE),
+    ("castwork.results", RESULTS_QUEUE),
+];
 /// Topic exchange of per-stream events (`stream.<name>`), for broadcasters and dashboards.
 pub const EVENTS_EXCHANGE: &str = "castwork.events";
 /// Dead-letter exchange and queue: jobs past the broker's delivery limit or deadline, and

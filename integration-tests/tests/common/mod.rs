@@ -1167,6 +1167,34 @@ impl Injector {
         );
     }
 
+    /// Declares a durable classic queue and binds it to `exchange` with `key` (as an older
+    /// Castwork's topology did).
+    pub fn declare_bound(&self, queue: &str, exchange: &str, key: &str) {
+        self.rt.block_on(async {
+            self.channel
+                .queue_declare(
+                    queue.into(),
+                    lapin::options::QueueDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    Default::default(),
+                )
+                .await
+                .unwrap();
+            self.channel
+                .queue_bind(
+                    queue.into(),
+                    exchange.into(),
+                    key.into(),
+                    Default::default(),
+                    Default::default(),
+                )
+                .await
+                .unwrap();
+        });
+    }
+
     pub fn publish(&self, exchange: &str, key: &str, body: &[u8]) {
         self.rt.block_on(async {
             let confirm = self

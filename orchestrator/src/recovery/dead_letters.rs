@@ -29,6 +29,10 @@ pub struct DeadLetter {
     /// The broker's reason (`expired`, `delivery_limit`, `rejected`, `maxlen`).
     pub broker_reason: Option<String>,
     pub deliveries: Option<u64>,
+    /// Who published it: the broker keeps a message's `user-id` when it dead-letters it,
+    /// so a job the broker gave up on carries the orchestrator's own user, while one a
+    /// consumer dead-lettered carries that consumer's.
+    pub sender: Option<String>,
 }
 
 impl DeadLetter {
@@ -71,6 +75,7 @@ impl DeadLetter {
             },
             reason: ours,
             deliveries,
+            sender: castwork_cluster::broker::sender(&d.properties),
         }
     }
 
@@ -144,6 +149,11 @@ impl Orchestrator {
     /// the way (its segment or stream is gone) is noted in the record, never retried.
     pub async fn dead_letter(&self, d: &DeadLetter) -> Result<(), HandleError> {
         let queue = d.queue.clone().unwrap_or_else(|| "unknown".into());
+        // A queue an older Castwork named like its exchange counts as the one replacing it.
+        let queue = castwork_protocol::LEGACY_QUEUES
+            .iter()
+            .find(|(legacy, _)| *legacy == queue)
+            .map_or(queue, |(_, current)| (*current).to_string());
         let (stream, seq) = named_in(&d.body);
         let mut record = DeadLetterRecord {
             at_unix_ms: now_unix_ms(),
@@ -195,7 +205,24 @@ impl Orchestrator {
             return Ok(());
         };
         record.kind = "job".into();
-        if d.broker_reason.as_deref() == Some("expired") {
+        // A dead letter that did not come from the broker came from a consumer, who may be
+        // a worker on a credential of its own: it counts only for a job that was really
+        // issued (keyed id), and what it says the broker did is not believed.
+        let from_broker = d.sender.as_deref() == Some(self.broker.user());
+        if !from_broker {
+            let who = d.sender.as_deref().unwrap_or("an unnamed sender");
+            let issued = self
+                .job_ids
+                .check(job.job_id, &job.stream, job.seq, job.attempt, who);
+            if let Err(refused) = issued {
+                // A job an older orchestrator issued (see `handle_report`).
+                if job.job_id.get_version() == Some(uuid::Version::SortRand) {
+                    self.reissue(&job.stream, job.seq, job.attempt).await?;
+                }
+                return Err(refused);
+            }
+        }
+        if from_broker && d.broker_reason.as_deref() == Some("expired") {
             return self
                 .skip_segment(&job.stream, job.seq, &record.reason)
                 .await;

@@ -324,7 +324,12 @@ impl Orchestrator {
 
     /// Publishes a segment's pending attempt again, once per attempt (see
     /// `handle_report`).
-    async fn reissue(&self, stream: &str, seq: u64, attempt: u32) -> Result<(), HandleError> {
+    pub(crate) async fn reissue(
+        &self,
+        stream: &str,
+        seq: u64,
+        attempt: u32,
+    ) -> Result<(), HandleError> {
         let Some((rec, seg)) = self.wanted_attempt(stream, seq, attempt).await? else {
             return Ok(());
         };
