@@ -276,8 +276,8 @@ mod tests {
             "castwork_orchestrator_segment_seconds_count{stage=\"end_to_end\"} 0",
             "castwork_orchestrator_live_latency_seconds_count{part=\"overhead\"} 0",
             "castwork_orchestrator_queue_unacked{queue=\"jobs.vod.cpu\"} 0",
-            "castwork_orchestrator_redeliveries_total{queue=\"castwork.results\"} 0",
-            "castwork_orchestrator_rejected_messages_total{queue=\"castwork.ingest\",reason=\"seq_window\"} 0",
+            "castwork_orchestrator_redeliveries_total{queue=\"orchestrator.results\"} 0",
+            "castwork_orchestrator_rejected_messages_total{queue=\"orchestrator.ingest\",reason=\"seq_window\"} 0",
             "castwork_orchestrator_ticket_redemptions_total{outcome=\"expired\"} 0",
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");
