@@ -463,9 +463,9 @@ fn main() -> ExitCode {
 #[tokio::main]
 async fn start() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) =
-        castwork_cluster::broker::trust_ca_file(cli.service.link.amqp_ca_file.as_deref())
-    {
+    let trusted = castwork_cluster::broker::trust_ca_file(cli.service.link.amqp_ca_file.as_deref())
+        .and_then(|()| castwork_cluster::trust_redis_ca_file(cli.service.redis_ca_file.as_deref()));
+    if let Err(e) = trusted {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }

@@ -49,6 +49,13 @@ pub struct ServiceArgs {
     /// (AZURE_STORAGE_ACCOUNT_NAME, AZURE_STORAGE_ACCOUNT_KEY, ...).
     #[arg(long, env = "STORAGE_URL", default_value = "file://./data")]
     pub storage_url: String,
+
+    /// PEM file of the certificate authority that signed Redis's certificate, for a
+    /// `rediss://` URL (Redis over TLS) that the system's roots do not vouch for (a private
+    /// CA, as scripts/dev-tls.sh makes). Redis's password goes in the URL:
+    /// `rediss://USER:PASSWORD@HOST:PORT/`.
+    #[arg(long, env = "REDIS_CA_FILE", value_name = "FILE")]
+    pub redis_ca_file: Option<std::path::PathBuf>,
 }
 
 /// How log lines are written to stderr.

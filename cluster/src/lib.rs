@@ -20,19 +20,51 @@ pub use shutdown::shutdown_token;
 pub use storage::{Storage, StorageError};
 pub use supervise::{supervise, Backoff};
 
+/// The certificate authority `rediss://` connections trust instead of the system's roots
+/// (`--redis-ca-file`), once [`trust_redis_ca_file`] has read it.
+static REDIS_CA: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+
+/// Makes every later `rediss://` connection of this process trust the CA in `path` (PEM).
+pub fn trust_redis_ca_file(path: Option<&std::path::Path>) -> Result<(), String> {
+    let Some(path) = path else { return Ok(()) };
+    let pem =
+        std::fs::read(path).map_err(|e| format!("--redis-ca-file {}: {e}", path.display()))?;
+    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+        return Err(format!(
+            "--redis-ca-file {}: no PEM certificate in it",
+            path.display()
+        ));
+    }
+    let _ = REDIS_CA.set(pem);
+    Ok(())
+}
+
+/// A Redis client for `url`: `redis://[USER:PASSWORD@]HOST:PORT/[DB]`, or `rediss://` for
+/// TLS (verified against the system's roots, or the `--redis-ca-file` CA).
+fn redis_client(url: &str) -> redis::RedisResult<redis::Client> {
+    match REDIS_CA.get() {
+        Some(pem) if url.starts_with("rediss://") => redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.clone()),
+            },
+        ),
+        _ => redis::Client::open(url),
+    }
+}
+
 /// Connects to Redis with a connection manager that reconnects on its own.
 pub async fn redis_connect(url: &str) -> redis::RedisResult<redis::aio::ConnectionManager> {
-    let client = redis::Client::open(url)?;
-    redis::aio::ConnectionManager::new(client).await
+    redis::aio::ConnectionManager::new(redis_client(url)?).await
 }
 
 /// A Redis connection manager that connects on first use and reconnects on its own, so a
 /// process can start (and say what it waits for) before Redis is up. Only a malformed URL
 /// fails here.
 pub fn redis_lazy(url: &str) -> redis::RedisResult<redis::aio::ConnectionManager> {
-    let client = redis::Client::open(url)?;
     redis::aio::ConnectionManager::new_lazy_with_config(
-        client,
+        redis_client(url)?,
         redis::aio::ConnectionManagerConfig::new(),
     )
 }

@@ -1,7 +1,9 @@
-//! TLS on the broker link: a cluster whose every process reaches RabbitMQ over `amqps://`,
+//! TLS on every link: a cluster whose every process reaches RabbitMQ over `amqps://` and
+//! Redis over `rediss://` with a password (an ACL user; Redis's default user is off),
 //! trusting a private certificate authority (made by `scripts/dev-tls.sh`) through
-//! `AMQP_CA_FILE`, completes a push; a worker that does not trust that CA is refused by
-//! its own TLS check and says why.
+//! `AMQP_CA_FILE` and `REDIS_CA_FILE`, completes a push; a worker that does not trust that
+//! CA is refused by its own TLS check and says why, and so is a Redis client without the
+//! CA or with a wrong password.
 
 mod common;
 
@@ -28,10 +30,16 @@ fn every_process_reaches_the_broker_over_tls_trusting_a_private_ca() {
         node.tls_port.unwrap()
     );
     let ca = certs.join("ca.pem").display().to_string();
+    let redis = RedisNode::start_tls(&certs, "castwork-orchestrator", "redis-secret");
     let mut cluster = Cluster::start_with(
         1,
         &[],
-        vec![("AMQP_URL".into(), url), ("AMQP_CA_FILE".into(), ca)],
+        vec![
+            ("AMQP_URL".into(), url),
+            ("AMQP_CA_FILE".into(), ca.clone()),
+            ("REDIS_URL".into(), redis.url()),
+            ("REDIS_CA_FILE".into(), ca.clone()),
+        ],
     );
     let input = clip(dir.path(), 4);
     let out = cluster.push(&input, &stream_name("tls"), &["--profiles", RUNG]);
@@ -54,4 +62,26 @@ fn every_process_reaches_the_broker_over_tls_trusting_a_private_ca() {
                 .contains("invalid peer certificate")
         },
     );
+
+    // Redis: the state the push left is readable with the CA and the password, and not
+    // without either.
+    let redis_cli = |url: &str, ca: Option<&str>| {
+        let mut cmd = Command::new(bin("orchestrator"));
+        cmd.args(["workers", "unban", "nobody", "--redis-url", url])
+            .env_remove("REDIS_CA_FILE");
+        if let Some(ca) = ca {
+            cmd.env("REDIS_CA_FILE", ca);
+        }
+        cmd.output().expect("orchestrator runs")
+    };
+    let ok = redis_cli(&redis.url(), Some(&ca));
+    assert!(ok.status.success(), "{ok:?}");
+    let untrusting = redis_cli(&redis.url(), None);
+    assert!(!untrusting.status.success(), "{untrusting:?}");
+    let text = String::from_utf8_lossy(&untrusting.stderr);
+    assert!(text.contains("certificate"), "{text}");
+    let wrong = redis_cli(&redis.url().replace("redis-secret", "guess"), Some(&ca));
+    assert!(!wrong.status.success(), "{wrong:?}");
+    let text = String::from_utf8_lossy(&wrong.stderr);
+    assert!(text.contains("Password authentication failed"), "{text}");
 }

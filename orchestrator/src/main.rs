@@ -365,6 +365,8 @@ async fn start() -> anyhow::Result<()> {
     let cli = Cli::parse();
     castwork_cluster::broker::trust_ca_file(cli.service.link.amqp_ca_file.as_deref())
         .map_err(anyhow::Error::msg)?;
+    castwork_cluster::trust_redis_ca_file(cli.service.redis_ca_file.as_deref())
+        .map_err(anyhow::Error::msg)?;
     match cli.command {
         Some(Command::Status { url }) => return castwork_orchestrator::status::print(&url).await,
         Some(Command::Ledger { action }) => return ledger(&cli.redis_url, action).await,

@@ -779,6 +779,9 @@ pub struct RedisNode {
     child: Option<Child>,
     /// Whether every write is fsynced to an append-only file.
     aof: bool,
+    /// For a TLS server with one ACL user: the certificates' directory, the user and its
+    /// password.
+    tls: Option<(PathBuf, String, String)>,
 }
 
 impl RedisNode {
@@ -793,6 +796,21 @@ impl RedisNode {
             port: free_port(),
             dir: tempfile::tempdir().unwrap(),
             child: None,
+            tls: None,
+        };
+        node.restart();
+        node
+    }
+
+    /// A server that speaks only TLS (with the certificates `scripts/dev-tls.sh` made in
+    /// `certs`) and lets in only `user` with `password` (its default user is off).
+    pub fn start_tls(certs: &Path, user: &str, password: &str) -> RedisNode {
+        let mut node = RedisNode {
+            aof: false,
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+            tls: Some((certs.to_path_buf(), user.into(), password.into())),
         };
         node.restart();
         node
@@ -800,10 +818,35 @@ impl RedisNode {
 
     /// Starts the server (again) on the same port and data.
     pub fn restart(&mut self) {
+        let mut listen: Vec<String> = vec!["--port".into(), self.port.to_string()];
+        if let Some((certs, user, password)) = &self.tls {
+            let file = |f: &str| certs.join(f).display().to_string();
+            listen = vec![
+                "--port".into(),
+                "0".into(),
+                "--tls-port".into(),
+                self.port.to_string(),
+                "--tls-cert-file".into(),
+                file("server.pem"),
+                "--tls-key-file".into(),
+                file("server.key"),
+                "--tls-ca-cert-file".into(),
+                file("ca.pem"),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ];
+            // One argument per word: redis-server quotes each as one token.
+            for rule in [
+                "default off".to_string(),
+                format!("{user} on >{password} ~* &* +@all"),
+            ] {
+                listen.push("--user".into());
+                listen.extend(rule.split(' ').map(String::from));
+            }
+        }
         let child = Command::new("redis-server")
+            .args(&listen)
             .args([
-                "--port",
-                &self.port.to_string(),
                 "--bind",
                 "127.0.0.1",
                 "--appendonly",
@@ -836,7 +879,12 @@ impl RedisNode {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        match &self.tls {
+            Some((_, user, password)) => {
+                format!("rediss://{user}:{password}@localhost:{}/", self.port)
+            }
+            None => format!("redis://127.0.0.1:{}/", self.port),
+        }
     }
 }
 
