@@ -462,6 +462,15 @@ impl Broker {
         Ok(retire_legacy_queues(&self.connection).await?)
     }
 
+    /// The messages ready for a consumer in `queue` now (a passive declare: exact, unlike
+    /// the management API's sampled counts).
+    pub async fn ready(&self, queue: &str) -> Result<u32, BrokerError> {
+        let ch = self.connection.create_channel().await?;
+        let q = passive_declare(&ch, queue).await?;
+        let _ = ch.close(200, "read".into()).await;
+        Ok(q.message_count())
+    }
+
     /// The user this connection logged in as (what consumers see in `user-id`).
     pub fn user(&self) -> &str {
         &self.user

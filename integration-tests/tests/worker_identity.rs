@@ -330,3 +330,62 @@ fn forged_death(queue: &str) -> lapin::types::FieldTable {
     );
     headers
 }
+
+/// Empties `queue` as `url`'s user; how many messages it held.
+fn purge(url: &str, queue: &str) -> Result<u32, String> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let ch = c.create_channel().await.map_err(|e| e.to_string())?;
+        let n = ch
+            .queue_purge(queue.into(), Default::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = c.close(200, "bye".into()).await;
+        Ok(n)
+    })
+}
+
+#[test]
+fn jobs_a_worker_purges_from_the_queue_are_retried_and_no_segment_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = clip(dir.path(), 4);
+    let mut cluster = Cluster::start_with(0, &["--lost-job-secs", "3"], Vec::new());
+    let url = cluster.add_broker_user("purger", "worker");
+    let stream = stream_name("purged");
+    let push = cluster.push_in_background(&input, &stream, &["--profiles", RUNG]);
+    let queue = job_queue(StreamMode::Vod, "cpu");
+    let jobs = |cluster: &Cluster| {
+        cluster
+            .queue_depths()
+            .into_iter()
+            .find(|(q, _)| *q == queue)
+            .map_or(0, |(_, n)| n)
+    };
+    // Both jobs wait in the queue when it is purged: RabbitMQ lets whoever may read a queue
+    // purge it, so a worker's user can.
+    wait_until("both jobs queued", PATIENCE, || jobs(&cluster) == 2);
+    assert_eq!(purge(&url, &queue), Ok(2));
+    wait_until("the queue empty", PATIENCE, || jobs(&cluster) == 0);
+    // The orchestrator finds them gone (the queue is empty, and no worker started them)
+    // and retries each as a new attempt, which an honest worker does.
+    cluster.add("worker", &[]);
+    let out = push.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}\n{}", cluster.logs());
+    let status = cluster.wait_complete(&stream, Duration::from_secs(120));
+    assert_eq!(status["state"], "complete", "{status}");
+    assert_eq!(status["segments"]["done"], 2, "{status}");
+    assert_eq!(cluster.playlist_seqs(&stream, RUNG), [0, 1]);
+    let (_, metrics) = http_get(&cluster.orchestrator_addr, "/metrics").unwrap();
+    assert_eq!(
+        metric_total(
+            &metrics,
+            "castwork_orchestrator_segments_total",
+            &["event=\"lost\""]
+        ),
+        2,
+        "{metrics}"
+    );
+}

@@ -60,6 +60,8 @@ pub struct Config {
     pub live_window: usize,
     /// How long a live segment may take from arrival to being listed before it is skipped.
     pub live_deadline: Duration,
+    /// See `Orchestrator::lost_after`.
+    pub lost_after: Duration,
     /// Benchmark only: accept worker results without checking them.
     pub trust_worker_output: bool,
     /// What this orchestrator charges per output pixel (free by default).
@@ -331,6 +333,8 @@ async fn session(
         playback_base: cfg.playback_url.clone().unwrap_or_default(),
         job_ids: parts.job_ids.clone(),
         work: parts.work.clone(),
+        lost_after: cfg.lost_after,
+        lost: Default::default(),
     });
     // Checked at start (main), so only a bad configuration fails here.
     let management = queues::Management::new(&cfg.amqp_url, cfg.rabbitmq_management_url.as_deref())

@@ -87,6 +87,12 @@ struct Cli {
     #[arg(long, env = "LIVE_DEADLINE_SECS", default_value_t = 10)]
     live_deadline_secs: u64,
 
+    /// Seconds an on-demand job may go unstarted while its queue holds no ready job before
+    /// it counts as lost (purged from the queue, or taken by a consumer that never
+    /// reported) and is retried as a new attempt. Longer than workers' --start-notice-ms.
+    #[arg(long, env = "LOST_JOB_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    lost_job_secs: u64,
+
     /// How far ahead of a stream's highest received segment number a new segment (or the
     /// segment count of its end) may be; further ones are refused with a message, so no
     /// number a client sends makes the cluster loop.
@@ -511,6 +517,7 @@ async fn start() -> anyhow::Result<()> {
         drain_timeout: Duration::from_secs(cli.drain_secs),
         live_window: cli.live_window,
         live_deadline: Duration::from_secs(cli.live_deadline_secs),
+        lost_after: Duration::from_secs(cli.lost_job_secs),
         trust_worker_output: cli.trust_worker_output || cli.test_only_skip_checks,
         quality: castwork_orchestrator::service::QualityPolicy {
             sample_rate: cli.quality_sample_rate,

@@ -20,7 +20,7 @@ pub static SEGMENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "castwork_orchestrator_segments_total",
         "Segments by event (received, started, done, failed, retried, skipped, duplicate, \
-         bad_output, overdue)",
+         bad_output, overdue, lost)",
         &["event"]
     )
     .expect("metric registers once")
@@ -198,6 +198,7 @@ pub const SEGMENT_EVENTS: &[&str] = &[
     "skipped",
     "duplicate",
     "bad_output",
+    "lost",
     "overdue",
 ];
 pub const SEGMENT_STAGES: &[&str] = &["queue_wait", "end_to_end"];

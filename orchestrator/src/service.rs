@@ -61,6 +61,11 @@ pub struct Orchestrator {
     pub job_ids: crate::workers::JobIds,
     /// Signs the object URLs jobs carry.
     pub work: crate::workers::tokens::WorkUrls,
+    /// How long an on-demand job may go unstarted while its queue is empty before it is
+    /// counted as lost (see [`crate::recovery::lost`]).
+    pub lost_after: Duration,
+    /// What the last look for lost jobs found.
+    pub lost: Mutex<crate::recovery::lost::LostJobs>,
 }
 
 /// The picture check of worker results and the ban of workers that fail checks.

@@ -435,6 +435,11 @@ impl Orchestrator {
             .wait()
             .await?;
         metrics::JOBS_PUBLISHED.inc();
+        if rec.mode == StreamMode::Vod {
+            self.state
+                .track_queued(&rec.stream, seg.seq, attempt, now_unix_ms())
+                .await?;
+        }
         Ok(())
     }
 

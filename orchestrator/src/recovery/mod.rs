@@ -1,7 +1,9 @@
 //! Recovering from what workers and the broker cannot report: jobs whose result is overdue
-//! (a hung or vanished worker), live deadlines, and dead letters (`dead_letters`).
+//! (a hung or vanished worker), live deadlines, dead letters (`dead_letters`) and jobs that
+//! left their queue unstarted (`lost`).
 
 mod dead_letters;
+pub mod lost;
 
 pub use dead_letters::DeadLetter;
 
@@ -39,6 +41,9 @@ impl Orchestrator {
                 message: format!("worker {worker} gave no result in time (hung or lost)"),
             })
             .await?;
+        }
+        if let Err(e) = self.sweep_lost().await {
+            warn!(error = %e, "lost-job sweep failed");
         }
         // Live deadlines and segments that never arrived; one stream's trouble does not
         // hold up the others.

@@ -306,7 +306,7 @@ impl Orchestrator {
 
     /// The stream and segment when `attempt` is still the segment's pending one in a stream
     /// that has not failed: the attempt whose job may go out again.
-    async fn wanted_attempt(
+    pub(crate) async fn wanted_attempt(
         &self,
         stream: &str,
         seq: u64,

@@ -10,6 +10,7 @@ use serde::Serialize;
 mod failures;
 mod ledger;
 mod live;
+mod queued;
 mod records;
 mod streams;
 mod workers;
@@ -129,6 +130,7 @@ const RECENT_KEEP: i64 = 500;
 const RECENT_FAILURES_KEEP: i64 = 100;
 /// Jobs a worker has started, scored by the time by which their result is due.
 pub const INFLIGHT_ZSET: &str = "cw:inflight";
+pub use queued::QUEUED_ZSET;
 
 /// Takes the started jobs whose result is overdue.
 static TAKE_OVERDUE: LuaScript = LuaScript::new(include_str!("lua/take_overdue.lua"));
@@ -437,6 +439,10 @@ impl State {
             .arg(segment_key(stream, seq))
             .arg("started_ms")
             .arg(now_unix_ms())
+            .ignore()
+            .cmd("ZREM")
+            .arg(QUEUED_ZSET)
+            .arg(queued::queued_member(stream, seq, attempt))
             .ignore()
             .query_async::<()>(&mut self.redis.clone())
             .await
