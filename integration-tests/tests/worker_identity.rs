@@ -389,3 +389,50 @@ fn jobs_a_worker_purges_from_the_queue_are_retried_and_no_segment_is_lost() {
         "{metrics}"
     );
 }
+
+#[test]
+fn workers_add_makes_the_one_url_a_worker_needs_and_remove_takes_it_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = clip(dir.path(), 4);
+    let mut cluster = Cluster::start(0);
+    let name = format!("{}-box", cluster.vhost);
+    let amqp_url = cluster.amqp_url.clone();
+    let cli = |args: &[&str]| {
+        std::process::Command::new(bin("orchestrator"))
+            .args(["--amqp-url", &amqp_url, "workers"])
+            .args(args)
+            .output()
+            .expect("orchestrator runs")
+    };
+    let out = cli(&["add", &name]);
+    assert!(out.status.success(), "{out:?}");
+    let url = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(url.starts_with(&format!("amqp://{name}:")), "{url}");
+    assert!(
+        url.ends_with(&format!("@127.0.0.1:5672/{}", cluster.vhost)),
+        "{url}"
+    );
+    // A second add of the same name is refused: the first worker's secret stays valid.
+    let again = cli(&["add", &name]);
+    assert!(!again.status.success(), "{again:?}");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists already"));
+
+    // With that URL alone (no Redis, no object store), a worker does the stream, and is
+    // known by its user.
+    add_worker(&mut cluster, &url, "anything");
+    let out = cluster.push(&input, &stream_name("added"), &["--profiles", RUNG]);
+    assert!(out.status.success(), "{out:?}\n{}", cluster.logs());
+    assert!(
+        cluster.worker_record(&name).is_some(),
+        "{:?}",
+        cluster.workers()
+    );
+
+    // Removed, its connection is closed and it cannot log in again.
+    let out = cli(&["remove", &name]);
+    assert!(out.status.success(), "{out:?}");
+    wait_until("the worker's login refused", PATIENCE, || {
+        cluster.logs_of("worker").contains("ACCESS_REFUSED")
+            || cluster.logs_of("worker").contains("access refused")
+    });
+}

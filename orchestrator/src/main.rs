@@ -212,8 +212,9 @@ enum Command {
         #[command(subcommand)]
         action: StreamsAction,
     },
-    /// Worker bans in Redis (--redis-url). A worker is banned by its identity: its own
-    /// broker user, or its --worker-id where it shares the orchestrator's user.
+    /// Workers' broker users (`add`, `remove`: RabbitMQ's management API) and bans (in
+    /// Redis, --redis-url). A worker is known by its identity: its own broker user, or its
+    /// --worker-id where it shares the orchestrator's user.
     Workers {
         #[command(subcommand)]
         action: WorkersAction,
@@ -249,6 +250,25 @@ enum WorkersAction {
     },
     /// Lifts IDENTITY's ban and forgets its bad results.
     Unban { identity: String },
+    /// Makes a RabbitMQ user NAME for a new worker, with the worker role's permissions on
+    /// this orchestrator's vhost (--amqp-url), and prints the one URL that worker needs:
+    /// `worker --amqp-url URL`. Through RabbitMQ's management API, as an administrator.
+    Add {
+        name: String,
+        /// RabbitMQ's management API as a user with the administrator tag:
+        /// http://ADMIN:PASSWORD@HOST:15672. Unset: port 15672 of the --amqp-url host, as
+        /// the --amqp-url user.
+        #[arg(long, env = "RABBITMQ_ADMIN_URL")]
+        rabbitmq_admin_url: Option<String>,
+    },
+    /// Deletes worker NAME's RabbitMQ user and closes its connections: it can take no more
+    /// jobs (its jobs in hand go back to the queue).
+    Remove {
+        name: String,
+        /// As for `add`.
+        #[arg(long, env = "RABBITMQ_ADMIN_URL")]
+        rabbitmq_admin_url: Option<String>,
+    },
 }
 
 /// The cluster's state in the Redis at `redis_url`, for the commands that change it.
@@ -260,7 +280,33 @@ async fn state_at(redis_url: &str) -> anyhow::Result<castwork_orchestrator::stat
     Ok(castwork_orchestrator::state::State::new(redis))
 }
 
-async fn workers(redis_url: &str, action: WorkersAction) -> anyhow::Result<()> {
+async fn workers(redis_url: &str, amqp_url: &str, action: WorkersAction) -> anyhow::Result<()> {
+    use castwork_orchestrator::workers::users::BrokerAdmin;
+    match action {
+        WorkersAction::Add {
+            name,
+            rabbitmq_admin_url,
+        } => {
+            let admin = BrokerAdmin::new(amqp_url, rabbitmq_admin_url.as_deref())?;
+            let url = admin.add_worker(&name).await?;
+            eprintln!("broker user {name} made: start the worker with this URL (keep it secret)");
+            println!("{url}");
+            return Ok(());
+        }
+        WorkersAction::Remove {
+            name,
+            rabbitmq_admin_url,
+        } => {
+            let admin = BrokerAdmin::new(amqp_url, rabbitmq_admin_url.as_deref())?;
+            if admin.remove_worker(&name).await? {
+                println!("broker user {name} removed: its connections are closed");
+            } else {
+                println!("there is no broker user {name}");
+            }
+            return Ok(());
+        }
+        _ => {}
+    }
     let state = state_at(redis_url).await?;
     match action {
         WorkersAction::Ban { identity, reason } => {
@@ -274,6 +320,7 @@ async fn workers(redis_url: &str, action: WorkersAction) -> anyhow::Result<()> {
                 println!("worker {identity} was not banned");
             }
         }
+        WorkersAction::Add { .. } | WorkersAction::Remove { .. } => unreachable!("handled above"),
     }
     Ok(())
 }
@@ -376,7 +423,9 @@ async fn start() -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Status { url }) => return castwork_orchestrator::status::print(&url).await,
         Some(Command::Ledger { action }) => return ledger(&cli.redis_url, action).await,
-        Some(Command::Workers { action }) => return workers(&cli.redis_url, action).await,
+        Some(Command::Workers { action }) => {
+            return workers(&cli.redis_url, &cli.service.link.amqp_url, action).await
+        }
         Some(Command::Streams {
             action: StreamsAction::Delete { name, force },
         }) => {

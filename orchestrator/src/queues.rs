@@ -38,38 +38,12 @@ impl Management {
         if management_url == Some(OFF) {
             return Ok(None);
         }
-        let amqp: lapin::uri::AMQPUri = amqp_url
-            .parse()
-            .map_err(|e| format!("cannot read the AMQP URL: {e}"))?;
-        let base = match management_url {
-            Some(u) => u.to_string(),
-            None => format!("http://{}:{MANAGEMENT_PORT}", amqp.authority.host),
-        };
-        let mut url = reqwest::Url::parse(&base)
-            .map_err(|e| format!("--rabbitmq-management-url {base:?}: {e}"))?;
-        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-            return Err(format!(
-                "--rabbitmq-management-url {base:?}: expected http://[USER:PASSWORD@]HOST:PORT"
-            ));
-        }
-        let (user, password) = if url.username().is_empty() {
-            (
-                amqp.authority.userinfo.username.clone(),
-                amqp.authority.userinfo.password.clone(),
-            )
-        } else {
-            (
-                decode(url.username()),
-                decode(url.password().unwrap_or_default()),
-            )
-        };
-        let _ = url.set_username("");
-        let _ = url.set_password(None);
-        let vhost = encode_segment(&amqp.vhost);
+        let api = ManagementApi::new(amqp_url, management_url, "--rabbitmq-management-url")?;
         let queues_url = format!(
-            "{}/api/queues/{vhost}?columns=name,messages_unacknowledged",
-            url.as_str().trim_end_matches('/')
+            "{}/api/queues/{}?columns=name,messages_unacknowledged",
+            api.base, api.vhost
         );
+        let (user, password) = (api.user, api.password);
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .build()
@@ -110,6 +84,57 @@ impl Management {
             return Err(format!("the management API answered {code}{hint}"));
         }
         parse_unacked(&body)
+    }
+}
+
+/// Where RabbitMQ's management API is for a vhost, and who logs in to it.
+#[derive(Debug, Clone)]
+pub struct ManagementApi {
+    /// `http(s)://HOST:PORT`, without credentials or a trailing slash.
+    pub base: String,
+    pub user: String,
+    pub password: String,
+    /// The AMQP URL's vhost, encoded as one path segment.
+    pub vhost: String,
+}
+
+impl ManagementApi {
+    /// `management_url` is the API's base URL, `http://[USER:PASSWORD@]HOST:PORT`; unset,
+    /// it is `http://HOST:15672` of the AMQP URL's host, and missing credentials are the
+    /// AMQP URL's. `flag` names the setting in errors.
+    pub fn new(amqp_url: &str, management_url: Option<&str>, flag: &str) -> Result<Self, String> {
+        let amqp: lapin::uri::AMQPUri = amqp_url
+            .parse()
+            .map_err(|e| format!("cannot read the AMQP URL: {e}"))?;
+        let base = match management_url {
+            Some(u) => u.to_string(),
+            None => format!("http://{}:{MANAGEMENT_PORT}", amqp.authority.host),
+        };
+        let mut url = reqwest::Url::parse(&base).map_err(|e| format!("{flag} {base:?}: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(format!(
+                "{flag} {base:?}: expected http://[USER:PASSWORD@]HOST:PORT"
+            ));
+        }
+        let (user, password) = if url.username().is_empty() {
+            (
+                amqp.authority.userinfo.username.clone(),
+                amqp.authority.userinfo.password.clone(),
+            )
+        } else {
+            (
+                decode(url.username()),
+                decode(url.password().unwrap_or_default()),
+            )
+        };
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+        Ok(ManagementApi {
+            base: url.as_str().trim_end_matches('/').to_string(),
+            user,
+            password,
+            vhost: encode_segment(&amqp.vhost),
+        })
     }
 }
 
@@ -154,7 +179,7 @@ fn decode(s: &str) -> String {
 }
 
 /// A vhost as one URL path segment (`/` is `%2F`).
-fn encode_segment(s: &str) -> String {
+pub(crate) fn encode_segment(s: &str) -> String {
     s.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {

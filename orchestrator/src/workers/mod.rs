@@ -11,6 +11,7 @@ use uuid::Uuid;
 use crate::service::{HandleError, Orchestrator};
 
 pub mod tokens;
+pub mod users;
 
 /// Longest identity or worker id accepted.
 const MAX_NAME: usize = 128;
