@@ -369,12 +369,17 @@ async fn declare_all(connection: &Connection) -> Result<(), lapin::Error> {
 /// Retires the queues an older Castwork named like their exchanges ([`LEGACY_QUEUES`]):
 /// each is unbound, so nothing new reaches it, and deleted once empty and unused; one that
 /// still holds messages (or that an older orchestrator still reads) is returned, with the
-/// queue that replaces it, for the caller to drain with the same handler.
+/// queue that replaces it, for the caller to drain with the same handler. `present`, when
+/// known, names the vhost's queues: a legacy name not among them is not looked for.
 pub async fn retire_legacy_queues(
     connection: &Connection,
+    present: Option<&[String]>,
 ) -> Result<Vec<(&'static str, &'static str)>, lapin::Error> {
     let mut draining = Vec::new();
     for (legacy, current) in LEGACY_QUEUES {
+        if present.is_some_and(|names| !names.iter().any(|n| n == legacy)) {
+            continue;
+        }
         let ch = connection.create_channel().await?;
         let q = match passive_declare(&ch, legacy).await {
             Ok(q) => q,
@@ -458,8 +463,9 @@ impl Broker {
     /// See [`retire_legacy_queues`].
     pub async fn retire_legacy_queues(
         &self,
+        present: Option<&[String]>,
     ) -> Result<Vec<(&'static str, &'static str)>, BrokerError> {
-        Ok(retire_legacy_queues(&self.connection).await?)
+        Ok(retire_legacy_queues(&self.connection, present).await?)
     }
 
     /// The messages ready for a consumer in `queue` now (a passive declare: exact, unlike

@@ -349,8 +349,14 @@ async fn session(
     // What an older Castwork's queues still hold is read here too, by the same handlers.
     let (mut ingest, mut results) = (ingest.boxed(), results.boxed());
     let mut _legacy_chs = Vec::new();
+    // The management API says which queues exist without a refused passive declare, which
+    // the AMQP client logs as an error; without it, those are tried.
+    let present = match &management {
+        Some(m) => m.queue_names().await,
+        None => None,
+    };
     for (legacy, current) in broker
-        .retire_legacy_queues()
+        .retire_legacy_queues(present.as_deref())
         .await
         .context("retiring an older Castwork's queues")?
     {

@@ -138,6 +138,28 @@ impl ManagementApi {
     }
 }
 
+impl Management {
+    /// The names of every queue in the vhost; `None` when the API could not tell.
+    pub async fn queue_names(&self) -> Option<Vec<String>> {
+        let url = self.queues_url.split('?').next()?.to_string() + "?columns=name";
+        let resp = self
+            .client
+            .get(&url)
+            .basic_auth(&self.user, Some(&self.password))
+            .send()
+            .await
+            .ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        let v: serde_json::Value = resp.json().await.ok()?;
+        v.as_array()?
+            .iter()
+            .map(|q| q["name"].as_str().map(String::from))
+            .collect()
+    }
+}
+
 /// `{name: messages_unacknowledged}` from the management API's queue list; a queue
 /// without statistics yet is left out.
 fn parse_unacked(body: &str) -> Result<HashMap<String, u32>, String> {

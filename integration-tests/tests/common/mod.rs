@@ -779,9 +779,10 @@ pub struct RedisNode {
     child: Option<Child>,
     /// Whether every write is fsynced to an append-only file.
     aof: bool,
-    /// For a TLS server with one ACL user: the certificates' directory, the user and its
-    /// password.
-    tls: Option<(PathBuf, String, String)>,
+    /// For a TLS server: the certificates' directory.
+    tls: Option<PathBuf>,
+    /// For a server with one ACL user (its default user off): the user and its password.
+    acl: Option<(String, String)>,
 }
 
 impl RedisNode {
@@ -797,6 +798,21 @@ impl RedisNode {
             dir: tempfile::tempdir().unwrap(),
             child: None,
             tls: None,
+            acl: None,
+        };
+        node.restart();
+        node
+    }
+
+    /// A server that lets in only `user` with `password` (its default user is off).
+    pub fn start_auth(user: &str, password: &str) -> RedisNode {
+        let mut node = RedisNode {
+            aof: false,
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+            tls: None,
+            acl: Some((user.into(), password.into())),
         };
         node.restart();
         node
@@ -810,7 +826,8 @@ impl RedisNode {
             port: free_port(),
             dir: tempfile::tempdir().unwrap(),
             child: None,
-            tls: Some((certs.to_path_buf(), user.into(), password.into())),
+            tls: Some(certs.to_path_buf()),
+            acl: Some((user.into(), password.into())),
         };
         node.restart();
         node
@@ -819,7 +836,7 @@ impl RedisNode {
     /// Starts the server (again) on the same port and data.
     pub fn restart(&mut self) {
         let mut listen: Vec<String> = vec!["--port".into(), self.port.to_string()];
-        if let Some((certs, user, password)) = &self.tls {
+        if let Some(certs) = &self.tls {
             let file = |f: &str| certs.join(f).display().to_string();
             listen = vec![
                 "--port".into(),
@@ -835,6 +852,8 @@ impl RedisNode {
                 "--tls-auth-clients".into(),
                 "no".into(),
             ];
+        }
+        if let Some((user, password)) = &self.acl {
             // One argument per word: redis-server quotes each as one token.
             for rule in [
                 "default off".to_string(),
@@ -879,11 +898,16 @@ impl RedisNode {
     }
 
     pub fn url(&self) -> String {
-        match &self.tls {
-            Some((_, user, password)) => {
-                format!("rediss://{user}:{password}@localhost:{}/", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        match &self.acl {
+            Some((user, password)) => {
+                format!("{scheme}://{user}:{password}@localhost:{}/", self.port)
             }
-            None => format!("redis://127.0.0.1:{}/", self.port),
+            None => format!("{scheme}://127.0.0.1:{}/", self.port),
         }
     }
 }
