@@ -54,10 +54,23 @@ pub async fn serve_with(
     limits: Limits,
     shutdown: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
+    serve_tls(addr, router, limits, None, shutdown).await
+}
+
+/// [`serve_with`] over TLS when `tls` is given: each connection's handshake must finish
+/// within the limits' header timeout, holding its place in the connection cap meanwhile.
+pub async fn serve_tls(
+    addr: SocketAddr,
+    router: Router,
+    limits: Limits,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    shutdown: CancellationToken,
+) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     std::sync::LazyLock::force(&crate::metrics::HTTP_REFUSED);
     let gate = crate::net::Gate::new(listener, limits.max_connections, "http");
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     tokio::spawn(async move {
         while let Some(arrival) = gate.next(&shutdown).await {
             let (stream, peer, permit) = match arrival {
@@ -67,29 +80,22 @@ pub async fn serve_with(
                     continue;
                 }
             };
-            let router = router.clone();
-            let shutdown = shutdown.clone();
+            let (router, shutdown, acceptor) = (router.clone(), shutdown.clone(), acceptor.clone());
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
-                    req.extensions_mut().insert(ConnectInfo(peer));
-                    let mut router = router.clone();
-                    async move { router.call(req.map(axum::body::Body::new)).await }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(limits.header_timeout)
-                    .max_buf_size(64 * 1024)
-                    .serve_connection(TokioIo::new(stream), svc);
-                tokio::pin!(conn);
-                tokio::select! {
-                    r = conn.as_mut() => {
-                        if let Err(e) = r {
-                            tracing::debug!(%peer, error = %e, "http connection ended");
+                match acceptor {
+                    None => serve_connection(stream, peer, router, limits, shutdown).await,
+                    Some(acceptor) => {
+                        let handshake =
+                            tokio::time::timeout(limits.header_timeout, acceptor.accept(stream));
+                        match handshake.await {
+                            Ok(Ok(tls)) => {
+                                serve_connection(tls, peer, router, limits, shutdown).await
+                            }
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed")
+                            }
+                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                         }
-                    }
-                    () = shutdown.cancelled() => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
                     }
                 }
                 drop(permit);
@@ -97,6 +103,67 @@ pub async fn serve_with(
         }
     });
     Ok(bound)
+}
+
+/// Serves one connection's requests until it ends or `shutdown` (then gracefully).
+async fn serve_connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    router: Router,
+    limits: Limits,
+    shutdown: CancellationToken,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        let mut router = router.clone();
+        async move { router.call(req.map(axum::body::Body::new)).await }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(64 * 1024)
+        .serve_connection(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(%peer, error = %e, "http connection ended");
+            }
+        }
+        () = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
+        }
+    }
+}
+
+/// A listener's TLS settings (see [`tls_server_config`]).
+pub type TlsConfig = std::sync::Arc<rustls::ServerConfig>;
+
+/// A TLS server configuration from a PEM certificate chain and its PEM private key.
+pub fn tls_server_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<std::sync::Arc<rustls::ServerConfig>, String> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<_, _>>())
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!("{}: no PEM certificate in it", cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| format!("the certificate and key do not go together: {e}"))?;
+    Ok(std::sync::Arc::new(config))
 }
 
 /// The token of an `Authorization: Bearer TOKEN` header.

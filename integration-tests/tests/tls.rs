@@ -1,5 +1,6 @@
-//! TLS on every link: a cluster whose every process reaches RabbitMQ over `amqps://` and
-//! Redis over `rediss://` with a password (an ACL user; Redis's default user is off),
+//! TLS on every link: a cluster whose every process reaches RabbitMQ over `amqps://`,
+//! whose workers reach the orchestrator's `/work/` routes over `https://`, and whose
+//! orchestrator reaches Redis over `rediss://` with a password (an ACL user; Redis's default user is off),
 //! trusting a private certificate authority (made by `scripts/dev-tls.sh`) through
 //! `AMQP_CA_FILE` and `REDIS_CA_FILE`, completes a push; a worker that does not trust that
 //! CA is refused by its own TLS check and says why, and so is a Redis client without the
@@ -31,15 +32,36 @@ fn every_process_reaches_the_broker_over_tls_trusting_a_private_ca() {
     );
     let ca = certs.join("ca.pem").display().to_string();
     let redis = RedisNode::start_tls(&certs, "castwork-orchestrator", "redis-secret");
+    // The workers' /work/ routes over HTTPS too, with a certificate the same CA signed.
+    let work = format!("127.0.0.1:{}", free_port());
+    let (cert, key) = (
+        certs.join("server.pem").display().to_string(),
+        certs.join("server.key").display().to_string(),
+    );
     let mut cluster = Cluster::start_with(
         1,
-        &[],
+        &[
+            "--work-addr",
+            &work,
+            "--work-tls-cert",
+            &cert,
+            "--work-tls-key",
+            &key,
+        ],
         vec![
             ("AMQP_URL".into(), url),
             ("AMQP_CA_FILE".into(), ca.clone()),
             ("REDIS_URL".into(), redis.url()),
             ("REDIS_CA_FILE".into(), ca.clone()),
+            ("WORK_CA_FILE".into(), ca.clone()),
         ],
+    );
+    assert!(
+        cluster
+            .logs_of("orchestrator")
+            .contains(&format!("work_url=\"https://{work}\"")),
+        "{}",
+        cluster.logs_of("orchestrator")
     );
     let input = clip(dir.path(), 4);
     let out = cluster.push(&input, &stream_name("tls"), &["--profiles", RUNG]);
@@ -49,6 +71,31 @@ fn every_process_reaches_the_broker_over_tls_trusting_a_private_ca() {
         String::from_utf8_lossy(&out.stderr),
         cluster.logs()
     );
+
+    // /work/ speaks only TLS: a client without the CA does not trust it, and one with it
+    // is answered (a request without a token is refused).
+    let curl = |extra: &[&str]| {
+        Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args(extra)
+            .arg(format!("https://{work}/work/source"))
+            .output()
+            .expect("curl runs")
+    };
+    let untrusting = curl(&[]);
+    assert_eq!(untrusting.status.code(), Some(60), "{untrusting:?}");
+    let trusting = curl(&["--cacert", &ca]);
+    assert_eq!(
+        String::from_utf8_lossy(&trusting.stdout),
+        "400",
+        "{trusting:?}"
+    );
+    let plain = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("http://{work}/work/source"))
+        .output()
+        .unwrap();
+    assert_ne!(String::from_utf8_lossy(&plain.stdout), "400", "{plain:?}");
 
     // Without the CA, the broker's certificate is not trusted.
     assert!(!cluster.logs_of("worker").contains("certificate"));

@@ -90,6 +90,8 @@ pub struct Config {
     /// A listener of its own for the job-object routes (`/work/...`), which workers must
     /// reach; `None`: they are on `http_addr` only.
     pub work_addr: Option<SocketAddr>,
+    /// TLS for the `work_addr` listener (`--work-tls-cert`, `--work-tls-key`).
+    pub work_tls: Option<castwork_cluster::http::TlsConfig>,
     /// The base URL workers reach the `/work/` routes at; `None`: the work listener's (or
     /// the HTTP listener's) bound address.
     pub work_url: Option<String>,
@@ -149,9 +151,15 @@ pub async fn run(
     };
     let work_bound = match cfg.work_addr {
         Some(a) => Some(
-            http::serve(a, api::work_router(api_state.clone()), shutdown.clone())
-                .await
-                .with_context(|| format!("binding --work-addr {a}"))?,
+            http::serve_tls(
+                a,
+                api::work_router(api_state.clone()),
+                http::Limits::default(),
+                cfg.work_tls.clone(),
+                shutdown.clone(),
+            )
+            .await
+            .with_context(|| format!("binding --work-addr {a}"))?,
         ),
         None => None,
     };
@@ -160,7 +168,11 @@ pub async fn run(
         .with_context(|| format!("binding {}", cfg.http_addr))?;
     let work_url = cfg.work_url.clone().unwrap_or_else(|| {
         let base = outputs::default_playback_base(work_bound.unwrap_or(addr));
-        base.trim_end_matches("/hls").to_string()
+        let base = base.trim_end_matches("/hls");
+        match (&cfg.work_tls, work_bound) {
+            (Some(_), Some(_)) => base.replacen("http://", "https://", 1),
+            _ => base.to_string(),
+        }
     });
     info!(
         work_url,

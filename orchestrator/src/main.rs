@@ -56,6 +56,16 @@ struct Cli {
     #[arg(long, env = "WORK_ADDR")]
     work_addr: Option<SocketAddr>,
 
+    /// PEM certificate chain for the --work-addr listener: with --work-tls-key it serves
+    /// HTTPS, and the default --work-url is https://. Workers trust a private CA that
+    /// signed it with their --work-ca-file (scripts/dev-tls.sh makes one for tests).
+    #[arg(long, env = "WORK_TLS_CERT", requires_all = ["work_tls_key", "work_addr"])]
+    work_tls_cert: Option<std::path::PathBuf>,
+
+    /// The PEM private key of --work-tls-cert.
+    #[arg(long, env = "WORK_TLS_KEY", requires = "work_tls_cert")]
+    work_tls_key: Option<std::path::PathBuf>,
+
     /// RabbitMQ's management API, http://[USER:PASSWORD@]HOST:PORT, where /queues reads
     /// each queue's unacknowledged messages (AMQP only tells the ready ones); `off` turns
     /// that off. Unset: port 15672 of the --amqp-url host, with its credentials (the user
@@ -545,6 +555,13 @@ async fn start() -> anyhow::Result<()> {
     } else {
         None
     };
+    let work_tls = match (&cli.work_tls_cert, &cli.work_tls_key) {
+        (Some(cert), Some(key)) => Some(
+            castwork_cluster::http::tls_server_config(cert, key)
+                .map_err(|e| anyhow::anyhow!("--work-tls-cert/--work-tls-key: {e}"))?,
+        ),
+        _ => None,
+    };
     let cfg = Config {
         chain,
         orchestrator_id: cli.orchestrator_id,
@@ -555,6 +572,7 @@ async fn start() -> anyhow::Result<()> {
         playback_url: cli.playback_url,
         work_url: cli.work_url,
         work_addr: cli.work_addr,
+        work_tls,
         rabbitmq_management_url: cli.rabbitmq_management_url,
         amqp_url: cli.service.link.amqp_url,
         redis_url: cli.redis_url,

@@ -47,6 +47,12 @@ pub struct WorkerArgs {
     #[arg(long, env = "START_NOTICE_MS", default_value_t = 1000)]
     pub start_notice_ms: u64,
 
+    /// PEM file of the certificate authority that signed the orchestrator's /work/
+    /// certificate (its --work-tls-cert), for https:// job URLs the system's roots do not
+    /// vouch for (a private CA, as scripts/dev-tls.sh makes).
+    #[arg(long, env = "WORK_CA_FILE", value_name = "FILE")]
+    pub work_ca_file: Option<std::path::PathBuf>,
+
     /// Seconds a retry this worker must not do (its output for that segment failed the
     /// orchestrator's check) goes back to the queue for another worker; when no other
     /// takes it in that time, the segment fails saying so.

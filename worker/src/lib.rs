@@ -69,7 +69,7 @@ impl WorkerPool {
         let worker_id = self.args.id();
         let ctx = Arc::new(JobContext {
             storage: self.storage.clone(),
-            http: objects::client(),
+            http: objects::client(self.args.work_ca_file.as_deref()).map_err(anyhow::Error::msg)?,
             worker_id: worker_id.clone(),
             options: TranscodeOptions {
                 preset: self.args.preset.clone(),

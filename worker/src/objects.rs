@@ -15,15 +15,28 @@ use crate::job::{sha256_hex, JobContext, JobError};
 /// How long one object request may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// The HTTP client for job objects.
-pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+/// The HTTP client for job objects; with `ca_file`, https:// URLs may also be vouched for
+/// by the certificate authority in it (PEM).
+pub fn client(ca_file: Option<&std::path::Path>) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .timeout(REQUEST_TIMEOUT)
         // A signed URL names the one place to go.
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap_or_default()
+        .redirect(reqwest::redirect::Policy::none());
+    if let Some(path) = ca_file {
+        let pem =
+            std::fs::read(path).map_err(|e| format!("--work-ca-file {}: {e}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("--work-ca-file {}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "--work-ca-file {}: no PEM certificate in it",
+                path.display()
+            ));
+        }
+        builder = builder.tls_certs_merge(certs);
+    }
+    builder.build().map_err(|e| format!("the HTTP client: {e}"))
 }
 
 /// The orchestrator's answer to an object request as a job error, by whether a retry can

@@ -108,7 +108,7 @@ async fn a_segment_with_decoder_errors_fails_permanently_with_its_reason() {
     std::fs::create_dir(&store).unwrap();
     let ctx = JobContext {
         storage: Some(Storage::from_url(&format!("file://{}", store.display())).unwrap()),
-        http: castwork_worker::objects::client(),
+        http: castwork_worker::objects::client(None).unwrap(),
         worker_id: "w-test".into(),
         options: TranscodeOptions {
             preset: "ultrafast".into(),
