@@ -301,7 +301,6 @@ async fn workers(redis_url: &str, amqp_url: &str, action: WorkersAction) -> anyh
             let url = admin.add_worker(&name).await?;
             eprintln!("broker user {name} made: start the worker with this URL (keep it secret)");
             println!("{url}");
-            return Ok(());
         }
         WorkersAction::Remove {
             name,
@@ -313,24 +312,18 @@ async fn workers(redis_url: &str, amqp_url: &str, action: WorkersAction) -> anyh
             } else {
                 println!("there is no broker user {name}");
             }
-            return Ok(());
         }
-        _ => {}
-    }
-    let state = state_at(redis_url).await?;
-    match action {
         WorkersAction::Ban { identity, reason } => {
-            state.ban(&identity, &reason).await?;
+            state_at(redis_url).await?.ban(&identity, &reason).await?;
             println!("worker {identity} banned: {reason}");
         }
         WorkersAction::Unban { identity } => {
-            if state.unban(&identity).await? {
+            if state_at(redis_url).await?.unban(&identity).await? {
                 println!("worker {identity} may take jobs again");
             } else {
                 println!("worker {identity} was not banned");
             }
         }
-        WorkersAction::Add { .. } | WorkersAction::Remove { .. } => unreachable!("handled above"),
     }
     Ok(())
 }
