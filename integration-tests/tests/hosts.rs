@@ -1,7 +1,8 @@
 //! Workers on other hosts (issue 15): each worker runs in a network namespace of its own,
 //! reaching the test machine only over its link to a bridge, with nothing in its
-//! environment but its broker URL (its own broker user). The broker is reached through
-//! that network, and so are the orchestrator's `/work/` routes (a listener of their own);
+//! environment but its broker URL (its own broker user) and the CA of the test's TLS
+//! certificates. The broker is reached through that network over `amqps://`, and so are
+//! the orchestrator's `/work/` routes (a listener of their own, over HTTPS);
 //! Redis and the orchestrator's API are not reachable from the hosts at all. A push
 //! completes on those workers; then one host's link is cut while it holds a job, the
 //! segment is redone on the other host exactly once, and when the link comes back the late
@@ -39,18 +40,44 @@ fn workers_on_other_hosts_need_only_a_broker_url_and_a_cut_link_loses_nothing() 
     let mut net = Network::new();
     let gateway = net.gateway();
     let (h1, h2) = (net.host(), net.host());
-    // RabbitMQ listens on the machine's loopback: the network reaches it through a forward.
-    let broker = Forward::start(&gateway, "127.0.0.1:5672".parse().unwrap());
+    // Every link a host uses is TLS, with certificates a private CA signed for the address
+    // the hosts reach: a broker of the test's own with a TLS listener (on the machine's
+    // loopback, so the network reaches it through a forward, as through a router), and the
+    // orchestrator's /work/ listener over HTTPS on the bridge.
+    let certs = dir.path().join("tls");
+    let made = std::process::Command::new("bash")
+        .arg(workspace().join("scripts/dev-tls.sh"))
+        .arg(&certs)
+        .arg(&gateway)
+        .output()
+        .expect("bash runs");
+    assert!(made.status.success(), "{made:?}");
+    let ca = certs.join("ca.pem").display().to_string();
+    let node = RabbitNode::start_tls(&certs);
+    let tls_port = node.tls_port.unwrap();
+    let broker = Forward::start(&gateway, format!("127.0.0.1:{tls_port}").parse().unwrap());
     let work = format!("{gateway}:{}", free_port());
+    let (cert, key) = (
+        certs.join("server.pem").display().to_string(),
+        certs.join("server.key").display().to_string(),
+    );
     let mut cluster = Cluster::start_with(
         0,
         &[
             "--work-addr",
             &work,
-            "--work-url",
-            &format!("http://{work}"),
+            "--work-tls-cert",
+            &cert,
+            "--work-tls-key",
+            &key,
         ],
-        Vec::new(),
+        vec![
+            (
+                "AMQP_URL".into(),
+                format!("amqps://guest:guest@localhost:{tls_port}/%2f"),
+            ),
+            ("AMQP_CA_FILE".into(), ca.clone()),
+        ],
     );
 
     // What a host reaches: the broker and the job objects, not Redis, not the API.
@@ -64,6 +91,7 @@ fn workers_on_other_hosts_need_only_a_broker_url_and_a_cut_link_loses_nothing() 
         let api_port = cluster.orchestrator_addr.rsplit(':').next().unwrap();
         for closed in [
             format!("{gateway}:6379"),
+            format!("{gateway}:5672"),
             format!("{gateway}:{api_port}"),
             cluster.orchestrator_addr.clone(),
             cluster
@@ -76,22 +104,54 @@ fn workers_on_other_hosts_need_only_a_broker_url_and_a_cut_link_loses_nothing() 
         }
     }
 
-    // Each host's worker: its broker URL (with a 5 s AMQP heartbeat, so the broker notices
-    // a dead link within seconds) and nothing else.
+    // Each host's worker: a broker user of its own with the deployment's worker
+    // permissions, its amqps:// URL (with a 5 s AMQP heartbeat, so the broker notices a
+    // dead link within seconds) and the CA that vouches for the broker and /work/: nothing
+    // else in its environment.
+    let defs: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(workspace().join("infra/rabbitmq/definitions.json")).unwrap(),
+    )
+    .unwrap();
+    let perms = defs["permissions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["user"] == "castwork-worker")
+        .unwrap()
+        .clone();
     let mut urls = Vec::new();
     for name in ["h1", "h2"] {
-        let url = cluster
-            .add_broker_user(name, "worker")
-            .replace("127.0.0.1:5672", &broker.addr.to_string());
+        node.ctl(&["add_user", name, "host-secret"]);
+        node.ctl(&[
+            "set_permissions",
+            "-p",
+            "/",
+            name,
+            perms["configure"].as_str().unwrap(),
+            perms["write"].as_str().unwrap(),
+            perms["read"].as_str().unwrap(),
+        ]);
         urls.push((
-            format!("{}-{name}", cluster.vhost),
-            format!("{url}?heartbeat=5"),
+            name.to_string(),
+            format!("amqps://{name}:host-secret@{}/%2f?heartbeat=5", broker.addr),
         ));
     }
+    let env = |url: &str| -> Vec<(&str, String)> {
+        vec![
+            ("AMQP_URL", url.to_string()),
+            ("AMQP_CA_FILE", ca.clone()),
+            ("WORK_CA_FILE", ca.clone()),
+        ]
+    };
+    let add = |cluster: &mut Cluster, h, args: &[&str], url: &str| {
+        let env = env(url);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        cluster.add_on_host(h, "worker", args, &env);
+    };
     // h1 encodes slowly, so it holds its job for seconds.
     let slow = ["--preset", "veryslow", "--threads", "1"];
-    cluster.add_on_host(&h1, "worker", &slow, &[("AMQP_URL", &urls[0].1)]);
-    cluster.add_on_host(&h2, "worker", &[], &[("AMQP_URL", &urls[1].1)]);
+    add(&mut cluster, &h1, &slow, &urls[0].1);
+    add(&mut cluster, &h2, &[], &urls[1].1);
     for (identity, _) in &urls {
         wait_until(
             "both hosts' workers to beat",
@@ -99,6 +159,12 @@ fn workers_on_other_hosts_need_only_a_broker_url_and_a_cut_link_loses_nothing() 
             || cluster.worker_record(identity).is_some(),
         );
     }
+    assert!(
+        cluster
+            .logs_of("orchestrator")
+            .contains(&format!("work_url=\"https://{work}\"")),
+        "the hosts' jobs carry https:// URLs"
+    );
 
     // (a) A push completes on the two hosts' workers (checked by the independent output
     // check, as every completed push is).
