@@ -2,7 +2,10 @@
 //! reaching the test machine only over its link to a bridge, with nothing in its
 //! environment but its broker URL (its own broker user) and the CA of the test's TLS
 //! certificates. The broker is reached through that network over `amqps://`, and so are
-//! the orchestrator's `/work/` routes (a listener of their own, over HTTPS);
+//! the orchestrator's `/work/` routes (a listener of their own, over HTTPS). A second
+//! orchestrator replica runs on a third host, reaching the broker and Redis (`rediss://`
+//! with a password, which no worker holds) over the network, and takes its share of the
+//! work;
 //! Redis and the orchestrator's API are not reachable from the hosts at all. A push
 //! completes on those workers; then one host's link is cut while it holds a job, the
 //! segment is redone on the other host exactly once, and when the link comes back the late
@@ -39,7 +42,7 @@ fn workers_on_other_hosts_need_only_a_broker_url_and_a_cut_link_loses_nothing() 
     let dir = tempfile::tempdir().unwrap();
     let mut net = Network::new();
     let gateway = net.gateway();
-    let (h1, h2) = (net.host(), net.host());
+    let (h1, h2, h3) = (net.host(), net.host(), net.host());
     // Every link a host uses is TLS, with certificates a private CA signed for the address
     // the hosts reach: a broker of the test's own with a TLS listener (on the machine's
     // loopback, so the network reaches it through a forward, as through a router), and the
@@ -49,6 +52,7 @@ fn workers_on_other_hosts_need_only_a_broker_url_and_a_cut_link_loses_nothing() 
         .arg(workspace().join("scripts/dev-tls.sh"))
         .arg(&certs)
         .arg(&gateway)
+        .arg(&h3.address)
         .output()
         .expect("bash runs");
     assert!(made.status.success(), "{made:?}");
@@ -61,6 +65,8 @@ fn workers_on_other_hosts_need_only_a_broker_url_and_a_cut_link_loses_nothing() 
         certs.join("server.pem").display().to_string(),
         certs.join("server.key").display().to_string(),
     );
+    // Redis over TLS with a password, which the orchestrators alone hold.
+    let redis = RedisNode::start_tls(&certs, "castwork-orchestrator", "redis-secret");
     let mut cluster = Cluster::start_with(
         0,
         &[
@@ -77,7 +83,14 @@ fn workers_on_other_hosts_need_only_a_broker_url_and_a_cut_link_loses_nothing() 
                 format!("amqps://guest:guest@localhost:{tls_port}/%2f"),
             ),
             ("AMQP_CA_FILE".into(), ca.clone()),
+            ("REDIS_URL".into(), redis.url()),
+            ("REDIS_CA_FILE".into(), ca.clone()),
         ],
+    );
+    // The orchestrator's replica on h3 reaches Redis through a forward on the bridge.
+    let redis_fwd = Forward::start(
+        &gateway,
+        format!("127.0.0.1:{}", redis.port).parse().unwrap(),
     );
 
     // What a host reaches: the broker and the job objects, not Redis, not the API.
@@ -94,14 +107,24 @@ fn workers_on_other_hosts_need_only_a_broker_url_and_a_cut_link_loses_nothing() 
             format!("{gateway}:5672"),
             format!("{gateway}:{api_port}"),
             cluster.orchestrator_addr.clone(),
-            cluster
-                .redis_url()
-                .trim_start_matches("redis://")
-                .trim_end_matches('/')
-                .to_string(),
+            format!("127.0.0.1:{}", redis.port),
         ] {
             assert!(!h.reaches(&closed), "{} reaches {closed}", h.ns);
         }
+        // Redis is on the network for the replica, but a worker's host has no password.
+        let out = h
+            .command(std::path::Path::new("redis-cli"))
+            .args(["--tls", "--cacert", &ca, "-h", &gateway])
+            .args([
+                "-p",
+                &redis_fwd.addr.port().to_string(),
+                "get",
+                "cw:job_key",
+            ])
+            .output()
+            .expect("redis-cli runs");
+        let said = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(said.contains("NOAUTH") || said.contains("NOPERM"), "{said}");
     }
 
     // Each host's worker: a broker user of its own with the deployment's worker
@@ -112,16 +135,70 @@ fn workers_on_other_hosts_need_only_a_broker_url_and_a_cut_link_loses_nothing() 
         &std::fs::read_to_string(workspace().join("infra/rabbitmq/definitions.json")).unwrap(),
     )
     .unwrap();
-    let perms = defs["permissions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["user"] == "castwork-worker")
-        .unwrap()
-        .clone();
+    let perms_of = |role: &str| {
+        defs["permissions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["user"] == format!("castwork-{role}"))
+            .unwrap()
+            .clone()
+    };
+    // A second orchestrator replica on h3, with a broker user of the orchestrator role, the
+    // same Redis (through the network) and the same store (mounted there too).
+    let orch = perms_of("orchestrator");
+    node.ctl(&["add_user", "replica", "replica-secret"]);
+    node.ctl(&[
+        "set_permissions",
+        "-p",
+        "/",
+        "replica",
+        orch["configure"].as_str().unwrap(),
+        orch["write"].as_str().unwrap(),
+        orch["read"].as_str().unwrap(),
+    ]);
+    let replica_work = format!("{}:{}", h3.address, free_port());
+    let storage = format!("file://{}", cluster.storage_dir().display());
+    let replica_redis = format!(
+        "rediss://castwork-orchestrator:redis-secret@{}/",
+        redis_fwd.addr
+    );
+    let replica_amqp = format!("amqps://replica:replica-secret@{}/%2f", broker.addr);
+    cluster.add_on_host(
+        &h3,
+        "orchestrator",
+        &[
+            "--http-addr",
+            "127.0.0.1:7935",
+            "--work-addr",
+            &replica_work,
+            "--work-tls-cert",
+            &cert,
+            "--work-tls-key",
+            &key,
+            "--rabbitmq-management-url",
+            "off",
+            "--storage-url",
+            &storage,
+        ],
+        &[
+            ("AMQP_URL", &replica_amqp),
+            ("AMQP_CA_FILE", &ca),
+            ("REDIS_URL", &replica_redis),
+            ("REDIS_CA_FILE", &ca),
+        ],
+    );
+    wait_until("the replica to consume", Duration::from_secs(60), || {
+        cluster
+            .logs_of("orchestrator")
+            .matches("consuming ingest and results")
+            .count()
+            == 2
+    });
     let mut urls = Vec::new();
     for name in ["h1", "h2"] {
         node.ctl(&["add_user", name, "host-secret"]);
+        let perms = perms_of("worker");
         node.ctl(&[
             "set_permissions",
             "-p",
@@ -182,6 +259,27 @@ fn workers_on_other_hosts_need_only_a_broker_url_and_a_cut_link_loses_nothing() 
     assert!(
         done_by.iter().all(|w| urls.iter().any(|(id, _)| id == w)),
         "{done_by:?}"
+    );
+    // The replica on h3 shares the work: the broker hands each orchestrator its turn of
+    // the ingest and report messages.
+    let replica_handled = || {
+        let out = h3
+            .command(std::path::Path::new("curl"))
+            .args(["-fsS", "http://127.0.0.1:7935/metrics"])
+            .output()
+            .expect("curl runs");
+        let page = String::from_utf8_lossy(&out.stdout).to_string();
+        metric_total(&page, "castwork_orchestrator_jobs_published_total", &[])
+            + metric_total(
+                &page,
+                "castwork_orchestrator_segments_total",
+                &["event=\"done\""],
+            )
+    };
+    wait_until(
+        "the replica to handle messages",
+        Duration::from_secs(30),
+        || replica_handled() > 0,
     );
 
     // (b) h1's link is cut while it holds a job.
