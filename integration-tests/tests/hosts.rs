@@ -5,8 +5,7 @@
 //! the orchestrator's `/work/` routes (a listener of their own, over HTTPS). A second
 //! orchestrator replica runs on a third host, reaching the broker and Redis (`rediss://`
 //! with a password, which no worker holds) over the network, and takes its share of the
-//! work;
-//! Redis and the orchestrator's API are not reachable from the hosts at all. A push
+//! work. The orchestrator's API is not reachable from the hosts at all. A push
 //! completes on those workers; then one host's link is cut while it holds a job, the
 //! segment is redone on the other host exactly once, and when the link comes back the late
 //! worker changes nothing.
