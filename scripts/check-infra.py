@@ -110,13 +110,19 @@ for pol in defs["policies"]:
 # docker compose.
 compose = yaml.safe_load((INFRA / "docker-compose.yml").read_text())
 services = compose["services"]
-for name in ["rabbitmq", "redis", "jaeger", "minio", "orchestrator", "worker", "broadcaster"]:
+for name in ["rabbitmq", "redis", "jaeger", "s3", "orchestrator", "worker", "broadcaster"]:
     check(name in services, f"compose has no {name} service")
+# Every image comes from a variable whose default is the pinned upstream image.
+defaults = {}
 for name, svc in services.items():
     image = svc.get("image", "")
-    check(":" in image and not image.endswith(":latest"), f"{name}: image {image!r} is not pinned")
-check(services["rabbitmq"]["image"].startswith("rabbitmq:3.10."), "RabbitMQ must stay on 3.10")
-check("management" in services["rabbitmq"]["image"], "RabbitMQ needs its management UI")
+    m = re.fullmatch(r"\$\{(CASTWORK_[A-Z0-9_]*IMAGE):-([^}]+)\}", image)
+    check(m is not None, f"{name}: image {image!r} is not ${{CASTWORK_..._IMAGE:-default}}")
+    default = m.group(2) if m else image
+    defaults[name] = default
+    check(":" in default and not default.endswith(":latest"), f"{name}: image {default!r} is not pinned")
+check(defaults.get("rabbitmq", "").startswith("rabbitmq:3.10."), "RabbitMQ must stay on 3.10")
+check("management" in defaults.get("rabbitmq", ""), "RabbitMQ needs its management UI")
 redis_cmd = services["redis"].get("command", [])
 check(flag(redis_cmd, "--appendonly") == "yes", "Redis must run with AOF on")
 check(
@@ -134,7 +140,7 @@ check(
 for name in ["orchestrator", "worker", "broadcaster"]:
     env = services[name]["environment"]
     url = env.get("AMQP_URL", "")
-    m = re.match(r"amqp://([^:]+):[^@]+@rabbitmq:5672/castwork$", url)
+    m = re.match(r"amqp://([^:]+):[^@]+@rabbitmq:5672/castwork(\?heartbeat=\d+)?$", url)
     check(m and m.group(1) == f"castwork-{name}", f"{name} must connect as castwork-{name}")
     if name == "worker":
         # Its jobs carry signed object URLs: a worker holds no other service's credentials.
@@ -142,7 +148,10 @@ for name in ["orchestrator", "worker", "broadcaster"]:
         check(not held, f"the worker holds credentials it must not: {held}")
     else:
         check(env.get("STORAGE_URL", "").startswith("s3://"), f"{name} must use the S3 store")
-    check(env.get("OTEL_EXPORTER_OTLP_ENDPOINT") == "http://jaeger:4317", f"{name}: no tracing")
+    check(
+        env.get("OTEL_EXPORTER_OTLP_ENDPOINT") == "${CASTWORK_OTLP_ENDPOINT-http://jaeger:4317}",
+        f"{name}: no tracing",
+    )
     check(services[name]["command"][0] == name, f"{name} runs the wrong binary")
 check("redis" in services["orchestrator"]["depends_on"], "the orchestrator needs Redis")
 check(
@@ -223,7 +232,12 @@ for tool in ["clang", "libclang-dev", "pkg-config"]:
     check(tool in setup and tool in dockerfile, f"{tool} is missing from setup or the Dockerfile")
 check("cargo build --release --bins" in dockerfile, "the Dockerfile does not build the binaries")
 froms = re.findall(r"^FROM (\S+)", dockerfile, re.M)
-check(len(froms) == 2 and all(":" in f and "latest" not in f for f in froms), "unpinned stages")
+# Upstream stages are pinned; the others start from a stage of the same file.
+stages = set(re.findall(r"^FROM \S+ AS (\S+)", dockerfile, re.M))
+check(
+    froms and all(f in stages or (":" in f and "latest" not in f) for f in froms),
+    "unpinned stages",
+)
 for pkg in sorted(dev):
     # The runtime library each -dev package depends on must be in the final image.
     out = subprocess.run(["dpkg-query", "-W", "-f=${Depends}", pkg], capture_output=True, text=True)

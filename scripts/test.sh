@@ -30,5 +30,11 @@ git diff --exit-code --stat -- contracts/build || { echo "test: contracts/build 
 python3 scripts/check-infra.py
 cargo build --workspace --bins
 cargo test --workspace
+# The compose stack in containers, with faults: it runs a Docker engine, so as root.
+if [ "$(id -u)" -eq 0 ]; then
+  timeout 900 bash scripts/compose-test.sh
+else
+  echo "test: scripts/compose-test.sh not run: it needs root (a Docker engine)" >&2
+fi
 # Fuzzing: every cargo-fuzz target for FUZZ_SECS (45) on top of its committed corpus.
 bash scripts/fuzz.sh "${FUZZ_SECS:-45}"

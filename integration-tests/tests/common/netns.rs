@@ -37,6 +37,14 @@ impl Network {
         ip(&["link", "add", &bridge, "type", "bridge"]);
         ip(&["addr", "add", &format!("{prefix}.1/24"), "dev", &bridge]);
         ip(&["link", "set", &bridge, "up"]);
+        // Hosts talk to each other across the bridge. Where bridged traffic goes through
+        // iptables (br_netfilter, as a Docker engine sets it up, with the FORWARD policy
+        // DROP), let this bridge's own traffic through.
+        let _ = Command::new("iptables")
+            .args([
+                "-I", "FORWARD", "1", "-i", &bridge, "-o", &bridge, "-j", "ACCEPT",
+            ])
+            .output();
         Network {
             bridge,
             prefix,
@@ -84,6 +92,18 @@ impl Network {
 
 impl Drop for Network {
     fn drop(&mut self) {
+        let _ = Command::new("iptables")
+            .args([
+                "-D",
+                "FORWARD",
+                "-i",
+                &self.bridge,
+                "-o",
+                &self.bridge,
+                "-j",
+                "ACCEPT",
+            ])
+            .output();
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge])
             .output();
