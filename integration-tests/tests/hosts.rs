@@ -46,35 +46,24 @@ fn workers_on_other_hosts_need_only_a_broker_url_and_a_cut_link_loses_nothing() 
     // the hosts reach: a broker of the test's own with a TLS listener (on the machine's
     // loopback, so the network reaches it through a forward, as through a router), and the
     // orchestrator's /work/ listener over HTTPS on the bridge.
-    let certs = dir.path().join("tls");
-    let made = std::process::Command::new("bash")
-        .arg(workspace().join("scripts/dev-tls.sh"))
-        .arg(&certs)
-        .arg(&gateway)
-        .arg(&h3.address)
-        .output()
-        .expect("bash runs");
-    assert!(made.status.success(), "{made:?}");
-    let ca = certs.join("ca.pem").display().to_string();
-    let node = RabbitNode::start_tls(&certs);
+    let tls = dev_tls(&dir.path().join("tls"), &[&gateway, &h3.address]);
+    let certs = &tls.dir;
+    let (ca, cert, key) = (tls.ca.clone(), &tls.cert, &tls.key);
+    let node = RabbitNode::start_tls(certs);
     let tls_port = node.tls_port.unwrap();
     let broker = Forward::start(&gateway, format!("127.0.0.1:{tls_port}").parse().unwrap());
     let work = format!("{gateway}:{}", free_port());
-    let (cert, key) = (
-        certs.join("server.pem").display().to_string(),
-        certs.join("server.key").display().to_string(),
-    );
     // Redis over TLS with a password, which the orchestrators alone hold.
-    let redis = RedisNode::start_tls(&certs, "castwork-orchestrator", "redis-secret");
+    let redis = RedisNode::start_tls(certs, "castwork-orchestrator", "redis-secret");
     let mut cluster = Cluster::start_with(
         0,
         &[
             "--work-addr",
             &work,
             "--work-tls-cert",
-            &cert,
+            cert,
             "--work-tls-key",
-            &key,
+            key,
         ],
         vec![
             (
@@ -130,32 +119,22 @@ fn workers_on_other_hosts_need_only_a_broker_url_and_a_cut_link_loses_nothing() 
     // permissions, its amqps:// URL (with a 5 s AMQP heartbeat, so the broker notices a
     // dead link within seconds) and the CA that vouches for the broker and /work/: nothing
     // else in its environment.
-    let defs: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(workspace().join("infra/rabbitmq/definitions.json")).unwrap(),
-    )
-    .unwrap();
-    let perms_of = |role: &str| {
-        defs["permissions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["user"] == format!("castwork-{role}"))
-            .unwrap()
-            .clone()
-    };
     // A second orchestrator replica on h3, with a broker user of the orchestrator role, the
     // same Redis (through the network) and the same store (mounted there too).
-    let orch = perms_of("orchestrator");
-    node.ctl(&["add_user", "replica", "replica-secret"]);
-    node.ctl(&[
-        "set_permissions",
-        "-p",
-        "/",
-        "replica",
-        orch["configure"].as_str().unwrap(),
-        orch["write"].as_str().unwrap(),
-        orch["read"].as_str().unwrap(),
-    ]);
+    let add_user = |name: &str, secret: &str, role: &str| {
+        node.ctl(&["add_user", name, secret]);
+        let [configure, write, read] = role_permissions(role);
+        node.ctl(&[
+            "set_permissions",
+            "-p",
+            "/",
+            name,
+            &configure,
+            &write,
+            &read,
+        ]);
+    };
+    add_user("replica", "replica-secret", "orchestrator");
     let replica_work = format!("{}:{}", h3.address, free_port());
     let storage = format!("file://{}", cluster.storage_dir().display());
     let replica_redis = format!(
@@ -172,9 +151,9 @@ fn workers_on_other_hosts_need_only_a_broker_url_and_a_cut_link_loses_nothing() 
             "--work-addr",
             &replica_work,
             "--work-tls-cert",
-            &cert,
+            cert,
             "--work-tls-key",
-            &key,
+            key,
             "--rabbitmq-management-url",
             "off",
             "--storage-url",
@@ -196,17 +175,7 @@ fn workers_on_other_hosts_need_only_a_broker_url_and_a_cut_link_loses_nothing() 
     });
     let mut urls = Vec::new();
     for name in ["h1", "h2"] {
-        node.ctl(&["add_user", name, "host-secret"]);
-        let perms = perms_of("worker");
-        node.ctl(&[
-            "set_permissions",
-            "-p",
-            "/",
-            name,
-            perms["configure"].as_str().unwrap(),
-            perms["write"].as_str().unwrap(),
-            perms["read"].as_str().unwrap(),
-        ]);
+        add_user(name, "host-secret", "worker");
         urls.push((
             name.to_string(),
             format!("amqps://{name}:host-secret@{}/%2f?heartbeat=5", broker.addr),

@@ -292,10 +292,7 @@ fn a_rogue_worker_on_another_host_is_refused_everything() {
     let push = cluster.push_in_background(&input, &stream, &["--profiles", RUNGS]);
     let queue = job_queue(StreamMode::Vod, "cpu");
     wait_until("the stream's jobs queued", Duration::from_secs(60), || {
-        cluster
-            .queue_depths()
-            .iter()
-            .any(|(q, n)| *q == queue && *n == 3)
+        cluster.queue_depth(&queue) == 3
     });
 
     let redis = cluster

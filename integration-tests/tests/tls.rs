@@ -18,35 +18,26 @@ const RUNG: &str = "P144p30fps16x9";
 #[test]
 fn every_process_reaches_the_broker_over_tls_trusting_a_private_ca() {
     let dir = tempfile::tempdir().unwrap();
-    let certs = dir.path().join("tls");
-    let out = Command::new("bash")
-        .arg(workspace().join("scripts/dev-tls.sh"))
-        .arg(&certs)
-        .output()
-        .expect("bash runs");
-    assert!(out.status.success(), "{out:?}");
-    let node = RabbitNode::start_tls(&certs);
+    let tls = dev_tls(&dir.path().join("tls"), &[]);
+    let certs = &tls.dir;
+    let node = RabbitNode::start_tls(certs);
     let url = format!(
         "amqps://guest:guest@localhost:{}/%2f",
         node.tls_port.unwrap()
     );
-    let ca = certs.join("ca.pem").display().to_string();
-    let redis = RedisNode::start_tls(&certs, "castwork-orchestrator", "redis-secret");
+    let (ca, cert, key) = (tls.ca.clone(), &tls.cert, &tls.key);
+    let redis = RedisNode::start_tls(certs, "castwork-orchestrator", "redis-secret");
     // The workers' /work/ routes over HTTPS too, with a certificate the same CA signed.
     let work = format!("127.0.0.1:{}", free_port());
-    let (cert, key) = (
-        certs.join("server.pem").display().to_string(),
-        certs.join("server.key").display().to_string(),
-    );
     let mut cluster = Cluster::start_with(
         1,
         &[
             "--work-addr",
             &work,
             "--work-tls-cert",
-            &cert,
+            cert,
             "--work-tls-key",
-            &key,
+            key,
         ],
         vec![
             ("AMQP_URL".into(), url),

@@ -199,14 +199,7 @@ fn reports_for_jobs_it_was_not_given_or_in_another_users_name_are_refused() {
             message: "forged".into(),
         }))
     };
-    let jobs = |cluster: &Cluster| {
-        let queue = job_queue(StreamMode::Vod, "cpu");
-        cluster
-            .queue_depths()
-            .into_iter()
-            .find(|(q, _)| *q == queue)
-            .map_or(0, |(_, n)| n)
-    };
+    let jobs = |cluster: &Cluster| cluster.queue_depth(&job_queue(StreamMode::Vod, "cpu"));
     wait_until("both jobs queued", PATIENCE, || jobs(&cluster) == 2);
     publish_as(&url, &user, &forged(uuid::Uuid::now_v7(), "worker-1")).unwrap();
     let mut letter = None;
@@ -247,7 +240,7 @@ fn reports_for_jobs_it_was_not_given_or_in_another_users_name_are_refused() {
     // Nor may it fake the broker: a real job it takes (and puts back), published to the
     // dead-letter exchange as if the broker had given it up ("expired", which would skip
     // the segment), but for another segment. The job id does not match: refused.
-    let real = take_and_return(&url, &job_queue);
+    let real = peek_message(&url, &job_queue);
     let mut job: Value = serde_json::from_slice(&real).unwrap();
     let other = 1 - job["seq"].as_u64().unwrap();
     job["seq"] = other.into();
@@ -284,30 +277,6 @@ fn reports_for_jobs_it_was_not_given_or_in_another_users_name_are_refused() {
     assert_eq!(status["state"], "complete", "{status} {out:?}");
     assert_eq!(status["segments"]["failed"], 0, "{status}");
     assert_eq!(status["segments"]["skipped"], 0, "{status}");
-}
-
-/// Takes one message from `queue` as `url`'s user and puts it back; its body.
-fn take_and_return(url: &str, queue: &str) -> Vec<u8> {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let c = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
-            .await
-            .unwrap();
-        let ch = c.create_channel().await.unwrap();
-        let got = ch
-            .basic_get(queue.into(), Default::default())
-            .await
-            .unwrap()
-            .expect("a job waits");
-        let body = got.delivery.data.clone();
-        got.delivery
-            .acker
-            .reject(lapin::options::BasicRejectOptions { requeue: true })
-            .await
-            .unwrap();
-        let _ = c.close(200, "bye".into()).await;
-        body
-    })
 }
 
 /// Headers that say the broker dead-lettered a message from `queue` because it expired.
@@ -357,13 +326,7 @@ fn jobs_a_worker_purges_from_the_queue_are_retried_and_no_segment_is_lost() {
     let stream = stream_name("purged");
     let push = cluster.push_in_background(&input, &stream, &["--profiles", RUNG]);
     let queue = job_queue(StreamMode::Vod, "cpu");
-    let jobs = |cluster: &Cluster| {
-        cluster
-            .queue_depths()
-            .into_iter()
-            .find(|(q, _)| *q == queue)
-            .map_or(0, |(_, n)| n)
-    };
+    let jobs = |cluster: &Cluster| cluster.queue_depth(&queue);
     // Both jobs wait in the queue when it is purged: RabbitMQ lets whoever may read a queue
     // purge it, so a worker's user can.
     wait_until("both jobs queued", PATIENCE, || jobs(&cluster) == 2);

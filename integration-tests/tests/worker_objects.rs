@@ -16,33 +16,6 @@ use serde_json::Value;
 const RUNG: &str = "P144p30fps16x9";
 const PATIENCE: Duration = Duration::from_secs(30);
 
-/// Takes one job off `queue` and puts it back; the job.
-fn peek_job(amqp_url: &str, queue: &str) -> SegmentJob {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let c = lapin::Connection::connect(amqp_url, lapin::ConnectionProperties::default())
-            .await
-            .unwrap();
-        let ch = c.create_channel().await.unwrap();
-        let got = ch
-            .basic_get(queue.into(), Default::default())
-            .await
-            .unwrap()
-            .expect("a job waits in the queue");
-        let job: SegmentJob = decode(&got.delivery.data).unwrap();
-        got.delivery
-            .acker
-            .nack(lapin::options::BasicNackOptions {
-                requeue: true,
-                multiple: false,
-            })
-            .await
-            .unwrap();
-        let _ = c.close(200, "bye".into()).await;
-        job
-    })
-}
-
 /// Splits a URL on the orchestrator into (host:port, path and query).
 fn split(url: &str) -> (String, String) {
     let rest = url.strip_prefix("http://").expect("an http URL");
@@ -71,12 +44,9 @@ fn a_jobs_urls_reach_its_own_objects_only_and_a_worker_needs_nothing_else() {
     let push = cluster.push_in_background(&input, &stream, &["--profiles", RUNG]);
     let queue = job_queue(StreamMode::Vod, "cpu");
     wait_until("a job in the queue", PATIENCE, || {
-        cluster
-            .queue_depths()
-            .iter()
-            .any(|(q, n)| *q == queue && *n > 0)
+        cluster.queue_depth(&queue) > 0
     });
-    let job = peek_job(&cluster.amqp_url, &queue);
+    let job: SegmentJob = decode(&peek_message(&cluster.amqp_url, &queue)).unwrap();
     let urls = job
         .objects
         .clone()

@@ -186,27 +186,17 @@ impl Cluster {
     /// `infra/rabbitmq/definitions.json` gives `role`, and returns its AMQP URL (the user
     /// goes with the cluster).
     pub fn add_broker_user(&mut self, name: &str, role: &str) -> String {
-        let defs: Value = serde_json::from_str(
-            &std::fs::read_to_string(workspace().join("infra/rabbitmq/definitions.json")).unwrap(),
-        )
-        .unwrap();
-        let p = defs["permissions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["user"] == format!("castwork-{role}"))
-            .unwrap();
         let user = format!("{}-{name}", self.vhost);
         rabbitmqctl(&["add_user", &user, "role-secret"]);
-        let perm = |k: &str| p[k].as_str().unwrap().to_string();
+        let [configure, write, read] = role_permissions(role);
         rabbitmqctl(&[
             "set_permissions",
             "-p",
             &self.vhost,
             &user,
-            &perm("configure"),
-            &perm("write"),
-            &perm("read"),
+            &configure,
+            &write,
+            &read,
         ]);
         self.users.push(user.clone());
         format!("amqp://{user}:role-secret@127.0.0.1:5672/{}", self.vhost)
@@ -536,6 +526,14 @@ impl Cluster {
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         cmd.spawn().expect("broadcaster runs")
+    }
+
+    /// Messages waiting in `queue` (0 when it has none, or is not there).
+    pub fn queue_depth(&self, queue: &str) -> u64 {
+        self.queue_depths()
+            .into_iter()
+            .find(|(q, _)| q == queue)
+            .map_or(0, |(_, n)| n)
     }
 
     /// Messages waiting in each of the vhost's queues.
@@ -1198,6 +1196,74 @@ pub fn rtmp_publisher(url: &str, secs: u32) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("ffmpeg runs")
+}
+
+/// The (configure, write, read) permissions `infra/rabbitmq/definitions.json` gives
+/// `role`'s RabbitMQ user (`castwork-ROLE`).
+pub fn role_permissions(role: &str) -> [String; 3] {
+    let defs: Value = serde_json::from_str(
+        &std::fs::read_to_string(workspace().join("infra/rabbitmq/definitions.json")).unwrap(),
+    )
+    .unwrap();
+    let p = defs["permissions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["user"] == format!("castwork-{role}"))
+        .unwrap_or_else(|| panic!("definitions.json has no castwork-{role}"));
+    ["configure", "write", "read"].map(|k| p[k].as_str().unwrap().to_string())
+}
+
+/// Takes one message off `queue` as `amqp_url`'s user and puts it back; its body.
+pub fn peek_message(amqp_url: &str, queue: &str) -> Vec<u8> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = lapin::Connection::connect(amqp_url, lapin::ConnectionProperties::default())
+            .await
+            .unwrap();
+        let ch = c.create_channel().await.unwrap();
+        let got = ch
+            .basic_get(queue.into(), Default::default())
+            .await
+            .unwrap()
+            .expect("a message waits in the queue");
+        let body = got.delivery.data.clone();
+        got.delivery
+            .acker
+            .reject(lapin::options::BasicRejectOptions { requeue: true })
+            .await
+            .unwrap();
+        let _ = c.close(200, "bye".into()).await;
+        body
+    })
+}
+
+/// Certificates `scripts/dev-tls.sh` made: a CA and a server certificate it signed.
+pub struct DevTls {
+    /// The directory they are in (what `RabbitNode::start_tls` and `RedisNode::start_tls`
+    /// take).
+    pub dir: PathBuf,
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
+}
+
+/// Runs `scripts/dev-tls.sh` into `dir`, for localhost, 127.0.0.1 and `names`.
+pub fn dev_tls(dir: &Path, names: &[&str]) -> DevTls {
+    let out = Command::new("bash")
+        .arg(workspace().join("scripts/dev-tls.sh"))
+        .arg(dir)
+        .args(names)
+        .output()
+        .expect("bash runs");
+    assert!(out.status.success(), "{out:?}");
+    let file = |f: &str| dir.join(f).display().to_string();
+    DevTls {
+        dir: dir.to_path_buf(),
+        ca: file("ca.pem"),
+        cert: file("server.pem"),
+        key: file("server.key"),
+    }
 }
 
 /// Acts as a broadcaster (and as an attacker) directly on the broker.
