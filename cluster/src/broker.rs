@@ -97,15 +97,7 @@ static CA_CHAIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 /// Makes every later broker connection of this process trust the CA in `path` (PEM).
 pub fn trust_ca_file(path: Option<&std::path::Path>) -> Result<(), String> {
     let Some(path) = path else { return Ok(()) };
-    let pem = std::fs::read_to_string(path)
-        .map_err(|e| format!("--amqp-ca-file {}: {e}", path.display()))?;
-    if !pem.contains("-----BEGIN CERTIFICATE-----") {
-        return Err(format!(
-            "--amqp-ca-file {}: no PEM certificate in it",
-            path.display()
-        ));
-    }
-    let _ = CA_CHAIN.set(pem);
+    let _ = CA_CHAIN.set(crate::read_ca_file(path, "--amqp-ca-file")?);
     Ok(())
 }
 

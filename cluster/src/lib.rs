@@ -27,16 +27,22 @@ static REDIS_CA: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
 /// Makes every later `rediss://` connection of this process trust the CA in `path` (PEM).
 pub fn trust_redis_ca_file(path: Option<&std::path::Path>) -> Result<(), String> {
     let Some(path) = path else { return Ok(()) };
+    let _ = REDIS_CA.set(read_ca_file(path, "--redis-ca-file")?.into_bytes());
+    Ok(())
+}
+
+/// The PEM text of the certificate authority file `path` that `flag` names; an error that
+/// names both when it cannot be read or holds no certificate.
+pub fn read_ca_file(path: &std::path::Path, flag: &str) -> Result<String, String> {
     let pem =
-        std::fs::read(path).map_err(|e| format!("--redis-ca-file {}: {e}", path.display()))?;
-    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+        std::fs::read_to_string(path).map_err(|e| format!("{flag} {}: {e}", path.display()))?;
+    if !pem.contains("-----BEGIN CERTIFICATE-----") {
         return Err(format!(
-            "--redis-ca-file {}: no PEM certificate in it",
+            "{flag} {}: no PEM certificate in it",
             path.display()
         ));
     }
-    let _ = REDIS_CA.set(pem);
-    Ok(())
+    Ok(pem)
 }
 
 /// A Redis client for `url`: `redis://[USER:PASSWORD@]HOST:PORT/[DB]`, or `rediss://` for

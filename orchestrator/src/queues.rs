@@ -65,9 +65,24 @@ impl Management {
     /// Unacknowledged messages of every queue in the vhost whose statistics the broker has
     /// (they are sampled every 5 s by default: `collect_statistics_interval`).
     pub async fn unacked(&self) -> Result<HashMap<String, u32>, String> {
+        parse_unacked(&self.get(&self.queues_url).await?)
+    }
+
+    /// The names of every queue in the vhost; `None` when the API could not tell.
+    pub async fn queue_names(&self) -> Option<Vec<String>> {
+        let url = self.queues_url.split('?').next()?.to_string() + "?columns=name";
+        let v: serde_json::Value = serde_json::from_str(&self.get(&url).await.ok()?).ok()?;
+        v.as_array()?
+            .iter()
+            .map(|q| q["name"].as_str().map(String::from))
+            .collect()
+    }
+
+    /// The body of a `GET url` on the management API, as this client's user.
+    async fn get(&self, url: &str) -> Result<String, String> {
         let resp = self
             .client
-            .get(&self.queues_url)
+            .get(url)
             .basic_auth(&self.user, Some(&self.password))
             .send()
             .await
@@ -83,7 +98,7 @@ impl Management {
             };
             return Err(format!("the management API answered {code}{hint}"));
         }
-        parse_unacked(&body)
+        Ok(body)
     }
 }
 
@@ -135,28 +150,6 @@ impl ManagementApi {
             password,
             vhost: encode_segment(&amqp.vhost),
         })
-    }
-}
-
-impl Management {
-    /// The names of every queue in the vhost; `None` when the API could not tell.
-    pub async fn queue_names(&self) -> Option<Vec<String>> {
-        let url = self.queues_url.split('?').next()?.to_string() + "?columns=name";
-        let resp = self
-            .client
-            .get(&url)
-            .basic_auth(&self.user, Some(&self.password))
-            .send()
-            .await
-            .ok()?;
-        if !resp.status().is_success() {
-            return None;
-        }
-        let v: serde_json::Value = resp.json().await.ok()?;
-        v.as_array()?
-            .iter()
-            .map(|q| q["name"].as_str().map(String::from))
-            .collect()
     }
 }
 

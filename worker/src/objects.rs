@@ -24,9 +24,8 @@ pub fn client(ca_file: Option<&std::path::Path>) -> Result<reqwest::Client, Stri
         // A signed URL names the one place to go.
         .redirect(reqwest::redirect::Policy::none());
     if let Some(path) = ca_file {
-        let pem =
-            std::fs::read(path).map_err(|e| format!("--work-ca-file {}: {e}", path.display()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        let pem = castwork_cluster::read_ca_file(path, "--work-ca-file")?;
+        let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
             .map_err(|e| format!("--work-ca-file {}: {e}", path.display()))?;
         if certs.is_empty() {
             return Err(format!(
