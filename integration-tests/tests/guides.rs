@@ -99,7 +99,15 @@ fn the_operator_guides_run_as_written() {
     clean_broker();
     let redis = RedisNode::start_auth("castwork", "guide-secret");
     let work = tempfile::tempdir().unwrap();
-    let addr = || format!("127.0.0.1:{}", free_port());
+    // Below the kernel's ephemeral range (32768 and up), so no process the guides start
+    // with port 0 (the workers' metrics) can take one before the guides bind it.
+    let mut next = 20_000 + (std::process::id() % 5_000) as u16;
+    let mut addr = || loop {
+        next += 1;
+        if std::net::TcpListener::bind(("127.0.0.1", next)).is_ok() {
+            break format!("127.0.0.1:{next}");
+        }
+    };
     let mut child = Command::new("setsid")
         .args(["bash", "-c", &script])
         .current_dir(workspace())

@@ -29,8 +29,10 @@ fn every_process_reaches_the_broker_over_tls_trusting_a_private_ca() {
     let redis = RedisNode::start_tls(certs, "castwork-orchestrator", "redis-secret");
     // The workers' /work/ routes over HTTPS too, with a certificate the same CA signed.
     let work = format!("127.0.0.1:{}", free_port());
+    // The worker starts once the orchestrator is healthy, so has bound --work-addr: a worker
+    // started beside it could take that free port for its own --http-addr 127.0.0.1:0.
     let mut cluster = Cluster::start_with(
-        1,
+        0,
         &[
             "--work-addr",
             &work,
@@ -54,6 +56,7 @@ fn every_process_reaches_the_broker_over_tls_trusting_a_private_ca() {
         "{}",
         cluster.logs_of("orchestrator")
     );
+    cluster.add("worker", &["--worker-id", "w0"]);
     let input = clip(dir.path(), 4);
     let out = cluster.push(&input, &stream_name("tls"), &["--profiles", RUNG]);
     assert!(
