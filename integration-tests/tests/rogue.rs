@@ -195,7 +195,7 @@ fn rogue_worker() {
         let objects = job.objects.clone().expect("jobs carry signed URLs");
         let mut forged = objects.source_url.clone();
         let last = forged.pop().unwrap();
-        forged.push(if last == 'A' { 'B' } else { 'A' });
+        forged.push(if last == '0' { '1' } else { '0' });
         let code = http_status("GET", &forged, b"");
         say(
             "read a source with a forged token",

@@ -74,6 +74,11 @@ impl Tokens {
             return Err(TokenError::Malformed);
         }
         let (payload, tag) = token.split_once('.').ok_or(TokenError::Malformed)?;
+        // One spelling per token: `hex::decode` also takes upper case, and a URL that
+        // differs from the one we signed must not open anything.
+        if token.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(TokenError::Malformed);
+        }
         let payload = hex::decode(payload).map_err(|_| TokenError::Malformed)?;
         let tag = hex::decode(tag).map_err(|_| TokenError::Malformed)?;
         self.mac(&payload)
@@ -175,6 +180,11 @@ mod tests {
         .unwrap();
         let forged = format!("{}.{tag}", hex::encode(other));
         assert_eq!(t.check(&forged, 0), Err(TokenError::Forged));
+        // The same bytes spelt in upper case: not the URL we handed out.
+        assert_eq!(
+            t.check(&token.to_ascii_uppercase(), 0),
+            Err(TokenError::Malformed)
+        );
         for junk in ["", ".", "zz.zz", "00.00", &"a".repeat(10_000)] {
             assert!(t.check(junk, 0).is_err(), "{junk}");
         }
