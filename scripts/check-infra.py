@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Checks the deployment files in infra/ as far as a machine without a container engine or
-a Kubernetes cluster can: every file parses, the compose file has the services and settings
-the deployment needs, the Kubernetes manifests are complete and consistent with each other,
+a Kubernetes cluster can: every file parses, the compose files have the services, networks
+and settings the deployment needs, the Kubernetes manifests validate against the API's
+schemas (and KEDA's) with unknown fields refused, are consistent with each other and hand
+each role only its own secrets,
 the RabbitMQ users' permissions cover what each role uses and nothing of the other roles',
 and the Dockerfile installs the same FFmpeg libraries the project's setup script does."""
 
@@ -121,15 +123,27 @@ for name, svc in services.items():
     default = m.group(2) if m else image
     defaults[name] = default
     check(":" in default and not default.endswith(":latest"), f"{name}: image {default!r} is not pinned")
-check(defaults.get("rabbitmq", "").startswith("rabbitmq:3.10."), "RabbitMQ must stay on 3.10")
+# Current upstream lines for users: RabbitMQ 4 (the tests run Debian's 3.10; every queue
+# sets its own arguments, so the two behave alike), Jaeger v2.
+check(defaults.get("rabbitmq", "").startswith("rabbitmq:4."), "RabbitMQ's default must be 4.x")
 check("management" in defaults.get("rabbitmq", ""), "RabbitMQ needs its management UI")
 redis_cmd = services["redis"].get("command", [])
 check(flag(redis_cmd, "--appendonly") == "yes", "Redis must run with AOF on")
+check(defaults.get("jaeger", "").startswith("jaegertracing/jaeger:2."), "Jaeger's default must be v2")
 check(
-    str(services["jaeger"].get("environment", {}).get("COLLECTOR_OTLP_ENABLED")) == "true",
-    "Jaeger must accept OTLP",
+    "--set=receivers.otlp.protocols.grpc.endpoint=0.0.0.0:4317" in services["jaeger"].get("command", []),
+    "Jaeger must accept OTLP from other containers",
 )
 check("4317:4317" in services["jaeger"].get("ports", []), "Jaeger's OTLP port is not published")
+# Networks: a worker reaches the broker, the orchestrator (its jobs' signed object URLs) and
+# the trace collector, and nothing that holds state or credentials.
+nets = {name: set(svc.get("networks", [])) for name, svc in services.items()}
+check(nets["worker"] == {"transcode"}, f"worker networks {nets['worker']}: want transcode only")
+for name in ["rabbitmq", "orchestrator", "jaeger"]:
+    check("transcode" in nets[name], f"{name} must be on the workers' network")
+for name in ["redis", "s3", "broadcaster"]:
+    check(nets[name] and "transcode" not in nets[name], f"{name} must not be on the workers' network")
+check(services["rabbitmq"].get("hostname") == "rabbitmq", "RabbitMQ needs a fixed node name")
 worker = services["worker"]
 check("ports" not in worker and "container_name" not in worker, "worker cannot be scaled")
 grace = int(str(worker.get("stop_grace_period", "10s")).rstrip("s"))
@@ -154,6 +168,44 @@ for name in ["orchestrator", "worker", "broadcaster"]:
     )
     check(services[name]["command"][0] == name, f"{name} runs the wrong binary")
 check("redis" in services["orchestrator"]["depends_on"], "the orchestrator needs Redis")
+
+# The three-node broker (docker-compose.cluster.yml, on top of docker-compose.yml).
+cluster = yaml.safe_load((INFRA / "docker-compose.cluster.yml").read_text())["services"]
+nodes = ["rabbitmq", "rabbitmq-2", "rabbitmq-3"]
+check(all(n in cluster for n in nodes), "the cluster file needs three RabbitMQ nodes")
+
+
+def conf(node):
+    """The rabbitmq.conf a node of the cluster file mounts, as key -> value."""
+    mount = next(v for v in cluster[node]["volumes"] if v.endswith(":/etc/rabbitmq/rabbitmq.conf:ro"))
+    text = (INFRA / mount.split(":")[0]).read_text()
+    return dict(
+        (k.strip(), v.strip())
+        for k, v in (l.split("=", 1) for l in text.splitlines() if "=" in l and not l.startswith("#"))
+    )
+
+
+for n in nodes:
+    if n not in cluster:
+        continue
+    c = conf(n)
+    host = cluster[n].get("hostname", services["rabbitmq"].get("hostname"))
+    check(host == n, f"{n}: hostname {host!r} must be its service name (its node name)")
+    listed = {v for k, v in c.items() if k.startswith("cluster_formation.classic_config.nodes.")}
+    check(listed == {f"rabbit@{x}" for x in nodes}, f"{n}: its config lists the nodes {listed}")
+    check(cluster[n].get("environment", {}).get("RABBITMQ_ERLANG_COOKIE"), f"{n}: no shared cookie")
+    # Only the node that starts last loads the definitions, once the three are one cluster.
+    check(("load_definitions" in c) == (n == "rabbitmq"), f"{n}: wrong about loading definitions")
+check(
+    "rabbitmq-2" in cluster.get("rabbitmq", {}).get("depends_on", {})
+    and "rabbitmq-3" in cluster.get("rabbitmq-2", {}).get("depends_on", {}),
+    "the nodes must start one after another: rabbitmq-3, rabbitmq-2, rabbitmq",
+)
+for name, user in [("orchestrator", "orchestrator"), ("worker", "worker"),
+                   ("broadcaster", "broadcaster"), ("push", "broadcaster")]:
+    urls = cluster.get(name, {}).get("environment", {}).get("AMQP_URL", "").split(",")
+    hosts = [re.match(rf"amqp://castwork-{user}:[^@]+@([a-z0-9-]+):5672/castwork\?heartbeat=\d+$", u) for u in urls]
+    check(all(hosts) and [h.group(1) for h in hosts] == nodes, f"{name}: AMQP_URL must list the three nodes as castwork-{user}")
 check(
     services["orchestrator"]["environment"].get("WORK_URL") == "http://orchestrator:7935",
     "the orchestrator must tell workers where their jobs' objects are (WORK_URL)",
@@ -169,8 +221,50 @@ for f in sorted((INFRA / "k8s").glob("*.yaml")):
         check(d["metadata"].get("name"), f"{f.name}: unnamed {d.get('kind')}")
         docs.append(d)
 kinds = {(d["kind"], d["metadata"]["name"]): d for d in docs}
-secret = kinds[("Secret", "castwork")]["stringData"]
+secrets = {name: d.get("stringData", {}) for (kind, name), d in kinds.items() if kind == "Secret"}
 config = kinds[("ConfigMap", "castwork")]["data"]
+
+# Every object against its schema, unknown fields refused: the Kubernetes API's from PyPI's
+# kubernetes-validate, KEDA's from its CRDs in infra/k8s/schemas.
+try:
+    import jsonschema
+    import kubernetes_validate
+except ImportError:
+    check(False, "install kubernetes-validate (pip install kubernetes-validate==1.37.0) to check the manifests")
+else:
+    def strict(schema):
+        """An OpenAPI schema with additionalProperties false wherever it lists properties."""
+        if isinstance(schema, dict):
+            out = {k: strict(v) for k, v in schema.items()}
+            if "properties" in out and "additionalProperties" not in out \
+                    and not out.get("x-kubernetes-preserve-unknown-fields"):
+                out["additionalProperties"] = False
+            return out
+        if isinstance(schema, list):
+            return [strict(v) for v in schema]
+        return schema
+
+    crds = {}
+    for f in sorted((INFRA / "k8s" / "schemas").glob("*.yaml")):
+        crd = yaml.safe_load(f.read_text())
+        for v in crd["spec"]["versions"]:
+            key = (f"{crd['spec']['group']}/{v['name']}", crd["spec"]["names"]["kind"])
+            crds[key] = strict(v["schema"]["openAPIV3Schema"])
+    k8s_version = "1.33.0"
+    for d in docs:
+        where = f"{d['kind']} {d['metadata']['name']}"
+        key = (d["apiVersion"], d["kind"])
+        if key in crds:
+            errors = sorted(jsonschema.Draft7Validator(crds[key]).iter_errors(d), key=str)
+            for e in errors:
+                check(False, f"{where}: {'/'.join(map(str, e.path))}: {e.message}")
+            continue
+        try:
+            kubernetes_validate.validate(d, k8s_version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            check(False, f"{where}: {'/'.join(map(str, e.path))}: {e.message}")
+        except Exception as e:  # an unknown kind or API version
+            check(False, f"{where}: {e}")
 for role in ["orchestrator", "worker", "broadcaster"]:
     dep = kinds.get(("Deployment", role))
     check(dep is not None, f"no {role} Deployment")
@@ -189,10 +283,18 @@ for role in ["orchestrator", "worker", "broadcaster"]:
     for probe, path in [("readinessProbe", "/readyz"), ("livenessProbe", "/livez")]:
         get = c.get(probe, {}).get("httpGet", {})
         check(get.get("path") == path and get.get("port") in ports, f"{role}: bad {probe}")
+    # Only its own role's Secret, whole or by key.
+    used = {e["secretRef"]["name"] for e in c.get("envFrom", []) if "secretRef" in e}
     for e in c.get("env", []):
         ref = e.get("valueFrom", {}).get("secretKeyRef")
         if ref:
-            check(ref["key"] in secret, f"{role}: secret key {ref['key']} is missing")
+            used.add(ref["name"])
+            check(ref["key"] in secrets.get(ref["name"], {}), f"{role}: secret key {ref['key']} is missing")
+    check(used == {f"castwork-{role}"}, f"{role}: uses the secrets {sorted(used)}, not only castwork-{role}")
+    check(
+        secrets.get(f"castwork-{role}", {}).get("AMQP_URL", "").startswith(f"amqp://castwork-{role}:"),
+        f"{role}: its secret's AMQP_URL is not its own broker user's",
+    )
     drain = flag(c["args"], "--drain-secs")
     if drain is not None:
         check(
@@ -201,13 +303,14 @@ for role in ["orchestrator", "worker", "broadcaster"]:
         )
 worker_pod = kinds[("Deployment", "worker")]["spec"]["template"]["spec"]
 (wc,) = worker_pod["containers"]
-check("envFrom" not in wc, "worker: envFrom would hand it every role's secrets")
-worker_secrets = {
-    e["valueFrom"]["secretKeyRef"]["key"]
-    for e in wc.get("env", [])
-    if "secretKeyRef" in e.get("valueFrom", {})
-}
-check(worker_secrets == {"WORKER_AMQP_URL"}, f"worker: secrets beyond its broker URL: {worker_secrets}")
+check(
+    set(secrets.get("castwork-worker", {})) == {"AMQP_URL"},
+    "worker: its secret must hold its broker URL and nothing else",
+)
+check(
+    not any("configMapRef" in e for e in wc.get("envFrom", [])),
+    "worker: the shared ConfigMap would hand it the object store's settings",
+)
 check(
     worker_pod.get("terminationGracePeriodSeconds", 30) > 120,
     "worker: terminationGracePeriodSeconds must exceed the drain timeout",
@@ -219,7 +322,9 @@ if scaled:
     watched = {t["metadata"]["queueName"] for t in scaled["spec"]["triggers"]}
     check(watched == {q for q in queues if q.startswith("jobs.")}, f"KEDA watches {watched}")
     auth = kinds.get(("TriggerAuthentication", "castwork-rabbitmq"))
-    check(auth and auth["spec"]["secretTargetRef"][0]["key"] in secret, "KEDA has no credentials")
+    ref = auth["spec"]["secretTargetRef"][0] if auth else {}
+    check(ref.get("name") == "castwork-keda" and ref.get("key") in secrets.get("castwork-keda", {}),
+          "KEDA has no credentials of its own")
 check(config["STORAGE_URL"].startswith("s3://"), "the ConfigMap must name the S3 store")
 
 # Dockerfile: the libraries the project's own setup installs, and their runtime packages.

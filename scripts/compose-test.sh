@@ -4,7 +4,9 @@
 # orchestrator, two workers; no Jaeger, which has no local image), pushes a clip from
 # outside the containers with this machine's broadcaster, waits for the stream and checks
 # its playlists over the orchestrator's published HTTP port with ffprobe: every rung,
-# every segment exactly once, in order. Everything it started is torn down at the end, also
+# every segment exactly once, in order. Then faults with work in flight, and last the
+# three-node broker of infra/docker-compose.cluster.yml losing the node that leads the job
+# queues. Everything it started is torn down at the end, also
 # on failure: no container, network or volume is left (and a Docker engine it started is
 # stopped).
 #   scripts/compose-test.sh            (as root; builds target/debug first if missing)
@@ -45,9 +47,11 @@ export CASTWORK_OTLP_ENDPOINT="" CASTWORK_JOB_TIMEOUT_SECS=10
 export CASTWORK_AMQP_PORT=$(free_port) CASTWORK_RABBITMQ_UI_PORT=$(free_port)
 export CASTWORK_S3_PORT=$(free_port) CASTWORK_HTTP_PORT=$(free_port)
 export CASTWORK_PLAYBACK_PORT=$(free_port) CASTWORK_RTMP_PORT=$(free_port)
+export CASTWORK_AMQP_PORT_2=$(free_port) CASTWORK_AMQP_PORT_3=$(free_port)
 project="castwork-test-$$"
 work=$(mktemp -d)
-dc() { docker compose -p "$project" -f infra/docker-compose.yml "$@"; }
+files=(-f infra/docker-compose.yml)
+dc() { docker compose -p "$project" "${files[@]}" "$@"; }
 cleanup() {
   status=$?
   if [ "$status" -ne 0 ]; then
@@ -83,6 +87,7 @@ until_true() {
   done
 }
 
+broker_urls="amqp://castwork-broadcaster:castwork-broadcaster@127.0.0.1:$CASTWORK_AMQP_PORT/castwork"
 # push NAME SECS: pushes a SECS-second clip as stream NAME from outside the containers, as
 # a broadcaster on another machine would (its own broker user, the S3 store's published
 # port), in the background.
@@ -90,7 +95,7 @@ push() {
   local clip="$work/clip-$2.mp4"
   [ -f "$clip" ] || ffmpeg -v error -y -f lavfi -i testsrc2=size=1280x720:rate=30 \
     -f lavfi -i sine=frequency=440 -t "$2" -c:v libx264 -g 60 -pix_fmt yuv420p -c:a aac "$clip"
-  AMQP_URL="amqp://castwork-broadcaster:castwork-broadcaster@127.0.0.1:$CASTWORK_AMQP_PORT/castwork" \
+  AMQP_URL="$broker_urls" \
   STORAGE_URL=s3://castwork AWS_ENDPOINT="http://127.0.0.1:$CASTWORK_S3_PORT" AWS_ALLOW_HTTP=true \
   AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=castwork AWS_SECRET_ACCESS_KEY=castwork-secret \
     target/debug/broadcaster push "$clip" --stream "$1" \
@@ -139,6 +144,26 @@ busy() {
   [ -n "$victim" ]
 }
 
+log "0. a worker holds the broker URL only, and reaches no Redis and no object store"
+worker=$(dc ps -q worker | head -1)
+env_of() { docker inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$1"; }
+if env_of "$worker" | grep -E '^(REDIS_URL|AWS_[A-Z_]*|STORAGE_URL)='; then
+  log "a worker's environment holds Redis or object-store settings"; exit 1
+fi
+for service in redis s3; do
+  ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}' "$(dc ps -q $service)" | awk '{print $1}')
+  port=$([ "$service" = redis ] && echo 6379 || echo 8333)
+  if docker exec "$worker" getent hosts "$service" > /dev/null; then
+    log "a worker resolves $service"; exit 1
+  fi
+  if docker exec "$worker" timeout 3 bash -c "echo > /dev/tcp/$ip/$port" 2> /dev/null; then
+    log "a worker reaches $service at $ip:$port"; exit 1
+  fi
+  log "   $service ($ip:$port): no name and no route from a worker"
+done
+docker exec "$worker" timeout 3 bash -c 'echo > /dev/tcp/rabbitmq/5672' \
+  || { log "a worker cannot reach the broker"; exit 1; }
+
 log "1. a plain push"
 push plain 6
 check plain 3 6
@@ -155,9 +180,9 @@ log "3. a worker cut from the network for 20 s mid-job"
 push cut 12
 until_true 120 "a worker to hold a job of stream cut" busy cut
 log "   disconnecting worker $victim (segments pending: $(json "$api/streams/cut" "d['segments']['pending']"))"
-docker network disconnect "${project}_default" "$victim"
+docker network disconnect "${project}_transcode" "$victim"
 sleep 20
-docker network connect "${project}_default" "$victim"
+docker network connect "${project}_transcode" "$victim"
 check cut 6 12
 
 log "4. the broker restarted mid-stream"
@@ -184,5 +209,38 @@ pending=$(json "$api/streams/paused" "d['segments']['pending']")
 sleep 49
 docker unpause "$victim" > /dev/null
 check paused 6 12
+
+log "6. a three-node broker cluster loses the node that leads the job queues mid-stream"
+dc down --volumes --remove-orphans > /dev/null 2>&1
+files+=(-f infra/docker-compose.cluster.yml)
+dc up -d --wait --scale worker=2 rabbitmq rabbitmq-2 rabbitmq-3 redis s3 orchestrator worker \
+  > /dev/null 2>&1 || { log "the clustered stack did not come up"; exit 1; }
+broker_urls=$(for port in "$CASTWORK_AMQP_PORT" "$CASTWORK_AMQP_PORT_2" "$CASTWORK_AMQP_PORT_3"; do
+  printf 'amqp://castwork-broadcaster:castwork-broadcaster@127.0.0.1:%s/castwork?heartbeat=10,' "$port"
+done)
+# queue_nodes QUEUE: its leader, then its members, as a running node reports them.
+queue_nodes() {
+  local node
+  for node in $(dc ps -q rabbitmq rabbitmq-2 rabbitmq-3); do
+    docker exec "$node" rabbitmqctl -q list_queues -p castwork name leader members 2> /dev/null \
+      | awk -v q="$1" '$1 == q { $1 = ""; print }' | grep . && return
+  done
+  return 1
+}
+push clustered 30
+until_true 120 "a worker to hold a job of stream clustered" busy clustered
+nodes=$(queue_nodes jobs.vod.cpu)
+log "   jobs.vod.cpu: leader and members $nodes"
+leader=$(echo "$nodes" | awk '{print $1}')
+[ "$(echo "$nodes" | grep -o 'rabbit@' | wc -l)" -ge 4 ] \
+  || { log "jobs.vod.cpu is not replicated on all three nodes"; exit 1; }
+service=${leader#rabbit@}
+clients=$(docker exec "$(dc ps -q "$service")" rabbitmqctl -q list_connections user 2> /dev/null | sort | uniq -c | xargs)
+log "   killing $service, the leader, with its connections ($clients) (segments pending: $(json "$api/streams/clustered" "d['segments']['pending']"))"
+docker kill "$(dc ps -q "$service")" > /dev/null
+pending=$(json "$api/streams/clustered" "d['segments']['pending']")
+[ "${pending:-0}" -gt 0 ] || { log "the stream finished before the node went down"; exit 1; }
+check clustered 15 30
+log "   jobs.vod.cpu now led by $(queue_nodes jobs.vod.cpu | awk '{print $1}')"
 
 log "ok: every stream completed in containers, each fault with work in flight, every rung and segment once"

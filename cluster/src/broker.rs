@@ -50,6 +50,10 @@ pub enum BrokerError {
         exchange: String,
         routing_key: String,
     },
+    #[error("no broker node answered: {0}")]
+    NoNode(String),
+    #[error("{0}")]
+    BadUrls(String),
 }
 
 /// How many messages wait in one queue, how many are out with consumers, and how many
@@ -101,11 +105,112 @@ pub fn trust_ca_file(path: Option<&std::path::Path>) -> Result<(), String> {
     Ok(())
 }
 
-/// The user an AMQP URL logs in as (`guest` when it names none).
+/// The nodes of one broker cluster in an `--amqp-url`: one URL, or several separated by
+/// commas (`amqp://u:p@rabbit-1/vh,amqp://u:p@rabbit-2/vh`). Each is a whole URL, so the
+/// nodes may differ in port or TLS; a comma inside a password must be written `%2C`.
+pub fn broker_urls(list: &str) -> Vec<&str> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect()
+}
+
+/// Checks that every node URL in `list` reads as an AMQP URL and that they all log in as
+/// the same user to the same vhost (one cluster, one identity).
+fn check_broker_urls(list: &str) -> Result<(), String> {
+    let mut seen: Option<(String, String)> = None;
+    let urls = broker_urls(list);
+    if urls.is_empty() {
+        return Err("no broker URL given".into());
+    }
+    for url in urls {
+        let u: lapin::uri::AMQPUri = url
+            .parse()
+            .map_err(|e| format!("{} is not an AMQP URL: {e}", crate::redact_url(url)))?;
+        let this = (u.authority.userinfo.username, u.vhost);
+        match &seen {
+            Some(first) if *first != this => {
+                return Err(format!(
+                    "the broker URLs must share one user and vhost (nodes of one cluster): \
+                     {} differs from the first",
+                    crate::redact_url(url)
+                ))
+            }
+            _ => seen = Some(this),
+        }
+    }
+    Ok(())
+}
+
+/// The user an AMQP URL (or the first of a list of nodes) logs in as (`guest` when it
+/// names none).
 pub fn url_user(url: &str) -> Result<String, String> {
-    url.parse::<lapin::uri::AMQPUri>()
+    let first = broker_urls(url).first().copied().unwrap_or(url);
+    first
+        .parse::<lapin::uri::AMQPUri>()
         .map(|u| u.authority.userinfo.username)
         .map_err(|e| format!("not an AMQP URL: {e}"))
+}
+
+/// How long one node gets to accept a connection before the next is tried (a node that
+/// was killed may leave its address silent rather than refusing).
+const NODE_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Which node of a list a connection of this process tries first: each connect starts one
+/// further on, so a process spreads its connections over the nodes and a reconnect after a
+/// node failed starts elsewhere.
+static NEXT_NODE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Connects to one node.
+async fn connect_node(url: &str, props: ConnectionProperties) -> Result<Connection, lapin::Error> {
+    match CA_CHAIN.get() {
+        None => Connection::connect(url, props).await,
+        Some(pem) => {
+            lapin::DefaultConnectionBuilder::new()?
+                .with_uri_str(url.to_string())
+                .with_properties(props)
+                .with_tls_config(lapin::tcp::OwnedTLSConfig {
+                    identity: None,
+                    cert_chain: Some(pem.clone()),
+                })
+                .connect()
+                .await
+        }
+    }
+}
+
+/// Connects to the first node of `list` that answers, starting at [`NEXT_NODE`].
+async fn connect_any(list: &str, name: &str) -> Result<Connection, BrokerError> {
+    let urls = broker_urls(list);
+    if urls.len() <= 1 {
+        let props = ConnectionProperties::default().with_connection_name(name.into());
+        return Ok(connect_node(urls.first().copied().unwrap_or(list), props).await?);
+    }
+    check_broker_urls(list).map_err(BrokerError::BadUrls)?;
+    let start = NEXT_NODE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut failures = Vec::new();
+    for i in 0..urls.len() {
+        let url = urls[(start + i) % urls.len()];
+        let props = ConnectionProperties::default().with_connection_name(name.into());
+        match tokio::time::timeout(NODE_CONNECT_TIMEOUT, connect_node(url, props)).await {
+            Ok(Ok(c)) => {
+                if i > 0 {
+                    tracing::info!(
+                        node = crate::redact_url(url),
+                        "connected to another broker node"
+                    );
+                }
+                return Ok(c);
+            }
+            Ok(Err(e)) => failures.push(format!("{}: {e}", crate::redact_url(url))),
+            Err(_) => failures.push(format!(
+                "{}: no answer in {}s",
+                crate::redact_url(url),
+                NODE_CONNECT_TIMEOUT.as_secs()
+            )),
+        }
+    }
+    Err(BrokerError::NoNode(failures.join("; ")))
 }
 
 /// Where a queue's messages go once past the broker's delivery limit.
@@ -422,24 +527,12 @@ pub async fn retire_legacy_queues(
 }
 
 impl Broker {
-    /// Connects, opens a confirming publisher channel and declares the role's topology.
+    /// Connects to `url` (or to the first node that answers of a comma-separated list, see
+    /// [`broker_urls`]), opens a confirming publisher channel and declares the role's
+    /// topology.
     pub async fn connect(url: &str, name: &str, role: Role) -> Result<Self, BrokerError> {
         let user = url_user(url).unwrap_or_else(|_| "guest".into());
-        let props = ConnectionProperties::default().with_connection_name(name.into());
-        let connection = match CA_CHAIN.get() {
-            None => Connection::connect(url, props).await?,
-            Some(pem) => {
-                lapin::DefaultConnectionBuilder::new()?
-                    .with_uri_str(url.to_string())
-                    .with_properties(props)
-                    .with_tls_config(lapin::tcp::OwnedTLSConfig {
-                        identity: None,
-                        cert_chain: Some(pem.clone()),
-                    })
-                    .connect()
-                    .await?
-            }
-        };
+        let connection = connect_any(url, name).await?;
         let publisher = connection.create_channel().await?;
         publisher
             .confirm_select(ConfirmSelectOptions::default())
@@ -656,6 +749,22 @@ async fn passive_declare(ch: &Channel, queue: &str) -> Result<lapin::Queue, lapi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_url_list_names_the_nodes_of_one_cluster() {
+        let list = "amqp://w:a@n1:5672/v, amqps://w:a@n2:5671/v,";
+        assert_eq!(
+            broker_urls(list),
+            ["amqp://w:a@n1:5672/v", "amqps://w:a@n2:5671/v"]
+        );
+        assert_eq!(check_broker_urls(list), Ok(()));
+        assert_eq!(url_user(list).as_deref(), Ok("w"));
+        let other_user = check_broker_urls("amqp://w:a@n1/v,amqp://x:a@n2/v").unwrap_err();
+        assert!(other_user.contains("x:***@n2"), "{other_user}");
+        assert!(check_broker_urls("amqp://w:a@n1/v,amqp://w:a@n2/other").is_err());
+        assert!(check_broker_urls("amqp://w:a@n1/v,http://n2").is_err());
+        assert!(check_broker_urls(",").is_err());
+    }
 
     fn json_args(t: &FieldTable) -> serde_json::Map<String, serde_json::Value> {
         t.inner()

@@ -5,7 +5,9 @@ use clap::Args;
 /// The broker link and the logs: what every process needs, a worker nothing more.
 #[derive(Args, Debug, Clone)]
 pub struct LinkArgs {
-    /// RabbitMQ URL (`amqp://` or `amqps://` for TLS).
+    /// RabbitMQ URL (`amqp://` or `amqps://` for TLS). For a broker cluster, the nodes'
+    /// URLs separated by commas (same user and vhost): a connection goes to the first node
+    /// that answers, and a lost connection is made again to another node.
     #[arg(
         long,
         env = "AMQP_URL",
@@ -70,6 +72,10 @@ pub enum LogFormat {
 
 /// A URL with its password replaced by `***`, for logs.
 pub fn redact_url(url: &str) -> String {
+    if url.contains(',') {
+        // A list of broker nodes: each one redacted.
+        return url.split(',').map(redact_url).collect::<Vec<_>>().join(",");
+    }
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
@@ -91,6 +97,10 @@ mod tests {
         assert_eq!(
             redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"),
             "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(
+            redact_url("amqp://w:s1@a/v,amqp://w:s2@b/v"),
+            "amqp://w:***@a/v,amqp://w:***@b/v"
         );
         assert_eq!(
             redact_url("redis://127.0.0.1:6379"),

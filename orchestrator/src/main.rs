@@ -68,8 +68,9 @@ struct Cli {
 
     /// RabbitMQ's management API, http://[USER:PASSWORD@]HOST:PORT, where /queues reads
     /// each queue's unacknowledged messages (AMQP only tells the ready ones); `off` turns
-    /// that off. Unset: port 15672 of the --amqp-url host, with its credentials (the user
-    /// needs the `monitoring` or `management` tag).
+    /// that off. Unset: port 15672 of the --amqp-url host (of each node's, for a list), with
+    /// its credentials (the user needs the `monitoring` or `management` tag). Several URLs,
+    /// comma-separated, are asked in turn until one answers.
     #[arg(long, env = "RABBITMQ_MANAGEMENT_URL", hide_env_values = true)]
     rabbitmq_management_url: Option<String>,
 
@@ -266,8 +267,8 @@ enum WorkersAction {
     Add {
         name: String,
         /// RabbitMQ's management API as a user with the administrator tag:
-        /// http://ADMIN:PASSWORD@HOST:15672. Unset: port 15672 of the --amqp-url host, as
-        /// the --amqp-url user.
+        /// http://ADMIN:PASSWORD@HOST:15672 (several, comma-separated, asked in turn). Unset:
+        /// port 15672 of each --amqp-url host, as the --amqp-url user.
         #[arg(long, env = "RABBITMQ_ADMIN_URL")]
         rabbitmq_admin_url: Option<String>,
     },

@@ -3,7 +3,7 @@
 //! HTTP API, since AMQP has no way to ask for them.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use castwork_cluster::broker::QueueDepth;
@@ -21,11 +21,9 @@ pub const OFF: &str = "off";
 /// A client of RabbitMQ's management API, for one vhost's queues.
 #[derive(Debug)]
 pub struct Management {
-    /// `http://HOST:PORT/api/queues/VHOST`, without credentials.
-    queues_url: String,
-    user: String,
-    password: String,
-    client: reqwest::Client,
+    api: ManagementApi,
+    /// `/api/queues/VHOST`.
+    queues_path: String,
     /// Whether the last read failed (so a failure is logged once, not every 2 s).
     failing: AtomicBool,
 }
@@ -33,64 +31,56 @@ pub struct Management {
 impl Management {
     /// The client for the vhost of `amqp_url`. `management_url` is the API's base URL,
     /// `http://[USER:PASSWORD@]HOST:PORT`; unset, it is `http://HOST:15672` of the AMQP
-    /// URL's host, and missing credentials are the AMQP URL's. `off` turns it off (`None`).
+    /// URL's host (of each node's, for a list of nodes), and missing credentials are the
+    /// AMQP URL's. `off` turns it off (`None`).
     pub fn new(amqp_url: &str, management_url: Option<&str>) -> Result<Option<Self>, String> {
         if management_url == Some(OFF) {
             return Ok(None);
         }
-        let api = ManagementApi::new(amqp_url, management_url, "--rabbitmq-management-url")?;
-        let queues_url = format!(
-            "{}/api/queues/{}?columns=name,messages_unacknowledged",
-            api.base, api.vhost
-        );
-        let (user, password) = (api.user, api.password);
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| e.to_string())?;
+        let api = ManagementApi::new(
+            amqp_url,
+            management_url,
+            "--rabbitmq-management-url",
+            Duration::from_secs(5),
+        )?;
         Ok(Some(Management {
-            queues_url,
-            user,
-            password,
-            client,
+            queues_path: format!("api/queues/{}", api.vhost),
+            api,
             failing: AtomicBool::new(false),
         }))
     }
 
     /// Where it reads from (no credentials), for logs.
-    pub fn url(&self) -> &str {
-        &self.queues_url
+    pub fn url(&self) -> String {
+        format!(
+            "{}/{}?columns=name,messages_unacknowledged",
+            self.api.base(),
+            self.queues_path
+        )
     }
 
     /// Unacknowledged messages of every queue in the vhost whose statistics the broker has
     /// (they are sampled every 5 s by default: `collect_statistics_interval`).
     pub async fn unacked(&self) -> Result<HashMap<String, u32>, String> {
-        parse_unacked(&self.get(&self.queues_url).await?)
+        let path = format!("{}?columns=name,messages_unacknowledged", self.queues_path);
+        parse_unacked(&self.get(&path).await?)
     }
 
     /// The names of every queue in the vhost; `None` when the API could not tell.
     pub async fn queue_names(&self) -> Option<Vec<String>> {
-        let url = self.queues_url.split('?').next()?.to_string() + "?columns=name";
-        let v: serde_json::Value = serde_json::from_str(&self.get(&url).await.ok()?).ok()?;
+        let path = format!("{}?columns=name", self.queues_path);
+        let v: serde_json::Value = serde_json::from_str(&self.get(&path).await.ok()?).ok()?;
         v.as_array()?
             .iter()
             .map(|q| q["name"].as_str().map(String::from))
             .collect()
     }
 
-    /// The body of a `GET url` on the management API, as this client's user.
-    async fn get(&self, url: &str) -> Result<String, String> {
-        let resp = self
-            .client
-            .get(url)
-            .basic_auth(&self.user, Some(&self.password))
-            .send()
-            .await
-            .map_err(|e| format!("cannot reach the management API: {e}"))?;
-        let code = resp.status();
-        let body = resp.text().await.map_err(|e| e.to_string())?;
-        if !code.is_success() {
-            let hint = if code.as_u16() == 401 {
+    /// The body of a `GET path` on the management API, as this client's user.
+    async fn get(&self, path: &str) -> Result<String, String> {
+        let (code, body) = self.api.send(reqwest::Method::GET, path, None).await?;
+        if !(200..300).contains(&code) {
+            let hint = if code == 401 {
                 ": the user needs the `monitoring` (or `management`) tag, or give \
                  --rabbitmq-management-url with a user that has it"
             } else {
@@ -103,53 +93,126 @@ impl Management {
 }
 
 /// Where RabbitMQ's management API is for a vhost, and who logs in to it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ManagementApi {
-    /// `http(s)://HOST:PORT`, without credentials or a trailing slash.
-    pub base: String,
+    /// `http(s)://HOST:PORT` of each node, without credentials or a trailing slash.
+    bases: Vec<String>,
     pub user: String,
     pub password: String,
     /// The AMQP URL's vhost, encoded as one path segment.
     pub vhost: String,
+    client: reqwest::Client,
+    /// The node that answered last: asked first next time.
+    answered: AtomicUsize,
 }
 
 impl ManagementApi {
-    /// `management_url` is the API's base URL, `http://[USER:PASSWORD@]HOST:PORT`; unset,
-    /// it is `http://HOST:15672` of the AMQP URL's host, and missing credentials are the
-    /// AMQP URL's. `flag` names the setting in errors.
-    pub fn new(amqp_url: &str, management_url: Option<&str>, flag: &str) -> Result<Self, String> {
-        let amqp: lapin::uri::AMQPUri = amqp_url
-            .parse()
+    /// `management_url` is the API's base URL, `http://[USER:PASSWORD@]HOST:PORT` (or
+    /// several, comma-separated, one per node); unset, it is `http://HOST:15672` of each
+    /// AMQP URL's host, and missing credentials are the AMQP URL's. `flag` names the
+    /// setting in errors; `timeout` bounds each request.
+    pub fn new(
+        amqp_url: &str,
+        management_url: Option<&str>,
+        flag: &str,
+        timeout: Duration,
+    ) -> Result<Self, String> {
+        let nodes = castwork_cluster::broker::broker_urls(amqp_url);
+        let amqp: Vec<lapin::uri::AMQPUri> = nodes
+            .iter()
+            .map(|u| u.parse())
+            .collect::<Result<_, _>>()
             .map_err(|e| format!("cannot read the AMQP URL: {e}"))?;
-        let base = match management_url {
-            Some(u) => u.to_string(),
-            None => format!("http://{}:{MANAGEMENT_PORT}", amqp.authority.host),
+        let first = amqp.first().ok_or("no AMQP URL given")?;
+        let bases: Vec<String> = match management_url {
+            Some(u) => u.split(',').map(|b| b.trim().to_string()).collect(),
+            None => amqp
+                .iter()
+                .map(|a| format!("http://{}:{MANAGEMENT_PORT}", a.authority.host))
+                .collect(),
         };
-        let mut url = reqwest::Url::parse(&base).map_err(|e| format!("{flag} {base:?}: {e}"))?;
-        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-            return Err(format!(
-                "{flag} {base:?}: expected http://[USER:PASSWORD@]HOST:PORT"
-            ));
+        let mut credentials = None;
+        let mut clean = Vec::new();
+        for base in bases {
+            let mut url =
+                reqwest::Url::parse(&base).map_err(|e| format!("{flag} {base:?}: {e}"))?;
+            if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+                return Err(format!(
+                    "{flag} {base:?}: expected http://[USER:PASSWORD@]HOST:PORT"
+                ));
+            }
+            if credentials.is_none() && !url.username().is_empty() {
+                credentials = Some((
+                    decode(url.username()),
+                    decode(url.password().unwrap_or_default()),
+                ));
+            }
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            let base = url.as_str().trim_end_matches('/').to_string();
+            if !clean.contains(&base) {
+                clean.push(base);
+            }
         }
-        let (user, password) = if url.username().is_empty() {
+        let (user, password) = credentials.unwrap_or_else(|| {
             (
-                amqp.authority.userinfo.username.clone(),
-                amqp.authority.userinfo.password.clone(),
+                first.authority.userinfo.username.clone(),
+                first.authority.userinfo.password.clone(),
             )
-        } else {
-            (
-                decode(url.username()),
-                decode(url.password().unwrap_or_default()),
-            )
-        };
-        let _ = url.set_username("");
-        let _ = url.set_password(None);
+        });
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(|e| e.to_string())?;
         Ok(ManagementApi {
-            base: url.as_str().trim_end_matches('/').to_string(),
+            bases: clean,
             user,
             password,
-            vhost: encode_segment(&amqp.vhost),
+            vhost: encode_segment(&first.vhost),
+            client,
+            answered: AtomicUsize::new(0),
         })
+    }
+
+    /// The base URL asked first (the one that answered last).
+    pub fn base(&self) -> &str {
+        &self.bases[self.answered.load(Ordering::Relaxed) % self.bases.len()]
+    }
+
+    /// `method BASE/path` as this API's user, on the first node that answers at all:
+    /// the status code and body.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<(u16, String), String> {
+        let start = self.answered.load(Ordering::Relaxed);
+        let mut failures = Vec::new();
+        for i in 0..self.bases.len() {
+            let n = (start + i) % self.bases.len();
+            let base = &self.bases[n];
+            let mut req = self
+                .client
+                .request(method.clone(), format!("{base}/{path}"))
+                .basic_auth(&self.user, Some(&self.password));
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            match req.send().await {
+                Ok(resp) => {
+                    self.answered.store(n, Ordering::Relaxed);
+                    let code = resp.status().as_u16();
+                    let text = resp.text().await.map_err(|e| e.to_string())?;
+                    return Ok((code, text));
+                }
+                Err(e) => failures.push(format!("{base}: {e}")),
+            }
+        }
+        Err(format!(
+            "cannot reach RabbitMQ's management API: {}",
+            failures.join("; ")
+        ))
     }
 }
 
@@ -289,7 +352,10 @@ mod tests {
             m.url(),
             "http://rabbit:15672/api/queues/%2F?columns=name,messages_unacknowledged"
         );
-        assert_eq!((m.user.as_str(), m.password.as_str()), ("guest", "p@ss"));
+        assert_eq!(
+            (m.api.user.as_str(), m.api.password.as_str()),
+            ("guest", "p@ss")
+        );
         let m = Management::new(
             "amqp://a:b@rabbit/castwork-test-1",
             Some("https://mon:s%3Acret@admin.example:443/"),
@@ -300,7 +366,15 @@ mod tests {
             m.url(),
             "https://admin.example/api/queues/castwork-test-1?columns=name,messages_unacknowledged"
         );
-        assert_eq!((m.user.as_str(), m.password.as_str()), ("mon", "s:cret"));
+        assert_eq!(
+            (m.api.user.as_str(), m.api.password.as_str()),
+            ("mon", "s:cret")
+        );
+        // A cluster: each node's API, asked in turn.
+        let m = Management::new("amqp://a:b@n1/v,amqp://a:b@n2:5673/v", None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.api.bases, ["http://n1:15672", "http://n2:15672"]);
         assert!(Management::new("amqp://x/", Some(OFF)).unwrap().is_none());
         assert!(Management::new("amqp://x/", Some("ftp://x")).is_err());
     }

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context as _};
+use anyhow::{anyhow, bail};
 use serde_json::json;
 
 use crate::queues::{encode_segment, ManagementApi};
@@ -22,22 +22,22 @@ pub const WORKER_READ: &str = r"^jobs\.(live|vod)\.[a-z0-9-]+$";
 pub struct BrokerAdmin {
     api: ManagementApi,
     amqp_url: String,
-    client: reqwest::Client,
 }
 
 impl BrokerAdmin {
     /// `admin_url`: `http://ADMIN:PASSWORD@HOST:15672` of a user with the `administrator`
     /// tag; unset, port 15672 of the AMQP URL's host with the AMQP URL's user.
     pub fn new(amqp_url: &str, admin_url: Option<&str>) -> anyhow::Result<Self> {
-        let api = ManagementApi::new(amqp_url, admin_url, "--rabbitmq-admin-url")
-            .map_err(anyhow::Error::msg)?;
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()?;
+        let api = ManagementApi::new(
+            amqp_url,
+            admin_url,
+            "--rabbitmq-admin-url",
+            Duration::from_secs(10),
+        )
+        .map_err(anyhow::Error::msg)?;
         Ok(BrokerAdmin {
             api,
             amqp_url: amqp_url.to_string(),
-            client,
         })
     }
 
@@ -47,22 +47,11 @@ impl BrokerAdmin {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> anyhow::Result<(u16, String)> {
-        let url = format!("{}/api/{path}", self.api.base);
-        let mut req = self
-            .client
-            .request(method, &url)
-            .basic_auth(&self.api.user, Some(&self.api.password));
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.with_context(|| {
-            format!(
-                "cannot reach RabbitMQ's management API at {}",
-                self.api.base
-            )
-        })?;
-        let code = resp.status().as_u16();
-        let text = resp.text().await.unwrap_or_default();
+        let (code, text) = self
+            .api
+            .send(method, &format!("api/{path}"), body.as_ref())
+            .await
+            .map_err(anyhow::Error::msg)?;
         if code == 401 {
             bail!(
                 "RabbitMQ's management API refused user {}: give --rabbitmq-admin-url \
@@ -149,8 +138,15 @@ impl BrokerAdmin {
     }
 }
 
-/// `amqp_url` with `user:password` in place of its credentials.
+/// `amqp_url` (each node's, for a list) with `user:password` in place of its credentials.
 fn worker_url(amqp_url: &str, user: &str, password: &str) -> anyhow::Result<String> {
+    if amqp_url.contains(',') {
+        return castwork_cluster::broker::broker_urls(amqp_url)
+            .into_iter()
+            .map(|node| worker_url(node, user, password))
+            .collect::<anyhow::Result<Vec<_>>>()
+            .map(|urls| urls.join(","));
+    }
     let (scheme, rest) = amqp_url.split_once("://").ok_or_else(|| {
         anyhow!(
             "not an AMQP URL: {}",
@@ -183,6 +179,10 @@ mod tests {
         assert_eq!(
             worker_url("amqp://broker/%2f", "w@x", "p").unwrap(),
             "amqp://w%40x:p@broker/%2f"
+        );
+        assert_eq!(
+            worker_url("amqp://o:s@n1/v,amqp://o:s@n2/v", "box-7", "p").unwrap(),
+            "amqp://box-7:p@n1/v,amqp://box-7:p@n2/v"
         );
     }
 
