@@ -265,11 +265,12 @@ else:
             check(False, f"{where}: {'/'.join(map(str, e.path))}: {e.message}")
         except Exception as e:  # an unknown kind or API version
             check(False, f"{where}: {e}")
-for role in ["orchestrator", "worker", "broadcaster"]:
-    dep = kinds.get(("Deployment", role))
-    check(dep is not None, f"no {role} Deployment")
+for name in ["orchestrator", "worker", "broadcaster", "worker-gpu"]:
+    dep = kinds.get(("Deployment", name))
+    check(dep is not None, f"no {name} Deployment")
     if dep is None:
         continue
+    role = name.split("-")[0]
     spec = dep["spec"]
     pod = spec["template"]["spec"]
     check(
@@ -315,12 +316,25 @@ check(
     worker_pod.get("terminationGracePeriodSeconds", 30) > 120,
     "worker: terminationGracePeriodSeconds must exceed the drain timeout",
 )
-scaled = kinds.get(("ScaledObject", "worker"))
-check(scaled is not None, "no KEDA ScaledObject for the workers")
-if scaled:
-    check(scaled["spec"]["scaleTargetRef"]["name"] == "worker", "KEDA scales the wrong target")
+# Each worker Deployment scales on its own class's job queues.
+gpu_pod = kinds[("Deployment", "worker-gpu")]["spec"]["template"]["spec"]
+(gc,) = gpu_pod["containers"]
+check(gc["resources"]["limits"].get("nvidia.com/gpu"), "worker-gpu asks for no GPU")
+check(
+    any(e["name"] == "NVIDIA_DRIVER_CAPABILITIES" and "video" in e["value"] for e in gc["env"]),
+    "worker-gpu: the runtime must mount the driver's video libraries (NVDEC)",
+)
+for name in ["worker", "worker-gpu"]:
+    scaled = kinds.get(("ScaledObject", name))
+    check(scaled is not None, f"no KEDA ScaledObject for {name}")
+    if not scaled:
+        continue
+    target = scaled["spec"]["scaleTargetRef"]["name"]
+    (container,) = kinds[("Deployment", target)]["spec"]["template"]["spec"]["containers"]
+    cls = flag(container["args"], "--class") or "cpu"
     watched = {t["metadata"]["queueName"] for t in scaled["spec"]["triggers"]}
-    check(watched == {q for q in queues if q.startswith("jobs.")}, f"KEDA watches {watched}")
+    want = {f"jobs.live.{cls}", f"jobs.vod.{cls}"}
+    check(watched == want and want <= set(queues), f"KEDA {name} watches {watched}, its class {want}")
     auth = kinds.get(("TriggerAuthentication", "castwork-rabbitmq"))
     ref = auth["spec"]["secretTargetRef"][0] if auth else {}
     check(ref.get("name") == "castwork-keda" and ref.get("key") in secrets.get("castwork-keda", {}),

@@ -19,8 +19,10 @@ use lapin::{
 pub const INGEST_KEY: &str = "ingest";
 pub const RESULTS_KEY: &str = "result";
 
-/// Capability classes with a queue today.
-pub const CLASSES: &[&str] = &["cpu"];
+/// Capability classes, each with a live and an on-demand job queue: `cpu` (software decode,
+/// scale and libx264), `nvdec` (NVIDIA decode and CUDA scaling, libx264: cards without
+/// encoders, such as H100/H200 and A100) and `nvenc` (all on an NVIDIA card, `h264_nvenc`).
+pub const CLASSES: &[&str] = &["cpu", "nvdec", "nvenc"];
 
 /// The broker's own redelivery backstop. The orchestrator decides when a segment is poison
 /// from worker reports, and consumers dead-letter a message after
@@ -670,6 +672,56 @@ impl Broker {
         }
         let _ = ch.close(200, "done".into()).await;
         Ok(depths)
+    }
+
+    /// Moves up to `max` ready jobs from job queue `from` to job queue `to`, each published
+    /// again (same body, headers and expiry) and confirmed before its original is acked: a
+    /// failure part way leaves the rest where they were, never loses one (a crash between
+    /// the two steps can leave a job in both, which the orchestrator's keyed job ids and
+    /// per-attempt state make harmless).
+    pub async fn move_ready(&self, from: &str, to: &str, max: usize) -> Result<usize, BrokerError> {
+        let ch = self.connection.create_channel().await?;
+        let mut moved = 0;
+        while moved < max {
+            let Some(got) = ch
+                .basic_get(
+                    from.into(),
+                    lapin::options::BasicGetOptions { no_ack: false },
+                )
+                .await?
+            else {
+                break;
+            };
+            let delivery = got.delivery;
+            let ttl = delivery
+                .properties
+                .expiration()
+                .as_ref()
+                .and_then(|e| e.as_str().parse::<u64>().ok());
+            // Ours (trace context, bounces), not the broker's: the delivery count starts
+            // again in the new queue.
+            let headers = delivery.properties.headers().as_ref().map(|h| {
+                let mut kept = FieldTable::default();
+                for (k, v) in h.inner() {
+                    let k_ = k.as_str();
+                    if k_.starts_with("x-castwork") || !k_.starts_with("x-") {
+                        kept.insert(k.clone(), v.clone());
+                    }
+                }
+                kept
+            });
+            self.send(JOBS_EXCHANGE, to, &delivery.data, headers, ttl)
+                .await?
+                .wait()
+                .await?;
+            delivery
+                .acker
+                .ack(lapin::options::BasicAckOptions::default())
+                .await?;
+            moved += 1;
+        }
+        let _ = ch.close(200, "moved".into()).await;
+        Ok(moved)
     }
 
     /// A new channel on this connection (e.g. for a temporary event queue).

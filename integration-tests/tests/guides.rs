@@ -25,7 +25,7 @@ const GUIDES: [&str; 5] = [
 ];
 
 /// The broker users the guides make.
-const USERS: [&str; 8] = [
+const USERS: [&str; 9] = [
     "castwork-orchestrator",
     "castwork-broadcaster",
     "castwork-admin",
@@ -34,6 +34,7 @@ const USERS: [&str; 8] = [
     "box-2",
     "box-3",
     "box-4",
+    "gpu-1",
 ];
 
 /// How long all the guides may take.

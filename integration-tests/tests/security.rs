@@ -59,14 +59,6 @@ fn slowest_ping(url: &str, n: usize) -> Duration {
     worst
 }
 
-fn metric(addr: &str, line_start: &str) -> f64 {
-    let (_, text) = http_get(addr, "/metrics").expect("metrics answer");
-    text.lines()
-        .find_map(|l| l.strip_prefix(line_start))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// The attack of issue 14: a pushed segment numbered 999999999 after segment 0 (over HTTP),
 /// then a `SegmentReady` numbered 2^60 and a `StreamEnded` claiming 2^60 segments (over
 /// AMQP). Each made one Lua call loop once per number up to it, so Redis answered BUSY to

@@ -161,11 +161,23 @@ pub(crate) fn strict_decoder(
     params: codec::Parameters,
     threads: usize,
 ) -> Result<(decoder::Video, DecodeErrors), MediaError> {
+    strict_decoder_on(params, threads, None)
+}
+
+/// [`strict_decoder`], decoding onto `device` (NVDEC) when one is given.
+pub(crate) fn strict_decoder_on(
+    params: codec::Parameters,
+    threads: usize,
+    device: Option<&crate::cuda::CudaDevice>,
+) -> Result<(decoder::Video, DecodeErrors), MediaError> {
     crate::init();
     let mut ctx = codec::context::Context::from_parameters(params)
         .map_err(|e| bad("unreadable video stream", e))?;
     ctx.set_flags(codec::Flags::OUTPUT_CORRUPT);
-    if threads > 0 {
+    if let Some(d) = device {
+        // One thread: NVDEC does the work, and frame threads would each hold surfaces.
+        d.attach_decoder(&mut ctx)?;
+    } else if threads > 0 {
         ctx.set_threading(codec::threading::Config::count(threads));
     }
     let log = ffi::capture_errors(&mut ctx);

@@ -4,25 +4,28 @@
 
 mod audio;
 pub mod clean_start;
+pub mod cuda;
 mod ffi;
 pub mod inspect;
 pub mod nal;
 pub mod probe;
 pub mod quality;
 pub mod segment;
+pub mod selftest;
 pub mod transcode;
 mod video_graph;
 
 use std::sync::Once;
 
 pub use clean_start::{check_clean_start, CleanStart};
+pub use cuda::CudaDevice;
 pub use ffmpeg_next as ffmpeg;
 pub use inspect::{inspect, MediaInfo};
 pub use probe::{probe, probe_restricted, ProbedInput};
 pub use segment::{
     remux_piece, segment_file, CutSegment, RemuxedPiece, SegmentOptions, SegmentSummary,
 };
-pub use transcode::{transcode_segment, RenditionFile, TranscodeOptions};
+pub use transcode::{transcode_segment, GpuTarget, RenditionFile, TranscodeOptions};
 
 /// Demuxers a worker may open: only what the broadcaster writes.
 pub const SEGMENT_FORMATS: &str = "mpegts,matroska";
@@ -40,6 +43,10 @@ pub enum MediaError {
     /// where no decoder can start, or damage), which a transcode would have concealed.
     #[error("the segment does not decode cleanly: {errors} decoder errors (first: {first})")]
     Undecodable { errors: u64, first: String },
+    /// The GPU path cannot take this segment (a codec, pixel format or range the device
+    /// does not decode or scale): the CPU path can, and the device is not at fault.
+    #[error("not for the GPU: {0}")]
+    NotForGpu(String),
 }
 
 impl MediaError {

@@ -7,7 +7,8 @@ use ffmpeg_next::{
     codec, encoder, format, frame, media, picture, Dictionary, Packet, Rational, Rescale,
 };
 
-use crate::clean_start::strict_decoder;
+use crate::clean_start::{strict_decoder, strict_decoder_on};
+use crate::cuda::CudaDevice;
 use crate::inspect::open_restricted;
 use crate::video_graph::LadderGraph;
 use crate::{bad, ffi, internal, ts_to_us, us_to_ts, MediaError, SEGMENT_FORMATS};
@@ -26,6 +27,18 @@ pub struct TranscodeOptions {
     /// TEST ONLY: encode black pictures instead of the video (a cheating worker, for the
     /// verification tests). Never set in production.
     pub test_only_black: bool,
+    /// Decode and scale on this NVIDIA device (and encode there too, with `nvenc`); `None`
+    /// does it all on the CPU.
+    pub gpu: Option<GpuTarget>,
+}
+
+/// Where a GPU job runs.
+#[derive(Debug, Clone)]
+pub struct GpuTarget {
+    pub device: std::sync::Arc<CudaDevice>,
+    /// Encode with `h264_nvenc` on the device (cards with encoders); otherwise libx264 on
+    /// the CPU gets the downloaded pictures.
+    pub nvenc: bool,
 }
 
 impl Default for TranscodeOptions {
@@ -36,6 +49,7 @@ impl Default for TranscodeOptions {
             max_pixels: 8192 * 4320,
             max_duration_us: 60_000_000,
             test_only_black: false,
+            gpu: None,
         }
     }
 }
@@ -72,6 +86,42 @@ struct RungOutput {
     busy: std::time::Duration,
 }
 
+/// libx264's settings for a rung: IDR where the ladder puts keyframes and nowhere else, no
+/// open GOPs, a VBV cap of 1.2 times the rung's bitrate.
+fn x264_options(rung: &Rung, opts: &TranscodeOptions) -> Dictionary<'static> {
+    let mut dict = Dictionary::new();
+    dict.set("preset", &opts.preset);
+    dict.set("profile", rung.profile.x264_name());
+    dict.set("forced-idr", "1");
+    dict.set(
+        "x264-params",
+        &format!(
+            "scenecut=0:open-gop=0:vbv-maxrate={}:vbv-bufsize={}",
+            rung.bitrate * 6 / 5000,
+            rung.bitrate * 2 / 1000
+        ),
+    );
+    if opts.threads > 0 {
+        dict.set("threads", &opts.threads.to_string());
+    }
+    dict
+}
+
+/// `h264_nvenc`'s settings for a rung, the same contract as [`x264_options`]: forced
+/// pictures become IDR, no scene-cut keyframes, a strict GOP, the same rate cap.
+fn nvenc_options(rung: &Rung, gpu: &str) -> Dictionary<'static> {
+    let mut dict = Dictionary::new();
+    dict.set("gpu", gpu);
+    dict.set("preset", "p4");
+    dict.set("profile", rung.profile.x264_name());
+    dict.set("rc", "vbr");
+    dict.set("forced-idr", "1");
+    dict.set("no-scenecut", "1");
+    dict.set("strict_gop", "1");
+    dict.set("bufsize", &(rung.bitrate * 2).to_string());
+    dict
+}
+
 impl RungOutput {
     fn new(
         rung: &Rung,
@@ -80,8 +130,14 @@ impl RungOutput {
         audio: Option<&codec::Parameters>,
         opts: &TranscodeOptions,
     ) -> Result<Self, MediaError> {
-        let codec = encoder::find_by_name("libx264")
-            .ok_or_else(|| MediaError::Internal("FFmpeg has no libx264 encoder".into()))?;
+        let nvenc = opts.gpu.as_ref().filter(|g| g.nvenc);
+        let name = if nvenc.is_some() {
+            "h264_nvenc"
+        } else {
+            "libx264"
+        };
+        let codec = encoder::find_by_name(name)
+            .ok_or_else(|| MediaError::Internal(format!("FFmpeg has no {name} encoder")))?;
         let mut enc = codec::context::Context::new_with_codec(codec)
             .encoder()
             .video()
@@ -100,24 +156,13 @@ impl RungOutput {
         if !rung.profile.allows_b_frames() {
             enc.set_max_b_frames(0);
         }
-        let mut dict = Dictionary::new();
-        dict.set("preset", &opts.preset);
-        dict.set("profile", rung.profile.x264_name());
-        dict.set("forced-idr", "1");
-        dict.set(
-            "x264-params",
-            &format!(
-                "scenecut=0:open-gop=0:vbv-maxrate={}:vbv-bufsize={}",
-                rung.bitrate * 6 / 5000,
-                rung.bitrate * 2 / 1000
-            ),
-        );
-        if opts.threads > 0 {
-            dict.set("threads", &opts.threads.to_string());
-        }
+        let dict = match nvenc {
+            Some(gpu) => nvenc_options(rung, &gpu.device.nvenc_gpu()),
+            None => x264_options(rung, opts),
+        };
         let encoder = enc
             .open_as_with(codec, dict)
-            .map_err(|e| internal(&format!("opening x264 for {}", rung.name), e))?;
+            .map_err(|e| internal(&format!("opening {name} for {}", rung.name), e))?;
 
         let path = dir.join(format!("{}.ts", rung.name));
         let mut octx =
@@ -328,6 +373,15 @@ impl Ladder {
     }
 }
 
+/// A picture to feed again: a copy, or for a picture on a GPU a new reference to it.
+fn duplicate(f: &frame::Video) -> Result<frame::Video, MediaError> {
+    if f.format() == format::Pixel::CUDA {
+        crate::cuda::frame_ref(f)
+    } else {
+        Ok(f.clone())
+    }
+}
+
 /// Paints a planar YUV picture black (the cheating worker of the verification tests).
 fn blacken(f: &mut frame::Video) {
     for (plane, value) in [(0, 16u8), (1, 128), (2, 128)] {
@@ -411,8 +465,20 @@ pub fn transcode_segment_until(
         .best(media::Type::Video)
         .ok_or_else(|| MediaError::BadInput("the segment has no video stream".into()))?;
     let (vi, video_tb) = (vstream.index(), vstream.time_base());
+    // Onto the GPU only what its decoders and scaler take; anything else is the CPU's.
+    let device = match &opts.gpu {
+        Some(g) => {
+            let (id, format, full_range) = crate::cuda::stream_format(&vstream.parameters());
+            crate::cuda::nvdec_can(id, format, full_range).map_err(MediaError::NotForGpu)?;
+            Some(&*g.device)
+        }
+        None => None,
+    };
     // Errors are counted, not concealed: a segment that does not decode cleanly fails.
-    let (mut decoder, mut errors) = strict_decoder(vstream.parameters(), opts.threads)?;
+    let (mut decoder, mut errors) = match device {
+        Some(d) => strict_decoder_on(vstream.parameters(), opts.threads, Some(d))?,
+        None => strict_decoder(vstream.parameters(), opts.threads)?,
+    };
     let pixels = u64::from(decoder.width()) * u64::from(decoder.height());
     if pixels > opts.max_pixels {
         return Err(MediaError::BadInput(format!(
@@ -520,7 +586,11 @@ pub fn transcode_segment_until(
             ladder.frame_us,
         );
         let held = last_us.map_or(0, |l| held_pictures(l, frame_us, hold_to));
-        let copy = (held > 0).then(|| last.clone());
+        let copy = if held > 0 {
+            Some(duplicate(&last)?)
+        } else {
+            None
+        };
         ladder.feed(Some(&mut last))?;
         if let (Some(copy), Some(last_us), Some(anchor)) = (copy, last_us, ladder.anchor_us) {
             if hold_to.saturating_sub(anchor) > opts.max_duration_us {
@@ -530,7 +600,7 @@ pub fn transcode_segment_until(
                 )));
             }
             for k in 1..=held as i64 {
-                ladder.hold(&mut copy.clone(), last_us + k * frame_us)?;
+                ladder.hold(&mut duplicate(&copy)?, last_us + k * frame_us)?;
             }
         }
     }

@@ -1,7 +1,10 @@
 //! One filter graph per segment: rotate once, split, and scale to every rung's size as
-//! 8-bit 4:2:0 with square pixels.
+//! 8-bit 4:2:0 with square pixels. Frames decoded onto an NVIDIA device stay there to be
+//! scaled (`scale_cuda`, which also converts to 8-bit 4:2:0), and each rung's pictures are
+//! then downloaded for the encoder; rotation happens after the download, on pictures
+//! already scaled down.
 
-use ffmpeg_next::{filter, frame, Rational};
+use ffmpeg_next::{filter, format, frame, Rational};
 
 use crate::{internal, MediaError};
 
@@ -20,12 +23,32 @@ fn rotate_filter(rotation: u32) -> &'static str {
     }
 }
 
-/// The graph description for a rotation and a list of output sizes.
-fn describe(rotation: u32, sizes: &[(u32, u32)]) -> String {
+/// The filter that turns a downloaded picture upright (no trailing comma).
+fn rotate_after(rotation: u32) -> &'static str {
+    match rotation {
+        90 => ",transpose=clock",
+        180 => ",hflip,vflip",
+        270 => ",transpose=cclock",
+        _ => "",
+    }
+}
+
+/// The graph description for a rotation and a list of output sizes; `cuda` for frames on an
+/// NVIDIA device.
+fn describe(rotation: u32, sizes: &[(u32, u32)], cuda: bool) -> String {
     let scale = |(w, h): (u32, u32)| {
-        format!("scale=w={w}:h={h}:flags=bicubic:out_range=tv,setsar=1,format=yuv420p")
+        if cuda {
+            // Scaled before it is turned: a quarter turn swaps the sides.
+            let (sw, sh) = if rotation % 180 == 90 { (h, w) } else { (w, h) };
+            format!(
+                "scale_cuda=w={sw}:h={sh}:format=yuv420p,hwdownload,format=yuv420p{},setsar=1",
+                rotate_after(rotation)
+            )
+        } else {
+            format!("scale=w={w}:h={h}:flags=bicubic:out_range=tv,setsar=1,format=yuv420p")
+        }
     };
-    let pre = rotate_filter(rotation);
+    let pre = if cuda { "" } else { rotate_filter(rotation) };
     if sizes.len() == 1 {
         return format!("[in]{pre}{}[out0]", scale(sizes[0]));
     }
@@ -60,10 +83,17 @@ impl LadderGraph {
             sar
         );
         let find = |n: &str| filter::find(n).ok_or_else(|| internal("missing filter", n));
+        let cuda = first.format() == format::Pixel::CUDA;
         let mut graph = filter::Graph::new();
         graph
             .add(&find("buffer")?, "in", &args)
             .map_err(|e| internal("video filter source", e))?;
+        if cuda {
+            let mut source = graph
+                .get("in")
+                .ok_or_else(|| MediaError::Internal("video filter source missing".into()))?;
+            crate::cuda::hw_source(&mut source, first)?;
+        }
         for i in 0..sizes.len() {
             graph
                 .add(&find("buffersink")?, &format!("out{i}"), "")
@@ -78,7 +108,7 @@ impl LadderGraph {
                 .map_err(|e| internal("video filter graph", e))?;
         }
         parser
-            .parse(&describe(rotation, sizes))
+            .parse(&describe(rotation, sizes, cuda))
             .map_err(|e| internal("video filter graph", e))?;
         graph
             .validate()
@@ -120,11 +150,19 @@ mod tests {
     #[test]
     fn graph_descriptions() {
         assert_eq!(
-            describe(0, &[(640, 360)]),
+            describe(0, &[(640, 360)], false),
             "[in]scale=w=640:h=360:flags=bicubic:out_range=tv,setsar=1,format=yuv420p[out0]"
         );
-        let two = describe(90, &[(240, 426), (360, 640)]);
+        let two = describe(90, &[(240, 426), (360, 640)], false);
         assert!(two.starts_with("[in]transpose=clock,split=2[s0][s1];[s0]scale=w=240:h=426"));
         assert!(two.ends_with("[out1]"));
+        // On the GPU: scaled to the sides before the turn, turned after the download.
+        let gpu = describe(90, &[(240, 426)], true);
+        assert_eq!(
+            gpu,
+            "[in]scale_cuda=w=426:h=240:format=yuv420p,hwdownload,format=yuv420p,\
+             transpose=clock,setsar=1[out0]"
+        );
+        assert!(describe(0, &[(640, 360), (256, 144)], true).starts_with("[in]split=2[s0][s1]"));
     }
 }

@@ -62,6 +62,10 @@ pub struct Config {
     pub live_deadline: Duration,
     /// See `Orchestrator::lost_after`.
     pub lost_after: Duration,
+    /// Orders of preference over the capability classes for live and on-demand jobs (see
+    /// [`ingest::routing`]).
+    pub route_live: Vec<&'static str>,
+    pub route_vod: Vec<&'static str>,
     /// Benchmark only: accept worker results without checking them.
     pub trust_worker_output: bool,
     /// What this orchestrator charges per output pixel (free by default).
@@ -347,6 +351,8 @@ async fn session(
         work: parts.work.clone(),
         lost_after: cfg.lost_after,
         lost: Default::default(),
+        routing: ingest::routing::Routing::new(cfg.route_live.clone(), cfg.route_vod.clone()),
+        stranded: Default::default(),
     });
     // Checked at start (main), so only a bad configuration fails here.
     let management = queues::Management::new(&cfg.amqp_url, cfg.rabbitmq_management_url.as_deref())

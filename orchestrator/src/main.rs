@@ -104,6 +104,17 @@ struct Cli {
     #[arg(long, env = "LOST_JOB_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     lost_job_secs: u64,
 
+    /// Capability classes for live jobs, in order of preference (cpu, nvdec, nvenc): a job
+    /// goes to the first with a free slot among its workers (from their heartbeats), else to
+    /// the first with any worker, else to any class with workers; never to a queue nobody
+    /// reads while another class could take it.
+    #[arg(long, env = "ROUTE_LIVE", default_value = "nvenc,nvdec,cpu", value_parser = castwork_orchestrator::ingest::routing::parse_class_order)]
+    route_live: castwork_orchestrator::ingest::routing::ClassOrder,
+
+    /// As --route-live, for on-demand jobs (the CPU first, keeping GPUs for live work).
+    #[arg(long, env = "ROUTE_VOD", default_value = "cpu,nvdec,nvenc", value_parser = castwork_orchestrator::ingest::routing::parse_class_order)]
+    route_vod: castwork_orchestrator::ingest::routing::ClassOrder,
+
     /// How far ahead of a stream's highest received segment number a new segment (or the
     /// segment count of its end) may be; further ones are refused with a message, so no
     /// number a client sends makes the cluster loop.
@@ -579,6 +590,8 @@ async fn start() -> anyhow::Result<()> {
         live_window: cli.live_window,
         live_deadline: Duration::from_secs(cli.live_deadline_secs),
         lost_after: Duration::from_secs(cli.lost_job_secs),
+        route_live: cli.route_live.0,
+        route_vod: cli.route_vod.0,
         trust_worker_output: cli.trust_worker_output || cli.test_only_skip_checks,
         quality: castwork_orchestrator::service::QualityPolicy {
             sample_rate: cli.quality_sample_rate,

@@ -34,6 +34,24 @@ pub static JOBS_PUBLISHED: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+pub static JOBS_ROUTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "castwork_orchestrator_jobs_routed_total",
+        "Segment jobs published, by the capability class whose queue they went to",
+        &["class"]
+    )
+    .expect("metric registers once")
+});
+
+pub static JOBS_MOVED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "castwork_orchestrator_jobs_moved_total",
+        "Jobs moved from a class's queue nobody read to another class's",
+        &["from", "to"]
+    )
+    .expect("metric registers once")
+});
+
 pub static TRANSCODE_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     register_histogram!(
         "castwork_orchestrator_transcode_seconds",
@@ -219,6 +237,10 @@ pub const REDEMPTION_OUTCOMES: &[&str] = &["redeemed", "already_redeemed", "expi
 /// each from the start (at zero) and a dashboard's query never finds nothing.
 pub fn register() {
     LazyLock::force(&JOBS_PUBLISHED);
+    for class in castwork_cluster::broker::CLASSES {
+        JOBS_ROUTED.with_label_values(&[class]);
+    }
+    LazyLock::force(&JOBS_MOVED);
     LazyLock::force(&TRANSCODE_SECONDS);
     for q in DEAD_LETTER_QUEUES {
         for c in DEAD_LETTER_CAUSES {

@@ -66,6 +66,10 @@ pub struct Orchestrator {
     pub lost_after: Duration,
     /// What the last look for lost jobs found.
     pub lost: Mutex<crate::recovery::lost::LostJobs>,
+    /// Which class's queue each job goes to.
+    pub routing: crate::ingest::routing::Routing,
+    /// The job queues that had ready jobs and no consumer at the last look.
+    pub stranded: Mutex<crate::recovery::stranded::Stranded>,
 }
 
 /// The picture check of worker results and the ban of workers that fail checks.

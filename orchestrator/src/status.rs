@@ -100,12 +100,32 @@ pub fn render(status: &ClusterStatus, now_unix: u64) -> String {
             let seen = w["last_seen_unix"].as_u64().map_or("-".into(), |t| {
                 format!("{}s ago", now_unix.saturating_sub(t))
             });
+            let gpus = w["devices"].as_array().map_or("-".into(), |d| {
+                let list: Vec<String> = d
+                    .iter()
+                    .map(|d| {
+                        format!(
+                            "{}:{}/{}{}",
+                            d["index"],
+                            d["sessions_used"],
+                            d["sessions"],
+                            if d["healthy"] == true { "" } else { "!" }
+                        )
+                    })
+                    .collect();
+                if list.is_empty() {
+                    "-".into()
+                } else {
+                    list.join(",")
+                }
+            });
             vec![
                 text("id"),
                 text("host"),
                 text("class"),
                 num("slots"),
                 num("busy_slots"),
+                gpus,
                 text("version"),
                 seen,
             ]
@@ -113,7 +133,7 @@ pub fn render(status: &ClusterStatus, now_unix: u64) -> String {
         .collect();
     out += &table(
         &[
-            "WORKER", "HOST", "CLASS", "SLOTS", "BUSY", "VERSION", "SEEN",
+            "WORKER", "HOST", "CLASS", "SLOTS", "BUSY", "GPUS", "VERSION", "SEEN",
         ],
         &rows,
     );
@@ -212,6 +232,12 @@ mod tests {
             "workers": [{
                 "id": "w1", "host": "box", "class": "cpu", "slots": 2, "busy_slots": 1,
                 "version": "0.1.0", "last_seen_unix": 995,
+            }, {
+                "id": "g1", "host": "gpu", "class": "nvdec", "slots": 4, "busy_slots": 0,
+                "version": "0.1.0", "last_seen_unix": 995, "devices": [
+                    {"index": 0, "healthy": true, "sessions": 2, "sessions_used": 1},
+                    {"index": 1, "healthy": false, "sessions": 2, "sessions_used": 0},
+                ],
             }],
             "queues": [
                 {"queue": "jobs.vod.cpu", "messages": 12, "unacked": 2, "consumers": 1},
@@ -226,11 +252,16 @@ mod tests {
             "{out}"
         );
         assert!(
-            out.contains("WORKERS (1 in all, 1 of 2 slots busy)"),
+            out.contains("WORKERS (2 in all, 1 of 6 slots busy)"),
             "{out}"
         );
         assert!(
-            out.contains("w1      box   cpu    2      1     0.1.0    5s ago"),
+            out.contains("w1      box   cpu    2      1     -             0.1.0    5s ago"),
+            "{out}"
+        );
+        // Each GPU: index, sessions in use of its sessions, `!` when out of service.
+        assert!(
+            out.contains("g1      gpu   nvdec  4      0     0:1/2,1:0/2!  0.1.0    5s ago"),
             "{out}"
         );
         assert!(out.contains("QUEUES (read 1s ago)"), "{out}");

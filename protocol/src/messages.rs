@@ -432,6 +432,29 @@ pub struct WorkerBeat {
     pub capabilities: Vec<String>,
     pub software: String,
     pub started_unix: u64,
+    /// The GPUs this worker transcodes on (none for a CPU worker), as its self-test found
+    /// them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<DeviceBeat>,
+}
+
+/// One GPU of a worker, in its heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceBeat {
+    /// The CUDA device index.
+    pub index: u32,
+    /// Whether jobs still go to it (a device that failed jobs the CPU then did is taken
+    /// out of service).
+    pub healthy: bool,
+    /// Jobs it may run at once (`--gpu-sessions`), and runs now.
+    pub sessions: usize,
+    pub sessions_used: usize,
+    /// What its self-test passed: source codecs NVDEC decodes, whether NVENC encodes, and
+    /// the largest picture decoded.
+    pub decoders: Vec<String>,
+    pub nvenc: bool,
+    pub max_width: u32,
+    pub max_height: u32,
 }
 
 /// Orchestrator -> worker, the answer to a beat (sent to its `reply-to`).

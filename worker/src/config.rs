@@ -22,9 +22,30 @@ pub struct WorkerArgs {
     pub live_slots: usize,
 
     /// Capability class whose queues this worker consumes (`jobs.live.<class>` first, then
-    /// `jobs.vod.<class>`).
-    #[arg(long, env = "WORKER_CLASS", default_value = "cpu")]
+    /// `jobs.vod.<class>`): `cpu` (all on the CPU), `nvdec` (NVIDIA decode and scaling,
+    /// libx264 on the CPU: cards without encoders, such as H100 or A100) or `nvenc` (all on
+    /// an NVIDIA card with encoders). A GPU class needs a device that passes the self-test
+    /// at start (see --nvidia), unless --no-gpu-pipeline.
+    #[arg(long, env = "WORKER_CLASS", default_value = "cpu", value_parser = clap::builder::PossibleValuesParser::new(castwork_cluster::broker::CLASSES))]
     pub class: String,
+
+    /// NVIDIA devices a GPU-class worker uses: `all` (every device that opens) or CUDA
+    /// indexes such as `0,1`. Each is tested at start (H.264 and HEVC decode, scaling,
+    /// 4096x2160, NVENC) and only those that pass are used.
+    #[arg(long, env = "NVIDIA", default_value = "all")]
+    pub nvidia: String,
+
+    /// Segments each device runs at once (consumer cards cap NVENC sessions: 8 on current
+    /// drivers); 0 allows as many as the worker has slots. A job that finds every device
+    /// busy runs on the CPU.
+    #[arg(long, env = "GPU_SESSIONS", default_value_t = 0)]
+    pub gpu_sessions: usize,
+
+    /// Transcode on the CPU even in a GPU class: to take the cards out of service without
+    /// moving the worker to other queues, or to test a GPU class's queues and routing on a
+    /// machine without a GPU.
+    #[arg(long, env = "NO_GPU_PIPELINE")]
+    pub no_gpu_pipeline: bool,
 
     /// Largest source segment accepted, in MiB; larger ones fail permanently.
     #[arg(long, env = "MAX_SEGMENT_MB", default_value_t = 256)]
@@ -97,16 +118,15 @@ impl WorkerArgs {
                 PRESETS.join(", ")
             ));
         }
-        if self.class.is_empty()
-            || !self
-                .class
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-')
-        {
+        if !castwork_cluster::broker::CLASSES.contains(&self.class.as_str()) {
             problems.push(format!(
-                "--class {:?} must be letters, digits or '-'",
-                self.class
+                "--class {:?} is not a class ({})",
+                self.class,
+                castwork_cluster::broker::CLASSES.join(", ")
             ));
+        }
+        if let Err(e) = crate::gpu::parse_nvidia(&self.nvidia) {
+            problems.push(e);
         }
         if self.max_segment_mb == 0 {
             problems.push("--max-segment-mb must be at least 1".into());

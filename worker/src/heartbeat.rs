@@ -42,6 +42,7 @@ pub async fn run(
     slots: Slots,
     changed: Arc<Notify>,
     standing: Arc<Mutex<Standing>>,
+    gpus: Option<Arc<crate::gpu::Gpus>>,
     shutdown: CancellationToken,
 ) -> Result<(), BrokerError> {
     let ch = broker.channel().await?;
@@ -58,6 +59,9 @@ pub async fn run(
         .await?;
     loop {
         beat.busy_slots = beat.slots.saturating_sub(slots.available());
+        if let Some(g) = &gpus {
+            beat.devices = g.beat();
+        }
         let props = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_user_id(broker.user().into())
@@ -146,5 +150,6 @@ pub fn beat(id: &str, class: &str, slots: usize) -> WorkerBeat {
         capabilities: vec!["libx264".into(), "h264".into()],
         software: env!("CARGO_PKG_VERSION").to_string(),
         started_unix: now_unix(),
+        devices: Vec::new(),
     }
 }

@@ -42,6 +42,8 @@ pub struct JobContext {
     /// Who the orchestrator knows this worker as, and whether it banned it (from the
     /// answers to heartbeats).
     pub standing: Arc<std::sync::Mutex<crate::heartbeat::Standing>>,
+    /// The NVIDIA devices jobs run on (a GPU class); `None` transcodes on the CPU.
+    pub gpus: Option<Arc<crate::gpu::Gpus>>,
 }
 
 impl JobContext {
@@ -233,9 +235,18 @@ async fn transcode_job(
     // Where the source segment ends: audio that outlasts its pictures gets the last picture
     // held up to there.
     let end_us = (job.duration_us > 0).then(|| job.start_us.saturating_add(job.duration_us));
+    let gpus = ctx.gpus.clone();
     let task = tokio::task::spawn_blocking(move || {
-        castwork_media::transcode::transcode_segment_until(
-            &src_path, &rungs, &meta, end_us, &out_dir, &opts,
+        crate::gpu::transcode(
+            gpus.as_ref(),
+            &crate::gpu::Segment {
+                src: &src_path,
+                rungs: &rungs,
+                meta: &meta,
+                end_us,
+                out_dir: &out_dir,
+            },
+            &opts,
         )
     });
     // A blocking transcode cannot be cancelled: a hung one takes the process down, so the

@@ -3,6 +3,7 @@
 //! under keys unique to the attempt, reports the result, and only then acks.
 
 pub mod config;
+pub mod gpu;
 pub mod heartbeat;
 pub mod job;
 pub mod metrics;
@@ -67,6 +68,7 @@ impl WorkerPool {
         let slots = self.slots.max(1);
         let live_slots = self.args.live_slots;
         let worker_id = self.args.id();
+        let gpus = detect_gpus(&self.args, slots + live_slots).await?;
         let ctx = Arc::new(JobContext {
             storage: self.storage.clone(),
             http: objects::client(self.args.work_ca_file.as_deref()).map_err(anyhow::Error::msg)?,
@@ -86,6 +88,7 @@ impl WorkerPool {
             slots_changed: Arc::new(tokio::sync::Notify::new()),
             noop_transcode: self.args.noop_transcode,
             standing: Arc::default(),
+            gpus,
         });
         if self.args.test_only_cheat_black {
             warn!("--test-only-cheat-black: TEST ONLY, this worker encodes black pictures");
@@ -129,6 +132,42 @@ impl WorkerPool {
         info!(worker_id, banned = banned.is_some(), "worker stopped");
         Ok(banned.map_or(Stopped::Shutdown, Stopped::Banned))
     }
+}
+
+/// The devices of a GPU-class worker, tested (none for the CPU class, or with
+/// `--no-gpu-pipeline`). A GPU class with no device that passes is an error: the worker would
+/// take GPU jobs it can only do slowly.
+async fn detect_gpus(args: &WorkerArgs, slots: usize) -> anyhow::Result<Option<Arc<gpu::Gpus>>> {
+    if args.class == "cpu" {
+        return Ok(None);
+    }
+    if args.no_gpu_pipeline {
+        warn!(
+            class = args.class,
+            "--no-gpu-pipeline: this worker reads the GPU class's queues and transcodes on the CPU"
+        );
+        return Ok(None);
+    }
+    let which = gpu::parse_nvidia(&args.nvidia).map_err(anyhow::Error::msg)?;
+    let sessions = if args.gpu_sessions == 0 {
+        slots
+    } else {
+        args.gpu_sessions
+    };
+    let nvenc = args.class == "nvenc";
+    let dir = args.tmp_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let found = tokio::task::spawn_blocking(move || {
+        gpu::Gpus::detect(which.as_deref(), sessions, nvenc, &dir)
+    })
+    .await?;
+    if found.is_empty() {
+        anyhow::bail!(
+            "--class {}: no NVIDIA device passed the self-test (the log above says why): run \
+             --class cpu, or add --no-gpu-pipeline to read this class's queues on the CPU",
+            args.class
+        );
+    }
+    Ok(Some(Arc::new(found)))
 }
 
 /// Consumes the live and on-demand queues of the class. On-demand jobs are prefetched one
@@ -175,6 +214,7 @@ async fn consume(
                 c.slots.clone(),
                 c.slots_changed.clone(),
                 c.standing.clone(),
+                c.gpus.clone(),
                 s,
             )
             .await

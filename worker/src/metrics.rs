@@ -3,9 +3,37 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    register_histogram, register_int_counter_vec, register_int_gauge, Histogram, IntCounterVec,
-    IntGauge,
+    register_histogram, register_int_counter_vec, register_int_gauge, register_int_gauge_vec,
+    Histogram, IntCounterVec, IntGauge, IntGaugeVec,
 };
+
+pub static GPU_JOBS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "castwork_worker_gpu_jobs_total",
+        "Segments given to a GPU, by device index and outcome (done; fallback: the device \
+         failed and the CPU did it; not_for_gpu: a source the device does not take)",
+        &["device", "outcome"]
+    )
+    .expect("metric registers once")
+});
+
+pub static GPU_SESSIONS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "castwork_worker_gpu_sessions",
+        "Segments running on each GPU now",
+        &["device"]
+    )
+    .expect("metric registers once")
+});
+
+pub static GPU_HEALTHY: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "castwork_worker_gpu_healthy",
+        "1 while a GPU that passed its self-test still gets jobs, 0 once taken out of service",
+        &["device"]
+    )
+    .expect("metric registers once")
+});
 
 pub static SEGMENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
@@ -94,6 +122,9 @@ pub const REJECT_REASONS: &[&str] = &["malformed", "version", "oversized"];
 /// each from the start (at zero).
 pub fn register() {
     LazyLock::force(&TRANSCODE_SECONDS);
+    LazyLock::force(&GPU_JOBS);
+    LazyLock::force(&GPU_SESSIONS);
+    LazyLock::force(&GPU_HEALTHY);
     LazyLock::force(&BUSY_SLOTS);
     LazyLock::force(&SLOTS);
     LazyLock::force(&REALTIME_RATIO);

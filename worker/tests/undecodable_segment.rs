@@ -123,6 +123,7 @@ async fn a_segment_with_decoder_errors_fails_permanently_with_its_reason() {
         slots_changed: Arc::new(tokio::sync::Notify::new()),
         noop_transcode: false,
         standing: Arc::default(),
+        gpus: None,
     };
 
     match run_segment(&ctx, &clean, 0).await {

@@ -119,6 +119,16 @@ pub fn free_port() -> u16 {
 }
 
 /// A minimal HTTP GET: (status, body).
+/// The value of the metric line at `addr`'s `/metrics` that starts with `line_start` (a
+/// name with its labels); 0 when there is none.
+pub fn metric(addr: &str, line_start: &str) -> f64 {
+    let (_, text) = http_get(addr, "/metrics").expect("metrics answer");
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_start))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;

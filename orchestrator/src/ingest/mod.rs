@@ -2,7 +2,6 @@
 //! account (priced mode) must cover it (`fees`), every segment is recorded once within the
 //! sequence window and published as one job.
 
-use castwork_cluster::broker::CLASSES;
 use castwork_cluster::telemetry::Span;
 use castwork_protocol::{
     encode, job_queue, plan_ladder, profile, validate_stream_name, IngestMessage, SegmentJob,
@@ -18,6 +17,7 @@ use crate::state::{now_unix_ms, Recorded, Refusal, SegmentRecord, StreamRecord};
 use crate::workers::tokens;
 
 mod fees;
+pub mod routing;
 
 pub use fees::validate_account;
 
@@ -420,7 +420,9 @@ impl Orchestrator {
                 },
             )),
         };
-        let queue = job_queue(rec.mode, CLASSES[0]);
+        let capacity = self.routing.capacity(&self.state).await;
+        let class = self.routing.choose(rec.mode, &capacity);
+        let queue = job_queue(rec.mode, class);
         let span = parent.child("publish job", &[("attempt", attempt.to_string())]);
         let mut headers = span.headers();
         if bounces > 0 {
@@ -435,6 +437,7 @@ impl Orchestrator {
             .wait()
             .await?;
         metrics::JOBS_PUBLISHED.inc();
+        metrics::JOBS_ROUTED.with_label_values(&[class]).inc();
         if rec.mode == StreamMode::Vod {
             self.state
                 .track_queued(&rec.stream, seg.seq, attempt, now_unix_ms())

@@ -5,7 +5,7 @@
 //!
 //! Every on-demand job is noted when published and un-noted by its start notice
 //! (`State::track_queued`). A job is lost when, on two looks at least [`LOOK_EVERY`] apart,
-//! the queue holds no ready job at all and the job, published more than `--lost-job-secs`
+//! no class's on-demand queue holds a ready job at all and the job, published more than `--lost-job-secs`
 //! ago, has neither started nor ended: a job still in the queue would make it non-empty,
 //! and one a worker holds sends its start notice within a second (`--start-notice-ms`),
 //! well inside the two looks. A lost job's attempt fails as transient, so it is retried as
@@ -40,19 +40,27 @@ impl Orchestrator {
     /// Looks for lost on-demand jobs (at most every [`LOOK_EVERY`]) and retries them.
     pub async fn sweep_lost(&self) -> Result<(), HandleError> {
         let now = now_unix_ms();
-        {
-            let mut lost = self.lost.lock().expect("lost-jobs lock");
-            if now < lost.last_ms + LOOK_EVERY.as_millis() as u64 {
-                return Ok(());
-            }
-            lost.last_ms = now;
+        if !super::due(
+            &mut self.lost.lock().expect("lost-jobs lock").last_ms,
+            now,
+            LOOK_EVERY,
+        ) {
+            return Ok(());
         }
-        let queue = job_queue(StreamMode::Vod, CLASSES[0]);
-        let ready = self.broker.ready(&queue).await?;
+        // A job may be in any class's queue (and moved between them): lost only when all
+        // are empty.
+        let mut ready = 0;
+        for class in CLASSES {
+            ready += self
+                .broker
+                .ready(&job_queue(StreamMode::Vod, class))
+                .await?;
+        }
         let previous = std::mem::take(&mut self.lost.lock().expect("lost-jobs lock").suspects);
         if ready > 0 {
             return Ok(());
         }
+        let queue = "the on-demand job queues";
         let before = now.saturating_sub(self.lost_after.as_millis() as u64);
         let mut suspects = HashSet::new();
         for (stream, seq, attempt) in self.state.queued_before(before).await? {

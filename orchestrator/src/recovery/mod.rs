@@ -4,6 +4,7 @@
 
 mod dead_letters;
 pub mod lost;
+pub mod stranded;
 
 pub use dead_letters::DeadLetter;
 
@@ -14,6 +15,16 @@ use uuid::Uuid;
 use crate::metrics;
 use crate::service::{HandleError, Orchestrator};
 use crate::state::now_unix_ms;
+
+/// Whether a look last made at `last_ms` is due again at `now_ms`, `every` apart; when it is,
+/// `last_ms` becomes now.
+fn due(last_ms: &mut u64, now_ms: u64, every: std::time::Duration) -> bool {
+    if now_ms < last_ms.saturating_add(every.as_millis() as u64) {
+        return false;
+    }
+    *last_ms = now_ms;
+    true
+}
 
 impl Orchestrator {
     /// Gives up started jobs whose result is overdue (a hung or vanished worker) and retries
@@ -44,6 +55,9 @@ impl Orchestrator {
         }
         if let Err(e) = self.sweep_lost().await {
             warn!(error = %e, "lost-job sweep failed");
+        }
+        if let Err(e) = self.sweep_stranded().await {
+            warn!(error = %e, "stranded-job sweep failed");
         }
         // Live deadlines and segments that never arrived; one stream's trouble does not
         // hold up the others.

@@ -15,6 +15,8 @@ pub mod users;
 
 /// Longest identity or worker id accepted.
 const MAX_NAME: usize = 128;
+/// Devices of one worker that its record keeps (a beat may claim any number).
+const MAX_DEVICES: usize = 16;
 
 /// Who sent a worker's message. `sender` is the broker user RabbitMQ checked the message's
 /// `user-id` against; `own_user` is this orchestrator's. A worker with a user of its own is
@@ -133,6 +135,16 @@ impl Orchestrator {
             "busy_slots": beat.busy_slots.min(beat.slots),
             "capabilities": beat.capabilities.iter().take(32).map(|c| clip(c)).collect::<Vec<_>>(),
             "version": clip(&beat.software),
+            "devices": beat.devices.iter().take(MAX_DEVICES).map(|d| json!({
+                "index": d.index,
+                "healthy": d.healthy,
+                "sessions": d.sessions,
+                "sessions_used": d.sessions_used.min(d.sessions),
+                "decoders": d.decoders.iter().take(8).map(|c| clip(c)).collect::<Vec<_>>(),
+                "nvenc": d.nvenc,
+                "max_width": d.max_width,
+                "max_height": d.max_height,
+            })).collect::<Vec<_>>(),
             "started_unix": beat.started_unix,
             "last_seen_unix": now,
         });

@@ -1,0 +1,275 @@
+//! NVIDIA devices through FFmpeg's CUDA hardware context: opening a device, decoding onto it
+//! (NVDEC), and handing its frames to a filter graph (`scale_cuda`). ffmpeg-next has no API
+//! for these, so this is the second place with `unsafe` (after [`crate::ffi`]), each block
+//! with why it holds.
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::ptr;
+
+use ffmpeg_next::ffi::{
+    av_buffer_ref, av_buffer_unref, av_buffersrc_parameters_alloc, av_buffersrc_parameters_set,
+    av_frame_ref, av_free, av_hwdevice_ctx_create, AVBufferRef, AVCodecContext, AVHWDeviceType,
+    AVPixelFormat,
+};
+use ffmpeg_next::{codec, filter, frame};
+
+use crate::{internal, MediaError};
+
+/// One NVIDIA device, opened once and shared by every job that runs on it (a CUDA context
+/// costs more to make than a short segment takes to decode).
+#[derive(Debug)]
+pub struct CudaDevice {
+    index: u32,
+    /// The `AVHWDeviceContext` buffer; this struct holds one reference.
+    ctx: *mut AVBufferRef,
+}
+
+// SAFETY: an AVHWDeviceContext for CUDA is safe to use from several threads once created
+// (FFmpeg's own tools share one between decoder, filter and encoder threads); this struct
+// only hands out new references to it, made with av_buffer_ref, which is thread-safe.
+unsafe impl Send for CudaDevice {}
+unsafe impl Sync for CudaDevice {}
+
+impl CudaDevice {
+    /// Opens device `index` (the CUDA device order). Fails when there is no NVIDIA driver,
+    /// no such device, or FFmpeg was built without CUDA.
+    pub fn open(index: u32) -> Result<CudaDevice, MediaError> {
+        crate::init();
+        let name = CString::new(index.to_string()).expect("digits hold no NUL");
+        let mut ctx: *mut AVBufferRef = ptr::null_mut();
+        // SAFETY: `ctx` is a valid out-pointer; `name` outlives the call; no options.
+        let r = unsafe {
+            av_hwdevice_ctx_create(
+                &mut ctx,
+                AVHWDeviceType::AV_HWDEVICE_TYPE_CUDA,
+                name.as_ptr(),
+                ptr::null_mut(),
+                0,
+            )
+        };
+        if r < 0 || ctx.is_null() {
+            return Err(internal(
+                &format!("opening CUDA device {index}"),
+                ffmpeg_next::Error::from(r),
+            ));
+        }
+        Ok(CudaDevice { index, ctx })
+    }
+
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// Makes a decoder context (not yet opened) decode onto this device: NVDEC where the
+    /// codec and profile allow it; where they do not, the decoder fails to open or to decode
+    /// and the job runs on the CPU instead (see [`crate::transcode`]).
+    pub(crate) fn attach_decoder(
+        &self,
+        ctx: &mut codec::context::Context,
+    ) -> Result<(), MediaError> {
+        // SAFETY: the context is not opened yet, so its fields may be set; it takes its own
+        // reference to the device (released by avcodec_free_context); `get_format` is a
+        // plain function with the signature FFmpeg calls.
+        unsafe {
+            let c: *mut AVCodecContext = ctx.as_mut_ptr();
+            let device = av_buffer_ref(self.ctx);
+            if device.is_null() {
+                return Err(MediaError::Internal("out of memory".into()));
+            }
+            (*c).hw_device_ctx = device;
+            (*c).get_format = Some(cuda_format);
+            // Frames held back (one picture late, and held pictures) on top of the
+            // decoder's own reordering surfaces.
+            (*c).extra_hw_frames = 8;
+        }
+        Ok(())
+    }
+
+    /// The device's index as the `gpu` option of `h264_nvenc` takes it.
+    pub fn nvenc_gpu(&self) -> String {
+        self.index.to_string()
+    }
+}
+
+impl Drop for CudaDevice {
+    fn drop(&mut self) {
+        // SAFETY: `ctx` is the one reference this struct owns.
+        unsafe { av_buffer_unref(&mut self.ctx) };
+    }
+}
+
+/// Whether FFmpeg offered CUDA frames among `offered`: the format a decoder set up by
+/// [`CudaDevice::attach_decoder`] picks.
+pub(crate) fn pick_cuda(offered: &[AVPixelFormat]) -> Option<AVPixelFormat> {
+    offered
+        .iter()
+        .copied()
+        .find(|f| *f == AVPixelFormat::AV_PIX_FMT_CUDA)
+}
+
+/// FFmpeg's `get_format` callback: CUDA frames, or none (the decode fails, and the job runs
+/// on the CPU) when the decoder cannot produce them for this stream.
+unsafe extern "C" fn cuda_format(
+    _ctx: *mut AVCodecContext,
+    formats: *const AVPixelFormat,
+) -> AVPixelFormat {
+    let mut offered = Vec::new();
+    // SAFETY: FFmpeg passes a list terminated by AV_PIX_FMT_NONE.
+    unsafe {
+        let mut p = formats;
+        while !p.is_null() && *p != AVPixelFormat::AV_PIX_FMT_NONE {
+            offered.push(*p);
+            p = p.add(1);
+        }
+    }
+    pick_cuda(&offered).unwrap_or(AVPixelFormat::AV_PIX_FMT_NONE)
+}
+
+/// Whether NVDEC and `scale_cuda` take a stream of codec `id`, pixel format `format` and
+/// colour range `full_range`: 4:2:0 pictures (8-bit; 10-bit for HEVC, VP9 and AV1) of the
+/// codecs NVIDIA's decoders have, in the video range (`scale_cuda` does not convert ranges,
+/// which the CPU path does).
+pub fn nvdec_can(
+    id: codec::Id,
+    format: ffmpeg_next::format::Pixel,
+    full_range: bool,
+) -> Result<(), String> {
+    use ffmpeg_next::format::Pixel;
+    let codec_ok = matches!(
+        id,
+        codec::Id::H264
+            | codec::Id::HEVC
+            | codec::Id::VP9
+            | codec::Id::AV1
+            | codec::Id::VP8
+            | codec::Id::MPEG2VIDEO
+            | codec::Id::MPEG4
+    );
+    if !codec_ok {
+        return Err(format!("NVDEC has no {id:?} decoder"));
+    }
+    let deep = matches!(id, codec::Id::HEVC | codec::Id::VP9 | codec::Id::AV1);
+    let format_ok = match format {
+        Pixel::YUV420P | Pixel::NV12 => true,
+        Pixel::YUV420P10LE | Pixel::P010LE => deep,
+        _ => false,
+    };
+    if !format_ok {
+        return Err(format!("NVDEC does not decode {id:?} in {format:?}"));
+    }
+    if full_range || format == Pixel::YUVJ420P {
+        return Err("a full-range picture (scale_cuda keeps the range)".into());
+    }
+    Ok(())
+}
+
+/// The codec, pixel format and whether the range is full, of a stream's parameters.
+pub(crate) fn stream_format(
+    params: &codec::Parameters,
+) -> (codec::Id, ffmpeg_next::format::Pixel, bool) {
+    // SAFETY: `params` wraps a valid AVCodecParameters; these are plain fields, and the
+    // format is an AVPixelFormat value for a video stream (checked against the enum's range
+    // by converting through FFmpeg's own list of formats).
+    let (format, range) = unsafe {
+        let p = params.as_ptr();
+        ((*p).format, (*p).color_range)
+    };
+    let pixel = ffmpeg_next::format::Pixel::from(pixel_of(format));
+    (
+        params.id(),
+        pixel,
+        range == ffmpeg_next::ffi::AVColorRange::AVCOL_RANGE_JPEG,
+    )
+}
+
+/// An `AVPixelFormat` from the integer AVCodecParameters keeps; `NONE` for anything outside
+/// the enum's range.
+fn pixel_of(format: i32) -> AVPixelFormat {
+    let known = -1..AVPixelFormat::AV_PIX_FMT_NB as i32;
+    if !known.contains(&format) {
+        return AVPixelFormat::AV_PIX_FMT_NONE;
+    }
+    // SAFETY: AVPixelFormat's members are every value from NONE (-1) up to NB, without gaps,
+    // so a value in that range is a member.
+    unsafe { std::mem::transmute::<i32, AVPixelFormat>(format) }
+}
+
+/// Tells a graph's buffer source that its frames live on the device of `first`'s frames
+/// context (what `scale_cuda` reads its device from).
+pub(crate) fn hw_source(
+    source: &mut filter::Context,
+    first: &frame::Video,
+) -> Result<(), MediaError> {
+    // SAFETY: `first` is a decoded frame whose `hw_frames_ctx` is valid for as long as the
+    // frame lives; av_buffersrc_parameters_set takes its own reference to it; the params
+    // struct is allocated by FFmpeg and freed here with av_free.
+    unsafe {
+        let frames = (*first.as_ptr()).hw_frames_ctx;
+        if frames.is_null() {
+            return Err(MediaError::Internal(
+                "a CUDA frame without a frames context".into(),
+            ));
+        }
+        let par = av_buffersrc_parameters_alloc();
+        if par.is_null() {
+            return Err(MediaError::Internal("out of memory".into()));
+        }
+        (*par).format = AVPixelFormat::AV_PIX_FMT_CUDA as i32;
+        (*par).hw_frames_ctx = frames;
+        let r = av_buffersrc_parameters_set(source.as_mut_ptr(), par);
+        av_free(par.cast());
+        if r < 0 {
+            return Err(internal(
+                "hardware frames for the filter graph",
+                ffmpeg_next::Error::from(r),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A new reference to `f`'s picture (for a hardware frame, the same surface; copying one
+/// the way software frames are copied is not possible).
+pub(crate) fn frame_ref(f: &frame::Video) -> Result<frame::Video, MediaError> {
+    let mut out = frame::Video::empty();
+    // SAFETY: `out` is a freshly allocated, empty frame; `f` is a valid frame.
+    let r = unsafe { av_frame_ref(out.as_mut_ptr(), f.as_ptr()) };
+    if r < 0 {
+        return Err(internal("referencing a frame", ffmpeg_next::Error::from(r)));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decoders_pick_cuda_frames_only_when_offered() {
+        use AVPixelFormat::*;
+        assert_eq!(
+            pick_cuda(&[AV_PIX_FMT_CUDA, AV_PIX_FMT_NV12]),
+            Some(AV_PIX_FMT_CUDA)
+        );
+        assert_eq!(pick_cuda(&[AV_PIX_FMT_YUV420P]), None);
+    }
+
+    #[test]
+    fn a_machine_without_the_driver_opens_no_device() {
+        // The CI machines have no NVIDIA driver: opening fails with a message, no panic.
+        if std::path::Path::new("/dev/nvidiactl").exists() {
+            return;
+        }
+        let e = CudaDevice::open(0).unwrap_err();
+        assert!(e.to_string().contains("opening CUDA device 0"), "{e}");
+    }
+
+    #[test]
+    fn a_software_frame_is_referenced_not_copied() {
+        let mut f = frame::Video::new(ffmpeg_next::format::Pixel::YUV420P, 16, 16);
+        f.data_mut(0).fill(7);
+        let r = frame_ref(&f).unwrap();
+        assert_eq!((r.width(), r.height(), r.data(0)[0]), (16, 16, 7));
+    }
+}
