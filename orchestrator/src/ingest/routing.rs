@@ -2,8 +2,9 @@
 //! preference over the classes (`--route-live`, `--route-vod`); a job goes to the first class
 //! in that order with a free slot among its workers, else to the first with any worker at
 //! all, else to any class that has workers, so no job waits in a queue nobody reads while
-//! another class could take it. With no worker anywhere it waits in its first class's queue
-//! (and [`crate::recovery::stranded`] moves it once workers of another class appear).
+//! another class could take it. With no worker anywhere it waits in the `cpu` queue, the
+//! class any machine can serve (and [`crate::recovery::stranded`] moves it should workers of
+//! another class appear first).
 //!
 //! What the classes have is read from the workers' heartbeats (the registry in Redis), at
 //! most every [`REFRESH`].
@@ -97,7 +98,7 @@ impl Routing {
             .or_else(|| rest.clone().find(|c| has(c, true)))
             .or_else(|| rest.clone().find(|c| has(c, false)))
             .copied()
-            .unwrap_or(order[0])
+            .unwrap_or("cpu")
     }
 
     /// What each class has, from the workers' records (read again when older than
@@ -178,8 +179,8 @@ mod tests {
         let all_full = cap(&[("nvdec", 1, 0), ("cpu", 3, 0)]);
         assert_eq!(r.choose(StreamMode::Live, &all_full), "nvdec");
         assert_eq!(r.choose(StreamMode::Live, &cap(&[("cpu", 1, 0)])), "cpu");
-        // No worker anywhere: the first preference's queue.
-        assert_eq!(r.choose(StreamMode::Live, &Capacity::new()), "nvenc");
+        // No worker anywhere (a cluster starting): the CPU's queue, which any machine serves.
+        assert_eq!(r.choose(StreamMode::Live, &Capacity::new()), "cpu");
     }
 
     #[test]
