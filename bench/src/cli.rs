@@ -10,10 +10,32 @@ use anyhow::{bail, Context as _};
 use castwork_media::TranscodeOptions;
 use castwork_protocol::Rung;
 
+/// Where the CLI baseline runs: as the worker's CPU path, or on NVIDIA device `device`
+/// (`-hwaccel cuda`, `scale_cuda`, `hwdownload`) encoding with libx264 or, `nvenc`,
+/// `h264_nvenc`: the worker's `nvdec` and `nvenc` paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hw {
+    Cpu,
+    Cuda { device: u32, nvenc: bool },
+}
+
 /// Arguments for `ffmpeg`: `input` into every rung, a keyframe every `gop` frames,
 /// the first audio stream through `audio` (`copy` or an encoder), rung `i` written to
 /// `{out}-{i}.ts`.
 pub fn ladder_args(
+    input: &Path,
+    rungs: &[Rung],
+    opts: &TranscodeOptions,
+    gop: u64,
+    audio: &str,
+    out: &Path,
+) -> Vec<String> {
+    ladder_args_on(Hw::Cpu, input, rungs, opts, gop, audio, out)
+}
+
+/// [`ladder_args`] on the path `hw`.
+pub fn ladder_args_on(
+    hw: Hw,
     input: &Path,
     rungs: &[Rung],
     opts: &TranscodeOptions,
@@ -30,16 +52,38 @@ pub fn ladder_args(
         let fps = r
             .drop_to_fps
             .map_or(String::new(), |f| format!("fps={}/{},", f.num, f.den));
-        graph.push_str(&format!(
-            ";[s{i}]{fps}scale=w={}:h={}:flags=bicubic:out_range=tv,setsar=1,format=yuv420p[o{i}]",
-            r.width, r.height
-        ));
+        let scale = match hw {
+            Hw::Cpu => format!(
+                "scale=w={}:h={}:flags=bicubic:out_range=tv,setsar=1,format=yuv420p",
+                r.width, r.height
+            ),
+            Hw::Cuda { .. } => format!(
+                "scale_cuda=w={}:h={}:interp_algo=bicubic:format=yuv420p,hwdownload,\
+                 format=yuv420p,setsar=1",
+                r.width, r.height
+            ),
+        };
+        graph.push_str(&format!(";[s{i}]{fps}{scale}[o{i}]"));
     }
     let threads = opts.threads.to_string();
-    let mut a: Vec<String> = ["-v", "error", "-y", "-threads", &threads, "-i"]
+    let mut a: Vec<String> = ["-v", "error", "-y", "-threads", &threads]
         .iter()
         .map(|s| s.to_string())
         .collect();
+    if let Hw::Cuda { device, .. } = hw {
+        a.extend(
+            [
+                "-hwaccel",
+                "cuda",
+                "-hwaccel_output_format",
+                "cuda",
+                "-hwaccel_device",
+                &device.to_string(),
+            ]
+            .map(String::from),
+        );
+    }
+    a.push("-i".into());
     a.push(input.display().to_string());
     a.extend(["-filter_complex".to_string(), graph]);
     for (i, r) in rungs.iter().enumerate() {
@@ -51,11 +95,36 @@ pub fn ladder_args(
             "0:a:0?".into(),
             "-c:a".into(),
             audio.into(),
-            "-c:v".into(),
-            "libx264".into(),
-            "-preset".into(),
-            opts.preset.clone(),
-            "-profile:v".into(),
+        ]);
+        match hw {
+            Hw::Cuda {
+                device,
+                nvenc: true,
+            } => a.extend([
+                "-c:v".to_string(),
+                "h264_nvenc".into(),
+                "-gpu".into(),
+                device.to_string(),
+                "-preset".into(),
+                "p4".into(),
+                "-rc".into(),
+                "vbr".into(),
+                "-no-scenecut".into(),
+                "1".into(),
+                "-strict_gop".into(),
+                "1".into(),
+            ]),
+            _ => a.extend([
+                "-c:v".to_string(),
+                "libx264".into(),
+                "-preset".into(),
+                opts.preset.clone(),
+                "-x264-params".into(),
+                "scenecut=0:open-gop=0".into(),
+            ]),
+        }
+        a.extend([
+            "-profile:v".to_string(),
             r.profile.x264_name().into(),
             "-threads".into(),
             threads.clone(),
@@ -69,8 +138,6 @@ pub fn ladder_args(
             gop.to_string(),
             "-forced-idr".into(),
             "1".into(),
-            "-x264-params".into(),
-            "scenecut=0:open-gop=0".into(),
         ]);
         if !r.profile.allows_b_frames() {
             a.extend(["-bf".to_string(), "0".into()]);
@@ -97,4 +164,64 @@ pub fn run(args: &[String], extra: &[&str]) -> anyhow::Result<String> {
         bail!("ffmpeg failed: {err}");
     }
     Ok(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use castwork_protocol::{H264Profile, Rational};
+
+    #[test]
+    fn the_gpu_baseline_decodes_and_scales_on_the_device() {
+        let rung = Rung {
+            name: "r".into(),
+            width: 640,
+            height: 360,
+            bitrate: 1_000_000,
+            max_fps: Rational::new(30, 1),
+            drop_to_fps: None,
+            gop_secs: None,
+            profile: H264Profile::High,
+        };
+        let opts = TranscodeOptions::default();
+        let args = |hw| {
+            ladder_args_on(
+                hw,
+                Path::new("in.ts"),
+                &[rung.clone()],
+                &opts,
+                60,
+                "copy",
+                Path::new("o"),
+            )
+            .join(" ")
+        };
+        let cpu = args(Hw::Cpu);
+        assert!(
+            cpu.contains("scale=w=640:h=360")
+                && cpu.contains("libx264")
+                && !cpu.contains("hwaccel")
+        );
+        let hybrid = args(Hw::Cuda {
+            device: 1,
+            nvenc: false,
+        });
+        assert!(
+            hybrid.contains("-hwaccel cuda -hwaccel_output_format cuda -hwaccel_device 1 -i in.ts"),
+            "{hybrid}"
+        );
+        assert!(
+            hybrid.contains("scale_cuda=w=640:h=360")
+                && hybrid.contains("hwdownload")
+                && hybrid.contains("libx264")
+        );
+        let nvenc = args(Hw::Cuda {
+            device: 1,
+            nvenc: true,
+        });
+        assert!(
+            nvenc.contains("-c:v h264_nvenc -gpu 1") && !nvenc.contains("libx264"),
+            "{nvenc}"
+        );
+    }
 }

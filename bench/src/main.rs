@@ -98,6 +98,19 @@ enum Cmd {
         #[arg(long, default_value = DEFAULT_PRESETS)]
         profiles: String,
     },
+    /// The worker's paths on an NVIDIA device: one 2 s segment through the CPU path, NVDEC +
+    /// scale_cuda + libx264 (class nvdec) and NVDEC + scale_cuda + NVENC (class nvenc, where
+    /// the card has encoders), each against the `ffmpeg` CLI on the same path (`-hwaccel
+    /// cuda ... scale_cuda ... libx264|h264_nvenc`) in the same run. Segments per second are
+    /// one over the seconds. Needs a device.
+    Gpu {
+        #[command(flatten)]
+        common: Common,
+
+        /// The CUDA device index.
+        #[arg(long, env = "BENCH_GPU", default_value_t = 0)]
+        device: u32,
+    },
     /// (Used by `segment`.) Transcodes one segment and prints this process's peak RSS.
     #[command(hide = true)]
     TranscodeOnce {
@@ -208,6 +221,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Segment { common } => report(&common, true, None),
+        Cmd::Gpu { common, device } => gpu(&common, device),
         Cmd::E2e { common, workers } => report(&common, false, Some(workers)),
         Cmd::All { common, workers } => report(&common, true, Some(workers)),
     }
@@ -227,6 +241,48 @@ fn inputs(common: &Common, work: &Path) -> anyhow::Result<Vec<PathBuf>> {
     }
     v.push(synthetic_1080p(work)?);
     Ok(v)
+}
+
+/// The `gpu` figures: each input's segment on the CPU, the hybrid and the NVENC path.
+fn gpu(common: &Common, device: u32) -> anyhow::Result<()> {
+    let ladder = parse_profiles(&common.profiles)?;
+    let cpu = options(&common.preset, common.threads);
+    let cuda = std::sync::Arc::new(
+        castwork_media::CudaDevice::open(device)
+            .context("castwork-bench gpu needs an NVIDIA device and its driver")?,
+    );
+    let work = tempfile::tempdir()?;
+    let mut figures = Vec::new();
+    for (i, input) in inputs(common, work.path())?.iter().enumerate() {
+        let dir = work.path().join(format!("input-{i}"));
+        std::fs::create_dir_all(&dir)?;
+        let p = segment::prepare(input, &ladder, &dir)?;
+        figures.push(segment::time_transcode(&p, &cpu, common.runs)?);
+        for nvenc in [false, true] {
+            let opts = TranscodeOptions {
+                gpu: Some(castwork_media::GpuTarget {
+                    device: cuda.clone(),
+                    nvenc,
+                }),
+                ..cpu.clone()
+            };
+            match segment::time_transcode(&p, &opts, common.runs) {
+                Ok(f) => figures.push(f),
+                // Data-centre cards (H100, A100) have no encoders.
+                Err(e) if nvenc => eprintln!("NVENC path not measured: {e:#}"),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    println!(
+        "ladder {}, libx264 preset {}, {} threads, GPU {device}, {} runs per side\n",
+        common.profiles, cpu.preset, cpu.threads, common.runs
+    );
+    println!("{}", stats::HEADER);
+    for f in &figures {
+        println!("{}", f.row());
+    }
+    Ok(())
 }
 
 /// Measures the chosen figures for every input and prints the table.

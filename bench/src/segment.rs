@@ -64,9 +64,17 @@ pub fn prepare(input: &Path, ladder: &[Profile], dir: &Path) -> anyhow::Result<P
 }
 
 /// The `ffmpeg` CLI arguments that transcode `p` like a worker does: one IDR at the start of
-/// the segment, audio copied.
+/// the segment, audio copied; on the path `opts` names (its GPU target, if any).
 pub fn ffmpeg_args(p: &Prepared, opts: &TranscodeOptions, out: &Path) -> Vec<String> {
-    crate::cli::ladder_args(
+    let hw = match &opts.gpu {
+        None => crate::cli::Hw::Cpu,
+        Some(g) => crate::cli::Hw::Cuda {
+            device: g.device.index(),
+            nvenc: g.nvenc,
+        },
+    };
+    crate::cli::ladder_args_on(
+        hw,
         &p.segment,
         &p.rungs,
         opts,
@@ -97,9 +105,14 @@ pub fn time_transcode(
     };
     ours()?;
     cli()?;
+    let path = match &opts.gpu {
+        None => String::new(),
+        Some(g) if g.nvenc => format!(", GPU {} NVDEC + scale_cuda + NVENC", g.device.index()),
+        Some(g) => format!(", GPU {} NVDEC + scale_cuda + libx264", g.device.index()),
+    };
     let mut fig = Figure {
         name: format!(
-            "{}: one 2 s segment, decode + {} rungs + mux",
+            "{}: one 2 s segment, decode + {} rungs + mux{path}",
             p.label,
             p.rungs.len()
         ),

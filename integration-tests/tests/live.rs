@@ -381,6 +381,82 @@ fn http_push_answers_with_the_renditions() {
     assert!(errors.trim().is_empty(), "{errors}");
 }
 
+/// go-livepeer's HTTP push as its clients use it: MP4 segments (`SEQ.mp4`, plain and
+/// fragmented) and the stream and ladder in `Livepeer-Transcode-Configuration`.
+#[test]
+fn go_livepeer_pushes_mp4_segments_with_their_transcode_configuration() {
+    let _serial = serial();
+    // Formats, not deadlines, are tested here: a busy machine gets time.
+    let mut cluster = Cluster::start_with(1, &["--live-deadline-secs", "60"], Vec::new());
+    let live = cluster.serve_live(&[]);
+    let segs = pre_cut_segments(cluster.dir.path(), 4);
+    let mp4 = |i: usize, flags: &str| {
+        let out = cluster.dir.path().join(format!("seg{i}.mp4"));
+        let src = segs[i].display().to_string();
+        ffmpeg(&[
+            "-v",
+            "error",
+            "-y",
+            "-i",
+            &src,
+            // The audio encoded again: an MP4 muxer that writes its header before the first
+            // packet (empty_moov) needs the AAC configuration up front.
+            "-c:v",
+            "copy",
+            "-c:a",
+            "aac",
+            "-movflags",
+            flags,
+            "-f",
+            "mp4",
+            out.to_str().unwrap(),
+        ]);
+        std::fs::read(out).unwrap()
+    };
+    let config = r#"{"manifestID": "mp4-cfg", "profiles": [{"name": "custom", "width": 320,
+        "height": 180, "bitrate": 300000, "fps": 30}]}"#
+        .replace('\n', " ");
+    let mut p = Pusher::new(&live, "mp4-push");
+    let bad = p.send(
+        "PUT",
+        "0.mp4",
+        &[("Livepeer-Transcode-Configuration", "{not json")],
+        b"x",
+    );
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    assert!(
+        bad.text()
+            .contains("Livepeer-Transcode-Configuration is not JSON"),
+        "{}",
+        bad.text()
+    );
+
+    let header = [("Livepeer-Transcode-Configuration", config.as_str())];
+    let a = p.send("PUT", "0.mp4", &header, &mp4(0, "+faststart"));
+    assert_eq!(a.status, 200, "{}\n{}", a.text(), cluster.logs());
+    let v: Value = serde_json::from_slice(&a.body).unwrap();
+    assert_eq!(v["stream"], "mp4-cfg", "the header names the stream: {v}");
+    let names: Vec<&str> = v["renditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["custom"], "the header's ladder: {v}");
+    let a = p.send("PUT", "1.mp4", &header, &mp4(1, "frag_keyframe+empty_moov"));
+    assert_eq!(
+        a.status,
+        200,
+        "fragmented MP4: {}\n{}",
+        a.text(),
+        cluster.logs()
+    );
+
+    let done = cluster.wait_complete("mp4-cfg", Duration::from_secs(60));
+    assert_eq!(done["state"], "complete", "{done}");
+    assert_eq!(cluster.playlist_seqs("mp4-cfg", "custom"), [0, 1]);
+}
+
 fn redis_get(cluster: &Cluster, key: &str, field: &str) -> Option<u64> {
     let url = cluster.redis_url();
     let out = std::process::Command::new("redis-cli")

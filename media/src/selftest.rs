@@ -147,5 +147,9 @@ mod tests {
         assert_eq!(files.len(), 2);
         assert!(files.iter().all(|f| f.frames == 10 && f.path.exists()));
         assert_eq!((files[0].width, files[0].height), (320, 180));
+        // The HEVC clip of the device test, on the CPU path.
+        let files = transcode_test_clip(dir.path(), "hevc", 640, 360, &TranscodeOptions::default())
+            .unwrap();
+        assert!(files.iter().all(|f| f.frames == 10));
     }
 }

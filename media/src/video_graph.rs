@@ -41,7 +41,8 @@ fn describe(rotation: u32, sizes: &[(u32, u32)], cuda: bool) -> String {
             // Scaled before it is turned: a quarter turn swaps the sides.
             let (sw, sh) = if rotation % 180 == 90 { (h, w) } else { (w, h) };
             format!(
-                "scale_cuda=w={sw}:h={sh}:format=yuv420p,hwdownload,format=yuv420p{},setsar=1",
+                "scale_cuda=w={sw}:h={sh}:interp_algo=bicubic:format=yuv420p,hwdownload,\
+                 format=yuv420p{},setsar=1",
                 rotate_after(rotation)
             )
         } else {
@@ -160,8 +161,8 @@ mod tests {
         let gpu = describe(90, &[(240, 426)], true);
         assert_eq!(
             gpu,
-            "[in]scale_cuda=w=426:h=240:format=yuv420p,hwdownload,format=yuv420p,\
-             transpose=clock,setsar=1[out0]"
+            "[in]scale_cuda=w=426:h=240:interp_algo=bicubic:format=yuv420p,hwdownload,\
+             format=yuv420p,transpose=clock,setsar=1[out0]"
         );
         assert!(describe(0, &[(640, 360), (256, 144)], true).starts_with("[in]split=2[s0][s1]"));
     }

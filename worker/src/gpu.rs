@@ -136,14 +136,20 @@ impl Gpus {
         self.devices.is_empty()
     }
 
-    /// The healthy device with a free session and the fewest jobs, taken for one job.
-    fn acquire(self: &Arc<Self>) -> Option<Lease> {
+    /// The healthy device with a free session and the fewest jobs, of those whose self-test
+    /// passed for a `codec` source of `width` x `height`, taken for one job.
+    fn acquire(self: &Arc<Self>, codec: &str, width: u32, height: u32) -> Option<Lease> {
         loop {
             let (i, gpu) = self
                 .devices
                 .iter()
                 .enumerate()
-                .filter(|(_, g)| g.healthy.load(Ordering::Relaxed))
+                .filter(|(_, g)| {
+                    g.healthy.load(Ordering::Relaxed)
+                        && g.decoders.iter().any(|d| d == codec)
+                        && width.max(height) <= g.max.0.max(g.max.1)
+                        && width.min(height) <= g.max.0.min(g.max.1)
+                })
                 .min_by_key(|(_, g)| g.in_use.load(Ordering::Relaxed))?;
             let used = gpu.in_use.load(Ordering::Relaxed);
             if used >= self.sessions {
@@ -261,7 +267,9 @@ pub fn transcode(
     let cpu = |opts: &TranscodeOptions| {
         transcode_segment_until(seg.src, seg.rungs, seg.meta, seg.end_us, seg.out_dir, opts)
     };
-    let Some(lease) = gpus.and_then(|g| g.acquire()) else {
+    let Some(lease) =
+        gpus.and_then(|g| g.acquire(&seg.meta.video_codec, seg.meta.width, seg.meta.height))
+    else {
         return cpu(opts);
     };
     let on_gpu = TranscodeOptions {
@@ -371,7 +379,7 @@ mod tests {
         let gpus = Arc::new(Gpus::detect(None, 2, false, dir.path()));
         assert!(gpus.is_empty());
         assert!(gpus.beat().is_empty());
-        assert!(gpus.acquire().is_none());
+        assert!(gpus.acquire("h264", 320, 180).is_none());
         // The segment still transcodes, on the CPU.
         castwork_media::selftest::write_test_clip(&dir.path().join("in.ts"), "h264", 320, 180, 5)
             .unwrap();

@@ -110,6 +110,11 @@ impl IngestAuth {
     pub fn keyed(&self) -> bool {
         matches!(self, IngestAuth::Keys(_))
     }
+
+    /// Whether anyone may publish any stream (`--open-ingest`).
+    pub fn open(&self) -> bool {
+        matches!(self, IngestAuth::Open)
+    }
 }
 
 /// Stream keys in Redis, stored as SHA-256 hashes: a stolen Redis dump gives no key.
@@ -271,6 +276,70 @@ pub async fn authorize(
     grant_of(&answer, req.key, default_ladder)
 }
 
+/// The header go-livepeer's HTTP push reads a stream's settings from: the auth webhook's
+/// answer, sent by the publisher itself.
+pub const TRANSCODE_CONFIG_HEADER: &str = "Livepeer-Transcode-Configuration";
+
+/// What a `Livepeer-Transcode-Configuration` header asks for: the stream (`manifestID`) and
+/// the ladder (`presets` and/or `profiles`), each when it names one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeaderConfig {
+    pub stream: Option<String>,
+    pub ladder: Option<Vec<Profile>>,
+}
+
+/// Reads a `Livepeer-Transcode-Configuration` header (JSON, as the auth webhook answers).
+pub fn header_config(text: &str) -> Result<HeaderConfig, String> {
+    if text.len() > MAX_WEBHOOK_ANSWER {
+        return Err(format!("{TRANSCODE_CONFIG_HEADER} is over 64 KiB"));
+    }
+    let v: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| format!("{TRANSCODE_CONFIG_HEADER} is not JSON: {e}"))?;
+    if !v.is_object() {
+        return Err(format!("{TRANSCODE_CONFIG_HEADER} must be a JSON object"));
+    }
+    let g = grant_of(&v, "", &[]).map_err(|e| e.replace("the auth webhook's", "its"))?;
+    Ok(HeaderConfig {
+        stream: (!g.stream.is_empty()).then_some(g.stream),
+        ladder: (!g.ladder.is_empty()).then_some(g.ladder),
+    })
+}
+
+/// Applies a publisher's `Livepeer-Transcode-Configuration` to what its credentials granted,
+/// as go-livepeer does, without letting it widen them: the header may name the stream only
+/// where the publisher names it anyway (open ingest, `open`), and may choose the ladder only
+/// where the grant left the default one (`default_ladder`); a header that disagrees with
+/// what a key or the webhook granted is refused.
+pub fn apply_header(
+    grant: &mut Grant,
+    header: &HeaderConfig,
+    open: bool,
+    default_ladder: &[Profile],
+) -> Result<(), String> {
+    if let Some(s) = &header.stream {
+        if *s != grant.stream {
+            if !open {
+                return Err(format!(
+                    "{TRANSCODE_CONFIG_HEADER} names stream {s}, but this publisher may publish \
+                     {} only",
+                    grant.stream
+                ));
+            }
+            grant.stream = s.clone();
+        }
+    }
+    if let Some(ladder) = &header.ladder {
+        if grant.ladder == default_ladder {
+            grant.ladder = ladder.clone();
+        } else if *ladder != grant.ladder {
+            return Err(format!(
+                "{TRANSCODE_CONFIG_HEADER} asks for another ladder than the auth webhook gave"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The grant a webhook's answer gives (see [`authorize`]).
 pub fn grant_of(
     answer: &serde_json::Value,
@@ -328,6 +397,36 @@ pub fn grant_of(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_transcode_configuration_header_cannot_widen_a_grant() {
+        let default = default();
+        let h = header_config(
+            r#"{"manifestID": "other", "presets": ["P240p30fps16x9"], "sessionID": "s"}"#,
+        )
+        .unwrap();
+        assert_eq!(h.stream.as_deref(), Some("other"));
+        // Open ingest: the publisher names the stream anyway, and picks the ladder.
+        let mut g = grant_of(&json!({}), "path", &default).unwrap();
+        apply_header(&mut g, &h, true, &default).unwrap();
+        assert_eq!(
+            (g.stream.as_str(), g.ladder[0].name.as_str()),
+            ("other", "P240p30fps16x9")
+        );
+        // A key or the webhook granted "path": the header cannot publish another stream.
+        let mut g = grant_of(&json!({}), "path", &default).unwrap();
+        let e = apply_header(&mut g, &h, false, &default).unwrap_err();
+        assert!(e.contains("names stream other"), "{e}");
+        // The same stream, and the ladder the webhook left at the default: taken.
+        let same = header_config(r#"{"manifestID": "path", "presets": "P240p30fps16x9"}"#).unwrap();
+        apply_header(&mut g, &same, false, &default).unwrap();
+        assert_eq!(g.ladder[0].name, "P240p30fps16x9");
+        // A ladder the webhook chose is not replaced by another.
+        let mut g = grant_of(&json!({"presets": "P144p30fps16x9"}), "path", &default).unwrap();
+        assert!(apply_header(&mut g, &same, false, &default).is_err());
+        assert!(header_config("[1]").is_err());
+        assert!(header_config(&"x".repeat(70_000)).is_err());
+    }
 
     fn default() -> Vec<Profile> {
         parse_profiles("P360p30fps16x9").unwrap()

@@ -53,13 +53,38 @@ pub struct LiveConfig {
     pub payer: Option<Arc<crate::payer::Payer>>,
 }
 
+/// The containers a pushed segment may come in, as go-livepeer takes them: MPEG-TS
+/// (`SEQ.ts`) or MP4 (`SEQ.mp4`, fragmented or not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushFormat {
+    Ts,
+    Mp4,
+}
+
+impl PushFormat {
+    /// The format of a pushed file name's extension, and its sequence number part.
+    pub fn of(file: &str) -> Option<(&str, PushFormat)> {
+        file.strip_suffix(".ts")
+            .map(|s| (s, PushFormat::Ts))
+            .or_else(|| file.strip_suffix(".mp4").map(|s| (s, PushFormat::Mp4)))
+    }
+
+    /// The only demuxer allowed to open it.
+    fn demuxer(self) -> &'static str {
+        match self {
+            PushFormat::Ts => "mpegts",
+            PushFormat::Mp4 => "mov",
+        }
+    }
+}
+
 /// What a waiting pusher gets back for its segment.
 pub type SegmentOutcome = Result<Vec<RenditionRef>, String>;
 
 /// One piece of a live stream on disk.
 pub(crate) struct Piece {
     path: PathBuf,
-    /// `flv` (RTMP) or `mpegts` (HTTP push): the only demuxer allowed to open it.
+    /// `flv` (RTMP), `mpegts` or `mov` (HTTP push): the only demuxer allowed to open it.
     format: &'static str,
     /// The sender's sequence number (HTTP push); RTMP pieces are numbered by the stream.
     seq: Option<u64>,
@@ -246,6 +271,7 @@ impl Live {
         path: &str,
         token: Option<&str>,
         peer: Option<std::net::SocketAddr>,
+        config: Option<&auth::HeaderConfig>,
     ) -> Result<Admitted, PushError> {
         if path.is_empty() || path.len() > 256 || path.chars().any(|c| c.is_control()) {
             return Err(PushError::BadRequest(
@@ -271,12 +297,16 @@ impl Live {
             key: path,
             peer,
         };
-        let grant = self
+        let mut grant = self
             .cfg
             .auth
             .check(&self.http, &req, &self.cfg.ladder)
             .await
             .map_err(|e| PushError::Forbidden(e.to_string()))?;
+        if let Some(c) = config {
+            auth::apply_header(&mut grant, c, self.cfg.auth.open(), &self.cfg.ladder)
+                .map_err(PushError::Forbidden)?;
+        }
         validate_stream_name(&grant.stream)
             .map_err(|e| PushError::BadRequest(format!("bad stream name: {e}")))?;
         if let Some(tx) = self.joined(&grant.stream, if keyed { None } else { token })? {
@@ -330,17 +360,17 @@ impl Live {
         &self,
         to: &Admitted,
         seq: u64,
-        file: (tempfile::TempDir, std::path::PathBuf),
+        file: (tempfile::TempDir, std::path::PathBuf, PushFormat),
         duration_us: Option<i64>,
         wait: Duration,
     ) -> Result<Vec<RenditionRef>, PushError> {
-        let (dir, path) = file;
+        let (dir, path, format) = file;
         let arrived = SystemTime::now();
         let tx = &to.tx;
         let (reply, answer) = oneshot::channel();
         let piece = Piece {
             path,
-            format: "mpegts",
+            format: format.demuxer(),
             seq: Some(seq),
             arrived,
             duration_us,

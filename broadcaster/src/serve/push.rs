@@ -1,6 +1,7 @@
 //! Live ingest of segments pushed over HTTP, as go-livepeer's broadcaster takes them
-//! (`PUT`/`POST /live/STREAM/SEQ.ts`): admitted before the body is read, the body streamed
-//! to disk under limits, answered with the renditions once transcoded.
+//! (`PUT`/`POST /live/STREAM/SEQ.ts` or `SEQ.mp4`, with its `Livepeer-Transcode-Configuration`
+//! header): admitted before the body is read, the body streamed to disk under limits,
+//! answered with the renditions once transcoded.
 
 use std::time::Duration;
 
@@ -14,7 +15,8 @@ use castwork_cluster::Storage;
 use castwork_protocol::RenditionRef;
 
 use super::{error, Pushing};
-use crate::live::{PushError, PUSH_TOKEN_HEADER};
+use crate::live::auth::{header_config, TRANSCODE_CONFIG_HEADER};
+use crate::live::{PushError, PushFormat, PUSH_TOKEN_HEADER};
 
 /// The push token a request carries: `Castwork-Push-Token: T` or `Authorization: Bearer T`.
 fn push_token(headers: &HeaderMap) -> Option<&str> {
@@ -37,7 +39,10 @@ fn push_error(e: &PushError) -> Response {
     error(code, e.to_string())
 }
 
-/// `PUT`/`POST /live/STREAM/SEQ.ts` with an MPEG-TS segment and `Content-Duration` (ms):
+/// `PUT`/`POST /live/STREAM/SEQ.ts` with an MPEG-TS segment (or `SEQ.mp4`, an MP4 one) and
+/// `Content-Duration` (ms); a stream's first segment may carry `Livepeer-Transcode-Configuration`
+/// (JSON, as go-livepeer reads it: `manifestID`, `presets`, `profiles`), which names the
+/// stream and its ladder within what the publisher's credentials allow. It
 /// answers once the segment is transcoded, with the renditions themselves
 /// (`Accept: multipart/mixed`) or their URLs (JSON). The answer to a stream's first segment
 /// carries its push token (header `Castwork-Push-Token`), which every later segment must
@@ -49,15 +54,26 @@ pub(super) async fn push_segment(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
-    let Some(seq) = file
-        .strip_suffix(".ts")
-        .and_then(|s| s.parse::<u64>().ok())
-        .filter(|s| *s < 1_000_000_000)
+    let Some((seq, format)) = PushFormat::of(&file)
+        .and_then(|(s, f)| Some((s.parse::<u64>().ok()?, f)))
+        .filter(|(s, _)| *s < 1_000_000_000)
     else {
         return error(
             StatusCode::BAD_REQUEST,
-            "push MPEG-TS segments to /live/STREAM/SEQ.ts, SEQ a number from 0",
+            "push segments to /live/STREAM/SEQ.ts (MPEG-TS) or /live/STREAM/SEQ.mp4 (MP4), SEQ \
+             a number from 0",
         );
+    };
+    let config = match headers.get(TRANSCODE_CONFIG_HEADER) {
+        None => None,
+        Some(v) => match v
+            .to_str()
+            .map_err(|e| e.to_string())
+            .and_then(header_config)
+        {
+            Ok(c) => Some(c),
+            Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        },
     };
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -81,14 +97,19 @@ pub(super) async fn push_segment(
     // Who may push is decided first: not one byte of a stranger's body is read.
     let admitted = match push
         .live
-        .admit_push(&path, push_token(&headers), Some(peer))
+        .admit_push(&path, push_token(&headers), Some(peer), config.as_ref())
         .await
     {
         Ok(a) => a,
         Err(e) => return push_error(&e),
     };
-    let outcome = match receive(body, push.max_bytes, push.body_timeout).await {
-        Ok(file) => {
+    let name = match format {
+        PushFormat::Ts => "pushed.ts",
+        PushFormat::Mp4 => "pushed.mp4",
+    };
+    let outcome = match receive(body, name, push.max_bytes, push.body_timeout).await {
+        Ok((dir, path)) => {
+            let file = (dir, path, format);
             push.live
                 .send_pushed(&admitted, seq, file, duration_us, push.wait)
                 .await
@@ -122,11 +143,12 @@ pub(super) async fn push_segment(
 /// Longest wait for the next piece of a pushed body.
 const BODY_IDLE: Duration = Duration::from_secs(10);
 
-/// Streams a pushed body to a file in a new temporary directory, at most `max` bytes and
+/// Streams a pushed body to file `name` in a new temporary directory, at most `max` bytes and
 /// within `total` (and [`BODY_IDLE`] between pieces): a slow or endless body costs a
 /// bounded time and disk, never memory.
 async fn receive(
     body: axum::body::Body,
+    name: &str,
     max: usize,
     total: Duration,
 ) -> Result<(tempfile::TempDir, std::path::PathBuf), PushError> {
@@ -134,7 +156,7 @@ async fn receive(
     use tokio::io::AsyncWriteExt as _;
     let unavailable = |e: std::io::Error| PushError::Unavailable(format!("storing the body: {e}"));
     let dir = tempfile::tempdir().map_err(unavailable)?;
-    let path = dir.path().join("pushed.ts");
+    let path = dir.path().join(name);
     let mut file = tokio::fs::File::create(&path).await.map_err(unavailable)?;
     let mut stream = body.into_data_stream();
     let deadline = tokio::time::Instant::now() + total;
