@@ -188,7 +188,7 @@ mod tests {
             ladder_args_on(
                 hw,
                 Path::new("in.ts"),
-                &[rung.clone()],
+                std::slice::from_ref(&rung),
                 &opts,
                 60,
                 "copy",
