@@ -1,6 +1,7 @@
 //! Castwork's broadcaster: ingests video files, cuts them into keyframe-aligned source
 //! segments without re-encoding video, stores and enqueues them, and serves HLS playback.
 
+pub mod api;
 pub mod chain_cli;
 pub mod link;
 pub mod live;

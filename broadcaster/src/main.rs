@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
+use castwork_broadcaster::api::cli::{manage_keys, KeyOp};
 use castwork_broadcaster::live::{IngestAuth, KeyStore, Live, LiveConfig, RtmpIngest};
 use castwork_broadcaster::rtmp::{self, RtmpOptions};
 use castwork_broadcaster::{push, serve, PushRequest};
@@ -134,6 +135,12 @@ enum Command {
         #[command(subcommand)]
         action: KeysAction,
     },
+    /// API keys of the job API (`serve --api`), kept hashed in --redis-url: each names an
+    /// account, which sees only its own jobs.
+    ApiKeys {
+        #[command(subcommand)]
+        action: castwork_broadcaster::api::cli::ApiKeysAction,
+    },
     /// On-chain mode: fund and show this account's deposit at the ticket broker (with
     /// --eth-url, --eth-keystore-path, --eth-password, --eth-deployment).
     Chain {
@@ -160,6 +167,9 @@ enum Command {
 
         #[command(flatten)]
         live: LiveArgs,
+
+        #[command(flatten)]
+        api: castwork_broadcaster::api::cli::ApiArgs,
     },
 }
 
@@ -175,38 +185,14 @@ enum KeysAction {
     List,
 }
 
-async fn keys(redis_url: &str, action: KeysAction) -> anyhow::Result<()> {
-    let store = KeyStore::new(
-        castwork_cluster::redis_connect(redis_url)
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot reach Redis at {}: {e}",
-                    castwork_cluster::redact_url(redis_url)
-                )
-            })?,
-    );
-    match action {
-        KeysAction::Add { name } => {
-            let (key, replaced) = store.add(&name).await?;
-            if replaced {
-                eprintln!("the old key of {name} no longer works");
-            }
-            println!("{key}");
-        }
-        KeysAction::Remove { name } => {
-            if !store.remove(&name).await? {
-                anyhow::bail!("stream {name} has no key");
-            }
-            eprintln!("removed the key of {name}");
-        }
-        KeysAction::List => {
-            for n in store.names().await? {
-                println!("{n}");
-            }
+impl From<KeysAction> for KeyOp {
+    fn from(a: KeysAction) -> KeyOp {
+        match a {
+            KeysAction::Add { name } => KeyOp::Add(name),
+            KeysAction::Remove { name } => KeyOp::Remove(name),
+            KeysAction::List => KeyOp::List,
         }
     }
-    Ok(())
 }
 
 /// Live ingest settings of `broadcaster serve`.
@@ -485,7 +471,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if let Command::Keys { action } = cli.command {
-        keys(&cli.redis_url, action).await?;
+        manage_keys(&cli.redis_url, false, action.into()).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Command::ApiKeys { action } = cli.command {
+        manage_keys(&cli.redis_url, true, action.into()).await?;
         return Ok(ExitCode::SUCCESS);
     }
     let storage = Storage::from_url(&cli.service.storage_url)?;
@@ -496,14 +486,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         eprintln!("object store: {storage}");
     }
     match cli.command {
-        Command::Chain { .. } | Command::Keys { .. } => unreachable!("handled above"),
+        Command::Chain { .. } | Command::Keys { .. } | Command::ApiKeys { .. } => {
+            unreachable!("handled above")
+        }
         Command::Serve {
             http_addr,
             push_addr,
             playback_token,
             live,
+            api,
         } => {
             let shutdown = shutdown_token();
+            let api = api.build(
+                &cli.redis_url,
+                &cli.service.link.amqp_url,
+                &storage,
+                &shutdown,
+            )?;
             let push = if live.no_live {
                 None
             } else {
@@ -545,7 +544,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let addr = http::serve_with(
                 http_addr,
-                serve::router(storage.clone(), push, playback_token, link),
+                serve::router(storage.clone(), push, playback_token, link, api),
                 limits,
                 shutdown.clone(),
             )
@@ -660,6 +659,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     verify,
                     wait_timeout: timeout_secs.map(Duration::from_secs),
                     orchestrator_url: orchestrator_url.clone(),
+                    formats: None,
                 },
                 shutdown_token(),
             )

@@ -5,7 +5,7 @@
 //! password-protected Redis of the test's own. Two substitutions only: the debug build in
 //! place of the release build, and the test's own directory and addresses through the
 //! variables the guides read (`WORK`, `ORCH_HTTP`, `WORK_ADDR`, `REDIS_URL`, `BCAST_HTTP`,
-//! `RTMP_ADDR`). A command that fails fails the test.
+//! `RTMP_ADDR`, `API_ADDR`, `INPUTS_ADDR`). A command that fails fails the test.
 
 mod common;
 
@@ -117,6 +117,8 @@ fn the_operator_guides_run_as_written() {
         .env("WORK_ADDR", addr())
         .env("BCAST_HTTP", addr())
         .env("RTMP_ADDR", addr())
+        .env("API_ADDR", addr())
+        .env("INPUTS_ADDR", addr())
         .env("REDIS_URL", redis.url())
         .env_remove("AMQP_URL")
         .env_remove("STORAGE_URL")

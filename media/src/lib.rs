@@ -30,6 +30,11 @@ pub use transcode::{transcode_segment, GpuTarget, RenditionFile, TranscodeOption
 /// Demuxers a worker may open: only what the broadcaster writes.
 pub const SEGMENT_FORMATS: &str = "mpegts,matroska";
 
+/// Demuxers an input fetched from the network may be opened with: video containers only,
+/// never a playlist or a list of other files (HLS, DASH, concat), which would make FFmpeg
+/// open further URLs or local files.
+pub const NETWORK_INPUT_FORMATS: &str = "mov,matroska,mpegts,flv,avi,mxf,mpeg";
+
 /// A media failure, with whether the input itself is at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum MediaError {

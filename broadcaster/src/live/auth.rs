@@ -117,10 +117,17 @@ impl IngestAuth {
     }
 }
 
-/// Stream keys in Redis, stored as SHA-256 hashes: a stolen Redis dump gives no key.
+/// Keys in Redis, stored as SHA-256 hashes (a stolen Redis dump gives no key), each
+/// naming what it opens: stream keys name the stream they publish, API keys the account
+/// whose jobs they make and read.
 #[derive(Clone)]
 pub struct KeyStore {
     redis: ConnectionManager,
+    /// Hash of key hash -> name, and of name -> key hash.
+    keys: &'static str,
+    names: &'static str,
+    /// What a key of this store starts with.
+    prefix: &'static str,
 }
 
 fn key_hash(key: &str) -> String {
@@ -162,18 +169,34 @@ return 1
 });
 
 impl KeyStore {
+    /// The stream keys.
     pub fn new(redis: ConnectionManager) -> Self {
-        KeyStore { redis }
+        KeyStore {
+            redis,
+            keys: KEYS_HASH,
+            names: NAMES_HASH,
+            prefix: "cwk_",
+        }
+    }
+
+    /// The API keys of `broadcaster serve`'s job API.
+    pub fn api(redis: ConnectionManager) -> Self {
+        KeyStore {
+            redis,
+            keys: "cw:api_keys",
+            names: "cw:api_key_names",
+            prefix: "cwa_",
+        }
     }
 
     /// A new key for stream `name` (replacing its old one): printed once, stored hashed.
     /// Returns the key and whether an old one was replaced.
     pub async fn add(&self, name: &str) -> anyhow::Result<(String, bool)> {
         castwork_protocol::validate_stream_name(name).map_err(anyhow::Error::msg)?;
-        let key = format!("cwk_{}", random_hex(20)?);
+        let key = format!("{}{}", self.prefix, random_hex(20)?);
         let replaced: i64 = ADD_KEY
-            .key(KEYS_HASH)
-            .key(NAMES_HASH)
+            .key(self.keys)
+            .key(self.names)
             .arg(key_hash(&key))
             .arg(name)
             .invoke_async(&mut self.redis.clone())
@@ -184,8 +207,8 @@ impl KeyStore {
     /// Removes stream `name`'s key; false when it had none.
     pub async fn remove(&self, name: &str) -> redis::RedisResult<bool> {
         let r: i64 = REMOVE_KEY
-            .key(KEYS_HASH)
-            .key(NAMES_HASH)
+            .key(self.keys)
+            .key(self.names)
             .arg(name)
             .invoke_async(&mut self.redis.clone())
             .await?;
@@ -195,7 +218,7 @@ impl KeyStore {
     /// The streams that have a key, sorted.
     pub async fn names(&self) -> redis::RedisResult<Vec<String>> {
         let mut v: Vec<String> = redis::cmd("HKEYS")
-            .arg(NAMES_HASH)
+            .arg(self.names)
             .query_async(&mut self.redis.clone())
             .await?;
         v.sort();
@@ -208,7 +231,7 @@ impl KeyStore {
             return Ok(None);
         }
         redis::cmd("HGET")
-            .arg(KEYS_HASH)
+            .arg(self.keys)
             .arg(key_hash(key))
             .query_async(&mut self.redis.clone())
             .await

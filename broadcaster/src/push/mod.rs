@@ -58,6 +58,10 @@ pub struct PushRequest {
     /// With `wait`: the orchestrator's HTTP address, whose `GET /streams/NAME` is read now
     /// and then, so a completion whose event was lost is still seen.
     pub orchestrator_url: Option<String>,
+    /// Only these demuxers may open the input, with local file access only (an input from
+    /// the network: [`castwork_media::NETWORK_INPUT_FORMATS`]); `None` opens any file FFmpeg
+    /// reads, as for the operator's own files.
+    pub formats: Option<&'static str>,
 }
 
 /// Refuses an orchestrator whose advertised price (`GET URL/price`) is above `max`;
@@ -127,10 +131,13 @@ impl PushOutcome {
 /// deletes what it had stored (`streams/NAME/`), so nothing is left active or half-made.
 pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Result<PushOutcome> {
     validate_stream_name(&req.stream).map_err(anyhow::Error::msg)?;
-    let input = req.input.clone();
-    let probed = tokio::task::spawn_blocking(move || castwork_media::probe(&input))
-        .await?
-        .map_err(|e| anyhow::anyhow!("cannot push {}: {e}", req.input.display()))?;
+    let (input, formats) = (req.input.clone(), req.formats);
+    let probed = tokio::task::spawn_blocking(move || match formats {
+        Some(f) => castwork_media::probe_restricted(&input, f),
+        None => castwork_media::probe(&input),
+    })
+    .await?
+    .map_err(|e| anyhow::anyhow!("cannot push {}: {e}", req.input.display()))?;
     let meta = &probed.metadata;
     eprintln!(
         "{}: {} {}x{} {:.3} fps{}{}, {}",
@@ -232,7 +239,10 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
     let (tx, mut rx) = mpsc::channel::<(CutSegment, (SystemTime, SystemTime))>(4);
     let (input, seg_dir, probed2) = (req.input.clone(), dir.path().to_path_buf(), probed.clone());
     let cutter = tokio::task::spawn_blocking(move || {
-        let opts = SegmentOptions::new(target_us, seg_dir);
+        let opts = SegmentOptions {
+            formats,
+            ..SegmentOptions::new(target_us, seg_dir)
+        };
         let mut cut_from = SystemTime::now();
         castwork_media::segment_file(&input, &probed2, &opts, |seg| {
             let now = SystemTime::now();

@@ -101,14 +101,19 @@ pub fn push_router(storage: Storage, push: HttpPush, link: Option<Arc<AmqpLink>>
 pub const LIVE_INPUT_OFF: &str = "live input is off on this address: `broadcaster serve` \
      runs with --no-live, or takes HTTP push on its --push-addr";
 
-/// Playback routes, plus the HTTP push route when `push` is given, on one listener.
+/// Playback routes, plus the HTTP push route when `push` is given and the job API when
+/// `api` is, on one listener.
 pub fn router(
     storage: Storage,
     push: Option<HttpPush>,
     playback_token: Option<String>,
     link: Option<Arc<AmqpLink>>,
+    api: Option<crate::api::Api>,
 ) -> Router {
-    let playback = playback_router(storage.clone(), playback_token, link);
+    let mut playback = playback_router(storage.clone(), playback_token, link);
+    if let Some(api) = api {
+        playback = playback.merge(crate::api::routes(api));
+    }
     json_errors(match push {
         Some(p) => playback.merge(push_route(storage, p)),
         None => {

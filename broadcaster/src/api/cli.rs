@@ -1,0 +1,154 @@
+//! The API's settings on `broadcaster serve` and the `broadcaster api-keys` command.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use castwork_cluster::Storage;
+use clap::{Args, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use super::fetch::FetchLimits;
+use super::jobs::{Jobs, Runner};
+use super::Api;
+use crate::live::auth::KeyStore;
+
+/// The job API of `broadcaster serve`.
+#[derive(Args, Debug, Clone)]
+pub struct ApiArgs {
+    /// Serve the job API (`POST /v1/jobs` with an input URL, `GET /v1/jobs/{id}`,
+    /// `GET /v1/jobs`, the description at `/v1/openapi.json`) on --http-addr. Each request
+    /// needs an API key (`broadcaster api-keys add NAME`); jobs are kept in --redis-url.
+    #[arg(long, env = "BROADCASTER_API")]
+    pub api: bool,
+
+    /// Comma-separated Livepeer presets of a job that names no ladder.
+    #[arg(
+        long,
+        env = "API_PROFILES",
+        default_value = "P360p30fps16x9,P720p30fps16x9"
+    )]
+    pub api_profiles: String,
+
+    /// Largest input a job may fetch, in MiB.
+    #[arg(long, env = "API_MAX_INPUT_MB", default_value_t = 2048)]
+    pub api_max_input_mb: u64,
+
+    /// Longest time a job's input may take to download, in seconds.
+    #[arg(long, env = "API_INPUT_SECS", default_value_t = 600)]
+    pub api_input_secs: u64,
+
+    /// Jobs that fetch and transcode at once; the others wait (`queued`).
+    #[arg(long, env = "API_JOBS", default_value_t = 2)]
+    pub api_jobs: usize,
+
+    /// Also fetch inputs from loopback, private and link-local addresses. Off, a job cannot
+    /// make this server read its own network's services (Redis, the broker's API, cloud
+    /// metadata).
+    #[arg(long, env = "API_ALLOW_PRIVATE_INPUTS")]
+    pub api_allow_private_inputs: bool,
+}
+
+impl ApiArgs {
+    /// The API, when `--api` asks for it.
+    pub fn build(
+        &self,
+        redis_url: &str,
+        amqp_url: &str,
+        storage: &Storage,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Option<Api>> {
+        if !self.api {
+            return Ok(None);
+        }
+        let default_ladder = castwork_protocol::profile::parse_profiles(&self.api_profiles)
+            .map_err(|e| anyhow::anyhow!("--api-profiles: {e}"))?;
+        let redis = castwork_cluster::redis_lazy(redis_url)?;
+        let jobs = Jobs::new(redis.clone());
+        Ok(Some(Api {
+            keys: KeyStore::api(redis),
+            jobs: jobs.clone(),
+            runner: Runner {
+                jobs,
+                amqp_url: amqp_url.to_string(),
+                storage: storage.clone(),
+                fetch: FetchLimits {
+                    max_bytes: self.api_max_input_mb.max(1) << 20,
+                    timeout: Duration::from_secs(self.api_input_secs.max(1)),
+                    allow_private: self.api_allow_private_inputs,
+                },
+                slots: Arc::new(tokio::sync::Semaphore::new(self.api_jobs.max(1))),
+                admit_timeout: Duration::from_secs(60),
+                shutdown: shutdown.clone(),
+            },
+            default_ladder,
+        }))
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ApiKeysAction {
+    /// Makes an API key for account NAME (replacing NAME's old key) and prints it; it is
+    /// shown only this once. Send it as `Authorization: Bearer KEY`.
+    Add { name: String },
+    /// Removes account NAME's key: its requests are refused from now on.
+    Remove { name: String },
+    /// Lists the accounts that have a key (keys are stored hashed only).
+    List,
+}
+
+/// What to do with a key store's keys.
+#[derive(Debug, Clone)]
+pub enum KeyOp {
+    Add(String),
+    Remove(String),
+    List,
+}
+
+impl From<ApiKeysAction> for KeyOp {
+    fn from(a: ApiKeysAction) -> KeyOp {
+        match a {
+            ApiKeysAction::Add { name } => KeyOp::Add(name),
+            ApiKeysAction::Remove { name } => KeyOp::Remove(name),
+            ApiKeysAction::List => KeyOp::List,
+        }
+    }
+}
+
+/// `broadcaster keys ...` (stream keys) and `broadcaster api-keys ...` (`api`): a key made
+/// is printed once, a name without a key is an error.
+pub async fn manage_keys(redis_url: &str, api: bool, op: KeyOp) -> anyhow::Result<()> {
+    let redis = castwork_cluster::redis_connect(redis_url)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach Redis at {}: {e}",
+                castwork_cluster::redact_url(redis_url)
+            )
+        })?;
+    let (store, owner) = if api {
+        (KeyStore::api(redis), "account")
+    } else {
+        (KeyStore::new(redis), "stream")
+    };
+    match op {
+        KeyOp::Add(name) => {
+            let (key, replaced) = store.add(&name).await?;
+            if replaced {
+                eprintln!("the old key of {name} no longer works");
+            }
+            println!("{key}");
+        }
+        KeyOp::Remove(name) => {
+            if !store.remove(&name).await? {
+                anyhow::bail!("{owner} {name} has no key");
+            }
+            eprintln!("removed the key of {name}");
+        }
+        KeyOp::List => {
+            for n in store.names().await? {
+                println!("{n}");
+            }
+        }
+    }
+    Ok(())
+}

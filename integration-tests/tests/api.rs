@@ -1,0 +1,186 @@
+//! The job API of `broadcaster serve --api` (issue 18): an app developer with an API key
+//! posts a video's URL and gets an HLS ladder; keys, accounts, bad requests and the fetch's
+//! refusal of this machine's own addresses, as a client meets them over HTTP.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+const PATIENCE: Duration = Duration::from_secs(120);
+
+/// Serves `dir` over HTTP on a free loopback port: the "internet" the inputs come from.
+struct FileServer {
+    child: Child,
+    addr: String,
+}
+
+impl FileServer {
+    fn start(dir: &std::path::Path) -> FileServer {
+        let port = free_port();
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+            ])
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 runs");
+        let addr = format!("127.0.0.1:{port}");
+        wait_until("the file server", Duration::from_secs(20), || {
+            http_get(&addr, "/").is_some()
+        });
+        FileServer { child, addr }
+    }
+}
+
+impl Drop for FileServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn api_key(cluster: &Cluster, name: &str) -> String {
+    let out = Command::new(bin("broadcaster"))
+        .args(["--redis-url", cluster.redis_url(), "api-keys", "add", name])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn call(addr: &str, method: &str, path: &str, key: Option<&str>, body: &str) -> (u16, Value) {
+    let auth = key.map(|k| format!("Bearer {k}"));
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(a) = &auth {
+        headers.push(("Authorization", a.as_str()));
+    }
+    let a = http_request(
+        addr,
+        method,
+        path,
+        &headers,
+        body.as_bytes(),
+        Duration::from_secs(30),
+    )
+    .expect("the API answers");
+    let v = serde_json::from_slice(&a.body).unwrap_or(Value::Null);
+    (a.status, v)
+}
+
+fn wait_job(addr: &str, key: &str, id: &str) -> Value {
+    let mut job = Value::Null;
+    wait_until("the job to end", PATIENCE, || {
+        job = call(addr, "GET", &format!("/v1/jobs/{id}"), Some(key), "").1;
+        matches!(
+            job["state"].as_str(),
+            Some("complete" | "incomplete" | "failed")
+        )
+    });
+    job
+}
+
+#[test]
+fn an_app_posts_a_url_and_gets_a_ladder() {
+    let mut cluster = Cluster::start(2);
+    let files = tempfile::tempdir().unwrap();
+    tone_clip(&files.path().join("clip.mp4"), "640x360", 4, "aac");
+    let inputs = FileServer::start(files.path());
+    let key = api_key(&cluster, "acme");
+    let other = api_key(&cluster, "globex");
+    let open = cluster.serve_live(&["--api", "--api-allow-private-inputs", "--no-live"]);
+    let api = open.http.as_str();
+
+    let (code, doc) = call(api, "GET", "/v1/openapi.json", None, "");
+    assert_eq!(code, 200);
+    assert_eq!(doc["openapi"], "3.0.3");
+
+    // No key, a wrong key, bad jobs: each refused with its reason.
+    let (code, v) = call(api, "GET", "/v1/jobs", None, "");
+    assert_eq!(code, 401, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("api-keys add"), "{v}");
+    assert_eq!(call(api, "GET", "/v1/jobs", Some("cwa_nope"), "").0, 401);
+    for (body, why) in [
+        ("not json", "a job is JSON"),
+        (
+            r#"{"input": "file:///etc/passwd"}"#,
+            "only http:// and https://",
+        ),
+        (
+            r#"{"input": "http://x/", "profiles": "P9999p"}"#,
+            "profiles",
+        ),
+        (r#"{"input": "http://x/", "priority": 1}"#, "unknown field"),
+    ] {
+        let (code, v) = call(api, "POST", "/v1/jobs", Some(&key), body);
+        assert_eq!(code, 400, "{body}: {v}");
+        assert!(v["error"].as_str().unwrap().contains(why), "{body}: {v}");
+    }
+
+    // A job: queued at once, then complete, with a ladder that plays.
+    let url = format!("http://{}/clip.mp4", inputs.addr);
+    let body = serde_json::json!({"input": url, "profiles": ["P144p30fps16x9", "P240p30fps16x9"]});
+    let (code, created) = call(api, "POST", "/v1/jobs", Some(&key), &body.to_string());
+    assert_eq!(code, 201, "{created}");
+    assert_eq!(created["state"], "queued", "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    let job = wait_job(api, &key, &id);
+    assert_eq!(job["state"], "complete", "{job}\n{}", cluster.logs());
+    assert_eq!(job["segments"], 2, "{job}");
+    let playback = job["playback_url"].as_str().unwrap();
+    let path = playback.split_once(api).unwrap().1;
+    let (code, master) = http_get(api, path).unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        master.contains("P144p30fps16x9") && master.contains("P240p30fps16x9"),
+        "{master}"
+    );
+    let stream = job["stream"].as_str().unwrap();
+    assert_eq!(cluster.playlist_seqs(stream, "P240p30fps16x9"), [0, 1]);
+
+    // Listed for its account; another account sees neither the job nor the list.
+    let (_, list) = call(api, "GET", "/v1/jobs?limit=10", Some(&key), "");
+    assert_eq!(list["jobs"][0]["id"], id.as_str(), "{list}");
+    assert_eq!(
+        call(api, "GET", &format!("/v1/jobs/{id}"), Some(&other), "").0,
+        404
+    );
+    let (_, theirs) = call(api, "GET", "/v1/jobs", Some(&other), "");
+    assert_eq!(theirs["jobs"], serde_json::json!([]), "{theirs}");
+
+    // A server that fetches only from the public internet refuses this machine's own
+    // addresses: the job fails saying so, and nothing is fetched.
+    let strict = cluster.serve_live(&["--api", "--no-live"]);
+    for target in [
+        url.clone(),
+        format!("http://{}/", cluster.orchestrator_addr),
+    ] {
+        let body = serde_json::json!({ "input": target });
+        let (code, created) = call(
+            &strict.http,
+            "POST",
+            "/v1/jobs",
+            Some(&key),
+            &body.to_string(),
+        );
+        assert_eq!(code, 201, "{created}");
+        let job = wait_job(&strict.http, &key, created["id"].as_str().unwrap());
+        assert_eq!(job["state"], "failed", "{job}");
+        assert!(
+            job["error"]
+                .as_str()
+                .unwrap()
+                .contains("not on the public internet"),
+            "{job}"
+        );
+    }
+}
