@@ -498,6 +498,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let shutdown = shutdown_token();
             let api = api.build(
+                http_addr,
                 &cli.redis_url,
                 &cli.service.link.amqp_url,
                 &storage,
@@ -660,6 +661,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     wait_timeout: timeout_secs.map(Duration::from_secs),
                     orchestrator_url: orchestrator_url.clone(),
                     formats: None,
+                    cancel: None,
                 },
                 shutdown_token(),
             )

@@ -147,15 +147,124 @@ fn an_app_posts_a_url_and_gets_a_ladder() {
     let stream = job["stream"].as_str().unwrap();
     assert_eq!(cluster.playlist_seqs(stream, "P240p30fps16x9"), [0, 1]);
 
+    // A job with a webhook: its first delivery is answered 500, the retry 200; the body is
+    // the job, signed with the key's SHA-256 over "t.body".
+    let (tx, rx) = std::sync::mpsc::channel::<(String, String)>();
+    let tries = std::sync::atomic::AtomicUsize::new(0);
+    let hook = webhook_with_head(move |head, body| {
+        let _ = tx.send((head.to_string(), body.to_string()));
+        if tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            (500, "{}".into())
+        } else {
+            (200, "{}".into())
+        }
+    });
+    let body = serde_json::json!({"input": url, "profiles": "P144p30fps16x9", "webhook": hook});
+    let (code, created) = call(api, "POST", "/v1/jobs", Some(&key), &body.to_string());
+    assert_eq!(code, 201, "{created}");
+    let hooked = created["id"].as_str().unwrap().to_string();
+    let (head, sent) = rx.recv_timeout(PATIENCE).expect("the webhook is called");
+    let (_, again) = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("and called again");
+    assert_eq!(sent, again);
+    let v: Value = serde_json::from_str(&sent).unwrap();
+    assert_eq!(
+        (v["id"].as_str(), v["state"].as_str()),
+        (Some(hooked.as_str()), Some("complete"))
+    );
+    assert!(v.get("signing_key").is_none(), "{v}");
+    let sig = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("castwork-signature: ")
+                .map(String::from)
+        })
+        .expect("a signature header");
+    let (t, mac) = sig.split_once(",v1=").unwrap();
+    let t = t.strip_prefix("t=").unwrap();
+    use hmac::Mac as _;
+    let secret = castwork_protocol::secret::sha256_hex(&key);
+    let mut want = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    want.update(format!("{t}.{sent}").as_bytes());
+    assert_eq!(
+        mac,
+        hex::encode(want.finalize().into_bytes()),
+        "the signature checks"
+    );
+    wait_until("the delivery recorded", PATIENCE, || {
+        call(api, "GET", &format!("/v1/jobs/{hooked}"), Some(&key), "").1["webhook_result"]
+            == "delivered (2 tries)"
+    });
+
     // Listed for its account; another account sees neither the job nor the list.
-    let (_, list) = call(api, "GET", "/v1/jobs?limit=10", Some(&key), "");
-    assert_eq!(list["jobs"][0]["id"], id.as_str(), "{list}");
+    let (_, page) = call(api, "GET", "/v1/jobs?limit=1", Some(&key), "");
+    assert_eq!(
+        page["jobs"][0]["id"],
+        hooked.as_str(),
+        "newest first: {page}"
+    );
+    let next = page["next"].as_u64().expect("a next page");
+    let (_, page) = call(
+        api,
+        "GET",
+        &format!("/v1/jobs?limit=1&before={next}"),
+        Some(&key),
+        "",
+    );
+    assert_eq!(page["jobs"][0]["id"], id.as_str(), "{page}");
     assert_eq!(
         call(api, "GET", &format!("/v1/jobs/{id}"), Some(&other), "").0,
         404
     );
     let (_, theirs) = call(api, "GET", "/v1/jobs", Some(&other), "");
     assert_eq!(theirs["jobs"], serde_json::json!([]), "{theirs}");
+
+    // Deleting: an ended job's outputs go at once; a running one is cancelled first.
+    let (code, gone) = call(api, "DELETE", &format!("/v1/jobs/{id}"), Some(&key), "");
+    assert_eq!(
+        (code, gone["state"].as_str()),
+        (200, Some("deleted")),
+        "{gone}"
+    );
+    assert_eq!(
+        http_get(api, path).unwrap().0,
+        404,
+        "its master playlist is gone"
+    );
+    tone_clip(&files.path().join("long.mp4"), "640x360", 20, "aac");
+    let body = serde_json::json!({"input": format!("http://{}/long.mp4", inputs.addr)});
+    let (_, created) = call(api, "POST", "/v1/jobs", Some(&key), &body.to_string());
+    let running = created["id"].as_str().unwrap().to_string();
+    wait_until("the long job to start", PATIENCE, || {
+        call(api, "GET", &format!("/v1/jobs/{running}"), Some(&key), "").1["state"] == "transcoding"
+    });
+    let (code, v) = call(
+        api,
+        "DELETE",
+        &format!("/v1/jobs/{running}"),
+        Some(&key),
+        "",
+    );
+    assert_eq!(code, 202, "{v}");
+    let mut job = Value::Null;
+    for _ in 0..60 {
+        job = call(api, "GET", &format!("/v1/jobs/{running}"), Some(&key), "").1;
+        if job["state"] == "deleted" {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert_eq!(job["state"], "deleted", "{job}\n{}", cluster.logs());
+    let stream = job["stream"].as_str().unwrap();
+    assert!(
+        http_get(api, &format!("/streams/{stream}/index.m3u8"))
+            .unwrap()
+            .0
+            == 404,
+        "no playlist of a deleted job"
+    );
 
     // A server that fetches only from the public internet refuses this machine's own
     // addresses: the job fails saying so, and nothing is fetched.

@@ -46,12 +46,18 @@ pub struct ApiArgs {
     /// metadata).
     #[arg(long, env = "API_ALLOW_PRIVATE_INPUTS")]
     pub api_allow_private_inputs: bool,
+
+    /// This server's URL as apps reach it, for the playback URL in a job's webhook (an
+    /// answer to a request uses the request's Host). Unset: http:// and --http-addr.
+    #[arg(long, env = "API_PUBLIC_URL")]
+    pub api_public_url: Option<String>,
 }
 
 impl ApiArgs {
     /// The API, when `--api` asks for it.
     pub fn build(
         &self,
+        http_addr: std::net::SocketAddr,
         redis_url: &str,
         amqp_url: &str,
         storage: &Storage,
@@ -79,6 +85,13 @@ impl ApiArgs {
                 slots: Arc::new(tokio::sync::Semaphore::new(self.api_jobs.max(1))),
                 admit_timeout: Duration::from_secs(60),
                 shutdown: shutdown.clone(),
+                running: Default::default(),
+                public_url: self
+                    .api_public_url
+                    .clone()
+                    .unwrap_or_else(|| format!("http://{http_addr}"))
+                    .trim_end_matches('/')
+                    .to_string(),
             },
             default_ladder,
         }))

@@ -58,23 +58,24 @@ fn public_v6(ip: Ipv6Addr) -> bool {
         || first == 0x0064 && ip.segments()[1] == 0xff9b)
 }
 
-/// Downloads `url` to `dest` within `limits`; the error says what was refused, in words for
-/// the API's caller.
-pub async fn fetch(url: &str, dest: &Path, limits: FetchLimits) -> Result<u64, String> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| format!("input {url:?}: {e}"))?;
+/// A client that reaches `url`'s host only at an address checked here (public, unless
+/// `allow_private`), follows no redirect and gives up after `timeout`; and the URL parsed.
+pub async fn checked_client(
+    url: &str,
+    allow_private: bool,
+    timeout: Duration,
+) -> Result<(reqwest::Client, reqwest::Url), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url:?}: {e}"))?;
     if !matches!(parsed.scheme(), "http" | "https") {
-        return Err("input: only http:// and https:// URLs".into());
+        return Err("only http:// and https:// URLs".into());
     }
     if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err("input: credentials in the URL are not accepted".into());
+        return Err("credentials in the URL are not accepted".into());
     }
-    let host = parsed
-        .host_str()
-        .ok_or("input: the URL has no host")?
-        .to_string();
+    let host = parsed.host_str().ok_or("the URL has no host")?.to_string();
     let port = parsed
         .port_or_known_default()
-        .ok_or("input: the URL has no port")?;
+        .ok_or("the URL has no port")?;
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     let addrs: Vec<SocketAddr> = match bare.parse::<IpAddr>() {
         Ok(ip) => vec![SocketAddr::new(ip, port)],
@@ -83,17 +84,17 @@ pub async fn fetch(url: &str, dest: &Path, limits: FetchLimits) -> Result<u64, S
             tokio::net::lookup_host((bare, port)),
         )
         .await
-        .map_err(|_| format!("input: {host} did not resolve in 10 s"))?
-        .map_err(|e| format!("input: cannot resolve {host}: {e}"))?
+        .map_err(|_| format!("{host} did not resolve in 10 s"))?
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?
         .collect(),
     };
     let addr = addrs
         .iter()
         .copied()
-        .find(|a| limits.allow_private || is_public(a.ip()))
+        .find(|a| allow_private || is_public(a.ip()))
         .ok_or_else(|| {
             format!(
-                "input: {host} is not on the public internet ({}): refused",
+                "{host} is not on the public internet ({}): refused",
                 addrs
                     .iter()
                     .map(|a| a.ip().to_string())
@@ -105,8 +106,17 @@ pub async fn fetch(url: &str, dest: &Path, limits: FetchLimits) -> Result<u64, S
         .redirect(reqwest::redirect::Policy::none())
         .resolve(bare, addr)
         .connect_timeout(Duration::from_secs(10))
-        .timeout(limits.timeout)
+        .timeout(timeout)
         .build()
+        .map_err(|e| e.to_string())?;
+    Ok((client, parsed))
+}
+
+/// Downloads `url` to `dest` within `limits`; the error says what was refused, in words for
+/// the API's caller.
+pub async fn fetch(url: &str, dest: &Path, limits: FetchLimits) -> Result<u64, String> {
+    let (client, parsed) = checked_client(url, limits.allow_private, limits.timeout)
+        .await
         .map_err(|e| format!("input: {e}"))?;
     let mut resp = client
         .get(parsed.clone())

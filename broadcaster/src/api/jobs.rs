@@ -39,6 +39,29 @@ pub struct Job {
     pub segments: Option<u64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed_segments: Vec<FailedSegment>,
+    /// Where the job is POSTed when it ends, and how that went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_result: Option<String>,
+    /// The webhook's HMAC key (the SHA-256 of the account's API key): kept, never shown.
+    #[serde(default)]
+    pub signing_key: String,
+}
+
+impl Job {
+    /// The job as the API shows it: no signing key, and where to play it (under `base`,
+    /// this server's URL) once it has output.
+    pub fn shown(&self, base: &str) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("signing_key");
+        }
+        if matches!(self.state.as_str(), "complete" | "incomplete") {
+            v["playback_url"] = format!("{base}/streams/{}/index.m3u8", self.stream).into();
+        }
+        v
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -163,6 +186,16 @@ pub struct Runner {
     pub slots: Arc<tokio::sync::Semaphore>,
     pub admit_timeout: Duration,
     pub shutdown: CancellationToken,
+    /// This server's URL, for the playback URL a webhook carries.
+    pub public_url: String,
+    /// The jobs this server runs, each with the token that deletes it (cancels it, and
+    /// removes its outputs once it has stopped).
+    pub running: Arc<std::sync::Mutex<std::collections::HashMap<String, CancellationToken>>>,
+}
+
+/// Whether a job in `state` has ended (whatever else happens to it, it does no more work).
+pub fn ended(state: &str) -> bool {
+    matches!(state, "complete" | "incomplete" | "failed" | "deleted")
 }
 
 impl Runner {
@@ -174,8 +207,11 @@ impl Runner {
             .query_async::<()>(&mut self.jobs.redis.clone())
             .await?;
         let this = self.clone();
+        let delete = CancellationToken::new();
+        self.running_jobs().insert(job.id.clone(), delete.clone());
         tokio::spawn(async move {
-            let ended = this.run(&mut job, ladder).await;
+            let ended = this.run(&mut job, ladder, &delete).await;
+            this.running_jobs().remove(&job.id);
             job.updated_unix_ms = now_ms();
             match ended {
                 Ok(()) => {}
@@ -183,6 +219,9 @@ impl Runner {
                     job.state = "failed".into();
                     job.error = Some(e);
                 }
+            }
+            if delete.is_cancelled() {
+                this.remove_outputs(&mut job).await;
             }
             tracing::info!(
                 job = job.id,
@@ -193,6 +232,19 @@ impl Runner {
             if let Err(e) = this.jobs.save(&job).await {
                 tracing::warn!(job = job.id, error = %e, "cannot record how an API job ended");
             }
+            if let Some(url) = job.webhook.clone() {
+                let body = job.shown(&this.public_url).to_string();
+                let result = super::webhook::deliver(
+                    &url,
+                    &body,
+                    &job.signing_key,
+                    this.fetch.allow_private,
+                )
+                .await;
+                tracing::info!(job = job.id, url, result, "API job webhook");
+                job.webhook_result = Some(result);
+                let _ = this.jobs.save(&job).await;
+            }
             let _ = redis::cmd("SREM")
                 .arg(RUNNING_SET)
                 .arg(&job.id)
@@ -200,6 +252,45 @@ impl Runner {
                 .await;
         });
         Ok(())
+    }
+
+    fn running_jobs(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, CancellationToken>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Deletes job `job`: a job running here is cancelled (its stream aborted) and its
+    /// outputs removed once it has stopped, which `false` says is still to come; an ended
+    /// job's outputs are removed now. A job that runs on another server is not touched
+    /// (`Err`).
+    pub async fn delete(&self, job: &mut Job) -> Result<bool, String> {
+        if let Some(token) = self.running_jobs().get(&job.id) {
+            token.cancel();
+            return Ok(false);
+        }
+        if !ended(&job.state) {
+            return Err(format!(
+                "job {} is {} on another server of this API: delete it there, or once it ends",
+                job.id, job.state
+            ));
+        }
+        self.remove_outputs(job).await;
+        self.jobs.save(job).await.map_err(|e| e.to_string())?;
+        Ok(true)
+    }
+
+    /// Removes a job's outputs from the object store; the job becomes `deleted`.
+    async fn remove_outputs(&self, job: &mut Job) {
+        let prefix = format!("streams/{}/", job.stream);
+        match self.storage.delete_prefix(&prefix).await {
+            Ok(n) => tracing::info!(job = job.id, objects = n, "API job deleted"),
+            Err(e) => {
+                tracing::warn!(job = job.id, error = %e, "cannot delete an API job's outputs")
+            }
+        }
+        job.state = "deleted".into();
+        job.updated_unix_ms = now_ms();
     }
 
     async fn set_state(&self, job: &mut Job, state: &str) {
@@ -210,18 +301,23 @@ impl Runner {
         }
     }
 
-    async fn run(&self, job: &mut Job, ladder: Vec<Profile>) -> Result<(), String> {
-        let _slot = self
-            .slots
-            .acquire()
-            .await
-            .map_err(|_| "the server is stopping".to_string())?;
+    async fn run(
+        &self,
+        job: &mut Job,
+        ladder: Vec<Profile>,
+        delete: &CancellationToken,
+    ) -> Result<(), String> {
+        let _slot = tokio::select! {
+            s = self.slots.acquire() => s.map_err(|_| "the server is stopping".to_string())?,
+            _ = delete.cancelled() => return Err("deleted".into()),
+        };
         self.set_state(job, "fetching").await;
         let dir = tempfile::tempdir().map_err(|e| format!("a temporary directory: {e}"))?;
         let input = dir.path().join("input");
         let bytes = tokio::select! {
             r = fetch(&job.input, &input, self.fetch) => r?,
             _ = self.shutdown.cancelled() => return Err("the server stopped".into()),
+            _ = delete.cancelled() => return Err("deleted".into()),
         };
         tracing::info!(job = job.id, bytes, "API job's input fetched");
         self.set_state(job, "transcoding").await;
@@ -243,6 +339,7 @@ impl Runner {
                 wait_timeout: None,
                 orchestrator_url: None,
                 formats: Some(castwork_media::NETWORK_INPUT_FORMATS),
+                cancel: Some(delete.clone()),
             },
             self.shutdown.child_token(),
         )

@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod fetch;
 pub mod jobs;
+pub mod webhook;
 
 use axum::{
     extract::{Path, Query, State},
@@ -40,7 +41,7 @@ pub fn routes(api: Api) -> Router {
     Router::new()
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/jobs", get(list_jobs).post(create_job))
-        .route("/v1/jobs/{id}", get(get_job))
+        .route("/v1/jobs/{id}", get(get_job).delete(delete_job))
         .with_state(api)
 }
 
@@ -83,11 +84,7 @@ fn shown(job: &Job, headers: &HeaderMap) -> serde_json::Value {
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("127.0.0.1");
-    let mut v = serde_json::to_value(job).unwrap_or_default();
-    if matches!(job.state.as_str(), "complete" | "incomplete") {
-        v["playback_url"] = format!("http://{host}/streams/{}/index.m3u8", job.stream).into();
-    }
-    v
+    job.shown(&format!("http://{host}"))
 }
 
 /// `POST /v1/jobs`'s body.
@@ -100,6 +97,9 @@ struct NewJob {
     /// profiles (objects).
     #[serde(default)]
     profiles: Option<serde_json::Value>,
+    /// An `http(s)://` URL that gets the job, signed, when it ends.
+    #[serde(default)]
+    webhook: Option<String>,
 }
 
 fn ladder_of(
@@ -126,6 +126,10 @@ async fn create_job(
         Ok(a) => a,
         Err(r) => return r,
     };
+    // The webhook's signing key: the key's SHA-256, which the account can compute too.
+    let signing_key = castwork_cluster::http::bearer(&headers)
+        .map(castwork_protocol::secret::sha256_hex)
+        .unwrap_or_default();
     if body.len() > 64 * 1024 {
         return error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -141,14 +145,23 @@ async fn create_job(
             )
         }
     };
-    if new.input.len() > 2048 {
-        return error(StatusCode::BAD_REQUEST, "input: at most 2048 characters");
-    }
-    if !(new.input.starts_with("http://") || new.input.starts_with("https://")) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "input: only http:// and https:// URLs",
-        );
+    for (what, url) in [
+        ("input", Some(&new.input)),
+        ("webhook", new.webhook.as_ref()),
+    ] {
+        let Some(url) = url else { continue };
+        if url.len() > 2048 {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("{what}: at most 2048 characters"),
+            );
+        }
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("{what}: only http:// and https:// URLs"),
+            );
+        }
     }
     let ladder = match ladder_of(&new.profiles, &api.default_ladder) {
         Ok(l) if !l.is_empty() => l,
@@ -175,6 +188,9 @@ async fn create_job(
         error: None,
         segments: None,
         failed_segments: Vec::new(),
+        webhook: new.webhook,
+        webhook_result: None,
+        signing_key,
     };
     if let Err(e) = api.jobs.save(&job).await {
         return unavailable(e);
@@ -197,6 +213,34 @@ async fn get_job(State(api): State<Api>, Path(id): Path<String>, headers: Header
             format!("no job {id} of this account"),
         ),
         Err(e) => unavailable(e),
+    }
+}
+
+/// `DELETE /v1/jobs/{id}`: 200 with the job once its outputs are gone; 202 while a running
+/// job stops (its stream aborted) before they go.
+async fn delete_job(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let account = match account(&api, &headers).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let mut job = match api.jobs.get(&account, &id).await {
+        Ok(Some(job)) => job,
+        Ok(None) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("no job {id} of this account"),
+            )
+        }
+        Err(e) => return unavailable(e),
+    };
+    match api.runner.delete(&mut job).await {
+        Ok(true) => Json(shown(&job, &headers)).into_response(),
+        Ok(false) => (StatusCode::ACCEPTED, Json(shown(&job, &headers))).into_response(),
+        Err(e) => error(StatusCode::CONFLICT, e),
     }
 }
 

@@ -62,6 +62,18 @@ pub struct PushRequest {
     /// the network: [`castwork_media::NETWORK_INPUT_FORMATS`]); `None` opens any file FFmpeg
     /// reads, as for the operator's own files.
     pub formats: Option<&'static str>,
+    /// Cancels the push: unlike a shutdown, which leaves the cluster to finish what was
+    /// sent, a cancel aborts the stream (the orchestrator marks it failed and deletes what
+    /// it stored).
+    pub cancel: Option<CancellationToken>,
+}
+
+/// Resolves when `cancel` is cancelled; never without one.
+async fn cancelled(cancel: &Option<CancellationToken>) {
+    match cancel {
+        Some(c) => c.cancelled().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Refuses an orchestrator whose advertised price (`GET URL/price`) is above `max`;
@@ -267,6 +279,10 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
                 Some(s) => s,
                 None => break,
             },
+            () = cancelled(&req.cancel) => {
+                progress.finish();
+                return Err(aborted(link, &req.stream, session, uploaded, anyhow::anyhow!("cancelled")).await);
+            }
             _ = shutdown.cancelled() => {
                 progress.finish();
                 if uploaded == 0 {
@@ -381,6 +397,10 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
     while completed.is_none() {
         let e = tokio::select! {
             e = link.next_event() => e?,
+            () = cancelled(&req.cancel) => {
+                progress.finish();
+                return Err(aborted(link, &req.stream, session, uploaded, anyhow::anyhow!("cancelled")).await);
+            }
             _ = shutdown.cancelled() => {
                 progress.finish();
                 bail!("interrupted while waiting: the cluster goes on transcoding stream {}", req.stream);

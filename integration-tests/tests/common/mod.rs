@@ -1413,6 +1413,11 @@ pub fn finish(mut child: std::process::Child, timeout: Duration) -> (bool, Strin
 /// A tiny HTTP server for auth webhooks: answers each request with `respond(its body)` as
 /// (status, body). Returns its URL.
 pub fn webhook(respond: impl Fn(&str) -> (u16, String) + Send + 'static) -> String {
+    webhook_with_head(move |_, body| respond(body))
+}
+
+/// [`webhook`], with the request's head (its request line and headers) for `respond` too.
+pub fn webhook_with_head(respond: impl Fn(&str, &str) -> (u16, String) + Send + 'static) -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     std::thread::spawn(move || {
@@ -1442,8 +1447,8 @@ pub fn webhook(respond: impl Fn(&str) -> (u16, String) + Send + 'static) -> Stri
                 }
             }
             let text = String::from_utf8_lossy(&got);
-            let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-            let (status, answer) = respond(body);
+            let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+            let (status, answer) = respond(head, body);
             let reply = format!(
                 "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
                 answer.len()
