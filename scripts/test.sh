@@ -27,6 +27,15 @@ if ! command -v npm >/dev/null; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null
 fi
 (cd contracts && npm ci --no-audit --no-fund --loglevel=error)
+# Schemathesis (PyPI, pinned) checks the job API against its OpenAPI description (api.rs).
+if [ ! -x target/schemathesis/bin/st ]; then
+  python3 -m venv target/schemathesis 2>/dev/null || {
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >/dev/null
+    rm -rf target/schemathesis && python3 -m venv target/schemathesis
+  }
+  target/schemathesis/bin/pip install --quiet schemathesis==4.32.5
+fi
 # The committed contract build must be what the sources compile to.
 node contracts/build.js >/dev/null
 git diff --exit-code --stat -- contracts/build || { echo "test: contracts/build is stale: run scripts/build-contracts.sh and commit" >&2; exit 1; }

@@ -293,3 +293,46 @@ fn an_app_posts_a_url_and_gets_a_ladder() {
         );
     }
 }
+
+/// Schemathesis (PyPI, installed by scripts/test.sh into target/schemathesis) against the
+/// running API and its own description: every answer matches the described status codes,
+/// content types and schemas, requests the description forbids are refused, no request makes
+/// a server error, and no route answers without a key. (Its "schema-valid requests are
+/// accepted" check is left out: a job's URL and ladder are checked beyond what a schema can
+/// say, such as a preset name that exists.)
+#[test]
+fn the_api_keeps_to_its_openapi_description() {
+    let st = workspace().join("target/schemathesis/bin/st");
+    assert!(
+        st.exists(),
+        "{} is missing: run scripts/test.sh, or python3 -m venv target/schemathesis && \
+         target/schemathesis/bin/pip install schemathesis==4.32.5",
+        st.display()
+    );
+    let mut cluster = Cluster::start(0);
+    let key = api_key(&cluster, "fuzz");
+    let api = cluster.serve_live(&["--api", "--no-live"]);
+    let out = Command::new(&st)
+        .args(["run", &format!("http://{}/v1/openapi.json", api.http)])
+        .args(["--header", &format!("Authorization: Bearer {key}")])
+        .args([
+            "--checks",
+            "all",
+            "--exclude-checks",
+            "positive_data_acceptance",
+        ])
+        .args(["--max-examples", "50", "--seed", "1"])
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("schemathesis runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("Tested: 4"),
+        "every operation was tested: {text}"
+    );
+}

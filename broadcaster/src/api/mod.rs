@@ -262,7 +262,13 @@ async fn list_jobs(
         Ok(a) => a,
         Err(r) => return r,
     };
-    let limit = page.limit.unwrap_or(20).clamp(1, 100);
+    let limit = page.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return error(StatusCode::BAD_REQUEST, "limit: 1 to 100 jobs a page");
+    }
+    if page.before.is_some_and(|b| b > i64::MAX as u64) {
+        return error(StatusCode::BAD_REQUEST, "before: a previous page's `next`");
+    }
     match api.jobs.list(&account, page.before, limit).await {
         Ok(jobs) => {
             let next = (jobs.len() == limit)
