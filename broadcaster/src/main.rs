@@ -662,6 +662,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     orchestrator_url: orchestrator_url.clone(),
                     formats: None,
                     cancel: None,
+                    progress: None,
                 },
                 shutdown_token(),
             )

@@ -136,6 +136,11 @@ fn an_app_posts_a_url_and_gets_a_ladder() {
     let job = wait_job(api, &key, &id);
     assert_eq!(job["state"], "complete", "{job}\n{}", cluster.logs());
     assert_eq!(job["segments"], 2, "{job}");
+    assert_eq!(
+        job["progress"],
+        serde_json::json!({"segments": 2, "sent": 2, "transcoded": 2, "failed": 0}),
+        "{job}"
+    );
     let playback = job["playback_url"].as_str().unwrap();
     let path = playback.split_once(api).unwrap().1;
     let (code, master) = http_get(api, path).unwrap();

@@ -44,6 +44,9 @@ pub struct Job {
     pub webhook: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_result: Option<String>,
+    /// How far a job that is transcoding (or has) is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<crate::push::PushProgress>,
     /// The webhook's HMAC key (the SHA-256 of the account's API key): kept, never shown.
     #[serde(default)]
     pub signing_key: String,
@@ -321,6 +324,19 @@ impl Runner {
         };
         tracing::info!(job = job.id, bytes, "API job's input fetched");
         self.set_state(job, "transcoding").await;
+        // The job's record follows the push's progress, at most once a second.
+        let (tx, mut rx) = tokio::sync::watch::channel(crate::push::PushProgress::default());
+        let follower = {
+            let (jobs, mut record) = (self.jobs.clone(), job.clone());
+            tokio::spawn(async move {
+                while rx.changed().await.is_ok() {
+                    record.progress = Some(rx.borrow_and_update().clone());
+                    record.updated_unix_ms = now_ms();
+                    let _ = jobs.save(&record).await;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            })
+        };
         let outcome = push(
             PushRequest {
                 input,
@@ -340,11 +356,15 @@ impl Runner {
                 orchestrator_url: None,
                 formats: Some(castwork_media::NETWORK_INPUT_FORMATS),
                 cancel: Some(delete.clone()),
+                progress: Some(tx.clone()),
             },
             self.shutdown.child_token(),
         )
-        .await
-        .map_err(|e| format!("{e:#}"))?;
+        .await;
+        job.progress = Some(tx.borrow().clone());
+        drop(tx);
+        let _ = follower.await;
+        let outcome = outcome.map_err(|e| format!("{e:#}"))?;
         job.segments = Some(outcome.segments);
         job.failed_segments = outcome
             .failed

@@ -188,6 +188,7 @@ async fn create_job(
         error: None,
         segments: None,
         failed_segments: Vec::new(),
+        progress: None,
         webhook: new.webhook,
         webhook_result: None,
         signing_key,

@@ -66,6 +66,42 @@ pub struct PushRequest {
     /// sent, a cancel aborts the stream (the orchestrator marks it failed and deletes what
     /// it stored).
     pub cancel: Option<CancellationToken>,
+    /// Told how far the push is, as it goes.
+    pub progress: Option<tokio::sync::watch::Sender<PushProgress>>,
+}
+
+/// How far a push is: segments cut (once the whole file is), sent, transcoded (every
+/// rendition of a segment is made together, so this is each rendition's count) and failed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PushProgress {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segments: Option<u64>,
+    pub sent: u64,
+    pub transcoded: u64,
+    pub failed: u64,
+}
+
+/// Tells `to` (if anyone listens) the push's counts now.
+fn report(
+    to: &Option<tokio::sync::watch::Sender<PushProgress>>,
+    segments: Option<u64>,
+    sent: u64,
+    outputs: &std::collections::BTreeMap<u64, (ObjectRef, Vec<RenditionRef>)>,
+    failed: &[(u64, String)],
+) {
+    if let Some(tx) = to {
+        let now = PushProgress {
+            segments,
+            sent,
+            transcoded: outputs.values().filter(|o| !o.1.is_empty()).count() as u64,
+            failed: failed.len() as u64,
+        };
+        tx.send_if_modified(|p| {
+            let changed = *p != now;
+            *p = now.clone();
+            changed
+        });
+    }
 }
 
 /// Resolves when `cancel` is cancelled; never without one.
@@ -335,6 +371,7 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
         while let Some(e) = link.try_event().await {
             note_event(&e, &mut progress, &mut failed, &mut completed, &mut outputs);
         }
+        report(&req.progress, None, uploaded, &outputs, &failed);
     }
     let summary = match cutter.await? {
         Ok(s) => s,
@@ -350,6 +387,13 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
         }
     };
     progress.set_total(summary.segments);
+    report(
+        &req.progress,
+        Some(summary.segments),
+        uploaded,
+        &outputs,
+        &failed,
+    );
     if summary.sparse_keyframes {
         progress.println(&format!(
             "note: keyframes are sparse, so segments run up to {:.1} s instead of {:.1} s; encode the source with a keyframe every {:.0} s for even segments",
@@ -432,6 +476,13 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
             );
         }
         note_event(&e, &mut progress, &mut failed, &mut completed, &mut outputs);
+        report(
+            &req.progress,
+            Some(summary.segments),
+            uploaded,
+            &outputs,
+            &failed,
+        );
     }
     progress.finish();
     link.close().await;
