@@ -100,9 +100,10 @@ pub fn stake_key(orchestrator: &str) -> String {
 /// Evidence of failed checks, newest first.
 pub const EVIDENCE_LIST: &str = "cw:evidence";
 
-/// Whether segment `seq` is in the sample (a hash of stream and seq, so reruns agree).
-pub fn sampled(rate: f64, stream: &str, seq: u64) -> bool {
-    castwork_protocol::sample::in_sample(rate, &format!("verify/{stream}/{seq}"))
+/// Whether segment `seq` is in the sample: keyed with `secret`, this push's own (random,
+/// never sent), so the orchestrator cannot tell which segments the broadcaster checks.
+pub fn sampled(rate: f64, secret: &[u8], stream: &str, seq: u64) -> bool {
+    castwork_protocol::sample::in_keyed_sample(rate, secret, &format!("verify/{stream}/{seq}"))
 }
 
 /// Checks the sampled segments; returns the evidence of every bad rendition (already stored
@@ -116,10 +117,11 @@ pub async fn verify(
     orchestrator: &str,
 ) -> anyhow::Result<(Vec<Evidence>, usize)> {
     let tmp = tempfile::tempdir().context("creating a temporary directory")?;
+    let secret = crate::live::auth::random_hex(32).context("making the sample's secret")?;
     let mut found = Vec::new();
     let mut checked = 0;
     for (seq, (source, renditions)) in segments {
-        if !sampled(policy.sample_rate, stream, *seq) || renditions.is_empty() {
+        if !sampled(policy.sample_rate, secret.as_bytes(), stream, *seq) || renditions.is_empty() {
             continue;
         }
         checked += 1;

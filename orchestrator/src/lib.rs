@@ -288,6 +288,7 @@ pub async fn run(
         storage: storage.clone(),
         payments,
         job_ids: workers::JobIds::new(job_key.clone()),
+        sample_secret: job_key.clone(),
         work,
     };
     supervise("orchestrator", &shutdown, || async {
@@ -311,6 +312,9 @@ struct Parts {
     state: State,
     storage: Storage,
     payments: Option<Arc<payments::Payments>>,
+    /// What the quality sample is keyed with: the replicas' shared secret (each use of it
+    /// is kept apart by its own prefix in the MAC).
+    sample_secret: Vec<u8>,
     job_ids: workers::JobIds,
     work: workers::tokens::WorkUrls,
 }
@@ -351,6 +355,7 @@ async fn session(
         work: parts.work.clone(),
         lost_after: cfg.lost_after,
         lost: Default::default(),
+        sample_secret: parts.sample_secret.clone(),
         routing: ingest::routing::Routing::new(cfg.route_live.clone(), cfg.route_vod.clone()),
         stranded: Default::default(),
     });

@@ -66,6 +66,8 @@ pub struct Orchestrator {
     pub lost_after: Duration,
     /// What the last look for lost jobs found.
     pub lost: Mutex<crate::recovery::lost::LostJobs>,
+    /// The secret the quality sample is keyed with (shared by the replicas, in Redis).
+    pub sample_secret: Vec<u8>,
     /// Which class's queue each job goes to.
     pub routing: crate::ingest::routing::Routing,
     /// The job queues that had ready jobs and no consumer at the last look.
@@ -85,10 +87,12 @@ pub struct QualityPolicy {
 
 impl QualityPolicy {
     /// Whether this result's pictures are checked: a fixed fraction of results, chosen by
-    /// a hash of the segment and attempt (the same answer on a redelivery).
-    pub fn sampled(&self, r: &SegmentResult) -> bool {
-        castwork_protocol::sample::in_sample(
+    /// an HMAC of the segment and attempt under `secret` (the orchestrators' shared secret):
+    /// the same answer on a redelivery, and no worker can tell beforehand.
+    pub fn sampled(&self, secret: &[u8], r: &SegmentResult) -> bool {
+        castwork_protocol::sample::in_keyed_sample(
             self.sample_rate,
+            secret,
             &format!("{}/{}/{}", r.stream, r.seq, r.attempt),
         )
     }

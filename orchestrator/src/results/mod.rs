@@ -175,7 +175,10 @@ impl Orchestrator {
         } else if self.trust_worker_output {
             Ok(unchecked(&r))
         } else {
-            let quality = self.quality.sampled(&r).then_some(self.quality.min_psnr_db);
+            let quality = self
+                .quality
+                .sampled(&self.sample_secret, &r)
+                .then_some(self.quality.min_psnr_db);
             check_result(&self.storage, &seg, &rec.plan, &rec.source, &r, quality).await
         };
         if let Err(e) = &checked {
