@@ -229,6 +229,7 @@ sleep 49
 docker unpause "$victim" > /dev/null
 check paused 6 12
 
+log "   single-broker steps done at $SECONDS s"
 log "6. a three-node broker cluster loses the node that leads the job queues mid-stream"
 dc down --volumes --remove-orphans > /dev/null 2>&1
 files+=(-f infra/docker-compose.cluster.yml)
@@ -262,4 +263,4 @@ pending=$(pending clustered)
 check clustered 15 30
 log "   jobs.vod.cpu now led by $(queue_nodes jobs.vod.cpu | awk '{print $1}')"
 
-log "ok: every stream completed in containers, each fault with work in flight, every rung and segment once"
+log "ok: every stream completed in containers, each fault with work in flight, every rung and segment once ($SECONDS s)"

@@ -166,7 +166,7 @@ fn workers_on_other_hosts_need_only_a_broker_url_and_a_cut_link_loses_nothing() 
             ("REDIS_CA_FILE", &ca),
         ],
     );
-    wait_until("the replica to consume", Duration::from_secs(60), || {
+    wait_until("the replica to consume", Duration::from_secs(120), || {
         cluster
             .logs_of("orchestrator")
             .matches("consuming ingest and results")
