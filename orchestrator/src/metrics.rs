@@ -240,7 +240,11 @@ pub fn register() {
     for class in castwork_cluster::broker::CLASSES {
         JOBS_ROUTED.with_label_values(&[class]);
     }
-    LazyLock::force(&JOBS_MOVED);
+    for from in castwork_cluster::broker::CLASSES {
+        for to in castwork_cluster::broker::CLASSES.iter().filter(|t| *t != from) {
+            JOBS_MOVED.with_label_values(&[from, to]);
+        }
+    }
     LazyLock::force(&TRANSCODE_SECONDS);
     for q in DEAD_LETTER_QUEUES {
         for c in DEAD_LETTER_CAUSES {
