@@ -50,6 +50,8 @@ export CASTWORK_PLAYBACK_PORT=$(free_port) CASTWORK_RTMP_PORT=$(free_port)
 export CASTWORK_AMQP_PORT_2=$(free_port) CASTWORK_AMQP_PORT_3=$(free_port)
 project="castwork-test-$$"
 work=$(mktemp -d)
+# The containers run as an unprivileged user: they read clips from here (step 1b).
+chmod 755 "$work"
 files=(-f infra/docker-compose.yml)
 dc() { docker compose -p "$project" "${files[@]}" "$@"; }
 cleanup() {
@@ -255,7 +257,7 @@ leader=$(echo "$nodes" | awk '{print $1}')
 [ "$(echo "$nodes" | grep -o 'rabbit@' | wc -l)" -ge 4 ] \
   || { log "jobs.vod.cpu is not replicated on all three nodes"; exit 1; }
 service=${leader#rabbit@}
-clients=$(docker exec "$(dc ps -q "$service")" rabbitmqctl -q list_connections user 2> /dev/null | sort | uniq -c | xargs)
+clients=$(docker exec "$(dc ps -q "$service")" rabbitmqctl -q list_connections --no-table-headers user 2> /dev/null | sort | uniq -c | xargs)
 log "   killing $service, the leader, with its connections ($clients) (segments pending: $(pending clustered))"
 docker kill "$(dc ps -q "$service")" > /dev/null
 pending=$(pending clustered)

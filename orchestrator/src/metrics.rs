@@ -241,7 +241,10 @@ pub fn register() {
         JOBS_ROUTED.with_label_values(&[class]);
     }
     for from in castwork_cluster::broker::CLASSES {
-        for to in castwork_cluster::broker::CLASSES.iter().filter(|t| *t != from) {
+        for to in castwork_cluster::broker::CLASSES
+            .iter()
+            .filter(|t| *t != from)
+        {
             JOBS_MOVED.with_label_values(&[from, to]);
         }
     }
