@@ -161,22 +161,7 @@ impl Jobs {
         }
         Ok(jobs)
     }
-
-    /// Jobs of every account not yet ended.
-    pub async fn running(&self) -> usize {
-        self.running_count().await.unwrap_or(0)
-    }
-
-    async fn running_count(&self) -> redis::RedisResult<usize> {
-        redis::cmd("SCARD")
-            .arg(RUNNING_SET)
-            .query_async(&mut self.redis.clone())
-            .await
-    }
 }
-
-/// Ids of the jobs not yet ended, across accounts (what bounds the work queued).
-const RUNNING_SET: &str = "cw:api_jobs_running";
 
 /// What running a job needs: where it pushes, and the limits of its input.
 #[derive(Clone)]
@@ -202,13 +187,14 @@ pub fn ended(state: &str) -> bool {
 }
 
 impl Runner {
+    /// Jobs this server runs or has queued, across accounts (what bounds its work; kept in
+    /// memory, so a server that crashed counts none of its old jobs).
+    pub fn pending(&self) -> usize {
+        self.running_jobs().len()
+    }
+
     /// Starts job `job` (already saved as `queued`) in the background.
-    pub async fn start(&self, mut job: Job, ladder: Vec<Profile>) -> redis::RedisResult<()> {
-        redis::cmd("SADD")
-            .arg(RUNNING_SET)
-            .arg(&job.id)
-            .query_async::<()>(&mut self.jobs.redis.clone())
-            .await?;
+    pub fn start(&self, mut job: Job, ladder: Vec<Profile>) {
         let this = self.clone();
         let delete = CancellationToken::new();
         self.running_jobs().insert(job.id.clone(), delete.clone());
@@ -248,13 +234,7 @@ impl Runner {
                 job.webhook_result = Some(result);
                 let _ = this.jobs.save(&job).await;
             }
-            let _ = redis::cmd("SREM")
-                .arg(RUNNING_SET)
-                .arg(&job.id)
-                .query_async::<()>(&mut this.jobs.redis.clone())
-                .await;
         });
-        Ok(())
     }
 
     fn running_jobs(

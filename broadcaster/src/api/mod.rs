@@ -23,7 +23,8 @@ use serde::Deserialize;
 use crate::live::auth::KeyStore;
 use jobs::{now_ms, Job, Jobs, Runner};
 
-/// Jobs not yet ended, across accounts, beyond which a new one is refused (429).
+/// Jobs a server runs or has queued, across accounts, beyond which a new one is refused
+/// (429).
 pub const MAX_PENDING: usize = 100;
 
 /// What the API routes work with.
@@ -168,7 +169,7 @@ async fn create_job(
         Ok(_) => return error(StatusCode::BAD_REQUEST, "profiles: name at least one"),
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("profiles: {e}")),
     };
-    if api.jobs.running().await >= MAX_PENDING {
+    if api.runner.pending() >= MAX_PENDING {
         return error(
             StatusCode::TOO_MANY_REQUESTS,
             format!("{MAX_PENDING} jobs are already waiting or running: try again later"),
@@ -196,9 +197,7 @@ async fn create_job(
     if let Err(e) = api.jobs.save(&job).await {
         return unavailable(e);
     }
-    if let Err(e) = api.runner.start(job.clone(), ladder).await {
-        return unavailable(e);
-    }
+    api.runner.start(job.clone(), ladder);
     (StatusCode::CREATED, Json(shown(&job, &headers))).into_response()
 }
 
