@@ -106,12 +106,15 @@ pub fn sampled(rate: f64, secret: &[u8], stream: &str, seq: u64) -> bool {
     castwork_protocol::sample::in_keyed_sample(rate, secret, &format!("verify/{stream}/{seq}"))
 }
 
-/// Checks the sampled segments; returns the evidence of every bad rendition (already stored
-/// and penalised), and the number of segments checked.
+/// Checks the sampled segments (pictures from the whole of each rendition against the
+/// source's, turned upright by the source's `rotation` as the transcoder turns them);
+/// returns the evidence of every bad rendition (already stored and penalised), and the
+/// number of segments checked.
 pub async fn verify(
     storage: &Storage,
     stream: &str,
     segments: &BTreeMap<u64, (ObjectRef, Vec<RenditionRef>)>,
+    rotation: u32,
     policy: VerifyPolicy,
     penalty: &Penalty,
     orchestrator: &str,
@@ -132,6 +135,7 @@ pub async fn verify(
         let (ext, formats) = castwork_protocol::source_container(&source.key);
         let src_path = tmp.path().join(format!("source-{seq}.{ext}"));
         tokio::fs::write(&src_path, &src).await?;
+        let mut fetched = Vec::with_capacity(renditions.len());
         for r in renditions {
             let data = storage
                 .get(&r.key)
@@ -139,15 +143,28 @@ pub async fn verify(
                 .with_context(|| format!("fetching {}", r.key))?;
             let path = tmp.path().join(format!("{seq}-{}.ts", r.rung));
             tokio::fs::write(&path, &data).await?;
-            let (s, p) = (src_path.clone(), path.clone());
-            let psnr = tokio::task::spawn_blocking(move || {
-                castwork_media::quality::luma_psnr(&s, formats, &p, 3)
-            })
-            .await?;
-            let measured = match psnr {
-                Ok(Some(db)) if db >= policy.min_psnr_db => continue,
-                Ok(Some(db)) => format!("luma PSNR {db:.2} dB"),
-                Ok(None) => "no frame matches the source's".to_string(),
+            fetched.push((r, path, hex::encode(Sha256::digest(&data))));
+        }
+        let paths: Vec<_> = fetched.iter().map(|(_, p, _)| p.clone()).collect();
+        let (s, seed) = (src_path.clone(), uuid::Uuid::new_v4().as_u64_pair().0);
+        let scores = tokio::task::spawn_blocking(move || {
+            let paths: Vec<&std::path::Path> = paths.iter().map(|p| p.as_path()).collect();
+            castwork_media::quality::score(
+                &s,
+                formats,
+                &paths,
+                rotation,
+                castwork_media::quality::RANDOM_PICTURES,
+                seed,
+            )
+        })
+        .await?;
+        for (i, (r, _, rendition_sha256)) in fetched.into_iter().enumerate() {
+            let measured = match &scores {
+                Ok(scores) => match scores[i].verdict(policy.min_psnr_db) {
+                    None => continue,
+                    Some(why) => why,
+                },
                 Err(e) => format!("undecodable: {e}"),
             };
             let ev = Evidence {
@@ -159,10 +176,14 @@ pub async fn verify(
                 height: r.height,
                 source_key: source.key.clone(),
                 source_sha256: source.sha256.clone(),
-                rendition_sha256: hex::encode(Sha256::digest(&data)),
+                rendition_sha256,
                 expected: format!(
-                    "luma PSNR >= {} dB against the source scaled to {}x{}",
-                    policy.min_psnr_db, r.width, r.height
+                    "luma PSNR >= {} dB against the source scaled to {}x{}, in every picture \
+                     compared (first, middle, last and {} at random)",
+                    policy.min_psnr_db,
+                    r.width,
+                    r.height,
+                    castwork_media::quality::RANDOM_PICTURES
                 ),
                 measured,
                 orchestrator: orchestrator.to_string(),

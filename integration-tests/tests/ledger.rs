@@ -235,9 +235,16 @@ fn a_cheating_worker_is_caught_banned_and_its_segment_redone_elsewhere() {
         &["--quality-sample-rate", "1", "--max-bad-results", "1"],
         Vec::new(),
     );
+    // The cheater encodes the first second of each segment right and the rest black: a
+    // check of the first pictures alone would take its results.
     cluster.add(
         "worker",
-        &["--worker-id", "cheater", "--test-only-cheat-black"],
+        &[
+            "--worker-id",
+            "cheater",
+            "--test-only-cheat-black-after",
+            "1",
+        ],
     );
     let cheater = cluster.pids("worker")[0];
     let stream = stream_name("cheated");
@@ -325,7 +332,9 @@ fn a_retry_waits_for_another_worker_and_is_never_dead_lettered() {
 fn a_cheating_orchestrator_loses_off_chain_stake_to_the_broadcasters_check() {
     let dir = tempfile::tempdir().unwrap();
     let input = clip(dir.path(), 2);
-    // The orchestrator skips its own checks; its only worker outputs black frames.
+    // The orchestrator skips its own checks; its only worker outputs the first second of
+    // each segment right and black frames after it: the broadcaster's check looks past the
+    // first pictures.
     let mut cluster = Cluster::start_with(
         0,
         &["--test-only-skip-checks", "--orchestrator-id", "orch-a"],
@@ -333,7 +342,12 @@ fn a_cheating_orchestrator_loses_off_chain_stake_to_the_broadcasters_check() {
     );
     cluster.add(
         "worker",
-        &["--worker-id", "cheater", "--test-only-cheat-black"],
+        &[
+            "--worker-id",
+            "cheater",
+            "--test-only-cheat-black-after",
+            "1",
+        ],
     );
     assert_eq!(
         ledger(&cluster, &["stake", "orch-a", "100"]),

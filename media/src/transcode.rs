@@ -24,9 +24,10 @@ pub struct TranscodeOptions {
     pub max_pixels: u64,
     /// Longest segment accepted, in microseconds.
     pub max_duration_us: i64,
-    /// TEST ONLY: encode black pictures instead of the video (a cheating worker, for the
-    /// verification tests). Never set in production.
-    pub test_only_black: bool,
+    /// TEST ONLY: encode black pictures instead of the video from this long after each
+    /// rendition's first picture (0: all of it), as a cheating worker would, for the
+    /// verification tests. Never set in production.
+    pub test_only_black_after_us: Option<i64>,
     /// Decode and scale on this NVIDIA device (and encode there too, with `nvenc`); `None`
     /// does it all on the CPU.
     pub gpu: Option<GpuTarget>,
@@ -48,7 +49,7 @@ impl Default for TranscodeOptions {
             threads: 0,
             max_pixels: 8192 * 4320,
             max_duration_us: 60_000_000,
-            test_only_black: false,
+            test_only_black_after_us: None,
             gpu: None,
         }
     }
@@ -279,8 +280,8 @@ struct Ladder {
     end_us: i64,
     frame_us: i64,
     scaled: frame::Video,
-    /// TEST ONLY: see [`TranscodeOptions::test_only_black`].
-    black: bool,
+    /// TEST ONLY: see [`TranscodeOptions::test_only_black_after_us`].
+    black_after_us: Option<i64>,
 }
 
 impl Ladder {
@@ -361,9 +362,12 @@ impl Ladder {
                 } else {
                     picture::Type::None
                 });
-                out.first_us.get_or_insert(pts_us);
+                let first_us = *out.first_us.get_or_insert(pts_us);
                 out.frames += 1;
-                if self.black {
+                if self
+                    .black_after_us
+                    .is_some_and(|after| pts_us.saturating_sub(first_us) >= after)
+                {
                     blacken(&mut self.scaled);
                 }
                 out.encode(Some(&self.scaled))?;
@@ -524,7 +528,7 @@ pub fn transcode_segment_until(
             40_000
         },
         scaled: frame::Video::empty(),
-        black: opts.test_only_black,
+        black_after_us: opts.test_only_black_after_us,
     };
     let mut decoded = frame::Video::empty();
     // Pictures go to the ladder one picture late, so the last one is still at hand to be

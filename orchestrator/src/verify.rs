@@ -58,21 +58,22 @@ pub async fn check_result(
             .map(|out| check_rendition(storage, tmp.path(), seg, plan, result, out, frame_us)),
     )
     .await?;
-    // The transcoder rotates a rotated source; this check compares unrotated pictures.
-    if let (Some(min), 0) = (min_psnr_db, source.rotation) {
-        check_quality(storage, tmp.path(), seg, &accepted, min).await?;
+    if let Some(min) = min_psnr_db {
+        check_quality(storage, tmp.path(), seg, &accepted, source.rotation, min).await?;
     }
     Ok(accepted)
 }
 
-/// Decodes the first frames of every rendition (already fetched into `tmp` by the checks
-/// above) and of the source segment, and refuses a rendition whose luma PSNR against the
-/// scaled source is under `min_db`: black or frozen pictures, another video, garbage.
+/// Compares pictures from the whole of every rendition (already fetched into `tmp` by the
+/// checks above: first, middle, last and some at random) with the source segment's, turned
+/// upright by `rotation` as the transcoder turns them, and refuses a rendition with one
+/// under `min_db`: black or frozen pictures, another video, garbage, anywhere in it.
 async fn check_quality(
     storage: &Storage,
     tmp: &std::path::Path,
     seg: &SegmentRecord,
     accepted: &[AcceptedRendition],
+    rotation: u32,
     min_db: f64,
 ) -> Result<(), CheckError> {
     let data = storage
@@ -84,28 +85,32 @@ async fn check_quality(
     tokio::fs::write(&source, &data)
         .await
         .map_err(|e| CheckError::Unavailable(e.to_string()))?;
-    for a in accepted {
-        let (src, rendition) = (source.clone(), tmp.join(format!("{}.ts", a.rung)));
-        let psnr = tokio::task::spawn_blocking(move || {
-            castwork_media::quality::luma_psnr(&src, formats, &rendition, 3)
-        })
-        .await
-        .map_err(|e| CheckError::Bad(format!("{}: the quality check failed: {e}", a.key)))?
-        .map_err(|e| CheckError::Bad(format!("{}: {e}", a.key)))?;
-        match psnr {
-            Some(db) if db < min_db => {
-                return Err(CheckError::Bad(format!(
-                    "{}: quality check failed: luma PSNR {db:.1} dB against the source, under {min_db} dB",
-                    a.key
-                )))
-            }
-            Some(_) => {}
-            None => {
-                return Err(CheckError::Bad(format!(
-                    "{}: quality check failed: no frame matches the source's",
-                    a.key
-                )))
-            }
+    let paths: Vec<_> = accepted
+        .iter()
+        .map(|a| tmp.join(format!("{}.ts", a.rung)))
+        .collect();
+    // Drawn here, at check time: the worker cannot know which pictures are compared.
+    let seed = uuid::Uuid::new_v4().as_u64_pair().0;
+    let scores = tokio::task::spawn_blocking(move || {
+        let paths: Vec<&std::path::Path> = paths.iter().map(|p| p.as_path()).collect();
+        castwork_media::quality::score(
+            &source,
+            formats,
+            &paths,
+            rotation,
+            castwork_media::quality::RANDOM_PICTURES,
+            seed,
+        )
+    })
+    .await
+    .map_err(|e| CheckError::Bad(format!("{}: the quality check failed: {e}", seg.source.key)))?
+    .map_err(|e| CheckError::Bad(format!("{}: quality check failed: {e}", seg.source.key)))?;
+    for (a, score) in accepted.iter().zip(&scores) {
+        if let Some(why) = score.verdict(min_db) {
+            return Err(CheckError::Bad(format!(
+                "{}: quality check failed: {why}",
+                a.key
+            )));
         }
     }
     Ok(())

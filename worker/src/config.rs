@@ -91,6 +91,12 @@ pub struct WorkerArgs {
     #[arg(long, env = "CASTWORK_TEST_ONLY_CHEAT_BLACK", hide = true)]
     pub test_only_cheat_black: bool,
 
+    /// TEST ONLY (never in production): encode each rendition right for its first SECS
+    /// seconds and black after them, to test that the quality check looks at the whole
+    /// segment, not only its first pictures.
+    #[arg(long, env = "CASTWORK_TEST_ONLY_CHEAT_BLACK_AFTER", hide = true)]
+    pub test_only_cheat_black_after: Option<f64>,
+
     /// Stable name of this worker in results and logs (host name and process id if unset).
     #[arg(long, env = "WORKER_ID")]
     pub worker_id: Option<String>,

@@ -76,7 +76,11 @@ impl WorkerPool {
             options: TranscodeOptions {
                 preset: self.args.preset.clone(),
                 threads: self.args.threads_for(slots),
-                test_only_black: self.args.test_only_cheat_black,
+                test_only_black_after_us: match self.args.test_only_cheat_black_after {
+                    _ if self.args.test_only_cheat_black => Some(0),
+                    Some(secs) => Some((secs.max(0.0) * 1e6) as i64),
+                    None => None,
+                },
                 ..TranscodeOptions::default()
             },
             max_segment_bytes: self.args.max_segment_mb * 1024 * 1024,
@@ -90,7 +94,7 @@ impl WorkerPool {
             standing: Arc::default(),
             gpus,
         });
-        if self.args.test_only_cheat_black {
+        if self.args.test_only_cheat_black || self.args.test_only_cheat_black_after.is_some() {
             warn!("--test-only-cheat-black: TEST ONLY, this worker encodes black pictures");
         }
         if self.args.noop_transcode {

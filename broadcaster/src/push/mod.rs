@@ -486,21 +486,20 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
     }
     progress.finish();
     link.close().await;
-    // Like the orchestrator's picture check, a rotated source is not compared (the
-    // renditions are upright, the decoded source is not).
     let (evidence, verified) = match &req.verify {
-        Some((policy, penalty, orchestrator)) if probed.metadata.rotation == 0 => {
+        Some((policy, penalty, orchestrator)) => {
             crate::verify::verify(
                 &req.storage,
                 &req.stream,
                 &outputs,
+                probed.metadata.rotation,
                 *policy,
                 penalty,
                 orchestrator,
             )
             .await?
         }
-        _ => (Vec::new(), 0),
+        None => (Vec::new(), 0),
     };
     Ok(PushOutcome {
         segments: summary.segments,
