@@ -246,6 +246,9 @@ fn luma_psnr_of(upright: &[u8], r: &Luma<'_>) -> f64 {
     }
 }
 
+/// A scaler's input format and size and its output size.
+type ScaleKey = (Pixel, u32, u32, u32, u32);
+
 /// Scores renditions of one source segment: in each, its first, middle and last pictures
 /// and `random` more drawn from `seed`, each against the source picture with the same
 /// time, turned upright for the source's clockwise display `rotation` and scaled to the
@@ -285,7 +288,7 @@ pub fn score(
             .and_then(|i| src[i].as_ref())
             .map(|(_, f)| f)
     };
-    let mut scalers: Vec<((Pixel, u32, u32, u32, u32), scaling::Context)> = Vec::new();
+    let mut scalers: Vec<(ScaleKey, scaling::Context)> = Vec::new();
     let mut scores = Vec::with_capacity(picked.len());
     for (picks, out) in &picked {
         let mut pictures = Vec::with_capacity(picks.len());
