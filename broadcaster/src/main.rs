@@ -422,16 +422,21 @@ async fn priced(
         }
         return Ok((None, None));
     };
-    let offer = castwork_broadcaster::push::check_price(url, max).await?;
-    let payer = if eth.enabled() {
-        Some(castwork_broadcaster::payer::Payer::new(
-            eth.signer()?,
+    let signer = if eth.enabled() {
+        Some(eth.signer()?)
+    } else {
+        None
+    };
+    let sender = signer.as_ref().map(|s| s.address());
+    let offer = castwork_broadcaster::push::check_price(url, max, sender).await?;
+    let payer = match signer {
+        Some(signer) => Some(castwork_broadcaster::payer::Payer::new(
+            signer,
             url,
             offer.clone(),
             *max,
-        )?)
-    } else {
-        None
+        )?),
+        None => None,
     };
     Ok((Some(offer), payer))
 }

@@ -1,5 +1,7 @@
 //! On-chain mode for the broadcaster: fetches the orchestrator's price and ticket
 //! parameters, and signs enough probabilistic micropayment tickets to cover each segment.
+//! Parameters are made for one sender and fetched for every payment: the orchestrator
+//! takes nothing more under a recipientRand once a ticket under it has won.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -14,16 +16,20 @@ use castwork_protocol::payment::{Payment, PriceOffer, TicketParams};
 use castwork_protocol::price::estimated_pixels;
 use castwork_protocol::{Price, Rung};
 
-/// Parameters are fetched again when they expire within this many seconds.
-const REFRESH_MARGIN_SECS: u64 = 300;
-
 fn now_secs() -> u64 {
     now_unix_ms() / 1000
 }
 
-/// `GET URL/price`: what the orchestrator charges and, on-chain, its ticket parameters.
-pub async fn fetch_offer(url: &str) -> anyhow::Result<PriceOffer> {
-    let url = format!("{}/price", url.trim_end_matches('/'));
+/// `GET URL/price`: what the orchestrator charges and, on-chain, the ticket parameters for
+/// `sender` (an orchestrator gives parameters only to a named sender).
+pub async fn fetch_offer(
+    url: &str,
+    sender: Option<castwork_chain::Address>,
+) -> anyhow::Result<PriceOffer> {
+    let url = match sender {
+        Some(a) => format!("{}/price?sender={a}", url.trim_end_matches('/')),
+        None => format!("{}/price", url.trim_end_matches('/')),
+    };
     let resp = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(10))
         .build()?
@@ -59,6 +65,11 @@ pub enum TestTickets {
     Reuse,
     /// Tickets that expired a minute ago (validly signed).
     Expired,
+    /// Every payment under the first parameters fetched (new nonces), even after a ticket
+    /// under them won.
+    Spent,
+    /// Tickets signed under parameters the orchestrator made for another sender.
+    OthersParams,
 }
 
 /// Signs the tickets paying one orchestrator.
@@ -130,16 +141,20 @@ impl Payer {
             .clone()
     }
 
+    /// Fresh parameters for the next payment (and the price, checked again).
     async fn current_params(&self) -> anyhow::Result<TicketParams> {
-        let cur = self
-            .params
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        if cur.expires_at > now_secs() + REFRESH_MARGIN_SECS {
-            return Ok(cur);
+        if self.test_tickets == Some(TestTickets::Spent) {
+            return Ok(self
+                .params
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone());
         }
-        let offer = fetch_offer(&self.url).await?;
+        let sender = match self.test_tickets {
+            Some(TestTickets::OthersParams) => castwork_chain::Address::repeat_byte(0x5e),
+            _ => self.signer.address(),
+        };
+        let offer = fetch_offer(&self.url, Some(sender)).await?;
         let Some(fresh) = offer.ticket_params else {
             bail!("the orchestrator at {} stopped taking tickets", self.url);
         };

@@ -211,12 +211,24 @@ pub fn tickets_for(fee: U256, ev_each: U256) -> Option<u64> {
     u64::try_from(fee.div_ceil(ev_each)).ok()
 }
 
-/// The orchestrator's recipientRand for a parameter seed: keccak256(secret ‖ seed). The
-/// secret never leaves the orchestrator; the seed travels with the tickets.
-pub fn recipient_rand(secret: &B256, seed: &B256) -> U256 {
-    let mut buf = [0u8; 64];
-    buf[..32].copy_from_slice(secret.as_slice());
-    buf[32..].copy_from_slice(seed.as_slice());
+/// The orchestrator's recipientRand for one sender under one set of parameters:
+/// keccak256(secret ‖ seed ‖ sender ‖ face value ‖ win probability). The secret never
+/// leaves the orchestrator; the seed travels with the tickets. Each sender gets its own:
+/// a recipientRand revealed by redeeming one sender's winning ticket says nothing about
+/// another sender's tickets, or about the same sender's under another seed.
+pub fn recipient_rand(
+    secret: &B256,
+    seed: &B256,
+    sender: Address,
+    face_value: U256,
+    win_prob: U256,
+) -> U256 {
+    let mut buf = Vec::with_capacity(32 * 4 + 20);
+    buf.extend_from_slice(secret.as_slice());
+    buf.extend_from_slice(seed.as_slice());
+    buf.extend_from_slice(sender.as_slice());
+    buf.extend_from_slice(&face_value.to_be_bytes::<32>());
+    buf.extend_from_slice(&win_prob.to_be_bytes::<32>());
     U256::from_be_bytes(keccak256(buf).0)
 }
 
@@ -285,6 +297,52 @@ mod tests {
             recipient_rand_hash: recipient_rand_hash(U256::from(42u64)),
             expires_at: U256::from(2_000_000_000u64),
         }
+    }
+
+    /// Two senders under the same seed get unrelated recipientRands: one that sees the
+    /// other's revealed (a redeemed winning ticket carries it) cannot tell its own winners.
+    #[test]
+    fn each_sender_has_its_own_recipient_rand() {
+        let secret = random_b256();
+        let seed = random_b256();
+        let (a, b) = (PrivateKeySigner::random(), PrivateKeySigner::random());
+        let (face, prob) = (U256::from(1000u64), U256::MAX >> 1);
+        let rand_a = recipient_rand(&secret, &seed, a.address(), face, prob);
+        let rand_b = recipient_rand(&secret, &seed, b.address(), face, prob);
+        assert_ne!(rand_a, rand_b);
+        assert_ne!(recipient_rand_hash(rand_a), recipient_rand_hash(rand_b));
+        // The same sender under other parameters or another seed: another one too.
+        assert_ne!(
+            rand_b,
+            recipient_rand(&secret, &seed, b.address(), face + U256::from(1u64), prob)
+        );
+        assert_ne!(
+            rand_b,
+            recipient_rand(&secret, &random_b256(), b.address(), face, prob)
+        );
+        // B, knowing A's recipientRand, predicts which of its 400 tickets win (half do):
+        // its guesses are no better than a coin's.
+        let domain = TicketDomain {
+            chain_id: 31337,
+            broker: Address::repeat_byte(0xbb),
+        };
+        let (mut right, mut wins) = (0, 0);
+        for nonce in 0..400u64 {
+            let t = Ticket {
+                sender: b.address(),
+                win_prob: prob,
+                face_value: face,
+                sender_nonce: U256::from(nonce),
+                recipient_rand_hash: recipient_rand_hash(rand_b),
+                ..ticket()
+            };
+            let sig = t.sign(&b, &domain).unwrap();
+            let truth = is_winning(&sig, rand_b, prob);
+            wins += usize::from(truth);
+            right += usize::from(is_winning(&sig, rand_a, prob) == truth);
+        }
+        assert!((140..260).contains(&wins), "{wins} of 400 won at 1/2");
+        assert!((140..260).contains(&right), "{right} of 400 guessed right");
     }
 
     #[test]

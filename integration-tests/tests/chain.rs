@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use castwork_chain::devnet::{dev_key, set_balance, Anvil};
-use castwork_chain::{Chain, Deployment, U256};
+use castwork_chain::{Address, Chain, Deployment, U256};
 use common::{bin, clip, http_get, pre_cut_segments, stream_name, wait_until, Cluster, Pusher};
 
 const RUNG: &str = "P240p30fps16x9";
@@ -219,7 +219,7 @@ fn spent_since(
     rt: &tokio::runtime::Runtime,
     observer: &Chain,
     d: &Deployment,
-    sender: castwork_chain::Address,
+    sender: Address,
     before: castwork_chain::SenderInfo,
 ) -> U256 {
     let after = rt.block_on(observer.sender_info(d, sender)).unwrap();
@@ -269,10 +269,23 @@ fn a_stream_paid_with_tickets_has_its_winners_redeemed_and_bad_payments_refused(
     );
     let cheater = cluster.pids("worker")[0];
 
-    // The orchestrator advertises its ticket parameters.
-    let (code, offer) = http_get(&cluster.orchestrator_addr, "/price").unwrap();
-    assert_eq!(code, 200, "{offer}");
-    let offer: serde_json::Value = serde_json::from_str(&offer).unwrap();
+    // The orchestrator advertises its ticket parameters, made for one sender: two senders
+    // asking at once get different recipientRand hashes, and nobody gets any unnamed.
+    let offer_for = |who: Option<Address>| {
+        let path = who.map_or("/price".to_string(), |a| format!("/price?sender={a}"));
+        let (code, offer) = http_get(&cluster.orchestrator_addr, &path).unwrap();
+        assert_eq!(code, 200, "{offer}");
+        serde_json::from_str::<serde_json::Value>(&offer).unwrap()
+    };
+    let offer = offer_for(Some(sender));
+    let other = offer_for(Some(dev_key(3).address()));
+    assert_ne!(
+        offer["ticket_params"]["recipient_rand_hash"],
+        other["ticket_params"]["recipient_rand_hash"]
+    );
+    assert!(offer_for(None).get("ticket_params").is_none());
+    let (code, _) = http_get(&cluster.orchestrator_addr, "/price?sender=nobody").unwrap();
+    assert_eq!(code, 400);
     let params = &offer["ticket_params"];
     assert_eq!(params["recipient"], orch.to_string(), "{offer}");
     assert_eq!(params["face_value"], FACE_VALUE.to_string(), "{offer}");
@@ -380,6 +393,34 @@ fn a_stream_paid_with_tickets_has_its_winners_redeemed_and_bad_payments_refused(
         "{err}"
     );
     assert!(err.contains("expired at"), "{err}");
+
+    // Parameters the orchestrator made for another sender: the recipientRand is the
+    // other's, and tickets this sender signs under it are refused.
+    let pa = push_args(&net, &cluster, 1, &["--test-only-tickets", "others-params"]);
+    let out = cluster.push(&input, &stream_name("others"), &refs(&pa));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("3 of 3 segments failed"),
+        "{err}"
+    );
+    assert!(
+        err.contains("is not this orchestrator's for seed")
+            && err.contains(&format!("and sender {sender}")),
+        "{err}"
+    );
+
+    // Every payment under one set of parameters: once a ticket under them has won (each
+    // ticket does at 1/2, 8 per segment), the next payment under them is refused.
+    let spent = stream_name("spent");
+    let pa = push_args(&net, &cluster, 1, &["--test-only-tickets", "spent"]);
+    let out = cluster.push(&input, &spent, &refs(&pa));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("was revealed by a winning ticket"), "{err}");
+    assert!(
+        err.contains(&format!("paid with for segment {spent}/")),
+        "{err}"
+    );
 
     // An account with nothing at the broker is refused.
     let pa = push_args(&net, &cluster, 4, &[]);

@@ -10,7 +10,6 @@
 //! the contracts and cached in Redis for `refresh`.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use castwork_protocol::time::now_unix_ms;
@@ -150,12 +149,23 @@ for i = 1, n do
     fresh[#fresh + 1] = i
   end
 end
+-- A recipientRand that a winning ticket revealed pays nothing more (a redelivery of
+-- that very payment, with no fresh ticket, is still taken).
+if #fresh > 0 then
+  local spent = redis.call('GET', KEYS[n + 3])
+  if spent then return {-2, 0, spent} end
+end
+local won = false
 for _, i in ipairs(fresh) do
   redis.call('SET', KEYS[1 + i], ARGV[3 + i] .. '|' .. seg, 'EX', ttl)
   redis.call('INCRBY', KEYS[1], ARGV[3 + n + i])
   local w = ARGV[3 + 2 * n + i]
-  if w ~= '' then redis.call('LPUSH', KEYS[n + 2], w) end
+  if w ~= '' then
+    redis.call('LPUSH', KEYS[n + 2], w)
+    won = true
+  end
 end
+if won then redis.call('SET', KEYS[n + 3], seg, 'EX', ttl) end
 return {1, #fresh, ''}
 "#,
 );
@@ -178,7 +188,6 @@ pub struct Payments {
     ev: i64,
     policy: TicketPolicy,
     redis: ConnectionManager,
-    params: Mutex<Option<TicketParams>>,
 }
 
 impl Payments {
@@ -235,7 +244,6 @@ impl Payments {
             ev,
             policy,
             redis,
-            params: Mutex::new(None),
         })
     }
 
@@ -243,28 +251,35 @@ impl Payments {
         self.recipient
     }
 
-    /// The parameters to advertise; new ones (a new seed) once half the validity is gone.
-    pub fn params(&self) -> TicketParams {
-        let mut p = self.params.lock().unwrap_or_else(|e| e.into_inner());
-        let now = now_secs();
-        let half = self.policy.validity.as_secs() / 2;
-        if let Some(cur) = p.as_ref().filter(|c| c.expires_at > now + half) {
-            return cur.clone();
-        }
+    /// Fresh parameters for `sender`: a new random seed on every call, and the recipientRand
+    /// derived for that sender (go-livepeer's TicketParams does the same), so a broadcaster
+    /// signs each payment under parameters nobody else holds, and a recipientRand revealed
+    /// by a winning ticket is never needed again.
+    pub fn params_for(&self, sender: Address) -> TicketParams {
         let seed = B256::from(rand_bytes());
-        let rand = ticket::recipient_rand(&self.secret, &seed);
-        let fresh = TicketParams {
+        let rand = self.rand_for(&seed, sender);
+        TicketParams {
             recipient: self.recipient.to_checksum(None),
             recipient_rand_hash: ticket::recipient_rand_hash(rand).to_string(),
             seed: seed.to_string(),
             face_value: self.policy.face_value.to_string(),
             win_prob: self.win_prob.to_string(),
-            expires_at: now + self.policy.validity.as_secs(),
+            expires_at: now_secs() + self.policy.validity.as_secs(),
             chain_id: self.domain.chain_id,
             broker: self.domain.broker.to_checksum(None),
-        };
-        *p = Some(fresh.clone());
-        fresh
+        }
+    }
+
+    /// Our recipientRand for `sender`'s tickets under `seed` and our face value and win
+    /// probability (tickets with others are refused before this is asked).
+    fn rand_for(&self, seed: &B256, sender: Address) -> U256 {
+        ticket::recipient_rand(
+            &self.secret,
+            seed,
+            sender,
+            self.policy.face_value,
+            self.win_prob,
+        )
     }
 
     /// A value cached in Redis under `key` for the refresh interval, else `fetch`ed.
@@ -436,6 +451,12 @@ impl Payments {
             ));
         }
         inv.key(WINNING_LIST);
+        // Every ticket of a payment is under one recipientRand (one seed, one sender).
+        let rand_hash = checked
+            .first()
+            .map(|c| c.wire.recipient_rand_hash.to_lowercase())
+            .unwrap_or_default();
+        inv.key(format!("cw:chain:spent:{rand_hash}"));
         // Kept a day past expiry: a ticket cannot be used after it expires anyway.
         let ttl = payment
             .tickets
@@ -468,6 +489,14 @@ impl Payments {
         }
         let (code, count, used): (i64, i64, String) =
             inv.invoke_async(&mut self.redis.clone()).await?;
+        if code == -2 {
+            metrics::TICKETS.with_label_values(&["refused"]).inc();
+            return Ok(Err(format!(
+                "recipientRandHash {rand_hash} was revealed by a winning ticket (paid with for \
+                 segment {used}): tickets under it are worth nothing now; fetch \
+                 /price?sender=YOUR_ADDRESS for new parameters"
+            )));
+        }
         if code < 0 {
             metrics::TICKETS.with_label_values(&["replayed"]).inc();
             let i = usize::try_from(count - 1)
@@ -506,7 +535,7 @@ impl Payments {
             .seed
             .parse()
             .map_err(|_| format!("the payment's seed {:?} is not 32 bytes of hex", p.seed))?;
-        let rand = ticket::recipient_rand(&self.secret, &seed);
+        let rand = self.rand_for(&seed, sender);
         let rand_hash = ticket::recipient_rand_hash(rand);
         let now = now_secs();
         let mut nonces = HashSet::new();
@@ -538,8 +567,9 @@ impl Payments {
             }
             if t.recipient_rand_hash != rand_hash {
                 return Err(format!(
-                    "ticket {n}'s recipientRandHash is not this orchestrator's for seed {} \
-                     (fetch /price again)",
+                    "ticket {n}'s recipientRandHash is not this orchestrator's for seed {} and \
+                     sender {sender} (parameters are made for one sender: fetch \
+                     /price?sender=YOUR_ADDRESS)",
                     p.seed
                 ));
             }
@@ -737,7 +767,7 @@ impl Payments {
         let Ok(seed) = w.seed.parse::<B256>() else {
             return give_up(String::new(), "seed is not hex".into());
         };
-        let rand = ticket::recipient_rand(&self.secret, &seed);
+        let rand = ticket::recipient_rand(&self.secret, &seed, t.sender, t.face_value, t.win_prob);
         let digest = t.hash(&self.domain);
         let key = digest.to_string();
         // A redemption sent before and not seen mined: wait for it rather than send another.

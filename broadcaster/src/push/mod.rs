@@ -113,12 +113,13 @@ async fn cancelled(cancel: &Option<CancellationToken>) {
 }
 
 /// Refuses an orchestrator whose advertised price (`GET URL/price`) is above `max`;
-/// returns its offer.
+/// returns its offer (with ticket parameters for `sender`, on-chain).
 pub async fn check_price(
     url: &str,
     max: &castwork_protocol::Price,
+    sender: Option<castwork_chain::Address>,
 ) -> anyhow::Result<castwork_protocol::payment::PriceOffer> {
-    let offer = crate::payer::fetch_offer(url).await?;
+    let offer = crate::payer::fetch_offer(url, sender).await?;
     if let Err(m) = crate::payer::within_max(&offer.price, max) {
         bail!("{m}: nothing was sent");
     }

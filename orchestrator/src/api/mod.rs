@@ -109,8 +109,19 @@ pub struct ClusterStatus {
 /// Dead letters shown by `/status`.
 const STATUS_DEAD_LETTERS: usize = 20;
 
-/// `GET /price`: the price, and on-chain the ticket parameters to sign under.
-async fn price(api: ApiState) -> Response {
+/// `GET /price[?sender=ADDRESS]`: the price, and on-chain the ticket parameters for that
+/// sender to sign its next payment under (fresh ones on every call; none without a sender).
+async fn price(api: ApiState, sender: Option<String>) -> Response {
+    let sender = match sender.map(|s| s.parse::<castwork_chain::Address>()) {
+        None => None,
+        Some(Ok(a)) => Some(a),
+        Some(Err(_)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "sender must be an Ethereum address (0x and 40 hex digits)",
+            )
+        }
+    };
     let payments = api.payments.get();
     if api.on_chain && payments.is_none() {
         return error(
@@ -128,7 +139,7 @@ async fn price(api: ApiState) -> Response {
         active: None,
     };
     if let Some(p) = payments {
-        offer.ticket_params = Some(p.params());
+        offer.ticket_params = sender.map(|a| p.params_for(a));
         match p.check_active().await {
             Ok(a) => offer.active = Some(a.is_ok()),
             Err(e) => {
@@ -153,7 +164,12 @@ pub fn router(api: ApiState) -> Router {
         .route("/queues", get(list_queues))
         .route(
             "/price",
-            get(|AxumState(api): AxumState<ApiState>| async move { price(api).await }),
+            get(
+                |AxumState(api): AxumState<ApiState>,
+                 axum::extract::Query(mut q): axum::extract::Query<
+                    std::collections::HashMap<String, String>,
+                >| async move { price(api, q.remove("sender")).await },
+            ),
         )
         .route("/status", get(cluster_status))
         .route(
