@@ -1,7 +1,9 @@
-//! `broadcaster chain ...`: fund and inspect this account's deposit at the ticket broker.
+//! `broadcaster chain ...`: fund and inspect this account's deposit at the ticket broker;
+//! as a verifier, list slash proposals and vote for one.
 
+use anyhow::Context as _;
 use castwork_chain::cli::{parse_amount, show_amount, AccountCommand, EthArgs};
-use castwork_chain::U256;
+use castwork_chain::{Address, B256, U256};
 use clap::Subcommand;
 
 fn amount(s: &str) -> Result<U256, String> {
@@ -22,6 +24,13 @@ pub enum ChainCommand {
     },
     /// Prints this account's ETH balance and its deposit and reserve at the ticket broker.
     Status,
+    /// Lists the slash proposals against ORCHESTRATOR: the rendition and claim each is
+    /// about, the evidence's keccak256, votes so far and the voting deadline.
+    SlashProposals { orchestrator: Address },
+    /// Votes, as a verifier, for slash proposal ID (after checking its evidence: the
+    /// proposer's `evidence/STREAM/SEQ-RUNG.json`, whose keccak256 the proposal cites). The
+    /// vote that reaches the deployment's quorum slashes.
+    VoteSlash { id: B256 },
     /// Creates or imports the account's keystore.
     Account {
         #[command(subcommand)]
@@ -35,6 +44,28 @@ pub async fn run(eth: &EthArgs, cmd: ChainCommand) -> anyhow::Result<()> {
     }
     let (chain, d) = eth.connect().await?;
     let me = chain.account();
+    match cmd {
+        ChainCommand::SlashProposals { orchestrator } => {
+            let quorum = chain.slash_quorum(&d).await?;
+            let proposals = chain.slash_proposals(&d, orchestrator).await?;
+            if proposals.is_empty() {
+                println!("no slash proposal against {orchestrator}");
+            }
+            for p in proposals {
+                println!("{}", p.describe(quorum));
+            }
+            return Ok(());
+        }
+        ChainCommand::VoteSlash { id } => {
+            let m = chain
+                .vote_slash(&d, id)
+                .await
+                .context("voting (does this account hold the verifier role?)")?;
+            println!("voted for slash proposal {id} (tx {})", m.tx);
+            return Ok(());
+        }
+        _ => {}
+    }
     if let ChainCommand::Deposit { deposit, reserve } = cmd {
         if (deposit + reserve).is_zero() {
             anyhow::bail!("give --deposit and/or --reserve");

@@ -12,7 +12,12 @@ use bytes::Bytes;
 use castwork_chain::cli::show_amount;
 use castwork_chain::{Address, Chain, Deployment, U256};
 use castwork_cluster::Storage;
+use castwork_protocol::payment::SignedClaim;
 use castwork_protocol::{ObjectRef, RenditionRef};
+
+/// What a push got back for each segment it sent: the source, the renditions and, on-chain,
+/// the orchestrator's signed claim for them.
+pub type Outputs = BTreeMap<u64, (ObjectRef, Vec<RenditionRef>, Option<SignedClaim>)>;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -79,6 +84,10 @@ pub struct Evidence {
     pub measured: String,
     pub orchestrator: String,
     pub unix_ms: u64,
+    /// The orchestrator's signed claim for the segment (on-chain mode), which a slash must
+    /// cite.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<SignedClaim>,
 }
 
 /// Off-chain slash: takes up to ARGV[1] from the stake in KEYS[1] (not below 0) and keeps
@@ -113,7 +122,7 @@ pub fn sampled(rate: f64, secret: &[u8], stream: &str, seq: u64) -> bool {
 pub async fn verify(
     storage: &Storage,
     stream: &str,
-    segments: &BTreeMap<u64, (ObjectRef, Vec<RenditionRef>)>,
+    segments: &Outputs,
     rotation: u32,
     policy: VerifyPolicy,
     penalty: &Penalty,
@@ -123,7 +132,7 @@ pub async fn verify(
     let secret = crate::live::auth::random_hex(32).context("making the sample's secret")?;
     let mut found = Vec::new();
     let mut checked = 0;
-    for (seq, (source, renditions)) in segments {
+    for (seq, (source, renditions, claim)) in segments {
         if !sampled(policy.sample_rate, secret.as_bytes(), stream, *seq) || renditions.is_empty() {
             continue;
         }
@@ -188,6 +197,7 @@ pub async fn verify(
                 measured,
                 orchestrator: orchestrator.to_string(),
                 unix_ms: castwork_protocol::time::now_unix_ms(),
+                claim: claim.clone(),
             };
             found.push(ev);
         }
@@ -196,6 +206,40 @@ pub async fn verify(
         record(storage, ev, penalty).await?;
     }
     Ok((found, checked))
+}
+
+/// The orchestrator's claim for the evidence's segment, checked: signed by `orchestrator`
+/// under this deployment, for this stream and segment, and covering the bad rendition
+/// (its index in the claim is returned).
+fn claimed(
+    ev: &Evidence,
+    deployment: &Deployment,
+    orchestrator: Address,
+) -> anyhow::Result<(castwork_chain::Claim, castwork_chain::Bytes, usize)> {
+    let wire = ev
+        .claim
+        .as_ref()
+        .context("the orchestrator sent no signed claim for it")?;
+    let (claim, sig) = castwork_chain::Claim::from_wire(wire, &deployment.claim_domain())?;
+    if claim.orchestrator != orchestrator || claim.stream != ev.stream || claim.seq != ev.seq {
+        anyhow::bail!(
+            "its claim is for {} segment {}/{}, not {orchestrator} segment {}/{}",
+            claim.orchestrator,
+            claim.stream,
+            claim.seq,
+            ev.stream,
+            ev.seq
+        );
+    }
+    let hash: castwork_chain::B256 = format!("0x{}", ev.rendition_sha256)
+        .parse()
+        .context("the rendition's hash")?;
+    let bad = claim
+        .renditions
+        .iter()
+        .position(|r| *r == hash)
+        .context("the claim does not cover the rendition that was checked")?;
+    Ok((claim, sig, bad))
 }
 
 /// Stores one piece of evidence and applies the penalty; prints what happened.
@@ -219,18 +263,34 @@ async fn record(storage: &Storage, ev: &Evidence, penalty: &Penalty) -> anyhow::
             orchestrator,
             amount,
         } => {
-            let before = chain.orchestrator(deployment, *orchestrator).await?.bonded;
-            let m = chain
-                .slash(deployment, *orchestrator, *amount, hash)
+            let (claim, sig, bad) = match claimed(ev, deployment, *orchestrator) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("cannot slash on-chain for segment {}: {e:#}", ev.seq);
+                    return Ok(());
+                }
+            };
+            let (m, id) = chain
+                .propose_slash(deployment, &claim, &sig, bad, *amount, hash)
                 .await
-                .context("slashing on-chain (does this account hold the verifier role?)")?;
-            let after = chain.orchestrator(deployment, *orchestrator).await?.bonded;
+                .context(
+                    "proposing the slash on-chain (does this account hold the verifier role?)",
+                )?;
+            let p = chain
+                .slash_proposals(deployment, *orchestrator)
+                .await?
+                .into_iter()
+                .find(|p| p.id == id);
+            let votes = p.as_ref().map_or(0, |p| p.votes);
+            let quorum = chain.slash_quorum(deployment).await?;
             eprintln!(
-                "slashed orchestrator {orchestrator}: stake {} -> {} (tx {}, gas {})",
-                show_amount(before),
-                show_amount(after),
-                m.tx,
-                m.gas_used
+                "proposed slashing orchestrator {orchestrator} by {} for segment {} rendition {} \
+                 (proposal {id}, tx {}, {votes} of {quorum} verifier votes): another verifier \
+                 checks the evidence and votes with `broadcaster chain vote-slash {id}`",
+                show_amount(*amount),
+                ev.seq,
+                ev.rendition,
+                m.tx
             );
         }
         Penalty::Ledger {

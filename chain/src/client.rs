@@ -47,6 +47,13 @@ impl Deployment {
             broker: self.broker,
         }
     }
+
+    pub fn claim_domain(&self) -> crate::ClaimDomain {
+        crate::ClaimDomain {
+            chain_id: self.chain_id,
+            staking: self.staking,
+        }
+    }
 }
 
 /// Contract parameters chosen at deployment.
@@ -57,6 +64,50 @@ pub struct DeployParams {
     /// Seconds per round of the ticket broker's reserve allocation.
     pub round_secs: u64,
     pub max_active: u64,
+    /// Verifier votes a slash needs (at least 2).
+    pub slash_quorum: u64,
+    /// Seconds a slash proposal takes votes.
+    pub slash_window_secs: u64,
+}
+
+/// A slash proposal against an orchestrator, as the staking contract holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlashProposal {
+    pub id: B256,
+    /// The verifier that proposed it.
+    pub proposer: Address,
+    /// The SHA-256 of the rendition it is about, and the claim's EIP-712 digest.
+    pub rendition: B256,
+    pub claim_hash: B256,
+    pub amount: U256,
+    /// Votes are taken until then (unix seconds).
+    pub deadline: u64,
+    pub votes: u64,
+    pub executed: bool,
+    pub evidence_hash: B256,
+}
+
+impl SlashProposal {
+    /// One line for operators: what it takes, for what, on which evidence, and its votes
+    /// against the deployment's `quorum`.
+    pub fn describe(&self, quorum: u64) -> String {
+        format!(
+            "slash proposal {}: {} for rendition {} (claim {}), evidence keccak256 {}, by {}, \
+             {} of {quorum} votes, {}",
+            self.id,
+            crate::cli::show_amount(self.amount),
+            self.rendition,
+            self.claim_hash,
+            self.evidence_hash,
+            self.proposer,
+            self.votes,
+            if self.executed {
+                "slashed".to_string()
+            } else {
+                format!("open until unix time {}", self.deadline)
+            }
+        )
+    }
 }
 
 /// A transaction that was mined and succeeded.
@@ -135,6 +186,8 @@ pub const RECEIPT_TIMEOUT: Duration = Duration::from_secs(120);
 pub struct Chain {
     provider: DynProvider,
     account: Address,
+    /// Signs claims (off-chain messages); transactions go through the provider's wallet.
+    signer: Arc<PrivateKeySigner>,
     sending: Arc<tokio::sync::Mutex<()>>,
 }
 
@@ -142,6 +195,7 @@ impl Chain {
     /// Connects `signer` to the node at `url`.
     pub fn connect(url: &str, signer: PrivateKeySigner) -> anyhow::Result<Chain> {
         let account = signer.address();
+        let claims_signer = signer.clone();
         let url = url
             .parse()
             .with_context(|| format!("--eth-url {url:?} is not a URL"))?;
@@ -158,8 +212,19 @@ impl Chain {
         Ok(Chain {
             provider,
             account,
+            signer: Arc::new(claims_signer),
             sending: Arc::new(tokio::sync::Mutex::new(())),
         })
+    }
+
+    /// This account's signed claim for a segment it returns (see [`crate::claim`]).
+    pub fn sign_claim(
+        &self,
+        d: &Deployment,
+        claim: &crate::Claim,
+    ) -> anyhow::Result<castwork_protocol::payment::SignedClaim> {
+        let sig = claim.sign(&self.signer, &d.claim_domain())?;
+        Ok(claim.to_wire(&sig))
     }
 
     /// Sends one transaction (`send`, not started until here) and waits for it to be mined,
@@ -247,6 +312,8 @@ impl Chain {
             *token.address(),
             U256::from(p.unbonding_period_secs),
             U256::from(p.max_active),
+            U256::from(p.slash_quorum),
+            U256::from(p.slash_window_secs),
         )
         .await
         .context("deploying the staking contract")?;
@@ -338,20 +405,81 @@ impl Chain {
         .await
     }
 
-    pub async fn slash(
+    /// Proposes to slash `amount` of the claim's orchestrator for rendition `bad` of its
+    /// signed claim, citing `evidence_hash`; this account's vote counts. Returns the
+    /// proposal's id.
+    pub async fn propose_slash(
+        &self,
+        d: &Deployment,
+        claim: &crate::Claim,
+        signature: &alloy::primitives::Bytes,
+        bad: usize,
+        amount: U256,
+        evidence_hash: B256,
+    ) -> anyhow::Result<(Mined, B256)> {
+        let rendition = *claim
+            .renditions
+            .get(bad)
+            .context("the claim has no such rendition")?;
+        let mut buf = claim.hash(&d.claim_domain()).to_vec();
+        buf.extend_from_slice(rendition.as_slice());
+        let id = alloy::primitives::keccak256(buf);
+        let m = self
+            .transact(
+                "proposeSlash",
+                self.staking(d)
+                    .proposeSlash(
+                        claim.to_sol(),
+                        signature.clone(),
+                        claim.renditions.clone(),
+                        U256::from(bad),
+                        amount,
+                        evidence_hash,
+                    )
+                    .send(),
+            )
+            .await?;
+        Ok((m, id))
+    }
+
+    /// Verifier votes a slash needs (set at deployment).
+    pub async fn slash_quorum(&self, d: &Deployment) -> anyhow::Result<u64> {
+        Ok(self.staking(d).slashQuorum().call().await?.saturating_to())
+    }
+
+    /// Votes for slash proposal `id`.
+    pub async fn vote_slash(&self, d: &Deployment, id: B256) -> anyhow::Result<Mined> {
+        self.transact("voteSlash", self.staking(d).voteSlash(id).send())
+            .await
+    }
+
+    /// The slash proposals against `orchestrator`, oldest first, with their votes so far.
+    pub async fn slash_proposals(
         &self,
         d: &Deployment,
         orchestrator: Address,
-        amount: U256,
-        evidence_hash: B256,
-    ) -> anyhow::Result<Mined> {
-        self.transact(
-            "slash",
-            self.staking(d)
-                .slash(orchestrator, amount, evidence_hash)
-                .send(),
-        )
-        .await
+    ) -> anyhow::Result<Vec<SlashProposal>> {
+        let staking = self.staking(d);
+        let logs = staking.SlashProposed_filter().from_block(0).query().await?;
+        let mut out = Vec::new();
+        for (e, _) in logs
+            .into_iter()
+            .filter(|(e, _)| e.orchestrator == orchestrator)
+        {
+            let p = staking.proposals(e.id).call().await?;
+            out.push(SlashProposal {
+                id: e.id,
+                proposer: e.verifier,
+                rendition: e.rendition,
+                claim_hash: e.claimHash,
+                amount: e.amount,
+                deadline: e.deadline.saturating_to(),
+                votes: p.votes.saturating_to(),
+                executed: p.executed,
+                evidence_hash: e.evidenceHash,
+            });
+        }
+        Ok(out)
     }
 
     pub async fn orchestrator(
@@ -373,12 +501,12 @@ impl Chain {
         })
     }
 
-    /// The `Slashed` events of `orchestrator`: (verifier, amount, evidence hash).
+    /// The `Slashed` events of `orchestrator`: (proposal id, amount, evidence hash).
     pub async fn slashed_events(
         &self,
         d: &Deployment,
         orchestrator: Address,
-    ) -> anyhow::Result<Vec<(Address, U256, B256)>> {
+    ) -> anyhow::Result<Vec<(B256, U256, B256)>> {
         let logs = self
             .staking(d)
             .Slashed_filter()
@@ -389,7 +517,7 @@ impl Chain {
             .into_iter()
             .map(|(e, _)| e)
             .filter(|e| e.orchestrator == orchestrator)
-            .map(|e| (e.verifier, e.amount, e.evidenceHash))
+            .map(|e| (e.id, e.amount, e.evidenceHash))
             .collect())
     }
 

@@ -76,6 +76,8 @@ async fn ticket_hashing_signing_recovery_and_lottery_agree_with_the_contract() {
             unlock_period_secs: 60,
             round_secs: 60,
             max_active: 3,
+            slash_quorum: 2,
+            slash_window_secs: 3600,
         })
         .await
         .unwrap();

@@ -1,16 +1,18 @@
-//! The staking contract and the ticket broker on a local anvil node: unbonding stake is still
-//! slashable, registration needs stake and ends with it, a full active set admits only a
+//! The staking contract and the ticket broker on a local anvil node: a slash needs the
+//! orchestrator's signed claim and a quorum of verifiers within a window, unbonding stake is
+//! still slashable, registration needs stake and ends with it, a full active set admits only a
 //! newcomer with more stake than its smallest member, a winning ticket the sender cannot pay
 //! is refused and stays redeemable, and the reserve pays only recipients active since before
 //! the round, each its share of the round's reserve.
 
 use castwork_chain::devnet::{dev_key, increase_time, Anvil};
 use castwork_chain::ticket::{self, Ticket};
-use castwork_chain::{Address, Chain, DeployParams, Deployment, B256, U256};
+use castwork_chain::{Address, Bytes, Chain, Claim, DeployParams, Deployment, B256, U256};
 
 const UNBONDING_SECS: u64 = 1_000;
 const UNLOCK_SECS: u64 = 100;
 const ROUND_SECS: u64 = 50;
+const SLASH_WINDOW_SECS: u64 = 500;
 
 /// `n` thousandths of a token (or of an ETH).
 fn milli(n: u64) -> U256 {
@@ -27,6 +29,8 @@ async fn deployed(max_active: u64) -> (Anvil, Chain, Deployment) {
             unlock_period_secs: UNLOCK_SECS,
             round_secs: ROUND_SECS,
             max_active,
+            slash_quorum: 2,
+            slash_window_secs: SLASH_WINDOW_SECS,
         })
         .await
         .unwrap();
@@ -71,6 +75,39 @@ fn winning_ticket(
     (t, sig.to_vec(), rand)
 }
 
+/// A claim for segment `seq` of stream "s" with two renditions, signed by dev account
+/// `signer` as orchestrator `orchestrator`.
+fn claim(d: &Deployment, orchestrator: Address, signer: usize, seq: u64) -> (Claim, Bytes) {
+    let c = Claim {
+        orchestrator,
+        stream: "s".into(),
+        seq,
+        renditions: vec![B256::repeat_byte(0xa1), B256::repeat_byte(0xa2)],
+        fee: milli(1),
+    };
+    let sig = c.sign(&dev_key(signer), &d.claim_domain()).unwrap();
+    (c, sig)
+}
+
+/// Slashes `amount` of dev account `orch` for segment `seq`: `first` proposes on its
+/// signed claim, `second` votes; returns the proposal's id.
+async fn slash(
+    d: &Deployment,
+    (first, second): (&Chain, &Chain),
+    orch: usize,
+    amount: U256,
+    seq: u64,
+    evidence: B256,
+) -> B256 {
+    let (c, sig) = claim(d, dev_key(orch).address(), orch, seq);
+    let (_, id) = first
+        .propose_slash(d, &c, &sig, 1, amount, evidence)
+        .await
+        .unwrap();
+    second.vote_slash(d, id).await.unwrap();
+    id
+}
+
 /// Asserts that `r` failed and that its message cites `reason`.
 fn assert_reverted<T: std::fmt::Debug>(r: anyhow::Result<T>, reason: &str) {
     let e = r.expect_err(&format!("expected a revert with {reason:?}"));
@@ -78,15 +115,135 @@ fn assert_reverted<T: std::fmt::Debug>(r: anyhow::Result<T>, reason: &str) {
     assert!(text.contains(reason), "expected {reason:?} in: {text}");
 }
 
+/// Slashing is bound to a claim the orchestrator signed, and needs two verifiers within the
+/// window: a forged or missing claim, renditions the claim does not cover, a stranger, one
+/// verifier alone, a vote twice or after the window: all refused. The proposal and its
+/// evidence hash are on-chain before the slash lands.
+#[tokio::test]
+async fn a_slash_needs_a_signed_claim_and_a_quorum_within_its_window() {
+    let (anvil, owner, d) = deployed(3).await;
+    let orch = account(&anvil, &owner, &d, 2, milli(100)).await;
+    let (v1, v2) = (
+        account(&anvil, &owner, &d, 1, U256::ZERO).await,
+        account(&anvil, &owner, &d, 3, U256::ZERO).await,
+    );
+    let stranger = account(&anvil, &owner, &d, 4, U256::ZERO).await;
+    for v in [&v1, &v2] {
+        owner.set_verifier(&d, v.account(), true).await.unwrap();
+    }
+    bond_and_register(&orch, &d, milli(100)).await;
+    let evidence = B256::repeat_byte(0xee);
+    let bonded = || async { orch.orchestrator(&d, orch.account()).await.unwrap().bonded };
+
+    // Forged: a claim "by" the orchestrator signed by the verifier itself.
+    let (c, forged) = claim(&d, orch.account(), 1, 7);
+    assert_reverted(
+        v1.propose_slash(&d, &c, &forged, 0, milli(10), evidence)
+            .await,
+        "the claim is not signed by its orchestrator",
+    );
+    // Missing: no signature at all.
+    assert_reverted(
+        v1.propose_slash(&d, &c, &Bytes::new(), 0, milli(10), evidence)
+            .await,
+        "the claim is not signed by its orchestrator",
+    );
+    // A real claim, changed after it was signed, or citing a rendition it does not have.
+    let (real, sig) = claim(&d, orch.account(), 2, 7);
+    let mut tampered = real.clone();
+    tampered.renditions[1] = B256::repeat_byte(0x66);
+    assert_reverted(
+        v1.propose_slash(&d, &tampered, &sig, 1, milli(10), evidence)
+            .await,
+        "the claim is not signed by its orchestrator",
+    );
+    assert_reverted(
+        v1.propose_slash(&d, &real, &sig, 2, milli(10), evidence)
+            .await,
+        "the claim has no such rendition",
+    );
+    // A stranger cannot propose.
+    assert_reverted(
+        stranger
+            .propose_slash(&d, &real, &sig, 0, milli(10), evidence)
+            .await,
+        "only a verifier slashes",
+    );
+
+    // One verifier's proposal: on-chain for the orchestrator to see, and nothing taken.
+    let (_, id) = v1
+        .propose_slash(&d, &real, &sig, 1, milli(10), evidence)
+        .await
+        .unwrap();
+    let seen = orch.slash_proposals(&d, orch.account()).await.unwrap();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].id, id);
+    assert_eq!(
+        seen[0].claim_hash,
+        real.hash(&d.claim_domain()),
+        "Rust and the contract agree"
+    );
+    assert_eq!(
+        (seen[0].proposer, seen[0].rendition, seen[0].evidence_hash),
+        (v1.account(), real.renditions[1], evidence)
+    );
+    assert_eq!((seen[0].votes, seen[0].executed), (1, false));
+    assert_eq!(
+        bonded().await,
+        milli(100),
+        "one verifier alone cannot slash"
+    );
+    assert_reverted(
+        v1.vote_slash(&d, id).await,
+        "this verifier has already voted",
+    );
+    assert_reverted(
+        v1.propose_slash(&d, &real, &sig, 1, milli(10), evidence)
+            .await,
+        "this rendition is already proposed for a slash",
+    );
+    assert_reverted(stranger.vote_slash(&d, id).await, "only a verifier slashes");
+    assert_reverted(
+        v2.vote_slash(&d, B256::repeat_byte(9)).await,
+        "no such slash proposal",
+    );
+
+    // The second verifier's vote reaches the quorum: the slash lands.
+    v2.vote_slash(&d, id).await.unwrap();
+    assert_eq!(bonded().await, milli(90));
+    assert_eq!(
+        orch.slashed_events(&d, orch.account()).await.unwrap(),
+        vec![(id, milli(10), evidence)]
+    );
+    assert_reverted(
+        v2.vote_slash(&d, id).await,
+        "this proposal has already slashed",
+    );
+
+    // A vote after the window does not count.
+    let (_, late) = v1
+        .propose_slash(&d, &real, &sig, 0, milli(10), evidence)
+        .await
+        .unwrap();
+    increase_time(&anvil.url, SLASH_WINDOW_SECS + 1)
+        .await
+        .unwrap();
+    assert_reverted(
+        v2.vote_slash(&d, late).await,
+        "the proposal's voting window has closed",
+    );
+    assert_eq!(bonded().await, milli(90));
+}
+
 #[tokio::test]
 async fn unbonding_stake_is_still_slashed() {
     let (anvil, owner, d) = deployed(3).await;
     let orch = account(&anvil, &owner, &d, 2, milli(100)).await;
     let verifier = account(&anvil, &owner, &d, 1, U256::ZERO).await;
-    owner
-        .set_verifier(&d, verifier.account(), true)
-        .await
-        .unwrap();
+    let second = account(&anvil, &owner, &d, 3, U256::ZERO).await;
+    for v in [&verifier, &second] {
+        owner.set_verifier(&d, v.account(), true).await.unwrap();
+    }
     bond_and_register(&orch, &d, milli(100)).await;
     // Two unbonds of 30 (one lock of 60); 40 stays bonded.
     orch.unbond(&d, milli(30)).await.unwrap();
@@ -96,48 +253,41 @@ async fn unbonding_stake_is_still_slashed() {
 
     // A slash of 80 takes the 40 bonded, then 40 of the unbonding stake.
     let hash = B256::repeat_byte(0xe1);
-    verifier
-        .slash(&d, orch.account(), milli(80), hash)
-        .await
-        .unwrap();
+    let id = slash(&d, (&verifier, &second), 2, milli(80), 1, hash).await;
     let o = orch.orchestrator(&d, orch.account()).await.unwrap();
     assert_eq!(o.bonded, U256::ZERO);
     assert_eq!(o.unbonding, milli(20), "40 of the 60 unbonding was slashed");
     assert!(!o.registered, "a slash to zero bonded stake deregisters");
     assert_eq!(
         orch.slashed_events(&d, orch.account()).await.unwrap(),
-        vec![(verifier.account(), milli(80), hash)]
+        vec![(id, milli(80), hash)]
     );
-    assert_eq!(
-        verifier
-            .token_balance(&d, verifier.account())
-            .await
-            .unwrap(),
-        milli(40),
-        "half of what was taken goes to the verifier"
-    );
+    for v in [&verifier, &second] {
+        assert_eq!(
+            v.token_balance(&d, v.account()).await.unwrap(),
+            milli(20),
+            "half of what was taken goes to the two voters"
+        );
+    }
 
     // A slash larger than what is left takes what is left, even past the period.
     increase_time(&anvil.url, UNBONDING_SECS + 1).await.unwrap();
     let o = orch.orchestrator(&d, orch.account()).await.unwrap();
     assert_eq!(o.withdrawable, milli(20));
     let hash2 = B256::repeat_byte(0xe2);
-    verifier
-        .slash(&d, orch.account(), milli(50), hash2)
-        .await
-        .unwrap();
+    let id2 = slash(&d, (&verifier, &second), 2, milli(50), 2, hash2).await;
     let o = orch.orchestrator(&d, orch.account()).await.unwrap();
     assert_eq!((o.bonded, o.unbonding), (U256::ZERO, U256::ZERO));
     assert_eq!(
         orch.slashed_events(&d, orch.account()).await.unwrap()[1],
-        (verifier.account(), milli(20), hash2)
+        (id2, milli(20), hash2)
     );
-    assert_reverted(
-        verifier
-            .slash(&d, orch.account(), milli(1), B256::ZERO)
-            .await,
-        "nothing to slash",
-    );
+    let (c, sig) = claim(&d, orch.account(), 2, 3);
+    let (_, id3) = verifier
+        .propose_slash(&d, &c, &sig, 0, milli(1), B256::ZERO)
+        .await
+        .unwrap();
+    assert_reverted(second.vote_slash(&d, id3).await, "nothing to slash");
     assert_reverted(
         orch.withdraw_unbonded(&d).await,
         "nothing is withdrawable yet",
@@ -155,10 +305,10 @@ async fn registration_needs_stake_and_ends_with_it() {
     let b = account(&anvil, &owner, &d, 3, milli(100)).await;
     let c = account(&anvil, &owner, &d, 4, milli(100)).await;
     let verifier = account(&anvil, &owner, &d, 1, U256::ZERO).await;
-    owner
-        .set_verifier(&d, verifier.account(), true)
-        .await
-        .unwrap();
+    let second = account(&anvil, &owner, &d, 5, U256::ZERO).await;
+    for v in [&verifier, &second] {
+        owner.set_verifier(&d, v.account(), true).await.unwrap();
+    }
 
     assert_reverted(
         a.register(&d, U256::from(1u64), U256::from(1u64), "http://a")
@@ -190,15 +340,9 @@ async fn registration_needs_stake_and_ends_with_it() {
         vec![b.account(), c.account()]
     );
     // Nor does a slash that leaves stake; a slash to zero does (c moved to the first slot).
-    verifier
-        .slash(&d, c.account(), milli(5), B256::ZERO)
-        .await
-        .unwrap();
+    slash(&d, (&verifier, &second), 4, milli(5), 1, B256::ZERO).await;
     assert!(c.orchestrator(&d, c.account()).await.unwrap().registered);
-    verifier
-        .slash(&d, c.account(), milli(10), B256::ZERO)
-        .await
-        .unwrap();
+    slash(&d, (&verifier, &second), 4, milli(10), 2, B256::ZERO).await;
     let o = c.orchestrator(&d, c.account()).await.unwrap();
     assert_eq!(o.bonded, U256::ZERO);
     assert!(!o.registered);

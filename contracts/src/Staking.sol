@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 pragma solidity 0.8.28;
 
+import "./Signatures.sol";
+
 interface IERC20 {
     function transfer(address to, uint256 amount) external returns (bool);
     function transferFrom(address from, address to, uint256 amount) external returns (bool);
@@ -8,8 +10,12 @@ interface IERC20 {
 }
 
 /// Orchestrators bond stake, register a price, and form an active set by stake.
-/// Accounts with the verifier role may slash an orchestrator's stake, citing evidence: its
-/// bonded stake first, then its unbonding stake that is not withdrawn yet.
+/// Accounts with the verifier role may slash an orchestrator's stake, its bonded stake first,
+/// then its unbonding stake that is not withdrawn yet; but only for a rendition of a claim
+/// the orchestrator signed (EIP-712: stream, segment, rendition hashes, fee), and only when
+/// `slashQuorum` verifiers vote for it within `slashWindow` seconds of its proposal. The
+/// proposal, with the evidence's hash, is on-chain from the first vote: the orchestrator
+/// sees it before the slash lands.
 /// Only orchestrators with bonded stake are registered, and at most `maxActive` of them: the
 /// registered orchestrators are the active set (as Livepeer's transcoder pool). When it is
 /// full, a newcomer joins only with more bonded stake than the smallest member, which it
@@ -31,10 +37,43 @@ contract Staking {
         uint256 withdrawableAt;
     }
 
+    /// A slash proposal: one rendition of one signed claim.
+    struct Proposal {
+        address orchestrator;
+        uint256 amount;
+        /// Votes are taken until then (0: no such proposal).
+        uint256 deadline;
+        uint256 votes;
+        bool executed;
+        bytes32 evidenceHash;
+    }
+
+    /// What an orchestrator signs for each segment it returns: the stream (keccak256 of its
+    /// name), the segment, keccak256 of its renditions' SHA-256 hashes in ladder order, and
+    /// the fee charged for it (wei).
+    struct Claim {
+        address orchestrator;
+        bytes32 stream;
+        uint256 seq;
+        bytes32 renditions;
+        uint256 fee;
+    }
+
+    bytes32 public constant CLAIM_TYPEHASH =
+        keccak256("Claim(address orchestrator,bytes32 stream,uint256 seq,bytes32 renditions,uint256 fee)");
+    bytes32 private constant DOMAIN_TYPEHASH =
+        keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)");
+    bytes32 private constant NAME_HASH = keccak256("Castwork Staking");
+    bytes32 private constant VERSION_HASH = keccak256("1");
+
     IERC20 public immutable token;
     address public immutable owner;
     uint256 public immutable unbondingPeriod;
     uint256 public immutable maxActive;
+    /// Verifier votes a slash needs (at least 2: no single key slashes).
+    uint256 public immutable slashQuorum;
+    /// Seconds after a proposal during which its votes count.
+    uint256 public immutable slashWindow;
 
     mapping(address => Orchestrator) private orchestrators;
     /// One unbonding lock per orchestrator: a loop over many small locks could make a slash
@@ -46,6 +85,9 @@ contract Staking {
     address[] private registeredList;
     /// Where each registered orchestrator is in `registeredList`.
     mapping(address => uint256) private registeredIndex;
+    mapping(bytes32 => Proposal) public proposals;
+    mapping(bytes32 => mapping(address => bool)) public hasVoted;
+    mapping(bytes32 => address[]) private voters;
 
     event Bonded(address indexed orchestrator, uint256 amount, uint256 bonded);
     event Unbonded(address indexed orchestrator, uint256 amount, uint256 bonded, uint256 withdrawableAt);
@@ -55,16 +97,35 @@ contract Staking {
     /// the active set is drawn from.
     event Deregistered(address indexed orchestrator);
     event VerifierSet(address indexed verifier, bool allowed);
-    event Slashed(
-        address indexed orchestrator, address indexed verifier, uint256 amount, uint256 bonded, bytes32 evidenceHash
+    event SlashProposed(
+        bytes32 indexed id,
+        address indexed orchestrator,
+        address indexed verifier,
+        bytes32 claimHash,
+        bytes32 rendition,
+        uint256 amount,
+        uint256 deadline,
+        bytes32 evidenceHash
     );
+    event SlashVoted(bytes32 indexed id, address indexed verifier, uint256 votes);
+    event Slashed(address indexed orchestrator, bytes32 indexed id, uint256 amount, uint256 bonded, bytes32 evidenceHash);
 
-    constructor(IERC20 token_, uint256 unbondingPeriod_, uint256 maxActive_) {
+    constructor(
+        IERC20 token_,
+        uint256 unbondingPeriod_,
+        uint256 maxActive_,
+        uint256 slashQuorum_,
+        uint256 slashWindow_
+    ) {
         require(maxActive_ > 0 && maxActive_ <= 1000, "the active set holds 1 to 1000 orchestrators");
+        require(slashQuorum_ >= 2 && slashQuorum_ <= 100, "a slash needs 2 to 100 verifier votes");
+        require(slashWindow_ > 0, "the slash window must be positive");
         token = token_;
         owner = msg.sender;
         unbondingPeriod = unbondingPeriod_;
         maxActive = maxActive_;
+        slashQuorum = slashQuorum_;
+        slashWindow = slashWindow_;
     }
 
     function setVerifier(address verifier, bool allowed) external {
@@ -139,12 +200,80 @@ contract Staking {
         emit Registered(msg.sender, pricePerUnit, pixelsPerUnit, serviceUri);
     }
 
-    /// Take up to `amount` of an orchestrator's stake: its bonded stake first, then its
-    /// unbonding stake not yet withdrawn, so that unbonding does not escape a
-    /// fault found before the stake is withdrawn. Half goes to the verifier that found the
-    /// fault, the rest is burned. A slash to zero bonded stake deregisters the orchestrator.
-    function slash(address orchestrator, uint256 amount, bytes32 evidenceHash) external {
+    function domainSeparator() public view returns (bytes32) {
+        return keccak256(abi.encode(DOMAIN_TYPEHASH, NAME_HASH, VERSION_HASH, block.chainid, address(this)));
+    }
+
+    /// The EIP-712 digest an orchestrator signs for a claim.
+    function claimHash(Claim calldata c) public view returns (bytes32) {
+        bytes32 structHash = keccak256(abi.encode(CLAIM_TYPEHASH, c.orchestrator, c.stream, c.seq, c.renditions, c.fee));
+        return keccak256(abi.encodePacked("\x19\x01", domainSeparator(), structHash));
+    }
+
+    /// The signer of `digest`, or the zero address for a malformed or high-s signature.
+    function recoverSigner(bytes32 digest, bytes calldata sig) public pure returns (address) {
+        return Signatures.recover(digest, sig);
+    }
+
+    /// Propose to slash `amount` of the claim's orchestrator for rendition `bad` of its
+    /// claim `c` (signed `sig`; `renditions` are the hashes the claim covers, in its order),
+    /// citing off-chain evidence by its hash; counts as the caller's vote. Returns the
+    /// proposal's id, which other verifiers vote for.
+    function proposeSlash(
+        Claim calldata c,
+        bytes calldata sig,
+        bytes32[] calldata renditions,
+        uint256 bad,
+        uint256 amount,
+        bytes32 evidenceHash
+    ) external returns (bytes32 id) {
         require(isVerifier[msg.sender], "only a verifier slashes");
+        bytes32 digest = claimHash(c);
+        address signer = recoverSigner(digest, sig);
+        require(signer != address(0) && signer == c.orchestrator, "the claim is not signed by its orchestrator");
+        require(keccak256(abi.encodePacked(renditions)) == c.renditions, "the renditions are not the claim's");
+        require(bad < renditions.length, "the claim has no such rendition");
+        require(amount > 0, "slash a positive amount");
+        id = keccak256(abi.encode(digest, renditions[bad]));
+        Proposal storage p = proposals[id];
+        require(p.deadline == 0, "this rendition is already proposed for a slash");
+        p.orchestrator = c.orchestrator;
+        p.amount = amount;
+        p.deadline = block.timestamp + slashWindow;
+        p.evidenceHash = evidenceHash;
+        emit SlashProposed(id, c.orchestrator, msg.sender, digest, renditions[bad], amount, p.deadline, evidenceHash);
+        vote(id);
+    }
+
+    /// Vote for slash proposal `id`; the vote that reaches the quorum slashes.
+    function voteSlash(bytes32 id) external {
+        require(isVerifier[msg.sender], "only a verifier slashes");
+        vote(id);
+    }
+
+    function vote(bytes32 id) private {
+        Proposal storage p = proposals[id];
+        require(p.deadline != 0, "no such slash proposal");
+        require(!p.executed, "this proposal has already slashed");
+        require(block.timestamp <= p.deadline, "the proposal's voting window has closed");
+        require(!hasVoted[id][msg.sender], "this verifier has already voted");
+        hasVoted[id][msg.sender] = true;
+        voters[id].push(msg.sender);
+        p.votes += 1;
+        emit SlashVoted(id, msg.sender, p.votes);
+        if (p.votes >= slashQuorum) {
+            p.executed = true;
+            slash(id, p);
+        }
+    }
+
+    /// Take up to the proposal's amount of its orchestrator's stake: its bonded stake first,
+    /// then its unbonding stake not yet withdrawn, so that unbonding does not escape a
+    /// fault found before the stake is withdrawn. Half goes to the verifiers that voted, in
+    /// equal parts, the rest is burned. A slash to zero bonded stake deregisters.
+    function slash(bytes32 id, Proposal storage p) private {
+        address orchestrator = p.orchestrator;
+        uint256 amount = p.amount;
         Orchestrator storage o = orchestrators[orchestrator];
         uint256 taken = amount < o.bonded ? amount : o.bonded;
         o.bonded -= taken;
@@ -156,12 +285,15 @@ contract Staking {
         if (o.bonded == 0) {
             deregister(orchestrator);
         }
-        uint256 reward = taken / 2;
-        if (reward > 0) {
-            require(token.transfer(msg.sender, reward), "token transfer failed");
+        address[] storage v = voters[id];
+        uint256 each = taken / 2 / v.length;
+        for (uint256 i = 0; i < v.length; i++) {
+            if (each > 0) {
+                require(token.transfer(v[i], each), "token transfer failed");
+            }
         }
-        token.burn(taken - reward);
-        emit Slashed(orchestrator, msg.sender, taken, o.bonded, evidenceHash);
+        token.burn(taken - each * v.length);
+        emit Slashed(orchestrator, id, taken, o.bonded, p.evidenceHash);
     }
 
     /// Remove `orchestrator` from `registeredList` (swap with the last, pop) if it is there.

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 pragma solidity 0.8.28;
 
+import "./Signatures.sol";
+
 /// The part of the staking contract the ticket broker asks about.
 interface IStaking {
     function activeSince(address orchestrator) external view returns (uint256);
@@ -45,8 +47,6 @@ contract TicketBroker {
         keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)");
     bytes32 private constant NAME_HASH = keccak256("Castwork TicketBroker");
     bytes32 private constant VERSION_HASH = keccak256("1");
-    /// secp256k1n / 2: a signature with a higher s is the malleable twin of a low-s one.
-    uint256 private constant HALF_ORDER = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0;
 
     uint256 public immutable unlockPeriod;
     IStaking public immutable staking;
@@ -207,16 +207,7 @@ contract TicketBroker {
 
     /// The signer of `digest`, or the zero address for a malformed or high-s signature.
     function recoverSigner(bytes32 digest, bytes calldata sig) public pure returns (address) {
-        if (sig.length != 65) {
-            return address(0);
-        }
-        bytes32 r = bytes32(sig[0:32]);
-        bytes32 s = bytes32(sig[32:64]);
-        uint8 v = uint8(sig[64]);
-        if (uint256(s) > HALF_ORDER || (v != 27 && v != 28)) {
-            return address(0);
-        }
-        return ecrecover(digest, v, r, s);
+        return Signatures.recover(digest, sig);
     }
 
     function isWinningTicket(bytes calldata sig, uint256 recipientRand, uint256 winProb) public pure returns (bool) {

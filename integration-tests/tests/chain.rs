@@ -103,6 +103,8 @@ fn setup(rt: &tokio::runtime::Runtime) -> Net {
     }
     let broadcaster = dev_key(1).address().to_string();
     let orchestrator = dev_key(2).address().to_string();
+    // A second verifier: a slash needs two votes (the deployment's default quorum).
+    let verifier = dev_key(3).address().to_string();
     let deploy = net.deployment.display().to_string();
     run_ok(
         "orchestrator",
@@ -115,6 +117,8 @@ fn setup(rt: &tokio::runtime::Runtime) -> Net {
                 "1",
                 "--verifier",
                 &broadcaster,
+                "--verifier",
+                &verifier,
             ],
             &net.eth(0),
         ),
@@ -488,11 +492,8 @@ fn a_cheating_orchestrator_is_caught_by_the_broadcaster_and_slashed_on_chain() {
         err.contains("verification FAILED: segment 0 rendition P240p30fps16x9: luma PSNR"),
         "{err}"
     );
-    assert!(
-        err.contains(&format!("slashed orchestrator {orch}")),
-        "{err}"
-    );
-    // The evidence is stored; its hash is what the contract's event cites.
+    // The evidence is stored, with the orchestrator's signed claim for the segment; the
+    // broadcaster proposes the slash on it, citing the evidence's hash.
     let evidence = cluster
         .storage_dir()
         .join(format!("evidence/{stream}/0-{RUNG}.json"));
@@ -505,19 +506,54 @@ fn a_cheating_orchestrator_is_caught_by_the_broadcaster_and_slashed_on_chain() {
         e["measured"].as_str().unwrap().starts_with("luma PSNR"),
         "{e}"
     );
+    assert_eq!(e["claim"]["orchestrator"], orch.to_string(), "{e}");
+    assert_eq!(e["claim"]["seq"], 0, "{e}");
+    assert!(
+        err.contains(&format!("proposed slashing orchestrator {orch}"))
+            && err.contains("1 of 2 verifier votes"),
+        "{err}"
+    );
+    let proposals = rt.block_on(observer.slash_proposals(&d, orch)).unwrap();
+    assert_eq!(proposals.len(), 1, "{proposals:?}");
+    let id = proposals[0].id;
+    assert_eq!(proposals[0].evidence_hash, hash);
+    // One verifier alone slashes nothing; the orchestrator sees the proposal first.
+    assert_eq!(
+        rt.block_on(observer.orchestrator(&d, orch)).unwrap().bonded,
+        stake_before
+    );
+    let status = chain_status(&net, &cluster);
+    assert!(
+        status.contains(&format!("slash proposal {id}")) && status.contains("1 of 2 votes"),
+        "{status}"
+    );
+    // The second verifier lists it, votes, and the slash lands.
+    let listed = run_ok(
+        "broadcaster",
+        &args(
+            &["chain", "slash-proposals", &orch.to_string()],
+            &net.eth(3),
+        ),
+    );
+    assert!(listed.contains(&hash.to_string()), "{listed}");
+    let voted = run_ok(
+        "broadcaster",
+        &args(&["chain", "vote-slash", &id.to_string()], &net.eth(3)),
+    );
+    assert!(voted.contains("voted for slash proposal"), "{voted}");
     let stake_after = rt.block_on(observer.orchestrator(&d, orch)).unwrap().bonded;
     let ten = U256::from(10u64) * U256::from(10u64).pow(U256::from(18u64));
     assert_eq!(stake_before - stake_after, ten, "10 tokens slashed");
     let tokens_after = rt.block_on(observer.token_balance(&d, verifier)).unwrap();
     assert_eq!(
         tokens_after - tokens_before,
-        ten / U256::from(2u64),
-        "half to the verifier"
+        ten / U256::from(4u64),
+        "half to the two voters"
     );
     let events = rt.block_on(observer.slashed_events(&d, orch)).unwrap();
     assert_eq!(
         events,
-        vec![(verifier, ten, hash)],
+        vec![(id, ten, hash)],
         "the contract's Slashed event"
     );
 }

@@ -61,6 +61,13 @@ pub enum ChainCommand {
         /// comma-separated in the env var.
         #[arg(long, env = "VERIFIERS", value_delimiter = ',')]
         verifier: Vec<Address>,
+        /// Verifier votes a slash needs (at least 2: no single verifier slashes).
+        #[arg(long, env = "SLASH_QUORUM", default_value_t = 2)]
+        slash_quorum: u64,
+        /// Seconds a slash proposal takes votes, from the first (the orchestrator sees the
+        /// proposal and its evidence hash on-chain meanwhile).
+        #[arg(long, env = "SLASH_WINDOW_SECS", default_value_t = 86_400)]
+        slash_window_secs: u64,
     },
     /// Mints AMOUNT stake tokens to TO (the deployer only).
     Mint {
@@ -122,6 +129,8 @@ pub async fn run(
             round_secs,
             max_active,
             verifier,
+            slash_quorum,
+            slash_window_secs,
         } => {
             let chain = eth.connect_bare()?;
             let d = chain
@@ -130,6 +139,8 @@ pub async fn run(
                     unlock_period_secs,
                     round_secs,
                     max_active,
+                    slash_quorum,
+                    slash_window_secs,
                 })
                 .await?;
             for v in verifier {
@@ -254,6 +265,12 @@ async fn status(
     match place {
         Some(i) => println!("active set     yes (#{} of {})", i + 1, active.len()),
         None => println!("active set     NO ({} active): takes no work", active.len()),
+    }
+    // Slash proposals against us are on-chain from their first vote: seen here before the
+    // quorum of verifiers lands them.
+    let quorum = chain.slash_quorum(d).await?;
+    for p in chain.slash_proposals(d, me).await? {
+        println!("{}", p.describe(quorum));
     }
     match castwork_cluster::redis_connect(redis_url).await {
         Ok(redis) => {

@@ -270,6 +270,33 @@ impl Payments {
         }
     }
 
+    /// Our signed claim for a segment we return: its renditions' SHA-256 hashes (hex, in
+    /// the order the broadcaster is told them) and its fee. A verifier's slash must cite it.
+    pub fn claim(
+        &self,
+        stream: &str,
+        seq: u64,
+        renditions: &[&str],
+        fee: i64,
+    ) -> anyhow::Result<castwork_protocol::payment::SignedClaim> {
+        let renditions = renditions
+            .iter()
+            .map(|h| {
+                let h = h.trim_start_matches("0x");
+                h.parse::<B256>()
+                    .map_err(|e| anyhow::anyhow!("rendition hash {h:?}: {e}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let claim = castwork_chain::Claim {
+            orchestrator: self.recipient,
+            stream: stream.to_string(),
+            seq,
+            renditions,
+            fee: U256::from(fee.max(0) as u64),
+        };
+        self.chain.sign_claim(&self.deployment, &claim)
+    }
+
     /// Our recipientRand for `sender`'s tickets under `seed` and our face value and win
     /// probability (tickets with others are refused before this is asked).
     fn rand_for(&self, seed: &B256, sender: Address) -> U256 {

@@ -522,6 +522,10 @@ pub enum StreamEvent {
         /// The accepted renditions (object keys are relative to the object store).
         #[serde(default)]
         renditions: Vec<RenditionRef>,
+        /// On-chain mode: the orchestrator's signed claim for the segment, its rendition
+        /// hashes in the order of `renditions`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        claim: Option<crate::payment::SignedClaim>,
     },
     /// A live segment that missed its deadline (or never arrived) and was left out.
     SegmentSkipped {

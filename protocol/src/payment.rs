@@ -26,6 +26,20 @@ pub struct TicketParams {
     pub broker: String,
 }
 
+/// What an orchestrator signs (EIP-712, on-chain mode) for a segment it returns: a slash
+/// for one of its renditions must cite it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedClaim {
+    pub orchestrator: String,
+    pub stream: String,
+    pub seq: u64,
+    /// SHA-256 of each rendition (`0x` and 64 hex digits), in ladder order.
+    pub renditions: Vec<String>,
+    /// The fee charged for the segment, in wei (decimal).
+    pub fee: String,
+    pub signature: String,
+}
+
 /// One signed ticket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WireTicket {

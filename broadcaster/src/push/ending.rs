@@ -6,9 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use castwork_cluster::Storage;
-use castwork_protocol::{
-    IngestMessage, ObjectRef, RenditionRef, StreamAborted, StreamEnded, StreamEvent,
-};
+use castwork_protocol::{IngestMessage, StreamAborted, StreamEnded, StreamEvent};
 use uuid::Uuid;
 
 use crate::link::Link;
@@ -176,14 +174,18 @@ pub(super) fn note_event(
     progress: &mut Progress,
     failed: &mut Vec<(u64, String)>,
     completed: &mut Option<String>,
-    outputs: &mut std::collections::BTreeMap<u64, (ObjectRef, Vec<RenditionRef>)>,
+    outputs: &mut crate::verify::Outputs,
 ) {
     match e {
         StreamEvent::SegmentTranscoded {
-            seq, renditions, ..
+            seq,
+            renditions,
+            claim,
+            ..
         } => {
             if let Some(o) = outputs.get_mut(seq) {
                 o.1 = renditions.clone();
+                o.2 = claim.clone();
             }
             progress.transcoded(*seq, false)
         }

@@ -12,8 +12,8 @@ use bytes::Bytes;
 use castwork_cluster::Storage;
 use castwork_media::{CutSegment, MediaError, SegmentOptions};
 use castwork_protocol::{
-    source_key, validate_stream_name, IngestMessage, ObjectRef, Profile, RenditionRef,
-    SegmentReady, StreamEnded, StreamEvent, StreamMode, StreamStarted,
+    source_key, validate_stream_name, IngestMessage, ObjectRef, Profile, SegmentReady, StreamEnded,
+    StreamEvent, StreamMode, StreamStarted,
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -86,7 +86,7 @@ fn report(
     to: &Option<tokio::sync::watch::Sender<PushProgress>>,
     segments: Option<u64>,
     sent: u64,
-    outputs: &std::collections::BTreeMap<u64, (ObjectRef, Vec<RenditionRef>)>,
+    outputs: &crate::verify::Outputs,
     failed: &[(u64, String)],
 ) {
     if let Some(tx) = to {
@@ -307,8 +307,7 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
     let mut failed = Vec::new();
     let mut completed: Option<String> = None;
     // What was sent and received per segment, for the broadcaster's own check.
-    let mut outputs: std::collections::BTreeMap<u64, (ObjectRef, Vec<RenditionRef>)> =
-        Default::default();
+    let mut outputs: crate::verify::Outputs = Default::default();
     let fps = meta.frame_rate.as_f64();
     loop {
         let (seg, cut_from) = tokio::select! {
@@ -358,7 +357,7 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
         .await
         {
             Ok(object) => {
-                outputs.insert(seg.seq, (object, Vec::new()));
+                outputs.insert(seg.seq, (object, Vec::new(), None));
             }
             Err(e) => {
                 progress.finish();

@@ -324,6 +324,8 @@ impl Orchestrator {
                         stream: s.stream.clone(),
                         seq: s.seq,
                         renditions: rendition_refs(&accepted),
+                        // Signed when the segment was accepted, and not kept.
+                        claim: None,
                     },
                 )
                 .await?;

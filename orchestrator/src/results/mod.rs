@@ -244,6 +244,7 @@ impl Orchestrator {
                         stream: r.stream.clone(),
                         seq: r.seq,
                         renditions: rendition_refs(&accepted),
+                        claim: self.claim(&r, &accepted, fee),
                     };
                     // Listed while the broker confirms the event; the result is acked
                     // only once both are done.
@@ -426,6 +427,34 @@ impl Orchestrator {
             FailOutcome::Stale => Ok(()),
             // A redelivery may be the retry of a handler that stopped half-way.
             FailOutcome::AlreadyResolved => self.after_change(&f.stream).await,
+        }
+    }
+
+    /// On-chain mode: our signed claim for an accepted result, its rendition hashes in the
+    /// order of `accepted` (none off-chain; one that cannot be signed is logged, and the
+    /// segment is delivered without it).
+    fn claim(
+        &self,
+        r: &castwork_protocol::SegmentResult,
+        accepted: &[crate::state::AcceptedRendition],
+        fee: i64,
+    ) -> Option<castwork_protocol::payment::SignedClaim> {
+        let payments = self.payments.as_ref()?;
+        let hashes: Vec<&str> = accepted
+            .iter()
+            .map(|a| {
+                r.renditions
+                    .iter()
+                    .find(|o| o.rung == a.rung)
+                    .map_or("", |o| o.object.sha256.as_str())
+            })
+            .collect();
+        match payments.claim(&r.stream, r.seq, &hashes, fee) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                warn!(stream = r.stream, seq = r.seq, error = %e, "cannot sign the segment's claim");
+                None
+            }
         }
     }
 }
