@@ -5,7 +5,7 @@
 //! password-protected Redis of the test's own. Two substitutions only: the debug build in
 //! place of the release build, and the test's own directory and addresses through the
 //! variables the guides read (`WORK`, `ORCH_HTTP`, `WORK_ADDR`, `REDIS_URL`, `BCAST_HTTP`,
-//! `RTMP_ADDR`, `API_ADDR`, `INPUTS_ADDR`). A command that fails fails the test.
+//! `RTMP_ADDR`, `API_ADDR`, `INPUTS_ADDR`, `ETH_ADDR`). A command that fails fails the test.
 
 mod common;
 
@@ -16,12 +16,13 @@ use std::time::{Duration, Instant};
 use common::*;
 
 /// The guides, in the order they build on each other.
-const GUIDES: [&str; 5] = [
+const GUIDES: [&str; 6] = [
     "run-an-orchestrator.md",
     "scale-transcoding.md",
     "cpu-and-gpu.md",
     "run-a-broadcaster.md",
     "migrate-from-go-livepeer.md",
+    "payments.md",
 ];
 
 /// The broker users the guides make.
@@ -38,7 +39,7 @@ const USERS: [&str; 9] = [
 ];
 
 /// How long all the guides may take.
-const BUDGET: Duration = Duration::from_secs(540);
+const BUDGET: Duration = Duration::from_secs(660);
 
 /// The `sh` blocks of a Markdown text, indented ones (in a list) included, unindented.
 fn sh_blocks(text: &str) -> Vec<String> {
@@ -119,6 +120,7 @@ fn the_operator_guides_run_as_written() {
         .env("RTMP_ADDR", addr())
         .env("API_ADDR", addr())
         .env("INPUTS_ADDR", addr())
+        .env("ETH_ADDR", addr())
         .env("REDIS_URL", redis.url())
         .env_remove("AMQP_URL")
         .env_remove("STORAGE_URL")
@@ -171,13 +173,16 @@ fn the_operator_guides_run_as_written() {
         status.is_some_and(|s| s.success()),
         "the guides failed ({status:?}, budget {BUDGET:?})\nstdout:\n{out}\nstderr:\n{err}\n{logs}"
     );
-    // What the guides show is there: three pushes done (first, combined, split), a live
-    // stream's master playlist, a retired worker banned.
+    // What the guides show is there: five pushes done (first, combined, split, priced,
+    // on-chain), a live stream's master playlist, a retired worker banned, the ledger's
+    // account charged, winning tickets redeemed, no slash proposal.
     assert_eq!(
         out.matches("every rendition transcoded").count(),
-        3,
+        5,
         "{out}"
     );
+    assert!(out.contains("alice: "), "{out}");
+    assert!(out.contains("no slash proposal against"), "{out}");
     assert!(out.contains("#EXT-X-STREAM-INF"), "{out}");
     assert!(out.contains("worker box-3 banned: retired"), "{out}");
 }
