@@ -894,3 +894,43 @@ fn push_wait_gives_up_after_its_timeout() {
         "the stream goes on"
     );
 }
+
+/// A worker that says every segment cannot be transcoded anywhere (a liar, or one whose own
+/// limits are lower than the others') fails none of them: its word is put to another
+/// worker, which does them. Alone, a worker's word is final (nobody else could try), as
+/// faults.rs and money.rs show.
+#[test]
+fn one_workers_word_does_not_fail_a_segment() {
+    let _serial = serial();
+    let mut cluster = Cluster::start(0);
+    cluster.add(
+        "worker",
+        &["--worker-id", "liar", "--test-only-lie-permanent"],
+    );
+    cluster.add("worker", &["--worker-id", "honest"]);
+    wait_until("both workers heard from", Duration::from_secs(30), || {
+        cluster.workers().len() == 2
+    });
+    let out = cluster.push(
+        &clip(cluster.dir.path(), 10),
+        "doubted",
+        &["--profiles", "P240p30fps16x9"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}\n{}", cluster.logs());
+    let done = cluster.wait_complete("doubted", Duration::from_secs(10));
+    assert_eq!(done["segments"]["failed"], 0, "{done}");
+    assert_eq!(done["segments"]["done"], 5, "{done}");
+    let logs = cluster.logs();
+    // The liar did say so (it took jobs), and was not believed.
+    assert!(
+        logs.contains("worker liar reported: TEST ONLY: this worker says no worker can transcode it; another worker tries it, to confirm"),
+        "{logs}"
+    );
+    let accepted: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("segment accepted") && l.contains("doubted"))
+        .collect();
+    assert_eq!(accepted.len(), 5, "{logs}");
+    assert!(accepted.iter().all(|l| l.contains("\"honest\"")), "{logs}");
+}

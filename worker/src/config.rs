@@ -97,6 +97,11 @@ pub struct WorkerArgs {
     #[arg(long, env = "CASTWORK_TEST_ONLY_CHEAT_BLACK_AFTER", hide = true)]
     pub test_only_cheat_black_after: Option<f64>,
 
+    /// TEST ONLY (never in production): report every job as failing for good without
+    /// trying it, to test that one worker's word does not fail a segment.
+    #[arg(long, env = "CASTWORK_TEST_ONLY_LIE_PERMANENT", hide = true)]
+    pub test_only_lie_permanent: bool,
+
     /// Stable name of this worker in results and logs (host name and process id if unset).
     #[arg(long, env = "WORKER_ID")]
     pub worker_id: Option<String>,

@@ -39,6 +39,8 @@ pub struct JobContext {
     pub slots_changed: Arc<tokio::sync::Notify>,
     /// Benchmark only: renditions are copies of the source (see `--noop-transcode`).
     pub noop_transcode: bool,
+    /// TEST ONLY: report every job as failing for good (see `--test-only-lie-permanent`).
+    pub test_only_lie_permanent: bool,
     /// Who the orchestrator knows this worker as, and whether it banned it (from the
     /// answers to heartbeats).
     pub standing: Arc<std::sync::Mutex<crate::heartbeat::Standing>>,

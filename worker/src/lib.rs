@@ -91,6 +91,7 @@ impl WorkerPool {
             excluded_retry: Duration::from_secs(self.args.excluded_retry_secs),
             slots_changed: Arc::new(tokio::sync::Notify::new()),
             noop_transcode: self.args.noop_transcode,
+            test_only_lie_permanent: self.args.test_only_lie_permanent,
             standing: Arc::default(),
             gpus,
         });
@@ -321,15 +322,7 @@ async fn handle_delivery(ctx: Arc<JobContext>, broker: Arc<Broker>, delivery: De
                 seq = job.seq,
                 "retry bounced too long between excluded workers: failing it"
             );
-            report_then_ack(
-                &broker,
-                delivery,
-                &job,
-                &job::failure(&ctx, &job, why),
-                None,
-            )
-            .await;
-            return;
+            return report_failure(&ctx, &broker, delivery, &job, why).await;
         }
         tokio::time::sleep(BOUNCE_DELAY).await;
         // The orchestrator publishes it again: workers never publish jobs.
@@ -343,6 +336,11 @@ async fn handle_delivery(ctx: Arc<JobContext>, broker: Arc<Broker>, delivery: De
         });
         report_then_ack(&broker, delivery, &job, &bounced, None).await;
         return;
+    }
+    if ctx.test_only_lie_permanent {
+        let why =
+            job::JobError::permanent("TEST ONLY: this worker says no worker can transcode it");
+        return report_failure(&ctx, &broker, delivery, &job, why).await;
     }
     let received_ms = job::now_unix_ms();
     // The job continues the segment's trace; its result is published within this span.
@@ -361,6 +359,17 @@ async fn handle_delivery(ctx: Arc<JobContext>, broker: Arc<Broker>, delivery: De
     transcode_and_report(ctx, broker, delivery, job, span, received_ms)
         .instrument(logs)
         .await;
+}
+
+/// Reports `job` failed with `why`, then acks it.
+async fn report_failure(
+    ctx: &JobContext,
+    broker: &Broker,
+    delivery: Delivery,
+    job: &SegmentJob,
+    why: job::JobError,
+) {
+    report_then_ack(broker, delivery, job, &job::failure(ctx, job, why), None).await
 }
 
 /// Runs a job in its trace's span, then publishes its report and acks.

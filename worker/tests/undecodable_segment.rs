@@ -122,6 +122,7 @@ async fn a_segment_with_decoder_errors_fails_permanently_with_its_reason() {
         excluded_retry: Duration::from_secs(1),
         slots_changed: Arc::new(tokio::sync::Notify::new()),
         noop_transcode: false,
+        test_only_lie_permanent: false,
         standing: Arc::default(),
         gpus: None,
     };

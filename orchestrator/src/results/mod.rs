@@ -19,6 +19,8 @@ use crate::state::{
 };
 use crate::verify::{check_result, CheckError};
 
+mod failed;
+
 /// Benchmark only: a result's renditions as the worker reported them, unchecked.
 fn unchecked(r: &SegmentResult) -> Vec<AcceptedRendition> {
     r.renditions
@@ -97,7 +99,7 @@ impl Orchestrator {
                 let span = Span::continued("handle failure", headers, &seg_attrs(&f.stream, f.seq));
                 span.fail(f.message.clone());
                 let logs = span.in_logs();
-                self.segment_failed_in(f, &span).instrument(logs).await
+                self.worker_failed(f, &span).instrument(logs).await
             }
         }
     }

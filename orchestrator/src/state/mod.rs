@@ -21,7 +21,7 @@ pub use live::{listed_key, LIVE_SET};
 use records::{parse_all, parse_segment, parse_stream, with_gaps};
 pub use records::{AcceptedRendition, RecentFailure, RecentSegment, SegmentRecord, StreamRecord};
 pub use streams::{Deleted, StreamPage, StreamSummary, ACTIVE_STREAMS, DONE_STREAMS};
-pub use workers::{banned_key, worker_key, WORKERS_SET};
+pub use workers::{banned_key, worker_key, PermanentReport, WORKERS_SET};
 
 pub fn stream_key(stream: &str) -> String {
     format!("cw:stream:{stream}")

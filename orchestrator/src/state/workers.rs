@@ -5,7 +5,20 @@
 
 use redis::AsyncCommands as _;
 
-use super::State;
+use super::{segment_key, LuaScript, State};
+
+static PERMANENT_REPORT: LuaScript = LuaScript::new(include_str!("lua/permanent_report.lua"));
+
+/// What to do with a worker's report that a segment cannot succeed anywhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PermanentReport {
+    /// Take it as final; the worker that reported it first, when another did.
+    Final(Option<String>),
+    /// Only this worker says so: retry on another, this one excluded.
+    Doubted,
+    /// The reporter was excluded from this retry and others may take it: publish it again.
+    Bounce,
+}
 
 /// Set of worker record ids that have ever beaten (entries without a live record are
 /// dead).
@@ -47,6 +60,31 @@ impl State {
             }
         }
         Ok(live)
+    }
+
+    /// Weighs worker `identity`'s report that attempt `attempt` of a segment cannot succeed
+    /// anywhere, `live` being the live workers' identities (see `permanent_report.lua`).
+    pub async fn permanent_report(
+        &self,
+        stream: &str,
+        seq: u64,
+        attempt: u32,
+        identity: &str,
+        live: &[String],
+    ) -> redis::RedisResult<PermanentReport> {
+        let (code, first): (i64, String) = PERMANENT_REPORT
+            .get()
+            .key(segment_key(stream, seq))
+            .arg(attempt)
+            .arg(identity)
+            .arg(live.join(","))
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok(match code {
+            1 => PermanentReport::Doubted,
+            2 => PermanentReport::Bounce,
+            _ => PermanentReport::Final((!first.is_empty()).then_some(first)),
+        })
     }
 
     /// Writes a worker process's record for `ttl_secs` and returns its identity's ban, if
