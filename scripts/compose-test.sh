@@ -223,7 +223,9 @@ log "5. a worker paused for longer than its job's deadline"
 push paused 12
 until_true 120 "a worker to hold a job of stream paused" busy paused
 log "   pausing worker $victim for 50 s (segments pending: $(pending paused))"
-docker pause "$victim" > /dev/null
+# The cgroup v1 freezer gives up on a task in uninterruptible I/O (runc: "unable to
+# freeze") and thaws the container again: the pause is tried again until it holds.
+until_true 30 "worker $victim to freeze" docker pause "$victim" > /dev/null
 sleep 1
 pending=$(pending paused)
 [ "$pending" -gt 0 ] || { log "the stream finished before the pause"; exit 1; }
