@@ -21,11 +21,16 @@ impl Orchestrator {
         if f.disposition != Disposition::Permanent {
             return self.segment_failed_in(f, span).await;
         }
-        let live: Vec<String> = self
-            .state
-            .workers()
-            .await?
+        // The workers that could take the retry: live ones of the reporter's class (a job
+        // goes back to its class's queue; a worker of another class would never see it).
+        let workers = self.state.workers().await?;
+        let class = workers
             .iter()
+            .find(|w| w["identity"].as_str() == Some(f.worker_id.as_str()))
+            .and_then(|w| w["class"].as_str());
+        let live: Vec<String> = workers
+            .iter()
+            .filter(|w| class.is_none() || w["class"].as_str() == class)
             .filter_map(|w| w["identity"].as_str().map(str::to_string))
             .collect();
         let weighed = self
