@@ -107,7 +107,12 @@ fn jobs_go_to_the_class_that_has_workers_and_move_when_its_workers_die() {
         "castwork_orchestrator_jobs_moved_total{from=\"nvdec\",to=\"cpu\"}",
     );
     assert!(moved >= 1.0, "no job moved: {}", cluster.logs());
-    assert_eq!(cluster.queue_depth(queue), 0);
+    // Nothing stays stranded: the killed worker's own jobs, given back when its connection
+    // died, may outlive their segments (redone elsewhere once overdue); the next sweeps
+    // move them too, and their workers drop them as stale.
+    wait_until("the nvdec queue to drain", PATIENCE, || {
+        cluster.queue_depth(queue) == 0
+    });
     assert!(cluster
         .logs()
         .contains("jobs waited in a queue nobody reads: moved to a class with workers"));
