@@ -12,14 +12,8 @@ use castwork_media::{
 };
 use castwork_protocol::{parse_profiles, plan_ladder};
 
-fn ffmpeg(args: &[&str]) {
-    let ok = Command::new("ffmpeg")
-        .args(["-v", "error", "-y"])
-        .args(args)
-        .status()
-        .unwrap();
-    assert!(ok.success(), "ffmpeg {args:?}");
-}
+mod common;
+use common::ffmpeg;
 
 /// What `ffmpeg -v error -i FILE -f null -` prints (and whether it failed): nothing for a
 /// file that decodes cleanly.

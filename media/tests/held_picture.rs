@@ -8,18 +8,12 @@ use castwork_media::transcode::{held_pictures, transcode_segment_until};
 use castwork_media::{probe, segment_file, CutSegment, SegmentOptions, TranscodeOptions};
 use castwork_protocol::{parse_profiles, plan_ladder};
 
+mod common;
+use common::ffmpeg;
+
 const FRAME_US: i64 = 33_333;
 /// 1024 samples at 48 kHz.
 const AAC_FRAME_US: i64 = 21_333;
-
-fn ffmpeg(args: &[&str]) {
-    let ok = Command::new("ffmpeg")
-        .args(["-v", "error", "-y"])
-        .args(args)
-        .status()
-        .unwrap();
-    assert!(ok.success(), "ffmpeg {args:?}");
-}
 
 /// Presentation time and duration (microseconds) of every packet of one kind of stream
 /// (`v` or `a`), in presentation order, as `ffprobe` reads them.

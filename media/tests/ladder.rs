@@ -1,35 +1,16 @@
 //! Cuts real clips into source segments and transcodes them into a ladder, checking the
 //! outputs by demuxing them and by decoding them with the `ffmpeg` CLI.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use castwork_media::{
-    inspect, probe, segment_file, transcode_segment, CutSegment, SegmentOptions, TranscodeOptions,
-    SEGMENT_FORMATS,
+    inspect, probe, transcode_segment, CutSegment, TranscodeOptions, SEGMENT_FORMATS,
 };
 use castwork_protocol::{parse_profiles, plan_ladder};
 
-fn testdata(name: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../testdata")
-        .join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/fetch-testdata.sh",
-        p.display()
-    );
-    p
-}
-
-fn ffmpeg(args: &[&str]) {
-    let ok = Command::new("ffmpeg")
-        .args(["-v", "error", "-y"])
-        .args(args)
-        .status()
-        .unwrap();
-    assert!(ok.success(), "ffmpeg {args:?}");
-}
+mod common;
+use common::{cut, ffmpeg, testdata};
 
 fn decodes_cleanly(path: &Path) {
     let out = Command::new("ffmpeg")
@@ -44,18 +25,6 @@ fn decodes_cleanly(path: &Path) {
         path.display(),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-fn cut(input: &Path, dir: &Path) -> (castwork_media::ProbedInput, Vec<CutSegment>) {
-    let probed = probe(input).unwrap();
-    let mut segs = Vec::new();
-    let opts = SegmentOptions::new(2_000_000, dir.to_path_buf());
-    segment_file(input, &probed, &opts, |s| {
-        segs.push(s);
-        Ok(())
-    })
-    .unwrap();
-    (probed, segs)
 }
 
 #[test]

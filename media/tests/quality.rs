@@ -4,38 +4,16 @@
 //! compared upright, as the transcoder turns it.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use castwork_media::quality::{score, QualityScore, RANDOM_PICTURES};
-use castwork_media::{
-    probe, segment_file, transcode_segment, CutSegment, ProbedInput, SegmentOptions,
-    TranscodeOptions, SEGMENT_FORMATS,
-};
+use castwork_media::{probe, transcode_segment, CutSegment, TranscodeOptions, SEGMENT_FORMATS};
 use castwork_protocol::{parse_profiles, plan_ladder};
+
+mod common;
+use common::{cut, ffmpeg, testdata};
 
 /// The orchestrator's default --min-psnr-db.
 const MIN_DB: f64 = 20.0;
-
-fn ffmpeg(args: &[&str]) {
-    let ok = Command::new("ffmpeg")
-        .args(["-v", "error", "-y"])
-        .args(args)
-        .status()
-        .unwrap();
-    assert!(ok.success(), "ffmpeg {args:?}");
-}
-
-fn cut(input: &Path, dir: &Path) -> (ProbedInput, Vec<CutSegment>) {
-    let probed = probe(input).unwrap();
-    let mut segs = Vec::new();
-    let opts = SegmentOptions::new(2_000_000, dir.to_path_buf());
-    segment_file(input, &probed, &opts, |s| {
-        segs.push(s);
-        Ok(())
-    })
-    .unwrap();
-    (probed, segs)
-}
 
 /// A 4 s clip of `video` (a lavfi source) with a keyframe every 2 s, made as every clip of
 /// this file is made, so that two of them have the same timestamps.
@@ -197,13 +175,7 @@ fn rotated_sources_are_compared_upright() {
 fn honest_renditions_of_real_footage_pass_at_every_picture() {
     let dir = tempfile::tempdir().unwrap();
     for name in ["bikes.mp4", "bigbuckbunny.mp4"] {
-        let input = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../testdata")
-            .join(name);
-        assert!(
-            input.exists(),
-            "{name} is missing: run scripts/fetch-testdata.sh"
-        );
+        let input = testdata(name);
         let (seg, renditions) = transcode_first(
             &input,
             "P720p30fps16x9,P360p30fps16x9,P240p30fps16x9",
