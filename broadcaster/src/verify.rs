@@ -14,12 +14,12 @@ use castwork_chain::{Address, Chain, Deployment, U256};
 use castwork_cluster::Storage;
 use castwork_protocol::payment::SignedClaim;
 use castwork_protocol::{ObjectRef, RenditionRef};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 /// What a push got back for each segment it sent: the source, the renditions and, on-chain,
 /// the orchestrator's signed claim for them.
 pub type Outputs = BTreeMap<u64, (ObjectRef, Vec<RenditionRef>, Option<SignedClaim>)>;
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 /// How segments are sampled and judged.
 #[derive(Debug, Clone, Copy)]
@@ -157,7 +157,6 @@ pub async fn verify(
         let paths: Vec<_> = fetched.iter().map(|(_, p, _)| p.clone()).collect();
         let (s, seed) = (src_path.clone(), uuid::Uuid::new_v4().as_u64_pair().0);
         let scores = tokio::task::spawn_blocking(move || {
-            let paths: Vec<&std::path::Path> = paths.iter().map(|p| p.as_path()).collect();
             castwork_media::quality::score(
                 &s,
                 formats,
@@ -231,7 +230,8 @@ fn claimed(
             ev.seq
         );
     }
-    let hash: castwork_chain::B256 = format!("0x{}", ev.rendition_sha256)
+    let hash: castwork_chain::B256 = ev
+        .rendition_sha256
         .parse()
         .context("the rendition's hash")?;
     let bad = claim

@@ -258,7 +258,7 @@ type ScaleKey = (Pixel, u32, u32, u32, u32);
 pub fn score(
     source: &Path,
     source_formats: &str,
-    renditions: &[&Path],
+    renditions: &[impl AsRef<Path>],
     rotation: u32,
     random: usize,
     seed: u64,
@@ -266,6 +266,7 @@ pub fn score(
     crate::init();
     let mut picked = Vec::with_capacity(renditions.len());
     for (i, rendition) in renditions.iter().enumerate() {
+        let rendition = rendition.as_ref();
         let times = picture_times(rendition, "mpegts")?;
         let picks: Vec<i64> = pick(times.len(), random, seed.wrapping_add(i as u64))
             .into_iter()

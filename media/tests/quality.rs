@@ -67,8 +67,7 @@ fn scores(
     rotation: u32,
     random: usize,
 ) -> Vec<QualityScore> {
-    let paths: Vec<&Path> = renditions.iter().map(|p| p.as_path()).collect();
-    score(source, SEGMENT_FORMATS, &paths, rotation, random, 7).unwrap()
+    score(source, SEGMENT_FORMATS, renditions, rotation, random, 7).unwrap()
 }
 
 const TESTSRC: &str = "testsrc2=size=640x360:rate=30";

@@ -92,7 +92,6 @@ async fn check_quality(
     // Drawn here, at check time: the worker cannot know which pictures are compared.
     let seed = uuid::Uuid::new_v4().as_u64_pair().0;
     let scores = tokio::task::spawn_blocking(move || {
-        let paths: Vec<&std::path::Path> = paths.iter().map(|p| p.as_path()).collect();
         castwork_media::quality::score(
             &source,
             formats,
