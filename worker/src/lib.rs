@@ -265,8 +265,20 @@ async fn consume(
 }
 
 use castwork_protocol::BOUNCES_HEADER;
-/// How long an excluded worker waits before putting a job back.
+/// How long, at least, an excluded worker keeps a job it handed back before it acks it.
 const BOUNCE_DELAY: Duration = Duration::from_millis(250);
+
+/// How long an excluded worker holds a job it handed back: between one and four
+/// [`BOUNCE_DELAY`]s, at random. Holding it keeps this worker's slot busy, so the copy the
+/// orchestrator publishes goes to a worker with a free slot rather than straight back here.
+/// The random part breaks the tie where two workers each hold the other's retry (each is
+/// excluded from the one it holds): with equal holds, each frees its slot first after its own
+/// bounce and gets its own job back, round after round, until the retries fail.
+fn bounce_hold() -> Duration {
+    let spread = BOUNCE_DELAY.as_millis() as u64 * 3;
+    let random = (uuid::Uuid::new_v4().as_u128() as u64) % (spread + 1);
+    BOUNCE_DELAY + Duration::from_millis(random)
+}
 
 /// How often the job was put back by excluded workers.
 fn bounces(delivery: &Delivery) -> u32 {
@@ -310,7 +322,9 @@ async fn handle_delivery(ctx: Arc<JobContext>, broker: Arc<Broker>, delivery: De
         // so a retry that only excluded workers can see ends as a failure with its reason
         // instead of going round forever.
         let bounces = bounces(&delivery) + 1;
-        let max_bounces = (ctx.excluded_retry.as_millis() / BOUNCE_DELAY.as_millis()).max(1);
+        // A hold averages 2.5 BOUNCE_DELAYs.
+        let max_bounces =
+            (ctx.excluded_retry.as_millis() * 2 / (BOUNCE_DELAY.as_millis() * 5)).max(1);
         if u128::from(bounces) > max_bounces {
             let why = job::JobError::permanent(format!(
                 "no worker but those whose output for this segment failed its check took the \
@@ -324,7 +338,6 @@ async fn handle_delivery(ctx: Arc<JobContext>, broker: Arc<Broker>, delivery: De
             );
             return report_failure(&ctx, &broker, delivery, &job, why).await;
         }
-        tokio::time::sleep(BOUNCE_DELAY).await;
         // The orchestrator publishes it again: workers never publish jobs.
         let bounced = WorkerReport::SegmentBounced(castwork_protocol::SegmentBounced {
             job_id: job.job_id,
@@ -334,7 +347,7 @@ async fn handle_delivery(ctx: Arc<JobContext>, broker: Arc<Broker>, delivery: De
             worker_id: ctx.worker_id.clone(),
             bounces,
         });
-        report_then_ack(&broker, delivery, &job, &bounced, None).await;
+        report_then_ack(&broker, delivery, &job, &bounced, None, bounce_hold()).await;
         return;
     }
     if ctx.test_only_lie_permanent {
@@ -369,7 +382,15 @@ async fn report_failure(
     job: &SegmentJob,
     why: job::JobError,
 ) {
-    report_then_ack(broker, delivery, job, &job::failure(ctx, job, why), None).await
+    report_then_ack(
+        broker,
+        delivery,
+        job,
+        &job::failure(ctx, job, why),
+        None,
+        Duration::ZERO,
+    )
+    .await
 }
 
 /// Runs a job in its trace's span, then publishes its report and acks.
@@ -436,7 +457,15 @@ async fn transcode_and_report(
         }
     };
     metrics::SEGMENTS.with_label_values(&[outcome]).inc();
-    report_then_ack(&broker, delivery, &job, &report, span.headers()).await;
+    report_then_ack(
+        &broker,
+        delivery,
+        &job,
+        &report,
+        span.headers(),
+        Duration::ZERO,
+    )
+    .await;
 }
 
 /// Publishes a job's report and only then acks its delivery; a report that cannot be
@@ -447,6 +476,7 @@ async fn report_then_ack(
     job: &SegmentJob,
     report: &WorkerReport,
     headers: Option<lapin::types::FieldTable>,
+    hold: Duration,
 ) {
     let published = broker
         .publish(
@@ -457,8 +487,9 @@ async fn report_then_ack(
         )
         .await;
     match published {
-        // Ack only once the result is safely with the broker.
+        // Ack only once the result is safely with the broker, and `hold` later.
         Ok(()) => {
+            tokio::time::sleep(hold).await;
             if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
                 warn!(stream = job.stream, seq = job.seq, error = %e, "ack failed: the job will be redelivered");
             }
