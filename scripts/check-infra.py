@@ -43,10 +43,13 @@ for b in defs["bindings"]:
 # declares (configure), publishes to or binds queues into (write), and binds from or
 # consumes (read); and what it must never be able to do.
 PUSH = "castwork.push.0190a7e2-7c1a-7d55-9b2e-3f1c2a9d4e10"
+# The event queue the orchestrator keeps for a push over HTTP (its /ingest/ API).
+HTTP_PUSH = "castwork.http.0190a7e2-7c1a-7d55-9b2e-3f1c2a9d4e10"
 JOBS = [q for q in queues if q.startswith("jobs.")]
 NEEDS = {
     "orchestrator": {
-        "configure": topology, "write": topology, "read": topology,
+        "configure": topology + [HTTP_PUSH], "write": topology + [HTTP_PUSH],
+        "read": topology + [HTTP_PUSH],
     },
     # A worker declares nothing (passive checks need no permission): it publishes reports,
     # heartbeats and its dead letters, and consumes its class's job queues.
@@ -73,14 +76,15 @@ FORBIDDEN = {
         "write": ["castwork.ingest", "castwork.events", "castwork.jobs"] + JOBS,
         "read": ["castwork.ingest", "orchestrator.ingest", "orchestrator.results",
                  "castwork.results", "castwork.jobs.dead", "castwork.parked", "castwork.beats",
-                 PUSH],
+                 PUSH, HTTP_PUSH],
     },
     "broadcaster": {
         "configure": JOBS + ["castwork.jobs.dead", "castwork.ingest", "orchestrator.ingest",
                              "castwork.events"],
         "write": ["castwork.jobs", "castwork.results", "castwork.events",
                   "orchestrator.ingest"] + JOBS,
-        "read": JOBS + ["castwork.jobs.dead", "castwork.ingest", "orchestrator.ingest"],
+        "read": JOBS + ["castwork.jobs.dead", "castwork.ingest", "orchestrator.ingest",
+                        HTTP_PUSH],
     },
 }
 for role in ["orchestrator", "worker", "broadcaster"]:

@@ -83,8 +83,9 @@ pub(crate) enum Command {
 
         /// The most to pay, in wei per --max-price-pixels-per-unit output pixels; the push
         /// is refused before anything is sent when the orchestrator at --orchestrator-url
-        /// advertises more (GET /price). Unset: no limit.
-        #[arg(long, env = "MAX_PRICE_PER_UNIT", requires = "orchestrator_url")]
+        /// advertises more (GET /price), and an orchestrator of --orch-addr that does is
+        /// never chosen. Unset: no limit.
+        #[arg(long, env = "MAX_PRICE_PER_UNIT")]
         max_price_per_unit: Option<u64>,
 
         /// Output pixels per unit of --max-price-per-unit.
@@ -92,8 +93,22 @@ pub(crate) enum Command {
         max_price_pixels_per_unit: u64,
 
         /// HTTP address of the orchestrator whose price --max-price-per-unit checks.
-        #[arg(long, env = "ORCHESTRATOR_URL")]
+        #[arg(long, env = "ORCHESTRATOR_URL", conflicts_with = "orch_addr")]
         orchestrator_url: Option<String>,
+
+        /// Push over HTTP to one of these orchestrators (comma-separated HTTP addresses, as
+        /// go-livepeer's -orchAddr) instead of through RabbitMQ and the object store: each
+        /// one's GET /offer is read, those above --max-price-per-unit, at capacity or not
+        /// answering are left out, and one of the rest is drawn, weighted by round trip and
+        /// price. Needs --orch-key; --amqp-url and --storage-url are then not used.
+        #[arg(long, env = "ORCH_ADDR", value_delimiter = ',', requires = "orch_key")]
+        orch_addr: Vec<String>,
+
+        /// This broadcaster's key at the --orch-addr orchestrators (NAME:SECRET, from
+        /// `orchestrator broadcasters add NAME`): one for all, or one per address in the
+        /// same order, comma-separated.
+        #[arg(long, env = "ORCH_KEY", hide_env_values = true)]
+        orch_key: Option<String>,
 
         /// With --wait: fraction (0-1) of segments whose renditions this broadcaster decodes
         /// and compares with the source it sent (luma PSNR); a failure is stored as evidence

@@ -10,6 +10,7 @@ pub mod payer;
 pub mod progress;
 pub mod push;
 pub mod rtmp;
+pub mod select;
 pub mod serve;
 pub mod verify;
 

@@ -191,7 +191,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // The store as resolved (a relative file:// path made absolute), so a push from
     // another directory shows where its segments go.
     tracing::info!(storage = %storage, "object store");
-    if matches!(cli.command, Command::Push { .. }) {
+    if matches!(&cli.command, Command::Push { orch_addr, .. } if orch_addr.is_empty()) {
         eprintln!("object store: {storage}");
     }
     match cli.command {
@@ -277,6 +277,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             max_price_per_unit,
             max_price_pixels_per_unit,
             orchestrator_url,
+            orch_addr,
+            orch_key,
             verify_sample_rate,
             verify_min_psnr_db,
             slash_amount,
@@ -287,18 +289,62 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 price_per_unit: max_price_per_unit.unwrap_or(u64::MAX),
                 pixels_per_unit: max_price_pixels_per_unit,
             };
+            if max_price_per_unit.is_some() && orchestrator_url.is_none() && orch_addr.is_empty() {
+                anyhow::bail!(
+                    "--max-price-per-unit needs --orchestrator-url or --orch-addr, whose prices \
+                     it checks"
+                );
+            }
+            // Over HTTP: the orchestrator chosen among --orch-addr.
+            let http_ingest = match (orch_addr.is_empty(), orch_key) {
+                (false, Some(keys)) => {
+                    let keys: Vec<&str> = keys.split(',').collect();
+                    if keys.len() != 1 && keys.len() != orch_addr.len() {
+                        anyhow::bail!(
+                            "--orch-key takes one key for every --orch-addr, or one per address \
+                             in the same order: {} keys for {} addresses",
+                            keys.len(),
+                            orch_addr.len()
+                        );
+                    }
+                    let sender = match cli.eth.enabled() {
+                        true => Some(cli.eth.signer()?.address()),
+                        false => None,
+                    };
+                    let (i, chosen) =
+                        castwork_broadcaster::select::choose(&orch_addr, &max, sender).await?;
+                    Some((chosen.url, keys[i.min(keys.len() - 1)].to_string()))
+                }
+                _ => None,
+            };
+            let orchestrator_url = match &http_ingest {
+                Some((url, _)) => Some(url.clone()),
+                None => orchestrator_url,
+            };
             let (offer, payer) = priced(
                 &cli.eth,
                 orchestrator_url.as_deref(),
                 &max,
-                "--orchestrator-url",
+                "--orchestrator-url or --orch-addr",
             )
             .await?;
             let payer = payer.map(|mut p| {
                 p.test_tickets = test_only_tickets;
                 Arc::new(p)
             });
-            let rate = verify_sample_rate.unwrap_or(if payer.is_some() { 0.1 } else { 0.0 });
+            // The check reads renditions from the object store, which a broadcaster pushing
+            // over HTTP has no credentials for.
+            if http_ingest.is_some() && verify_sample_rate.is_some_and(|r| r > 0.0) {
+                anyhow::bail!(
+                    "--verify-sample-rate reads the renditions from the object store: not with \
+                     --orch-addr"
+                );
+            }
+            let default_rate = match (&payer, &http_ingest) {
+                (Some(_), None) => 0.1,
+                _ => 0.0,
+            };
+            let rate = verify_sample_rate.unwrap_or(default_rate);
             if !(0.0..=1.0).contains(&rate) {
                 anyhow::bail!("--verify-sample-rate must be between 0 and 1");
             }
@@ -347,11 +393,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if !(0.5..=60.0).contains(&segment_secs) {
                 anyhow::bail!("--segment-secs must be between 0.5 and 60");
             }
-            // Absolute, as resolved.
+            // Absolute, as resolved; over HTTP the orchestrator's store is its own.
             let local_dir = storage
                 .to_string()
                 .strip_prefix("file://")
-                .map(PathBuf::from);
+                .map(PathBuf::from)
+                .filter(|_| http_ingest.is_none());
             let outcome = push(
                 PushRequest {
                     input: file,
@@ -361,6 +408,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     wait,
                     amqp_url: cli.service.link.amqp_url,
                     storage,
+                    http_ingest,
                     playback_url,
                     local_dir: local_dir.clone(),
                     admit_timeout: Duration::from_secs(admit_timeout_secs),

@@ -26,12 +26,22 @@ pub async fn fetch_offer(
     url: &str,
     sender: Option<castwork_chain::Address>,
 ) -> anyhow::Result<PriceOffer> {
+    fetch_at(url, "price", sender, std::time::Duration::from_secs(10)).await
+}
+
+/// `GET URL/PATH[?sender=ADDRESS]` (`price` or `offer`), waiting at most `timeout`.
+pub async fn fetch_at(
+    url: &str,
+    path: &str,
+    sender: Option<castwork_chain::Address>,
+    timeout: std::time::Duration,
+) -> anyhow::Result<PriceOffer> {
     let url = match sender {
-        Some(a) => format!("{}/price?sender={a}", url.trim_end_matches('/')),
-        None => format!("{}/price", url.trim_end_matches('/')),
+        Some(a) => format!("{}/{path}?sender={a}", url.trim_end_matches('/')),
+        None => format!("{}/{path}", url.trim_end_matches('/')),
     };
     let resp = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(10))
+        .timeout(timeout)
         .build()?
         .get(&url)
         .send()

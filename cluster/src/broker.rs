@@ -15,6 +15,46 @@ use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind,
 };
 
+/// A push's event queue is deleted by the broker after this long unread (one left behind by
+/// a crash goes on its own).
+pub const EVENT_QUEUE_EXPIRES_MS: i64 = 3_600_000;
+
+/// Declares `queue`, one push's durable event queue, bound to `stream`'s events.
+/// Replicated like every other queue: a classic queue lives on one node, and in a broker
+/// cluster the push would lose its events with that node.
+pub async fn declare_event_queue(
+    ch: &Channel,
+    queue: &str,
+    stream: &str,
+) -> Result<(), lapin::Error> {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-expires".into(),
+        AMQPValue::LongLongInt(EVENT_QUEUE_EXPIRES_MS),
+    );
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        args,
+    )
+    .await?;
+    ch.queue_bind(
+        queue.into(),
+        EVENTS_EXCHANGE.into(),
+        castwork_protocol::event_routing_key(stream).into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+}
+
 /// Routing key of ingest messages and worker reports.
 pub const INGEST_KEY: &str = "ingest";
 pub const RESULTS_KEY: &str = "result";

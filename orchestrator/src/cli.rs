@@ -120,6 +120,11 @@ pub(crate) struct Cli {
     #[arg(long, env = "MAX_SEQ_AHEAD", default_value_t = castwork_protocol::DEFAULT_MAX_SEQ_AHEAD)]
     pub(crate) max_seq_ahead: u64,
 
+    /// The largest source segment a broadcaster may upload over HTTP
+    /// (`PUT /ingest/source/...`), in MiB.
+    #[arg(long, env = "MAX_SOURCE_SEGMENT_MB", default_value_t = 64)]
+    pub(crate) max_source_segment_mb: u64,
+
     /// Live streams admitted at once (as go-livepeer's -maxSessions): a new one past that is
     /// refused "at capacity", and the broadcaster says so. `auto`: the transcode slots the
     /// live workers advertise in their heartbeats (no limit while none has beaten); 0: no
@@ -241,6 +246,13 @@ pub(crate) enum Command {
         #[command(subcommand)]
         action: WorkersAction,
     },
+    /// Keys of broadcasters that push over HTTP (`broadcaster push --orch-addr URL
+    /// --orch-key KEY`), in Redis (--redis-url): such a broadcaster needs no broker or
+    /// object-store credentials.
+    Broadcasters {
+        #[command(subcommand)]
+        action: BroadcastersAction,
+    },
     /// The off-chain ledger of broadcaster accounts in Redis (--redis-url), in wei.
     Ledger {
         #[command(subcommand)]
@@ -291,6 +303,17 @@ pub(crate) enum WorkersAction {
         #[arg(long, env = "RABBITMQ_ADMIN_URL")]
         rabbitmq_admin_url: Option<String>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum BroadcastersAction {
+    /// Makes a key for broadcaster NAME (replacing any it had) and prints it: NAME:SECRET.
+    /// Off-chain, its streams are charged to ledger account NAME.
+    Add { name: String },
+    /// Deletes broadcaster NAME's key: its requests are refused from now on.
+    Remove { name: String },
+    /// Prints the names of the broadcasters with keys.
+    List,
 }
 
 #[derive(Subcommand, Debug)]

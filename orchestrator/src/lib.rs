@@ -79,6 +79,8 @@ pub struct Config {
     pub orchestrator_id: String,
     /// How far ahead of a stream's highest received segment a sequence number may be.
     pub max_seq_ahead: u64,
+    /// The largest source segment a broadcaster may upload over HTTP, in bytes.
+    pub max_source_bytes: u64,
     /// Live streams admitted at once.
     pub max_sessions: ingest::MaxSessions,
     /// What HTTP requests that change state must carry (none: they are refused).
@@ -140,6 +142,7 @@ pub async fn run(
     let payments_slot: Arc<std::sync::OnceLock<Arc<payments::Payments>>> = Default::default();
     let readiness = api::Readiness::new(&cfg.redis_url, &cfg.amqp_url);
     let tokens_slot: Arc<std::sync::OnceLock<workers::tokens::Tokens>> = Default::default();
+    let broker_slot: api::BrokerSlot = Default::default();
     let api_state = api::ApiState {
         state: state.clone(),
         consuming: consuming.clone(),
@@ -152,6 +155,10 @@ pub async fn run(
         api_token: cfg.api_token.clone(),
         readiness: readiness.clone(),
         tokens: tokens_slot.clone(),
+        broker: broker_slot.clone(),
+        max_seq_ahead: cfg.max_seq_ahead,
+        max_source_bytes: cfg.max_source_bytes,
+        max_sessions: cfg.max_sessions,
     };
     let work_bound = match cfg.work_addr {
         Some(a) => Some(
@@ -290,6 +297,7 @@ pub async fn run(
         job_ids: workers::JobIds::new(job_key.clone()),
         sample_secret: job_key.clone(),
         work,
+        broker_slot,
     };
     supervise("orchestrator", &shutdown, || async {
         let r = session(&cfg, &parts, &consuming, &queues, &shutdown).await;
@@ -317,6 +325,8 @@ struct Parts {
     sample_secret: Vec<u8>,
     job_ids: workers::JobIds,
     work: workers::tokens::WorkUrls,
+    /// Where the HTTP API finds this session's broker (for ingest over HTTP).
+    broker_slot: api::BrokerSlot,
 }
 
 async fn session(
@@ -335,6 +345,9 @@ async fn session(
         .await
         .context("connecting to RabbitMQ")?,
     );
+    if let Ok(mut slot) = parts.broker_slot.write() {
+        *slot = Some(broker.clone());
+    }
     let orch = Arc::new(Orchestrator {
         state: parts.state.clone(),
         storage: parts.storage.clone(),

@@ -8,7 +8,7 @@ use clap::Parser;
 
 mod cli;
 
-use cli::{Cli, Command, LedgerAction, StreamsAction, WorkersAction};
+use cli::{BroadcastersAction, Cli, Command, LedgerAction, StreamsAction, WorkersAction};
 
 /// The cluster's state in the Redis at `redis_url`, for the commands that change it.
 async fn state_at(redis_url: &str) -> anyhow::Result<castwork_orchestrator::state::State> {
@@ -142,6 +142,26 @@ async fn start() -> anyhow::Result<()> {
             println!("{done}");
             return Ok(());
         }
+        Some(Command::Broadcasters { action }) => {
+            let state = state_at(&cli.redis_url).await?;
+            match action {
+                BroadcastersAction::Add { name } => {
+                    println!("{}", state.add_broadcaster(&name).await?)
+                }
+                BroadcastersAction::Remove { name } => {
+                    if !state.remove_broadcaster(&name).await? {
+                        anyhow::bail!("broadcaster {name} has no key");
+                    }
+                    println!("removed broadcaster {name}'s key");
+                }
+                BroadcastersAction::List => {
+                    for name in state.broadcasters().await? {
+                        println!("{name}");
+                    }
+                }
+            }
+            return Ok(());
+        }
         Some(Command::Chain { action }) => {
             let price = castwork_protocol::Price {
                 price_per_unit: cli.price_per_unit,
@@ -261,6 +281,7 @@ async fn start() -> anyhow::Result<()> {
         chain,
         orchestrator_id: cli.orchestrator_id,
         max_seq_ahead: cli.max_seq_ahead,
+        max_source_bytes: cli.max_source_segment_mb.saturating_mul(1024 * 1024),
         max_sessions: cli.max_sessions,
         api_token: cli.api_token.clone(),
         retain: Duration::from_secs_f64(cli.retain_days.clamp(0.0, 36_500.0) * 86_400.0),

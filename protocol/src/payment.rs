@@ -79,4 +79,40 @@ pub struct PriceOffer {
     /// On-chain mode: whether the orchestrator is in the active set (it refuses work if not).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active: Option<bool>,
+    /// At `GET /offer`: how many more live streams it admits now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<Capacity>,
+    /// At `GET /offer`: what one stream may ask of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<OfferLimits>,
+    /// At `GET /offer`: how a broadcaster submits work, e.g. `http` (`/ingest/...` on the
+    /// same address, with a broadcaster key).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ingest: Vec<String>,
+}
+
+/// An orchestrator's room for live streams, as it advertises it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capacity {
+    /// The most live streams it admits at once now (its --max-sessions, or its workers'
+    /// slots); 0: no limit.
+    pub max_sessions: u64,
+    /// Live streams it is transcoding now.
+    pub live_sessions: u64,
+}
+
+impl Capacity {
+    /// Whether another live stream would be admitted now.
+    pub fn has_room(&self) -> bool {
+        self.max_sessions == 0 || self.live_sessions < self.max_sessions
+    }
+}
+
+/// What one stream may ask of an orchestrator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfferLimits {
+    /// Rungs in one ladder.
+    pub max_rungs: u32,
+    /// Bytes in one source segment sent over HTTP.
+    pub max_source_segment_bytes: u64,
 }

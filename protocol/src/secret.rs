@@ -11,6 +11,14 @@ pub fn sha256_hex(secret: &str) -> String {
         .collect()
 }
 
+/// `n` random bytes from the kernel, as lowercase hex.
+pub fn random_hex(n: usize) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut buf = vec![0u8; n];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// Whether two secrets are equal, in time that does not depend on where they differ
 /// (their hashes are compared in full).
 pub fn same_secret(a: &str, b: &str) -> bool {

@@ -326,6 +326,7 @@ impl Runner {
                 wait: true,
                 amqp_url: self.amqp_url.clone(),
                 storage: self.storage.clone(),
+                http_ingest: None,
                 playback_url: None,
                 local_dir: None,
                 admit_timeout: self.admit_timeout,

@@ -134,13 +134,7 @@ fn key_hash(key: &str) -> String {
     castwork_protocol::secret::sha256_hex(key)
 }
 
-/// `n` random bytes as hex, from the kernel.
-pub fn random_hex(n: usize) -> std::io::Result<String> {
-    use std::io::Read;
-    let mut buf = vec![0u8; n];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
-    Ok(hex::encode(buf))
-}
+pub use castwork_protocol::secret::random_hex;
 
 /// Makes `name` the only stream of key ARGV[1] (a hash), replacing the name's old key.
 static ADD_KEY: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {

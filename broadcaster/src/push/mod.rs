@@ -12,10 +12,9 @@ use bytes::Bytes;
 use castwork_cluster::Storage;
 use castwork_media::{CutSegment, MediaError, SegmentOptions};
 use castwork_protocol::{
-    source_key, validate_stream_name, IngestMessage, ObjectRef, Profile, SegmentReady, StreamEnded,
+    validate_stream_name, IngestMessage, ObjectRef, Profile, SegmentReady, StreamEnded,
     StreamEvent, StreamMode, StreamStarted,
 };
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -39,6 +38,9 @@ pub struct PushRequest {
     pub wait: bool,
     pub amqp_url: String,
     pub storage: Storage,
+    /// Push through this orchestrator's HTTP ingest API instead of `amqp_url` and
+    /// `storage`: its URL, and the broadcaster key it gave us.
+    pub http_ingest: Option<(String, String)>,
     /// Base URL of the playback server, in place of the one the orchestrator names (its
     /// `--playback-url`), for the playback URL printed at the end.
     pub playback_url: Option<String>,
@@ -211,7 +213,10 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
             )),
     );
     let session = Uuid::now_v7();
-    let mut link = Link::open(&req.amqp_url, &req.stream, session).await?;
+    let mut link = match &req.http_ingest {
+        Some((url, key)) => Link::open_http(url, key, session)?,
+        None => Link::open(&req.amqp_url, &req.stream, session).await?,
+    };
     link.publish(&IngestMessage::StreamStarted(StreamStarted {
         stream: req.stream.clone(),
         session,
@@ -258,7 +263,12 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
         )
     })??;
     let (rungs, skipped, cluster_playback, store) = admitted;
-    if let Err(e) = check_store(&req.storage, store.as_ref()).await {
+    // Over HTTP the orchestrator stores the sources itself.
+    let checked = match link.is_http() {
+        true => Ok(()),
+        false => check_store(&req.storage, store.as_ref()).await,
+    };
+    if let Err(e) = checked {
         abort(&mut link, &req.stream, session, &format!("{e:#}")).await;
         link.close().await;
         return Err(e);
@@ -542,16 +552,9 @@ async fn upload_segment(
     let upload = span.child("upload source", &[]);
     let data = Bytes::from(tokio::fs::read(&seg.path).await?);
     let _ = tokio::fs::remove_file(&seg.path).await;
-    let key = source_key(stream, seg.seq, ext);
-    let object = ObjectRef {
-        key: key.clone(),
-        size: data.len() as u64,
-        sha256: hex::encode(Sha256::digest(&data)),
-    };
-    storage
-        .put(&key, data)
-        .await
-        .with_context(|| format!("storing {key}"))?;
+    let object = link
+        .store_source(storage, stream, (seg.seq, ext), data)
+        .await?;
     upload.set("bytes", object.size.to_string());
     drop(upload);
     let publish = span.child("publish segment", &[]);

@@ -3,6 +3,7 @@
 //! `{"error": "..."}`.
 
 mod health;
+pub mod ingest;
 mod streams;
 mod work;
 
@@ -51,7 +52,18 @@ pub struct ApiState {
     pub readiness: Readiness,
     /// Checks the signed object URLs of jobs (set once Redis has given the key).
     pub tokens: Arc<std::sync::OnceLock<crate::workers::tokens::Tokens>>,
+    /// The broker of the current session, for ingest over HTTP (none while disconnected).
+    pub broker: BrokerSlot,
+    /// How far ahead of a stream's received segments a source upload may be.
+    pub max_seq_ahead: u64,
+    /// The largest source segment an HTTP upload may be, in bytes.
+    pub max_source_bytes: u64,
+    /// Live streams admitted at once, advertised at `/offer`.
+    pub max_sessions: crate::ingest::MaxSessions,
 }
+
+/// The broker the orchestrator's current session uses.
+pub type BrokerSlot = Arc<RwLock<Option<Arc<castwork_cluster::Broker>>>>;
 
 /// The refusal of a request that changes state and does not carry the API token; `None`
 /// when it does.
@@ -111,7 +123,9 @@ const STATUS_DEAD_LETTERS: usize = 20;
 
 /// `GET /price[?sender=ADDRESS]`: the price, and on-chain the ticket parameters for that
 /// sender to sign its next payment under (fresh ones on every call; none without a sender).
-async fn price(api: ApiState, sender: Option<String>) -> Response {
+/// `GET /offer` (`full`) adds the room for live streams, the limits of one stream and how
+/// to submit work: what a broadcaster choosing among orchestrators reads.
+async fn price(api: ApiState, sender: Option<String>, full: bool) -> Response {
     let sender = match sender.map(|s| s.parse::<castwork_chain::Address>()) {
         None => None,
         Some(Ok(a)) => Some(a),
@@ -137,7 +151,28 @@ async fn price(api: ApiState, sender: Option<String>) -> Response {
         }),
         ticket_params: None,
         active: None,
+        capacity: None,
+        limits: None,
+        ingest: Vec::new(),
     };
+    if full {
+        let (max, live) = match tokio::try_join!(
+            api.max_sessions.now(&api.state),
+            api.state.live_stream_count()
+        ) {
+            Ok(n) => n,
+            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("redis: {e}")),
+        };
+        offer.capacity = Some(castwork_protocol::payment::Capacity {
+            max_sessions: max,
+            live_sessions: live,
+        });
+        offer.limits = Some(castwork_protocol::payment::OfferLimits {
+            max_rungs: castwork_protocol::profile::MAX_RUNGS as u32,
+            max_source_segment_bytes: api.max_source_bytes,
+        });
+        offer.ingest = vec!["http".to_string()];
+    }
     if let Some(p) = payments {
         offer.ticket_params = sender.map(|a| p.params_for(a));
         match p.check_active().await {
@@ -168,7 +203,16 @@ pub fn router(api: ApiState) -> Router {
                 |AxumState(api): AxumState<ApiState>,
                  axum::extract::Query(mut q): axum::extract::Query<
                     std::collections::HashMap<String, String>,
-                >| async move { price(api, q.remove("sender")).await },
+                >| async move { price(api, q.remove("sender"), false).await },
+            ),
+        )
+        .route(
+            "/offer",
+            get(
+                |AxumState(api): AxumState<ApiState>,
+                 axum::extract::Query(mut q): axum::extract::Query<
+                    std::collections::HashMap<String, String>,
+                >| async move { price(api, q.remove("sender"), true).await },
             ),
         )
         .route("/status", get(cluster_status))
@@ -182,6 +226,15 @@ pub fn router(api: ApiState) -> Router {
         .route("/hls/{*key}", get(hls_object))
         .route("/work/source", get(work::source))
         .route("/work/rendition", axum::routing::put(work::rendition))
+        .route("/ingest/messages", axum::routing::post(ingest::message))
+        .route(
+            "/ingest/source/{session}/{file}",
+            axum::routing::put(ingest::source),
+        )
+        .route(
+            "/ingest/events/{session}",
+            get(ingest::events).delete(ingest::close),
+        )
         .route(
             "/streams/{name}",
             get(streams::stream_status).delete(streams::delete_stream),

@@ -60,6 +60,21 @@ pub enum MaxSessions {
     Fixed(u64),
 }
 
+impl MaxSessions {
+    /// The most live streams admitted at once now (0: no limit).
+    pub async fn now(self, state: &crate::state::State) -> redis::RedisResult<u64> {
+        Ok(match self {
+            MaxSessions::Fixed(n) => n,
+            MaxSessions::Auto => state
+                .workers()
+                .await?
+                .iter()
+                .map(|w| w["slots"].as_u64().unwrap_or(0))
+                .sum(),
+        })
+    }
+}
+
 /// Reads `--max-sessions`: `auto` or a number.
 pub fn parse_max_sessions(s: &str) -> Result<MaxSessions, String> {
     if s == "auto" {
@@ -131,16 +146,7 @@ impl Orchestrator {
 
     /// The most live streams admitted at once now (0: no limit).
     async fn max_live(&self) -> Result<u64, HandleError> {
-        Ok(match self.max_sessions {
-            MaxSessions::Fixed(n) => n,
-            MaxSessions::Auto => self
-                .state
-                .workers()
-                .await?
-                .iter()
-                .map(|w| w["slots"].as_u64().unwrap_or(0))
-                .sum(),
-        })
+        Ok(self.max_sessions.now(&self.state).await?)
     }
 
     async fn stream_started(&self, s: StreamStarted) -> Result<(), HandleError> {

@@ -14,6 +14,16 @@ pub fn listed_key(stream: &str) -> String {
 /// Live streams that are not complete yet.
 pub const LIVE_SET: &str = "cw:live";
 
+impl State {
+    /// How many live streams are not complete yet.
+    pub async fn live_stream_count(&self) -> redis::RedisResult<u64> {
+        redis::cmd("SCARD")
+            .arg(LIVE_SET)
+            .query_async(&mut self.redis.clone())
+            .await
+    }
+}
+
 /// Skips a pending live segment (its deadline passed). Returns 1 when skipped, 0 when it
 /// was already resolved.
 static SKIP_SEGMENT: LuaScript = LuaScript::new(concat!(

@@ -7,6 +7,7 @@ use castwork_protocol::{LadderPlan, SegmentReady, SourceMetadata, StreamMode};
 use redis::aio::ConnectionManager;
 use serde::Serialize;
 
+mod broadcasters;
 mod failures;
 mod ledger;
 mod live;
@@ -15,6 +16,7 @@ mod records;
 mod streams;
 mod workers;
 
+pub use broadcasters::{IngestSession, BROADCASTERS};
 pub use failures::{DeadLetterRecord, DEAD_LETTERS_LIST};
 pub use ledger::{balance_key, reserved_key};
 pub use live::{listed_key, LIVE_SET};

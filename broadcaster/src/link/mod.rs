@@ -1,27 +1,119 @@
-//! The broadcaster's link to RabbitMQ for one push: publishes that survive a broker restart
-//! (reconnect with backoff, then publish again; every ingest message is idempotent) and a
-//! durable per-push event queue that keeps the orchestrator's events while we are away.
+//! The broadcaster's link to an orchestrator for one push: over RabbitMQ (with the broker's
+//! and the object store's credentials) or over the orchestrator's HTTP ingest API (with its
+//! URL and a broadcaster key, [`http`]).
+//!
+//! Over RabbitMQ: publishes that survive a broker restart (reconnect with backoff, then
+//! publish again; every ingest message is idempotent) and a durable per-push event queue
+//! that keeps the orchestrator's events while we are away.
+
+mod http;
 
 use castwork_cluster::telemetry::Span;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use castwork_cluster::{broker::INGEST_KEY, Backoff, Broker};
-use castwork_protocol::{
-    decode, encode, event_routing_key, IngestMessage, StreamEvent, EVENTS_EXCHANGE, INGEST_EXCHANGE,
-};
+use castwork_protocol::{decode, encode, IngestMessage, StreamEvent, INGEST_EXCHANGE};
 use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions};
+use lapin::types::FieldTable;
 use lapin::Consumer;
 use uuid::Uuid;
 
 /// How long a push keeps trying to reach a broker that went away.
 const RECONNECT_FOR: Duration = Duration::from_secs(300);
-/// An event queue nobody consumes is deleted by the broker after this long.
-const EVENT_QUEUE_EXPIRES_MS: i64 = 3_600_000;
 
-pub struct Link {
+/// Where a push sends its messages and source segments, and reads its events.
+pub enum Link {
+    Amqp(Box<AmqpLink>),
+    Http(http::HttpLink),
+}
+
+/// SHA-256 of `data`, as lowercase hex.
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+impl Link {
+    /// Over RabbitMQ: see [`AmqpLink::open`].
+    pub async fn open(url: &str, stream: &str, session: Uuid) -> anyhow::Result<Link> {
+        Ok(Link::Amqp(Box::new(
+            AmqpLink::open(url, stream, session).await?,
+        )))
+    }
+
+    /// Over the HTTP ingest API of the orchestrator at `base`, with broadcaster key `key`.
+    pub fn open_http(base: &str, key: &str, session: Uuid) -> anyhow::Result<Link> {
+        Ok(Link::Http(http::HttpLink::new(base, key, session)?))
+    }
+
+    pub fn is_http(&self) -> bool {
+        matches!(self, Link::Http(_))
+    }
+
+    pub async fn publish(&mut self, msg: &IngestMessage) -> anyhow::Result<()> {
+        self.publish_in(msg, &Span::none()).await
+    }
+
+    /// Publishes within a trace (over RabbitMQ the message carries `span`'s context).
+    pub async fn publish_in(&mut self, msg: &IngestMessage, span: &Span) -> anyhow::Result<()> {
+        match self {
+            Link::Amqp(l) => l.publish_in(msg, span).await,
+            Link::Http(l) => l.publish(msg).await,
+        }
+    }
+
+    /// Stores source segment `seq` of `stream` (`data`, a file of extension `ext`): into
+    /// `storage` over RabbitMQ, at the orchestrator over HTTP. Answers its object.
+    pub async fn store_source(
+        &mut self,
+        storage: &castwork_cluster::Storage,
+        stream: &str,
+        (seq, ext): (u64, &str),
+        data: bytes::Bytes,
+    ) -> anyhow::Result<castwork_protocol::ObjectRef> {
+        match self {
+            Link::Amqp(_) => {
+                let key = castwork_protocol::source_key(stream, seq, ext);
+                let object = castwork_protocol::ObjectRef {
+                    key: key.clone(),
+                    size: data.len() as u64,
+                    sha256: sha256_hex(&data),
+                };
+                storage
+                    .put(&key, data)
+                    .await
+                    .with_context(|| format!("storing {key}"))?;
+                Ok(object)
+            }
+            Link::Http(l) => l.store_source(seq, ext, data).await,
+        }
+    }
+
+    pub async fn next_event(&mut self) -> anyhow::Result<StreamEvent> {
+        match self {
+            Link::Amqp(l) => l.next_event().await,
+            Link::Http(l) => l.next_event().await,
+        }
+    }
+
+    pub async fn try_event(&mut self) -> Option<StreamEvent> {
+        match self {
+            Link::Amqp(l) => l.try_event().await,
+            Link::Http(l) => l.try_event().await,
+        }
+    }
+
+    pub async fn close(self) {
+        match self {
+            Link::Amqp(l) => l.close().await,
+            Link::Http(l) => l.close().await,
+        }
+    }
+}
+
+pub struct AmqpLink {
     url: String,
     /// The push's publisher secret, put on every ingest message it sends.
     secret: String,
@@ -32,11 +124,11 @@ pub struct Link {
     events_channel: Option<lapin::Channel>,
 }
 
-impl Link {
+impl AmqpLink {
     /// Connects once (a broker that is not there at the start is an error for the user) and
     /// subscribes to the stream's events before anything is published.
-    pub async fn open(url: &str, stream: &str, session: Uuid) -> anyhow::Result<Link> {
-        let mut link = Link {
+    pub async fn open(url: &str, stream: &str, session: Uuid) -> anyhow::Result<AmqpLink> {
+        let mut link = AmqpLink {
             url: url.to_string(),
             secret: crate::live::auth::random_hex(16)
                 .context("making the stream's publisher secret")?,
@@ -63,34 +155,7 @@ impl Link {
         )
         .await?;
         let ch = broker.channel().await?;
-        let mut args = FieldTable::default();
-        args.insert(
-            "x-expires".into(),
-            AMQPValue::LongLongInt(EVENT_QUEUE_EXPIRES_MS),
-        );
-        // Replicated like every other queue: a classic queue lives on one node, and in a
-        // broker cluster the push would lose its events with that node.
-        args.insert(
-            "x-queue-type".into(),
-            AMQPValue::LongString("quorum".into()),
-        );
-        ch.queue_declare(
-            self.queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            args,
-        )
-        .await?;
-        ch.queue_bind(
-            self.queue.as_str().into(),
-            EVENTS_EXCHANGE.into(),
-            event_routing_key(&self.stream).into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+        castwork_cluster::broker::declare_event_queue(&ch, &self.queue, &self.stream).await?;
         let consumer = ch
             .basic_consume(
                 self.queue.as_str().into(),
@@ -130,12 +195,7 @@ impl Link {
     }
 
     /// Publishes an ingest message with confirms, reconnecting and publishing again after
-    /// a broker failure.
-    pub async fn publish(&mut self, msg: &IngestMessage) -> anyhow::Result<()> {
-        self.publish_in(msg, &Span::none()).await
-    }
-
-    /// [`Link::publish`] within a trace: the message carries `span`'s context.
+    /// a broker failure; the message carries `span`'s context.
     pub async fn publish_in(&mut self, msg: &IngestMessage, span: &Span) -> anyhow::Result<()> {
         let body = encode(&msg.clone().with_secret(&self.secret));
         loop {

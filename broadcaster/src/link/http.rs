@@ -1,0 +1,193 @@
+//! The broadcaster's link to an orchestrator over HTTP (its `/ingest/...` API): what a
+//! broadcaster on another machine uses with the orchestrator's URL and a broadcaster key,
+//! holding no broker or object-store credentials. Requests that fail for a reason a retry
+//! can fix (no answer, 5xx) are sent again with backoff for [`RETRY_FOR`]; every ingest
+//! message is idempotent, and a source segment is stored under a key its sequence number
+//! gives, so a repeat does no harm.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use bytes::Bytes;
+use castwork_cluster::Backoff;
+use castwork_protocol::{encode, IngestMessage, ObjectRef, StreamEvent};
+use reqwest::{Method, StatusCode};
+use uuid::Uuid;
+
+/// How long a request keeps being retried while the orchestrator does not answer.
+const RETRY_FOR: Duration = Duration::from_secs(300);
+/// How long one poll for events waits at the orchestrator (its most is 20 s).
+const POLL_SECS: u64 = 15;
+/// The header that carries the push's publisher secret.
+const SECRET_HEADER: &str = "x-castwork-secret";
+
+pub struct HttpLink {
+    base: String,
+    key: String,
+    secret: String,
+    session: Uuid,
+    client: reqwest::Client,
+    /// Events received and not yet handed out.
+    pending: VecDeque<StreamEvent>,
+}
+
+impl HttpLink {
+    pub fn new(base: &str, key: &str, session: Uuid) -> anyhow::Result<HttpLink> {
+        Ok(HttpLink {
+            base: base.trim_end_matches('/').to_string(),
+            key: key.to_string(),
+            secret: crate::live::auth::random_hex(16)
+                .context("making the stream's publisher secret")?,
+            session,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(POLL_SECS + 30))
+                .connect_timeout(Duration::from_secs(10))
+                .build()?,
+            pending: VecDeque::new(),
+        })
+    }
+
+    /// Sends one request (again, while a retry can help), and answers its body.
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+        what: &str,
+    ) -> anyhow::Result<Bytes> {
+        let url = format!("{}{path}", self.base);
+        let deadline = Instant::now() + RETRY_FOR;
+        let mut backoff = Backoff::default();
+        loop {
+            let mut req = self
+                .client
+                .request(method.clone(), &url)
+                .bearer_auth(&self.key)
+                .header(SECRET_HEADER, &self.secret);
+            if let Some(b) = &body {
+                req = req.body(b.clone());
+            }
+            let why = match req.send().await {
+                Ok(resp) => {
+                    let status = resp.status();
+                    let text = resp.bytes().await.unwrap_or_default();
+                    if status.is_success() {
+                        return Ok(text);
+                    }
+                    let message = serde_json::from_slice::<serde_json::Value>(&text)
+                        .ok()
+                        .and_then(|v| v["error"].as_str().map(str::to_string))
+                        .unwrap_or_else(|| String::from_utf8_lossy(&text).into_owned());
+                    if !(status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS) {
+                        bail!(
+                            "{what}: the orchestrator at {} answered {status}: {message}",
+                            self.base
+                        );
+                    }
+                    format!("{status}: {message}")
+                }
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() > deadline {
+                bail!(
+                    "{what}: the orchestrator at {} stayed unreachable for {} s: {why}",
+                    self.base,
+                    RETRY_FOR.as_secs()
+                );
+            }
+            tracing::warn!(
+                orchestrator = self.base,
+                error = why,
+                "{what}: trying again"
+            );
+            tokio::time::sleep(backoff.next_delay()).await;
+        }
+    }
+
+    pub async fn publish(&mut self, msg: &IngestMessage) -> anyhow::Result<()> {
+        let body = encode(&msg.clone().with_secret(&self.secret));
+        self.request(
+            Method::POST,
+            "/ingest/messages",
+            Some(Bytes::from(body)),
+            "sending an ingest message",
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Stores source segment `seq` at the orchestrator and answers its object, checked
+    /// against the bytes sent.
+    pub async fn store_source(
+        &mut self,
+        seq: u64,
+        ext: &str,
+        data: Bytes,
+    ) -> anyhow::Result<ObjectRef> {
+        let (size, sha256) = (data.len() as u64, super::sha256_hex(&data));
+        let path = format!("/ingest/source/{}/{seq}.{ext}", self.session);
+        let body = self
+            .request(
+                Method::PUT,
+                &path,
+                Some(data),
+                &format!("storing segment {seq}"),
+            )
+            .await?;
+        let object: ObjectRef = serde_json::from_slice(&body).with_context(|| {
+            format!("the orchestrator's answer to segment {seq} is not an object")
+        })?;
+        if object.size != size || object.sha256 != sha256 {
+            bail!("the orchestrator stored segment {seq} as something other than what was sent");
+        }
+        Ok(object)
+    }
+
+    async fn poll(&mut self, wait_secs: u64) -> anyhow::Result<()> {
+        let path = format!("/ingest/events/{}?wait={wait_secs}", self.session);
+        let body = self
+            .request(Method::GET, &path, None, "reading the stream's events")
+            .await?;
+        let events: Vec<serde_json::Value> =
+            serde_json::from_slice(&body).context("the orchestrator's events are not a list")?;
+        for v in events {
+            match serde_json::from_value::<StreamEvent>(v) {
+                Ok(e) => self.pending.push_back(e),
+                Err(e) => tracing::warn!(error = %e, "unreadable event ignored"),
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn next_event(&mut self) -> anyhow::Result<StreamEvent> {
+        loop {
+            if let Some(e) = self.pending.pop_front() {
+                return Ok(e);
+            }
+            self.poll(POLL_SECS).await?;
+        }
+    }
+
+    pub async fn try_event(&mut self) -> Option<StreamEvent> {
+        if self.pending.is_empty() {
+            if let Err(e) = self.poll(0).await {
+                tracing::warn!(error = format!("{e:#}"), "reading the stream's events");
+            }
+        }
+        self.pending.pop_front()
+    }
+
+    /// Deletes the push's event queue at the orchestrator (one left behind expires).
+    pub async fn close(self) {
+        let path = format!("/ingest/events/{}", self.session);
+        let _ = self
+            .client
+            .delete(format!("{}{path}", self.base))
+            .bearer_auth(&self.key)
+            .header(SECRET_HEADER, &self.secret)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await;
+    }
+}

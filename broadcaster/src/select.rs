@@ -1,0 +1,210 @@
+//! Choosing an orchestrator among several (`push --orch-addr URL,URL,...`): each one's
+//! offer (`GET /offer`: price, room for live streams, limits) is read at once, with its
+//! round-trip time. Those that do not answer, charge more than `--max-price-per-unit`,
+//! have no room (their live streams are at their `--max-sessions`) or, on-chain, are not in
+//! the active set are left out. Among the rest one is drawn at random, each with the weight
+//!
+//!   (fastest round trip / its round trip) × (lowest price + ε) / (its price + ε)
+//!
+//! (prices in wei per pixel, ε = 10⁻⁹), so a fast, cheap orchestrator is chosen most often
+//! and a slower or dearer one now and then, which spreads streams and keeps measuring
+//! them all, as go-livepeer's selection does with stake in place of round trip.
+
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use castwork_protocol::payment::PriceOffer;
+use castwork_protocol::Price;
+
+/// How long an orchestrator has to answer with its offer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Keeps a free orchestrator's weight finite and orders priced ones by price.
+const PRICE_EPSILON: f64 = 1e-9;
+
+/// An orchestrator that answered.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub url: String,
+    pub offer: PriceOffer,
+    pub round_trip: Duration,
+}
+
+/// Why an orchestrator is left out, or `None` when it may be chosen.
+pub fn excluded(c: &Candidate, max: &Price) -> Option<String> {
+    if let Err(m) = crate::payer::within_max(&c.offer.price, max) {
+        return Some(m);
+    }
+    if let Some(cap) = c.offer.capacity.as_ref().filter(|c| !c.has_room()) {
+        return Some(format!(
+            "at capacity: {} live streams of {}",
+            cap.live_sessions, cap.max_sessions
+        ));
+    }
+    if c.offer.active == Some(false) {
+        return Some("not in the active set".to_string());
+    }
+    if !c.offer.ingest.iter().any(|i| i == "http") {
+        return Some("takes no work over HTTP".to_string());
+    }
+    None
+}
+
+fn price_per_pixel(p: &Price) -> f64 {
+    p.price_per_unit as f64 / p.pixels_per_unit.max(1) as f64
+}
+
+/// Each candidate's weight (see the module's documentation).
+pub fn weights(cands: &[Candidate]) -> Vec<f64> {
+    let fastest = cands
+        .iter()
+        .map(|c| c.round_trip.as_secs_f64().max(1e-3))
+        .fold(f64::INFINITY, f64::min);
+    let cheapest = cands
+        .iter()
+        .map(|c| price_per_pixel(&c.offer.price))
+        .fold(f64::INFINITY, f64::min);
+    cands
+        .iter()
+        .map(|c| {
+            let speed = fastest / c.round_trip.as_secs_f64().max(1e-3);
+            let price =
+                (cheapest + PRICE_EPSILON) / (price_per_pixel(&c.offer.price) + PRICE_EPSILON);
+            speed * price
+        })
+        .collect()
+}
+
+/// The index `draw` (uniform in [0, 1)) falls on when each index has its weight.
+pub fn pick(weights: &[f64], draw: f64) -> usize {
+    let total: f64 = weights.iter().sum();
+    let mut at = draw.clamp(0.0, 1.0) * total;
+    for (i, w) in weights.iter().enumerate() {
+        if at < *w {
+            return i;
+        }
+        at -= w;
+    }
+    weights.len().saturating_sub(1)
+}
+
+/// Reads `url`'s offer and how long it took.
+async fn probe(url: &str, sender: Option<castwork_chain::Address>) -> anyhow::Result<Candidate> {
+    let started = Instant::now();
+    let offer = crate::payer::fetch_at(url, "offer", sender, PROBE_TIMEOUT).await?;
+    Ok(Candidate {
+        url: url.trim_end_matches('/').to_string(),
+        offer,
+        round_trip: started.elapsed(),
+    })
+}
+
+/// Probes every orchestrator of `urls` at once and draws one of those that may be chosen
+/// (answered with its index in `urls`); says on stderr what it found of each.
+pub async fn choose(
+    urls: &[String],
+    max: &Price,
+    sender: Option<castwork_chain::Address>,
+) -> anyhow::Result<(usize, Candidate)> {
+    let probes = futures_util::future::join_all(urls.iter().map(|u| probe(u, sender))).await;
+    let mut eligible = Vec::new();
+    for (i, (url, probed)) in urls.iter().zip(probes).enumerate() {
+        match probed {
+            Err(e) => eprintln!("orchestrator {url}: left out: {e:#}"),
+            Ok(c) => match excluded(&c, max) {
+                Some(why) => eprintln!("orchestrator {url}: left out: {why}"),
+                None => {
+                    eprintln!(
+                        "orchestrator {url}: {} wei per {} pixels, answered in {} ms",
+                        c.offer.price.price_per_unit,
+                        c.offer.price.pixels_per_unit,
+                        c.round_trip.as_millis()
+                    );
+                    eligible.push((i, c))
+                }
+            },
+        }
+    }
+    if eligible.is_empty() {
+        bail!(
+            "none of the {} orchestrators of --orch-addr can take the stream (above)",
+            urls.len()
+        );
+    }
+    let draw = (uuid::Uuid::new_v4().as_u128() as u64 >> 11) as f64 / (1u64 << 53) as f64;
+    let cands: Vec<Candidate> = eligible.iter().map(|(_, c)| c.clone()).collect();
+    let chosen = eligible.swap_remove(pick(&weights(&cands), draw));
+    eprintln!("chose orchestrator {}", chosen.1.url);
+    Ok(chosen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use castwork_protocol::payment::Capacity;
+
+    fn cand(price: u64, ms: u64, cap: Option<(u64, u64)>) -> Candidate {
+        Candidate {
+            url: format!("http://o{price}-{ms}"),
+            offer: PriceOffer {
+                price: Price {
+                    price_per_unit: price,
+                    pixels_per_unit: 1,
+                },
+                orchestrator: None,
+                ticket_params: None,
+                active: None,
+                capacity: cap.map(|(max, live)| Capacity {
+                    max_sessions: max,
+                    live_sessions: live,
+                }),
+                limits: None,
+                ingest: vec!["http".into()],
+            },
+            round_trip: Duration::from_millis(ms),
+        }
+    }
+
+    #[test]
+    fn over_the_maximum_or_at_capacity_is_left_out() {
+        let max = Price {
+            price_per_unit: 10,
+            pixels_per_unit: 1,
+        };
+        assert!(excluded(&cand(11, 5, None), &max)
+            .unwrap()
+            .contains("above your maximum"));
+        assert!(excluded(&cand(10, 5, None), &max).is_none());
+        assert!(excluded(&cand(1, 5, Some((2, 2))), &max)
+            .unwrap()
+            .contains("at capacity"));
+        assert!(excluded(&cand(1, 5, Some((2, 1))), &max).is_none());
+        // 0: no limit.
+        assert!(excluded(&cand(1, 5, Some((0, 50))), &max).is_none());
+        let mut old = cand(1, 5, None);
+        old.offer.ingest.clear();
+        assert!(excluded(&old, &max).unwrap().contains("HTTP"));
+    }
+
+    #[test]
+    fn faster_and_cheaper_weigh_more() {
+        let w = weights(&[cand(2, 10, None), cand(2, 40, None), cand(4, 10, None)]);
+        assert!((w[0] - 1.0).abs() < 1e-9);
+        assert!((w[1] - 0.25).abs() < 1e-9);
+        assert!((w[2] - 0.5).abs() < 1e-6);
+        // A free orchestrator all but always beats a priced one.
+        let w = weights(&[cand(0, 10, None), cand(1, 10, None)]);
+        assert!(w[1] < 1e-6 * w[0]);
+    }
+
+    #[test]
+    fn the_draw_falls_on_each_in_proportion() {
+        let w = [1.0, 0.25, 0.5];
+        assert_eq!(pick(&w, 0.0), 0);
+        assert_eq!(pick(&w, 0.56), 0);
+        assert_eq!(pick(&w, 0.58), 1);
+        assert_eq!(pick(&w, 0.70), 1);
+        assert_eq!(pick(&w, 0.72), 2);
+        assert_eq!(pick(&w, 0.999), 2);
+        assert_eq!(pick(&w, 1.0), 2);
+    }
+}

@@ -1,0 +1,406 @@
+//! Ingest over HTTP, for broadcasters on other machines: with this orchestrator's URL and
+//! a broadcaster key (`orchestrator broadcasters add NAME`) a broadcaster pushes a stream
+//! without RabbitMQ or object-store credentials of its own. The orchestrator turns each
+//! request into what a broadcaster on the broker would do: it stores the source segments,
+//! publishes the ingest messages, and keeps the push's events in a queue of its own that
+//! the broadcaster reads with long polls.
+//!
+//! - `POST /ingest/messages`: an ingest message (JSON, as on the broker); a `stream_started`
+//!   opens the push's session, and every later message of the session must carry the
+//!   publisher secret it opened with.
+//! - `PUT /ingest/source/{session}/{seq}.{ext}`: a source segment, answered with the object
+//!   (key, size, SHA-256) to name in the segment's `segment_ready`.
+//! - `GET /ingest/events/{session}?wait=SECS`: the push's events, waiting up to `wait`
+//!   seconds (at most [`MAX_WAIT`]) for the first.
+//! - `DELETE /ingest/events/{session}`: the push is over; its event queue goes.
+//!
+//! Every request carries the key (`Authorization: Bearer NAME:SECRET`); those about a
+//! session also its publisher secret (`X-Castwork-Secret`). Off-chain, a stream is charged
+//! to the broadcaster whose key started it, whatever account the message names.
+
+use std::time::Duration;
+
+use axum::{
+    body::Body,
+    extract::{Path, Query, State as AxumState},
+    http::{header, HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use castwork_cluster::broker::INGEST_KEY;
+use castwork_cluster::http::error;
+use castwork_protocol::{
+    decode, encode, source_key, IngestMessage, ObjectRef, INGEST_EXCHANGE, MAX_MESSAGE_BYTES,
+};
+use lapin::options::BasicGetOptions;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::ApiState;
+use crate::state::IngestSession;
+
+/// The header that carries a push's publisher secret.
+pub const SECRET_HEADER: &str = "x-castwork-secret";
+/// The longest a poll for events waits.
+pub const MAX_WAIT: Duration = Duration::from_secs(20);
+/// The most events one poll answers.
+const MAX_EVENTS: usize = 256;
+/// Source file extensions a push may store (the containers the cutter writes).
+const SOURCE_EXTENSIONS: &[&str] = &["ts", "mp4", "m4s", "mkv", "webm", "flv", "mov"];
+
+/// The queue that keeps session `session`'s events for its broadcaster.
+pub fn event_queue(session: &str) -> String {
+    format!("castwork.http.{session}")
+}
+
+/// A refusal: its status and message (answered as `{"error": ...}`).
+pub(super) struct Refused(StatusCode, String);
+
+fn refuse(status: StatusCode, message: impl Into<String>) -> Refused {
+    Refused(status, message.into())
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        error(self.0, self.1)
+    }
+}
+
+/// The broadcaster the request's key belongs to, or the refusal.
+async fn broadcaster(api: &ApiState, headers: &HeaderMap) -> Result<String, Refused> {
+    let Some(key) = castwork_cluster::http::bearer(headers) else {
+        return Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            "send your broadcaster key as Authorization: Bearer NAME:SECRET (the operator \
+             makes one with `orchestrator broadcasters add NAME`)",
+        ));
+    };
+    match api.state.broadcaster_with_key(key).await {
+        Ok(Some(name)) => Ok(name),
+        Ok(None) => Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            "this broadcaster key is not one of this orchestrator's",
+        )),
+        Err(e) => Err(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("redis: {e}"),
+        )),
+    }
+}
+
+/// Session `session` of `broadcaster`, when the request carries its publisher secret.
+async fn session_of(
+    api: &ApiState,
+    headers: &HeaderMap,
+    broadcaster: &str,
+    session: &str,
+) -> Result<IngestSession, Refused> {
+    let secret = headers
+        .get(SECRET_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    match api.state.ingest_session(session).await {
+        Ok(Some(s)) if s.broadcaster == broadcaster && s.proves(secret) => Ok(s),
+        Ok(_) => Err(refuse(
+            StatusCode::FORBIDDEN,
+            format!(
+                "no push session {session} of yours with that publisher secret (send it as \
+                 {SECRET_HEADER})"
+            ),
+        )),
+        Err(e) => Err(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("redis: {e}"),
+        )),
+    }
+}
+
+fn broker(api: &ApiState) -> Result<std::sync::Arc<castwork_cluster::Broker>, Refused> {
+    api.broker
+        .read()
+        .ok()
+        .and_then(|b| b.clone())
+        .ok_or_else(|| {
+            refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not connected to RabbitMQ yet (see /readyz): try again",
+            )
+        })
+}
+
+/// Reads at most `limit` bytes of `body`, or the refusal.
+async fn read_body(body: Body, limit: u64, what: &str) -> Result<bytes::Bytes, Refused> {
+    match axum::body::to_bytes(body, usize::try_from(limit).unwrap_or(usize::MAX)).await {
+        Ok(b) => Ok(b),
+        Err(e) if e.to_string().contains("length limit") => Err(refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("{what} is over this orchestrator's limit of {limit} bytes"),
+        )),
+        Err(e) => Err(refuse(
+            StatusCode::BAD_REQUEST,
+            format!("reading the body: {e}"),
+        )),
+    }
+}
+
+/// `POST /ingest/messages`: publishes an ingest message for the broadcaster.
+pub(super) async fn message(
+    AxumState(api): AxumState<ApiState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Refused> {
+    let name = broadcaster(&api, &headers).await?;
+    let body = read_body(body, MAX_MESSAGE_BYTES as u64, "the message").await?;
+    let mut msg: IngestMessage = match decode(&body) {
+        Ok(m) => m,
+        Err(e) => return Err(refuse(StatusCode::BAD_REQUEST, e.to_string())),
+    };
+    let broker = broker(&api)?;
+    let (stream, session, secret) = match &msg {
+        IngestMessage::StreamStarted(s) => (&s.stream, s.session, &s.secret),
+        IngestMessage::SegmentReady(s) => (&s.stream, s.session, &s.secret),
+        IngestMessage::StreamEnded(s) => (&s.stream, s.session, &s.secret),
+        IngestMessage::StreamAborted(s) => (&s.stream, s.session, &s.secret),
+    };
+    if let Err(e) = castwork_protocol::validate_stream_name(stream) {
+        return Err(refuse(StatusCode::BAD_REQUEST, e));
+    }
+    let (stream, session, secret) = (stream.clone(), session.to_string(), secret.clone());
+    let opened = IngestSession {
+        stream: stream.clone(),
+        secret_hash: castwork_protocol::secret::sha256_hex(&secret),
+        broadcaster: name.clone(),
+    };
+    if let IngestMessage::StreamStarted(s) = &mut msg {
+        if !api.on_chain {
+            // Charged to the key's holder, never to an account it names.
+            s.broadcaster = Some(name.clone());
+        }
+        match api.state.start_ingest_session(&session, &opened).await {
+            Ok(true) => {}
+            // A retry of the same start is answered as the first was.
+            Ok(false) => {
+                session_of(&api, &headers_with(&headers, &secret), &name, &session).await?;
+            }
+            Err(e) => {
+                return Err(refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("redis: {e}"),
+                ))
+            }
+        }
+        if let Err(e) = declare_event_queue(&broker, &session, &opened.stream).await {
+            return Err(refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("making the push's event queue: {e}"),
+            ));
+        }
+    } else {
+        match session_of(&api, &headers_with(&headers, &secret), &name, &session).await {
+            Ok(s) if s.stream == stream => {}
+            Ok(_) => {
+                return Err(refuse(
+                    StatusCode::FORBIDDEN,
+                    "the session is another stream's",
+                ))
+            }
+            Err(r) => return Err(r),
+        }
+    }
+    match broker
+        .publish(INGEST_EXCHANGE, INGEST_KEY, &encode(&msg), None)
+        .await
+    {
+        Ok(()) => Ok((
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({ "session": session })),
+        )
+            .into_response()),
+        Err(e) => Err(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("publishing: {e}"),
+        )),
+    }
+}
+
+/// `headers` as they would be with `secret` in [`SECRET_HEADER`]: a message carries its
+/// secret in its body.
+fn headers_with(headers: &HeaderMap, secret: &str) -> HeaderMap {
+    let mut h = headers.clone();
+    if let Ok(v) = secret.parse() {
+        h.insert(SECRET_HEADER, v);
+    }
+    h
+}
+
+async fn declare_event_queue(
+    broker: &castwork_cluster::Broker,
+    session: &str,
+    stream: &str,
+) -> Result<(), anyhow::Error> {
+    let ch = broker.channel().await?;
+    castwork_cluster::broker::declare_event_queue(&ch, &event_queue(session), stream).await?;
+    let _ = ch.close(200, "declared".into()).await;
+    Ok(())
+}
+
+/// `PUT /ingest/source/{session}/{seq}.{ext}`: stores a source segment of the session's
+/// stream, once the stream is admitted, and answers its object.
+pub(super) async fn source(
+    AxumState(api): AxumState<ApiState>,
+    Path((session, file)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Refused> {
+    let name = broadcaster(&api, &headers).await?;
+    let opened = session_of(&api, &headers, &name, &session).await?;
+    let parsed = file
+        .split_once('.')
+        .and_then(|(seq, ext)| Some((seq.parse::<u64>().ok()?, ext)))
+        .filter(|(_, ext)| SOURCE_EXTENSIONS.contains(ext));
+    let Some((seq, ext)) = parsed else {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "name the segment SEQ.EXT, EXT one of {}",
+                SOURCE_EXTENSIONS.join(", ")
+            ),
+        ));
+    };
+    let rec = match api.state.stream(&opened.stream).await {
+        Ok(Some(rec)) if rec.session == session => rec,
+        Ok(_) => {
+            return Err(refuse(
+                StatusCode::CONFLICT,
+                "the stream is not admitted for this session (wait for stream_admitted)",
+            ))
+        }
+        Err(e) => {
+            return Err(refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("redis: {e}"),
+            ))
+        }
+    };
+    if rec.state != "active" {
+        return Err(refuse(
+            StatusCode::GONE,
+            format!("the stream is {}: no more sources", rec.state),
+        ));
+    }
+    // As far ahead as the ingest takes segments, so a key cannot fill the store.
+    if seq > rec.received + api.max_seq_ahead {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "segment {seq} is more than {} ahead of the {} received",
+                api.max_seq_ahead, rec.received
+            ),
+        ));
+    }
+    let limit = api.max_source_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the segment is over this orchestrator's limit of {limit} bytes"),
+        ));
+    }
+    let bytes = read_body(body, limit, "the segment").await?;
+    if bytes.is_empty() {
+        return Err(refuse(StatusCode::BAD_REQUEST, "the segment is empty"));
+    }
+    let object = ObjectRef {
+        key: source_key(&opened.stream, seq, ext),
+        size: bytes.len() as u64,
+        sha256: hex::encode(Sha256::digest(&bytes)),
+    };
+    match api.storage.put(&object.key, bytes).await {
+        Ok(()) => Ok(Json(object).into_response()),
+        Err(e) => Err(refuse(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct Wait {
+    #[serde(default)]
+    wait: Option<f64>,
+}
+
+/// The broker, when the request's key and publisher secret are those of `session`.
+async fn own_session(
+    api: &ApiState,
+    headers: &HeaderMap,
+    session: &str,
+) -> Result<std::sync::Arc<castwork_cluster::Broker>, Refused> {
+    let name = broadcaster(api, headers).await?;
+    session_of(api, headers, &name, session).await?;
+    broker(api)
+}
+
+/// `GET /ingest/events/{session}?wait=SECS`: the session's events so far (a JSON list),
+/// waiting up to `wait` seconds for the first. Each event is handed out once.
+pub(super) async fn events(
+    AxumState(api): AxumState<ApiState>,
+    Path(session): Path<String>,
+    Query(q): Query<Wait>,
+    headers: HeaderMap,
+) -> Result<Response, Refused> {
+    let broker = own_session(&api, &headers, &session).await?;
+    let unavailable = |e: lapin::Error| {
+        refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("reading the push's events: {e}"),
+        )
+    };
+    let wait = Duration::from_secs_f64(q.wait.unwrap_or(0.0).clamp(0.0, MAX_WAIT.as_secs_f64()));
+    let until = tokio::time::Instant::now() + wait;
+    let ch = broker
+        .channel()
+        .await
+        .map_err(|e| refuse(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let queue = event_queue(&session);
+    let mut got = Vec::new();
+    while got.len() < MAX_EVENTS {
+        let next = ch
+            .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .map_err(unavailable)?;
+        match next {
+            Some(m) => {
+                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&m.delivery.data) {
+                    got.push(v);
+                }
+            }
+            None if got.is_empty() && tokio::time::Instant::now() < until => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            None => break,
+        }
+    }
+    let _ = ch.close(200, "read".into()).await;
+    Ok(Json(got).into_response())
+}
+
+/// `DELETE /ingest/events/{session}`: the broadcaster is done with the session's events.
+pub(super) async fn close(
+    AxumState(api): AxumState<ApiState>,
+    Path(session): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Refused> {
+    let broker = own_session(&api, &headers, &session).await?;
+    let deleted = async {
+        let ch = broker.channel().await?;
+        ch.queue_delete(event_queue(&session).as_str().into(), Default::default())
+            .await?;
+        let _ = ch.close(200, "deleted".into()).await;
+        Ok::<_, anyhow::Error>(())
+    };
+    match deleted.await {
+        Ok(()) => Ok(StatusCode::NO_CONTENT.into_response()),
+        Err(e) => Err(refuse(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}"))),
+    }
+}
