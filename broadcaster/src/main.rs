@@ -1,6 +1,5 @@
 //! `broadcaster`: push video into a Castwork cluster and serve its HLS playback.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -9,12 +8,13 @@ use std::sync::Arc;
 use castwork_broadcaster::api::cli::manage_keys;
 use castwork_broadcaster::live::{IngestAuth, KeyStore, Live, LiveConfig, RtmpIngest};
 use castwork_broadcaster::rtmp::{self, RtmpOptions};
-use castwork_broadcaster::{push, serve, PushRequest};
+use castwork_broadcaster::serve;
 use castwork_cluster::{http, shutdown_token, telemetry, Storage};
-use castwork_protocol::profile::{parse_profiles, parse_transcoding_options};
+use castwork_protocol::profile::parse_profiles;
 use clap::Parser;
 
 mod cli;
+mod push_cmd;
 
 use cli::{Cli, Command, LiveArgs};
 
@@ -187,12 +187,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         manage_keys(&cli.redis_url, true, action.into()).await?;
         return Ok(ExitCode::SUCCESS);
     }
+    // A push over HTTP (--orch-addr) has no store of its own: the orchestrator keeps the
+    // sources, and no directory is made here.
+    if let Command::Push { orch_addr, .. } = &cli.command {
+        if !orch_addr.is_empty() {
+            return push_cmd::run(cli, None).await;
+        }
+    }
     let storage = Storage::from_url(&cli.service.storage_url)?;
     // The store as resolved (a relative file:// path made absolute), so a push from
     // another directory shows where its segments go.
     tracing::info!(storage = %storage, "object store");
-    if matches!(&cli.command, Command::Push { orch_addr, .. } if orch_addr.is_empty()) {
+    if matches!(&cli.command, Command::Push { .. }) {
         eprintln!("object store: {storage}");
+        return push_cmd::run(cli, Some(storage)).await;
     }
     match cli.command {
         Command::Chain { .. } | Command::Keys { .. } | Command::ApiKeys { .. } => {
@@ -263,204 +271,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             shutdown.cancelled().await;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Push {
-            file,
-            stream,
-            profiles,
-            transcoding_options,
-            wait,
-            timeout_secs,
-            segment_secs,
-            playback_url,
-            admit_timeout_secs,
-            broadcaster_id,
-            max_price_per_unit,
-            max_price_pixels_per_unit,
-            orchestrator_url,
-            orch_addr,
-            orch_key,
-            verify_sample_rate,
-            verify_min_psnr_db,
-            slash_amount,
-            ledger_redis_url,
-            test_only_tickets,
-        } => {
-            let max = castwork_protocol::Price {
-                price_per_unit: max_price_per_unit.unwrap_or(u64::MAX),
-                pixels_per_unit: max_price_pixels_per_unit,
-            };
-            if max_price_per_unit.is_some() && orchestrator_url.is_none() && orch_addr.is_empty() {
-                anyhow::bail!(
-                    "--max-price-per-unit needs --orchestrator-url or --orch-addr, whose prices \
-                     it checks"
-                );
-            }
-            // Over HTTP: the orchestrator chosen among --orch-addr.
-            let http_ingest = match (orch_addr.is_empty(), orch_key) {
-                (false, Some(keys)) => {
-                    let keys: Vec<&str> = keys.split(',').collect();
-                    if keys.len() != 1 && keys.len() != orch_addr.len() {
-                        anyhow::bail!(
-                            "--orch-key takes one key for every --orch-addr, or one per address \
-                             in the same order: {} keys for {} addresses",
-                            keys.len(),
-                            orch_addr.len()
-                        );
-                    }
-                    let sender = match cli.eth.enabled() {
-                        true => Some(cli.eth.signer()?.address()),
-                        false => None,
-                    };
-                    let (i, chosen) =
-                        castwork_broadcaster::select::choose(&orch_addr, &max, sender).await?;
-                    Some((chosen.url, keys[i.min(keys.len() - 1)].to_string()))
-                }
-                _ => None,
-            };
-            let orchestrator_url = match &http_ingest {
-                Some((url, _)) => Some(url.clone()),
-                None => orchestrator_url,
-            };
-            let (offer, payer) = priced(
-                &cli.eth,
-                orchestrator_url.as_deref(),
-                &max,
-                "--orchestrator-url or --orch-addr",
-            )
-            .await?;
-            let payer = payer.map(|mut p| {
-                p.test_tickets = test_only_tickets;
-                Arc::new(p)
-            });
-            // The check reads renditions from the object store, which a broadcaster pushing
-            // over HTTP has no credentials for.
-            if http_ingest.is_some() && verify_sample_rate.is_some_and(|r| r > 0.0) {
-                anyhow::bail!(
-                    "--verify-sample-rate reads the renditions from the object store: not with \
-                     --orch-addr"
-                );
-            }
-            let default_rate = match (&payer, &http_ingest) {
-                (Some(_), None) => 0.1,
-                _ => 0.0,
-            };
-            let rate = verify_sample_rate.unwrap_or(default_rate);
-            if !(0.0..=1.0).contains(&rate) {
-                anyhow::bail!("--verify-sample-rate must be between 0 and 1");
-            }
-            let verify = if wait && rate > 0.0 {
-                let who = offer.as_ref().and_then(|o| o.orchestrator.clone());
-                let penalty = match (&payer, &ledger_redis_url, &who) {
-                    (Some(p), _, _) => {
-                        let (chain, deployment) = cli.eth.connect().await?;
-                        castwork_broadcaster::verify::Penalty::Chain {
-                            chain,
-                            deployment,
-                            orchestrator: p.recipient().parse()?,
-                            amount: slash_amount,
-                        }
-                    }
-                    (None, Some(redis_url), Some(who)) => {
-                        castwork_broadcaster::verify::Penalty::Ledger {
-                            redis_url: redis_url.clone(),
-                            orchestrator: who.clone(),
-                            amount: i64::try_from(slash_amount).map_err(|_| {
-                                anyhow::anyhow!("--slash-amount does not fit the ledger")
-                            })?,
-                        }
-                    }
-                    _ => castwork_broadcaster::verify::Penalty::None,
-                };
-                Some((
-                    castwork_broadcaster::verify::VerifyPolicy {
-                        sample_rate: rate,
-                        min_psnr_db: verify_min_psnr_db,
-                    },
-                    penalty,
-                    who.unwrap_or_else(|| "orchestrator".to_string()),
-                ))
-            } else {
-                None
-            };
-            let ladder = match &transcoding_options {
-                Some(path) => {
-                    let text = std::fs::read_to_string(path)
-                        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-                    parse_transcoding_options(&text)?
-                }
-                None => parse_profiles(&profiles)?,
-            };
-            if !(0.5..=60.0).contains(&segment_secs) {
-                anyhow::bail!("--segment-secs must be between 0.5 and 60");
-            }
-            // Absolute, as resolved; over HTTP the orchestrator's store is its own.
-            let local_dir = storage
-                .to_string()
-                .strip_prefix("file://")
-                .map(PathBuf::from)
-                .filter(|_| http_ingest.is_none());
-            let outcome = push(
-                PushRequest {
-                    input: file,
-                    stream: stream.clone(),
-                    ladder,
-                    segment_secs,
-                    wait,
-                    amqp_url: cli.service.link.amqp_url,
-                    storage,
-                    http_ingest,
-                    playback_url,
-                    local_dir: local_dir.clone(),
-                    admit_timeout: Duration::from_secs(admit_timeout_secs),
-                    broadcaster: broadcaster_id,
-                    payer,
-                    verify,
-                    wait_timeout: timeout_secs.map(Duration::from_secs),
-                    orchestrator_url: orchestrator_url.clone(),
-                    formats: None,
-                    cancel: None,
-                    progress: None,
-                },
-                shutdown_token(),
-            )
-            .await?;
-            if !wait {
-                println!("queued {} segments of stream {stream}", outcome.segments);
-                if let Some(url) = &outcome.playback_url {
-                    println!("playback once transcoded: {url}");
-                }
-                return Ok(ExitCode::SUCCESS);
-            }
-            if let Some(master) = &outcome.master_playlist {
-                if let Some(url) = &outcome.playback_url {
-                    println!("playback: {url}");
-                }
-                if let Some(dir) = &local_dir {
-                    println!("output: {}", dir.join(master).display());
-                }
-            }
-            if outcome.verified > 0 {
-                println!(
-                    "verified {} sampled segments: {} bad renditions",
-                    outcome.verified,
-                    outcome.evidence.len()
-                );
-            }
-            if !outcome.evidence.is_empty() {
-                eprintln!(
-                    "the orchestrator's output failed this broadcaster's check (evidence above)"
-                );
-                return Ok(ExitCode::FAILURE);
-            }
-            if outcome.is_incomplete() {
-                eprintln!("{}", outcome.incomplete_report(&stream));
-                return Ok(ExitCode::from(castwork_broadcaster::push::EXIT_INCOMPLETE));
-            }
-            println!(
-                "done: {} segments, every rendition transcoded",
-                outcome.segments
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Push { .. } => unreachable!("handled above"),
     }
 }

@@ -132,7 +132,10 @@ fn a_push_over_http_goes_to_an_orchestrator_within_price_and_with_room() {
         let (code, _) = http_get(&other.orchestrator_addr, &format!("/streams/{stream}")).unwrap();
         assert_eq!(code, 404);
     }
-    assert!(!unused.join("streams").exists());
+    assert!(
+        !unused.exists(),
+        "a push over HTTP makes no store of its own"
+    );
 }
 
 #[test]

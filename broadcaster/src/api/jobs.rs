@@ -325,7 +325,7 @@ impl Runner {
                 segment_secs: 2.0,
                 wait: true,
                 amqp_url: self.amqp_url.clone(),
-                storage: self.storage.clone(),
+                storage: Some(self.storage.clone()),
                 http_ingest: None,
                 playback_url: None,
                 local_dir: None,

@@ -65,10 +65,11 @@ impl Link {
     }
 
     /// Stores source segment `seq` of `stream` (`data`, a file of extension `ext`): into
-    /// `storage` over RabbitMQ, at the orchestrator over HTTP. Answers its object.
+    /// `storage` over RabbitMQ (which needs one), at the orchestrator over HTTP. Answers
+    /// its object.
     pub async fn store_source(
         &mut self,
-        storage: &castwork_cluster::Storage,
+        storage: Option<&castwork_cluster::Storage>,
         stream: &str,
         (seq, ext): (u64, &str),
         data: bytes::Bytes,
@@ -82,6 +83,7 @@ impl Link {
                     sha256: sha256_hex(&data),
                 };
                 storage
+                    .context("no object store for the source segments")?
                     .put(&key, data)
                     .await
                     .with_context(|| format!("storing {key}"))?;

@@ -37,7 +37,8 @@ pub struct PushRequest {
     pub segment_secs: f64,
     pub wait: bool,
     pub amqp_url: String,
-    pub storage: Storage,
+    /// Where the source segments go; none over HTTP.
+    pub storage: Option<Storage>,
     /// Push through this orchestrator's HTTP ingest API instead of `amqp_url` and
     /// `storage`: its URL, and the broadcaster key it gave us.
     pub http_ingest: Option<(String, String)>,
@@ -213,9 +214,10 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
             )),
     );
     let session = Uuid::now_v7();
-    let mut link = match &req.http_ingest {
-        Some((url, key)) => Link::open_http(url, key, session)?,
-        None => Link::open(&req.amqp_url, &req.stream, session).await?,
+    let mut link = match (&req.http_ingest, &req.storage) {
+        (Some((url, key)), _) => Link::open_http(url, key, session)?,
+        (None, Some(_)) => Link::open(&req.amqp_url, &req.stream, session).await?,
+        (None, None) => bail!("no object store for the source segments"),
     };
     link.publish(&IngestMessage::StreamStarted(StreamStarted {
         stream: req.stream.clone(),
@@ -264,9 +266,9 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
     })??;
     let (rungs, skipped, cluster_playback, store) = admitted;
     // Over HTTP the orchestrator stores the sources itself.
-    let checked = match link.is_http() {
-        true => Ok(()),
-        false => check_store(&req.storage, store.as_ref()).await,
+    let checked = match &req.storage {
+        Some(s) if !link.is_http() => check_store(s, store.as_ref()).await,
+        _ => Ok(()),
     };
     if let Err(e) = checked {
         abort(&mut link, &req.stream, session, &format!("{e:#}")).await;
@@ -352,7 +354,7 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
         };
         match upload_segment(
             &mut link,
-            &req.storage,
+            req.storage.as_ref(),
             (&req.stream, session),
             ext,
             &seg,
@@ -496,10 +498,10 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
     }
     progress.finish();
     link.close().await;
-    let (evidence, verified) = match &req.verify {
-        Some((policy, penalty, orchestrator)) => {
+    let (evidence, verified) = match (&req.verify, &req.storage) {
+        (Some((policy, penalty, orchestrator)), Some(storage)) => {
             crate::verify::verify(
-                &req.storage,
+                storage,
                 &req.stream,
                 &outputs,
                 probed.metadata.rotation,
@@ -509,7 +511,7 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
             )
             .await?
         }
-        None => (Vec::new(), 0),
+        _ => (Vec::new(), 0),
     };
     Ok(PushOutcome {
         segments: summary.segments,
@@ -529,7 +531,7 @@ struct Pay {
 
 async fn upload_segment(
     link: &mut Link,
-    storage: &Storage,
+    storage: Option<&Storage>,
     (stream, session): (&str, Uuid),
     ext: &str,
     seg: &CutSegment,

@@ -188,6 +188,39 @@ async fn price(api: ApiState, sender: Option<String>, full: bool) -> Response {
     Json(offer).into_response()
 }
 
+/// What broadcasters on other machines use: the offer, and ingest over HTTP.
+fn public_routes(api: ApiState) -> Router {
+    Router::new()
+        .route(
+            "/price",
+            get(
+                |AxumState(api): AxumState<ApiState>,
+                 Query(mut q): Query<std::collections::HashMap<String, String>>| async move {
+                    price(api, q.remove("sender"), false).await
+                },
+            ),
+        )
+        .route(
+            "/offer",
+            get(
+                |AxumState(api): AxumState<ApiState>,
+                 Query(mut q): Query<std::collections::HashMap<String, String>>| async move {
+                    price(api, q.remove("sender"), true).await
+                },
+            ),
+        )
+        .route("/ingest/messages", axum::routing::post(ingest::message))
+        .route(
+            "/ingest/source/{session}/{file}",
+            axum::routing::put(ingest::source),
+        )
+        .route(
+            "/ingest/events/{session}",
+            get(ingest::events).delete(ingest::close),
+        )
+        .with_state(api)
+}
+
 pub fn router(api: ApiState) -> Router {
     let routes = Router::new()
         .route("/livez", get(health::livez))
@@ -197,24 +230,6 @@ pub fn router(api: ApiState) -> Router {
         .route("/streams", get(streams::list_streams))
         .route("/workers", get(list_workers))
         .route("/queues", get(list_queues))
-        .route(
-            "/price",
-            get(
-                |AxumState(api): AxumState<ApiState>,
-                 axum::extract::Query(mut q): axum::extract::Query<
-                    std::collections::HashMap<String, String>,
-                >| async move { price(api, q.remove("sender"), false).await },
-            ),
-        )
-        .route(
-            "/offer",
-            get(
-                |AxumState(api): AxumState<ApiState>,
-                 axum::extract::Query(mut q): axum::extract::Query<
-                    std::collections::HashMap<String, String>,
-                >| async move { price(api, q.remove("sender"), true).await },
-            ),
-        )
         .route("/status", get(cluster_status))
         .route(
             "/",
@@ -226,31 +241,24 @@ pub fn router(api: ApiState) -> Router {
         .route("/hls/{*key}", get(hls_object))
         .route("/work/source", get(work::source))
         .route("/work/rendition", axum::routing::put(work::rendition))
-        .route("/ingest/messages", axum::routing::post(ingest::message))
-        .route(
-            "/ingest/source/{session}/{file}",
-            axum::routing::put(ingest::source),
-        )
-        .route(
-            "/ingest/events/{session}",
-            get(ingest::events).delete(ingest::close),
-        )
         .route(
             "/streams/{name}",
             get(streams::stream_status).delete(streams::delete_stream),
         )
-        .with_state(api);
-    json_errors(routes)
+        .with_state(api.clone());
+    json_errors(routes.merge(public_routes(api)))
 }
 
-/// Only the job-object routes (`/work/...`), for a listener of their own (`--work-addr`)
-/// that workers can reach while the rest of the API stays private.
+/// Only the routes other machines need, for a listener of their own (`--work-addr`) that
+/// workers and broadcasters can reach while the rest of the API stays private: the
+/// job-object routes (`/work/...`), the offer (`/offer`, `/price`) and ingest over HTTP
+/// (`/ingest/...`).
 pub fn work_router(api: ApiState) -> Router {
     let routes = Router::new()
         .route("/work/source", get(work::source))
         .route("/work/rendition", axum::routing::put(work::rendition))
-        .with_state(api);
-    json_errors(routes)
+        .with_state(api.clone());
+    json_errors(routes.merge(public_routes(api)))
 }
 
 fn unavailable(e: redis::RedisError) -> Response {
