@@ -104,6 +104,13 @@ pub(crate) enum Command {
         #[arg(long, env = "ORCH_ADDR", value_delimiter = ',', requires = "orch_key")]
         orch_addr: Vec<String>,
 
+        /// On-chain mode: choose among the active set's orchestrators, at the service URIs
+        /// they registered (`orchestrator chain register --service-uri`), as --orch-addr
+        /// does, with their bonded stake as a further weight; an orchestrator whose offer
+        /// names another account than the one that registered its URI is left out.
+        #[arg(long, env = "ORCH_FROM_CHAIN", conflicts_with_all = ["orch_addr", "orchestrator_url"], requires = "orch_key")]
+        orch_from_chain: bool,
+
         /// This broadcaster's key at the --orch-addr orchestrators (NAME:SECRET, from
         /// `orchestrator broadcasters add NAME`): one for all, or one per address in the
         /// same order, comma-separated.

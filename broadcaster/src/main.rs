@@ -189,8 +189,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     // A push over HTTP (--orch-addr) has no store of its own: the orchestrator keeps the
     // sources, and no directory is made here.
-    if let Command::Push { orch_addr, .. } = &cli.command {
-        if !orch_addr.is_empty() {
+    if let Command::Push {
+        orch_addr,
+        orch_from_chain,
+        ..
+    } = &cli.command
+    {
+        if !orch_addr.is_empty() || *orch_from_chain {
             return push_cmd::run(cli, None).await;
         }
     }

@@ -31,6 +31,7 @@ pub(crate) async fn run(cli: Cli, storage: Option<Storage>) -> anyhow::Result<Ex
         max_price_pixels_per_unit,
         orchestrator_url,
         orch_addr,
+        orch_from_chain,
         orch_key,
         verify_sample_rate,
         verify_min_psnr_db,
@@ -45,31 +46,44 @@ pub(crate) async fn run(cli: Cli, storage: Option<Storage>) -> anyhow::Result<Ex
         price_per_unit: max_price_per_unit.unwrap_or(u64::MAX),
         pixels_per_unit: max_price_pixels_per_unit,
     };
-    if max_price_per_unit.is_some() && orchestrator_url.is_none() && orch_addr.is_empty() {
+    if max_price_per_unit.is_some()
+        && orchestrator_url.is_none()
+        && orch_addr.is_empty()
+        && !orch_from_chain
+    {
         anyhow::bail!(
-            "--max-price-per-unit needs --orchestrator-url or --orch-addr, whose prices \
-             it checks"
+            "--max-price-per-unit needs --orchestrator-url, --orch-addr or --orch-from-chain, \
+             whose prices it checks"
         );
     }
-    // Over HTTP: the orchestrator chosen among --orch-addr.
-    let http_ingest = match (orch_addr.is_empty(), orch_key) {
-        (false, Some(keys)) => {
+    // Over HTTP: the orchestrator chosen among --orch-addr, or the active set's.
+    let http_ingest = match orch_key {
+        Some(keys) if !orch_addr.is_empty() || orch_from_chain => {
+            let targets = match orch_from_chain {
+                true => {
+                    let (chain, deployment) = cli.eth.connect().await?;
+                    castwork_broadcaster::select::from_chain(&chain, &deployment).await?
+                }
+                false => orch_addr
+                    .iter()
+                    .map(|a| castwork_broadcaster::select::Target::at(a))
+                    .collect(),
+            };
             let keys: Vec<&str> = keys.split(',').collect();
-            if keys.len() != 1 && keys.len() != orch_addr.len() {
+            if keys.len() != 1 && (orch_from_chain || keys.len() != targets.len()) {
                 anyhow::bail!(
-                    "--orch-key takes one key for every --orch-addr, or one per address \
-                     in the same order: {} keys for {} addresses",
+                    "--orch-key takes one key for every orchestrator, or (with --orch-addr) one \
+                     per address in the same order: {} keys for {} addresses",
                     keys.len(),
-                    orch_addr.len()
+                    targets.len()
                 );
             }
             let sender = match cli.eth.enabled() {
                 true => Some(cli.eth.signer()?.address()),
                 false => None,
             };
-            let (i, chosen) =
-                castwork_broadcaster::select::choose(&orch_addr, &max, sender).await?;
-            Some((chosen.url, keys[i.min(keys.len() - 1)].to_string()))
+            let (i, chosen) = castwork_broadcaster::select::choose(&targets, &max, sender).await?;
+            Some((chosen.target.url, keys[i.min(keys.len() - 1)].to_string()))
         }
         _ => None,
     };

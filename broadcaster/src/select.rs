@@ -1,14 +1,17 @@
-//! Choosing an orchestrator among several (`push --orch-addr URL,URL,...`): each one's
-//! offer (`GET /offer`: price, room for live streams, limits) is read at once, with its
+//! Choosing an orchestrator among several (`push --orch-addr URL,URL,...`, or on-chain
+//! `--orch-from-chain`: the active set's registered service URIs): each one's offer
+//! (`GET /offer`: price, room for live streams, limits) is read at once, with its
 //! round-trip time. Those that do not answer, charge more than `--max-price-per-unit`,
-//! have no room (their live streams are at their `--max-sessions`) or, on-chain, are not in
-//! the active set are left out. Among the rest one is drawn at random, each with the weight
+//! have no room (their live streams are at their `--max-sessions`), are not in the active
+//! set or, found on-chain, answer with another account than the one that registered the
+//! URI, are left out. Among the rest one is drawn at random, each with the weight
 //!
 //!   (fastest round trip / its round trip) × (lowest price + ε) / (its price + ε)
+//!     [× (its stake / the highest stake), on-chain]
 //!
-//! (prices in wei per pixel, ε = 10⁻⁹), so a fast, cheap orchestrator is chosen most often
-//! and a slower or dearer one now and then, which spreads streams and keeps measuring
-//! them all, as go-livepeer's selection does with stake in place of round trip.
+//! (prices in wei per pixel, ε = 10⁻⁹), so a fast, cheap, well-staked orchestrator is
+//! chosen most often and the others now and then, which spreads streams and keeps
+//! measuring them all, as go-livepeer's selection weighs stake and price.
 
 use std::time::{Duration, Instant};
 
@@ -21,16 +24,42 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Keeps a free orchestrator's weight finite and orders priced ones by price.
 const PRICE_EPSILON: f64 = 1e-9;
 
+/// An orchestrator to ask: its HTTP address and, found on-chain, the account that
+/// registered it and that account's bonded stake.
+#[derive(Debug, Clone, Default)]
+pub struct Target {
+    pub url: String,
+    pub account: Option<String>,
+    pub stake: Option<f64>,
+}
+
+impl Target {
+    pub fn at(url: &str) -> Target {
+        Target {
+            url: url.trim_end_matches('/').to_string(),
+            ..Default::default()
+        }
+    }
+}
+
 /// An orchestrator that answered.
 #[derive(Debug, Clone)]
 pub struct Candidate {
-    pub url: String,
+    pub target: Target,
     pub offer: PriceOffer,
     pub round_trip: Duration,
 }
 
 /// Why an orchestrator is left out, or `None` when it may be chosen.
 pub fn excluded(c: &Candidate, max: &Price) -> Option<String> {
+    if let Some(account) = &c.target.account {
+        let named = c.offer.orchestrator.as_deref().unwrap_or("no account");
+        if !named.eq_ignore_ascii_case(account) {
+            return Some(format!(
+                "its offer names {named}, not {account}, which registered this address"
+            ));
+        }
+    }
     if let Err(m) = crate::payer::within_max(&c.offer.price, max) {
         return Some(m);
     }
@@ -63,13 +92,21 @@ pub fn weights(cands: &[Candidate]) -> Vec<f64> {
         .iter()
         .map(|c| price_per_pixel(&c.offer.price))
         .fold(f64::INFINITY, f64::min);
+    let most_stake = cands
+        .iter()
+        .filter_map(|c| c.target.stake)
+        .fold(0.0, f64::max);
     cands
         .iter()
         .map(|c| {
             let speed = fastest / c.round_trip.as_secs_f64().max(1e-3);
             let price =
                 (cheapest + PRICE_EPSILON) / (price_per_pixel(&c.offer.price) + PRICE_EPSILON);
-            speed * price
+            let stake = match c.target.stake {
+                Some(s) if most_stake > 0.0 => s / most_stake,
+                _ => 1.0,
+            };
+            speed * price * stake
         })
         .collect()
 }
@@ -87,27 +124,62 @@ pub fn pick(weights: &[f64], draw: f64) -> usize {
     weights.len().saturating_sub(1)
 }
 
-/// Reads `url`'s offer and how long it took.
-async fn probe(url: &str, sender: Option<castwork_chain::Address>) -> anyhow::Result<Candidate> {
+/// Reads `target`'s offer and how long it took.
+async fn probe(
+    target: &Target,
+    sender: Option<castwork_chain::Address>,
+) -> anyhow::Result<Candidate> {
     let started = Instant::now();
-    let offer = crate::payer::fetch_at(url, "offer", sender, PROBE_TIMEOUT).await?;
+    let offer = crate::payer::fetch_at(&target.url, "offer", sender, PROBE_TIMEOUT).await?;
     Ok(Candidate {
-        url: url.trim_end_matches('/').to_string(),
+        target: target.clone(),
         offer,
         round_trip: started.elapsed(),
     })
 }
 
-/// Probes every orchestrator of `urls` at once and draws one of those that may be chosen
-/// (answered with its index in `urls`); says on stderr what it found of each.
+/// The active set's orchestrators with the service URIs they registered (those without
+/// one are left out, and said so).
+pub async fn from_chain(
+    chain: &castwork_chain::Chain,
+    deployment: &castwork_chain::Deployment,
+) -> anyhow::Result<Vec<Target>> {
+    let mut targets = Vec::new();
+    for account in chain.active_set(deployment).await? {
+        let info = chain.orchestrator(deployment, account).await?;
+        let uri = info.service_uri.trim();
+        if uri.is_empty() {
+            eprintln!("orchestrator {account}: left out: it registered no service URI");
+            continue;
+        }
+        // What `chain register --service-uri` was given: the address, or its /price.
+        let base = uri
+            .trim_end_matches('/')
+            .trim_end_matches("/price")
+            .trim_end_matches("/offer");
+        targets.push(Target {
+            url: base.to_string(),
+            account: Some(account.to_string()),
+            stake: info.bonded.to_string().parse().ok(),
+        });
+    }
+    Ok(targets)
+}
+
+/// Probes every orchestrator of `targets` at once and draws one of those that may be
+/// chosen (answered with its index in `targets`); says on stderr what it found of each.
 pub async fn choose(
-    urls: &[String],
+    targets: &[Target],
     max: &Price,
     sender: Option<castwork_chain::Address>,
 ) -> anyhow::Result<(usize, Candidate)> {
-    let probes = futures_util::future::join_all(urls.iter().map(|u| probe(u, sender))).await;
+    if targets.is_empty() {
+        bail!("no orchestrator to choose from");
+    }
+    let probes = futures_util::future::join_all(targets.iter().map(|t| probe(t, sender))).await;
     let mut eligible = Vec::new();
-    for (i, (url, probed)) in urls.iter().zip(probes).enumerate() {
+    for (i, (target, probed)) in targets.iter().zip(probes).enumerate() {
+        let url = &target.url;
         match probed {
             Err(e) => eprintln!("orchestrator {url}: left out: {e:#}"),
             Ok(c) => match excluded(&c, max) {
@@ -126,14 +198,14 @@ pub async fn choose(
     }
     if eligible.is_empty() {
         bail!(
-            "none of the {} orchestrators of --orch-addr can take the stream (above)",
-            urls.len()
+            "none of the {} orchestrators can take the stream (above)",
+            targets.len()
         );
     }
     let draw = (uuid::Uuid::new_v4().as_u128() as u64 >> 11) as f64 / (1u64 << 53) as f64;
     let cands: Vec<Candidate> = eligible.iter().map(|(_, c)| c.clone()).collect();
     let chosen = eligible.swap_remove(pick(&weights(&cands), draw));
-    eprintln!("chose orchestrator {}", chosen.1.url);
+    eprintln!("chose orchestrator {}", chosen.1.target.url);
     Ok(chosen)
 }
 
@@ -144,7 +216,7 @@ mod tests {
 
     fn cand(price: u64, ms: u64, cap: Option<(u64, u64)>) -> Candidate {
         Candidate {
-            url: format!("http://o{price}-{ms}"),
+            target: Target::at(&format!("http://o{price}-{ms}")),
             offer: PriceOffer {
                 price: Price {
                     price_per_unit: price,
@@ -183,6 +255,13 @@ mod tests {
         let mut old = cand(1, 5, None);
         old.offer.ingest.clear();
         assert!(excluded(&old, &max).unwrap().contains("HTTP"));
+        // Found on-chain: the offer must come from the account that registered the URI.
+        let mut other = cand(1, 5, None);
+        other.target.account = Some("0xAbC".into());
+        other.offer.orchestrator = Some("0xdef".into());
+        assert!(excluded(&other, &max).unwrap().contains("registered"));
+        other.offer.orchestrator = Some("0xabc".into());
+        assert!(excluded(&other, &max).is_none());
     }
 
     #[test]
@@ -194,6 +273,12 @@ mod tests {
         // A free orchestrator all but always beats a priced one.
         let w = weights(&[cand(0, 10, None), cand(1, 10, None)]);
         assert!(w[1] < 1e-6 * w[0]);
+        // On-chain, in proportion to stake too.
+        let (mut a, mut b) = (cand(2, 10, None), cand(2, 10, None));
+        a.target.stake = Some(300.0);
+        b.target.stake = Some(100.0);
+        let w = weights(&[a, b]);
+        assert!((w[1] / w[0] - 1.0 / 3.0).abs() < 1e-9);
     }
 
     #[test]

@@ -734,3 +734,78 @@ fn a_winner_its_sender_cannot_pay_yet_waits_for_a_refill_and_is_redeemed() {
     );
     assert_all_redeemed(&chain_status(&net, &cluster), won);
 }
+
+#[test]
+fn a_broadcaster_finds_its_orchestrator_on_chain_and_pays_it_over_http() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let net = setup(&rt);
+    let dir = tempfile::tempdir().unwrap();
+    let input = clip(dir.path(), 4);
+    let oargs = orchestrator_args(&net, &[]);
+    let cluster = Cluster::start_with(1, &refs(&oargs), Vec::new());
+    // The orchestrator registers where broadcasters reach it (setup registered a name that
+    // leads nowhere).
+    let mut reg: Vec<String> = PRICE.iter().map(|s| s.to_string()).collect();
+    let uri = format!("http://{}/price", cluster.orchestrator_addr);
+    reg.extend(args(
+        &["chain", "register", "--service-uri", &uri],
+        &net.eth(2),
+    ));
+    run_ok("orchestrator", &reg);
+    let key = run_ok(
+        "orchestrator",
+        &[
+            "--redis-url".to_string(),
+            cluster.redis_url().to_string(),
+            "broadcasters".to_string(),
+            "add".to_string(),
+            "payer".to_string(),
+        ],
+    );
+
+    let stream = stream_name("found-on-chain");
+    let out = Command::new(bin("broadcaster"))
+        .env("RUST_LOG", "warn")
+        .env("AMQP_URL", "amqp://nobody:nothing@127.0.0.1:1/none")
+        .arg("push")
+        .arg(&input)
+        .args(["--stream", &stream, "--wait", "--profiles", RUNG])
+        .args(net.eth(1))
+        .args(["--orch-from-chain", "--orch-key", key.trim()])
+        .args(["--max-price-per-unit", "1000000000"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}\n{}", cluster.logs());
+    let base = format!("http://{}", cluster.orchestrator_addr);
+    assert!(
+        stderr.contains(&format!("chose orchestrator {base}")),
+        "{stderr}"
+    );
+    let status = cluster.status(&stream);
+    assert_eq!(status["state"], "complete", "{status}");
+    assert!(ticket_count(&cluster, "accepted") > 0.0);
+
+    // Above the broadcaster's maximum, the only orchestrator of the active set is left out.
+    let out = Command::new(bin("broadcaster"))
+        .arg("push")
+        .arg(&input)
+        .args(["--stream", &stream_name("too-dear"), "--profiles", RUNG])
+        .args(net.eth(1))
+        .args(["--orch-from-chain", "--orch-key", key.trim()])
+        .args(["--max-price-per-unit", "1000"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "orchestrator {base}: left out: the orchestrator charges"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("none of the 1 orchestrators can take the stream"),
+        "{stderr}"
+    );
+}

@@ -173,12 +173,12 @@ fn the_operator_guides_run_as_written() {
         status.is_some_and(|s| s.success()),
         "the guides failed ({status:?}, budget {BUDGET:?})\nstdout:\n{out}\nstderr:\n{err}\n{logs}"
     );
-    // What the guides show is there: six pushes done (first, over HTTP, combined, split,
-    // priced, on-chain), a live stream's master playlist, a retired worker banned, the ledger's
+    // What the guides show is there: seven pushes done (first, over HTTP, combined, split,
+    // priced, on-chain, found on-chain), a live stream's master playlist, a retired worker banned, the ledger's
     // account charged, winning tickets redeemed, no slash proposal.
     assert_eq!(
         out.matches("every rendition transcoded").count(),
-        6,
+        7,
         "{out}"
     );
     assert!(out.contains("alice: "), "{out}");

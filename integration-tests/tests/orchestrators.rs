@@ -140,7 +140,16 @@ fn a_push_over_http_goes_to_an_orchestrator_within_price_and_with_room() {
 
 #[test]
 fn http_ingest_takes_only_a_key_holder_and_only_its_own_session() {
-    let c = Cluster::start_with(0, &["--max-source-segment-mb", "1"], Vec::new());
+    let c = Cluster::start_with(
+        0,
+        &[
+            "--max-source-segment-mb",
+            "1",
+            "--ingest-starts-per-hour",
+            "2",
+        ],
+        Vec::new(),
+    );
     let alice = add_key(&c, "alice");
     let bob = add_key(&c, "bob");
     let addr = c.orchestrator_addr.clone();
@@ -229,6 +238,34 @@ fn http_ingest_takes_only_a_key_holder_and_only_its_own_session() {
     assert_eq!(put("../../0.ts", b"x").status, 404);
     assert_eq!(put("99999999.ts", b"x").status, 400);
     assert_eq!(put("1.ts", &vec![0u8; 1024 * 1024 + 1]).status, 413);
+
+    // The session is its stream's: a start naming another stream under it is refused.
+    let hijack = encode(&started(
+        &stream_name("other"),
+        session,
+        StreamMode::Vod,
+        secret,
+    ));
+    assert_eq!(post(&alice, &hijack).status, 403);
+    // Each start keeps an event queue: a key starts at most --ingest-starts-per-hour.
+    let another = |n: &str| {
+        encode(&started(
+            &stream_name(n),
+            uuid::Uuid::now_v7(),
+            StreamMode::Vod,
+            secret,
+        ))
+    };
+    assert_eq!(
+        post(&alice, &another("second")).status,
+        429,
+        "the hijack counted"
+    );
+    assert_eq!(
+        post(&bob, &another("bobs")).status,
+        202,
+        "each key has its own count"
+    );
 
     // A removed key is refused at once.
     let out = Command::new(bin("orchestrator"))

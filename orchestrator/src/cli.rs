@@ -125,6 +125,11 @@ pub(crate) struct Cli {
     #[arg(long, env = "MAX_SOURCE_SEGMENT_MB", default_value_t = 64)]
     pub(crate) max_source_segment_mb: u64,
 
+    /// The most pushes one broadcaster key may start over HTTP in an hour (each keeps an
+    /// event queue on the broker); more are refused with 429 until the next hour.
+    #[arg(long, env = "INGEST_STARTS_PER_HOUR", default_value_t = 120)]
+    pub(crate) ingest_starts_per_hour: u64,
+
     /// Live streams admitted at once (as go-livepeer's -maxSessions): a new one past that is
     /// refused "at capacity", and the broadcaster says so. `auto`: the transcode slots the
     /// live workers advertise in their heartbeats (no limit while none has beaten); 0: no

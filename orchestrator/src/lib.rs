@@ -81,6 +81,8 @@ pub struct Config {
     pub max_seq_ahead: u64,
     /// The largest source segment a broadcaster may upload over HTTP, in bytes.
     pub max_source_bytes: u64,
+    /// The most pushes one broadcaster key starts over HTTP in an hour.
+    pub ingest_starts_per_hour: u64,
     /// Live streams admitted at once.
     pub max_sessions: ingest::MaxSessions,
     /// What HTTP requests that change state must carry (none: they are refused).
@@ -159,6 +161,7 @@ pub async fn run(
         max_seq_ahead: cfg.max_seq_ahead,
         max_source_bytes: cfg.max_source_bytes,
         max_sessions: cfg.max_sessions,
+        ingest_starts_per_hour: cfg.ingest_starts_per_hour,
     };
     let work_bound = match cfg.work_addr {
         Some(a) => Some(

@@ -282,6 +282,7 @@ async fn start() -> anyhow::Result<()> {
         orchestrator_id: cli.orchestrator_id,
         max_seq_ahead: cli.max_seq_ahead,
         max_source_bytes: cli.max_source_segment_mb.saturating_mul(1024 * 1024),
+        ingest_starts_per_hour: cli.ingest_starts_per_hour,
         max_sessions: cli.max_sessions,
         api_token: cli.api_token.clone(),
         retain: Duration::from_secs_f64(cli.retain_days.clamp(0.0, 36_500.0) * 86_400.0),

@@ -88,17 +88,21 @@ async fn broadcaster(api: &ApiState, headers: &HeaderMap) -> Result<String, Refu
     }
 }
 
-/// Session `session` of `broadcaster`, when the request carries its publisher secret.
+/// The publisher secret a request carries in [`SECRET_HEADER`].
+fn header_secret(headers: &HeaderMap) -> &str {
+    headers
+        .get(SECRET_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+}
+
+/// Session `session` of `broadcaster`, when `secret` is its publisher secret.
 async fn session_of(
     api: &ApiState,
-    headers: &HeaderMap,
+    secret: &str,
     broadcaster: &str,
     session: &str,
 ) -> Result<IngestSession, Refused> {
-    let secret = headers
-        .get(SECRET_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
     match api.state.ingest_session(session).await {
         Ok(Some(s)) if s.broadcaster == broadcaster && s.proves(secret) => Ok(s),
         Ok(_) => Err(refuse(
@@ -176,18 +180,28 @@ pub(super) async fn message(
             // Charged to the key's holder, never to an account it names.
             s.broadcaster = Some(name.clone());
         }
-        match api.state.start_ingest_session(&session, &opened).await {
-            Ok(true) => {}
-            // A retry of the same start is answered as the first was.
-            Ok(false) => {
-                session_of(&api, &headers_with(&headers, &secret), &name, &session).await?;
-            }
-            Err(e) => {
-                return Err(refuse(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("redis: {e}"),
-                ))
-            }
+        let redis =
+            |e: redis::RedisError| refuse(StatusCode::SERVICE_UNAVAILABLE, format!("redis: {e}"));
+        // Each start makes an event queue: a key makes at most so many an hour.
+        let starts = api.state.count_ingest_start(&name).await.map_err(redis)?;
+        if starts > api.ingest_starts_per_hour {
+            return Err(refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "broadcaster {name} started {} pushes this hour, this orchestrator's most \
+                     (--ingest-starts-per-hour): try again later",
+                    api.ingest_starts_per_hour
+                ),
+            ));
+        }
+        // A retry of the same start is answered as the first was.
+        if !api
+            .state
+            .start_ingest_session(&session, &opened)
+            .await
+            .map_err(redis)?
+        {
+            same_stream(session_of(&api, &secret, &name, &session).await?, &stream)?;
         }
         if let Err(e) = declare_event_queue(&broker, &session, &opened.stream).await {
             return Err(refuse(
@@ -196,16 +210,7 @@ pub(super) async fn message(
             ));
         }
     } else {
-        match session_of(&api, &headers_with(&headers, &secret), &name, &session).await {
-            Ok(s) if s.stream == stream => {}
-            Ok(_) => {
-                return Err(refuse(
-                    StatusCode::FORBIDDEN,
-                    "the session is another stream's",
-                ))
-            }
-            Err(r) => return Err(r),
-        }
+        same_stream(session_of(&api, &secret, &name, &session).await?, &stream)?;
     }
     match broker
         .publish(INGEST_EXCHANGE, INGEST_KEY, &encode(&msg), None)
@@ -223,14 +228,15 @@ pub(super) async fn message(
     }
 }
 
-/// `headers` as they would be with `secret` in [`SECRET_HEADER`]: a message carries its
-/// secret in its body.
-fn headers_with(headers: &HeaderMap, secret: &str) -> HeaderMap {
-    let mut h = headers.clone();
-    if let Ok(v) = secret.parse() {
-        h.insert(SECRET_HEADER, v);
+/// Refuses a message about another stream than its session's.
+fn same_stream(session: IngestSession, stream: &str) -> Result<(), Refused> {
+    match session.stream == stream {
+        true => Ok(()),
+        false => Err(refuse(
+            StatusCode::FORBIDDEN,
+            format!("the session is stream {}'s, not {stream}'s", session.stream),
+        )),
     }
-    h
 }
 
 async fn declare_event_queue(
@@ -253,7 +259,7 @@ pub(super) async fn source(
     body: Body,
 ) -> Result<Response, Refused> {
     let name = broadcaster(&api, &headers).await?;
-    let opened = session_of(&api, &headers, &name, &session).await?;
+    let opened = session_of(&api, header_secret(&headers), &name, &session).await?;
     let parsed = file
         .split_once('.')
         .and_then(|(seq, ext)| Some((seq.parse::<u64>().ok()?, ext)))
@@ -337,7 +343,7 @@ async fn own_session(
     session: &str,
 ) -> Result<std::sync::Arc<castwork_cluster::Broker>, Refused> {
     let name = broadcaster(api, headers).await?;
-    session_of(api, headers, &name, session).await?;
+    session_of(api, header_secret(headers), &name, session).await?;
     broker(api)
 }
 

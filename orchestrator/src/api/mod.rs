@@ -58,6 +58,8 @@ pub struct ApiState {
     pub max_seq_ahead: u64,
     /// The largest source segment an HTTP upload may be, in bytes.
     pub max_source_bytes: u64,
+    /// The most pushes one broadcaster key starts over HTTP in an hour.
+    pub ingest_starts_per_hour: u64,
     /// Live streams admitted at once, advertised at `/offer`.
     pub max_sessions: crate::ingest::MaxSessions,
 }

@@ -99,6 +99,20 @@ impl State {
         Ok(v.and_then(|v| serde_json::from_str(&v).ok()))
     }
 
+    /// Counts one push started by `broadcaster` this hour (a window that starts on the
+    /// hour), and answers how many it started in it.
+    pub async fn count_ingest_start(&self, broadcaster: &str) -> redis::RedisResult<u64> {
+        let hour = castwork_protocol::time::now_unix_ms() / 3_600_000;
+        let key = format!("cw:ingest_starts:{broadcaster}:{hour}");
+        let (n, _): (u64, i64) = redis::pipe()
+            .atomic()
+            .incr(&key, 1)
+            .expire(&key, 3600)
+            .query_async(&mut self.redis.clone())
+            .await?;
+        Ok(n)
+    }
+
     /// Forgets HTTP push session `session`.
     pub async fn end_ingest_session(&self, session: &str) -> redis::RedisResult<()> {
         self.redis.clone().del(session_key(session)).await
