@@ -40,7 +40,7 @@ pub async fn fetch_at(
         Some(a) => format!("{}/{path}?sender={a}", url.trim_end_matches('/')),
         None => format!("{}/{path}", url.trim_end_matches('/')),
     };
-    let resp = reqwest::Client::builder()
+    let mut resp = reqwest::Client::builder()
         .timeout(timeout)
         .build()?
         .get(&url)
@@ -48,12 +48,17 @@ pub async fn fetch_at(
         .await
         .with_context(|| format!("cannot ask the orchestrator's price at {url}"))?;
     let status = resp.status();
-    let body = resp.text().await.context("reading the price")?;
+    // An offer is a few hundred bytes; what any orchestrator answers is bounded.
+    let body = crate::link::read_capped(&mut resp, 64 << 10)
+        .await
+        .map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+    let body = String::from_utf8_lossy(&body);
+    let shown: String = body.chars().take(300).collect();
     if !status.is_success() {
-        bail!("{url} answered {status}: {body}");
+        bail!("{url} answered {status}: {shown}");
     }
     serde_json::from_str(&body)
-        .with_context(|| format!("{url} did not answer with a price: {body}"))
+        .with_context(|| format!("{url} did not answer with a price: {shown}"))
 }
 
 /// `Err` with the message for the broadcaster's user when `price` is above `max`.

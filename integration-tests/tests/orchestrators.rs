@@ -199,12 +199,17 @@ fn http_ingest_takes_only_a_key_holder_and_only_its_own_session() {
     assert_eq!(get(&alice, "not-the-publisher-secret").status, 403);
     let admitted = get(&alice, secret);
     assert_eq!(admitted.status, 200, "{}", admitted.text());
-    let list: Vec<StreamEvent> = serde_json::from_slice(&admitted.body).unwrap();
+    let page: Value = serde_json::from_slice(&admitted.body).unwrap();
+    let list: Vec<StreamEvent> = serde_json::from_value(page["events"].clone()).unwrap();
     assert!(
         list.iter()
             .any(|e| matches!(e, StreamEvent::StreamAdmitted { session: s, .. } if *s == session)),
         "{list:?}"
     );
+    assert_eq!(page["next"], list.len());
+    // Read again from the start (an answer lost on the way): the same events.
+    let again: Value = serde_json::from_slice(&get(&alice, secret).body).unwrap();
+    assert_eq!(again["events"], page["events"]);
     // Bob cannot end or abort Alice's stream either.
     let end = encode(&IngestMessage::StreamEnded(StreamEnded {
         stream: stream.clone(),

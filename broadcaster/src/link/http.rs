@@ -19,6 +19,8 @@ use uuid::Uuid;
 const RETRY_FOR: Duration = Duration::from_secs(300);
 /// How long one poll for events waits at the orchestrator (its most is 20 s).
 const POLL_SECS: u64 = 15;
+/// The most an orchestrator's answer may be (a page of events is far less).
+const MAX_ANSWER: usize = 8 << 20;
 /// The header that carries the push's publisher secret.
 const SECRET_HEADER: &str = "x-castwork-secret";
 
@@ -30,6 +32,8 @@ pub struct HttpLink {
     client: reqwest::Client,
     /// Events received and not yet handed out.
     pending: VecDeque<StreamEvent>,
+    /// How many of the session's events were received.
+    after: u64,
 }
 
 impl HttpLink {
@@ -45,6 +49,7 @@ impl HttpLink {
                 .connect_timeout(Duration::from_secs(10))
                 .build()?,
             pending: VecDeque::new(),
+            after: 0,
         })
     }
 
@@ -69,11 +74,15 @@ impl HttpLink {
                 req = req.body(b.clone());
             }
             let why = match req.send().await {
-                Ok(resp) => {
+                Ok(mut resp) => {
                     let status = resp.status();
-                    let text = resp.bytes().await.unwrap_or_default();
+                    let text = super::read_capped(&mut resp, MAX_ANSWER)
+                        .await
+                        .map_err(|e| {
+                            anyhow::anyhow!("{what}: the orchestrator at {}: {e}", self.base)
+                        })?;
                     if status.is_success() {
-                        return Ok(text);
+                        return Ok(Bytes::from(text));
                     }
                     let message = serde_json::from_slice::<serde_json::Value>(&text)
                         .ok()
@@ -145,13 +154,22 @@ impl HttpLink {
     }
 
     async fn poll(&mut self, wait_secs: u64) -> anyhow::Result<()> {
-        let path = format!("/ingest/events/{}?wait={wait_secs}", self.session);
+        let path = format!(
+            "/ingest/events/{}?after={}&wait={wait_secs}",
+            self.session, self.after
+        );
         let body = self
             .request(Method::GET, &path, None, "reading the stream's events")
             .await?;
-        let events: Vec<serde_json::Value> =
-            serde_json::from_slice(&body).context("the orchestrator's events are not a list")?;
-        for v in events {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            events: Vec<serde_json::Value>,
+            next: u64,
+        }
+        let page: Page = serde_json::from_slice(&body)
+            .context("the orchestrator's answer is not a page of events")?;
+        self.after = page.next.max(self.after);
+        for v in page.events {
             match serde_json::from_value::<StreamEvent>(v) {
                 Ok(e) => self.pending.push_back(e),
                 Err(e) => tracing::warn!(error = %e, "unreadable event ignored"),

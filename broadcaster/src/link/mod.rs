@@ -29,6 +29,20 @@ pub enum Link {
     Http(http::HttpLink),
 }
 
+/// The body of `resp`, refused (`Err`, with what to say) once it passes `cap` bytes: what
+/// another party answers costs at most that much memory.
+pub async fn read_capped(resp: &mut reqwest::Response, cap: usize) -> Result<Vec<u8>, String> {
+    let mut bytes = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(c)) if bytes.len() + c.len() <= cap => bytes.extend_from_slice(&c),
+            Ok(Some(_)) => return Err(format!("its answer is over {} KiB", cap / 1024)),
+            Ok(None) => return Ok(bytes),
+            Err(e) => return Err(format!("its answer could not be read: {e}")),
+        }
+    }
+}
+
 /// SHA-256 of `data`, as lowercase hex.
 fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest as _;

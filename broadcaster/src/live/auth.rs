@@ -261,17 +261,9 @@ pub async fn authorize(
         .await
         .map_err(|e| format!("the auth webhook is unreachable: {e}"))?;
     let status = resp.status();
-    let mut bytes = Vec::new();
-    loop {
-        match resp.chunk().await {
-            Ok(Some(c)) if bytes.len() + c.len() <= MAX_WEBHOOK_ANSWER => {
-                bytes.extend_from_slice(&c)
-            }
-            Ok(Some(_)) => return Err("the auth webhook's answer is over 64 KiB".into()),
-            Ok(None) => break,
-            Err(e) => return Err(format!("reading the auth webhook's answer: {e}")),
-        }
-    }
+    let bytes = crate::link::read_capped(&mut resp, MAX_WEBHOOK_ANSWER)
+        .await
+        .map_err(|e| format!("the auth webhook: {e}"))?;
     let text = String::from_utf8_lossy(&bytes);
     if !status.is_success() {
         let why = text.trim();

@@ -10,9 +10,10 @@
 //!   publisher secret it opened with.
 //! - `PUT /ingest/source/{session}/{seq}.{ext}`: a source segment, answered with the object
 //!   (key, size, SHA-256) to name in the segment's `segment_ready`.
-//! - `GET /ingest/events/{session}?wait=SECS`: the push's events, waiting up to `wait`
-//!   seconds (at most [`MAX_WAIT`]) for the first.
-//! - `DELETE /ingest/events/{session}`: the push is over; its event queue goes.
+//! - `GET /ingest/events/{session}?after=N&wait=SECS`: the push's events from the `N`th
+//!   on, waiting up to `wait` seconds (at most [`MAX_WAIT`]) for one; they stay readable
+//!   by index, so an answer lost on the way is read again.
+//! - `DELETE /ingest/events/{session}`: the push is over; its events and session go.
 //!
 //! Every request carries the key (`Authorization: Bearer NAME:SECRET`); those about a
 //! session also its publisher secret (`X-Castwork-Secret`). Off-chain, a stream is charged
@@ -331,9 +332,12 @@ pub(super) async fn source(
 }
 
 #[derive(Deserialize)]
-pub(super) struct Wait {
+pub(super) struct Poll {
     #[serde(default)]
     wait: Option<f64>,
+    /// How many of the session's events the broadcaster has already read.
+    #[serde(default)]
+    after: u64,
 }
 
 /// The broker, when the request's key and publisher secret are those of `session`.
@@ -347,48 +351,81 @@ async fn own_session(
     broker(api)
 }
 
-/// `GET /ingest/events/{session}?wait=SECS`: the session's events so far (a JSON list),
-/// waiting up to `wait` seconds for the first. Each event is handed out once.
+/// Moves what the session's event queue holds into its list in Redis, where every event
+/// stays readable by its index until the session expires.
+async fn keep_events(api: &ApiState, ch: &lapin::Channel, session: &str) -> Result<(), Refused> {
+    let queue = event_queue(session);
+    let mut got = Vec::new();
+    while got.len() < MAX_EVENTS {
+        let next = ch
+            .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
+            .await
+            .map_err(|e| {
+                refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("reading the push's events: {e}"),
+                )
+            })?;
+        let Some(m) = next else { break };
+        got.push((
+            m.delivery.delivery_tag,
+            String::from_utf8_lossy(&m.delivery.data).into_owned(),
+        ));
+    }
+    let Some(&(last, _)) = got.last() else {
+        return Ok(());
+    };
+    let texts: Vec<String> = got.into_iter().map(|(_, t)| t).collect();
+    api.state
+        .keep_ingest_events(session, &texts)
+        .await
+        .map_err(|e| refuse(StatusCode::SERVICE_UNAVAILABLE, format!("redis: {e}")))?;
+    // Acked once kept: a failure before this leaves them in the queue for the next poll.
+    let _ = ch
+        .basic_ack(last, lapin::options::BasicAckOptions { multiple: true })
+        .await;
+    Ok(())
+}
+
+/// `GET /ingest/events/{session}?after=N&wait=SECS`: the session's events from the
+/// `N`th on, `{"events": [...], "next": M}`, waiting up to `wait` seconds for one. Events
+/// stay readable by index (a poll whose answer was lost is simply made again), at most
+/// [`MAX_EVENTS`] an answer.
 pub(super) async fn events(
     AxumState(api): AxumState<ApiState>,
     Path(session): Path<String>,
-    Query(q): Query<Wait>,
+    Query(q): Query<Poll>,
     headers: HeaderMap,
 ) -> Result<Response, Refused> {
     let broker = own_session(&api, &headers, &session).await?;
-    let unavailable = |e: lapin::Error| {
-        refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("reading the push's events: {e}"),
-        )
-    };
     let wait = Duration::from_secs_f64(q.wait.unwrap_or(0.0).clamp(0.0, MAX_WAIT.as_secs_f64()));
     let until = tokio::time::Instant::now() + wait;
     let ch = broker
         .channel()
         .await
         .map_err(|e| refuse(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-    let queue = event_queue(&session);
-    let mut got = Vec::new();
-    while got.len() < MAX_EVENTS {
-        let next = ch
-            .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
-            .await
-            .map_err(unavailable)?;
-        match next {
-            Some(m) => {
-                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&m.delivery.data) {
-                    got.push(v);
-                }
+    let read = async {
+        loop {
+            keep_events(&api, &ch, &session).await?;
+            let events = api
+                .state
+                .ingest_events(&session, q.after, MAX_EVENTS)
+                .await
+                .map_err(|e| refuse(StatusCode::SERVICE_UNAVAILABLE, format!("redis: {e}")))?;
+            if !events.is_empty() || tokio::time::Instant::now() >= until {
+                return Ok::<_, Refused>(events);
             }
-            None if got.is_empty() && tokio::time::Instant::now() < until => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            None => break,
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    }
+    };
+    let events = read.await;
     let _ = ch.close(200, "read".into()).await;
-    Ok(Json(got).into_response())
+    let events: Vec<serde_json::Value> = events?
+        .iter()
+        .filter_map(|e| serde_json::from_str(e).ok())
+        .collect();
+    let next = q.after + events.len() as u64;
+    Ok(Json(serde_json::json!({ "events": events, "next": next })).into_response())
 }
 
 /// `DELETE /ingest/events/{session}`: the broadcaster is done with the session's events.
@@ -403,6 +440,7 @@ pub(super) async fn close(
         ch.queue_delete(event_queue(&session).as_str().into(), Default::default())
             .await?;
         let _ = ch.close(200, "deleted".into()).await;
+        api.state.end_ingest_session(&session).await?;
         Ok::<_, anyhow::Error>(())
     };
     match deleted.await {

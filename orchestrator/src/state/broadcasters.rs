@@ -19,6 +19,11 @@ fn session_key(session: &str) -> String {
     format!("cw:ingest_session:{session}")
 }
 
+/// The events of an HTTP push session, in order (a list).
+fn events_key(session: &str) -> String {
+    format!("cw:ingest_events:{session}")
+}
+
 /// An HTTP push session: whose it is and what proves it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct IngestSession {
@@ -113,8 +118,46 @@ impl State {
         Ok(n)
     }
 
-    /// Forgets HTTP push session `session`.
+    /// Appends `events` (JSON texts) to HTTP push session `session`'s event list.
+    pub async fn keep_ingest_events(
+        &self,
+        session: &str,
+        events: &[String],
+    ) -> redis::RedisResult<()> {
+        let key = events_key(session);
+        redis::pipe()
+            .atomic()
+            .rpush(&key, events)
+            .ignore()
+            .expire(&key, SESSION_TTL_SECS as i64)
+            .ignore()
+            .query_async(&mut self.redis.clone())
+            .await
+    }
+
+    /// At most `count` of session `session`'s events, from index `from` on.
+    pub async fn ingest_events(
+        &self,
+        session: &str,
+        from: u64,
+        count: usize,
+    ) -> redis::RedisResult<Vec<String>> {
+        let from = i64::try_from(from).unwrap_or(i64::MAX - count as i64);
+        self.redis
+            .clone()
+            .lrange(
+                events_key(session),
+                from as isize,
+                (from + count as i64 - 1) as isize,
+            )
+            .await
+    }
+
+    /// Forgets HTTP push session `session` and its events.
     pub async fn end_ingest_session(&self, session: &str) -> redis::RedisResult<()> {
-        self.redis.clone().del(session_key(session)).await
+        self.redis
+            .clone()
+            .del(&[session_key(session), events_key(session)])
+            .await
     }
 }
