@@ -160,6 +160,17 @@ pub enum IngestMessage {
 }
 
 impl IngestMessage {
+    /// What the message is (its type's name), which stream and push it is about, and the
+    /// publisher secret it carries.
+    pub fn about(&self) -> (&'static str, &str, Uuid, &str) {
+        match self {
+            IngestMessage::StreamStarted(m) => ("stream_started", &m.stream, m.session, &m.secret),
+            IngestMessage::SegmentReady(m) => ("segment_ready", &m.stream, m.session, &m.secret),
+            IngestMessage::StreamEnded(m) => ("stream_ended", &m.stream, m.session, &m.secret),
+            IngestMessage::StreamAborted(m) => ("stream_aborted", &m.stream, m.session, &m.secret),
+        }
+    }
+
     /// The message with its stream's publisher secret (see [`StreamStarted::secret`]).
     pub fn with_secret(mut self, secret: &str) -> Self {
         let field = match &mut self {

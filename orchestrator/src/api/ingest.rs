@@ -161,16 +161,11 @@ pub(super) async fn message(
         Err(e) => return Err(refuse(StatusCode::BAD_REQUEST, e.to_string())),
     };
     let broker = broker(&api)?;
-    let (stream, session, secret) = match &msg {
-        IngestMessage::StreamStarted(s) => (&s.stream, s.session, &s.secret),
-        IngestMessage::SegmentReady(s) => (&s.stream, s.session, &s.secret),
-        IngestMessage::StreamEnded(s) => (&s.stream, s.session, &s.secret),
-        IngestMessage::StreamAborted(s) => (&s.stream, s.session, &s.secret),
-    };
+    let (_, stream, session, secret) = msg.about();
     if let Err(e) = castwork_protocol::validate_stream_name(stream) {
         return Err(refuse(StatusCode::BAD_REQUEST, e));
     }
-    let (stream, session, secret) = (stream.clone(), session.to_string(), secret.clone());
+    let (stream, session, secret) = (stream.to_string(), session.to_string(), secret.to_string());
     let opened = IngestSession {
         stream: stream.clone(),
         secret_hash: castwork_protocol::secret::sha256_hex(&secret),

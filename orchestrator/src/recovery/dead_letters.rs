@@ -250,12 +250,7 @@ impl Orchestrator {
         let Ok(msg) = decode::<IngestMessage>(&d.body) else {
             return Ok(());
         };
-        let (kind, stream, session, secret) = match &msg {
-            IngestMessage::StreamStarted(m) => ("stream_started", &m.stream, m.session, &m.secret),
-            IngestMessage::SegmentReady(m) => ("segment_ready", &m.stream, m.session, &m.secret),
-            IngestMessage::StreamEnded(m) => ("stream_ended", &m.stream, m.session, &m.secret),
-            IngestMessage::StreamAborted(m) => ("stream_aborted", &m.stream, m.session, &m.secret),
-        };
+        let (kind, stream, session, secret) = msg.about();
         record.kind = kind.into();
         let rec = self.state.stream(stream).await?;
         let own = rec.as_ref().is_some_and(|r| {
@@ -273,7 +268,7 @@ impl Orchestrator {
                     .event(
                         stream,
                         &StreamEvent::StreamRejected {
-                            stream: stream.clone(),
+                            stream: stream.to_string(),
                             session: m.session,
                             message: record.reason.clone(),
                         },
