@@ -13,7 +13,6 @@ use castwork_protocol::{
     encode, profile::parse_profiles, source_key, IngestMessage, ObjectRef, Rational, SegmentReady,
     SourceMetadata, StreamEnded, StreamMode, StreamStarted, INGEST_EXCHANGE,
 };
-use sha2::Digest as _;
 
 use crate::e2e::Cluster;
 
@@ -68,11 +67,7 @@ pub fn measure(
     let path = cluster.dir.path().join("data").join(&key);
     std::fs::create_dir_all(path.parent().context("source path")?)?;
     std::fs::write(&path, &data)?;
-    let object = ObjectRef {
-        key,
-        size: data.len() as u64,
-        sha256: hex::encode(sha2::Sha256::digest(&data)),
-    };
+    let object = ObjectRef::of(key, &data);
     let session = uuid::Uuid::now_v7();
     let rt = tokio::runtime::Runtime::new()?;
     let started = rt.block_on(async {

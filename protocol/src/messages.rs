@@ -147,6 +147,17 @@ pub struct ObjectRef {
     pub sha256: String,
 }
 
+impl ObjectRef {
+    /// The reference to `data` stored under `key`.
+    pub fn of(key: String, data: &[u8]) -> ObjectRef {
+        ObjectRef {
+            key,
+            size: data.len() as u64,
+            sha256: crate::secret::sha256_hex(data),
+        }
+    }
+}
+
 /// Broadcaster -> orchestrator messages (the ingest exchange).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

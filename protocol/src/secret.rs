@@ -3,9 +3,10 @@
 
 use sha2::{Digest, Sha256};
 
-/// SHA-256 of a secret, as lowercase hex: what is stored instead of the secret.
-pub fn sha256_hex(secret: &str) -> String {
-    Sha256::digest(secret.as_bytes())
+/// SHA-256 of a secret (or of any bytes: an object's content), as lowercase hex: what is
+/// stored instead of the secret.
+pub fn sha256_hex(data: impl AsRef<[u8]>) -> String {
+    Sha256::digest(data.as_ref())
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()

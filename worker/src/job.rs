@@ -11,7 +11,6 @@ use castwork_protocol::{
     validate_stream_name, Disposition, RenditionOutput, SegmentFailed, SegmentJob, SegmentResult,
     WorkerReport,
 };
-use sha2::{Digest, Sha256};
 
 use crate::slots::{Priority, Slots};
 use castwork_cluster::telemetry::Span;
@@ -137,9 +136,7 @@ pub fn past_deadline(job: &SegmentJob) -> bool {
     job.deadline_unix_ms.is_some_and(|d| now_unix_ms() >= d)
 }
 
-pub fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
-}
+pub use castwork_protocol::secret::sha256_hex;
 
 /// Runs a job to the report the orchestrator gets: a result, or a failure saying whether
 /// retrying can help.

@@ -134,7 +134,10 @@ impl HttpLink {
         ext: &str,
         data: Bytes,
     ) -> anyhow::Result<ObjectRef> {
-        let (size, sha256) = (data.len() as u64, super::sha256_hex(&data));
+        let (size, sha256) = (
+            data.len() as u64,
+            castwork_protocol::secret::sha256_hex(&data),
+        );
         let path = format!("/ingest/source/{}/{seq}.{ext}", self.session);
         let body = self
             .request(

@@ -43,12 +43,6 @@ pub async fn read_capped(resp: &mut reqwest::Response, cap: usize) -> Result<Vec
     }
 }
 
-/// SHA-256 of `data`, as lowercase hex.
-fn sha256_hex(data: &[u8]) -> String {
-    use sha2::Digest as _;
-    hex::encode(sha2::Sha256::digest(data))
-}
-
 impl Link {
     /// Over RabbitMQ: see [`AmqpLink::open`].
     pub async fn open(url: &str, stream: &str, session: Uuid) -> anyhow::Result<Link> {
@@ -90,17 +84,15 @@ impl Link {
     ) -> anyhow::Result<castwork_protocol::ObjectRef> {
         match self {
             Link::Amqp(_) => {
-                let key = castwork_protocol::source_key(stream, seq, ext);
-                let object = castwork_protocol::ObjectRef {
-                    key: key.clone(),
-                    size: data.len() as u64,
-                    sha256: sha256_hex(&data),
-                };
+                let object = castwork_protocol::ObjectRef::of(
+                    castwork_protocol::source_key(stream, seq, ext),
+                    &data,
+                );
                 storage
                     .context("no object store for the source segments")?
-                    .put(&key, data)
+                    .put(&object.key, data)
                     .await
-                    .with_context(|| format!("storing {key}"))?;
+                    .with_context(|| format!("storing {}", object.key))?;
                 Ok(object)
             }
             Link::Http(l) => l.store_source(seq, ext, data).await,

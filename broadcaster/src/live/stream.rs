@@ -14,7 +14,6 @@ use castwork_protocol::{
     source_key, IngestMessage, ObjectRef, Profile, Rung, SegmentReady, StreamAborted, StreamEnded,
     StreamEvent, StreamMode, StreamStarted,
 };
-use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -320,11 +319,7 @@ impl StreamTask {
         let data = Bytes::from(tokio::fs::read(&seg.path).await?);
         let _ = tokio::fs::remove_file(&seg.path).await;
         let key = source_key(&self.name, seq, piece.probed.container.extension());
-        let object = ObjectRef {
-            key: key.clone(),
-            size: data.len() as u64,
-            sha256: hex::encode(Sha256::digest(&data)),
-        };
+        let object = ObjectRef::of(key.clone(), &data);
         let size = object.size;
         self.live
             .cfg

@@ -35,7 +35,6 @@ use castwork_protocol::{
 };
 use lapin::options::BasicGetOptions;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use super::ApiState;
 use crate::state::IngestSession;
@@ -315,11 +314,7 @@ pub(super) async fn source(
     if bytes.is_empty() {
         return Err(refuse(StatusCode::BAD_REQUEST, "the segment is empty"));
     }
-    let object = ObjectRef {
-        key: source_key(&opened.stream, seq, ext),
-        size: bytes.len() as u64,
-        sha256: hex::encode(Sha256::digest(&bytes)),
-    };
+    let object = ObjectRef::of(source_key(&opened.stream, seq, ext), &bytes);
     match api.storage.put(&object.key, bytes).await {
         Ok(()) => Ok(Json(object).into_response()),
         Err(e) => Err(refuse(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),

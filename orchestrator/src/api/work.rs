@@ -16,7 +16,6 @@ use castwork_cluster::http::error;
 use castwork_cluster::StorageError;
 use castwork_protocol::{rendition_key, ObjectRef};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use super::ApiState;
 use crate::verify::rendition_cap;
@@ -166,12 +165,11 @@ pub(super) async fn rendition(
         }
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("reading the body: {e}")),
     };
-    let sha256 = hex::encode(Sha256::digest(&bytes));
-    let object = ObjectRef {
-        key: rendition_key(&stream, &rung.name, seq, attempt, &sha256),
-        size: bytes.len() as u64,
-        sha256,
-    };
+    let sha256 = castwork_protocol::secret::sha256_hex(&bytes);
+    let object = ObjectRef::of(
+        rendition_key(&stream, &rung.name, seq, attempt, &sha256),
+        &bytes,
+    );
     match api.storage.put(&object.key, bytes).await {
         Ok(()) => Json(object).into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
