@@ -6,12 +6,10 @@
 
 mod common;
 
-use std::process::Command;
-
 use castwork_protocol::{
     encode, ObjectRef, RenditionOutput, SegmentResult, WorkerReport, RESULTS_EXCHANGE,
 };
-use common::{bin, clip, http_get, metric_total, stream_name, Cluster};
+use common::{clip, http_get, metric_total, stream_name, Cluster};
 use serde_json::Value;
 use sha2::Digest as _;
 
@@ -22,17 +20,10 @@ const PRICE: [&str; 4] = ["--price-per-unit", "1", "--pixels-per-unit", "1000"];
 const SEGMENT_FEE: i64 = (426 * 240 * 60 + 999) / 1000;
 
 fn ledger(cluster: &Cluster, args: &[&str]) -> String {
-    let out = Command::new(bin("orchestrator"))
-        .args(["--redis-url", cluster.redis_url(), "ledger"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    let args: Vec<&str> = std::iter::once("ledger")
+        .chain(args.iter().copied())
+        .collect();
+    cluster.orchestrator_cli(&args).trim().to_string()
 }
 
 #[test]

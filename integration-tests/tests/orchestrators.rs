@@ -14,16 +14,10 @@ use serde_json::Value;
 
 /// `orchestrator broadcasters add NAME` on `c`'s Redis: the key it prints.
 fn add_key(c: &Cluster, name: &str) -> String {
-    let out = Command::new(bin("orchestrator"))
-        .args(["broadcasters", "add", name, "--redis-url", c.redis_url()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let key = c
+        .orchestrator_cli(&["broadcasters", "add", name])
+        .trim()
+        .to_string();
     assert!(key.starts_with(&format!("{name}:")), "{key}");
     key
 }
@@ -273,16 +267,6 @@ fn http_ingest_takes_only_a_key_holder_and_only_its_own_session() {
     );
 
     // A removed key is refused at once.
-    let out = Command::new(bin("orchestrator"))
-        .args([
-            "broadcasters",
-            "remove",
-            "alice",
-            "--redis-url",
-            c.redis_url(),
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    c.orchestrator_cli(&["broadcasters", "remove", "alice"]);
     assert_eq!(get(&alice, secret).status, 401);
 }

@@ -33,16 +33,6 @@ fn add_worker(cluster: &mut Cluster, url: &str, claimed: &str) -> u32 {
         .expect("the new worker runs")
 }
 
-fn orchestrator_cli(cluster: &Cluster, args: &[&str]) -> String {
-    let out = std::process::Command::new(bin("orchestrator"))
-        .args(["--redis-url", cluster.redis_url()])
-        .args(args)
-        .output()
-        .expect("orchestrator runs");
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn exits_banned(cluster: &mut Cluster, pid: u32) {
     let status = cluster.wait_exit(pid, PATIENCE);
     assert_eq!(status.code(), Some(EXIT_BANNED), "{}", cluster.logs());
@@ -91,14 +81,11 @@ fn a_worker_is_its_broker_user_and_a_restart_under_another_name_keeps_its_ban() 
     );
 
     // Banning the name it claimed does nothing; banning its user stops it.
-    orchestrator_cli(&cluster, &["workers", "ban", "worker-3"]);
+    cluster.orchestrator_cli(&["workers", "ban", "worker-3"]);
     std::thread::sleep(Duration::from_secs(2 * BEAT_INTERVAL_SECS));
     assert!(cluster.exit_status(pid).is_none(), "{}", cluster.logs());
-    orchestrator_cli(&cluster, &["workers", "unban", "worker-3"]);
-    orchestrator_cli(
-        &cluster,
-        &["workers", "ban", &user, "--reason", "bad output"],
-    );
+    cluster.orchestrator_cli(&["workers", "unban", "worker-3"]);
+    cluster.orchestrator_cli(&["workers", "ban", &user, "--reason", "bad output"]);
     exits_banned(&mut cluster, pid);
     // Restarted under a new name, it is still its user, and still banned.
     let pid = add_worker(&mut cluster, &url, "a-fresh-name");
@@ -106,7 +93,7 @@ fn a_worker_is_its_broker_user_and_a_restart_under_another_name_keeps_its_ban() 
     assert!(cluster.logs_of("worker").contains("bad output"));
 
     // Lifted, it works again.
-    let out = orchestrator_cli(&cluster, &["workers", "unban", &user]);
+    let out = cluster.orchestrator_cli(&["workers", "unban", &user]);
     assert!(out.contains("may take jobs again"), "{out}");
     let pid = add_worker(&mut cluster, &url, "a-fresh-name");
     let stream = stream_name("identity-back");

@@ -307,6 +307,18 @@ impl Cluster {
             .expect("every cluster has a Redis")
     }
 
+    /// Runs `orchestrator --redis-url REDIS ARGS` on this cluster's Redis, asserting that
+    /// it succeeds; its stdout.
+    pub fn orchestrator_cli(&self, args: &[&str]) -> String {
+        let out = Command::new(bin("orchestrator"))
+            .args(["--redis-url", self.redis_url()])
+            .args(args)
+            .output()
+            .expect("orchestrator runs");
+        assert!(out.status.success(), "orchestrator {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// The id the orchestrator issued for a segment's attempt (keyed with the secret it
     /// keeps in Redis, as `castwork_orchestrator::workers::JobIds` does): what a worker
     /// that was really given the job reports.
