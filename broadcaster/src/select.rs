@@ -203,10 +203,11 @@ pub async fn choose(
         );
     }
     let draw = (uuid::Uuid::new_v4().as_u128() as u64 >> 11) as f64 / (1u64 << 53) as f64;
-    let cands: Vec<Candidate> = eligible.iter().map(|(_, c)| c.clone()).collect();
-    let chosen = eligible.swap_remove(pick(&weights(&cands), draw));
-    eprintln!("chose orchestrator {}", chosen.1.target.url);
-    Ok(chosen)
+    let (indices, mut cands): (Vec<usize>, Vec<Candidate>) = eligible.into_iter().unzip();
+    let i = pick(&weights(&cands), draw);
+    let chosen = cands.swap_remove(i);
+    eprintln!("chose orchestrator {}", chosen.target.url);
+    Ok((indices[i], chosen))
 }
 
 #[cfg(test)]
