@@ -117,6 +117,24 @@ pub(crate) enum Command {
         #[arg(long, env = "ORCH_KEY", hide_env_values = true)]
         orch_key: Option<String>,
 
+        /// Keep a copy of the stream in this directory (DIR/streams/NAME/: every rendition,
+        /// copied from the orchestrator as soon as its segment is transcoded and checked,
+        /// and the HLS playlists, written at the end). With --orch-addr or
+        /// --orch-from-chain it also lets the push move mid-stream: when the orchestrator
+        /// stops answering, fails the stream or fails a segment, the segments not yet
+        /// copied and the rest go to the next orchestrator that was not left out.
+        #[arg(long, env = "OUTPUT_DIR", requires = "orch_key")]
+        output_dir: Option<PathBuf>,
+
+        /// With --output-dir: seconds an orchestrator may stay unreachable before the push
+        /// moves to the next one (with none left, it keeps trying for 300 s).
+        #[arg(
+            long = "failover-after",
+            env = "FAILOVER_AFTER_SECS",
+            default_value_t = 20
+        )]
+        failover_after_secs: u64,
+
         /// With --wait: fraction (0-1) of segments whose renditions this broadcaster decodes
         /// and compares with the source it sent (luma PSNR); a failure is stored as evidence
         /// under evidence/STREAM/ and penalises the orchestrator. Default: 0.1 when paying

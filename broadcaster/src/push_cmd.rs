@@ -33,6 +33,8 @@ pub(crate) async fn run(cli: Cli, storage: Option<Storage>) -> anyhow::Result<Ex
         orch_addr,
         orch_from_chain,
         orch_key,
+        output_dir,
+        failover_after_secs,
         verify_sample_rate,
         verify_min_psnr_db,
         slash_amount,
@@ -82,10 +84,26 @@ pub(crate) async fn run(cli: Cli, storage: Option<Storage>) -> anyhow::Result<Ex
                 true => Some(cli.eth.signer()?.address()),
                 false => None,
             };
-            let (i, chosen) = castwork_broadcaster::select::choose(&targets, &max, sender).await?;
-            Some((chosen.target.url, keys[i.min(keys.len() - 1)].to_string()))
+            let ranked = castwork_broadcaster::select::rank(&targets, &max, sender).await?;
+            let routes: Vec<(String, String)> = ranked
+                .into_iter()
+                .map(|(i, c)| (c.target.url, keys[i.min(keys.len() - 1)].to_string()))
+                .collect();
+            Some(routes)
         }
         _ => None,
+    };
+    if output_dir.is_some() && http_ingest.is_none() {
+        anyhow::bail!(
+            "--output-dir copies the renditions from an orchestrator over HTTP: give              --orch-addr or --orch-from-chain"
+        );
+    }
+    let (http_ingest, spare_routes) = match http_ingest {
+        Some(mut routes) => {
+            let rest = routes.split_off(1);
+            (routes.pop(), rest)
+        }
+        None => (None, Vec::new()),
     };
     let orchestrator_url = match &http_ingest {
         Some((url, _)) => Some(url.clone()),
@@ -102,6 +120,21 @@ pub(crate) async fn run(cli: Cli, storage: Option<Storage>) -> anyhow::Result<Ex
         p.test_tickets = test_only_tickets;
         Arc::new(p)
     });
+    // Each spare with its own payer, on-chain (its own ticket parameters).
+    let mut spares = Vec::new();
+    for (url, key) in spare_routes {
+        let payer = match &payer {
+            Some(_) => priced(&cli.eth, Some(&url), &max, "--orch-addr")
+                .await?
+                .1
+                .map(|mut p| {
+                    p.test_tickets = test_only_tickets;
+                    Arc::new(p)
+                }),
+            None => None,
+        };
+        spares.push(castwork_broadcaster::push::Route { url, key, payer });
+    }
     // The check reads renditions from the object store, which a broadcaster pushing
     // over HTTP has no credentials for.
     if http_ingest.is_some() && verify_sample_rate.is_some_and(|r| r > 0.0) {
@@ -174,6 +207,9 @@ pub(crate) async fn run(cli: Cli, storage: Option<Storage>) -> anyhow::Result<Ex
             amqp_url: cli.service.link.amqp_url,
             storage,
             http_ingest,
+            spares,
+            output_dir: output_dir.clone(),
+            failover_after: Duration::from_secs(failover_after_secs),
             playback_url,
             local_dir: local_dir.clone(),
             admit_timeout: Duration::from_secs(admit_timeout_secs),
@@ -200,7 +236,9 @@ pub(crate) async fn run(cli: Cli, storage: Option<Storage>) -> anyhow::Result<Ex
         if let Some(url) = &outcome.playback_url {
             println!("playback: {url}");
         }
-        if let Some(dir) = &local_dir {
+        if output_dir.is_some() {
+            println!("output: {master}");
+        } else if let Some(dir) = &local_dir {
             println!("output: {}", dir.join(master).display());
         }
     }

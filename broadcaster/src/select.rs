@@ -166,13 +166,14 @@ pub async fn from_chain(
     Ok(targets)
 }
 
-/// Probes every orchestrator of `targets` at once and draws one of those that may be
-/// chosen (answered with its index in `targets`); says on stderr what it found of each.
-pub async fn choose(
+/// Probes every orchestrator of `targets` at once and ranks those that may be chosen
+/// (each with its index in `targets`): first the one drawn, then the others by weight, the
+/// spares a push moves to should the first fail. Says on stderr what it found of each.
+pub async fn rank(
     targets: &[Target],
     max: &Price,
     sender: Option<castwork_chain::Address>,
-) -> anyhow::Result<(usize, Candidate)> {
+) -> anyhow::Result<Vec<(usize, Candidate)>> {
     if targets.is_empty() {
         bail!("no orchestrator to choose from");
     }
@@ -203,11 +204,26 @@ pub async fn choose(
         );
     }
     let draw = (uuid::Uuid::new_v4().as_u128() as u64 >> 11) as f64 / (1u64 << 53) as f64;
-    let (indices, mut cands): (Vec<usize>, Vec<Candidate>) = eligible.into_iter().unzip();
-    let i = pick(&weights(&cands), draw);
-    let chosen = cands.swap_remove(i);
-    eprintln!("chose orchestrator {}", chosen.target.url);
-    Ok((indices[i], chosen))
+    let (indices, cands): (Vec<usize>, Vec<Candidate>) = eligible.into_iter().unzip();
+    let w = weights(&cands);
+    let first = pick(&w, draw);
+    let mut ranked: Vec<(f64, (usize, Candidate))> = w
+        .iter()
+        .enumerate()
+        .map(|(i, w)| if i == first { f64::INFINITY } else { *w })
+        .zip(indices.into_iter().zip(cands))
+        .collect();
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let ranked: Vec<(usize, Candidate)> = ranked.into_iter().map(|(_, c)| c).collect();
+    eprintln!("chose orchestrator {}", ranked[0].1.target.url);
+    if ranked.len() > 1 {
+        let spares: Vec<&str> = ranked[1..]
+            .iter()
+            .map(|(_, c)| c.target.url.as_str())
+            .collect();
+        eprintln!("should it fail: {}", spares.join(", "));
+    }
+    Ok(ranked)
 }
 
 #[cfg(test)]

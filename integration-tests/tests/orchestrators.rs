@@ -238,6 +238,31 @@ fn http_ingest_takes_only_a_key_holder_and_only_its_own_session() {
     assert_eq!(put("99999999.ts", b"x").status, 400);
     assert_eq!(put("1.ts", &vec![0u8; 1024 * 1024 + 1]).status, 413);
 
+    // Its outputs, for the key holder who pushed it: never a source, nothing of another
+    // stream, nothing for another key.
+    let output = |key: &str, path: &str| {
+        http_request(
+            &addr,
+            "GET",
+            &format!("/ingest/output/{session}/{path}"),
+            &[("Authorization", &auth(key)), ("X-Castwork-Secret", secret)],
+            b"",
+            t,
+        )
+        .unwrap()
+        .status
+    };
+    assert_eq!(
+        output(&alice, &object.key),
+        404,
+        "a source is not an output"
+    );
+    let other = stream_name("not-yours");
+    assert_eq!(output(&alice, &format!("streams/{other}/r/0.1.a.ts")), 404);
+    let missing = format!("streams/{stream}/P144p30fps16x9/0.1.0123456789abcdef.ts");
+    assert_eq!(output(&alice, &missing), 404);
+    assert_eq!(output(&bob, &missing), 403);
+
     // The session is its stream's: a start naming another stream under it is refused.
     let hijack = encode(&started(
         &stream_name("other"),

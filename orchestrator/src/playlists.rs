@@ -3,7 +3,7 @@
 
 use castwork_cluster::Storage;
 use castwork_protocol::playlist::{
-    render_master, start_on_middle, MediaPlaylist, PlaylistSegment, Variant,
+    render_master, start_on_middle, Bitrates, MediaPlaylist, PlaylistSegment, Variant,
 };
 
 use crate::state::{SegmentRecord, StreamRecord};
@@ -60,7 +60,7 @@ pub fn render(
     for rung in &rec.plan.rungs {
         let mut playlist = spec.header.clone();
         playlist.segments.clear();
-        let (mut gap, mut bits, mut secs, mut peak) = (false, 0f64, 0f64, 0f64);
+        let (mut gap, mut rates) = (false, Bitrates::default());
         let mut sample = None;
         for seg in segments {
             let accepted = seg
@@ -84,23 +84,15 @@ pub fn render(
                 },
             });
             gap = false;
-            bits += r.size as f64 * 8.0;
-            secs += d;
-            if d > 0.0 {
-                peak = peak.max(r.size as f64 * 8.0 / d);
-            }
+            rates.add(r.size, d);
             sample.get_or_insert(r);
         }
         let Some(sample) = sample else { continue };
         files.push((spec.media_key(&rec.stream, &rung.name), playlist.render()));
         variants.push(Variant {
             uri: format!("{}/{}.m3u8", rung.name, spec.name),
-            bandwidth: peak.ceil() as u64,
-            average_bandwidth: if secs > 0.0 {
-                (bits / secs).ceil() as u64
-            } else {
-                0
-            },
+            bandwidth: rates.peak(),
+            average_bandwidth: rates.average(),
             width: sample.width,
             height: sample.height,
             codecs: sample.codecs.clone(),

@@ -125,6 +125,39 @@ pub struct Variant {
     pub frame_rate: f64,
 }
 
+/// A rendition's bitrates as its segments are listed: the peak segment bitrate
+/// (`BANDWIDTH`) and the average over them all (`AVERAGE-BANDWIDTH`), bits per second.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Bitrates {
+    bits: f64,
+    secs: f64,
+    peak: f64,
+}
+
+impl Bitrates {
+    /// Counts a segment of `bytes` lasting `secs`.
+    pub fn add(&mut self, bytes: u64, secs: f64) {
+        let bits = bytes as f64 * 8.0;
+        self.bits += bits;
+        self.secs += secs;
+        if secs > 0.0 {
+            self.peak = self.peak.max(bits / secs);
+        }
+    }
+
+    pub fn peak(&self) -> u64 {
+        self.peak.ceil() as u64
+    }
+
+    pub fn average(&self) -> u64 {
+        if self.secs > 0.0 {
+            (self.bits / self.secs).ceil() as u64
+        } else {
+            0
+        }
+    }
+}
+
 /// Renders a master playlist listing the variants in the given order.
 pub fn render_master(variants: &[Variant]) -> String {
     let mut out = String::from("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-INDEPENDENT-SEGMENTS\n");

@@ -15,12 +15,15 @@ use castwork_protocol::{encode, IngestMessage, ObjectRef, StreamEvent};
 use reqwest::{Method, StatusCode};
 use uuid::Uuid;
 
-/// How long a request keeps being retried while the orchestrator does not answer.
-const RETRY_FOR: Duration = Duration::from_secs(300);
+/// How long a request keeps being retried while the orchestrator does not answer, when the
+/// push has nowhere else to go.
+pub const RETRY_FOR: Duration = Duration::from_secs(300);
 /// How long one poll for events waits at the orchestrator (its most is 20 s).
 const POLL_SECS: u64 = 15;
 /// The most an orchestrator's answer may be (a page of events is far less).
 const MAX_ANSWER: usize = 8 << 20;
+/// The most a rendition it serves may be.
+const MAX_RENDITION: usize = 256 << 20;
 /// The header that carries the push's publisher secret.
 const SECRET_HEADER: &str = "x-castwork-secret";
 
@@ -29,6 +32,8 @@ pub struct HttpLink {
     key: String,
     secret: String,
     session: Uuid,
+    /// How long a request is retried before the push gives up on this orchestrator.
+    retry_for: Duration,
     client: reqwest::Client,
     /// Events received and not yet handed out.
     pending: VecDeque<StreamEvent>,
@@ -37,13 +42,19 @@ pub struct HttpLink {
 }
 
 impl HttpLink {
-    pub fn new(base: &str, key: &str, session: Uuid) -> anyhow::Result<HttpLink> {
+    pub fn new(
+        base: &str,
+        key: &str,
+        session: Uuid,
+        retry_for: Duration,
+    ) -> anyhow::Result<HttpLink> {
         Ok(HttpLink {
             base: base.trim_end_matches('/').to_string(),
             key: key.to_string(),
             secret: crate::live::auth::random_hex(16)
                 .context("making the stream's publisher secret")?,
             session,
+            retry_for,
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(POLL_SECS + 30))
                 .connect_timeout(Duration::from_secs(10))
@@ -53,16 +64,17 @@ impl HttpLink {
         })
     }
 
-    /// Sends one request (again, while a retry can help), and answers its body.
+    /// Sends one request (again, while a retry can help), and answers its body (at most
+    /// `cap` bytes).
     async fn request(
         &self,
-        method: Method,
-        path: &str,
+        (method, path): (Method, &str),
         body: Option<Bytes>,
         what: &str,
+        cap: usize,
     ) -> anyhow::Result<Bytes> {
         let url = format!("{}{path}", self.base);
-        let deadline = Instant::now() + RETRY_FOR;
+        let deadline = Instant::now() + self.retry_for;
         let mut backoff = Backoff::default();
         loop {
             let mut req = self
@@ -76,11 +88,9 @@ impl HttpLink {
             let why = match req.send().await {
                 Ok(mut resp) => {
                     let status = resp.status();
-                    let text = super::read_capped(&mut resp, MAX_ANSWER)
-                        .await
-                        .map_err(|e| {
-                            anyhow::anyhow!("{what}: the orchestrator at {}: {e}", self.base)
-                        })?;
+                    let text = super::read_capped(&mut resp, cap).await.map_err(|e| {
+                        anyhow::anyhow!("{what}: the orchestrator at {}: {e}", self.base)
+                    })?;
                     if status.is_success() {
                         return Ok(Bytes::from(text));
                     }
@@ -102,7 +112,7 @@ impl HttpLink {
                 bail!(
                     "{what}: the orchestrator at {} stayed unreachable for {} s: {why}",
                     self.base,
-                    RETRY_FOR.as_secs()
+                    self.retry_for.as_secs()
                 );
             }
             tracing::warn!(
@@ -117,10 +127,10 @@ impl HttpLink {
     pub async fn publish(&mut self, msg: &IngestMessage) -> anyhow::Result<()> {
         let body = encode(&msg.clone().with_secret(&self.secret));
         self.request(
-            Method::POST,
-            "/ingest/messages",
+            (Method::POST, "/ingest/messages"),
             Some(Bytes::from(body)),
             "sending an ingest message",
+            MAX_ANSWER,
         )
         .await
         .map(|_| ())
@@ -141,10 +151,10 @@ impl HttpLink {
         let path = format!("/ingest/source/{}/{seq}.{ext}", self.session);
         let body = self
             .request(
-                Method::PUT,
-                &path,
+                (Method::PUT, &path),
                 Some(data),
                 &format!("storing segment {seq}"),
+                MAX_ANSWER,
             )
             .await?;
         let object: ObjectRef = serde_json::from_slice(&body).with_context(|| {
@@ -162,7 +172,12 @@ impl HttpLink {
             self.session, self.after
         );
         let body = self
-            .request(Method::GET, &path, None, "reading the stream's events")
+            .request(
+                (Method::GET, &path),
+                None,
+                "reading the stream's events",
+                MAX_ANSWER,
+            )
             .await?;
         #[derive(serde::Deserialize)]
         struct Page {
@@ -197,6 +212,23 @@ impl HttpLink {
             }
         }
         self.pending.pop_front()
+    }
+
+    /// One output of the push's stream (`key`, as its events name it), from the orchestrator.
+    pub async fn fetch_output(&self, key: &str) -> anyhow::Result<Bytes> {
+        let path = format!("/ingest/output/{}/{key}", self.session);
+        self.request(
+            (Method::GET, &path),
+            None,
+            &format!("copying {key}"),
+            MAX_RENDITION,
+        )
+        .await
+    }
+
+    /// The orchestrator's address.
+    pub fn base(&self) -> &str {
+        &self.base
     }
 
     /// Deletes the push's event queue at the orchestrator (one left behind expires).

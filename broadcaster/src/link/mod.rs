@@ -7,6 +7,7 @@
 //! that keeps the orchestrator's events while we are away.
 
 mod http;
+pub use http::RETRY_FOR as HTTP_RETRY_FOR;
 
 use castwork_cluster::telemetry::Span;
 use std::time::{Duration, Instant};
@@ -51,9 +52,34 @@ impl Link {
         )))
     }
 
-    /// Over the HTTP ingest API of the orchestrator at `base`, with broadcaster key `key`.
-    pub fn open_http(base: &str, key: &str, session: Uuid) -> anyhow::Result<Link> {
-        Ok(Link::Http(http::HttpLink::new(base, key, session)?))
+    /// Over the HTTP ingest API of the orchestrator at `base`, with broadcaster key `key`;
+    /// a request that finds it unreachable is retried for `retry_for`.
+    pub fn open_http(
+        base: &str,
+        key: &str,
+        session: Uuid,
+        retry_for: Duration,
+    ) -> anyhow::Result<Link> {
+        Ok(Link::Http(http::HttpLink::new(
+            base, key, session, retry_for,
+        )?))
+    }
+
+    /// One output of the push's stream (a key its events name), from the orchestrator over
+    /// HTTP; over RabbitMQ the outputs are in the store the push shares.
+    pub async fn fetch_output(&self, key: &str) -> anyhow::Result<bytes::Bytes> {
+        match self {
+            Link::Http(l) => l.fetch_output(key).await,
+            Link::Amqp(_) => anyhow::bail!("outputs are copied only over HTTP"),
+        }
+    }
+
+    /// Where the link goes: the orchestrator's address over HTTP.
+    pub fn orchestrator(&self) -> Option<&str> {
+        match self {
+            Link::Http(l) => Some(l.base()),
+            Link::Amqp(_) => None,
+        }
     }
 
     pub fn is_http(&self) -> bool {

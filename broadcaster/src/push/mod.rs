@@ -3,30 +3,28 @@
 
 use std::time::SystemTime;
 
-use castwork_cluster::telemetry::Span;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use bytes::Bytes;
 use castwork_cluster::Storage;
 use castwork_media::{CutSegment, MediaError, SegmentOptions};
-use castwork_protocol::{
-    validate_stream_name, IngestMessage, ObjectRef, Profile, SegmentReady, StreamEnded,
-    StreamEvent, StreamMode, StreamStarted,
-};
+use castwork_protocol::{validate_stream_name, Profile, StreamEvent, StreamMode, StreamStarted};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::link::Link;
 use crate::progress::Progress;
 
 mod ending;
+mod output;
+mod relay;
 use ending::{
     abort, aborted, check_store, completed_at, cut_failure, end_early, note_event, playback_url,
     sleep_until, STATUS_POLL,
 };
+pub use relay::Route;
+use relay::{Admission, Relay};
 
 /// What to push.
 #[derive(Debug, Clone)]
@@ -42,6 +40,15 @@ pub struct PushRequest {
     /// Push through this orchestrator's HTTP ingest API instead of `amqp_url` and
     /// `storage`: its URL, and the broadcaster key it gave us.
     pub http_ingest: Option<(String, String)>,
+    /// Over HTTP: the orchestrators to go to, in order, when that one does not admit the
+    /// stream or (with `output_dir`) fails mid-stream.
+    pub spares: Vec<Route>,
+    /// Keep a copy of every rendition and the playlists here (`DIR/streams/NAME/`), as
+    /// each segment is transcoded: what lets a push move mid-stream.
+    pub output_dir: Option<PathBuf>,
+    /// How long an orchestrator may stay unreachable before the push moves on (while it
+    /// can).
+    pub failover_after: Duration,
     /// Base URL of the playback server, in place of the one the orchestrator names (its
     /// `--playback-url`), for the playback URL printed at the end.
     pub playback_url: Option<String>,
@@ -213,15 +220,9 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
                 d as f64 / 1e6
             )),
     );
-    let session = Uuid::now_v7();
-    let mut link = match (&req.http_ingest, &req.storage) {
-        (Some((url, key)), _) => Link::open_http(url, key, session)?,
-        (None, Some(_)) => Link::open(&req.amqp_url, &req.stream, session).await?,
-        (None, None) => bail!("no object store for the source segments"),
-    };
-    link.publish(&IngestMessage::StreamStarted(StreamStarted {
+    let started = StreamStarted {
         stream: req.stream.clone(),
-        session,
+        session: Uuid::nil(),
         mode: StreamMode::Vod,
         ladder: req.ladder.clone(),
         source: probed.metadata.clone(),
@@ -232,47 +233,29 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
             .or(req.broadcaster.clone()),
         target_duration_secs: None,
         secret: String::new(),
-    }))
-    .await?;
-    let admitted = tokio::time::timeout(req.admit_timeout, async {
-        loop {
-            match link.next_event().await? {
-                // Events of another push under the same name are not ours.
-                StreamEvent::StreamAdmitted {
-                    rungs,
-                    skipped,
-                    session: s,
-                    playback_url,
-                    store,
-                    ..
-                } if s == session => return Ok((rungs, skipped, playback_url, store)),
-                StreamEvent::StreamRejected {
-                    message,
-                    session: s,
-                    ..
-                } if s == session => {
-                    bail!("the orchestrator refused the stream: {message}")
-                }
-                _ => {}
-            }
-        }
-    })
-    .await
-    .map_err(|_| {
-        anyhow::anyhow!(
-            "no orchestrator answered within {} s: is one running on this broker?",
-            req.admit_timeout.as_secs()
-        )
-    })??;
-    let (rungs, skipped, cluster_playback, store) = admitted;
+    };
+    let (ext, fps) = (probed.container.extension(), meta.frame_rate.as_f64());
+    let (mut relay, admission) = Relay::start(&req, started, (ext, fps)).await?;
+    let Admission {
+        rungs,
+        skipped,
+        playback_url: cluster_playback,
+        store,
+    } = admission;
     // Over HTTP the orchestrator stores the sources itself.
     let checked = match &req.storage {
-        Some(s) if !link.is_http() => check_store(s, store.as_ref()).await,
+        Some(s) if !relay.link.is_http() => check_store(s, store.as_ref()).await,
         _ => Ok(()),
     };
     if let Err(e) = checked {
-        abort(&mut link, &req.stream, session, &format!("{e:#}")).await;
-        link.close().await;
+        abort(
+            &mut relay.link,
+            &req.stream,
+            relay.session,
+            &format!("{e:#}"),
+        )
+        .await;
+        relay.link.close().await;
         return Err(e);
     }
     let playback_url = playback_url(req.playback_url.as_deref(), cluster_playback, &req.stream);
@@ -312,7 +295,6 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
                 .map_err(|_| MediaError::Internal("upload stopped".into()))
         })
     });
-    let ext = probed.container.extension();
     let mut uploaded = 0u64;
     // How much of the source the segments sent so far cover.
     let mut read_us = 0i64;
@@ -320,7 +302,6 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
     let mut completed: Option<String> = None;
     // What was sent and received per segment, for the broadcaster's own check.
     let mut outputs: crate::verify::Outputs = Default::default();
-    let fps = meta.frame_rate.as_f64();
     loop {
         let (seg, cut_from) = tokio::select! {
             seg = rx.recv() => match seg {
@@ -329,59 +310,43 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
             },
             () = cancelled(&req.cancel) => {
                 progress.finish();
-                return Err(aborted(link, &req.stream, session, uploaded, anyhow::anyhow!("cancelled")).await);
+                return Err(aborted(relay.link, &req.stream, relay.session, uploaded, anyhow::anyhow!("cancelled")).await);
             }
             _ = shutdown.cancelled() => {
                 progress.finish();
                 if uploaded == 0 {
-                    abort(&mut link, &req.stream, session, "interrupted before any segment was sent").await;
+                    abort(&mut relay.link, &req.stream, relay.session, "interrupted before any segment was sent").await;
                     bail!("interrupted: stream {} was closed before any segment was sent", req.stream);
                 }
-                end_early(&mut link, &req.stream, session, uploaded).await;
+                end_early(&mut relay.link, &req.stream, relay.session, uploaded).await;
                 bail!("interrupted: stream {} was closed with the {uploaded} segments already sent", req.stream);
             }
         };
-        let payment = match &req.payer {
-            Some(p) => match p.pay(&rungs, seg.frames, fps).await {
-                Ok(t) => t,
-                Err(e) => {
-                    let e = e.context("signing the segment's tickets");
-                    progress.finish();
-                    return Err(aborted(link, &req.stream, session, uploaded, e).await);
-                }
-            },
-            None => None,
-        };
-        match upload_segment(
-            &mut link,
-            req.storage.as_ref(),
-            (&req.stream, session),
-            ext,
-            &seg,
-            cut_from,
-            Pay {
-                payment,
-                twice: seg.seq == 0
-                    && req.payer.as_ref().and_then(|p| p.test_tickets)
-                        == Some(crate::payer::TestTickets::Reuse),
-            },
-        )
-        .await
-        {
+        let (seq, duration_us) = (seg.seq, seg.duration_us);
+        match relay.send(seg, cut_from).await {
             Ok(object) => {
-                outputs.insert(seg.seq, (object, Vec::new(), None));
+                outputs.insert(seq, (object, Vec::new(), None));
             }
             Err(e) => {
                 progress.finish();
-                return Err(aborted(link, &req.stream, session, uploaded, e).await);
+                return Err(aborted(relay.link, &req.stream, relay.session, uploaded, e).await);
             }
         }
         uploaded += 1;
-        read_us += seg.duration_us;
-        progress.uploaded(seg.seq, seg.duration_us as f64 / 1e6);
+        read_us += duration_us;
+        progress.uploaded(seq, duration_us as f64 / 1e6);
         // Keep up with events so the transcoded bar moves while we upload.
-        while let Some(e) = link.try_event().await {
-            note_event(&e, &mut progress, &mut failed, &mut completed, &mut outputs);
+        loop {
+            match relay.try_event().await {
+                Ok(Some(e)) => {
+                    note_event(&e, &mut progress, &mut failed, &mut completed, &mut outputs)
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    progress.finish();
+                    return Err(aborted(relay.link, &req.stream, relay.session, uploaded, e).await);
+                }
+            }
         }
         report(&req.progress, None, uploaded, &outputs, &failed);
     }
@@ -395,7 +360,7 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
                 read_us,
                 meta.duration_us
             ));
-            return Err(aborted(link, &req.stream, session, uploaded, e).await);
+            return Err(aborted(relay.link, &req.stream, relay.session, uploaded, e).await);
         }
     };
     progress.set_total(summary.segments);
@@ -428,16 +393,13 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
             summary.refused_cuts
         ));
     }
-    link.publish(&IngestMessage::StreamEnded(StreamEnded {
-        stream: req.stream.clone(),
-        session,
-        segments: summary.segments,
-        secret: String::new(),
-    }))
-    .await?;
+    if let Err(e) = relay.end(summary.segments).await {
+        progress.finish();
+        return Err(aborted(relay.link, &req.stream, relay.session, uploaded, e).await);
+    }
     if !req.wait {
         progress.finish();
-        link.close().await;
+        relay.link.close().await;
         return Ok(PushOutcome {
             segments: uploaded,
             failed,
@@ -452,10 +414,10 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
     poll.tick().await;
     while completed.is_none() {
         let e = tokio::select! {
-            e = link.next_event() => e?,
+            e = relay.next_event() => e?,
             () = cancelled(&req.cancel) => {
                 progress.finish();
-                return Err(aborted(link, &req.stream, session, uploaded, anyhow::anyhow!("cancelled")).await);
+                return Err(aborted(relay.link, &req.stream, relay.session, uploaded, anyhow::anyhow!("cancelled")).await);
             }
             _ = shutdown.cancelled() => {
                 progress.finish();
@@ -470,9 +432,10 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
                     req.stream
                 );
             }
-            _ = poll.tick(), if req.orchestrator_url.is_some() => {
+            // With a copy, completion is when everything is copied.
+            _ = poll.tick(), if req.orchestrator_url.is_some() && !relay.keeps_copy() => {
                 let url = req.orchestrator_url.as_deref().unwrap_or_default();
-                if let Some((master, lost)) = completed_at(url, &req.stream, session).await {
+                if let Some((master, lost)) = completed_at(url, &req.stream, relay.session).await {
                     completed = Some(master);
                     failed = lost;
                 }
@@ -481,7 +444,7 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
         };
         if let StreamEvent::StreamFailed { reason, .. } = &e {
             progress.finish();
-            link.close().await;
+            relay.link.close().await;
             bail!(
                 "stream {} failed: {reason}; the cluster deleted its segments and renditions",
                 req.stream
@@ -497,7 +460,7 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
         );
     }
     progress.finish();
-    link.close().await;
+    relay.link.close().await;
     let (evidence, verified) = match (&req.verify, &req.storage) {
         (Some((policy, penalty, orchestrator)), Some(storage)) => {
             crate::verify::verify(
@@ -521,66 +484,6 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
         verified,
         evidence,
     })
-}
-
-/// What pays for a segment, and (tests only) whether to submit it twice.
-struct Pay {
-    payment: Option<castwork_protocol::payment::Payment>,
-    twice: bool,
-}
-
-async fn upload_segment(
-    link: &mut Link,
-    storage: Option<&Storage>,
-    (stream, session): (&str, Uuid),
-    ext: &str,
-    seg: &CutSegment,
-    (cut_from, cut_to): (SystemTime, SystemTime),
-    pay: Pay,
-) -> anyhow::Result<ObjectRef> {
-    // The segment's trace starts with its cut; its spans continue in the orchestrator and
-    // the worker through the message headers.
-    let span = Span::root(
-        "segment",
-        Some(cut_from),
-        &[("stream", stream.to_string()), ("seq", seg.seq.to_string())],
-    );
-    span.record(
-        "cut",
-        cut_from,
-        cut_to,
-        &[("frames", seg.frames.to_string())],
-    );
-    let upload = span.child("upload source", &[]);
-    let data = Bytes::from(tokio::fs::read(&seg.path).await?);
-    let _ = tokio::fs::remove_file(&seg.path).await;
-    let object = link
-        .store_source(storage, stream, (seg.seq, ext), data)
-        .await?;
-    upload.set("bytes", object.size.to_string());
-    drop(upload);
-    let publish = span.child("publish segment", &[]);
-    let msg = IngestMessage::SegmentReady(SegmentReady {
-        stream: stream.to_string(),
-        session,
-        seq: seg.seq,
-        start_us: seg.start_us,
-        duration_us: seg.duration_us,
-        last_pts_us: seg.last_pts_us,
-        frames: seg.frames,
-        has_audio: seg.audio_packets > 0,
-        object: object.clone(),
-        arrived_unix_ms: None,
-        discontinuity: false,
-        payment: pay.payment,
-        secret: String::new(),
-    });
-    link.publish_in(&msg, &publish).await?;
-    if pay.twice {
-        // Tests only: the same submission twice, as a broker redelivery would.
-        link.publish_in(&msg, &publish).await?;
-    }
-    Ok(object)
 }
 
 #[cfg(test)]

@@ -13,6 +13,9 @@
 //! - `GET /ingest/events/{session}?after=N&wait=SECS`: the push's events from the `N`th
 //!   on, waiting up to `wait` seconds (at most [`MAX_WAIT`]) for one; they stay readable
 //!   by index, so an answer lost on the way is read again.
+//! - `GET /ingest/output/{session}/{key}`: a rendition of the push's stream (a key its
+//!   `segment_transcoded` events name), so the broadcaster can keep its own copy: a push
+//!   that moves to another orchestrator mid-stream plays from that copy.
 //! - `DELETE /ingest/events/{session}`: the push is over; its events and session go.
 //!
 //! Every request carries the key (`Authorization: Bearer NAME:SECRET`); those about a
@@ -437,4 +440,22 @@ pub(super) async fn close(
         Ok(()) => Ok(StatusCode::NO_CONTENT.into_response()),
         Err(e) => Err(refuse(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}"))),
     }
+}
+
+/// `GET /ingest/output/{session}/{key}`: an output of the session's stream (a rendition or
+/// playlist under `streams/STREAM/`), for the broadcaster that pushed it.
+pub(super) async fn output(
+    AxumState(api): AxumState<ApiState>,
+    Path((session, key)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, Refused> {
+    let name = broadcaster(&api, &headers).await?;
+    let s = session_of(&api, header_secret(&headers), &name, &session).await?;
+    if !key.starts_with(&format!("streams/{}/", s.stream)) {
+        return Err(refuse(
+            StatusCode::NOT_FOUND,
+            format!("{key} is not an output of stream {}", s.stream),
+        ));
+    }
+    Ok(super::stream_output(&api, &key, &headers).await)
 }

@@ -220,6 +220,7 @@ fn public_routes(api: ApiState) -> Router {
             "/ingest/events/{session}",
             get(ingest::events).delete(ingest::close),
         )
+        .route("/ingest/output/{session}/{*key}", get(ingest::output))
         .with_state(api)
 }
 
@@ -301,6 +302,12 @@ async fn hls_object(
     Path(key): Path<String>,
     headers: HeaderMap,
 ) -> Response {
+    stream_output(&api, &key, &headers).await
+}
+
+/// Object `key` if it is a stream output (a playlist or rendition under `streams/`, never
+/// a source segment), whole or the byte range `headers` ask for.
+pub(super) async fn stream_output(api: &ApiState, key: &str, headers: &HeaderMap) -> Response {
     if !(key.ends_with(".m3u8") || key.ends_with(".ts")) {
         return error(
             StatusCode::NOT_FOUND,
@@ -316,8 +323,8 @@ async fn hls_object(
         return error(StatusCode::NOT_FOUND, "not a stream output");
     }
     // As a bucket serves it: playlists change, renditions never do.
-    let (content_type, cache) = castwork_cluster::storage::object_headers(&key);
-    match castwork_cluster::ranges::read(&api.storage, &key, &headers).await {
+    let (content_type, cache) = castwork_cluster::storage::object_headers(key);
+    match castwork_cluster::ranges::read(&api.storage, key, headers).await {
         Ok(object) => object.into_response(&[
             (header::CONTENT_TYPE, content_type),
             (header::CACHE_CONTROL, cache),

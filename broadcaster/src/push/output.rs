@@ -1,0 +1,222 @@
+//! The push's own copy of its stream (`push --output-dir DIR`): every rendition, copied
+//! from the orchestrator as soon as its segment is transcoded and checked on the way
+//! (its key's hash, a readable MPEG-TS that starts on a keyframe at the rung's size), and
+//! the HLS playlists written over the copies at the end. A stream whose segments came from
+//! two orchestrators plays from here as one.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use bytes::Bytes;
+use castwork_protocol::playlist::{
+    render_master, start_on_middle, Bitrates, MediaPlaylist, PlaylistSegment, Variant,
+};
+use castwork_protocol::{RenditionRef, Rung};
+
+/// One rendition file of the copy.
+struct Copied {
+    rung: String,
+    /// File name in the rung's folder.
+    name: String,
+    size: u64,
+}
+
+pub(super) struct Output {
+    /// `DIR/streams/NAME`.
+    root: PathBuf,
+    stream: String,
+    rungs: Vec<Rung>,
+    /// Copied segments: their duration and renditions.
+    done: BTreeMap<u64, (i64, Vec<Copied>)>,
+    /// RFC 6381 codecs of each rung, read from its first copy.
+    codecs: HashMap<String, String>,
+}
+
+impl Output {
+    /// The copy of `stream` under `dir`, which must not hold that stream already.
+    pub fn new(dir: &Path, stream: &str) -> anyhow::Result<Output> {
+        let root = dir.join("streams").join(stream);
+        let master = root.join("index.m3u8");
+        if master.exists() {
+            bail!(
+                "{} already holds stream {stream}: choose another --output-dir or stream name",
+                dir.display()
+            );
+        }
+        std::fs::create_dir_all(&root)
+            .with_context(|| format!("creating the output directory {}", root.display()))?;
+        Ok(Output {
+            root,
+            stream: stream.to_string(),
+            rungs: Vec::new(),
+            done: BTreeMap::new(),
+            codecs: HashMap::new(),
+        })
+    }
+
+    /// The rungs the orchestrator planned (each one's playlist lists its renditions).
+    pub fn set_rungs(&mut self, rungs: &[Rung]) {
+        self.rungs = rungs.to_vec();
+    }
+
+    /// Checks the renditions of segment `seq` (`duration_us` long) and writes them into the
+    /// copy; an error says what is wrong with them, and nothing of the segment is kept.
+    pub async fn keep(
+        &mut self,
+        seq: u64,
+        duration_us: i64,
+        renditions: Vec<(RenditionRef, Bytes)>,
+    ) -> anyhow::Result<()> {
+        let mut files = Vec::new();
+        for (r, data) in renditions {
+            let Some(rung) = self.rungs.iter().find(|x| x.name == r.rung) else {
+                bail!(
+                    "segment {seq}: a rendition of rung {} it never planned",
+                    r.rung
+                );
+            };
+            let hash = rendition_hash(&self.stream, &r)
+                .with_context(|| format!("segment {seq}: its rendition key {}", r.key))?;
+            if !castwork_protocol::secret::sha256_hex(&data).starts_with(hash) {
+                bail!(
+                    "segment {seq}: rendition {} is not the one its key names (SHA-256)",
+                    r.key
+                );
+            }
+            let dir = self.root.join(&r.rung);
+            tokio::fs::create_dir_all(&dir).await?;
+            let name = format!("{seq}.{hash}.ts");
+            let (path, part) = (dir.join(&name), dir.join(format!("{name}.part")));
+            tokio::fs::write(&part, &data)
+                .await
+                .with_context(|| format!("writing {}", part.display()))?;
+            let checked = part.clone();
+            let info = tokio::task::spawn_blocking(move || {
+                castwork_media::inspect(&checked, castwork_media::SEGMENT_FORMATS)
+            })
+            .await?;
+            let problem = match &info {
+                Err(e) => Some(e.to_string()),
+                Ok(i) if !i.starts_with_keyframe => Some("it does not start on a keyframe".into()),
+                Ok(i) if (i.width, i.height) != (rung.width, rung.height) => Some(format!(
+                    "it is {}x{}, not the rung's {}x{}",
+                    i.width, i.height, rung.width, rung.height
+                )),
+                Ok(_) => None,
+            };
+            if let Some(p) = problem {
+                let _ = tokio::fs::remove_file(&part).await;
+                bail!("segment {seq}: rendition {} is unusable: {p}", r.key);
+            }
+            if let Ok(i) = info {
+                self.codecs
+                    .entry(r.rung.clone())
+                    .or_insert_with(|| i.codecs());
+            }
+            tokio::fs::rename(&part, &path).await?;
+            files.push(Copied {
+                rung: r.rung.clone(),
+                name,
+                size: data.len() as u64,
+            });
+        }
+        self.done.insert(seq, (duration_us, files));
+        Ok(())
+    }
+
+    /// Writes each rung's media playlist and the master playlist over the copies of
+    /// segments `0..total` (a missing one is a gap: the next gets a discontinuity); answers
+    /// the master playlist's path.
+    pub fn write(&self, total: u64) -> anyhow::Result<PathBuf> {
+        let mut variants = Vec::new();
+        for rung in &self.rungs {
+            let mut playlist = MediaPlaylist {
+                vod: true,
+                ended: true,
+                ..Default::default()
+            };
+            let (mut gap, mut rates) = (false, Bitrates::default());
+            for seq in 0..total {
+                let file = self.done.get(&seq).and_then(|(d, files)| {
+                    files.iter().find(|f| f.rung == rung.name).map(|f| (d, f))
+                });
+                let Some((duration_us, file)) = file else {
+                    gap = !playlist.segments.is_empty();
+                    continue;
+                };
+                let d = *duration_us as f64 / 1e6;
+                playlist.segments.push(PlaylistSegment {
+                    uri: file.name.clone(),
+                    duration_secs: d,
+                    discontinuity: gap,
+                    program_date_time_ms: None,
+                });
+                gap = false;
+                rates.add(file.size, d);
+            }
+            if playlist.segments.is_empty() {
+                continue;
+            }
+            let path = self.root.join(&rung.name).join("index.m3u8");
+            std::fs::write(&path, playlist.render())
+                .with_context(|| format!("writing {}", path.display()))?;
+            variants.push(Variant {
+                uri: format!("{}/index.m3u8", rung.name),
+                bandwidth: rates.peak(),
+                average_bandwidth: rates.average(),
+                width: rung.width,
+                height: rung.height,
+                codecs: self.codecs.get(&rung.name).cloned().unwrap_or_default(),
+                frame_rate: rung.max_fps.as_f64(),
+            });
+        }
+        start_on_middle(&mut variants);
+        let master = self.root.join("index.m3u8");
+        std::fs::write(&master, render_master(&variants))
+            .with_context(|| format!("writing {}", master.display()))?;
+        Ok(master)
+    }
+}
+
+/// The hash a rendition's key names (`streams/STREAM/RUNG/SEQ.ATTEMPT.HASH.ts`, the first
+/// 16 hex digits of its SHA-256), checked to be a key of this stream and rung.
+fn rendition_hash<'a>(stream: &str, r: &'a RenditionRef) -> anyhow::Result<&'a str> {
+    let name = r
+        .key
+        .strip_prefix(&format!("streams/{stream}/{}/", r.rung))
+        .context("not a key of this stream and rung")?;
+    let parts: Vec<&str> = name.split('.').collect();
+    match parts.as_slice() {
+        [_, _, hash, "ts"] if hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Ok(hash)
+        }
+        _ => bail!("not SEQ.ATTEMPT.HASH.ts"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rendition_key_names_its_hash() {
+        let r = |key: &str| RenditionRef {
+            rung: "P144p".into(),
+            key: key.into(),
+            width: 256,
+            height: 144,
+        };
+        let ok = r("streams/s/P144p/3.1.0123456789abcdef.ts");
+        assert_eq!(rendition_hash("s", &ok).unwrap(), "0123456789abcdef");
+        for bad in [
+            "streams/other/P144p/3.1.0123456789abcdef.ts",
+            "streams/s/P240p/3.1.0123456789abcdef.ts",
+            "streams/s/P144p/3.1.0123.ts",
+            "streams/s/P144p/3.1.0123456789abcdeg.ts",
+            "streams/s/P144p/../3.1.0123456789abcdef.ts",
+        ] {
+            assert!(rendition_hash("s", &r(bad)).is_err(), "{bad}");
+        }
+    }
+}

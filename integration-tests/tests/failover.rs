@@ -1,0 +1,199 @@
+//! A push that moves to another orchestrator mid-stream (issue 18, part 3): two
+//! independent clusters (each its own vhost, Redis, store and worker) and a third priced
+//! above the broadcaster's maximum. The chosen cluster's orchestrator and worker are
+//! SIGKILLed with the stream half done and work in flight; the push goes on at the other,
+//! and its own copy (`--output-dir`) plays as one stream with every segment exactly once.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const RUNGS: [&str; 2] = ["P240p30fps16x9", "P144p30fps16x9"];
+
+/// `orchestrator broadcasters add NAME` on `c`'s Redis: the key it prints.
+fn add_key(c: &Cluster) -> String {
+    c.orchestrator_cli(&["broadcasters", "add", "studio"])
+        .trim()
+        .to_string()
+}
+
+/// Segments in the copy of `stream` under `out` (those of its last rung).
+fn copied(out: &Path, stream: &str) -> usize {
+    std::fs::read_dir(out.join(format!("streams/{stream}/{}", RUNGS[1])))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".ts"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Sequence numbers a media playlist of the copy lists, in order.
+fn listed(out: &Path, stream: &str, rung: &str) -> Vec<u64> {
+    let text = std::fs::read(out.join(format!("streams/{stream}/{rung}/index.m3u8"))).unwrap();
+    let media = m3u8_rs::parse_media_playlist_res(&text).expect("media playlist parses");
+    assert!(
+        media.segments.iter().all(|s| !s.discontinuity),
+        "no discontinuity: the timeline runs on across the move"
+    );
+    media
+        .segments
+        .iter()
+        .map(|s| s.uri.split('.').next().unwrap().parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_push_moves_to_another_orchestrator_when_its_own_is_killed_mid_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = clip(dir.path(), 30);
+    let mut a = Cluster::start(1);
+    let mut b = Cluster::start(1);
+    let dear = Cluster::start_with(0, &["--price-per-unit", "1000"], Vec::new());
+    let keys = [&dear, &a, &b].map(add_key);
+    let addrs = [&dear, &a, &b].map(|c| format!("http://{}", c.orchestrator_addr));
+    let out = dir.path().join("copy");
+    let stream = stream_name("moved");
+    let log = dir.path().join("push.log");
+    let mut push = Command::new(bin("broadcaster"))
+        .env("RUST_LOG", "warn")
+        .env("AMQP_URL", "amqp://nobody:nothing@127.0.0.1:1/none")
+        .env("REDIS_URL", "redis://127.0.0.1:1/")
+        .arg("push")
+        .arg(&input)
+        .args([
+            "--stream",
+            &stream,
+            "--wait",
+            "--profiles",
+            &RUNGS.join(","),
+        ])
+        .args(["--orch-addr", &addrs.join(",")])
+        .args(["--orch-key", &keys.join(",")])
+        .args(["--max-price-per-unit", "10"])
+        .args(["--failover-after", "3"])
+        .arg("--output-dir")
+        .arg(&out)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(dir.path().join("push.out")).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+
+    // Whichever of the two free clusters was drawn has the stream.
+    let has = |c: &Cluster| {
+        http_get(&c.orchestrator_addr, &format!("/streams/{stream}")).is_some_and(|r| r.0 == 200)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(has(&a) || has(&b)) {
+        assert!(
+            Instant::now() < deadline && push.try_wait().unwrap().is_none(),
+            "no orchestrator has the stream: {}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let a_chosen = has(&a);
+    let (victim, spare) = if a_chosen {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    let spare_addr = format!("http://{}", spare.orchestrator_addr);
+
+    // Work in flight when the fault hits: segments done and copied, the stream not, and
+    // the worker busy with one.
+    wait_until("work in flight", Duration::from_secs(120), || {
+        let st = victim.status(&stream);
+        st["state"] == "active"
+            && st["segments"]["done"].as_u64() >= Some(2)
+            && copied(&out, &stream) >= 1
+            && victim
+                .workers()
+                .iter()
+                .any(|w| w["busy_slots"].as_u64() > Some(0))
+    });
+    let before = victim.status(&stream);
+    let killed = Instant::now();
+    for pid in victim
+        .pids("worker")
+        .into_iter()
+        .chain(victim.pids("orchestrator"))
+    {
+        victim.signal(pid, "KILL");
+    }
+    // What the push copied from there: nothing more comes from a dead orchestrator.
+    let copied_before = copied(&out, &stream);
+    let mut next_copy = None;
+    let status = loop {
+        if next_copy.is_none() && copied(&out, &stream) > copied_before {
+            next_copy = Some(killed.elapsed());
+        }
+        if let Some(s) = push.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(240),
+            "the push did not end: {}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    let stdout = std::fs::read_to_string(dir.path().join("push.out")).unwrap();
+    assert!(status.success(), "{stderr}\n{stdout}\n{}", spare.logs());
+    let next_copy = next_copy.unwrap_or_else(|| killed.elapsed());
+
+    // Never the priced one; the move named, with how many segments went again.
+    assert!(
+        stderr.contains(&format!(
+            "orchestrator {}: left out: the orchestrator charges 1000",
+            addrs[0]
+        )),
+        "{stderr}"
+    );
+    let moved = stderr
+        .lines()
+        .find(|l| l.contains(&format!("moving the stream to {spare_addr} (")))
+        .unwrap_or_else(|| panic!("no move to {spare_addr}: {stderr}"));
+    let resent: u64 = moved
+        .rsplit_once('(')
+        .and_then(|(_, n)| n.split(' ').next()?.parse().ok())
+        .unwrap();
+
+    // Every segment exactly once in the copy, in order, the move included.
+    let total: u64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("done: ")?.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(total >= 14, "{stdout}");
+    for rung in RUNGS {
+        assert_eq!(
+            listed(&out, &stream, rung),
+            (0..total).collect::<Vec<_>>(),
+            "{rung}"
+        );
+    }
+    // The spare had the segments not yet copied and the rest, and nothing more.
+    let done_before = before["segments"]["done"].as_u64().unwrap();
+    let there = spare.wait_complete(&stream, Duration::from_secs(30));
+    assert_eq!(there["state"], "complete", "{there}");
+    let spare_total = there["segments"]["total"].as_u64().unwrap();
+    assert!(spare_total < total, "{there}");
+    assert!(spare_total >= resent, "{there}");
+    assert_eq!(spare_total + copied_before as u64, total, "{there}");
+    let (code, _) = http_get(&dear.orchestrator_addr, &format!("/streams/{stream}")).unwrap();
+    assert_eq!(code, 404, "the priced orchestrator never had the stream");
+    // The copy plays as one stream: the independent output check over its playlists.
+    output_check::assert_output_ok(&out, &stream, &input);
+    println!(
+        "failover: killed with {done_before} segments done there and {copied_before} copied; \
+         the next segment was copied {:.1} s after the kill; {resent} segments went again; \
+         {total} segments, each listed once",
+        next_copy.as_secs_f64()
+    );
+}
