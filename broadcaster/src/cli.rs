@@ -117,13 +117,14 @@ pub(crate) enum Command {
         #[arg(long, env = "ORCH_KEY", hide_env_values = true)]
         orch_key: Option<String>,
 
-        /// Keep a copy of the stream in this directory (DIR/streams/NAME/: every rendition,
+        /// With --wait, over HTTP: keep a copy of the stream in this directory
+        /// (DIR/streams/NAME/: every rendition,
         /// copied from the orchestrator as soon as its segment is transcoded and checked,
         /// and the HLS playlists, written at the end). With --orch-addr or
         /// --orch-from-chain it also lets the push move mid-stream: when the orchestrator
         /// stops answering, fails the stream or fails a segment, the segments not yet
         /// copied and the rest go to the next orchestrator that was not left out.
-        #[arg(long, env = "OUTPUT_DIR", requires = "orch_key")]
+        #[arg(long, env = "OUTPUT_DIR", requires = "orch_key", requires = "wait")]
         output_dir: Option<PathBuf>,
 
         /// With --output-dir: seconds an orchestrator may stay unreachable before the push

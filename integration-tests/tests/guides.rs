@@ -181,6 +181,10 @@ fn the_operator_guides_run_as_written() {
         7,
         "{out}"
     );
+    assert!(
+        out.contains("/copy/streams/over-http/index.m3u8"),
+        "the push over HTTP names its copy: {out}"
+    );
     assert!(out.contains("alice: "), "{out}");
     assert!(out.contains("no slash proposal against"), "{out}");
     assert!(out.contains("#EXT-X-STREAM-INF"), "{out}");

@@ -19,12 +19,14 @@ use crate::progress::Progress;
 mod ending;
 mod output;
 mod relay;
+mod route;
 use ending::{
     abort, aborted, check_store, completed_at, cut_failure, end_early, note_event, playback_url,
     sleep_until, STATUS_POLL,
 };
-pub use relay::Route;
-use relay::{Admission, Relay};
+use relay::Relay;
+use route::Admission;
+pub use route::Route;
 
 /// What to push.
 #[derive(Debug, Clone)]
@@ -258,6 +260,9 @@ pub async fn push(req: PushRequest, shutdown: CancellationToken) -> anyhow::Resu
         relay.link.close().await;
         return Err(e);
     }
+    // With a copy, the stream may end up at another orchestrator: what it plays from is the
+    // copy, served wherever --playback-url says.
+    let cluster_playback = cluster_playback.filter(|_| !relay.keeps_copy());
     let playback_url = playback_url(req.playback_url.as_deref(), cluster_playback, &req.stream);
     for r in &rungs {
         eprintln!(
