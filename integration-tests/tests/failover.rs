@@ -47,6 +47,36 @@ fn listed(out: &Path, stream: &str, rung: &str) -> Vec<u64> {
         .collect()
 }
 
+/// `broadcaster push FILE --wait` over HTTP to `addrs` with `keys` (one each), at most 10
+/// wei per pixel, moving on after 3 s without an answer, keeping its copy in `out`;
+/// stderr goes to `log`, stdout beside it (`.out`). Its broker, Redis and store point
+/// nowhere.
+fn push_over_http(
+    input: &Path,
+    stream: &str,
+    (addrs, keys): (&[String], &[String]),
+    out: &Path,
+    log: &Path,
+) -> std::process::Child {
+    Command::new(bin("broadcaster"))
+        .env("RUST_LOG", "warn")
+        .env("AMQP_URL", "amqp://nobody:nothing@127.0.0.1:1/none")
+        .env("REDIS_URL", "redis://127.0.0.1:1/")
+        .arg("push")
+        .arg(input)
+        .args(["--stream", stream, "--wait", "--profiles", &RUNGS.join(",")])
+        .args(["--orch-addr", &addrs.join(",")])
+        .args(["--orch-key", &keys.join(",")])
+        .args(["--max-price-per-unit", "10", "--failover-after", "3"])
+        .arg("--output-dir")
+        .arg(out)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(log.with_extension("out")).unwrap())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn a_push_moves_to_another_orchestrator_when_its_own_is_killed_mid_stream() {
     let dir = tempfile::tempdir().unwrap();
@@ -59,31 +89,7 @@ fn a_push_moves_to_another_orchestrator_when_its_own_is_killed_mid_stream() {
     let out = dir.path().join("copy");
     let stream = stream_name("moved");
     let log = dir.path().join("push.log");
-    let mut push = Command::new(bin("broadcaster"))
-        .env("RUST_LOG", "warn")
-        .env("AMQP_URL", "amqp://nobody:nothing@127.0.0.1:1/none")
-        .env("REDIS_URL", "redis://127.0.0.1:1/")
-        .arg("push")
-        .arg(&input)
-        .args([
-            "--stream",
-            &stream,
-            "--wait",
-            "--profiles",
-            &RUNGS.join(","),
-        ])
-        .args(["--orch-addr", &addrs.join(",")])
-        .args(["--orch-key", &keys.join(",")])
-        .args(["--max-price-per-unit", "10"])
-        .args(["--failover-after", "3"])
-        .arg("--output-dir")
-        .arg(&out)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(dir.path().join("push.out")).unwrap())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-
+    let mut push = push_over_http(&input, &stream, (&addrs, &keys), &out, &log);
     // Whichever of the two free clusters was drawn has the stream.
     let has = |c: &Cluster| {
         http_get(&c.orchestrator_addr, &format!("/streams/{stream}")).is_some_and(|r| r.0 == 200)
@@ -144,7 +150,7 @@ fn a_push_moves_to_another_orchestrator_when_its_own_is_killed_mid_stream() {
         std::thread::sleep(Duration::from_millis(50));
     };
     let stderr = std::fs::read_to_string(&log).unwrap();
-    let stdout = std::fs::read_to_string(dir.path().join("push.out")).unwrap();
+    let stdout = std::fs::read_to_string(log.with_extension("out")).unwrap();
     assert!(status.success(), "{stderr}\n{stdout}\n{}", spare.logs());
     let next_copy = next_copy.unwrap_or_else(|| killed.elapsed());
 
@@ -196,4 +202,59 @@ fn a_push_moves_to_another_orchestrator_when_its_own_is_killed_mid_stream() {
          {total} segments, each listed once",
         next_copy.as_secs_f64()
     );
+}
+
+/// An orchestrator whose only worker says no segment can be transcoded fails the first one
+/// after its own retries (alone, a worker's word is final): the push moves to the spare,
+/// priced within the maximum and paid from the key holder's ledger account there.
+#[test]
+fn a_segment_failed_after_the_orchestrators_retries_goes_to_the_spare() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = clip(dir.path(), 10);
+    let mut failing = Cluster::start(0);
+    failing.add(
+        "worker",
+        &["--worker-id", "liar", "--test-only-lie-permanent"],
+    );
+    // Priced (1 wei per pixel, within the maximum of 10): never drawn before the free one.
+    let spare = Cluster::start_with(1, &["--price-per-unit", "1"], Vec::new());
+    spare.orchestrator_cli(&["ledger", "credit", "studio", "1000000000000"]);
+    let keys = [&failing, &spare].map(add_key);
+    let addrs = [&failing, &spare].map(|c| format!("http://{}", c.orchestrator_addr));
+    let (out, log) = (dir.path().join("copy"), dir.path().join("push.log"));
+    let stream = stream_name("refailed");
+    let status = push_over_http(&input, &stream, (&addrs, &keys), &out, &log)
+        .wait()
+        .unwrap();
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{stderr}\n{}", spare.logs());
+    assert!(
+        stderr.contains(&format!("chose orchestrator {}", addrs[0])),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "orchestrator {}: segment 0 failed there: ",
+            addrs[0]
+        )) && stderr.contains(&format!("moving the stream to {} (", addrs[1])),
+        "{stderr}"
+    );
+    // The spare did them all, and the stream at the failing one was ended as failed.
+    let there = spare.wait_complete(&stream, Duration::from_secs(30));
+    assert_eq!(there["state"], "complete", "{there}");
+    let total = there["segments"]["total"].as_u64().unwrap();
+    assert_eq!(there["segments"]["done"], total, "{there}");
+    wait_until(
+        "the stream failed at the first",
+        Duration::from_secs(30),
+        || failing.status(&stream)["state"] == "failed",
+    );
+    for rung in RUNGS {
+        assert_eq!(
+            listed(&out, &stream, rung),
+            (0..total).collect::<Vec<_>>(),
+            "{rung}"
+        );
+    }
+    output_check::assert_output_ok(&out, &stream, &input);
 }
