@@ -136,6 +136,13 @@ pub(crate) enum Command {
         )]
         failover_after_secs: u64,
 
+        /// With --orch-addr or --orch-from-chain: a JSON file counting, per orchestrator,
+        /// the pushes completed there and the times a push left it (created if missing).
+        /// Selection then weighs each by its success rate, (completed + 1) / (completed +
+        /// failed + 2). Unset: every orchestrator counts as even.
+        #[arg(long, env = "ORCH_HISTORY")]
+        orch_history: Option<PathBuf>,
+
         /// With --wait: fraction (0-1) of segments whose renditions this broadcaster decodes
         /// and compares with the source it sent (luma PSNR); a failure is stored as evidence
         /// under evidence/STREAM/ and penalises the orchestrator. Default: 0.1 when paying

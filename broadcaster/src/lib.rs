@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod chain_cli;
+pub mod history;
 pub mod link;
 pub mod live;
 pub mod metrics;

@@ -35,6 +35,7 @@ pub(crate) async fn run(cli: Cli, storage: Option<Storage>) -> anyhow::Result<Ex
         orch_key,
         output_dir,
         failover_after_secs,
+        orch_history,
         verify_sample_rate,
         verify_min_psnr_db,
         slash_amount,
@@ -58,6 +59,7 @@ pub(crate) async fn run(cli: Cli, storage: Option<Storage>) -> anyhow::Result<Ex
              whose prices it checks"
         );
     }
+    let history = orch_history.map(castwork_broadcaster::history::History::at);
     // Over HTTP: the orchestrator chosen among --orch-addr, or the active set's.
     let http_ingest = match orch_key {
         Some(keys) if !orch_addr.is_empty() || orch_from_chain => {
@@ -84,7 +86,8 @@ pub(crate) async fn run(cli: Cli, storage: Option<Storage>) -> anyhow::Result<Ex
                 true => Some(cli.eth.signer()?.address()),
                 false => None,
             };
-            let ranked = castwork_broadcaster::select::rank(&targets, &max, sender).await?;
+            let seen = history.as_ref().map(|h| h.load()).unwrap_or_default();
+            let ranked = castwork_broadcaster::select::rank(&targets, &max, sender, &seen).await?;
             let routes: Vec<(String, String)> = ranked
                 .into_iter()
                 .map(|(i, c)| (c.target.url, keys[i.min(keys.len() - 1)].to_string()))
@@ -105,6 +108,7 @@ pub(crate) async fn run(cli: Cli, storage: Option<Storage>) -> anyhow::Result<Ex
         }
         None => (None, Vec::new()),
     };
+    let over_http = http_ingest.is_some();
     let orchestrator_url = match &http_ingest {
         Some((url, _)) => Some(url.clone()),
         None => orchestrator_url,
@@ -210,6 +214,7 @@ pub(crate) async fn run(cli: Cli, storage: Option<Storage>) -> anyhow::Result<Ex
             spares,
             output_dir: output_dir.clone(),
             failover_after: Duration::from_secs(failover_after_secs),
+            history: history.filter(|_| over_http),
             playback_url,
             local_dir: local_dir.clone(),
             admit_timeout: Duration::from_secs(admit_timeout_secs),

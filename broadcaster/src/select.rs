@@ -7,11 +7,13 @@
 //! URI, are left out. Among the rest one is drawn at random, each with the weight
 //!
 //!   (fastest round trip / its round trip) × (lowest price + ε) / (its price + ε)
-//!     [× (its stake / the highest stake), on-chain]
+//!     × its success rate [× (its stake / the highest stake), on-chain]
 //!
-//! (prices in wei per pixel, ε = 10⁻⁹), so a fast, cheap, well-staked orchestrator is
-//! chosen most often and the others now and then, which spreads streams and keeps
-//! measuring them all, as go-livepeer's selection weighs stake and price.
+//! (prices in wei per pixel, ε = 10⁻⁹; the success rate from `--orch-history`, see
+//! [`crate::history`], 0.5 for all without one), so a fast, cheap, reliable, well-staked
+//! orchestrator is chosen most often and the others now and then, which spreads streams
+//! and keeps measuring them all, as go-livepeer's selection weighs stake and price and
+//! suspends the orchestrators that failed it.
 
 use std::time::{Duration, Instant};
 
@@ -48,6 +50,8 @@ pub struct Candidate {
     pub target: Target,
     pub offer: PriceOffer,
     pub round_trip: Duration,
+    /// Its success rate in this broadcaster's history.
+    pub success: f64,
 }
 
 /// Why an orchestrator is left out, or `None` when it may be chosen.
@@ -106,7 +110,7 @@ pub fn weights(cands: &[Candidate]) -> Vec<f64> {
                 Some(s) if most_stake > 0.0 => s / most_stake,
                 _ => 1.0,
             };
-            speed * price * stake
+            speed * price * stake * c.success
         })
         .collect()
 }
@@ -135,6 +139,7 @@ async fn probe(
         target: target.clone(),
         offer,
         round_trip: started.elapsed(),
+        success: crate::history::Record::default().success_rate(),
     })
 }
 
@@ -173,6 +178,7 @@ pub async fn rank(
     targets: &[Target],
     max: &Price,
     sender: Option<castwork_chain::Address>,
+    history: &std::collections::BTreeMap<String, crate::history::Record>,
 ) -> anyhow::Result<Vec<(usize, Candidate)>> {
     if targets.is_empty() {
         bail!("no orchestrator to choose from");
@@ -183,14 +189,19 @@ pub async fn rank(
         let url = &target.url;
         match probed {
             Err(e) => eprintln!("orchestrator {url}: left out: {e:#}"),
-            Ok(c) => match excluded(&c, max) {
+            Ok(mut c) => match excluded(&c, max) {
                 Some(why) => eprintln!("orchestrator {url}: left out: {why}"),
                 None => {
+                    let seen = history.get(url).copied().unwrap_or_default();
+                    c.success = seen.success_rate();
                     eprintln!(
-                        "orchestrator {url}: {} wei per {} pixels, answered in {} ms",
+                        "orchestrator {url}: {} wei per {} pixels, answered in {} ms, {} of \
+                         {} pushes completed",
                         c.offer.price.price_per_unit,
                         c.offer.price.pixels_per_unit,
-                        c.round_trip.as_millis()
+                        c.round_trip.as_millis(),
+                        seen.completed,
+                        seen.completed + seen.failed
                     );
                     eligible.push((i, c))
                 }
@@ -250,6 +261,7 @@ mod tests {
                 ingest: vec!["http".into()],
             },
             round_trip: Duration::from_millis(ms),
+            success: 0.5,
         }
     }
 
@@ -283,10 +295,11 @@ mod tests {
 
     #[test]
     fn faster_and_cheaper_weigh_more() {
+        // Each × 0.5, the success rate of one never seen.
         let w = weights(&[cand(2, 10, None), cand(2, 40, None), cand(4, 10, None)]);
-        assert!((w[0] - 1.0).abs() < 1e-9);
-        assert!((w[1] - 0.25).abs() < 1e-9);
-        assert!((w[2] - 0.5).abs() < 1e-6);
+        assert!((w[0] - 0.5).abs() < 1e-9);
+        assert!((w[1] - 0.125).abs() < 1e-9);
+        assert!((w[2] - 0.25).abs() < 1e-6);
         // A free orchestrator all but always beats a priced one.
         let w = weights(&[cand(0, 10, None), cand(1, 10, None)]);
         assert!(w[1] < 1e-6 * w[0]);
@@ -296,6 +309,12 @@ mod tests {
         b.target.stake = Some(100.0);
         let w = weights(&[a, b]);
         assert!((w[1] / w[0] - 1.0 / 3.0).abs() < 1e-9);
+        // With a history, in proportion to the success rate.
+        let (mut good, mut bad) = (cand(2, 10, None), cand(2, 10, None));
+        good.success = 0.9;
+        bad.success = 0.1;
+        let w = weights(&[good, bad]);
+        assert!((w[1] / w[0] - 1.0 / 9.0).abs() < 1e-9);
     }
 
     #[test]

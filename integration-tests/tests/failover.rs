@@ -32,6 +32,21 @@ fn copied(out: &Path, stream: &str) -> usize {
         .unwrap_or(0)
 }
 
+/// The history file of the push that copies into `out`.
+fn history(out: &Path) -> std::path::PathBuf {
+    out.with_file_name("history.json")
+}
+
+/// (completed, failed) of `url` in the history beside `out`.
+fn counted(out: &Path, url: &str) -> (u64, u64) {
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(history(out)).unwrap()).unwrap();
+    (
+        v[url]["completed"].as_u64().unwrap_or(0),
+        v[url]["failed"].as_u64().unwrap_or(0),
+    )
+}
+
 /// Sequence numbers a media playlist of the copy lists, in order.
 fn listed(out: &Path, stream: &str, rung: &str) -> Vec<u64> {
     let text = std::fs::read(out.join(format!("streams/{stream}/{rung}/index.m3u8"))).unwrap();
@@ -48,9 +63,9 @@ fn listed(out: &Path, stream: &str, rung: &str) -> Vec<u64> {
 }
 
 /// `broadcaster push FILE --wait` over HTTP to `addrs` with `keys` (one each), at most 10
-/// wei per pixel, moving on after 3 s without an answer, keeping its copy in `out`;
-/// stderr goes to `log`, stdout beside it (`.out`). Its broker, Redis and store point
-/// nowhere.
+/// wei per pixel, moving on after 3 s without an answer, keeping its copy in `out` and
+/// its orchestrator history beside `out` (`history.json`); stderr goes to `log`, stdout
+/// beside it (`.out`). Its broker, Redis and store point nowhere.
 fn push_over_http(
     input: &Path,
     stream: &str,
@@ -70,6 +85,8 @@ fn push_over_http(
         .args(["--max-price-per-unit", "10", "--failover-after", "3"])
         .arg("--output-dir")
         .arg(out)
+        .arg("--orch-history")
+        .arg(history(out))
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(log.with_extension("out")).unwrap())
         .stderr(std::fs::File::create(log).unwrap())
@@ -194,6 +211,10 @@ fn a_push_moves_to_another_orchestrator_when_its_own_is_killed_mid_stream() {
     assert_eq!(spare_total + copied_before as u64, total, "{there}");
     let (code, _) = http_get(&dear.orchestrator_addr, &format!("/streams/{stream}")).unwrap();
     assert_eq!(code, 404, "the priced orchestrator never had the stream");
+    // The history counts the move against the killed one and the stream for the spare.
+    let victim_addr = format!("http://{}", victim.orchestrator_addr);
+    assert_eq!(counted(&out, &victim_addr), (0, 1));
+    assert_eq!(counted(&out, &spare_addr), (1, 0));
     // The copy plays as one stream: the independent output check over its playlists.
     output_check::assert_output_ok(&out, &stream, &input);
     println!(
@@ -256,5 +277,7 @@ fn a_segment_failed_after_the_orchestrators_retries_goes_to_the_spare() {
             "{rung}"
         );
     }
+    assert_eq!(counted(&out, &addrs[0]), (0, 1));
+    assert_eq!(counted(&out, &addrs[1]), (1, 0));
     output_check::assert_output_ok(&out, &stream, &input);
 }

@@ -185,6 +185,10 @@ fn the_operator_guides_run_as_written() {
         out.contains("/copy/streams/over-http/index.m3u8"),
         "the push over HTTP names its copy: {out}"
     );
+    assert!(
+        out.contains("\"completed\": 1"),
+        "the history counts the push: {out}"
+    );
     assert!(out.contains("alice: "), "{out}");
     assert!(out.contains("no slash proposal against"), "{out}");
     assert!(out.contains("#EXT-X-STREAM-INF"), "{out}");

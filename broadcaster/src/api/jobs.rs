@@ -330,6 +330,7 @@ impl Runner {
                 spares: Vec::new(),
                 output_dir: None,
                 failover_after: Duration::from_secs(20),
+                history: None,
                 playback_url: None,
                 local_dir: None,
                 admit_timeout: self.admit_timeout,

@@ -51,6 +51,9 @@ pub struct PushRequest {
     /// How long an orchestrator may stay unreachable before the push moves on (while it
     /// can).
     pub failover_after: Duration,
+    /// Over HTTP: where to count each orchestrator's completed pushes and the times a
+    /// push left it.
+    pub history: Option<crate::history::History>,
     /// Base URL of the playback server, in place of the one the orchestrator names (its
     /// `--playback-url`), for the playback URL printed at the end.
     pub playback_url: Option<String>,

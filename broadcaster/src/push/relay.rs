@@ -31,6 +31,7 @@ use super::route::{
     admit_at, open_route, retire, retry_for, upload_segment, Admission, Pay, Route,
 };
 use super::PushRequest;
+use crate::history::History;
 use crate::link::Link;
 use crate::payer::{Payer, TestTickets};
 
@@ -69,6 +70,7 @@ pub(super) struct Relay {
     /// Segments in the stream, once it is cut; and whether this orchestrator was told.
     total: Option<u64>,
     ended_here: bool,
+    history: Option<History>,
 }
 
 impl Relay {
@@ -97,6 +99,9 @@ impl Relay {
                         Ok((link, session, a)) => break (link, session, a, route.payer),
                         Err(e) => match spares.pop_front() {
                             Some(next) => {
+                                if let Some(h) = &req.history {
+                                    h.record(&route.url, false);
+                                }
                                 eprintln!(
                                     "orchestrator {}: left out: {e:#}; trying {}",
                                     route.url, next.url
@@ -137,6 +142,7 @@ impl Relay {
             fps,
             total: None,
             ended_here: false,
+            history: req.history.clone(),
         };
         Ok((relay, admission))
     }
@@ -193,9 +199,17 @@ impl Relay {
             match self.flush().await {
                 Ok(()) => return Ok(()),
                 Err(e) if self.can_move() => self.move_on(format!("{e:#}")).await?,
-                Err(e) => return Err(e),
+                Err(e) => return Err(self.gave_up(e)),
             }
         }
+    }
+
+    /// A failure the push cannot move on from, counted against the orchestrator.
+    fn gave_up(&self, e: anyhow::Error) -> anyhow::Error {
+        if let Some(url) = self.link.orchestrator() {
+            self.count(url, false);
+        }
+        e
     }
 
     async fn flush(&mut self) -> anyhow::Result<()> {
@@ -271,6 +285,7 @@ impl Relay {
             .unwrap_or("the orchestrator")
             .to_string();
         loop {
+            self.count(&from, false);
             let Some(next) = self.spares.pop_front() else {
                 bail!("{why}; no other orchestrator is left to move the stream to");
             };
@@ -316,6 +331,13 @@ impl Relay {
         }
     }
 
+    /// Counts a push completed at `url`, or one that left it, in the history.
+    fn count(&self, url: &str, completed: bool) {
+        if let (Some(h), true) = (&self.history, self.link.is_http()) {
+            h.record(url, completed);
+        }
+    }
+
     /// The stream's next event (its segment numbers the stream's own), copying renditions
     /// and moving on as the module says.
     pub async fn next_event(&mut self) -> anyhow::Result<StreamEvent> {
@@ -353,7 +375,7 @@ impl Relay {
                 self.settle().await?;
                 Ok(None)
             }
-            Err(e) => Err(e),
+            Err(e) => Err(self.gave_up(e)),
         }
     }
 
@@ -432,6 +454,9 @@ impl Relay {
                     })
                     .collect();
                 let Some(out) = &self.out else {
+                    if let Some(url) = self.link.orchestrator() {
+                        self.count(url, true);
+                    }
                     return Ok(Some(StreamEvent::StreamCompleted {
                         stream,
                         segments,
@@ -449,6 +474,9 @@ impl Relay {
                         "it called the stream complete without {} of its segments",
                         self.open.len()
                     );
+                }
+                if let Some(url) = self.link.orchestrator() {
+                    self.count(url, true);
                 }
                 let total = self.total.unwrap_or(segments);
                 let master = out.write(total)?;
