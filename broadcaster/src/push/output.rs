@@ -55,9 +55,34 @@ impl Output {
         })
     }
 
-    /// The rungs the orchestrator planned (each one's playlist lists its renditions).
-    pub fn set_rungs(&mut self, rungs: &[Rung]) {
+    /// The rungs the orchestrator planned (each one's playlist lists its renditions); their
+    /// names become folder names, so only plain ones are taken.
+    pub fn set_rungs(&mut self, rungs: &[Rung]) -> anyhow::Result<()> {
+        for r in rungs {
+            let plain = r
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+            if !plain || r.name.is_empty() || r.name.len() > 100 || r.name.starts_with('.') {
+                bail!("the orchestrator planned a rung named {:?}", r.name);
+            }
+        }
         self.rungs = rungs.to_vec();
+        Ok(())
+    }
+
+    /// Why `renditions` cannot be one segment's: a rung it never planned, or one twice.
+    pub fn unplanned(&self, renditions: &[RenditionRef]) -> Option<String> {
+        let mut seen = std::collections::HashSet::new();
+        renditions.iter().find_map(|r| {
+            if !self.rungs.iter().any(|x| x.name == r.rung) {
+                Some(format!("a rendition of rung {:?} it never planned", r.rung))
+            } else if !seen.insert(&r.rung) {
+                Some(format!("rung {} twice", r.rung))
+            } else {
+                None
+            }
+        })
     }
 
     /// Checks the renditions of segment `seq` (`duration_us` long) and writes them into the
@@ -198,6 +223,37 @@ fn rendition_hash<'a>(stream: &str, r: &'a RenditionRef) -> anyhow::Result<&'a s
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_plain_planned_rungs_once_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut out = Output::new(dir.path(), "s").unwrap();
+        let rungs = castwork_protocol::plan_ladder(
+            &castwork_protocol::parse_profiles("P144p30fps16x9,P240p30fps16x9").unwrap(),
+            &castwork_protocol::SourceMetadata::upright(640, 360, 30),
+        )
+        .rungs;
+        out.set_rungs(&rungs).unwrap();
+        let r = |rung: &str| RenditionRef {
+            rung: rung.into(),
+            key: String::new(),
+            width: 0,
+            height: 0,
+        };
+        assert_eq!(
+            out.unplanned(&[r("P144p30fps16x9"), r("P240p30fps16x9")]),
+            None
+        );
+        assert!(out
+            .unplanned(&[r("P144p30fps16x9"), r("P144p30fps16x9")])
+            .is_some());
+        assert!(out.unplanned(&[r("P1080p")]).is_some());
+        for bad in ["../up", "a/b", "..", ""] {
+            let mut odd = rungs.clone();
+            odd[0].name = bad.into();
+            assert!(out.set_rungs(&odd).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn a_rendition_key_names_its_hash() {

@@ -123,7 +123,7 @@ impl Relay {
         };
         let mut out = out;
         if let Some(o) = &mut out {
-            o.set_rungs(&admission.rungs);
+            o.set_rungs(&admission.rungs)?;
         }
         let relay = Relay {
             link,
@@ -398,6 +398,10 @@ impl Relay {
                     let Some(open) = self.open.get(&seq) else {
                         return Ok(None);
                     };
+                    // Checked before anything is fetched: at most one rendition per rung.
+                    if let Some(why) = out.unplanned(&renditions) {
+                        bail!("segment {seq}: its event names {why}");
+                    }
                     let mut copies = Vec::new();
                     for r in &renditions {
                         copies.push((r.clone(), self.link.fetch_output(&r.key).await?));
