@@ -97,19 +97,19 @@ impl Relay {
                     let retry = retry_for(out.is_some(), &spares, req.failover_after);
                     match open_route(&route, &start, retry, req.admit_timeout).await {
                         Ok((link, session, a)) => break (link, session, a, route.payer),
-                        Err(e) => match spares.pop_front() {
-                            Some(next) => {
-                                if let Some(h) = &req.history {
-                                    h.record(&route.url, false);
-                                }
-                                eprintln!(
-                                    "orchestrator {}: left out: {e:#}; trying {}",
-                                    route.url, next.url
-                                );
-                                route = next;
+                        Err(e) => {
+                            if let Some(h) = &req.history {
+                                h.record(&route.url, false);
                             }
-                            None => return Err(e),
-                        },
+                            let Some(next) = spares.pop_front() else {
+                                return Err(e);
+                            };
+                            eprintln!(
+                                "orchestrator {}: left out: {e:#}; trying {}",
+                                route.url, next.url
+                            );
+                            route = next;
+                        }
                     }
                 }
             }
@@ -166,7 +166,8 @@ impl Relay {
         if self.out.is_none() {
             let data = Bytes::from(tokio::fs::read(&seg.path).await?);
             let _ = tokio::fs::remove_file(&seg.path).await;
-            return self.send_here(&seg, data, cut).await;
+            let sent = self.send_here(&seg, data, cut).await;
+            return sent.map_err(|e| self.gave_up(e));
         }
         let seq = seg.seq;
         self.open.insert(
