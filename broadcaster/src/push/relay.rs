@@ -340,7 +340,8 @@ impl Relay {
     }
 
     /// The stream's next event (its segment numbers the stream's own), copying renditions
-    /// and moving on as the module says.
+    /// and moving on as the module says. With a copy it is not cancel-safe (an event taken
+    /// and half copied would be lost): the push stops waiting on it only to end.
     pub async fn next_event(&mut self) -> anyhow::Result<StreamEvent> {
         loop {
             let taken = match self.link.next_event().await {
