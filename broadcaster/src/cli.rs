@@ -118,12 +118,12 @@ pub(crate) enum Command {
         orch_key: Option<String>,
 
         /// With --wait, over HTTP: keep a copy of the stream in this directory
-        /// (DIR/streams/NAME/: every rendition,
-        /// copied from the orchestrator as soon as its segment is transcoded and checked,
-        /// and the HLS playlists, written at the end). With --orch-addr or
-        /// --orch-from-chain it also lets the push move mid-stream: when the orchestrator
-        /// stops answering, fails the stream or fails a segment, the segments not yet
-        /// copied and the rest go to the next orchestrator that was not left out.
+        /// (DIR/streams/NAME/: every rendition, copied from the orchestrator as soon as its
+        /// segment is transcoded and checked, and the HLS playlists, written at the end).
+        /// It also lets the push move mid-stream: when the orchestrator stops answering,
+        /// stalls, fails the stream or fails a segment, the segments not yet copied and the
+        /// rest go to the next orchestrator of --orch-addr (or the active set) that was not
+        /// left out.
         #[arg(long, env = "OUTPUT_DIR", requires = "orch_key", requires = "wait")]
         output_dir: Option<PathBuf>,
 
@@ -135,6 +135,12 @@ pub(crate) enum Command {
             default_value_t = 20
         )]
         failover_after_secs: u64,
+
+        /// With --output-dir: move to the next orchestrator when none of the push's
+        /// segments there is transcoded (or failed) for this many seconds while some wait,
+        /// as when its workers are gone; 0: never.
+        #[arg(long = "stall-after", env = "STALL_AFTER_SECS", default_value_t = 300)]
+        stall_after_secs: u64,
 
         /// With --orch-addr or --orch-from-chain: a JSON file counting, per orchestrator,
         /// the pushes completed there and the times a push left it (created if missing).

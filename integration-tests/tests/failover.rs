@@ -72,6 +72,7 @@ fn push_over_http(
     (addrs, keys): (&[String], &[String]),
     out: &Path,
     log: &Path,
+    extra: &[&str],
 ) -> std::process::Child {
     Command::new(bin("broadcaster"))
         .env("RUST_LOG", "warn")
@@ -87,6 +88,7 @@ fn push_over_http(
         .arg(out)
         .arg("--orch-history")
         .arg(history(out))
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(log.with_extension("out")).unwrap())
         .stderr(std::fs::File::create(log).unwrap())
@@ -106,7 +108,7 @@ fn a_push_moves_to_another_orchestrator_when_its_own_is_killed_mid_stream() {
     let out = dir.path().join("copy");
     let stream = stream_name("moved");
     let log = dir.path().join("push.log");
-    let mut push = push_over_http(&input, &stream, (&addrs, &keys), &out, &log);
+    let mut push = push_over_http(&input, &stream, (&addrs, &keys), &out, &log, &[]);
     // Whichever of the two free clusters was drawn has the stream.
     let has = |c: &Cluster| {
         http_get(&c.orchestrator_addr, &format!("/streams/{stream}")).is_some_and(|r| r.0 == 200)
@@ -244,7 +246,7 @@ fn a_segment_failed_after_the_orchestrators_retries_goes_to_the_spare() {
     let addrs = [&failing, &spare].map(|c| format!("http://{}", c.orchestrator_addr));
     let (out, log) = (dir.path().join("copy"), dir.path().join("push.log"));
     let stream = stream_name("refailed");
-    let status = push_over_http(&input, &stream, (&addrs, &keys), &out, &log)
+    let status = push_over_http(&input, &stream, (&addrs, &keys), &out, &log, &[])
         .wait()
         .unwrap();
     let stderr = std::fs::read_to_string(&log).unwrap();
@@ -280,4 +282,53 @@ fn a_segment_failed_after_the_orchestrators_retries_goes_to_the_spare() {
     assert_eq!(counted(&out, &addrs[0]), (0, 1));
     assert_eq!(counted(&out, &addrs[1]), (1, 0));
     output_check::assert_output_ok(&out, &stream, &input);
+}
+
+/// An orchestrator that answers but whose workers are gone resolves none of the push's
+/// segments: after `--stall-after` the push moves to the spare.
+#[test]
+fn a_push_stalled_at_an_orchestrator_without_workers_moves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = clip(dir.path(), 6);
+    let idle = Cluster::start(0);
+    let spare = Cluster::start_with(1, &["--price-per-unit", "1"], Vec::new());
+    spare.orchestrator_cli(&["ledger", "credit", "studio", "1000000000000"]);
+    let keys = [&idle, &spare].map(add_key);
+    let addrs = [&idle, &spare].map(|c| format!("http://{}", c.orchestrator_addr));
+    let (out, log) = (dir.path().join("copy"), dir.path().join("push.log"));
+    let stream = stream_name("stalled");
+    let started = Instant::now();
+    let status = push_over_http(
+        &input,
+        &stream,
+        (&addrs, &keys),
+        &out,
+        &log,
+        &["--stall-after", "5"],
+    )
+    .wait()
+    .unwrap();
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{stderr}\n{}", spare.logs());
+    assert!(
+        stderr.contains(&format!("chose orchestrator {}", addrs[0]))
+            && stderr.contains("segments waiting there was transcoded in 5 s")
+            && stderr.contains(&format!("moving the stream to {} (", addrs[1])),
+        "{stderr}"
+    );
+    let there = spare.wait_complete(&stream, Duration::from_secs(30));
+    assert_eq!(there["state"], "complete", "{there}");
+    let total = there["segments"]["total"].as_u64().unwrap();
+    for rung in RUNGS {
+        assert_eq!(
+            listed(&out, &stream, rung),
+            (0..total).collect::<Vec<_>>(),
+            "{rung}"
+        );
+    }
+    assert_eq!(counted(&out, &addrs[0]), (0, 1));
+    println!(
+        "stalled: the push moved after 5 s without progress and ended {:.1} s after it began",
+        started.elapsed().as_secs_f64()
+    );
 }

@@ -329,7 +329,10 @@ impl Runner {
                 http_ingest: None,
                 spares: Vec::new(),
                 output_dir: None,
-                failover_after: Duration::from_secs(20),
+                failover: crate::push::Failover {
+                    unreachable: Duration::from_secs(20),
+                    stalled: None,
+                },
                 history: None,
                 playback_url: None,
                 local_dir: None,

@@ -26,7 +26,7 @@ use ending::{
 };
 use relay::Relay;
 use route::Admission;
-pub use route::Route;
+pub use route::{Failover, Route};
 
 /// What to push.
 #[derive(Debug, Clone)]
@@ -48,9 +48,8 @@ pub struct PushRequest {
     /// Keep a copy of every rendition and the playlists here (`DIR/streams/NAME/`), as
     /// each segment is transcoded: what lets a push move mid-stream.
     pub output_dir: Option<PathBuf>,
-    /// How long an orchestrator may stay unreachable before the push moves on (while it
-    /// can).
-    pub failover_after: Duration,
+    /// When the push moves on (while it can).
+    pub failover: Failover,
     /// Over HTTP: where to count each orchestrator's completed pushes and the times a
     /// push left it.
     pub history: Option<crate::history::History>,

@@ -5,7 +5,8 @@
 //! in time or does not answer is left for the next spare. With an output directory
 //! ([`super::output`]) the push also moves mid-stream: it copies every rendition as soon as
 //! its segment is transcoded and keeps each source segment until then, so when the
-//! orchestrator stops answering (for `--failover-after`), fails the stream, fails a
+//! orchestrator stops answering (for `--failover-after`), resolves none of the waiting
+//! segments (for `--stall-after`), fails the stream, fails a
 //! segment after its own retries, calls the stream complete without some of its segments
 //! or serves a rendition that is not what its event named, the push starts the stream on
 //! the next spare and sends it the segments not yet copied, then the rest. There they are
@@ -28,7 +29,7 @@ use uuid::Uuid;
 
 use super::output::Output;
 use super::route::{
-    admit_at, open_route, retire, retry_for, upload_segment, Admission, Pay, Route,
+    admit_at, open_route, retire, retry_for, upload_segment, Admission, Failover, Pay, Route,
 };
 use super::PushRequest;
 use crate::history::History;
@@ -59,7 +60,9 @@ pub(super) struct Relay {
     storage: Option<Storage>,
     rungs: Vec<Rung>,
     admit_timeout: Duration,
-    failover_after: Duration,
+    failover: Failover,
+    /// When a segment there was last resolved (or the push got there).
+    progressed: tokio::time::Instant,
     /// The stream's number of each segment sent to this orchestrator, by its number here.
     here: Vec<u64>,
     /// With a copy: the segments sent and not yet copied, by the stream's number.
@@ -94,7 +97,7 @@ impl Relay {
                     payer: req.payer.clone(),
                 };
                 loop {
-                    let retry = retry_for(out.is_some(), &spares, req.failover_after);
+                    let retry = retry_for(out.is_some(), &spares, &req.failover);
                     match open_route(&route, &start, retry, req.admit_timeout).await {
                         Ok((link, session, a)) => break (link, session, a, route.payer),
                         Err(e) => {
@@ -134,7 +137,8 @@ impl Relay {
             storage: req.storage.clone(),
             rungs: admission.rungs.clone(),
             admit_timeout: req.admit_timeout,
-            failover_after: req.failover_after,
+            failover: req.failover,
+            progressed: tokio::time::Instant::now(),
             here: Vec::new(),
             open: BTreeMap::new(),
             out,
@@ -296,7 +300,7 @@ impl Relay {
                 next.url,
                 self.open.len()
             );
-            let retry = retry_for(true, &self.spares, self.failover_after);
+            let retry = retry_for(true, &self.spares, &self.failover);
             let opened = open_route(&next, &self.start, retry, self.admit_timeout).await;
             let (link, session, admission) = match opened {
                 Ok(o) => o,
@@ -324,6 +328,7 @@ impl Relay {
             self.payer = next.payer.clone();
             self.here.clear();
             self.ended_here = false;
+            self.progressed = tokio::time::Instant::now();
             for o in self.open.values_mut() {
                 o.here = false;
                 o.object = None;
@@ -344,13 +349,32 @@ impl Relay {
     /// and half copied would be lost): the push stops waiting on it only to end.
     pub async fn next_event(&mut self) -> anyhow::Result<StreamEvent> {
         loop {
-            let taken = match self.link.next_event().await {
+            let taken = match self.next_or_stalled().await {
                 Ok(e) => self.take(e).await,
                 Err(e) => Err(e),
             };
             if let Some(e) = self.handled(taken).await? {
                 return Ok(e);
             }
+        }
+    }
+
+    /// The link's next event or, with a copy and spares, an error once the push's
+    /// segments there have waited [`Failover::stalled`] without one resolved.
+    async fn next_or_stalled(&mut self) -> anyhow::Result<StreamEvent> {
+        let stall = match self.failover.stalled {
+            Some(s) if self.can_move() && !self.open.is_empty() => s,
+            _ => return self.link.next_event().await,
+        };
+        // Cancelling a read of the link loses nothing: over HTTP its events are read by
+        // index, and only one taken whole is handed out.
+        match tokio::time::timeout_at(self.progressed + stall, self.link.next_event()).await {
+            Ok(e) => e,
+            Err(_) => bail!(
+                "none of the {} segments waiting there was transcoded in {} s",
+                self.open.len(),
+                stall.as_secs()
+            ),
         }
     }
 
@@ -409,6 +433,7 @@ impl Relay {
                         copies.push((r.clone(), self.link.fetch_output(&r.key).await?));
                     }
                     out.keep(seq, open.seg.duration_us, copies).await?;
+                    self.progressed = tokio::time::Instant::now();
                     if let Some(o) = self.open.remove(&seq) {
                         let _ = tokio::fs::remove_file(&o.seg.path).await;
                     }
@@ -429,6 +454,7 @@ impl Relay {
                     return Ok(None);
                 };
                 let can_move = self.can_move();
+                self.progressed = tokio::time::Instant::now();
                 if let Some(o) = self.open.get_mut(&seq) {
                     o.failures += 1;
                     if o.failures == 1 && can_move {

@@ -29,6 +29,17 @@ pub struct Route {
     pub payer: Option<Arc<Payer>>,
 }
 
+/// When a push with a copy leaves its orchestrator for a spare, besides a failure it is
+/// told of.
+#[derive(Debug, Clone, Copy)]
+pub struct Failover {
+    /// The orchestrator stays unreachable this long (`--failover-after`).
+    pub unreachable: Duration,
+    /// None of the push's segments there is transcoded or failed for this long while some
+    /// wait (`--stall-after`; `None`: never), as when its workers are gone.
+    pub stalled: Option<Duration>,
+}
+
 /// What an orchestrator answered when it admitted the stream.
 pub(super) struct Admission {
     pub rungs: Vec<Rung>,
@@ -39,13 +50,9 @@ pub(super) struct Admission {
 
 /// How long a request to an orchestrator is retried: the push's `--failover-after` while it
 /// can move on from there, else long.
-pub(super) fn retry_for(
-    copy: bool,
-    spares: &VecDeque<Route>,
-    failover_after: Duration,
-) -> Duration {
+pub(super) fn retry_for(copy: bool, spares: &VecDeque<Route>, failover: &Failover) -> Duration {
     match copy && !spares.is_empty() {
-        true => failover_after,
+        true => failover.unreachable,
         false => HTTP_RETRY_FOR,
     }
 }
