@@ -227,51 +227,40 @@ fn a_push_moves_to_another_orchestrator_when_its_own_is_killed_mid_stream() {
     );
 }
 
-/// An orchestrator whose only worker says no segment can be transcoded fails the first one
-/// after its own retries (alone, a worker's word is final): the push moves to the spare,
-/// priced within the maximum and paid from the key holder's ledger account there.
-#[test]
-fn a_segment_failed_after_the_orchestrators_retries_goes_to_the_spare() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = clip(dir.path(), 10);
-    let mut failing = Cluster::start(0);
-    failing.add(
-        "worker",
-        &["--worker-id", "liar", "--test-only-lie-permanent"],
-    );
-    // Priced (1 wei per pixel, within the maximum of 10): never drawn before the free one.
+/// What [`to_the_spare`] found.
+struct Moved {
+    spare: Cluster,
+    stream: String,
+    out: std::path::PathBuf,
+    stderr: String,
+    total: u64,
+}
+
+/// Pushes `input` with `extra` flags to `first` (free, so drawn first) with a spare priced
+/// within the maximum (1 wei per pixel, credited in its ledger for the key holder), and
+/// checks the push moved there and completed: each segment in the copy once, the history
+/// counting the move against `first` and the stream for the spare.
+fn to_the_spare(first: &Cluster, dir: &Path, input: &Path, extra: &[&str]) -> Moved {
     let spare = Cluster::start_with(1, &["--price-per-unit", "1"], Vec::new());
     spare.orchestrator_cli(&["ledger", "credit", "studio", "1000000000000"]);
-    let keys = [&failing, &spare].map(add_key);
-    let addrs = [&failing, &spare].map(|c| format!("http://{}", c.orchestrator_addr));
-    let (out, log) = (dir.path().join("copy"), dir.path().join("push.log"));
-    let stream = stream_name("refailed");
-    let status = push_over_http(&input, &stream, (&addrs, &keys), &out, &log, &[])
+    let keys = [first, &spare].map(add_key);
+    let addrs = [first, &spare].map(|c| format!("http://{}", c.orchestrator_addr));
+    let (out, log) = (dir.join("copy"), dir.join("push.log"));
+    let stream = stream_name("moved");
+    let status = push_over_http(input, &stream, (&addrs, &keys), &out, &log, extra)
         .wait()
         .unwrap();
     let stderr = std::fs::read_to_string(&log).unwrap();
     assert!(status.success(), "{stderr}\n{}", spare.logs());
     assert!(
-        stderr.contains(&format!("chose orchestrator {}", addrs[0])),
+        stderr.contains(&format!("chose orchestrator {}", addrs[0]))
+            && stderr.contains(&format!("moving the stream to {} (", addrs[1])),
         "{stderr}"
     );
-    assert!(
-        stderr.contains(&format!(
-            "orchestrator {}: segment 0 failed there: ",
-            addrs[0]
-        )) && stderr.contains(&format!("moving the stream to {} (", addrs[1])),
-        "{stderr}"
-    );
-    // The spare did them all, and the stream at the failing one was ended as failed.
     let there = spare.wait_complete(&stream, Duration::from_secs(30));
     assert_eq!(there["state"], "complete", "{there}");
     let total = there["segments"]["total"].as_u64().unwrap();
     assert_eq!(there["segments"]["done"], total, "{there}");
-    wait_until(
-        "the stream failed at the first",
-        Duration::from_secs(30),
-        || failing.status(&stream)["state"] == "failed",
-    );
     for rung in RUNGS {
         assert_eq!(
             listed(&out, &stream, rung),
@@ -281,7 +270,50 @@ fn a_segment_failed_after_the_orchestrators_retries_goes_to_the_spare() {
     }
     assert_eq!(counted(&out, &addrs[0]), (0, 1));
     assert_eq!(counted(&out, &addrs[1]), (1, 0));
-    output_check::assert_output_ok(&out, &stream, &input);
+    Moved {
+        spare,
+        stream,
+        out,
+        stderr,
+        total,
+    }
+}
+
+/// An orchestrator whose only worker says no segment can be transcoded fails the first one
+/// after its own retries (alone, a worker's word is final): the push moves to the spare,
+/// which it pays from the key holder's ledger account there.
+#[test]
+fn a_segment_failed_after_the_orchestrators_retries_goes_to_the_spare() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = clip(dir.path(), 10);
+    let mut failing = Cluster::start(0);
+    failing.add(
+        "worker",
+        &["--worker-id", "liar", "--test-only-lie-permanent"],
+    );
+    let moved = to_the_spare(&failing, dir.path(), &input, &[]);
+    let first = format!("http://{}", failing.orchestrator_addr);
+    assert!(
+        moved
+            .stderr
+            .contains(&format!("orchestrator {first}: segment 0 failed there: ")),
+        "{}",
+        moved.stderr
+    );
+    // The stream at the failing one was ended as failed.
+    wait_until(
+        "the stream failed at the first",
+        Duration::from_secs(30),
+        || failing.status(&moved.stream)["state"] == "failed",
+    );
+    // The spare charged the key holder for the stream.
+    let account = moved.spare.orchestrator_cli(&["ledger", "show", "studio"]);
+    let left: u64 = account
+        .strip_prefix("studio: ")
+        .and_then(|a| a.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{account}"));
+    assert!(left < 1_000_000_000_000, "{account}");
+    output_check::assert_output_ok(&moved.out, &moved.stream, &input);
 }
 
 /// An orchestrator that answers but whose workers are gone resolves none of the push's
@@ -291,44 +323,18 @@ fn a_push_stalled_at_an_orchestrator_without_workers_moves_on() {
     let dir = tempfile::tempdir().unwrap();
     let input = clip(dir.path(), 6);
     let idle = Cluster::start(0);
-    let spare = Cluster::start_with(1, &["--price-per-unit", "1"], Vec::new());
-    spare.orchestrator_cli(&["ledger", "credit", "studio", "1000000000000"]);
-    let keys = [&idle, &spare].map(add_key);
-    let addrs = [&idle, &spare].map(|c| format!("http://{}", c.orchestrator_addr));
-    let (out, log) = (dir.path().join("copy"), dir.path().join("push.log"));
-    let stream = stream_name("stalled");
     let started = Instant::now();
-    let status = push_over_http(
-        &input,
-        &stream,
-        (&addrs, &keys),
-        &out,
-        &log,
-        &["--stall-after", "5"],
-    )
-    .wait()
-    .unwrap();
-    let stderr = std::fs::read_to_string(&log).unwrap();
-    assert!(status.success(), "{stderr}\n{}", spare.logs());
+    let moved = to_the_spare(&idle, dir.path(), &input, &["--stall-after", "5"]);
     assert!(
-        stderr.contains(&format!("chose orchestrator {}", addrs[0]))
-            && stderr.contains("segments waiting there was transcoded in 5 s")
-            && stderr.contains(&format!("moving the stream to {} (", addrs[1])),
-        "{stderr}"
+        moved
+            .stderr
+            .contains("segments waiting there was transcoded in 5 s"),
+        "{}",
+        moved.stderr
     );
-    let there = spare.wait_complete(&stream, Duration::from_secs(30));
-    assert_eq!(there["state"], "complete", "{there}");
-    let total = there["segments"]["total"].as_u64().unwrap();
-    for rung in RUNGS {
-        assert_eq!(
-            listed(&out, &stream, rung),
-            (0..total).collect::<Vec<_>>(),
-            "{rung}"
-        );
-    }
-    assert_eq!(counted(&out, &addrs[0]), (0, 1));
     println!(
-        "stalled: the push moved after 5 s without progress and ended {:.1} s after it began",
+        "stalled: the push moved after 5 s without progress; {} segments done in {:.1} s",
+        moved.total,
         started.elapsed().as_secs_f64()
     );
 }
