@@ -102,6 +102,20 @@ pub(crate) async fn run(cli: Cli, storage: Option<Storage>) -> anyhow::Result<Ex
             "--output-dir copies the renditions from an orchestrator over HTTP: give              --orch-addr or --orch-from-chain"
         );
     }
+    // The copy goes into a local store rooted there (made, and absolute, as the store
+    // resolves it).
+    let copy_to = match &output_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| anyhow::anyhow!("cannot make {}: {e}", dir.display()))?;
+            let dir = std::fs::canonicalize(dir)?;
+            Some(Storage::from_url(&format!("file://{}", dir.display()))?)
+        }
+        None => None,
+    };
+    let output_dir = copy_to
+        .as_ref()
+        .and_then(|s| s.to_string().strip_prefix("file://").map(PathBuf::from));
     let (http_ingest, spare_routes) = match http_ingest {
         Some(mut routes) => {
             let rest = routes.split_off(1);
@@ -213,7 +227,7 @@ pub(crate) async fn run(cli: Cli, storage: Option<Storage>) -> anyhow::Result<Ex
             storage,
             http_ingest,
             spares,
-            output_dir: output_dir.clone(),
+            copy_to: copy_to.clone(),
             failover: castwork_broadcaster::push::Failover {
                 unreachable: Duration::from_secs(failover_after_secs),
                 stalled: (stall_after_secs > 0).then(|| Duration::from_secs(stall_after_secs)),
@@ -245,8 +259,8 @@ pub(crate) async fn run(cli: Cli, storage: Option<Storage>) -> anyhow::Result<Ex
         if let Some(url) = &outcome.playback_url {
             println!("playback: {url}");
         }
-        if output_dir.is_some() {
-            println!("output: {master}");
+        if let Some(dir) = &output_dir {
+            println!("output: {}", dir.join(master).display());
         } else if let Some(dir) = &local_dir {
             println!("output: {}", dir.join(master).display());
         }

@@ -328,7 +328,7 @@ impl Runner {
                 storage: Some(self.storage.clone()),
                 http_ingest: None,
                 spares: Vec::new(),
-                output_dir: None,
+                copy_to: None,
                 failover: crate::push::Failover {
                     unreachable: Duration::from_secs(20),
                     stalled: None,

@@ -43,11 +43,12 @@ pub struct PushRequest {
     /// `storage`: its URL, and the broadcaster key it gave us.
     pub http_ingest: Option<(String, String)>,
     /// Over HTTP: the orchestrators to go to, in order, when that one does not admit the
-    /// stream or (with `output_dir`) fails mid-stream.
+    /// stream or (with `copy_to`) fails mid-stream.
     pub spares: Vec<Route>,
-    /// Keep a copy of every rendition and the playlists here (`DIR/streams/NAME/`), as
-    /// each segment is transcoded: what lets a push move mid-stream.
-    pub output_dir: Option<PathBuf>,
+    /// Over HTTP: keep a copy of every rendition and the playlists in this store
+    /// (`streams/NAME/`), as each segment is transcoded: what lets a push move mid-stream.
+    /// The outcome's master playlist is then the copy's.
+    pub copy_to: Option<Storage>,
     /// When the push moves on (while it can).
     pub failover: Failover,
     /// Over HTTP: where to count each orchestrator's completed pushes and the times a

@@ -1,14 +1,15 @@
-//! The push's own copy of its stream (`push --output-dir DIR`): every rendition, copied
-//! from the orchestrator as soon as its segment is transcoded and checked on the way
-//! (its key's hash, a readable MPEG-TS that starts on a keyframe at the rung's size), and
-//! the HLS playlists written over the copies at the end. A stream whose segments came from
-//! two orchestrators plays from here as one.
+//! The push's own copy of its stream, in an object store of its own (`push --output-dir
+//! DIR`, or the job API's store): every rendition, copied from the orchestrator as soon as
+//! its segment is transcoded and checked on the way (its key's hash, a readable MPEG-TS
+//! that starts on a keyframe at the rung's size), and the HLS playlists written over the
+//! copies at the end, under `streams/NAME/` as an orchestrator writes them. A stream whose
+//! segments came from two orchestrators plays from here as one.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
 use bytes::Bytes;
+use castwork_cluster::Storage;
 use castwork_protocol::playlist::{
     render_master, start_on_middle, Bitrates, MediaPlaylist, PlaylistSegment, Variant,
 };
@@ -23,8 +24,9 @@ struct Copied {
 }
 
 pub(super) struct Output {
-    /// `DIR/streams/NAME`.
-    root: PathBuf,
+    store: Storage,
+    /// `streams/NAME`.
+    root: String,
     stream: String,
     rungs: Vec<Rung>,
     /// Copied segments: their duration and renditions.
@@ -34,19 +36,20 @@ pub(super) struct Output {
 }
 
 impl Output {
-    /// The copy of `stream` under `dir`, which must not hold that stream already.
-    pub fn new(dir: &Path, stream: &str) -> anyhow::Result<Output> {
-        let root = dir.join("streams").join(stream);
-        let master = root.join("index.m3u8");
-        if master.exists() {
-            bail!(
-                "{} already holds stream {stream}: choose another --output-dir or stream name",
-                dir.display()
-            );
+    /// The copy of `stream` in `store`, which must not hold that stream already.
+    pub async fn new(store: &Storage, stream: &str) -> anyhow::Result<Output> {
+        let root = format!("streams/{stream}");
+        let master = castwork_protocol::master_playlist_key(stream);
+        if store
+            .size(&master)
+            .await
+            .with_context(|| format!("reading the copy's store {store}"))?
+            .is_some()
+        {
+            bail!("{store} already holds stream {stream}: copy it elsewhere or name it anew");
         }
-        std::fs::create_dir_all(&root)
-            .with_context(|| format!("creating the output directory {}", root.display()))?;
         Ok(Output {
+            store: store.clone(),
             root,
             stream: stream.to_string(),
             rungs: Vec::new(),
@@ -109,18 +112,21 @@ impl Output {
                     r.key
                 );
             }
-            let dir = self.root.join(&r.rung);
-            tokio::fs::create_dir_all(&dir).await?;
             let name = format!("{seq}.{hash}.ts");
-            let (path, part) = (dir.join(&name), dir.join(format!("{name}.part")));
-            tokio::fs::write(&part, &data)
+            // Read by FFmpeg from a file of its own before it goes into the copy.
+            let part = tempfile::Builder::new()
+                .suffix(".ts")
+                .tempfile()
+                .context("a temporary file for a rendition")?;
+            tokio::fs::write(part.path(), &data)
                 .await
-                .with_context(|| format!("writing {}", part.display()))?;
-            let checked = part.clone();
+                .with_context(|| format!("writing {}", part.path().display()))?;
+            let checked = part.path().to_path_buf();
             let info = tokio::task::spawn_blocking(move || {
                 castwork_media::inspect(&checked, castwork_media::SEGMENT_FORMATS)
             })
             .await?;
+            drop(part);
             let problem = match &info {
                 Err(e) => Some(e.to_string()),
                 Ok(i) if !i.starts_with_keyframe => Some("it does not start on a keyframe".into()),
@@ -131,7 +137,6 @@ impl Output {
                 Ok(_) => None,
             };
             if let Some(p) = problem {
-                let _ = tokio::fs::remove_file(&part).await;
                 bail!("segment {seq}: rendition {} is unusable: {p}", r.key);
             }
             if let Ok(i) = info {
@@ -139,11 +144,16 @@ impl Output {
                     .entry(r.rung.clone())
                     .or_insert_with(|| i.codecs());
             }
-            tokio::fs::rename(&part, &path).await?;
+            let key = format!("{}/{}/{name}", self.root, r.rung);
+            let size = data.len() as u64;
+            self.store
+                .put(&key, data)
+                .await
+                .with_context(|| format!("copying into {key}"))?;
             files.push(Copied {
                 rung: r.rung.clone(),
                 name,
-                size: data.len() as u64,
+                size,
             });
         }
         self.done.insert(seq, (duration_us, files));
@@ -152,8 +162,8 @@ impl Output {
 
     /// Writes each rung's media playlist and the master playlist over the copies of
     /// segments `0..total` (a missing one is a gap: the next gets a discontinuity); answers
-    /// the master playlist's path.
-    pub fn write(&self, total: u64) -> anyhow::Result<PathBuf> {
+    /// the master playlist's key.
+    pub async fn write(&self, total: u64) -> anyhow::Result<String> {
         let mut variants = Vec::new();
         for rung in &self.rungs {
             let mut playlist = MediaPlaylist {
@@ -183,9 +193,11 @@ impl Output {
             if playlist.segments.is_empty() {
                 continue;
             }
-            let path = self.root.join(&rung.name).join("index.m3u8");
-            std::fs::write(&path, playlist.render())
-                .with_context(|| format!("writing {}", path.display()))?;
+            let key = castwork_protocol::media_playlist_key(&self.stream, &rung.name);
+            self.store
+                .put(&key, playlist.render().into())
+                .await
+                .with_context(|| format!("writing {key}"))?;
             variants.push(Variant {
                 uri: format!("{}/index.m3u8", rung.name),
                 bandwidth: rates.peak(),
@@ -197,9 +209,11 @@ impl Output {
             });
         }
         start_on_middle(&mut variants);
-        let master = self.root.join("index.m3u8");
-        std::fs::write(&master, render_master(&variants))
-            .with_context(|| format!("writing {}", master.display()))?;
+        let master = castwork_protocol::master_playlist_key(&self.stream);
+        self.store
+            .put(&master, render_master(&variants).into())
+            .await
+            .with_context(|| format!("writing {master}"))?;
         Ok(master)
     }
 }
@@ -224,10 +238,11 @@ fn rendition_hash<'a>(stream: &str, r: &'a RenditionRef) -> anyhow::Result<&'a s
 mod tests {
     use super::*;
 
-    #[test]
-    fn only_plain_planned_rungs_once_each() {
+    #[tokio::test]
+    async fn only_plain_planned_rungs_once_each() {
         let dir = tempfile::tempdir().unwrap();
-        let mut out = Output::new(dir.path(), "s").unwrap();
+        let store = Storage::from_url(&format!("file://{}", dir.path().display())).unwrap();
+        let mut out = Output::new(&store, "s").await.unwrap();
         let rungs = castwork_protocol::plan_ladder(
             &castwork_protocol::parse_profiles("P144p30fps16x9,P240p30fps16x9").unwrap(),
             &castwork_protocol::SourceMetadata::upright(640, 360, 30),

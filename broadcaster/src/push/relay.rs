@@ -84,8 +84,8 @@ impl Relay {
         start: StreamStarted,
         (ext, fps): (&'static str, f64),
     ) -> anyhow::Result<(Relay, Admission)> {
-        let out = match &req.output_dir {
-            Some(dir) => Some(Output::new(dir, &req.stream)?),
+        let out = match &req.copy_to {
+            Some(store) => Some(Output::new(store, &req.stream).await?),
             None => None,
         };
         let mut spares: VecDeque<Route> = req.spares.iter().cloned().collect();
@@ -511,11 +511,11 @@ impl Relay {
                     self.count(url, true);
                 }
                 let total = self.total.unwrap_or(segments);
-                let master = out.write(total)?;
+                let master = out.write(total).await?;
                 Ok(Some(StreamEvent::StreamCompleted {
                     stream,
                     segments: total,
-                    master_playlist: master.display().to_string(),
+                    master_playlist: master,
                     failed,
                 }))
             }
