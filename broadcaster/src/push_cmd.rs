@@ -74,15 +74,12 @@ pub(crate) async fn run(cli: Cli, storage: Option<Storage>) -> anyhow::Result<Ex
                     .map(|a| castwork_broadcaster::select::Target::at(a))
                     .collect(),
             };
-            let keys: Vec<&str> = keys.split(',').collect();
-            if keys.len() != 1 && (orch_from_chain || keys.len() != targets.len()) {
-                anyhow::bail!(
-                    "--orch-key takes one key for every orchestrator, or (with --orch-addr) one \
-                     per address in the same order: {} keys for {} addresses",
-                    keys.len(),
-                    targets.len()
-                );
-            }
+            let keys = castwork_broadcaster::select::keys_for(
+                "--orch-key",
+                &keys,
+                targets.len(),
+                !orch_from_chain,
+            )?;
             let sender = match cli.eth.enabled() {
                 true => Some(cli.eth.signer()?.address()),
                 false => None,
@@ -91,7 +88,7 @@ pub(crate) async fn run(cli: Cli, storage: Option<Storage>) -> anyhow::Result<Ex
             let ranked = castwork_broadcaster::select::rank(&targets, &max, sender, &seen).await?;
             let routes: Vec<(String, String)> = ranked
                 .into_iter()
-                .map(|(i, c)| (c.target.url, keys[i.min(keys.len() - 1)].to_string()))
+                .map(|(i, c)| (c.target.url, keys[i].clone()))
                 .collect();
             Some(routes)
         }
@@ -99,7 +96,8 @@ pub(crate) async fn run(cli: Cli, storage: Option<Storage>) -> anyhow::Result<Ex
     };
     if output_dir.is_some() && http_ingest.is_none() {
         anyhow::bail!(
-            "--output-dir copies the renditions from an orchestrator over HTTP: give              --orch-addr or --orch-from-chain"
+            "--output-dir copies the renditions from an orchestrator over HTTP: give \
+             --orch-addr or --orch-from-chain"
         );
     }
     // The copy goes into a local store rooted there (made, and absolute, as the store

@@ -128,6 +128,25 @@ pub fn pick(weights: &[f64], draw: f64) -> usize {
     weights.len().saturating_sub(1)
 }
 
+/// The key (`flag`'s value: one for all, or with `per_address` one per address in order,
+/// comma-separated) for each of `n` orchestrators.
+pub fn keys_for(
+    flag: &str,
+    keys: &str,
+    n: usize,
+    per_address: bool,
+) -> anyhow::Result<Vec<String>> {
+    let keys: Vec<String> = keys.split(',').map(str::to_string).collect();
+    match keys.len() {
+        1 => Ok(vec![keys[0].clone(); n]),
+        k if per_address && k == n => Ok(keys),
+        k => bail!(
+            "{flag} takes one key for every orchestrator, or (with an address list) one per \
+             address in the same order: {k} keys for {n} addresses"
+        ),
+    }
+}
+
 /// Reads `target`'s offer and how long it took.
 async fn probe(
     target: &Target,
@@ -315,6 +334,14 @@ mod tests {
         bad.success = 0.1;
         let w = weights(&[good, bad]);
         assert!((w[1] / w[0] - 1.0 / 9.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn one_key_for_all_or_one_each() {
+        assert_eq!(keys_for("--k", "a", 3, true).unwrap(), ["a", "a", "a"]);
+        assert_eq!(keys_for("--k", "a,b", 2, true).unwrap(), ["a", "b"]);
+        assert!(keys_for("--k", "a,b", 3, true).is_err());
+        assert!(keys_for("--k", "a,b", 2, false).is_err());
     }
 
     #[test]

@@ -305,6 +305,68 @@ fn an_app_posts_a_url_and_gets_a_ladder() {
 /// a server error, and no route answers without a key. (Its "schema-valid requests are
 /// accepted" check is left out: a job's URL and ladder are checked beyond what a schema can
 /// say, such as a preset name that exists.)
+/// With `--api-orch-addr` the API server runs its jobs at other orchestrators over HTTP,
+/// holding no broker or store credentials of theirs: the job's renditions are copied into
+/// the server's own store, where it plays them from. The first orchestrator's only worker
+/// says no segment can be done (alone, its word is final); the job moves to the other,
+/// priced within reach and paid from the key holder's account there, and completes.
+#[test]
+fn jobs_run_at_orchestrators_over_http_and_move_when_one_fails() {
+    let mut front = Cluster::start(0);
+    let mut failing = Cluster::start(0);
+    failing.add(
+        "worker",
+        &["--worker-id", "liar", "--test-only-lie-permanent"],
+    );
+    // Priced: drawn only after the free one.
+    let spare = Cluster::start_with(1, &["--price-per-unit", "1"], Vec::new());
+    spare.orchestrator_cli(&["ledger", "credit", "api", "1000000000000"]);
+    let keys = [&failing, &spare].map(|c| {
+        c.orchestrator_cli(&["broadcasters", "add", "api"])
+            .trim()
+            .to_string()
+    });
+    let addrs = [&failing, &spare].map(|c| format!("http://{}", c.orchestrator_addr));
+    let files = tempfile::tempdir().unwrap();
+    tone_clip(&files.path().join("clip.mp4"), "640x360", 4, "aac");
+    let inputs = FileServer::start(files.path());
+    let key = api_key(&front, "acme");
+    let open = front.serve_live(&[
+        "--api",
+        "--api-allow-private-inputs",
+        "--no-live",
+        "--api-orch-addr",
+        &addrs.join(","),
+        "--api-orch-key",
+        &keys.join(","),
+    ]);
+    let api = open.http.as_str();
+    let url = format!("http://{}/clip.mp4", inputs.addr);
+    let body = serde_json::json!({"input": url, "profiles": ["P144p30fps16x9"]});
+    let (code, created) = call(api, "POST", "/v1/jobs", Some(&key), &body.to_string());
+    assert_eq!(code, 201, "{created}");
+    let job = wait_job(api, &key, created["id"].as_str().unwrap());
+    assert_eq!(job["state"], "complete", "{job}\n{}", front.logs());
+    let stream = job["stream"].as_str().unwrap();
+    // Done at the spare, failed (and cleaned) at the first, copied into the server's store.
+    assert_eq!(spare.status(stream)["state"], "complete");
+    wait_until("the first gave up", Duration::from_secs(30), || {
+        failing.status(stream)["state"] == "failed"
+    });
+    assert!(front
+        .storage_dir()
+        .join(format!("streams/{stream}/index.m3u8"))
+        .is_file());
+    let playback = job["playback_url"].as_str().unwrap();
+    let (code, master) = http_get(api, playback.split_once(api).unwrap().1).unwrap();
+    assert_eq!(code, 200, "{master}");
+    let (code, media) =
+        http_get(api, &format!("/streams/{stream}/P144p30fps16x9/index.m3u8")).unwrap();
+    assert_eq!(code, 200, "{media}");
+    assert_eq!(media.matches("#EXTINF").count(), 2, "{media}");
+    output_check::assert_output_ok(&front.storage_dir(), stream, &files.path().join("clip.mp4"));
+}
+
 #[test]
 fn the_api_keeps_to_its_openapi_description() {
     let st = workspace().join("target/schemathesis/bin/st");

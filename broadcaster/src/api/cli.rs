@@ -51,6 +51,25 @@ pub struct ApiArgs {
     /// answer to a request uses the request's Host). Unset: http:// and --http-addr.
     #[arg(long, env = "API_PUBLIC_URL")]
     pub api_public_url: Option<String>,
+
+    /// Run jobs at these orchestrators over their HTTP ingest (comma-separated addresses,
+    /// as `push --orch-addr`) instead of through --amqp-url: each job chooses among them as
+    /// a push does, copies its renditions and playlists into --storage-url (where this
+    /// server plays them from) as they are made, and moves to the next orchestrator when
+    /// its own stops answering, stalls or fails. Needs --api-orch-key.
+    #[arg(
+        long,
+        env = "API_ORCH_ADDR",
+        value_delimiter = ',',
+        requires = "api_orch_key"
+    )]
+    pub api_orch_addr: Vec<String>,
+
+    /// This server's broadcaster key at the --api-orch-addr orchestrators (NAME:SECRET,
+    /// from `orchestrator broadcasters add NAME`): one for all, or one per address in the
+    /// same order, comma-separated.
+    #[arg(long, env = "API_ORCH_KEY", hide_env_values = true)]
+    pub api_orch_key: Option<String>,
 }
 
 impl ApiArgs {
@@ -68,6 +87,23 @@ impl ApiArgs {
         }
         let default_ladder = castwork_protocol::profile::parse_profiles(&self.api_profiles)
             .map_err(|e| anyhow::anyhow!("--api-profiles: {e}"))?;
+        let orchestrators = match &self.api_orch_key {
+            Some(keys) if !self.api_orch_addr.is_empty() => {
+                let keys = crate::select::keys_for(
+                    "--api-orch-key",
+                    keys,
+                    self.api_orch_addr.len(),
+                    true,
+                )?;
+                let targets = self
+                    .api_orch_addr
+                    .iter()
+                    .map(|a| crate::select::Target::at(a))
+                    .collect();
+                Some(Arc::new((targets, keys)))
+            }
+            _ => None,
+        };
         let redis = castwork_cluster::redis_lazy(redis_url)?;
         let jobs = Jobs::new(redis.clone());
         Ok(Some(Api {
@@ -76,6 +112,7 @@ impl ApiArgs {
             runner: Runner {
                 jobs,
                 amqp_url: amqp_url.to_string(),
+                orchestrators,
                 storage: storage.clone(),
                 fetch: FetchLimits {
                     max_bytes: self.api_max_input_mb.max(1) << 20,

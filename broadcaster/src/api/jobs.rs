@@ -168,6 +168,10 @@ impl Jobs {
 pub struct Runner {
     pub jobs: Jobs,
     pub amqp_url: String,
+    /// Over HTTP instead of `amqp_url`: the orchestrators a job chooses among, and this
+    /// server's key at each.
+    #[allow(clippy::type_complexity)]
+    pub orchestrators: Option<Arc<(Vec<crate::select::Target>, Vec<String>)>>,
     pub storage: Storage,
     pub fetch: FetchLimits,
     /// Jobs that fetch and push at once; the others wait their turn (`queued`).
@@ -191,6 +195,29 @@ impl Runner {
     /// memory, so a server that crashed counts none of its old jobs).
     pub fn pending(&self) -> usize {
         self.running_jobs().len()
+    }
+
+    /// The orchestrator a job goes to among `targets` (each with its key of `keys`), and
+    /// its spares, as a push chooses them.
+    async fn choose(
+        &self,
+        targets: &[crate::select::Target],
+        keys: &[String],
+    ) -> Result<((String, String), Vec<crate::push::Route>), String> {
+        let any_price = castwork_protocol::Price {
+            price_per_unit: u64::MAX,
+            pixels_per_unit: 1,
+        };
+        let ranked = crate::select::rank(targets, &any_price, None, &Default::default())
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        let mut routes = ranked.into_iter().map(|(i, c)| crate::push::Route {
+            url: c.target.url,
+            key: keys[i].clone(),
+            payer: None,
+        });
+        let first = routes.next().ok_or("no orchestrator to choose from")?;
+        Ok(((first.url, first.key), routes.collect()))
     }
 
     /// Starts job `job` (already saved as `queued`) in the background.
@@ -304,6 +331,10 @@ impl Runner {
         };
         tracing::info!(job = job.id, bytes, "API job's input fetched");
         self.set_state(job, "transcoding").await;
+        let over_http = match &self.orchestrators {
+            Some(o) => Some(self.choose(&o.0, &o.1).await?),
+            None => None,
+        };
         // The job's record follows the push's progress, at most once a second.
         let (tx, mut rx) = tokio::sync::watch::channel(crate::push::PushProgress::default());
         let follower = {
@@ -325,13 +356,15 @@ impl Runner {
                 segment_secs: 2.0,
                 wait: true,
                 amqp_url: self.amqp_url.clone(),
-                storage: Some(self.storage.clone()),
-                http_ingest: None,
-                spares: Vec::new(),
-                copy_to: None,
+                // Over HTTP the renditions are copied into the store (the orchestrators
+                // keep the sources).
+                storage: over_http.is_none().then(|| self.storage.clone()),
+                copy_to: over_http.is_some().then(|| self.storage.clone()),
+                http_ingest: over_http.as_ref().map(|(first, _)| first.clone()),
+                spares: over_http.map(|(_, spares)| spares).unwrap_or_default(),
                 failover: crate::push::Failover {
                     unreachable: Duration::from_secs(20),
-                    stalled: None,
+                    stalled: Some(Duration::from_secs(300)),
                 },
                 history: None,
                 playback_url: None,
