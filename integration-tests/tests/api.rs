@@ -309,7 +309,8 @@ fn an_app_posts_a_url_and_gets_a_ladder() {
 /// holding no broker or store credentials of theirs: the job's renditions are copied into
 /// the server's own store, where it plays them from. The first orchestrator's only worker
 /// says no segment can be done (alone, its word is final); the job moves to the other,
-/// priced within reach and paid from the key holder's account there, and completes.
+/// priced within the server's maximum and paid from the key holder's account there, and
+/// completes. A third, priced above the maximum, is never chosen.
 #[test]
 fn jobs_run_at_orchestrators_over_http_and_move_when_one_fails() {
     let mut front = Cluster::start(0);
@@ -321,12 +322,13 @@ fn jobs_run_at_orchestrators_over_http_and_move_when_one_fails() {
     // Priced: drawn only after the free one.
     let spare = Cluster::start_with(1, &["--price-per-unit", "1"], Vec::new());
     spare.orchestrator_cli(&["ledger", "credit", "api", "1000000000000"]);
-    let keys = [&failing, &spare].map(|c| {
+    let dear = Cluster::start_with(1, &["--price-per-unit", "1000"], Vec::new());
+    let keys = [&failing, &spare, &dear].map(|c| {
         c.orchestrator_cli(&["broadcasters", "add", "api"])
             .trim()
             .to_string()
     });
-    let addrs = [&failing, &spare].map(|c| format!("http://{}", c.orchestrator_addr));
+    let addrs = [&failing, &spare, &dear].map(|c| format!("http://{}", c.orchestrator_addr));
     let files = tempfile::tempdir().unwrap();
     tone_clip(&files.path().join("clip.mp4"), "640x360", 4, "aac");
     let inputs = FileServer::start(files.path());
@@ -339,6 +341,8 @@ fn jobs_run_at_orchestrators_over_http_and_move_when_one_fails() {
         &addrs.join(","),
         "--api-orch-key",
         &keys.join(","),
+        "--api-max-price-per-unit",
+        "10",
     ]);
     let api = open.http.as_str();
     let url = format!("http://{}/clip.mp4", inputs.addr);
@@ -357,6 +361,8 @@ fn jobs_run_at_orchestrators_over_http_and_move_when_one_fails() {
         .storage_dir()
         .join(format!("streams/{stream}/index.m3u8"))
         .is_file());
+    let (code, _) = http_get(&dear.orchestrator_addr, &format!("/streams/{stream}")).unwrap();
+    assert_eq!(code, 404, "the dear one never had the job");
     let playback = job["playback_url"].as_str().unwrap();
     let (code, master) = http_get(api, playback.split_once(api).unwrap().1).unwrap();
     assert_eq!(code, 200, "{master}");

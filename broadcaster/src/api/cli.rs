@@ -70,6 +70,16 @@ pub struct ApiArgs {
     /// same order, comma-separated.
     #[arg(long, env = "API_ORCH_KEY", hide_env_values = true)]
     pub api_orch_key: Option<String>,
+
+    /// The most a job pays an orchestrator of --api-orch-addr, in wei per
+    /// --api-max-price-pixels-per-unit output pixels: one that advertises more is never
+    /// chosen. Unset: no limit.
+    #[arg(long, env = "API_MAX_PRICE_PER_UNIT", requires = "api_orch_key")]
+    pub api_max_price_per_unit: Option<u64>,
+
+    /// Output pixels per unit of --api-max-price-per-unit.
+    #[arg(long, env = "API_MAX_PRICE_PIXELS_PER_UNIT", default_value_t = 1)]
+    pub api_max_price_pixels_per_unit: u64,
 }
 
 impl ApiArgs {
@@ -100,7 +110,14 @@ impl ApiArgs {
                     .iter()
                     .map(|a| crate::select::Target::at(a))
                     .collect();
-                Some(Arc::new((targets, keys)))
+                Some(Arc::new(super::jobs::Orchestrators {
+                    targets,
+                    keys,
+                    max: castwork_protocol::Price {
+                        price_per_unit: self.api_max_price_per_unit.unwrap_or(u64::MAX),
+                        pixels_per_unit: self.api_max_price_pixels_per_unit.max(1),
+                    },
+                }))
             }
             _ => None,
         };

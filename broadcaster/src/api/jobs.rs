@@ -168,10 +168,8 @@ impl Jobs {
 pub struct Runner {
     pub jobs: Jobs,
     pub amqp_url: String,
-    /// Over HTTP instead of `amqp_url`: the orchestrators a job chooses among, and this
-    /// server's key at each.
-    #[allow(clippy::type_complexity)]
-    pub orchestrators: Option<Arc<(Vec<crate::select::Target>, Vec<String>)>>,
+    /// Over HTTP instead of `amqp_url`: the orchestrators a job chooses among.
+    pub orchestrators: Option<Arc<Orchestrators>>,
     pub storage: Storage,
     pub fetch: FetchLimits,
     /// Jobs that fetch and push at once; the others wait their turn (`queued`).
@@ -185,6 +183,16 @@ pub struct Runner {
     pub running: Arc<std::sync::Mutex<std::collections::HashMap<String, CancellationToken>>>,
 }
 
+/// The orchestrators an API server's jobs choose among over HTTP (`--api-orch-addr`).
+#[derive(Debug)]
+pub struct Orchestrators {
+    pub targets: Vec<crate::select::Target>,
+    /// This server's key at each target.
+    pub keys: Vec<String>,
+    /// The most a job pays.
+    pub max: castwork_protocol::Price,
+}
+
 /// Whether a job in `state` has ended (whatever else happens to it, it does no more work).
 pub fn ended(state: &str) -> bool {
     matches!(state, "complete" | "incomplete" | "failed" | "deleted")
@@ -195,29 +203,6 @@ impl Runner {
     /// memory, so a server that crashed counts none of its old jobs).
     pub fn pending(&self) -> usize {
         self.running_jobs().len()
-    }
-
-    /// The orchestrator a job goes to among `targets` (each with its key of `keys`), and
-    /// its spares, as a push chooses them.
-    async fn choose(
-        &self,
-        targets: &[crate::select::Target],
-        keys: &[String],
-    ) -> Result<((String, String), Vec<crate::push::Route>), String> {
-        let any_price = castwork_protocol::Price {
-            price_per_unit: u64::MAX,
-            pixels_per_unit: 1,
-        };
-        let ranked = crate::select::rank(targets, &any_price, None, &Default::default())
-            .await
-            .map_err(|e| format!("{e:#}"))?;
-        let mut routes = ranked.into_iter().map(|(i, c)| crate::push::Route {
-            url: c.target.url,
-            key: keys[i].clone(),
-            payer: None,
-        });
-        let first = routes.next().ok_or("no orchestrator to choose from")?;
-        Ok(((first.url, first.key), routes.collect()))
     }
 
     /// Starts job `job` (already saved as `queued`) in the background.
@@ -332,7 +317,7 @@ impl Runner {
         tracing::info!(job = job.id, bytes, "API job's input fetched");
         self.set_state(job, "transcoding").await;
         let over_http = match &self.orchestrators {
-            Some(o) => Some(self.choose(&o.0, &o.1).await?),
+            Some(o) => Some(choose(o).await?),
             None => None,
         };
         // The job's record follows the push's progress, at most once a second.
@@ -402,4 +387,19 @@ impl Runner {
         };
         Ok(())
     }
+}
+
+/// The orchestrator a job goes to among `o`'s (with this server's key there), and its
+/// spares, as a push chooses them.
+async fn choose(o: &Orchestrators) -> Result<((String, String), Vec<crate::push::Route>), String> {
+    let ranked = crate::select::rank(&o.targets, &o.max, None, &Default::default())
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    let mut routes = ranked.into_iter().map(|(i, c)| crate::push::Route {
+        url: c.target.url,
+        key: o.keys[i].clone(),
+        payer: None,
+    });
+    let first = routes.next().ok_or("no orchestrator to choose from")?;
+    Ok(((first.url, first.key), routes.collect()))
 }
