@@ -100,20 +100,19 @@ pub(crate) async fn run(cli: Cli, storage: Option<Storage>) -> anyhow::Result<Ex
              --orch-addr or --orch-from-chain"
         );
     }
-    // The copy goes into a local store rooted there (made, and absolute, as the store
-    // resolves it).
-    let copy_to = match &output_dir {
+    // The copy goes into a local store rooted there (made, and absolute).
+    let output_dir = match output_dir {
         Some(dir) => {
-            std::fs::create_dir_all(dir)
+            std::fs::create_dir_all(&dir)
                 .map_err(|e| anyhow::anyhow!("cannot make {}: {e}", dir.display()))?;
-            let dir = std::fs::canonicalize(dir)?;
-            Some(Storage::from_url(&format!("file://{}", dir.display()))?)
+            Some(std::fs::canonicalize(&dir)?)
         }
         None => None,
     };
-    let output_dir = copy_to
-        .as_ref()
-        .and_then(|s| s.to_string().strip_prefix("file://").map(PathBuf::from));
+    let copy_to = match &output_dir {
+        Some(dir) => Some(Storage::from_url(&format!("file://{}", dir.display()))?),
+        None => None,
+    };
     let (http_ingest, spare_routes) = match http_ingest {
         Some(mut routes) => {
             let rest = routes.split_off(1);

@@ -25,8 +25,6 @@ struct Copied {
 
 pub(super) struct Output {
     store: Storage,
-    /// `streams/NAME`.
-    root: String,
     stream: String,
     rungs: Vec<Rung>,
     /// Copied segments: their duration and renditions.
@@ -38,7 +36,6 @@ pub(super) struct Output {
 impl Output {
     /// The copy of `stream` in `store`, which must not hold that stream already.
     pub async fn new(store: &Storage, stream: &str) -> anyhow::Result<Output> {
-        let root = format!("streams/{stream}");
         let master = castwork_protocol::master_playlist_key(stream);
         if store
             .size(&master)
@@ -50,7 +47,6 @@ impl Output {
         }
         Ok(Output {
             store: store.clone(),
-            root,
             stream: stream.to_string(),
             rungs: Vec::new(),
             done: BTreeMap::new(),
@@ -144,7 +140,7 @@ impl Output {
                     .entry(r.rung.clone())
                     .or_insert_with(|| i.codecs());
             }
-            let key = format!("{}/{}/{name}", self.root, r.rung);
+            let key = format!("streams/{}/{}/{name}", self.stream, r.rung);
             let size = data.len() as u64;
             self.store
                 .put(&key, data)

@@ -84,7 +84,7 @@ impl Relay {
         start: StreamStarted,
         (ext, fps): (&'static str, f64),
     ) -> anyhow::Result<(Relay, Admission)> {
-        let out = match &req.copy_to {
+        let mut out = match &req.copy_to {
             Some(store) => Some(Output::new(store, &req.stream).await?),
             None => None,
         };
@@ -124,7 +124,6 @@ impl Relay {
             }
             (None, None) => bail!("no object store for the source segments"),
         };
-        let mut out = out;
         if let Some(o) = &mut out {
             o.set_rungs(&admission.rungs)?;
         }
@@ -337,6 +336,13 @@ impl Relay {
         }
     }
 
+    /// Forgets open segment `seq` (copied, or failed for good) and the source kept for it.
+    async fn forget(&mut self, seq: u64) {
+        if let Some(o) = self.open.remove(&seq) {
+            let _ = tokio::fs::remove_file(&o.seg.path).await;
+        }
+    }
+
     /// Counts a push completed at `url`, or one that left it, in the history.
     fn count(&self, url: &str, completed: bool) {
         if let (Some(h), true) = (&self.history, self.link.is_http()) {
@@ -434,9 +440,7 @@ impl Relay {
                     }
                     out.keep(seq, open.seg.duration_us, copies).await?;
                     self.progressed = tokio::time::Instant::now();
-                    if let Some(o) = self.open.remove(&seq) {
-                        let _ = tokio::fs::remove_file(&o.seg.path).await;
-                    }
+                    self.forget(seq).await;
                 }
                 Ok(Some(StreamEvent::SegmentTranscoded {
                     stream,
@@ -460,9 +464,7 @@ impl Relay {
                     if o.failures == 1 && can_move {
                         bail!("segment {seq} failed there: {message}");
                     }
-                    if let Some(o) = self.open.remove(&seq) {
-                        let _ = tokio::fs::remove_file(&o.seg.path).await;
-                    }
+                    self.forget(seq).await;
                 }
                 Ok(Some(StreamEvent::SegmentFailed {
                     stream,
@@ -485,6 +487,10 @@ impl Relay {
                         })
                     })
                     .collect();
+                // (Without a copy nothing is open.)
+                for f in &failed {
+                    self.forget(f.seq).await;
+                }
                 let Some(out) = &self.out else {
                     if let Some(url) = self.link.orchestrator() {
                         self.count(url, true);
@@ -496,11 +502,6 @@ impl Relay {
                         failed,
                     }));
                 };
-                for f in &failed {
-                    if let Some(o) = self.open.remove(&f.seq) {
-                        let _ = tokio::fs::remove_file(&o.seg.path).await;
-                    }
-                }
                 if !self.open.is_empty() {
                     bail!(
                         "it called the stream complete without {} of its segments",

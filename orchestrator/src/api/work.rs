@@ -165,11 +165,13 @@ pub(super) async fn rendition(
         }
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("reading the body: {e}")),
     };
+    // Hashed once: the key names the hash.
     let sha256 = castwork_protocol::secret::sha256_hex(&bytes);
-    let object = ObjectRef::of(
-        rendition_key(&stream, &rung.name, seq, attempt, &sha256),
-        &bytes,
-    );
+    let object = ObjectRef {
+        key: rendition_key(&stream, &rung.name, seq, attempt, &sha256),
+        size: bytes.len() as u64,
+        sha256,
+    };
     match api.storage.put(&object.key, bytes).await {
         Ok(()) => Json(object).into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
