@@ -972,6 +972,14 @@ pub fn clip(dir: &Path, secs: u32) -> PathBuf {
     p
 }
 
+/// Whether a stream's status (`GET /streams/NAME`) says it ended with none of its segments
+/// done: aborted by its publisher (`failed`) or, when every segment failed before the
+/// abort came, `incomplete` (an ended stream cannot be aborted).
+pub fn ended_undone(status: &Value) -> bool {
+    matches!(status["state"].as_str(), Some("failed" | "incomplete"))
+        && status["segments"]["done"].as_u64().unwrap_or(0) == 0
+}
+
 /// Polls `f` until it holds, failing the test after `timeout`.
 pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
