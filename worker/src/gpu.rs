@@ -37,9 +37,47 @@ pub fn parse_nvidia(spec: &str) -> Result<Option<Vec<u32>>, String> {
         .map(Some)
 }
 
+/// What runs a segment on one device: the CUDA pipeline ([`Cuda`]), or a unit test's
+/// stand-in for a card that works or fails.
+trait Device: Send + Sync {
+    fn index(&self) -> u32;
+    fn transcode(
+        &self,
+        seg: &Segment<'_>,
+        opts: &TranscodeOptions,
+    ) -> Result<Vec<RenditionFile>, MediaError>;
+}
+
+/// An NVIDIA device: NVDEC and `scale_cuda`, then `h264_nvenc` (`nvenc`) or libx264.
+struct Cuda {
+    device: Arc<CudaDevice>,
+    nvenc: bool,
+}
+
+impl Device for Cuda {
+    fn index(&self) -> u32 {
+        self.device.index()
+    }
+
+    fn transcode(
+        &self,
+        seg: &Segment<'_>,
+        opts: &TranscodeOptions,
+    ) -> Result<Vec<RenditionFile>, MediaError> {
+        let on_gpu = TranscodeOptions {
+            gpu: Some(GpuTarget {
+                device: self.device.clone(),
+                nvenc: self.nvenc,
+            }),
+            ..opts.clone()
+        };
+        seg.on_cpu(&on_gpu)
+    }
+}
+
 /// One device and what its self-test found.
 pub struct Gpu {
-    device: Arc<CudaDevice>,
+    device: Box<dyn Device>,
     nvenc: bool,
     decoders: Vec<String>,
     max: (u32, u32),
@@ -52,8 +90,6 @@ pub struct Gpu {
 pub struct Gpus {
     devices: Vec<Gpu>,
     sessions: usize,
-    /// Encode on the device (class `nvenc`) or on the CPU (class `nvdec`).
-    use_nvenc: bool,
 }
 
 /// What happened to one job on a device.
@@ -102,7 +138,7 @@ impl Gpus {
                     continue;
                 }
             };
-            match self_test(&device, dir) {
+            match self_test(&device, use_nvenc, dir) {
                 Ok(gpu) if use_nvenc && !gpu.nvenc => warn!(
                     index,
                     "GPU passed decode and scale, but has no working NVENC: not used by an \
@@ -128,12 +164,18 @@ impl Gpus {
         Gpus {
             devices,
             sessions: sessions.max(1),
-            use_nvenc,
         }
     }
 
     pub fn is_empty(&self) -> bool {
         self.devices.is_empty()
+    }
+
+    /// Whether some device still takes jobs.
+    fn any_in_service(&self) -> bool {
+        self.devices
+            .iter()
+            .any(|g| g.healthy.load(Ordering::Relaxed))
     }
 
     /// The healthy device with a free session and the fewest jobs, of those whose self-test
@@ -175,6 +217,41 @@ impl Gpus {
             .set(gpu.in_use.load(Ordering::Relaxed) as i64);
     }
 
+    /// Counts a job's outcome; the third fallback in a row takes the device out of service.
+    fn record(&self, i: usize, outcome: Outcome, why: Option<&MediaError>) {
+        let gpu = &self.devices[i];
+        let index = gpu.device.index().to_string();
+        crate::metrics::GPU_JOBS
+            .with_label_values(&[&index, outcome.label()])
+            .inc();
+        match outcome {
+            Outcome::Done => gpu.strikes.store(0, Ordering::Relaxed),
+            Outcome::NotForGpu => {}
+            Outcome::Fallback => {
+                let strikes = gpu.strikes.fetch_add(1, Ordering::Relaxed) + 1;
+                if strikes >= STRIKES && gpu.healthy.swap(false, Ordering::Relaxed) {
+                    crate::metrics::GPU_HEALTHY
+                        .with_label_values(&[&index])
+                        .set(0);
+                    warn!(
+                        device = gpu.device.index(),
+                        strikes,
+                        error = why.map(|e| e.to_string()),
+                        "GPU failed {STRIKES} jobs in a row that the CPU then did: taken out of \
+                         service (restart the worker to test it again); its jobs run on the CPU"
+                    );
+                    if !self.any_in_service() {
+                        tracing::error!(
+                            "every GPU of this worker is out of service: it does its class's \
+                             jobs on the CPU, and the orchestrator sends them to other workers \
+                             first; restart it once the cards are fixed"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     /// The devices as heartbeats carry them.
     pub fn beat(&self) -> Vec<DeviceBeat> {
         self.devices
@@ -203,41 +280,6 @@ impl Lease {
     fn gpu(&self) -> &Gpu {
         &self.gpus.devices[self.i]
     }
-
-    fn target(&self) -> GpuTarget {
-        GpuTarget {
-            device: self.gpu().device.clone(),
-            nvenc: self.gpus.use_nvenc,
-        }
-    }
-
-    /// Counts a job's outcome; the third fallback in a row takes the device out of service.
-    fn record(&self, outcome: Outcome, why: Option<&MediaError>) {
-        let gpu = self.gpu();
-        let index = gpu.device.index().to_string();
-        crate::metrics::GPU_JOBS
-            .with_label_values(&[&index, outcome.label()])
-            .inc();
-        match outcome {
-            Outcome::Done => gpu.strikes.store(0, Ordering::Relaxed),
-            Outcome::NotForGpu => {}
-            Outcome::Fallback => {
-                let strikes = gpu.strikes.fetch_add(1, Ordering::Relaxed) + 1;
-                if strikes >= STRIKES && gpu.healthy.swap(false, Ordering::Relaxed) {
-                    crate::metrics::GPU_HEALTHY
-                        .with_label_values(&[&index])
-                        .set(0);
-                    warn!(
-                        device = gpu.device.index(),
-                        strikes,
-                        error = why.map(|e| e.to_string()),
-                        "GPU failed {STRIKES} jobs in a row that the CPU then did: taken out of \
-                         service (restart the worker to test it again); its jobs run on the CPU"
-                    );
-                }
-            }
-        }
-    }
 }
 
 impl Drop for Lease {
@@ -257,6 +299,20 @@ pub struct Segment<'a> {
     pub out_dir: &'a Path,
 }
 
+impl Segment<'_> {
+    /// Runs the transcode as `opts` say: on the CPU, unless they name a device.
+    fn on_cpu(&self, opts: &TranscodeOptions) -> Result<Vec<RenditionFile>, MediaError> {
+        transcode_segment_until(
+            self.src,
+            self.rungs,
+            self.meta,
+            self.end_us,
+            self.out_dir,
+            opts,
+        )
+    }
+}
+
 /// Transcodes a segment on a device when one is free and healthy (else on the CPU); a
 /// device failure is logged and the segment done again on the CPU. Blocking.
 pub fn transcode(
@@ -264,41 +320,37 @@ pub fn transcode(
     seg: &Segment<'_>,
     opts: &TranscodeOptions,
 ) -> Result<Vec<RenditionFile>, MediaError> {
-    let cpu = |opts: &TranscodeOptions| {
-        transcode_segment_until(seg.src, seg.rungs, seg.meta, seg.end_us, seg.out_dir, opts)
-    };
+    let cpu = || seg.on_cpu(opts);
     let Some(lease) =
         gpus.and_then(|g| g.acquire(&seg.meta.video_codec, seg.meta.width, seg.meta.height))
     else {
-        return cpu(opts);
+        return cpu();
     };
-    let on_gpu = TranscodeOptions {
-        gpu: Some(lease.target()),
-        ..opts.clone()
-    };
-    match cpu(&on_gpu) {
+    let on_device = lease.gpu().device.transcode(seg, opts);
+    // The session goes back before any run on the CPU, which may be long.
+    let (gpus, i) = (lease.gpus.clone(), lease.i);
+    drop(lease);
+    match on_device {
         Ok(files) => {
-            lease.record(Outcome::Done, None);
+            gpus.record(i, Outcome::Done, None);
             Ok(files)
         }
         Err(MediaError::NotForGpu(why)) => {
-            lease.record(Outcome::NotForGpu, None);
+            gpus.record(i, Outcome::NotForGpu, None);
             tracing::debug!(why, "segment runs on the CPU");
-            drop(lease);
-            cpu(opts)
+            cpu()
         }
         Err(gpu_error) => {
             drop_partial(seg.out_dir, seg.rungs);
-            let index = lease.gpu().device.index();
-            // Give the session back before the CPU's turn: it may be long.
-            let result = cpu(opts);
+            let result = cpu();
             match &result {
                 Ok(_) => {
-                    warn!(device = index, error = %gpu_error, "GPU failed a segment: done on the CPU");
-                    lease.record(Outcome::Fallback, Some(&gpu_error));
+                    let device = gpus.devices[i].device.index();
+                    warn!(device, error = %gpu_error, "GPU failed a segment: done on the CPU");
+                    gpus.record(i, Outcome::Fallback, Some(&gpu_error));
                 }
                 // The input's fault, not the device's: the CPU's error is the one reported.
-                Err(_) => lease.record(Outcome::NotForGpu, None),
+                Err(_) => gpus.record(i, Outcome::NotForGpu, None),
             }
             result
         }
@@ -314,7 +366,7 @@ fn drop_partial(dir: &Path, rungs: &[Rung]) {
 
 /// The self-test of one device: H.264 decode, scale and download at 1080p must pass; HEVC
 /// decode, a 4096x2160 picture and NVENC are each tried and advertised when they pass.
-fn self_test(device: &Arc<CudaDevice>, dir: &Path) -> Result<Gpu, MediaError> {
+fn self_test(device: &Arc<CudaDevice>, use_nvenc: bool, dir: &Path) -> Result<Gpu, MediaError> {
     let dir: PathBuf = tempfile::Builder::new()
         .prefix("castwork-gpu-selftest-")
         .tempdir_in(dir)
@@ -344,7 +396,10 @@ fn self_test(device: &Arc<CudaDevice>, dir: &Path) -> Result<Gpu, MediaError> {
         };
         let nvenc = test("h264", 1280, 720, true).is_ok();
         Ok(Gpu {
-            device: device.clone(),
+            device: Box::new(Cuda {
+                device: device.clone(),
+                nvenc: use_nvenc,
+            }),
             nvenc,
             decoders,
             max,
@@ -370,6 +425,152 @@ mod tests {
         assert!(parse_nvidia("99").is_err());
     }
 
+    const WORKS: u8 = 0;
+    const FAILS: u8 = 1;
+    const TURNS_AWAY: u8 = 2;
+
+    /// A card as a test sets it: it works (the CPU's pipeline stands in for it), fails with
+    /// a device error after writing part of a rendition, or turns segments away.
+    struct Card {
+        index: u32,
+        mode: Arc<std::sync::atomic::AtomicU8>,
+    }
+
+    impl Device for Card {
+        fn index(&self) -> u32 {
+            self.index
+        }
+
+        fn transcode(
+            &self,
+            seg: &Segment<'_>,
+            opts: &TranscodeOptions,
+        ) -> Result<Vec<RenditionFile>, MediaError> {
+            match self.mode.load(Ordering::Relaxed) {
+                WORKS => seg.on_cpu(opts),
+                FAILS => {
+                    std::fs::write(seg.out_dir.join("small.ts"), b"half a rendition").unwrap();
+                    Err(MediaError::Internal("CUDA_ERROR_LAUNCH_FAILED".into()))
+                }
+                _ => Err(MediaError::NotForGpu("4:4:4".into())),
+            }
+        }
+    }
+
+    fn card(index: u32, mode: &Arc<std::sync::atomic::AtomicU8>) -> Gpu {
+        Gpu {
+            device: Box::new(Card {
+                index,
+                mode: mode.clone(),
+            }),
+            nvenc: false,
+            decoders: vec!["h264".into()],
+            max: (1920, 1080),
+            in_use: AtomicUsize::new(0),
+            strikes: AtomicU32::new(0),
+            healthy: AtomicBool::new(true),
+        }
+    }
+
+    fn small_rung() -> Vec<Rung> {
+        serde_json::from_value(serde_json::json!([{
+            "name": "small", "width": 160, "height": 90, "bitrate": 200000,
+            "max_fps": {"num": 25, "den": 1}, "gop_secs": null, "profile": "Main"
+        }]))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_failing_device_costs_time_never_a_segment_and_leaves_service_after_three_in_a_row() {
+        use std::sync::atomic::AtomicU8;
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("in.ts");
+        castwork_media::selftest::write_test_clip(&src, "h264", 320, 180, 5).unwrap();
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        let (rungs, meta) = (small_rung(), SourceMetadata::upright(320, 180, 25));
+        let missing = dir.path().join("missing.ts");
+        let seg = |src| Segment {
+            src,
+            rungs: &rungs,
+            meta: &meta,
+            end_us: None,
+            out_dir: &out,
+        };
+        // Indexes no other test uses, so the metrics read here are this test's own.
+        let (a, b) = (
+            Arc::new(AtomicU8::new(WORKS)),
+            Arc::new(AtomicU8::new(WORKS)),
+        );
+        let gpus = Arc::new(Gpus {
+            devices: vec![card(14, &a), card(15, &b)],
+            sessions: 1,
+        });
+        let run = |src| transcode(Some(&gpus), &seg(src), &TranscodeOptions::default());
+        let jobs = |index: &str, outcome: &str| {
+            crate::metrics::GPU_JOBS
+                .with_label_values(&[index, outcome])
+                .get()
+        };
+        let healthy = || gpus.beat().iter().map(|d| d.healthy).collect::<Vec<_>>();
+
+        // The least loaded device takes a job, one session each here; then none is free.
+        let first = gpus.acquire("h264", 320, 180).unwrap();
+        let second = gpus.acquire("h264", 320, 180).unwrap();
+        assert_eq!((first.i, second.i), (0, 1));
+        assert!(gpus.acquire("h264", 320, 180).is_none());
+        assert_eq!(gpus.beat()[1].sessions_used, 1);
+        drop((first, second));
+        // Nor does a device take what its self-test did not pass.
+        assert!(gpus.acquire("hevc", 320, 180).is_none());
+        assert!(gpus.acquire("h264", 3840, 2160).is_none());
+        assert!(gpus.acquire("h264", 1080, 1920).is_some());
+
+        // Card 14 fails every segment: each is done all the same, on the CPU, over what the
+        // card left; the third failure in a row takes the card out of service.
+        a.store(FAILS, Ordering::Relaxed);
+        for strike in 1..=STRIKES {
+            let files = run(&src).unwrap();
+            assert_eq!(files[0].frames, 5);
+            assert_eq!(healthy(), [strike < STRIKES, true]);
+        }
+        assert_eq!(jobs("14", "fallback"), 3);
+        assert_eq!(gpus.beat()[0].sessions_used, 0);
+        assert_eq!(jobs("15", "done"), 0);
+        run(&src).unwrap();
+        assert_eq!(jobs("15", "done"), 1);
+
+        // A segment the CPU cannot do either is the input's fault, not the card's.
+        b.store(FAILS, Ordering::Relaxed);
+        for _ in 0..STRIKES {
+            assert!(run(&missing).is_err());
+        }
+        assert_eq!(healthy(), [false, true]);
+        // A job the card does clears its strikes; one it turns away neither adds nor clears.
+        run(&src).unwrap();
+        run(&src).unwrap();
+        b.store(WORKS, Ordering::Relaxed);
+        run(&src).unwrap();
+        b.store(FAILS, Ordering::Relaxed);
+        run(&src).unwrap();
+        run(&src).unwrap();
+        b.store(TURNS_AWAY, Ordering::Relaxed);
+        assert_eq!(run(&src).unwrap()[0].frames, 5);
+        assert_eq!(jobs("15", "not_for_gpu"), 4);
+        assert_eq!(healthy(), [false, true]);
+        assert!(gpus.any_in_service());
+        b.store(FAILS, Ordering::Relaxed);
+        run(&src).unwrap();
+        assert_eq!(jobs("15", "fallback"), 5);
+
+        // With every card out, the worker runs its jobs on the CPU and its heartbeats say so.
+        assert_eq!(healthy(), [false, false]);
+        assert!(!gpus.any_in_service());
+        assert!(gpus.acquire("h264", 320, 180).is_none());
+        assert_eq!(run(&src).unwrap()[0].frames, 5);
+        assert_eq!(jobs("14", "fallback") + jobs("15", "fallback"), 8);
+    }
+
     #[test]
     fn a_machine_without_a_gpu_detects_none_and_runs_on_the_cpu() {
         if Path::new("/dev/nvidiactl").exists() {
@@ -383,11 +584,7 @@ mod tests {
         // The segment still transcodes, on the CPU.
         castwork_media::selftest::write_test_clip(&dir.path().join("in.ts"), "h264", 320, 180, 5)
             .unwrap();
-        let rungs: Vec<Rung> = serde_json::from_value(serde_json::json!([{
-            "name": "small", "width": 160, "height": 90, "bitrate": 200000,
-            "max_fps": {"num": 25, "den": 1}, "gop_secs": null, "profile": "Main"
-        }]))
-        .unwrap();
+        let rungs = small_rung();
         let meta = SourceMetadata::upright(320, 180, 25);
         let files = transcode(
             Some(&gpus),

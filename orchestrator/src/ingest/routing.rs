@@ -7,7 +7,8 @@
 //! another class appear first).
 //!
 //! What the classes have is read from the workers' heartbeats (the registry in Redis), at
-//! most every [`REFRESH`].
+//! most every [`REFRESH`]. A GPU worker whose devices are all out of service offers no free
+//! slot: it does its jobs on its CPU, so work goes elsewhere first.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -138,9 +139,24 @@ pub fn capacity_of(records: &[serde_json::Value]) -> Capacity {
         let busy = r["busy_slots"].as_u64().unwrap_or(0).min(slots);
         let c = capacity.entry(class.to_string()).or_default();
         c.workers += 1;
-        c.free_slots += (slots - busy) as usize;
+        if !out_of_service(r) {
+            c.free_slots += (slots - busy) as usize;
+        }
     }
     capacity
+}
+
+/// Whether a worker's record shows GPUs and none of them in service. Such a worker does its
+/// class's jobs on its CPU, slowly: it still counts as a worker of the class (a job may
+/// wait for it rather than for nobody), but offers no free slot, so a job goes first where
+/// a device or a CPU worker has room.
+fn out_of_service(record: &serde_json::Value) -> bool {
+    record["devices"].as_array().is_some_and(|devices| {
+        !devices.is_empty()
+            && devices
+                .iter()
+                .all(|d| d["healthy"].as_bool() == Some(false))
+    })
 }
 
 #[cfg(test)]
@@ -214,5 +230,34 @@ mod tests {
             json!({"slots": 2}),
         ];
         assert_eq!(capacity_of(&records), cap(&[("cpu", 2, 1)]));
+    }
+
+    #[test]
+    fn a_gpu_worker_with_every_device_out_of_service_offers_no_free_slot() {
+        let device = |healthy: bool| json!({"index": 0, "healthy": healthy});
+        let records = [
+            json!({"class": "nvdec", "slots": 4, "busy_slots": 0,
+                   "devices": [device(false), device(false)]}),
+            json!({"class": "nvenc", "slots": 2, "busy_slots": 0,
+                   "devices": [device(false), device(true)]}),
+            json!({"class": "nvenc", "slots": 1, "busy_slots": 0, "devices": []}),
+            json!({"class": "cpu", "slots": 1, "busy_slots": 0}),
+        ];
+        let capacity = capacity_of(&records);
+        assert_eq!(
+            capacity,
+            cap(&[("nvdec", 1, 0), ("nvenc", 2, 3), ("cpu", 1, 1)])
+        );
+        // Live work then goes to a CPU worker with room before the failed card's worker.
+        let r = Routing::new(
+            parse_order("nvdec,cpu").unwrap(),
+            parse_order("cpu").unwrap(),
+        );
+        assert_eq!(r.choose(StreamMode::Live, &capacity), "cpu");
+        let busy_cpu = capacity_of(&[
+            records[0].clone(),
+            json!({"class": "cpu", "slots": 1, "busy_slots": 1}),
+        ]);
+        assert_eq!(r.choose(StreamMode::Live, &busy_cpu), "nvdec");
     }
 }
