@@ -86,6 +86,11 @@ impl DecodeErrors {
         )
     }
 
+    /// Whether the hardware decoder refused the stream (see [`crate::cuda`]).
+    pub(crate) fn hw_refused(&self) -> bool {
+        self.log.logged().hw_refused
+    }
+
     /// Whether there was any error so far.
     pub(crate) fn any(&self) -> bool {
         self.count > 0 || self.log.logged().lines > 0

@@ -14,6 +14,7 @@ use ffmpeg_next::ffi::{
 };
 use ffmpeg_next::{codec, filter, frame};
 
+use crate::clean_start::DecodeErrors;
 use crate::{internal, MediaError};
 
 /// One NVIDIA device, opened once and shared by every job that runs on it (a CUDA context
@@ -79,9 +80,28 @@ impl CudaDevice {
             }
             (*c).hw_device_ctx = device;
             (*c).get_format = Some(cuda_format);
-            // Frames held back (one picture late, and held pictures) on top of the
-            // decoder's own reordering surfaces.
-            (*c).extra_hw_frames = 8;
+            // Surfaces held beyond the decoder's own: the picture fed one late, and a held
+            // picture's reference. NVDEC takes 32 surfaces at most, the decoder's
+            // references and reordering included, so no more than needed.
+            (*c).extra_hw_frames = 3;
+        }
+        Ok(())
+    }
+
+    /// Makes an encoder context (not yet opened) work in this device's CUDA context, which
+    /// `h264_nvenc` otherwise makes anew for every rendition.
+    pub(crate) fn attach_encoder(
+        &self,
+        ctx: &mut codec::context::Context,
+    ) -> Result<(), MediaError> {
+        // SAFETY: the context is not opened yet; it takes its own reference to the device,
+        // released by avcodec_free_context.
+        unsafe {
+            let device = av_buffer_ref(self.ctx);
+            if device.is_null() {
+                return Err(MediaError::Internal("out of memory".into()));
+            }
+            (*ctx.as_mut_ptr()).hw_device_ctx = device;
         }
         Ok(())
     }
@@ -109,9 +129,12 @@ pub(crate) fn pick_cuda(offered: &[AVPixelFormat]) -> Option<AVPixelFormat> {
 }
 
 /// FFmpeg's `get_format` callback: CUDA frames, or none (the decode fails, and the job runs
-/// on the CPU) when the decoder cannot produce them for this stream.
+/// on the CPU) when the decoder cannot produce them for this stream. FFmpeg asks again
+/// without CUDA when NVDEC refuses the stream (a profile, level or size it lacks, too many
+/// surfaces, no `libnvcuvid`): that is noted, so the failure is the stream's, not the
+/// device's.
 unsafe extern "C" fn cuda_format(
-    _ctx: *mut AVCodecContext,
+    ctx: *mut AVCodecContext,
     formats: *const AVPixelFormat,
 ) -> AVPixelFormat {
     let mut offered = Vec::new();
@@ -123,13 +146,48 @@ unsafe extern "C" fn cuda_format(
             p = p.add(1);
         }
     }
-    pick_cuda(&offered).unwrap_or(AVPixelFormat::AV_PIX_FMT_NONE)
+    let picked = pick_cuda(&offered);
+    if picked.is_none() {
+        // SAFETY: `ctx` is the context FFmpeg passed to this callback.
+        unsafe { crate::ffi::note_hw_refused(ctx) };
+    }
+    picked.unwrap_or(AVPixelFormat::AV_PIX_FMT_NONE)
+}
+
+/// On the GPU path, what says the device is not decoding this stream: NVDEC refused it
+/// (FFmpeg asked for a picture format again, without CUDA), or a picture came out in system
+/// memory (a decoder with no NVDEC path). The segment is then the CPU's, and the device not
+/// at fault. Nothing to check on the CPU path (`on_gpu` false).
+pub(crate) fn on_device(
+    on_gpu: bool,
+    errors: &DecodeErrors,
+    picture: Option<&frame::Video>,
+) -> Result<(), MediaError> {
+    if !on_gpu {
+        return Ok(());
+    }
+    if errors.hw_refused() {
+        return Err(MediaError::NotForGpu(
+            "NVDEC refused the stream (a profile, level, size or number of reference \
+             pictures it does not take)"
+                .into(),
+        ));
+    }
+    if picture.is_some_and(|p| p.format() != ffmpeg_next::format::Pixel::CUDA) {
+        return Err(MediaError::NotForGpu(
+            "the decoder gave pictures in system memory: FFmpeg has no NVDEC path for this \
+             stream"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Whether NVDEC and `scale_cuda` take a stream of codec `id`, pixel format `format` and
-/// colour range `full_range`: 4:2:0 pictures (8-bit; 10-bit for HEVC, VP9 and AV1) of the
-/// codecs NVIDIA's decoders have, in the video range (`scale_cuda` does not convert ranges,
-/// which the CPU path does).
+/// colour range `full_range`: 4:2:0 pictures (8-bit; 10-bit for HEVC and VP9) of the codecs
+/// NVIDIA's decoders have and FFmpeg decodes with them, in the video range (`scale_cuda`
+/// does not convert ranges, which the CPU path does). AV1 is not among them: FFmpeg's
+/// default AV1 decoder, libdav1d, has no NVDEC path.
 pub fn nvdec_can(
     id: codec::Id,
     format: ffmpeg_next::format::Pixel,
@@ -141,7 +199,6 @@ pub fn nvdec_can(
         codec::Id::H264
             | codec::Id::HEVC
             | codec::Id::VP9
-            | codec::Id::AV1
             | codec::Id::VP8
             | codec::Id::MPEG2VIDEO
             | codec::Id::MPEG4
@@ -149,7 +206,7 @@ pub fn nvdec_can(
     if !codec_ok {
         return Err(format!("NVDEC has no {id:?} decoder"));
     }
-    let deep = matches!(id, codec::Id::HEVC | codec::Id::VP9 | codec::Id::AV1);
+    let deep = matches!(id, codec::Id::HEVC | codec::Id::VP9);
     let format_ok = match format {
         Pixel::YUV420P | Pixel::NV12 => true,
         Pixel::YUV420P10LE | Pixel::P010LE => deep,
@@ -253,6 +310,42 @@ mod tests {
             Some(AV_PIX_FMT_CUDA)
         );
         assert_eq!(pick_cuda(&[AV_PIX_FMT_YUV420P]), None);
+    }
+
+    #[test]
+    fn a_stream_nvdec_refuses_or_decodes_off_the_device_is_not_for_the_gpu() {
+        use AVPixelFormat::*;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.ts");
+        crate::selftest::write_test_clip(&path, "h264", 320, 180, 5).unwrap();
+        let ictx = ffmpeg_next::format::input(&path).unwrap();
+        let params = ictx
+            .streams()
+            .best(ffmpeg_next::media::Type::Video)
+            .unwrap()
+            .parameters();
+        let (mut dec, errors) = crate::clean_start::strict_decoder(params, 1).unwrap();
+        // The decoder's tag (for collecting its errors) also carries the refusal.
+        let ctx: *mut AVCodecContext = unsafe { dec.as_mut_ptr() };
+        let with = [AV_PIX_FMT_CUDA, AV_PIX_FMT_NV12, AV_PIX_FMT_NONE];
+        // SAFETY: a valid context and a NONE-terminated list, as FFmpeg passes them.
+        assert_eq!(unsafe { cuda_format(ctx, with.as_ptr()) }, AV_PIX_FMT_CUDA);
+        assert!(on_device(true, &errors, None).is_ok());
+        // A picture in system memory on the GPU path: the stream is the CPU's.
+        let picture = frame::Video::new(ffmpeg_next::format::Pixel::YUV420P, 16, 16);
+        let e = on_device(true, &errors, Some(&picture)).unwrap_err();
+        assert!(matches!(e, MediaError::NotForGpu(_)), "{e}");
+        assert!(on_device(false, &errors, Some(&picture)).is_ok());
+        // NVDEC refuses the stream: FFmpeg asks again without CUDA.
+        let without = [AV_PIX_FMT_YUV420P, AV_PIX_FMT_NONE];
+        // SAFETY: as above.
+        assert_eq!(
+            unsafe { cuda_format(ctx, without.as_ptr()) },
+            AV_PIX_FMT_NONE
+        );
+        let e = on_device(true, &errors, None).unwrap_err();
+        assert!(e.to_string().contains("NVDEC refused"), "{e}");
+        assert!(on_device(false, &errors, None).is_ok());
     }
 
     #[test]

@@ -22,11 +22,13 @@ pub(crate) fn clear_codec_tag(stream: &mut StreamMut<'_>) {
     }
 }
 
-/// Error lines FFmpeg logged for one decoder.
+/// Error lines FFmpeg logged for one decoder, and whether its hardware decoder refused the
+/// stream.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Logged {
     pub(crate) lines: u64,
     pub(crate) first: Option<String>,
+    pub(crate) hw_refused: bool,
 }
 
 /// Decoders whose error lines are collected, by the tag in their context's `opaque`.
@@ -46,6 +48,22 @@ impl LogCapture {
 impl Drop for LogCapture {
     fn drop(&mut self) {
         captures().remove(&self.0);
+    }
+}
+
+/// Notes that the hardware decoder of codec context `ctx` (a tagged one) refused its stream:
+/// FFmpeg asked for a picture format again, without the hardware one.
+///
+/// # Safety
+/// `ctx` is the context FFmpeg passed to its `get_format` callback.
+pub(crate) unsafe fn note_hw_refused(ctx: *const ffi::AVCodecContext) {
+    if ctx.is_null() {
+        return;
+    }
+    // SAFETY: a valid context (above); `opaque` holds the tag, a plain number.
+    let tag = unsafe { (*ctx).opaque } as usize;
+    if let Some(c) = captures().get_mut(&tag) {
+        c.hw_refused = true;
     }
 }
 

@@ -154,16 +154,29 @@ impl RungOutput {
             Some(g) if g <= 0.0 => enc.set_gop(1),
             _ => enc.set_gop(100_000),
         }
-        if !rung.profile.allows_b_frames() {
+        // No B-frames from NVENC: FFmpeg 5.1's h264_nvenc derives decode times from the
+        // encoder's time base as if it were the frame rate, and in the source's 1/90000 its
+        // B-frames come out decoded after they are shown, which no muxer takes.
+        if !rung.profile.allows_b_frames() || nvenc.is_some() {
             enc.set_max_b_frames(0);
+        }
+        if let Some(gpu) = nvenc {
+            gpu.device.attach_encoder(&mut enc)?;
         }
         let dict = match nvenc {
             Some(gpu) => nvenc_options(rung, &gpu.device.nvenc_gpu()),
             None => x264_options(rung, opts),
         };
-        let encoder = enc
-            .open_as_with(codec, dict)
-            .map_err(|e| internal(&format!("opening {name} for {}", rung.name), e))?;
+        let encoder = enc.open_as_with(codec, dict).map_err(|e| match e {
+            // Every encoder session of the card in use (consumer cards cap them): the
+            // device is busy, not broken.
+            ffmpeg_next::Error::Other { errno }
+                if nvenc.is_some() && errno == ffmpeg_next::util::error::ENOMEM =>
+            {
+                MediaError::NotForGpu(format!("no free NVENC session for {}: {e}", rung.name))
+            }
+            e => internal(&format!("opening {name} for {}", rung.name), e),
+        })?;
 
         let path = dir.join(format!("{}.ts", rung.name));
         let mut octx =
@@ -248,13 +261,22 @@ impl RungOutput {
         }
         .map_err(|e| internal(&format!("encoding {}", self.rung.name), e))?;
         let mut pkt = Packet::empty();
-        while self.encoder.receive_packet(&mut pkt).is_ok() {
+        loop {
+            match self.encoder.receive_packet(&mut pkt) {
+                Ok(()) => {}
+                Err(ffmpeg_next::Error::Eof) => return Ok(()),
+                Err(ffmpeg_next::Error::Other { errno })
+                    if errno == ffmpeg_next::util::error::EAGAIN =>
+                {
+                    return Ok(())
+                }
+                Err(e) => return Err(internal(&format!("encoding {}", self.rung.name), e)),
+            }
             pkt.set_stream(0);
             pkt.rescale_ts(self.enc_tb, self.video_tb);
             pkt.write_interleaved(&mut self.octx)
                 .map_err(|e| internal("writing a rendition", e))?;
         }
-        Ok(())
     }
 
     fn write_audio(&mut self, pkt: &Packet, in_tb: Rational) -> Result<(), MediaError> {
@@ -348,7 +370,7 @@ impl Ladder {
         };
         let anchor = self.anchor_us.unwrap_or(0);
         for (i, out) in self.outputs.iter_mut().enumerate() {
-            while let Some(tb) = graph.pull(i, &mut self.scaled) {
+            while let Some(tb) = graph.pull(i, &mut self.scaled)? {
                 let Some(pts) = self.scaled.pts() else {
                     continue;
                 };
@@ -542,11 +564,13 @@ pub fn transcode_segment_until(
             packets += 1;
             errors.sent(decoder.send_packet(&packet), packets);
             while errors.receive(&mut decoder, &mut decoded, &mut pictures) {
+                crate::cuda::on_device(device.is_some(), &errors, Some(&decoded))?;
                 // After the first error the job fails: decode on only to count the errors.
                 if !errors.any() {
                     ladder.feed_late(&mut decoded, &mut pending)?;
                 }
             }
+            crate::cuda::on_device(device.is_some(), &errors, None)?;
             if let (Some(a), true) = (ladder.anchor_us, ladder.end_us > i64::MIN) {
                 if ladder.end_us.saturating_sub(a) > opts.max_duration_us {
                     return Err(MediaError::BadInput(format!(
@@ -569,10 +593,12 @@ pub fn transcode_segment_until(
     }
     errors.sent(decoder.send_eof(), packets);
     while errors.receive(&mut decoder, &mut decoded, &mut pictures) {
+        crate::cuda::on_device(device.is_some(), &errors, Some(&decoded))?;
         if !errors.any() {
             ladder.feed_late(&mut decoded, &mut pending)?;
         }
     }
+    crate::cuda::on_device(device.is_some(), &errors, None)?;
     if let (n @ 1.., first) = errors.total() {
         return Err(MediaError::Undecodable {
             errors: n,

@@ -4,7 +4,7 @@
 //! then downloaded for the encoder; rotation happens after the download, on pictures
 //! already scaled down.
 
-use ffmpeg_next::{filter, format, frame, Rational};
+use ffmpeg_next::{filter, format, frame, util::error::EAGAIN, Error, Rational};
 
 use crate::{internal, MediaError};
 
@@ -133,14 +133,27 @@ impl LadderGraph {
         r.map_err(|e| crate::bad("filtering a frame", e))
     }
 
-    /// Takes the next scaled frame of output `i`, with the time base of its timestamps.
-    pub(crate) fn pull(&mut self, i: usize, out: &mut frame::Video) -> Option<Rational> {
+    /// Takes the next scaled frame of output `i`, with the time base of its timestamps;
+    /// `None` when none is ready. The filters run here (`scale_cuda` and the download from
+    /// the device too), so their failures come out here.
+    pub(crate) fn pull(
+        &mut self,
+        i: usize,
+        out: &mut frame::Video,
+    ) -> Result<Option<Rational>, MediaError> {
         if i >= self.outputs {
-            return None;
+            return Ok(None);
         }
-        let mut sink = self.graph.get(&format!("out{i}"))?;
+        let Some(mut sink) = self.graph.get(&format!("out{i}")) else {
+            return Ok(None);
+        };
         let tb = sink.sink().time_base();
-        sink.sink().frame(out).ok().map(|()| tb)
+        match sink.sink().frame(out) {
+            Ok(()) => Ok(Some(tb)),
+            Err(Error::Eof) => Ok(None),
+            Err(Error::Other { errno }) if errno == EAGAIN => Ok(None),
+            Err(e) => Err(internal("scaling a picture", e)),
+        }
     }
 }
 
