@@ -113,6 +113,9 @@ pub fn ladder_args_on(
                 "1".into(),
                 "-strict_gop".into(),
                 "1".into(),
+                // As the worker: no B-frames from NVENC (see castwork_media's encoder setup).
+                "-bf".into(),
+                "0".into(),
             ]),
             _ => a.extend([
                 "-c:v".to_string(),

@@ -86,9 +86,13 @@ impl DecodeErrors {
         )
     }
 
-    /// Whether the hardware decoder refused the stream (see [`crate::cuda`]).
-    pub(crate) fn hw_refused(&self) -> bool {
-        self.log.logged().hw_refused
+    /// Whether the hardware decoder refused the stream, and if so whether it said the
+    /// stream is beyond what the hardware decodes (see [`crate::cuda::on_device`]).
+    pub(crate) fn hw_refused(&self) -> Option<(bool, Option<String>)> {
+        let logged = self.log.logged();
+        logged
+            .hw_refused
+            .then_some((logged.hw_unsupported, logged.first))
     }
 
     /// Whether there was any error so far.

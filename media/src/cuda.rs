@@ -130,9 +130,8 @@ pub(crate) fn pick_cuda(offered: &[AVPixelFormat]) -> Option<AVPixelFormat> {
 
 /// FFmpeg's `get_format` callback: CUDA frames, or none (the decode fails, and the job runs
 /// on the CPU) when the decoder cannot produce them for this stream. FFmpeg asks again
-/// without CUDA when NVDEC refuses the stream (a profile, level or size it lacks, too many
-/// surfaces, no `libnvcuvid`): that is noted, so the failure is the stream's, not the
-/// device's.
+/// without CUDA when NVDEC fails to set up for the stream: that is noted, and
+/// [`on_device`] tells whose fault it was.
 unsafe extern "C" fn cuda_format(
     ctx: *mut AVCodecContext,
     formats: *const AVPixelFormat,
@@ -156,8 +155,9 @@ unsafe extern "C" fn cuda_format(
 
 /// On the GPU path, what says the device is not decoding this stream: NVDEC refused it
 /// (FFmpeg asked for a picture format again, without CUDA), or a picture came out in system
-/// memory (a decoder with no NVDEC path). The segment is then the CPU's, and the device not
-/// at fault. Nothing to check on the CPU path (`on_gpu` false).
+/// memory (a decoder with no NVDEC path). A stream beyond what NVDEC decodes (its capability
+/// check said so), or one no NVDEC path takes, is the CPU's and no fault of the device;
+/// NVDEC failing to set up for another reason is a device error. Nothing to check on the CPU path (`on_gpu` false).
 pub(crate) fn on_device(
     on_gpu: bool,
     errors: &DecodeErrors,
@@ -166,12 +166,22 @@ pub(crate) fn on_device(
     if !on_gpu {
         return Ok(());
     }
-    if errors.hw_refused() {
-        return Err(MediaError::NotForGpu(
-            "NVDEC refused the stream (a profile, level, size or number of reference \
-             pictures it does not take)"
-                .into(),
-        ));
+    match errors.hw_refused() {
+        Some((true, why)) => {
+            return Err(MediaError::NotForGpu(format!(
+                "NVDEC does not decode this stream: {}",
+                why.unwrap_or_default()
+            )))
+        }
+        // Anything else that stops NVDEC setting up (out of memory, a lost context, no
+        // libnvcuvid, too many surfaces) is the device's or the host's.
+        Some((false, why)) => {
+            return Err(MediaError::Internal(format!(
+                "NVDEC could not set up a decoder: {}",
+                why.unwrap_or_else(|| "no reason given".into())
+            )))
+        }
+        None => {}
     }
     if picture.is_some_and(|p| p.format() != ffmpeg_next::format::Pixel::CUDA) {
         return Err(MediaError::NotForGpu(
@@ -312,9 +322,8 @@ mod tests {
         assert_eq!(pick_cuda(&[AV_PIX_FMT_YUV420P]), None);
     }
 
-    #[test]
-    fn a_stream_nvdec_refuses_or_decodes_off_the_device_is_not_for_the_gpu() {
-        use AVPixelFormat::*;
+    /// A decoder for the stream of a short clip, with its error collector.
+    fn decoder_of_a_clip() -> (ffmpeg_next::decoder::Video, DecodeErrors) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("in.ts");
         crate::selftest::write_test_clip(&path, "h264", 320, 180, 5).unwrap();
@@ -324,28 +333,60 @@ mod tests {
             .best(ffmpeg_next::media::Type::Video)
             .unwrap()
             .parameters();
-        let (mut dec, errors) = crate::clean_start::strict_decoder(params, 1).unwrap();
-        // The decoder's tag (for collecting its errors) also carries the refusal.
-        let ctx: *mut AVCodecContext = unsafe { dec.as_mut_ptr() };
-        let with = [AV_PIX_FMT_CUDA, AV_PIX_FMT_NV12, AV_PIX_FMT_NONE];
+        crate::clean_start::strict_decoder(params, 1).unwrap()
+    }
+
+    /// FFmpeg's `get_format` call, as a decoder on a device makes it, offering `formats`.
+    fn ask_format(
+        dec: &mut ffmpeg_next::decoder::Video,
+        formats: &[AVPixelFormat],
+    ) -> AVPixelFormat {
+        let mut list = formats.to_vec();
+        list.push(AVPixelFormat::AV_PIX_FMT_NONE);
         // SAFETY: a valid context and a NONE-terminated list, as FFmpeg passes them.
-        assert_eq!(unsafe { cuda_format(ctx, with.as_ptr()) }, AV_PIX_FMT_CUDA);
+        unsafe { cuda_format(dec.as_mut_ptr(), list.as_ptr()) }
+    }
+
+    #[test]
+    fn a_stream_nvdec_does_not_decode_is_the_cpus_and_a_failing_setup_the_devices() {
+        use AVPixelFormat::*;
+        let (mut dec, errors) = decoder_of_a_clip();
+        assert_eq!(
+            ask_format(&mut dec, &[AV_PIX_FMT_CUDA, AV_PIX_FMT_NV12]),
+            AV_PIX_FMT_CUDA
+        );
         assert!(on_device(true, &errors, None).is_ok());
         // A picture in system memory on the GPU path: the stream is the CPU's.
         let picture = frame::Video::new(ffmpeg_next::format::Pixel::YUV420P, 16, 16);
         let e = on_device(true, &errors, Some(&picture)).unwrap_err();
         assert!(matches!(e, MediaError::NotForGpu(_)), "{e}");
         assert!(on_device(false, &errors, Some(&picture)).is_ok());
-        // NVDEC refuses the stream: FFmpeg asks again without CUDA.
-        let without = [AV_PIX_FMT_YUV420P, AV_PIX_FMT_NONE];
-        // SAFETY: as above.
-        assert_eq!(
-            unsafe { cuda_format(ctx, without.as_ptr()) },
-            AV_PIX_FMT_NONE
-        );
+
+        // NVDEC fails to set up, saying nothing of the stream (out of memory, say): FFmpeg
+        // asks again without CUDA, and the device is at fault.
+        assert_eq!(ask_format(&mut dec, &[AV_PIX_FMT_YUV420P]), AV_PIX_FMT_NONE);
         let e = on_device(true, &errors, None).unwrap_err();
-        assert!(e.to_string().contains("NVDEC refused"), "{e}");
+        assert!(matches!(e, MediaError::Internal(_)), "{e}");
+        assert!(e.to_string().contains("NVDEC could not set up"), "{e}");
         assert!(on_device(false, &errors, None).is_ok());
+
+        // NVDEC's capability check refuses the stream, as FFmpeg logs it: the CPU's.
+        let (mut dec, errors) = decoder_of_a_clip();
+        // SAFETY: a valid context to log for, and a plain format string.
+        unsafe {
+            ffmpeg_next::ffi::av_log(
+                dec.as_mut_ptr().cast(),
+                ffmpeg_next::ffi::AV_LOG_ERROR,
+                c"Hardware is lacking required capabilities\n".as_ptr(),
+            );
+        }
+        assert_eq!(ask_format(&mut dec, &[AV_PIX_FMT_YUV420P]), AV_PIX_FMT_NONE);
+        let e = on_device(true, &errors, None).unwrap_err();
+        assert!(matches!(e, MediaError::NotForGpu(_)), "{e}");
+        assert!(
+            e.to_string().contains("lacking required capabilities"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -22,14 +22,26 @@ pub(crate) fn clear_codec_tag(stream: &mut StreamMut<'_>) {
     }
 }
 
-/// Error lines FFmpeg logged for one decoder, and whether its hardware decoder refused the
-/// stream.
+/// Error lines FFmpeg logged for one codec context; for a decoder on a device, whether
+/// FFmpeg's hardware decoder refused the stream, and whether it said the stream is beyond
+/// what the hardware decodes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Logged {
     pub(crate) lines: u64,
     pub(crate) first: Option<String>,
     pub(crate) hw_refused: bool,
+    pub(crate) hw_unsupported: bool,
 }
+
+/// What FFmpeg's NVDEC setup logs when a stream is beyond what the hardware decodes (its
+/// capability check: profile, chroma format, sizes), as opposed to a device that fails.
+const HW_UNSUPPORTED: [&str; 5] = [
+    "lacking required capabilities",
+    "not within range",
+    "exceeds maximum",
+    "Unsupported chroma format",
+    "Unsupported codec",
+];
 
 /// Decoders whose error lines are collected, by the tag in their context's `opaque`.
 static CAPTURES: Mutex<BTreeMap<usize, Logged>> = Mutex::new(BTreeMap::new());
@@ -83,6 +95,15 @@ pub(crate) fn capture_errors(ctx: &mut codec::context::Context) -> LogCapture {
         (*ctx.as_mut_ptr()).opaque = tag as *mut c_void;
     }
     LogCapture(tag)
+}
+
+/// Stops collecting the error lines of a codec context tagged by [`capture_errors`] (an
+/// encoder whose opening was watched): FFmpeg's logger prints them again.
+pub(crate) fn untag(ctx: &mut codec::context::Context) {
+    // SAFETY: as in `capture_errors`.
+    unsafe {
+        (*ctx.as_mut_ptr()).opaque = std::ptr::null_mut();
+    }
 }
 
 /// Installs the log callback: error lines of tagged codec contexts are collected, and
@@ -157,6 +178,7 @@ unsafe extern "C" fn log_callback(
         .to_string();
     if let Some(c) = captures().get_mut(&tag) {
         c.lines += 1;
+        c.hw_unsupported |= HW_UNSUPPORTED.iter().any(|m| text.contains(m));
         if c.first.is_none() && !text.is_empty() {
             c.first = Some(text);
         }

@@ -10,6 +10,7 @@ pub mod inspect;
 pub mod nal;
 pub mod probe;
 pub mod quality;
+mod rung_output;
 pub mod segment;
 pub mod selftest;
 pub mod transcode;

@@ -82,6 +82,8 @@ pub struct Gpu {
     decoders: Vec<String>,
     max: (u32, u32),
     in_use: AtomicUsize,
+    /// Failures whose segments the CPU is doing again now.
+    suspect: AtomicUsize,
     strikes: AtomicU32,
     healthy: AtomicBool,
 }
@@ -179,7 +181,8 @@ impl Gpus {
     }
 
     /// The healthy device with a free session and the fewest jobs, of those whose self-test
-    /// passed for a `codec` source of `width` x `height`, taken for one job.
+    /// passed for a `codec` source of `width` x `height` and with no failure being redone on
+    /// the CPU, taken for one job.
     fn acquire(self: &Arc<Self>, codec: &str, width: u32, height: u32) -> Option<Lease> {
         loop {
             let (i, gpu) = self
@@ -188,6 +191,7 @@ impl Gpus {
                 .enumerate()
                 .filter(|(_, g)| {
                     g.healthy.load(Ordering::Relaxed)
+                        && g.suspect.load(Ordering::Relaxed) == 0
                         && g.decoders.iter().any(|d| d == codec)
                         && width.max(height) <= g.max.0.max(g.max.1)
                         && width.min(height) <= g.max.0.min(g.max.1)
@@ -320,7 +324,16 @@ pub fn transcode(
     seg: &Segment<'_>,
     opts: &TranscodeOptions,
 ) -> Result<Vec<RenditionFile>, MediaError> {
-    let cpu = || seg.on_cpu(opts);
+    transcode_with(gpus, seg, opts, || seg.on_cpu(opts))
+}
+
+/// [`transcode`], with `cpu` the run on the CPU.
+fn transcode_with(
+    gpus: Option<&Arc<Gpus>>,
+    seg: &Segment<'_>,
+    opts: &TranscodeOptions,
+    cpu: impl Fn() -> Result<Vec<RenditionFile>, MediaError>,
+) -> Result<Vec<RenditionFile>, MediaError> {
     let Some(lease) =
         gpus.and_then(|g| g.acquire(&seg.meta.video_codec, seg.meta.width, seg.meta.height))
     else {
@@ -338,11 +351,17 @@ pub fn transcode(
         Err(MediaError::NotForGpu(why)) => {
             gpus.record(i, Outcome::NotForGpu, None);
             tracing::debug!(why, "segment runs on the CPU");
+            drop_partial(seg.out_dir, seg.rungs);
             cpu()
         }
         Err(gpu_error) => {
             drop_partial(seg.out_dir, seg.rungs);
-            let result = cpu();
+            // The device gets no new job until the CPU has shown whose fault this was: a
+            // card that fails at once would otherwise, least loaded, take every job meanwhile.
+            let result = {
+                let _suspect = Suspect::of(&gpus.devices[i]);
+                cpu()
+            };
             match &result {
                 Ok(_) => {
                     let device = gpus.devices[i].device.index();
@@ -354,6 +373,22 @@ pub fn transcode(
             }
             result
         }
+    }
+}
+
+/// A device's failure awaiting the CPU's run of the same segment (given back when dropped).
+struct Suspect<'a>(&'a Gpu);
+
+impl<'a> Suspect<'a> {
+    fn of(gpu: &'a Gpu) -> Self {
+        gpu.suspect.fetch_add(1, Ordering::AcqRel);
+        Suspect(gpu)
+    }
+}
+
+impl Drop for Suspect<'_> {
+    fn drop(&mut self) {
+        self.0.suspect.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -404,6 +439,7 @@ fn self_test(device: &Arc<CudaDevice>, use_nvenc: bool, dir: &Path) -> Result<Gp
             decoders,
             max,
             in_use: AtomicUsize::new(0),
+            suspect: AtomicUsize::new(0),
             strikes: AtomicU32::new(0),
             healthy: AtomicBool::new(true),
         })
@@ -467,6 +503,7 @@ mod tests {
             decoders: vec!["h264".into()],
             max: (1920, 1080),
             in_use: AtomicUsize::new(0),
+            suspect: AtomicUsize::new(0),
             strikes: AtomicU32::new(0),
             healthy: AtomicBool::new(true),
         }
@@ -527,12 +564,21 @@ mod tests {
         assert!(gpus.acquire("h264", 1080, 1920).is_some());
 
         // Card 14 fails every segment: each is done all the same, on the CPU, over what the
-        // card left; the third failure in a row takes the card out of service.
+        // card left; the third failure in a row takes the card out of service. While the CPU
+        // does it, the card's session is back, but the card gets no new job.
         a.store(FAILS, Ordering::Relaxed);
+        let opts = TranscodeOptions::default();
         for strike in 1..=STRIKES {
-            let files = run(&src).unwrap();
+            let files = transcode_with(Some(&gpus), &seg(&src), &opts, || {
+                assert_eq!(gpus.beat()[0].sessions_used, 0);
+                assert_eq!(gpus.acquire("h264", 320, 180).map(|l| l.i), Some(1));
+                seg(&src).on_cpu(&opts)
+            })
+            .unwrap();
             assert_eq!(files[0].frames, 5);
             assert_eq!(healthy(), [strike < STRIKES, true]);
+            let next = gpus.acquire("h264", 320, 180).map(|l| l.i);
+            assert_eq!(next, Some(if strike < STRIKES { 0 } else { 1 }));
         }
         assert_eq!(jobs("14", "fallback"), 3);
         assert_eq!(gpus.beat()[0].sessions_used, 0);
