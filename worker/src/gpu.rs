@@ -71,7 +71,7 @@ impl Device for Cuda {
             }),
             ..opts.clone()
         };
-        seg.on_cpu(&on_gpu)
+        seg.run(&on_gpu)
     }
 }
 
@@ -305,7 +305,7 @@ pub struct Segment<'a> {
 
 impl Segment<'_> {
     /// Runs the transcode as `opts` say: on the CPU, unless they name a device.
-    fn on_cpu(&self, opts: &TranscodeOptions) -> Result<Vec<RenditionFile>, MediaError> {
+    fn run(&self, opts: &TranscodeOptions) -> Result<Vec<RenditionFile>, MediaError> {
         transcode_segment_until(
             self.src,
             self.rungs,
@@ -324,7 +324,7 @@ pub fn transcode(
     seg: &Segment<'_>,
     opts: &TranscodeOptions,
 ) -> Result<Vec<RenditionFile>, MediaError> {
-    transcode_with(gpus, seg, opts, || seg.on_cpu(opts))
+    transcode_with(gpus, seg, opts, || seg.run(opts))
 }
 
 /// [`transcode`], with `cpu` the run on the CPU.
@@ -483,7 +483,7 @@ mod tests {
             opts: &TranscodeOptions,
         ) -> Result<Vec<RenditionFile>, MediaError> {
             match self.mode.load(Ordering::Relaxed) {
-                WORKS => seg.on_cpu(opts),
+                WORKS => seg.run(opts),
                 FAILS => {
                     std::fs::write(seg.out_dir.join("small.ts"), b"half a rendition").unwrap();
                     Err(MediaError::Internal("CUDA_ERROR_LAUNCH_FAILED".into()))
@@ -572,7 +572,7 @@ mod tests {
             let files = transcode_with(Some(&gpus), &seg(&src), &opts, || {
                 assert_eq!(gpus.beat()[0].sessions_used, 0);
                 assert_eq!(gpus.acquire("h264", 320, 180).map(|l| l.i), Some(1));
-                seg(&src).on_cpu(&opts)
+                seg(&src).run(&opts)
             })
             .unwrap();
             assert_eq!(files[0].frames, 5);
