@@ -153,11 +153,15 @@ unsafe extern "C" fn cuda_format(
     picked.unwrap_or(AVPixelFormat::AV_PIX_FMT_NONE)
 }
 
-/// On the GPU path, what says the device is not decoding this stream: NVDEC refused it
-/// (FFmpeg asked for a picture format again, without CUDA), or a picture came out in system
-/// memory (a decoder with no NVDEC path). A stream beyond what NVDEC decodes (its capability
-/// check said so), or one no NVDEC path takes, is the CPU's and no fault of the device;
-/// NVDEC failing to set up for another reason is a device error. Nothing to check on the CPU path (`on_gpu` false).
+/// On the GPU path, what says the device is not decoding this stream: given a `picture`,
+/// that it came out in system memory (a decoder with no NVDEC path); without one, that
+/// NVDEC refused the stream (FFmpeg asked for a picture format again, without CUDA). A
+/// stream beyond what NVDEC decodes (its capability check said so), or one no NVDEC path
+/// takes, is the CPU's and no fault of the device; NVDEC failing to set up for another
+/// reason is a device error. Nothing to check on the CPU path (`on_gpu` false).
+///
+/// The picture check is a comparison; the refusal's is a look at the decoder's log, once
+/// per packet.
 pub(crate) fn on_device(
     on_gpu: bool,
     errors: &DecodeErrors,
@@ -166,31 +170,29 @@ pub(crate) fn on_device(
     if !on_gpu {
         return Ok(());
     }
-    match errors.hw_refused() {
-        Some((true, why)) => {
-            return Err(MediaError::NotForGpu(format!(
-                "NVDEC does not decode this stream: {}",
-                why.unwrap_or_default()
-            )))
+    if let Some(p) = picture {
+        if p.format() != ffmpeg_next::format::Pixel::CUDA {
+            return Err(MediaError::NotForGpu(
+                "the decoder gave pictures in system memory: FFmpeg has no NVDEC path for \
+                 this stream"
+                    .into(),
+            ));
         }
+        return Ok(());
+    }
+    match errors.hw_refused() {
+        Some((true, why)) => Err(MediaError::NotForGpu(format!(
+            "NVDEC does not decode this stream: {}",
+            why.unwrap_or_default()
+        ))),
         // Anything else that stops NVDEC setting up (out of memory, a lost context, no
         // libnvcuvid, too many surfaces) is the device's or the host's.
-        Some((false, why)) => {
-            return Err(MediaError::Internal(format!(
-                "NVDEC could not set up a decoder: {}",
-                why.unwrap_or_else(|| "no reason given".into())
-            )))
-        }
-        None => {}
+        Some((false, why)) => Err(MediaError::Internal(format!(
+            "NVDEC could not set up a decoder: {}",
+            why.unwrap_or_else(|| "no reason given".into())
+        ))),
+        None => Ok(()),
     }
-    if picture.is_some_and(|p| p.format() != ffmpeg_next::format::Pixel::CUDA) {
-        return Err(MediaError::NotForGpu(
-            "the decoder gave pictures in system memory: FFmpeg has no NVDEC path for this \
-             stream"
-                .into(),
-        ));
-    }
-    Ok(())
 }
 
 /// Whether NVDEC and `scale_cuda` take a stream of codec `id`, pixel format `format` and

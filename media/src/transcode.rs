@@ -3,9 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use castwork_protocol::{Rung, SourceMetadata};
-use ffmpeg_next::{codec, format, frame, media, picture, Packet, Rational, Rescale};
+use ffmpeg_next::{codec, decoder, format, frame, media, picture, Packet, Rational, Rescale};
 
-use crate::clean_start::{strict_decoder, strict_decoder_on};
+use crate::clean_start::{strict_decoder, strict_decoder_on, DecodeErrors};
 use crate::cuda::CudaDevice;
 use crate::inspect::open_restricted;
 use crate::rung_output::RungOutput;
@@ -214,6 +214,28 @@ pub fn held_pictures(last_pts_us: i64, frame_us: i64, end_us: i64) -> u64 {
     u64::try_from((end_us - video_end + frame_us - 1) / frame_us).unwrap_or(0)
 }
 
+/// Feeds the ladder every picture the decoder has ready (one picture late, through
+/// `pending`); after the first decode error the job fails, so pictures are then only
+/// counted. On the GPU path (`on_gpu`) it stops at the first sign that the device is not
+/// decoding the stream.
+fn receive_pictures(
+    decoder: &mut decoder::Video,
+    errors: &mut DecodeErrors,
+    decoded: &mut frame::Video,
+    pictures: &mut u64,
+    ladder: &mut Ladder,
+    pending: &mut Option<frame::Video>,
+    on_gpu: bool,
+) -> Result<(), MediaError> {
+    while errors.receive(decoder, decoded, pictures) {
+        crate::cuda::on_device(on_gpu, errors, Some(decoded))?;
+        if !errors.any() {
+            ladder.feed_late(decoded, pending)?;
+        }
+    }
+    crate::cuda::on_device(on_gpu, errors, None)
+}
+
 /// Transcodes the segment at `src` into every rung, writing `<rung>.ts` files in `out_dir`,
 /// holding no picture: [`transcode_segment_until`] without an end.
 pub fn transcode_segment(
@@ -340,14 +362,15 @@ pub fn transcode_segment_until(
         if packet.stream() == vi {
             packets += 1;
             errors.sent(decoder.send_packet(&packet), packets);
-            while errors.receive(&mut decoder, &mut decoded, &mut pictures) {
-                crate::cuda::on_device(device.is_some(), &errors, Some(&decoded))?;
-                // After the first error the job fails: decode on only to count the errors.
-                if !errors.any() {
-                    ladder.feed_late(&mut decoded, &mut pending)?;
-                }
-            }
-            crate::cuda::on_device(device.is_some(), &errors, None)?;
+            receive_pictures(
+                &mut decoder,
+                &mut errors,
+                &mut decoded,
+                &mut pictures,
+                &mut ladder,
+                &mut pending,
+                device.is_some(),
+            )?;
             if let (Some(a), true) = (ladder.anchor_us, ladder.end_us > i64::MIN) {
                 if ladder.end_us.saturating_sub(a) > opts.max_duration_us {
                     return Err(MediaError::BadInput(format!(
@@ -369,13 +392,15 @@ pub fn transcode_segment_until(
         }
     }
     errors.sent(decoder.send_eof(), packets);
-    while errors.receive(&mut decoder, &mut decoded, &mut pictures) {
-        crate::cuda::on_device(device.is_some(), &errors, Some(&decoded))?;
-        if !errors.any() {
-            ladder.feed_late(&mut decoded, &mut pending)?;
-        }
-    }
-    crate::cuda::on_device(device.is_some(), &errors, None)?;
+    receive_pictures(
+        &mut decoder,
+        &mut errors,
+        &mut decoded,
+        &mut pictures,
+        &mut ladder,
+        &mut pending,
+        device.is_some(),
+    )?;
     if let (n @ 1.., first) = errors.total() {
         return Err(MediaError::Undecodable {
             errors: n,
